@@ -1,0 +1,152 @@
+"""The one definition of the fare model's pre-trip features.
+
+``compute_features`` turns raw quotes (pickup time, zones, passenger count, service) into feature
+columns. The ``trip_features`` asset applies it to every cleaned trip, and the registered model
+applies it to each quote it serves, so training and serving cannot drift apart.
+
+Everything is vectorised numpy over arrow buffers: a 3M-row month takes well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+SERVICES = ("yellow", "green")
+BOROUGHS = ("Bronx", "Brooklyn", "EWR", "Manhattan", "Queens", "Staten Island", "Unknown")
+AIRPORT_ZONES = {1: "EWR", 132: "JFK", 138: "LGA"}
+JFK_ZONE = 132
+MAX_ZONE_ID = 265
+UNKNOWN_ZONES = (264, 265)
+
+# Quote columns a caller must provide (DESIGN.md service contract).
+QUOTE_COLUMNS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
+
+# Output columns, in order. Categorical ones are dictionary-encoded strings with fixed categories.
+FEATURE_COLUMNS = (
+    "service",
+    "pickup_hour",
+    "pickup_weekday",
+    "is_weekend",
+    "is_rush_hour",
+    "is_night",
+    "pickup_borough",
+    "dropoff_borough",
+    "pickup_is_airport",
+    "dropoff_is_airport",
+    "is_jfk_manhattan",
+    "same_zone",
+    "passenger_count",
+)
+CATEGORICAL_FEATURES = {"service": SERVICES, "pickup_borough": BOROUGHS, "dropoff_borough": BOROUGHS}
+
+
+@dataclass(frozen=True)
+class ZoneTable:
+    """Zone lookup as arrays indexed by LocationID (0..265)."""
+
+    borough_code: np.ndarray  # int8 index into BOROUGHS
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_records(cls, location_ids, boroughs, zones=None) -> ZoneTable:
+        code = np.full(MAX_ZONE_ID + 1, BOROUGHS.index("Unknown"), dtype=np.int8)
+        names = ["Unknown"] * (MAX_ZONE_ID + 1)
+        for i, (loc, borough) in enumerate(zip(location_ids, boroughs, strict=True)):
+            loc = int(loc)
+            if 0 <= loc <= MAX_ZONE_ID:
+                b = str(borough) if borough is not None else "Unknown"
+                code[loc] = BOROUGHS.index(b) if b in BOROUGHS else BOROUGHS.index("Unknown")
+                if zones is not None:
+                    names[loc] = str(zones[i])
+        return cls(borough_code=code, names=tuple(names))
+
+    @classmethod
+    def from_csv(cls, path) -> ZoneTable:
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return cls.from_records(
+            [r["LocationID"] for r in rows], [r["Borough"] for r in rows], [r["Zone"] for r in rows]
+        )
+
+    @property
+    def known_ids(self) -> np.ndarray:
+        ids = np.arange(MAX_ZONE_ID + 1)
+        return ids[(ids >= 1) & ~np.isin(ids, UNKNOWN_ZONES)]
+
+
+def _as_numpy(col) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if isinstance(col, pa.Array):
+        return col.to_numpy(zero_copy_only=False)
+    return np.asarray(col)
+
+
+def _dictionary(codes: np.ndarray, categories: tuple[str, ...]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), pa.array(list(categories)))
+
+
+def compute_feature_arrays(quotes: Mapping[str, object], zones: ZoneTable) -> dict[str, np.ndarray]:
+    """Features as numpy arrays; categorical features as int8 codes into ``CATEGORICAL_FEATURES``.
+
+    ``quotes`` maps each of ``QUOTE_COLUMNS`` to an array-like (numpy, pandas, arrow).
+    Zone IDs outside 0..265 map to borough "Unknown"; callers validate inputs before this.
+    """
+    ts = _as_numpy(quotes["pickup_datetime"]).astype("datetime64[m]").astype(np.int64)
+    pu = np.clip(_as_numpy(quotes["pickup_zone"]).astype(np.int64), 0, MAX_ZONE_ID)
+    do = np.clip(_as_numpy(quotes["dropoff_zone"]).astype(np.int64), 0, MAX_ZONE_ID)
+    pax = _as_numpy(quotes["passenger_count"])
+    pax = np.nan_to_num(pax.astype(np.float64), nan=1.0).astype(np.int8)
+    service_raw = quotes["service"]
+    if isinstance(service_raw, pa.ChunkedArray | pa.Array):
+        service_raw = pa.chunked_array([service_raw]) if isinstance(service_raw, pa.Array) else service_raw
+        service_code = np.asarray(
+            pa.compute.equal(service_raw.cast(pa.string()), "green").to_numpy(zero_copy_only=False), dtype=np.int8
+        )
+    else:
+        service_code = (np.asarray(service_raw).astype(str) == "green").astype(np.int8)
+
+    hour = ((ts // 60) % 24).astype(np.int8)
+    weekday = (((ts // 1440) + 3) % 7).astype(np.int8)  # 1970-01-01 was a Thursday; Monday = 0
+    is_weekend = (weekday >= 5).astype(np.int8)
+    is_rush = ((weekday < 5) & (hour >= 16) & (hour < 20)).astype(np.int8)  # TLC $2.50 peak surcharge window
+    is_night = ((hour >= 20) | (hour < 6)).astype(np.int8)  # TLC $1.00 overnight surcharge window
+    pu_b = zones.borough_code[pu]
+    do_b = zones.borough_code[do]
+    airport = np.zeros(MAX_ZONE_ID + 1, dtype=np.int8)
+    airport[list(AIRPORT_ZONES)] = 1
+    manhattan = BOROUGHS.index("Manhattan")
+    jfk_manhattan = (((pu == JFK_ZONE) & (do_b == manhattan)) | ((do == JFK_ZONE) & (pu_b == manhattan))).astype(
+        np.int8
+    )
+    return {
+        "service": service_code,
+        "pickup_hour": hour,
+        "pickup_weekday": weekday,
+        "is_weekend": is_weekend,
+        "is_rush_hour": is_rush,
+        "is_night": is_night,
+        "pickup_borough": pu_b,
+        "dropoff_borough": do_b,
+        "pickup_is_airport": airport[pu],
+        "dropoff_is_airport": airport[do],
+        "is_jfk_manhattan": jfk_manhattan,
+        "same_zone": (pu == do).astype(np.int8),
+        "passenger_count": pax,
+    }
+
+
+def compute_features(quotes: Mapping[str, object], zones: ZoneTable) -> pa.Table:
+    """Features as an arrow table (categoricals dictionary-encoded with their fixed category lists)."""
+    arrays = compute_feature_arrays(quotes, zones)
+    columns = {
+        name: _dictionary(arr, CATEGORICAL_FEATURES[name]) if name in CATEGORICAL_FEATURES else pa.array(arr)
+        for name, arr in arrays.items()
+    }
+    return pa.table(columns)

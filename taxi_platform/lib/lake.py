@@ -1,0 +1,145 @@
+"""The Parquet lake: Hive-layout paths under one root, local or ``gs://``, with atomic writes.
+
+Every table partition is written as a single object ``<table>/month=YYYY-MM/part-0.parquet``.
+Writers produce the file under a temporary name first and then move it into place
+(``os.replace`` locally; a single-object upload on GCS, which is atomic per object), so readers
+never see a half-written partition and a killed run leaves the previous partition intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PART_FILE = "part-0.parquet"
+
+
+def month_dir(partition_key: str) -> str:
+    """``2024-03-01`` or ``2024-03`` → ``month=2024-03``."""
+    return f"month={partition_key[:7]}"
+
+
+class Lake:
+    """A lake rooted at a local directory or a ``gs://bucket/prefix`` URL."""
+
+    def __init__(self, root: str, filesystem=None):
+        self.root = root.rstrip("/")
+        self.is_remote = "://" in self.root and not self.root.startswith("file://")
+        if self.root.startswith("file://"):
+            self.root = self.root[len("file://") :]
+        self._fs = filesystem
+
+    # -- paths -----------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def partition_path(self, table: str, partition_key: str, filename: str = PART_FILE) -> str:
+        return self.path(table, month_dir(partition_key), filename)
+
+    def table_glob(self, table: str) -> str:
+        return self.path(table, "month=*", "*.parquet")
+
+    # -- filesystem ------------------------------------------------------------------------
+    @property
+    def fs(self):
+        if self._fs is None:
+            if self.is_remote:
+                from taxi_platform.lib.gcs import filesystem_for
+
+                self._fs = filesystem_for(self.root)
+            else:
+                import fsspec
+
+                self._fs = fsspec.filesystem("file")
+        return self._fs
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path) if not self.is_remote else self.fs.exists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        if not self.is_remote:
+            return sorted(os.listdir(path)) if os.path.isdir(path) else []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def partitions(self, table: str) -> list[str]:
+        """Months (``YYYY-MM``) with a complete partition of ``table``."""
+        months = []
+        for name in self.listdir(self.path(table)):
+            if name.startswith("month=") and self.exists(self.path(table, name, PART_FILE)):
+                months.append(name[len("month=") :])
+        return months
+
+    # -- atomic writes ---------------------------------------------------------------------
+    @contextmanager
+    def staged_file(self, dest: str, suffix: str = ".parquet") -> Iterator[str]:
+        """Yield a local temporary path; on success move it to ``dest`` atomically.
+
+        On any exception the temporary file is removed and ``dest`` is untouched.
+        """
+        if not self.is_remote:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = str(Path(dest).parent)
+        else:
+            tmp_dir = None
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", suffix=suffix, dir=tmp_dir)
+        os.close(fd)
+        try:
+            yield tmp
+            self.publish(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def publish(self, local_file: str, dest: str) -> None:
+        """Move a finished local file to ``dest`` in one atomic step."""
+        if not self.is_remote:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(local_file, dest)
+            except OSError:  # different filesystem: copy next to dest, then rename
+                tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+                shutil.copyfile(local_file, tmp)
+                os.replace(tmp, dest)
+                os.unlink(local_file)
+        else:
+            self.fs.put_file(local_file, dest)
+            os.unlink(local_file)
+
+    def write_bytes(self, dest: str, data: bytes) -> None:
+        with self.staged_file(dest, suffix=Path(dest).suffix) as tmp:
+            Path(tmp).write_bytes(data)
+
+    def read_bytes(self, path: str) -> bytes:
+        if not self.is_remote:
+            return Path(path).read_bytes()
+        return self.fs.cat_file(path)
+
+    def remove_partition(self, table: str, partition_key: str) -> None:
+        path = self.path(table, month_dir(partition_key))
+        if not self.is_remote:
+            shutil.rmtree(path, ignore_errors=True)
+        elif self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # -- DuckDB ----------------------------------------------------------------------------
+    def connect(self, threads: int | None = None, memory_limit: str | None = None):
+        """A fresh in-process DuckDB connection that can read this lake."""
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute("SET preserve_insertion_order = false")
+        if self.is_remote:
+            con.register_filesystem(self.fs)
+        return con

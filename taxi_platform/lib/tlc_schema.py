@@ -1,0 +1,160 @@
+"""Column layouts of the TLC trip files, by service and schema era.
+
+The TLC changed Parquet types in 2023-02 (int32 IDs, int64 counts, capitalised ``Airport_fee``)
+and added ``cbd_congestion_fee`` in 2025-01. Both the sample generator and the download
+validator use these definitions, so the mirror and the checks cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pyarrow as pa
+
+TS = pa.timestamp("us")
+
+
+@dataclass(frozen=True)
+class SchemaEra:
+    name: str
+    service: str
+    first_month: date  # inclusive
+    schema: pa.Schema
+
+
+def _yellow(ids: pa.DataType, count: pa.DataType, airport_col: str, cbd: bool) -> pa.Schema:
+    fields = [
+        ("VendorID", ids),
+        ("tpep_pickup_datetime", TS),
+        ("tpep_dropoff_datetime", TS),
+        ("passenger_count", count),
+        ("trip_distance", pa.float64()),
+        ("RatecodeID", count),
+        ("store_and_fwd_flag", pa.string()),
+        ("PULocationID", ids),
+        ("DOLocationID", ids),
+        ("payment_type", pa.int64()),
+        ("fare_amount", pa.float64()),
+        ("extra", pa.float64()),
+        ("mta_tax", pa.float64()),
+        ("tip_amount", pa.float64()),
+        ("tolls_amount", pa.float64()),
+        ("improvement_surcharge", pa.float64()),
+        ("total_amount", pa.float64()),
+        ("congestion_surcharge", pa.float64()),
+        (airport_col, pa.float64()),
+    ]
+    if cbd:
+        fields.append(("cbd_congestion_fee", pa.float64()))
+    return pa.schema(fields)
+
+
+def _green(ids: pa.DataType, count: pa.DataType, cbd: bool) -> pa.Schema:
+    fields = [
+        ("VendorID", ids),
+        ("lpep_pickup_datetime", TS),
+        ("lpep_dropoff_datetime", TS),
+        ("store_and_fwd_flag", pa.string()),
+        ("RatecodeID", count),
+        ("PULocationID", ids),
+        ("DOLocationID", ids),
+        ("passenger_count", count),
+        ("trip_distance", pa.float64()),
+        ("fare_amount", pa.float64()),
+        ("extra", pa.float64()),
+        ("mta_tax", pa.float64()),
+        ("tip_amount", pa.float64()),
+        ("tolls_amount", pa.float64()),
+        ("ehail_fee", pa.float64()),
+        ("improvement_surcharge", pa.float64()),
+        ("total_amount", pa.float64()),
+        ("payment_type", count),
+        ("trip_type", count),
+        ("congestion_surcharge", pa.float64()),
+    ]
+    if cbd:
+        fields.append(("cbd_congestion_fee", pa.float64()))
+    return pa.schema(fields)
+
+
+ERA_2023_02 = date(2023, 2, 1)
+ERA_2025_01 = date(2025, 1, 1)
+
+ERAS: tuple[SchemaEra, ...] = (
+    SchemaEra("yellow-pre-2023-02", "yellow", date(2009, 1, 1), _yellow(pa.int64(), pa.float64(), "airport_fee", False)),
+    SchemaEra("yellow-2023-02", "yellow", ERA_2023_02, _yellow(pa.int32(), pa.int64(), "Airport_fee", False)),
+    SchemaEra("yellow-2025-01", "yellow", ERA_2025_01, _yellow(pa.int32(), pa.int64(), "Airport_fee", True)),
+    SchemaEra("green-pre-2023-02", "green", date(2009, 1, 1), _green(pa.int64(), pa.float64(), False)),
+    SchemaEra("green-2023-02", "green", ERA_2023_02, _green(pa.int32(), pa.int64(), False)),
+    SchemaEra("green-2025-01", "green", ERA_2025_01, _green(pa.int32(), pa.int64(), True)),
+)
+
+# Columns the cleaning SQL needs, per service. A file missing one of these is rejected with its name.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "yellow": (
+        "tpep_pickup_datetime", "tpep_dropoff_datetime", "passenger_count", "trip_distance",
+        "PULocationID", "DOLocationID", "fare_amount", "total_amount",
+    ),
+    "green": (
+        "lpep_pickup_datetime", "lpep_dropoff_datetime", "passenger_count", "trip_distance",
+        "PULocationID", "DOLocationID", "fare_amount", "total_amount",
+    ),
+}
+
+
+def era_for(service: str, month: date) -> SchemaEra:
+    """The schema era the TLC used for ``service`` in ``month``."""
+    candidates = [e for e in ERAS if e.service == service and e.first_month <= month]
+    if not candidates:
+        raise ValueError(f"unknown service {service!r}")
+    return max(candidates, key=lambda e: e.first_month)
+
+
+@dataclass(frozen=True)
+class SchemaMatch:
+    era: str
+    extra_columns: tuple[str, ...]
+    missing_optional: tuple[str, ...]
+
+
+class SchemaMismatchError(ValueError):
+    """A file does not look like a TLC trip file of the expected service."""
+
+
+def match_schema(service: str, schema: pa.Schema) -> SchemaMatch:
+    """Find the era a file's schema belongs to.
+
+    Extra unknown columns are accepted (reported in ``extra_columns``); a missing required column raises
+    :class:`SchemaMismatchError` naming it. Column names are compared case-insensitively, as the TLC
+    has changed capitalisation (``airport_fee``/``Airport_fee``).
+    """
+    names = {n.lower(): n for n in schema.names}
+    required = REQUIRED_COLUMNS.get(service)
+    if required is None:
+        raise SchemaMismatchError(f"unknown service {service!r}")
+    missing = [c for c in required if c.lower() not in names]
+    if missing:
+        raise SchemaMismatchError(
+            f"{service} file is missing required column(s) {missing}; found columns {list(schema.names)}"
+        )
+    best: tuple[int, SchemaEra] | None = None
+    for era in (e for e in ERAS if e.service == service):
+        score = 0
+        for field in era.schema:
+            actual = names.get(field.name.lower())
+            if actual is None:
+                continue
+            score += 1
+            if field.name == actual:
+                score += 1
+            if schema.field(actual).type == field.type:
+                score += 2
+        if best is None or score > best[0]:
+            best = (score, era)
+    assert best is not None
+    era = best[1]
+    known = {f.name.lower() for e in ERAS if e.service == service for f in e.schema}
+    extra = tuple(n for n in schema.names if n.lower() not in known)
+    missing_optional = tuple(f.name for f in era.schema if f.name.lower() not in names)
+    return SchemaMatch(era=era.name, extra_columns=extra, missing_optional=missing_optional)

@@ -84,8 +84,37 @@ def _as_numpy(col) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if isinstance(col, pa.Array):
+        if col.null_count:
+            col = col.cast(pa.float64()).fill_null(float("nan"))
+        if pa.types.is_timestamp(col.type):
+            return _buffer_view(col, np.int64).view(f"datetime64[{col.type.unit}]")
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            return _buffer_view(col, np.dtype(str(col.type).replace("double", "float64").replace("float", "float32")
+                                               if str(col.type) in ("double", "float") else str(col.type)))
         return col.to_numpy(zero_copy_only=False)
     return np.asarray(col)
+
+
+def _buffer_view(col: pa.Array, dtype) -> np.ndarray:
+    """Zero-copy numpy view of a null-free fixed-width arrow array (arrow's own conversion imports pandas)."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col), offset=col.offset * dtype.itemsize)
+
+
+def _service_codes(col) -> np.ndarray:
+    """int8 code into ``SERVICES`` (yellow=0, green=1) for arrow, numpy or list input."""
+    if isinstance(col, pa.ChunkedArray | pa.Array):
+        import pyarrow.compute as pc
+
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            lookup = np.array([SERVICES.index(v) if v in SERVICES else 0 for v in col.dictionary.to_pylist()],
+                              dtype=np.int8)
+            indices = col.indices.cast(pa.int64()) if col.indices.null_count == 0 else col.indices.fill_null(0)
+            return lookup[_buffer_view(indices.cast(pa.int64()), np.int64)]
+        return _buffer_view(pc.cast(pc.equal(col.cast(pa.string()), pa.scalar("green")), pa.int8()), np.int8)
+    return (np.asarray(col).astype(str) == "green").astype(np.int8)
 
 
 def _dictionary(codes: np.ndarray, categories: tuple[str, ...]) -> pa.DictionaryArray:
@@ -103,14 +132,7 @@ def compute_feature_arrays(quotes: Mapping[str, object], zones: ZoneTable) -> di
     do = np.clip(_as_numpy(quotes["dropoff_zone"]).astype(np.int64), 0, MAX_ZONE_ID)
     pax = _as_numpy(quotes["passenger_count"])
     pax = np.nan_to_num(pax.astype(np.float64), nan=1.0).astype(np.int8)
-    service_raw = quotes["service"]
-    if isinstance(service_raw, pa.ChunkedArray | pa.Array):
-        service_raw = pa.chunked_array([service_raw]) if isinstance(service_raw, pa.Array) else service_raw
-        service_code = np.asarray(
-            pa.compute.equal(service_raw.cast(pa.string()), "green").to_numpy(zero_copy_only=False), dtype=np.int8
-        )
-    else:
-        service_code = (np.asarray(service_raw).astype(str) == "green").astype(np.int8)
+    service_code = _service_codes(quotes["service"])
 
     hour = ((ts // 60) % 24).astype(np.int8)
     weekday = (((ts // 1440) + 3) % 7).astype(np.int8)  # 1970-01-01 was a Thursday; Monday = 0

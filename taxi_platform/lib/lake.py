@@ -41,6 +41,17 @@ class Lake:
     def partition_path(self, table: str, partition_key: str, filename: str = PART_FILE) -> str:
         return self.path(table, month_dir(partition_key), filename)
 
+    def raw_trips_path(self, service: str, partition_key: str) -> str:
+        """Where ``raw_trips`` keeps the TLC file of one service and month, byte for byte."""
+        month = partition_key[:7]
+        return self.path("raw_trips", f"service={service}", month_dir(partition_key), f"{service}_tripdata_{month}.parquet")
+
+    def zones_csv_path(self) -> str:
+        return self.path("taxi_zones", "taxi_zone_lookup.csv")
+
+    def zones_parquet_path(self) -> str:
+        return self.path("taxi_zones", "zones.parquet")
+
     def table_glob(self, table: str) -> str:
         return self.path(table, "month=*", "*.parquet")
 

@@ -1,0 +1,348 @@
+"""Ingest: the TLC zone lookup and the monthly trip files, kept as the source published them.
+
+``taxi_zones`` stores ``misc/taxi_zone_lookup.csv`` (and a typed Parquet copy); ``raw_trips`` stores each
+configured service's monthly Parquet file byte for byte under
+``raw_trips/service={service}/month=YYYY-MM/``. Both write through the lake's atomic staging, so a failed
+or killed run leaves the previous files in place.
+"""
+
+import hashlib
+from contextlib import ExitStack
+from datetime import date
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+from taxi_platform.defs.resources import resources as _shared_resources
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.tlc import (
+    DownloadError,
+    DownloadResult,
+    NotPublishedError,
+    ProbeResult,
+    ZoneLookupError,
+    download_to,
+    fetch,
+    not_published_message,
+    parse_zone_lookup,
+    probe_many,
+    trip_url,
+    zone_lookup_url,
+)
+from taxi_platform.lib.tlc_schema import SchemaMismatchError, era_for, match_schema
+from taxi_platform.settings import parse_month
+
+RAW_TRIPS = "raw_trips"
+TAXI_ZONES = "taxi_zones"
+
+INGEST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+TLC_POOL = "tlc_downloads"
+
+
+def raw_trip_path(lake: Lake, service: str, month: date) -> str:
+    """``raw_trips/service={service}/month=YYYY-MM/{service}_tripdata_YYYY-MM.parquet`` in ``lake``."""
+    return lake.raw_trips_path(service, f"{month:%Y-%m-01}")
+
+
+def _markdown_table(table: pa.Table, limit: int = 10) -> str:
+    names = table.column_names
+    rows = table.slice(0, limit).to_pylist()
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = ["" if row[n] is None else str(row[n]).replace("|", "\\|") for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _timestamp_or_text(parsed, raw: str | None) -> dg.MetadataValue:
+    if parsed is not None:
+        return dg.MetadataValue.timestamp(parsed)
+    return dg.MetadataValue.text(raw or "")
+
+
+def _failure(exc: Exception, *, allow_retries: bool, suffix: str) -> dg.Failure:
+    return dg.Failure(description=f"{exc} {suffix}".strip(), allow_retries=allow_retries)
+
+
+# -- taxi_zones --------------------------------------------------------------------------------------
+@dg.asset(
+    key=TAXI_ZONES,
+    group_name="ingest",
+    kinds={"csv", "parquet"},
+    description="TLC taxi zone lookup (LocationID -> Borough, Zone, service_zone), as published, plus a typed Parquet copy.",
+    retry_policy=INGEST_RETRY_POLICY,
+    pool=TLC_POOL,
+    code_version="1",
+)
+def taxi_zones(
+    context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
+) -> dg.MaterializeResult:
+    url = zone_lookup_url(tlc.source_url())
+    lk = lake.lake()
+    try:
+        fetched = fetch(
+            url, timeout=tlc.timeout(), retries=tlc.retries, backoff=tlc.backoff, logger=context.log
+        )
+        table = parse_zone_lookup(fetched.content, source=url)
+    except NotPublishedError as exc:
+        raise _failure(exc, allow_retries=False, suffix="Nothing was written.") from exc
+    except ZoneLookupError as exc:
+        raise _failure(exc, allow_retries=False, suffix="Nothing was written.") from exc
+    except DownloadError as exc:
+        raise _failure(
+            exc, allow_retries=exc.transient and tlc.step_retries, suffix="Nothing was written."
+        ) from exc
+
+    csv_path = lk.zones_csv_path()
+    parquet_path = lk.zones_parquet_path()
+    with lk.staged_file(parquet_path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    lk.write_bytes(csv_path, fetched.content)
+    context.log.info(f"wrote {table.num_rows} zones from {url} to {csv_path} and {parquet_path}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": _column_schema(table.schema),
+            "preview": dg.MetadataValue.md(_markdown_table(table)),
+            "url": dg.MetadataValue.url(url),
+            "sha256": fetched.sha256,
+            "size": fetched.size,
+            "etag": fetched.etag or "",
+            "last_modified": _timestamp_or_text(fetched.last_modified, fetched.last_modified_raw),
+            "csv_path": dg.MetadataValue.path(csv_path),
+            "parquet_path": dg.MetadataValue.path(parquet_path),
+        },
+        data_version=dg.DataVersion(fetched.sha256),
+    )
+
+
+# -- raw_trips ---------------------------------------------------------------------------------------
+def _check_published(month: date, probes: dict[str, ProbeResult], allow_retries: bool) -> None:
+    """Raise a :class:`dagster.Failure` unless every service's file is on the source."""
+    missing = {s: p for s, p in probes.items() if p.status == "not_published"}
+    if missing:
+        lines = [not_published_message(p.url, p.http_status, s, month) for s, p in missing.items()]
+        published = [s for s, p in probes.items() if p.published]
+        note = f" ({', '.join(published)} already published.)" if published else ""
+        raise dg.Failure(
+            description=" ".join(lines) + note + " Nothing was written for this partition.",
+            metadata={f"{s}_url": dg.MetadataValue.url(p.url) for s, p in missing.items()},
+            allow_retries=False,
+        )
+    errors = {s: p for s, p in probes.items() if p.status == "error"}
+    if errors:
+        detail = "; ".join(f"{s}: {p.url}: {p.message}" for s, p in errors.items())
+        raise dg.Failure(
+            description=(
+                f"could not check whether {month:%Y-%m} is published on the source ({detail}). "
+                "Nothing was written; the source or network may be having trouble, try again later."
+            ),
+            allow_retries=allow_retries,
+        )
+
+
+def _service_metadata(result: DownloadResult) -> dict[str, object]:
+    s = result.service
+    return {
+        f"{s}_sha256": result.sha256,
+        f"{s}_size": result.size,
+        f"{s}_etag": result.etag or "",
+        f"{s}_last_modified": _timestamp_or_text(result.last_modified, result.last_modified_raw),
+        f"{s}_url": dg.MetadataValue.url(result.url),
+        f"{s}_path": dg.MetadataValue.path(result.path),
+        f"{s}_era": result.era,
+        f"{s}_extra_columns": dg.MetadataValue.json(list(result.extra_columns)),
+        f"{s}_row_count": result.num_rows,
+        f"{s}_data_source": result.data_source,
+        f"{s}_attempts": result.attempts,
+    }
+
+
+@dg.asset(
+    key=RAW_TRIPS,
+    partitions_def=monthly_partitions,
+    group_name="ingest",
+    kinds={"parquet", "python"},
+    description=(
+        "The TLC monthly trip files, one per configured service, byte for byte as published "
+        "(sha256, size, ETag and Last-Modified in the metadata)."
+    ),
+    retry_policy=INGEST_RETRY_POLICY,
+    pool=TLC_POOL,
+    code_version="1",
+)
+def raw_trips(
+    context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
+) -> dg.MaterializeResult:
+    month = parse_month(context.partition_key, "partition key")
+    services = tlc.service_list()
+    base_url = tlc.source_url()
+    lk = lake.lake()
+    urls = {s: trip_url(base_url, s, month) for s in services}
+
+    probes = dict(
+        zip(
+            services,
+            probe_many(urls.values(), max_workers=tlc.probe_workers, timeout=tlc.timeout()),
+            strict=True,
+        )
+    )
+    for s, p in probes.items():
+        context.log.info(f"{s} {month:%Y-%m}: {p.status} ({p.http_status}, {p.size} bytes, ETag {p.etag})")
+    _check_published(month, probes, allow_retries=tlc.step_retries)
+
+    results: list[DownloadResult] = []
+    try:
+        # Stage every service's file first; publish them only when all have downloaded and verified.
+        with ExitStack() as stack:
+            for service in services:
+                dest = raw_trip_path(lk, service, month)
+                tmp = stack.enter_context(lk.staged_file(dest, suffix=".parquet"))
+                result = download_to(
+                    urls[service],
+                    tmp,
+                    service=service,
+                    month=month,
+                    timeout=tlc.timeout(),
+                    retries=tlc.retries,
+                    backoff=tlc.backoff,
+                    logger=context.log,
+                    result_path=dest,
+                )
+                context.log.info(
+                    f"{service} {month:%Y-%m}: {result.num_rows} rows, {result.size} bytes, era {result.era}, "
+                    f"sha256 {result.sha256[:12]}, {result.attempts} attempt(s)"
+                )
+                if result.extra_columns:
+                    context.log.warning(
+                        f"{service} {month:%Y-%m} has new columns {list(result.extra_columns)}"
+                    )
+                results.append(result)
+    except NotPublishedError as exc:
+        raise _failure(exc, allow_retries=False, suffix="Nothing was written for this partition.") from exc
+    except DownloadError as exc:
+        raise _failure(
+            exc,
+            allow_retries=exc.transient and tlc.step_retries,
+            suffix=f"Nothing was written; any earlier files for {month:%Y-%m} are unchanged.",
+        ) from exc
+
+    sources = {r.data_source for r in results}
+    metadata: dict[str, object] = {
+        "dagster/row_count": sum(r.num_rows for r in results),
+        "data_source": "synthetic" if "synthetic" in sources else "tlc",
+        "month": f"{month:%Y-%m}",
+        "services": dg.MetadataValue.json(list(services)),
+        "source": dg.MetadataValue.url(base_url),
+    }
+    for result in results:
+        metadata.update(_service_metadata(result))
+    version = hashlib.sha256("".join(f"{r.service}:{r.sha256};" for r in results).encode()).hexdigest()
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+# -- checks ------------------------------------------------------------------------------------------
+def _months_in_lake(lk: Lake, services: tuple[str, ...]) -> list[date]:
+    months: set[date] = set()
+    for service in services:
+        for name in lk.listdir(lk.path(RAW_TRIPS, f"service={service}")):
+            if name.startswith("month="):
+                try:
+                    months.add(parse_month(name[len("month=") :]))
+                except ValueError:
+                    continue
+    return sorted(months)
+
+
+def _read_schema(lk: Lake, path: str) -> pa.Schema:
+    with lk.fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).schema_arrow
+
+
+@dg.asset_check(
+    asset=raw_trips,
+    name="raw_schema_recognised",
+    description=(
+        "Each raw trip file's columns match a known TLC schema era for its service (required columns present; "
+        "extra columns are allowed and listed)."
+    ),
+)
+def raw_schema_recognised(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, tlc: TlcSourceResource
+) -> dg.AssetCheckResult:
+    lk = lake.lake()
+    services = tlc.service_list()
+    if context.has_partition_key:
+        months = [parse_month(context.partition_key, "partition key")]
+    else:
+        months = _months_in_lake(lk, services)
+    errors: list[str] = []
+    warnings: list[str] = []
+    files: dict[str, dict[str, object]] = {}
+    for month in months:
+        for service in services:
+            path = raw_trip_path(lk, service, month)
+            label = f"{service} {month:%Y-%m}"
+            if not lk.exists(path):
+                errors.append(f"{label}: file missing at {path}")
+                continue
+            try:
+                matched = match_schema(service, _read_schema(lk, path))
+            except SchemaMismatchError as exc:
+                errors.append(f"{label}: {exc}")
+                continue
+            except (pa.ArrowException, OSError) as exc:
+                errors.append(f"{label}: unreadable Parquet ({exc})")
+                continue
+            expected = era_for(service, month).name
+            files[label] = {
+                "era": matched.era,
+                "expected_era": expected,
+                "extra_columns": list(matched.extra_columns),
+                "missing_optional_columns": list(matched.missing_optional),
+            }
+            if matched.missing_optional:
+                warnings.append(
+                    f"{label}: era {matched.era} columns missing {list(matched.missing_optional)}"
+                )
+    if not months:
+        errors.append("no raw_trips files in the lake to check")
+    passed = not errors and not warnings
+    severity = dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN
+    problems = errors + warnings
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=severity,
+        description="; ".join(problems) if problems else f"{len(files)} file(s) match a known TLC schema era",
+        metadata={
+            "files": dg.MetadataValue.json(files),
+            "extra_columns": dg.MetadataValue.json(
+                sorted({c for f in files.values() for c in f["extra_columns"]})  # type: ignore[union-attr]
+            ),
+            "problems": dg.MetadataValue.json(problems),
+        },
+    )
+
+
+assets = [taxi_zones, raw_trips]
+asset_checks = [raw_schema_recognised]
+resources = dict(_shared_resources)
+
+__all__ = [
+    "INGEST_RETRY_POLICY",
+    "TLC_POOL",
+    "asset_checks",
+    "assets",
+    "raw_schema_recognised",
+    "raw_trip_path",
+    "raw_trips",
+    "resources",
+    "taxi_zones",
+]

@@ -1,0 +1,52 @@
+"""Helpers that turn a Parquet partition into Dagster metadata: row count, column schema, preview."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from taxi_platform.lib.lake import Lake
+
+
+def _q(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def parquet_data_source(lake: Lake, path: str) -> str:
+    """``synthetic`` when the file carries the sample generator's label, else ``tlc``."""
+    con = lake.connect()
+    try:
+        rows = con.execute(
+            f"SELECT value FROM parquet_kv_metadata({_q(path)}) WHERE decode(key) = 'data_source'"
+        ).fetchall()
+    finally:
+        con.close()
+    return bytes(rows[0][0]).decode() if rows else "tlc"
+
+
+def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, Any]:
+    """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path of one Parquet file."""
+    con = lake.connect()
+    try:
+        rows = con.execute(f"SELECT count(*) FROM read_parquet({_q(path)})").fetchone()[0]
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_q(path)})").fetchall()
+        sample = con.execute(f"SELECT * FROM read_parquet({_q(path)}) LIMIT {int(preview_rows)}").fetchall()
+    finally:
+        con.close()
+    names = [d[0] for d in described]
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=d[0], type=str(d[1])) for d in described])
+    header = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
+    body = "".join("| " + " | ".join(_fmt(v) for v in r) + " |\n" for r in sample)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(int(rows)),
+        "dagster/column_schema": schema,
+        "preview": dg.MetadataValue.md(header + body),
+        "path": dg.MetadataValue.path(path),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

@@ -1,0 +1,69 @@
+"""Dagster resources shared by the platform's assets.
+
+Both resources are cheap to construct: nothing is read from the environment, opened or connected
+until an asset asks for it, so definitions load fast and the same resources work in a local run,
+in ``dagster dev`` and in a Kubernetes run pod (where settings come from that pod's environment).
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_platform.lib.lake import Lake
+from taxi_platform.settings import load_settings, parse_services
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The Parquet lake. ``root`` defaults to ``TAXI_LAKE_ROOT`` (or ``$TAXI_DATA_DIR/lake``)."""
+
+    root: str | None = Field(
+        default=None,
+        description="Lake root: a local directory or gs://bucket/prefix. Default: from settings.",
+    )
+
+    def resolved_root(self) -> str:
+        return self.root or load_settings().lake_root
+
+    def lake(self) -> Lake:
+        return Lake(self.resolved_root())
+
+
+class TlcSourceResource(dg.ConfigurableResource):
+    """Where and how to fetch TLC files. Unset fields default to ``TLC_BASE_URL`` / ``TAXI_SERVICES``."""
+
+    base_url: str | None = Field(
+        default=None, description="Source base URL (TLC CloudFront host or a mirror). Default: TLC_BASE_URL."
+    )
+    services: list[str] | None = Field(
+        default=None, description="Services to ingest, e.g. ['yellow', 'green']. Default: TAXI_SERVICES."
+    )
+    connect_timeout: float = Field(default=10.0, description="Seconds to wait for a TCP/TLS connection.")
+    read_timeout: float = Field(default=60.0, description="Seconds to wait between bytes of a response.")
+    retries: int = Field(default=3, ge=0, description="Client retries per file on transient errors.")
+    backoff: float = Field(
+        default=2.0, ge=0, description="Seconds before the first client retry; doubles on each retry."
+    )
+    probe_workers: int = Field(default=8, ge=1, description="Parallel HEAD requests when probing.")
+    step_retries: bool = Field(
+        default=True,
+        description=(
+            "Whether a transient download failure that outlasts the client retries may be retried by the "
+            "asset's Dagster RetryPolicy. Permanent failures (not published, not Parquet, bad schema) never are."
+        ),
+    )
+
+    def source_url(self) -> str:
+        return (self.base_url or load_settings().tlc_base_url).rstrip("/")
+
+    def service_list(self) -> tuple[str, ...]:
+        if self.services is None:
+            return load_settings().services
+        return parse_services(",".join(self.services))
+
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+resources: dict[str, dg.ConfigurableResource] = {
+    "lake": LakeResource(),
+    "tlc": TlcSourceResource(),
+}

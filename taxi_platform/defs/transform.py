@@ -1,0 +1,173 @@
+"""``cleaned_trips`` and ``trip_features``: monthly DuckDB transforms over the lake, with their checks.
+
+No ``from __future__ import annotations`` here: Dagster inspects the ``context`` annotation at runtime.
+"""
+
+
+from datetime import date
+
+import dagster as dg
+
+from taxi_platform.defs.metadata import parquet_data_source, table_metadata
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+from taxi_platform.lib.features import ZoneTable
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.transform import clean_month
+
+KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
+MIN_KEPT_RATIO = 0.80
+
+
+def _q(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def _month(context: dg.AssetExecutionContext) -> date:
+    return date.fromisoformat(context.partition_key)
+
+
+def load_zones(lake: Lake) -> ZoneTable:
+    """The zone table from the ``taxi_zones`` asset's CSV in the lake."""
+    import csv
+    import io
+
+    path = lake.zones_csv_path()
+    if not lake.exists(path):
+        raise dg.Failure(
+            description=f"No zone lookup at {path}: materialise the `taxi_zones` asset first.",
+        )
+    rows = list(csv.DictReader(io.StringIO(lake.read_bytes(path).decode("utf-8"))))
+    return ZoneTable.from_records(
+        [r["LocationID"] for r in rows], [r["Borough"] for r in rows], [r["Zone"] for r in rows]
+    )
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    deps=["raw_trips"],
+    group_name="transform",
+    kinds={"duckdb", "parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "kept_ratio_above_threshold",
+            asset="cleaned_trips",
+            description=f"At least {MIN_KEPT_RATIO:.0%} of raw rows survive cleaning (warns).",
+        ),
+        dg.AssetCheckSpec(
+            "no_nulls_in_key_columns",
+            asset="cleaned_trips",
+            description=f"No NULLs in {', '.join(KEY_COLUMNS)}.",
+        ),
+        dg.AssetCheckSpec(
+            "pickups_inside_month",
+            asset="cleaned_trips",
+            description="Every pickup lies inside the partition's month.",
+        ),
+    ],
+    description="Yellow and green trips of one month in one typed schema, exact duplicates and invalid rows "
+    "removed (counted per reason in metadata). Lake: cleaned_trips/month=YYYY-MM/.",
+)
+def cleaned_trips(
+    context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
+) -> dg.MaterializeResult:
+    store = lake.lake()
+    month = _month(context)
+    raw_files = {}
+    for service in tlc.service_list():
+        path = store.raw_trips_path(service, context.partition_key)
+        if not store.exists(path):
+            raise dg.Failure(
+                description=f"raw_trips has no {service} file for {month:%Y-%m} ({path}): "
+                f"materialise raw_trips for partition {context.partition_key} first.",
+            )
+        raw_files[service] = path
+    dest = store.partition_path("cleaned_trips", context.partition_key)
+    sources = sorted({parquet_data_source(store, p) for p in raw_files.values()})
+    result = clean_month(store, raw_files, month, dest, data_source=",".join(sources))
+    context.log.info(
+        f"{month:%Y-%m}: kept {result.rows_out:,} of {result.total_in:,} rows; rejected {result.rejected}"
+    )
+    checks = _cleaned_checks(store, dest, month, result.kept_ratio)
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(store, dest),
+            "rows_in": dg.MetadataValue.json(result.rows_in),
+            "rows_out_by_service": dg.MetadataValue.json(result.rows_out_by_service),
+            "rejected_by_reason": dg.MetadataValue.json(result.rejected),
+            "rejected_rows": dg.MetadataValue.int(sum(result.rejected.values())),
+            "passenger_count_imputed": dg.MetadataValue.int(result.passenger_count_imputed),
+            "kept_ratio": dg.MetadataValue.float(round(result.kept_ratio, 4)),
+            "data_source": dg.MetadataValue.text(",".join(sources)),
+        },
+        check_results=checks,
+    )
+
+
+def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> list[dg.AssetCheckResult]:
+    nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+    con = store.connect()
+    try:
+        null_counts = con.execute(
+            "SELECT "
+            + ", ".join(f"count(*) FILTER (WHERE {c} IS NULL)" for c in KEY_COLUMNS)
+            + f" FROM read_parquet({_q(path)})"
+        ).fetchone()
+        outside = con.execute(
+            f"SELECT count(*) FROM read_parquet({_q(path)}) "
+            f"WHERE pickup_datetime < TIMESTAMP '{month.isoformat()}' OR pickup_datetime >= TIMESTAMP '{nxt.isoformat()}'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    nulls = {c: int(n) for c, n in zip(KEY_COLUMNS, null_counts, strict=True) if n}
+    return [
+        dg.AssetCheckResult(
+            check_name="kept_ratio_above_threshold",
+            passed=kept_ratio >= MIN_KEPT_RATIO,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"kept_ratio": round(kept_ratio, 4), "threshold": MIN_KEPT_RATIO},
+        ),
+        dg.AssetCheckResult(
+            check_name="no_nulls_in_key_columns",
+            passed=not nulls,
+            metadata={"null_counts": dg.MetadataValue.json(nulls)},
+        ),
+        dg.AssetCheckResult(
+            check_name="pickups_inside_month",
+            passed=outside == 0,
+            metadata={"pickups_outside_month": int(outside)},
+        ),
+    ]
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    deps=["cleaned_trips", "taxi_zones"],
+    group_name="transform",
+    kinds={"duckdb", "parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Per-trip features known before the ride (lib/features.py, shared with serving) plus the target "
+    "fare_amount and observed distance/duration. Lake: trip_features/month=YYYY-MM/.",
+)
+def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    from taxi_platform.lib.transform import build_features
+
+    store = lake.lake()
+    source = store.partition_path("cleaned_trips", context.partition_key)
+    if not store.exists(source):
+        raise dg.Failure(
+            description=f"No cleaned_trips partition for {context.partition_key} at {source}: "
+            "materialise cleaned_trips for this month first."
+        )
+    zones = load_zones(store)
+    dest = store.partition_path("trip_features", context.partition_key)
+    rows = build_features(store, source, zones, dest)
+    context.log.info(f"{context.partition_key[:7]}: wrote {rows:,} feature rows")
+    return dg.MaterializeResult(
+        metadata={**table_metadata(store, dest), "data_source": parquet_data_source(store, dest)}
+    )
+
+
+assets = [cleaned_trips, trip_features]
+asset_checks: list = []

@@ -1,0 +1,9 @@
+"""SQL text used by the transform step, kept as .sql files next to this module."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+
+def load_sql(name: str) -> str:
+    return files(__package__).joinpath(f"{name}.sql").read_text(encoding="utf-8")

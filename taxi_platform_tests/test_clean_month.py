@@ -1,0 +1,156 @@
+"""clean_month on hand-made raw files: every rejection rule, exact duplicates, and every schema era."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.tlc_schema import era_for
+from taxi_platform.lib.transform import CLEANED_COLUMNS, clean_month, unified_select
+
+GOOD = dict(pu="2024-03-05 08:15:00", do="2024-03-05 08:40:00", dist=3.2, fare=18.4, pul=161, dol=236, pax=1)
+
+
+def _rows(service: str, month: date, rows: list[dict]) -> pa.Table:
+    schema = era_for(service, month).schema
+    prefix = "tpep" if service == "yellow" else "lpep"
+    cols: dict[str, list] = {f.name: [] for f in schema}
+    for r in rows:
+        r = {**GOOD, **r}
+        for f in schema:
+            name = f.name
+            if name == f"{prefix}_pickup_datetime":
+                v = datetime.fromisoformat(r["pu"])
+            elif name == f"{prefix}_dropoff_datetime":
+                v = datetime.fromisoformat(r["do"])
+            elif name == "PULocationID":
+                v = r["pul"]
+            elif name == "DOLocationID":
+                v = r["dol"]
+            elif name == "passenger_count":
+                v = r["pax"]
+            elif name == "trip_distance":
+                v = r["dist"]
+            elif name == "fare_amount":
+                v = r["fare"]
+            elif name == "total_amount":
+                v = r["fare"] + 5.0
+            elif name == "store_and_fwd_flag":
+                v = "N"
+            elif pa.types.is_floating(f.type):
+                v = 1.0
+            else:
+                v = 1
+            cols[name].append(v)
+    return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
+
+
+def _write(tmp_path, name, table) -> str:
+    path = str(tmp_path / name)
+    pq.write_table(table, path)
+    return path
+
+
+def test_every_rejection_rule_counted_once_and_duplicates_collapsed(tmp_path):
+    month = date(2024, 3, 1)
+    yellow = _rows("yellow", month, [
+        {},                                                   # kept
+        {},                                                   # exact duplicate of the first
+        {"pu": "2024-02-28 23:00:00", "do": "2024-02-28 23:20:00"},  # pickup outside month
+        {"do": "2024-03-05 08:00:00"},                        # dropoff before pickup
+        {"dist": 0.0},                                        # zero distance
+        {"fare": -12.0},                                      # negative fare
+        {"pul": 264},                                         # unknown zone
+        {"dol": 265},                                         # outside NYC
+        {"pax": None, "fare": 22.0},                          # null passenger count: kept, imputed as 1
+        {"do": "2024-03-05 15:00:00"},                        # duration over 5 h
+        {"dist": 900.0, "do": "2024-03-05 12:00:00"},         # absurd distance
+        {"dist": 60.0, "do": "2024-03-05 08:25:00"},          # 360 mph
+    ])
+    green = _rows("green", month, [{"fare": 11.0, "pul": 74, "dol": 75}])
+    lake = Lake(str(tmp_path / "lake"))
+    dest = lake.partition_path("cleaned_trips", "2024-03-01")
+    result = clean_month(lake, {"yellow": _write(tmp_path, "y.parquet", yellow),
+                                "green": _write(tmp_path, "g.parquet", green)}, month, dest)
+    assert result.rows_in == {"yellow": 12, "green": 1}
+    assert result.rejected == {
+        "distance_over_200mi": 1,
+        "dropoff_not_after_pickup": 1,
+        "duration_over_5h": 1,
+        "exact_duplicate": 1,
+        "non_positive_distance": 1,
+        "non_positive_fare": 1,
+        "pickup_outside_month": 1,
+        "speed_over_90mph": 1,
+        "unknown_zone": 2,
+    }
+    assert result.rows_out == 3
+    assert result.rows_out_by_service == {"yellow": 2, "green": 1}
+    assert result.passenger_count_imputed == 1
+    table = pq.read_table(dest)
+    assert tuple(table.column_names) == CLEANED_COLUMNS
+    assert sorted(table["fare_amount"].to_pylist()) == [11.0, 18.4, 22.0]
+    assert sorted(table["passenger_count"].to_pylist()) == [1, 1, 1]
+    assert table.schema.field("passenger_count").type == pa.int8()
+    assert table.schema.field("pickup_zone").type == pa.int32()
+    durations = sorted(table["trip_duration_min"].to_pylist())
+    assert durations[0] == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("month", [date(2023, 1, 1), date(2023, 6, 1), date(2025, 2, 1)])
+@pytest.mark.parametrize("service", ["yellow", "green"])
+def test_every_schema_era_maps_to_the_same_unified_types(tmp_path, service, month):
+    pu = f"{month:%Y-%m}-10 18:30:00"
+    do = f"{month:%Y-%m}-10 18:50:00"
+    raw = _rows(service, month, [{"pu": pu, "do": do}])
+    path = _write(tmp_path, "raw.parquet", raw)
+    con = duckdb.connect()
+    rel = con.sql(unified_select(service, path, raw.column_names))
+    types = dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
+    assert types["pickup_datetime"] == "TIMESTAMP"
+    assert types["pickup_zone"] == "INTEGER"
+    assert types["passenger_count"] == "DOUBLE"
+    assert types["airport_fee"] == "DOUBLE"
+    row = dict(zip(rel.columns, rel.limit(1).fetchall()[0], strict=True))
+    assert row["service"] == service
+    assert row["airport_fee"] == (1.0 if service == "yellow" else None)
+    assert row["cbd_congestion_fee"] == (1.0 if month >= date(2025, 1, 1) else None)
+    lake = Lake(str(tmp_path / "lake"))
+    result = clean_month(lake, {service: path}, month, lake.partition_path("cleaned_trips", f"{month:%Y-%m}-01"))
+    assert result.rows_out == 1 and not result.rejected
+
+
+def test_unknown_extra_column_is_ignored_and_rerun_is_identical(tmp_path):
+    month = date(2024, 3, 1)
+    raw = _rows("yellow", month, [{}, {"fare": 30.0, "dist": 8.0}])
+    raw = raw.append_column("brand_new_fee", pa.array([0.5, 0.5]))
+    path = _write(tmp_path, "raw.parquet", raw)
+    lake = Lake(str(tmp_path / "lake"))
+    dest = lake.partition_path("cleaned_trips", "2024-03-01")
+    clean_month(lake, {"yellow": path}, month, dest)
+    first = pq.read_table(dest).sort_by("fare_amount")
+    clean_month(lake, {"yellow": path}, month, dest)
+    second = pq.read_table(dest).sort_by("fare_amount")
+    assert first.equals(second)
+    assert first.num_rows == 2
+    assert [p.name for p in (tmp_path / "lake" / "cleaned_trips" / "month=2024-03").iterdir()] == ["part-0.parquet"]
+
+
+def test_failed_write_leaves_previous_partition(tmp_path):
+    month = date(2024, 3, 1)
+    lake = Lake(str(tmp_path / "lake"))
+    dest = lake.partition_path("cleaned_trips", "2024-03-01")
+    good = _write(tmp_path, "good.parquet", _rows("yellow", month, [{}]))
+    clean_month(lake, {"yellow": good}, month, dest)
+    before = (tmp_path / "lake" / "cleaned_trips" / "month=2024-03" / "part-0.parquet").read_bytes()
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(duckdb.Error):
+        clean_month(lake, {"yellow": str(tmp_path / "corrupt.parquet")}, month, dest)
+    after_dir = sorted(p.name for p in (tmp_path / "lake" / "cleaned_trips" / "month=2024-03").iterdir())
+    assert after_dir == ["part-0.parquet"]
+    assert (tmp_path / "lake" / "cleaned_trips" / "month=2024-03" / "part-0.parquet").read_bytes() == before

@@ -90,17 +90,19 @@ class Lake:
 
     # -- atomic writes ---------------------------------------------------------------------
     @contextmanager
-    def staged_file(self, dest: str, suffix: str = ".parquet") -> Iterator[str]:
+    def staged_file(self, dest: str, suffix: str = "") -> Iterator[str]:
         """Yield a local temporary path; on success move it to ``dest`` atomically.
 
-        On any exception the temporary file is removed and ``dest`` is untouched.
+        On any exception the temporary file is removed and ``dest`` is untouched. The temporary name is a
+        dot-file ending in ``.tmp``, so globs such as ``month=*/*.parquet`` never read a half-written file,
+        even one left behind by a process that was killed.
         """
         if not self.is_remote:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
             tmp_dir = str(Path(dest).parent)
         else:
             tmp_dir = None
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", suffix=suffix, dir=tmp_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
         os.close(fd)
         try:
             yield tmp
@@ -116,7 +118,7 @@ class Lake:
             try:
                 os.replace(local_file, dest)
             except OSError:  # different filesystem: copy next to dest, then rename
-                tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+                tmp = str(Path(dest).parent / f".{Path(dest).name}.{uuid.uuid4().hex[:8]}.tmp")
                 shutil.copyfile(local_file, tmp)
                 os.replace(tmp, dest)
                 os.unlink(local_file)
@@ -125,7 +127,7 @@ class Lake:
             os.unlink(local_file)
 
     def write_bytes(self, dest: str, data: bytes) -> None:
-        with self.staged_file(dest, suffix=Path(dest).suffix) as tmp:
+        with self.staged_file(dest) as tmp:
             Path(tmp).write_bytes(data)
 
     def read_bytes(self, path: str) -> bytes:

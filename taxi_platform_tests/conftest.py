@@ -1,0 +1,61 @@
+"""Shared fixtures: a TLC-format sample mirror served over loopback HTTP and an isolated platform environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.mirror import MirrorServer
+from taxi_platform.lib.sample import write_sample_mirror
+
+# One month per TLC schema era (pre-2023-02, 2023-02+, 2025-01+), plus consecutive 2024 months.
+MIRROR_MONTHS = [date(2023, 1, 1), date(2023, 6, 1), date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1),
+                 date(2025, 2, 1)]
+MIRROR_ROWS = {"yellow": 4000, "green": 600}
+
+
+@dataclass
+class Mirror:
+    root: Path
+    server: MirrorServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="session")
+def sample_mirror(tmp_path_factory) -> Mirror:
+    root = tmp_path_factory.mktemp("mirror")
+    write_sample_mirror(root, MIRROR_MONTHS, rows_per_month=MIRROR_ROWS, seed=7)
+    with MirrorServer(root) as server:
+        yield Mirror(root=root, server=server)
+
+
+@dataclass
+class PlatformEnv:
+    data_dir: Path
+    lake: Lake
+    mirror: Mirror
+
+    def resources(self, **tlc_overrides) -> dict:
+        from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+
+        tlc = {"base_url": self.mirror.url, "retries": 1, "backoff": 0.01, **tlc_overrides}
+        return {"lake": LakeResource(root=self.lake.root), "tlc": TlcSourceResource(**tlc)}
+
+
+@pytest.fixture
+def platform_env(tmp_path, sample_mirror, monkeypatch) -> PlatformEnv:
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("TAXI_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("TAXI_LAKE_ROOT", str(data_dir / "lake"))
+    monkeypatch.setenv("TLC_BASE_URL", sample_mirror.url)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    sample_mirror.server.clear_faults()
+    return PlatformEnv(data_dir=data_dir, lake=Lake(str(data_dir / "lake")), mirror=sample_mirror)

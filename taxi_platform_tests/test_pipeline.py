@@ -164,7 +164,7 @@ def _child(env, partition: str, mode: str = "normal") -> subprocess.Popen:
 def test_two_partitions_in_parallel_processes_do_not_interfere(platform_env):
     _materialize(platform_env, "2024-03-01", assets=[raw_trips])  # also materialises taxi_zones first
     procs = {p: _child(platform_env, p) for p in ("2024-01-01", "2024-02-01")}
-    for partition, proc in procs.items():
+    for proc in procs.values():
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
         assert json.loads(out.strip().splitlines()[-1]) == {"success": True}

@@ -285,6 +285,9 @@ def _get_once(
         encoding = (resp.headers.get("Content-Encoding") or "identity").lower()
         if encoding != "identity":
             expected = None  # the length is of the encoded body; the Parquet footer check still applies
+        if expected is not None and hasattr(resp.raw, "enforce_content_length"):
+            # let a short body end normally so the length check below reports exactly what arrived
+            resp.raw.enforce_content_length = False
         digest = hashlib.sha256()
         size = 0
         first = b""

@@ -1,0 +1,202 @@
+"""``taxi-platform demo``: the whole platform end to end, offline, on a synthetic TLC mirror.
+
+Every stage runs for real: the mirror is served over loopback HTTP, assets are materialised through the Dagster
+instance under ``DAGSTER_HOME`` (so the runs show up in ``dagster dev`` afterwards), the model is logged and
+registered in MLflow, drift reports are written, a Bento is built and served, and one quote is sent to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from taxi_platform.commands.demo_summary import DemoReport, render_summary
+
+DEFAULT_MONTHS = "2024-01:2024-04"
+console = Console()
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message says what to do."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--months", default=DEFAULT_MONTHS,
+                        help=f"month range YYYY-MM:YYYY-MM (default {DEFAULT_MONTHS}; the first month only trains)")
+    parser.add_argument("--rows-per-month", type=int, default=20_000,
+                        help="synthetic yellow trips per month, green gets a tenth (default 20000)")
+    parser.add_argument("--source", choices=("sample", "tlc"), default="sample",
+                        help="sample: a synthetic mirror served on loopback (offline, default); tlc: the real TLC CDN")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--skip-serve", action="store_true",
+                        help="build the Bento but do not start it for the test quote")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the summary as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = run_demo(args)
+    except DemoError as exc:
+        console.print(f"\n[bold red]demo failed:[/] {exc}")
+        return 1
+    render_summary(console, report)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.as_dict(), indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+@contextlib.contextmanager
+def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iterator[str]:
+    from taxi_platform.lib.mirror import MirrorServer
+    from taxi_platform.lib.sample import write_sample_mirror
+
+    write_sample_mirror(root, months, rows_per_month={"yellow": rows, "green": max(rows // 10, 100)}, seed=seed)
+    with MirrorServer(root) as server:
+        yield server.url
+
+
+def _materialize(assets: list, selection: list[str], instance, resources: dict, partition_key: str | None):
+    import dagster as dg
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = dg.materialize(assets, selection=selection, partition_key=partition_key, instance=instance,
+                            resources=resources, raise_on_error=False, run_config=quiet,
+                            tags={"taxi_platform/source": "demo"})
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        detail = failures[0].event_specific_data.error.message.strip() if failures else "unknown error"
+        where = f" for {partition_key[:7]}" if partition_key else ""
+        raise DemoError(f"{', '.join(selection)}{where} failed: {detail}")
+    return result
+
+
+def _meta(result, key: str) -> dict:
+    mats = result.asset_materializations_for_node(key)
+    return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()} if mats else {}
+
+
+def run_demo(args: argparse.Namespace) -> DemoReport:
+    from taxi_platform.lib.sample import parse_month_range
+    from taxi_platform.settings import load_settings
+
+    try:
+        months = parse_month_range(args.months)
+    except ValueError as exc:
+        raise DemoError(f"--months {args.months!r}: {exc}") from exc
+    if len(months) < 2:
+        raise DemoError("--months needs at least two months: the model trains on earlier months and validates on later ones")
+    settings = load_settings()
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TAXI_DATA_DIR", str(data_dir))
+    dagster_home = _ensure_dagster_home(data_dir)
+    keys = [f"{m:%Y-%m}-01" for m in months]
+    report = DemoReport(months=[k[:7] for k in keys], data_source="synthetic" if args.source == "sample" else "tlc",
+                        data_dir=str(data_dir), dagster_home=str(dagster_home), lake_root=settings.lake_root,
+                        mlflow_uri=settings.mlflow_tracking_uri)
+    console.print(f"[bold]taxi_platform demo[/] — months {report.months[0]}..{report.months[-1]}, data dir {data_dir}")
+    if args.source == "sample":
+        console.print("[yellow]Source: SYNTHETIC sample data[/] in TLC format, served on a loopback port (no network).")
+    with contextlib.ExitStack() as stack:
+        if args.source == "sample":
+            url = stack.enter_context(_sample_source(data_dir / "sample_mirror", months, args.rows_per_month, args.seed))
+        else:
+            url = settings.tlc_base_url
+        os.environ["TLC_BASE_URL"] = url
+        _run_stages(args, keys, report, url)
+    return report
+
+
+def _ensure_dagster_home(data_dir: Path) -> Path:
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+    else:
+        from taxi_platform.lib.instance import ensure_dagster_home
+
+        home = ensure_dagster_home(data_dir)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, url: str) -> None:
+    import dagster as dg
+
+    from taxi_platform.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    assets = list(defs.assets or [])
+    checks = list(defs.asset_checks or [])
+    resources = dict(defs.resources or {})
+    available = {k.to_user_string() for a in assets for k in getattr(a, "keys", [])}
+    stages: list[tuple[str, int, Callable[[], None]]] = []
+
+    def ingest() -> None:
+        _materialize(assets + checks, ["taxi_zones"], instance, resources, None)
+        for key in keys:
+            result = _materialize(assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance,
+                                  resources, key)
+            raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
+            report.rows[key[:7]] = {
+                "raw": raw.get("dagster/row_count"),
+                "cleaned": cleaned.get("dagster/row_count"),
+                "rejected": cleaned.get("rejected_rows"),
+                "features": _meta(result, "trip_features").get("dagster/row_count"),
+            }
+            progress.advance(task)
+
+    stages.append(("Ingest + clean + features", len(keys), ingest))
+
+    if "fare_model" in available:
+        def model() -> None:
+            for key in keys[1:]:
+                result = _materialize(assets + checks, ["fare_model"], instance, resources, key)
+                report.model[key[:7]] = _meta(result, "fare_model")
+                progress.advance(task)
+
+        stages.append(("Train + register model", len(keys) - 1, model))
+
+    if "drift_report" in available:
+        def drift() -> None:
+            for key in keys[1:]:
+                result = _materialize(assets + checks, ["drift_report"], instance, resources, key)
+                report.drift[key[:7]] = _meta(result, "drift_report")
+                progress.advance(task)
+
+        stages.append(("Drift + quality reports", len(keys) - 1, drift))
+
+    if "fare_service" in available:
+        def bento() -> None:
+            result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
+            report.service.update(_meta(result, "fare_service"))
+            progress.advance(task)
+            if not args.skip_serve:
+                report.service["quote"] = _quote_from_bento()
+            progress.advance(task)
+
+        stages.append(("Build + serve Bento", 2, bento))
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        for name, total, fn in stages:
+            task = progress.add_task(name, total=total)
+            start = time.perf_counter()
+            fn()
+            report.timings[name] = round(time.perf_counter() - start, 1)
+    missing = [s for s in ("fare_model", "drift_report", "fare_service") if s not in available]
+    report.missing_stages = missing
+
+
+def _quote_from_bento() -> dict:
+    from taxi_platform.lib.bento_build import demo_quote
+
+    return demo_quote()

@@ -1,0 +1,72 @@
+"""The demo's final summary table (and its JSON form, which CI asserts on)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class DemoReport:
+    months: list[str]
+    data_source: str
+    data_dir: str
+    dagster_home: str
+    lake_root: str
+    mlflow_uri: str
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)
+    service: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    missing_stages: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    if value is None:
+        return "–"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def render_summary(console: Console, report: DemoReport) -> None:
+    table = Table(title=f"Data ({report.data_source})", show_lines=False)
+    for col in ("month", "raw rows", "cleaned", "rejected", "features", "drift share", "champion MAE"):
+        table.add_column(col, justify="right")
+    for month, rows in report.rows.items():
+        drift = report.drift.get(month, {})
+        table.add_row(month, _num(rows.get("raw")), _num(rows.get("cleaned")), _num(rows.get("rejected")),
+                      _num(rows.get("features")), _num(drift.get("drift_share"), "{:.0%}"),
+                      _num(drift.get("mae"), "${:.2f}"))
+    console.print(table)
+    if report.model:
+        mt = Table(title="Model (validation month = the partition; trained on the months before)")
+        for col in ("month", "version", "boosted MAE", "linear MAE", "naive MAE", "promoted"):
+            mt.add_column(col, justify="right")
+        for month, m in report.model.items():
+            mt.add_row(month, _num(m.get("model_version"), "{}"), _num(m.get("boosted_mae"), "${:.2f}"),
+                       _num(m.get("linear_mae"), "${:.2f}"), _num(m.get("naive_mae"), "${:.2f}"),
+                       _num(m.get("promoted"), "{}"))
+        console.print(mt)
+    console.print(f"Lake: {report.lake_root}")
+    console.print(f"MLflow: {report.mlflow_uri}  → UI: uv run mlflow ui --backend-store-uri {report.mlflow_uri}")
+    reports = [d.get("html_path") for d in report.drift.values() if d.get("html_path")]
+    if reports:
+        console.print(f"Drift reports (open in a browser): {reports[-1]}")
+    console.print(f"Dagster UI (runs from this demo included): DAGSTER_HOME={report.dagster_home} uv run dagster dev")
+    if report.service:
+        console.print(f"Bento: {report.service.get('bento_tag', '?')}; serve it: uv run taxi-platform serve")
+        quote = report.service.get("quote")
+        if quote:
+            console.print(f"Test quote → {quote}")
+    if report.missing_stages:
+        console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
+    console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))

@@ -1,0 +1,137 @@
+"""Benchmark: walk-forward training of the fare model on yellow-sized months.
+
+Generates synthetic TLC months (``lib/sample.py``), runs them through the platform's own cleaning and feature
+code (``lib/transform.py``) into a throw-away lake, then trains with the ``fare_model`` asset's default config
+on a 3-month window and scores the next month. Prints training wall time, peak RSS, and MAE of the boosted
+model, the linear baseline and the naive per-pair median.
+
+    uv run python benchmarks/bench_training.py                 # ~3.3M yellow rows per month (≈10M in the window)
+    uv run python benchmarks/bench_training.py --rows 200000   # quick run
+    uv run python benchmarks/bench_training.py --keep benchmarks/out/lake   # reuse the generated lake next time
+
+Targets: training ≤ 60 s and peak RSS ≤ 4 GB on 2 cores; boosted MAE at least 30 % below linear.
+The data is synthetic (``data_source = synthetic``); the figures say how the code scales, not how well it
+prices real NYC trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.sample import generate_month, write_trip_file
+from taxi_platform.lib.training import TrainConfig, train_window
+from taxi_platform.lib.transform import build_features, clean_month
+from taxi_platform.lib.zones import load_zone_table
+
+MONTHS = (date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date(2024, 4, 1))  # 3 train + 1 validation
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def build_lake(root: Path, months, rows: int, green_rows: int, seed: int) -> Lake:
+    """Write raw → cleaned_trips → trip_features for each month unless the features already exist."""
+    lake = Lake(str(root))
+    zones = load_zone_table()
+    for month in months:
+        key = f"{month:%Y-%m}"
+        dest = lake.partition_path("trip_features", key)
+        if lake.exists(dest):
+            continue
+        t = time.perf_counter()
+        raw = {}
+        for service, n in (("yellow", rows), ("green", green_rows)):
+            if n:
+                path = Path(lake.path("raw", f"{service}_{key}.parquet"))
+                write_trip_file(generate_month(service, month, n, seed=seed), path)
+                raw[service] = str(path)
+        cleaned = lake.partition_path("cleaned_trips", key)
+        clean_month(lake, raw, month, cleaned, data_source="synthetic")
+        n_rows = build_features(lake, cleaned, zones, dest)
+        for path in raw.values():
+            Path(path).unlink()
+        print(f"  generated {key}: {n_rows:,} feature rows in {time.perf_counter() - t:.1f}s", flush=True)
+        gc.collect()
+    return lake
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=3_300_000, help="yellow rows per generated month")
+    parser.add_argument("--green-rows", type=int, default=0, help="green rows per generated month")
+    parser.add_argument("--sample-rows", type=int, default=TrainConfig.sample_rows)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None, help="lake directory to keep (and reuse if present)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.generate_only:
+        build_lake(args.generate_only, MONTHS, args.rows, args.green_rows, args.seed)
+        return 0
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-training-"))
+    try:
+        print(f"lake: {root}", flush=True)
+        # Generate in a child process so this process's peak RSS measures training alone.
+        subprocess.run(
+            [sys.executable, __file__, "--generate-only", str(root), "--rows", str(args.rows),
+             "--green-rows", str(args.green_rows), "--seed", str(args.seed)],
+            check=True,
+        )
+        lake = Lake(str(root))
+        rss_before = peak_rss_mib()
+        train_months = [f"{m:%Y-%m}" for m in MONTHS[:-1]]
+        validation = f"{MONTHS[-1]:%Y-%m}"
+        config = TrainConfig(sample_rows=args.sample_rows, seed=args.seed)
+
+        t = time.perf_counter()
+        result = train_window(lake, train_months, validation, load_zone_table(), config, log=print)
+        wall = time.perf_counter() - t
+        peak = peak_rss_mib()
+
+        m = result.metrics
+        improvement = 1.0 - m["boosted"]["mae"] / m["linear"]["mae"]
+        figures = {
+            "window_rows": result.window_rows,
+            "train_rows": result.train_rows,
+            "validation_rows": result.validation_rows,
+            "training_wall_seconds": round(wall, 1),
+            "timings_seconds": {k: round(v, 1) for k, v in {**result.timings, **result.fit_seconds}.items()},
+            "peak_rss_mib": round(peak, 0),
+            "peak_rss_mib_before_training": round(rss_before, 0),
+            "mae": {k: round(v["mae"], 3) for k, v in m.items()},
+            "rmse": {k: round(v["rmse"], 3) for k, v in m.items()},
+            "mape": {k: round(v["mape"], 4) for k, v in m.items()},
+            "boosted_vs_linear_mae_reduction": round(improvement, 3),
+        }
+        print(json.dumps(figures, indent=2))
+        targets = {
+            "training <= 60 s": wall <= 60,
+            "peak RSS <= 4 GiB": peak <= 4096,
+            "boosted MAE >= 30% below linear": improvement >= 0.30,
+        }
+        for name, ok in targets.items():
+            print(f"{'PASS' if ok else 'MISS'}  {name}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**figures, "targets": targets}, indent=2))
+        return 0 if all(targets.values()) else 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

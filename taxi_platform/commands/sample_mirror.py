@@ -20,27 +20,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("dir", type=Path, metavar="DIR", help="directory to write the mirror into")
     parser.add_argument(
-        "--months", required=True, help="months to write: 2024-01:2024-06 (inclusive), 2024-03, or a comma list"
+        "--months",
+        required=True,
+        help="months to write: 2024-01:2024-06 (inclusive), 2024-03, or a comma list",
     )
     parser.add_argument(
         "--rows-per-month",
         default=None,
         help="rows per file: N for every service, or yellow=N,green=M (default yellow=20000,green=2000)",
     )
-    parser.add_argument("--services", default="yellow,green", help="comma-separated services (default yellow,green)")
+    parser.add_argument(
+        "--services", default="yellow,green", help="comma-separated services (default yellow,green)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed → same bytes")
     parser.add_argument(
-        "--fare-increase-from", default=None, metavar="YYYY-MM", help="apply --fare-multiplier from this month on"
+        "--fare-increase-from",
+        default=None,
+        metavar="YYYY-MM",
+        help="apply --fare-multiplier from this month on",
     )
     parser.add_argument(
         "--fare-multiplier", type=float, default=None, help="multiply every meter rate, e.g. 1.25 (default 1.25 "
         "with --fare-increase-from, else 1.0)"
     )  # fmt: skip
-    parser.add_argument("--speed-multiplier", type=float, default=1.0, help="multiply traffic speeds (drift scenario)")
+    parser.add_argument(
+        "--speed-multiplier", type=float, default=1.0, help="multiply traffic speeds (drift scenario)"
+    )
     parser.add_argument("--clean", action="store_true", help="no real-world dirt (bad rows) in the files")
     parser.add_argument("--serve", action="store_true", help="serve DIR over HTTP until Ctrl-C")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT}; 0 = any)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT}; 0 = any)"
+    )
 
 
 def _rows_per_month(text: str | None) -> dict[str, int] | int | None:
@@ -80,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
             missing = [s for s in services if s not in rows]
             if missing:
                 raise ValueError(f"--rows-per-month {args.rows_per_month!r} gives no count for {missing}")
-        from_month = parse_month(args.fare_increase_from, "--fare-increase-from") if args.fare_increase_from else None
-        multiplier = args.fare_multiplier if args.fare_multiplier is not None else (1.25 if from_month else 1.0)
+        from_month = (
+            parse_month(args.fare_increase_from, "--fare-increase-from") if args.fare_increase_from else None
+        )
+        multiplier = (
+            args.fare_multiplier if args.fare_multiplier is not None else (1.25 if from_month else 1.0)
+        )
         profile = SampleProfile(
             fare_multiplier=multiplier,
             speed_multiplier=args.speed_multiplier,
@@ -94,9 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     dest = args.dir.expanduser().absolute()
     started = time.perf_counter()
-    written = write_sample_mirror(dest, months, services=services, rows_per_month=rows, seed=args.seed, profile=profile)
+    written = write_sample_mirror(
+        dest, months, services=services, rows_per_month=rows, seed=args.seed, profile=profile
+    )
     elapsed = time.perf_counter() - started
-    print(f"Wrote a SYNTHETIC TLC-format mirror to {dest} in {elapsed:.1f}s (not real TLC trips; see SYNTHETIC.txt)")
+    print(
+        f"Wrote a SYNTHETIC TLC-format mirror to {dest} in {elapsed:.1f}s (not real TLC trips; see SYNTHETIC.txt)"
+    )
     for path in written:
         rel = path.relative_to(dest).as_posix()
         size = _human_size(path.stat().st_size)
@@ -122,7 +141,10 @@ def _serve(root: Path, host: str, port: int) -> int:
     try:
         server = MirrorServer(root, host=host, port=port).start()
     except OSError as exc:
-        print(f"taxi-platform sample-mirror: error: cannot serve on {host}:{port}: {exc}; try --port 0", file=sys.stderr)
+        print(
+            f"taxi-platform sample-mirror: error: cannot serve on {host}:{port}: {exc}; try --port 0",
+            file=sys.stderr,
+        )
         return 1
     try:
         print(f"Serving the SYNTHETIC mirror {root} at {server.url} (Ctrl-C to stop)")

@@ -7,6 +7,7 @@ or killed run leaves the previous files in place.
 """
 
 import hashlib
+import os
 from contextlib import ExitStack
 from datetime import date
 
@@ -124,28 +125,39 @@ def taxi_zones(
 
 
 # -- raw_trips ---------------------------------------------------------------------------------------
-def _check_published(month: date, probes: dict[str, ProbeResult], allow_retries: bool) -> None:
-    """Raise a :class:`dagster.Failure` unless every service's file is on the source."""
+def _check_published(month: date, probes: dict[str, ProbeResult]) -> None:
+    """Raise a :class:`dagster.Failure` if the source says a service's file does not exist.
+
+    A probe that failed for another reason (timeout, 5xx) does not block: the download that follows
+    retries transient errors itself and still fails cleanly, writing nothing, if the file is missing.
+    """
     missing = {s: p for s, p in probes.items() if p.status == "not_published"}
     if missing:
-        lines = [not_published_message(p.url, p.http_status, s, month) for s, p in missing.items()]
+        message = not_published_message(month, {s: (p.url, p.http_status) for s, p in missing.items()})
         published = [s for s, p in probes.items() if p.published]
         note = f" ({', '.join(published)} already published.)" if published else ""
         raise dg.Failure(
-            description=" ".join(lines) + note + " Nothing was written for this partition.",
+            description=f"{message}{note} Nothing was written for this partition.",
             metadata={f"{s}_url": dg.MetadataValue.url(p.url) for s, p in missing.items()},
             allow_retries=False,
         )
-    errors = {s: p for s, p in probes.items() if p.status == "error"}
-    if errors:
-        detail = "; ".join(f"{s}: {p.url}: {p.message}" for s, p in errors.items())
-        raise dg.Failure(
-            description=(
-                f"could not check whether {month:%Y-%m} is published on the source ({detail}). "
-                "Nothing was written; the source or network may be having trouble, try again later."
-            ),
-            allow_retries=allow_retries,
-        )
+
+
+def _remove_empty_dirs(lk: Lake, dests: list[str]) -> None:
+    """After a failed run, drop directories staging created for a partition that never got its files."""
+    if lk.is_remote:
+        return  # object stores have no empty directories
+    stop = os.path.abspath(lk.path(RAW_TRIPS))
+    for dest in dests:
+        directory = os.path.dirname(os.path.abspath(dest))
+        while directory.startswith(stop) and os.path.isdir(directory):
+            try:
+                os.rmdir(directory)  # only succeeds when empty
+            except OSError:
+                break
+            if directory == stop:
+                break
+            directory = os.path.dirname(directory)
 
 
 def _service_metadata(result: DownloadResult) -> dict[str, object]:
@@ -195,8 +207,15 @@ def raw_trips(
         )
     )
     for s, p in probes.items():
-        context.log.info(f"{s} {month:%Y-%m}: {p.status} ({p.http_status}, {p.size} bytes, ETag {p.etag})")
-    _check_published(month, probes, allow_retries=tlc.step_retries)
+        if p.status == "error":
+            context.log.warning(
+                f"{s} {month:%Y-%m}: HEAD {p.url} failed ({p.message}); trying the download anyway"
+            )
+        else:
+            context.log.info(
+                f"{s} {month:%Y-%m}: {p.status} (HTTP {p.http_status}, {p.size} bytes, ETag {p.etag})"
+            )
+    _check_published(month, probes)
 
     results: list[DownloadResult] = []
     try:
@@ -226,8 +245,10 @@ def raw_trips(
                     )
                 results.append(result)
     except NotPublishedError as exc:
+        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
         raise _failure(exc, allow_retries=False, suffix="Nothing was written for this partition.") from exc
     except DownloadError as exc:
+        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
         raise _failure(
             exc,
             allow_retries=exc.transient and tlc.step_retries,

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taxi_platform.lib import tlc_schema
@@ -140,7 +139,7 @@ class SampleProfile:
     ``until_month`` (exclusive; open-ended if ``None``). ``dirt`` applies to every month.
     """
 
-    fare_multiplier: float = 1.0  # every meter rate (initial charge, per-unit rate, flat and Newark fares) × k
+    fare_multiplier: float = 1.0  # every meter rate (initial, per unit, flat and Newark fares) × k
     speed_multiplier: float = 1.0  # traffic speeds × k (durations ÷ k, and so time-based meter units)
     airport_share_multiplier: float = 1.0  # pickups at and drop-offs to JFK/LGA/EWR × k
     from_month: date | None = None
@@ -199,8 +198,31 @@ _BOROUGH_BOX = {
     "Bronx": ((3.5, 13.5), (1.5, 1.3)),
     "Staten Island": ((-6.0, -9.0), (1.6, 1.8)),
 }
-_FIXED_XY = {EWR: (-9.5, -0.5), JFK: (10.5, -4.5), LGA: (6.5, 7.5), 103: (-0.4, -1.0), 104: (-1.0, -0.2),
-             105: (-0.6, -0.6), 194: (2.2, 8.5), 202: (1.4, 4.6)}  # fmt: skip
+# Approximate positions (miles east/north of the Battery) of every Manhattan zone and of the busiest zones
+# elsewhere; the other zones are jittered around their borough centre.
+_FIXED_XY = {
+    # Manhattan, south to north
+    12: (0.0, 0.0), 88: (0.1, 0.3), 13: (-0.3, 0.5), 87: (0.2, 0.6), 261: (-0.1, 0.6), 209: (0.4, 0.7),
+    231: (-0.1, 1.1), 45: (0.3, 1.2), 232: (0.7, 1.2), 144: (0.3, 1.6), 148: (0.6, 1.6), 211: (-0.1, 1.6),
+    125: (-0.4, 1.7), 114: (0.0, 2.0), 4: (0.7, 2.1), 79: (0.4, 2.2), 249: (-0.3, 2.2), 113: (0.0, 2.4),
+    158: (-0.5, 2.5), 234: (0.2, 2.6), 224: (0.7, 2.7), 68: (-0.2, 2.9), 107: (0.3, 2.9), 90: (0.0, 3.0),
+    137: (0.6, 3.3), 246: (-0.6, 3.3), 186: (-0.2, 3.4), 164: (0.1, 3.7), 170: (0.4, 3.7), 100: (-0.2, 3.8),
+    230: (-0.1, 4.1), 233: (0.7, 4.1), 162: (0.4, 4.2), 161: (0.1, 4.3), 48: (-0.3, 4.4), 50: (-0.6, 4.4),
+    229: (0.7, 4.6), 163: (-0.1, 4.7), 202: (1.1, 4.8), 140: (0.9, 5.3), 141: (0.6, 5.3), 142: (-0.3, 5.3),
+    143: (-0.6, 5.4), 237: (0.6, 5.7), 239: (-0.5, 5.8), 43: (0.0, 5.9), 263: (0.8, 6.0), 236: (0.7, 6.2),
+    262: (1.0, 6.2), 238: (-0.4, 6.4), 151: (-0.1, 6.9), 24: (-0.3, 7.0), 75: (0.7, 7.0), 194: (1.6, 7.5),
+    166: (-0.3, 7.6), 74: (0.8, 7.8), 41: (0.0, 7.9), 152: (-0.4, 8.3), 42: (0.2, 8.7), 116: (-0.3, 8.9),
+    244: (-0.2, 9.9), 120: (0.2, 10.0), 243: (0.1, 10.8), 127: (0.4, 11.7), 128: (0.0, 12.1), 153: (0.7, 12.4),
+    103: (0.2, -0.9), 104: (-0.9, 0.0), 105: (-1.3, -0.4),
+    # airports
+    EWR: (-10.5, -1.5), JFK: (10.5, -4.5), LGA: (6.5, 7.5),
+    # busy zones in the other boroughs
+    33: (0.9, -0.3), 65: (1.3, -0.4), 66: (1.2, 0.4), 256: (2.0, 0.9), 255: (2.2, 1.5), 112: (2.4, 2.6),
+    97: (1.9, -0.6), 25: (1.0, -0.9), 181: (1.6, -2.4), 61: (3.5, -1.6), 145: (1.6, 3.4), 146: (2.1, 4.1),
+    193: (1.8, 4.8), 7: (3.0, 5.8), 179: (2.4, 5.6), 223: (3.4, 6.3), 226: (3.3, 3.9), 260: (4.2, 4.3),
+    129: (5.5, 4.8), 82: (6.0, 3.9), 95: (7.3, 2.5), 92: (8.3, 5.0), 130: (10.0, 1.5), 168: (1.9, 8.5),
+    247: (1.7, 10.0), 69: (2.1, 9.6), 159: (2.4, 9.0),
+}  # fmt: skip
 # Share of pickups / drop-off attractiveness by zone group, per service.
 _PICKUP_SHARE = {
     "yellow": {"yz": 0.85, "mn": 0.02, JFK: 0.045, LGA: 0.03, "Queens": 0.025, "Brooklyn": 0.02,
@@ -234,19 +256,17 @@ def zone_geography() -> ZoneGeography:
     x = np.zeros(_N_ZONES)
     y = np.zeros(_N_ZONES)
     jitter = rng.standard_normal((_N_ZONES, 2))
-    uniform = rng.random((_N_ZONES, 2))
     popularity = rng.lognormal(0.0, 0.6, _N_ZONES)
     for z in range(1, _N_ZONES):
         b = borough[z]
-        if b == "Manhattan" and congestion_zone[z]:  # the island below 96th St: narrow, ~7 miles long
-            x[z], y[z] = -0.9 + 1.8 * uniform[z, 0] + 0.12 * uniform[z, 1] * 7, 7.0 * uniform[z, 1]
-        elif b == "Manhattan":  # Harlem, Washington Heights, Inwood
-            x[z], y[z] = 0.6 + 1.2 * uniform[z, 0], 7.2 + 5.0 * uniform[z, 1]
-        elif b in _BOROUGH_BOX:
+        if b in _BOROUGH_BOX:
             (cx, cy), (sx, sy) = _BOROUGH_BOX[b]
             x[z], y[z] = cx + sx * jitter[z, 0], cy + sy * jitter[z, 1]
         if z in _FIXED_XY:
             x[z], y[z] = _FIXED_XY[z]
+    unplaced = [z for z in range(1, _N_ZONES) if manhattan[z] and z not in _FIXED_XY]
+    if unplaced:  # pragma: no cover - guards edits to _FIXED_XY
+        raise RuntimeError(f"Manhattan zones without a position in _FIXED_XY: {unplaced}")
 
     def group_of(z: int) -> object:
         if z in (JFK, LGA, EWR):
@@ -351,7 +371,9 @@ def generate_month(
     speed_k = profile.speed_multiplier if active else 1.0
     airport_k = (profile.airport_share_multiplier if active else 1.0) * _SEASON_AIRPORT[month.month]
 
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SERVICE_CODE[service], month.year, month.month]))
+    rng = np.random.default_rng(
+        np.random.SeedSequence([int(seed), _SERVICE_CODE[service], month.year, month.month])
+    )
     geo = zone_geography()
     n = int(rows)
     yellow = service == "yellow"
@@ -429,7 +451,9 @@ def generate_month(
 
     peak = (weekday < 5) & (hour >= 16) & (hour < 20)
     night = (hour >= 20) | (hour < 6)
-    extra = np.where(peak, np.where(new_rates, 2.50, 1.00), 0.0) + np.where(night, np.where(new_rates, 1.0, 0.5), 0.0)
+    extra = np.where(peak, np.where(new_rates, 2.50, 1.00), 0.0) + np.where(
+        night, np.where(new_rates, 1.0, 0.5), 0.0
+    )
     extra = np.where(ratecode == 2, np.where(peak, np.where(new_rates, 5.0, 4.5), 0.0), extra)
     extra = np.where(ratecode == 5, 0.0, extra)
     mta_tax = np.where(do == EWR, 0.0, 0.5)
@@ -446,11 +470,20 @@ def generate_month(
 
     toll = np.where(pickup_us >= _TOLL_RAISE_FROM, 6.94, 6.55)
     pu_boro = np.array(geo.borough, dtype=object)
-    boro_code = {b: i for i, b in enumerate(("Manhattan", "Queens", "Brooklyn", "Bronx", "Staten Island", "EWR"))}
+    boro_code = {
+        b: i for i, b in enumerate(("Manhattan", "Queens", "Brooklyn", "Bronx", "Staten Island", "EWR"))
+    }
     code_of = np.array([boro_code.get(b, 6) for b in pu_boro], dtype=np.int8)
     pair = code_of[pu].astype(np.int16) * 10 + code_of[do]
     toll_prob = np.full(n, 0.01)
-    for (a, b), prob in {(0, 1): 0.35, (0, 3): 0.25, (0, 2): 0.12, (2, 4): 0.95, (1, 3): 0.6, (0, 4): 0.95}.items():
+    for (a, b), prob in {
+        (0, 1): 0.35,
+        (0, 3): 0.25,
+        (0, 2): 0.12,
+        (2, 4): 0.95,
+        (1, 3): 0.6,
+        (0, 4): 0.95,
+    }.items():
         toll_prob[(pair == a * 10 + b) | (pair == b * 10 + a)] = prob
     toll_prob[(pu == JFK) | (do == JFK)] = np.maximum(toll_prob[(pu == JFK) | (do == JFK)], 0.3)
     tolls = np.where(rng.random(n) < toll_prob, toll, 0.0)
@@ -495,7 +528,9 @@ _MONEY_COLUMNS = ("fare", "extra", "mta_tax", "tip", "tolls", "improvement", "to
                   "cbd_fee")  # fmt: skip
 
 
-def _add_dirt(cols: dict[str, np.ndarray], rng: np.random.Generator, dirt: DirtRates, start_us: int, end_us: int):
+def _add_dirt(
+    cols: dict[str, np.ndarray], rng: np.random.Generator, dirt: DirtRates, start_us: int, end_us: int
+):
     """Apply each kind of dirt to its own disjoint set of rows (exactly round(rate × rows) rows each)."""
     n = len(cols["pickup"])
     kinds = [f.name for f in fields(DirtRates)]
@@ -522,12 +557,19 @@ def _add_dirt(cols: dict[str, np.ndarray], rng: np.random.Generator, dirt: DirtR
         duration = cols["dropoff"][idx] - cols["pickup"][idx]
         where = rng.choice(3, size=len(idx), p=[0.5, 0.25, 0.25])
         far_years = np.array(
-            [np.datetime64(d, "us").astype(np.int64) for d in ("2002-12-31T23:00", "2008-12-31T22:00", "2009-01-01T00:10")]
+            [
+                np.datetime64(d, "us").astype(np.int64)
+                for d in ("2002-12-31T23:00", "2008-12-31T22:00", "2009-01-01T00:10")
+            ]
         )
         new_pickup = np.where(
             where == 0,
             start_us - rng.integers(60, 2 * 86_400, len(idx)) * _US,  # spilled over from the previous month
-            np.where(where == 1, end_us + rng.integers(0, 86_400, len(idx)) * _US, far_years[rng.integers(0, 3, len(idx))]),
+            np.where(
+                where == 1,
+                end_us + rng.integers(0, 86_400, len(idx)) * _US,
+                far_years[rng.integers(0, 3, len(idx))],
+            ),
         )
         cols["pickup"][idx] = new_pickup
         cols["dropoff"][idx] = new_pickup + duration
@@ -560,19 +602,33 @@ def _add_dirt(cols: dict[str, np.ndarray], rng: np.random.Generator, dirt: DirtR
 
 
 def _arrow_column(values: np.ndarray, typ: pa.DataType, mask: np.ndarray | None = None) -> pa.Array:
-    if pa.types.is_floating(typ):
-        values = values.astype(np.float64, copy=False)
-    elif pa.types.is_integer(typ):
-        values = values.astype(typ.to_pandas_dtype(), copy=False)
-    return pa.array(values, type=typ, mask=mask if mask is not None and mask.any() else None)
+    """A fixed-width arrow array over the numpy buffer (no copy; avoids ``pa.array``'s pandas import)."""
+    if pa.types.is_boolean(typ):
+        data = np.packbits(values.astype(bool), bitorder="little")
+    elif pa.types.is_floating(typ):
+        data = np.ascontiguousarray(values, dtype=np.float64)
+    elif pa.types.is_timestamp(typ):
+        data = np.ascontiguousarray(values, dtype=np.int64)
+    else:
+        signed = "int" if pa.types.is_signed_integer(typ) else "uint"
+        data = np.ascontiguousarray(values, dtype=np.dtype(f"{signed}{typ.bit_width}"))
+    validity, null_count = None, 0
+    if mask is not None and mask.any():
+        validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
+        null_count = int(mask.sum())
+    return pa.Array.from_buffers(typ, len(values), [validity, pa.py_buffer(data)], null_count=null_count)
 
 
 def _to_arrow(cols: dict[str, np.ndarray], era: tlc_schema.SchemaEra, yellow: bool) -> pa.Table:
     n = len(cols["pickup"])
     null = cols["meta_null"]
-    flag = pc.if_else(pa.array(cols["store_fwd"]), pa.scalar("Y"), pa.scalar("N"))
-    if null.any():
-        flag = pc.if_else(pa.array(null), pa.scalar(None, pa.string()), flag)
+    # store_and_fwd_flag: one-character strings "Y"/"N" (null on meta-null rows), built from buffers.
+    chars = np.where(cols["store_fwd"], ord("Y"), ord("N")).astype(np.uint8)
+    offsets = np.arange(n + 1, dtype=np.int32)
+    validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
+    flag = pa.Array.from_buffers(
+        pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(chars)], null_count=int(null.sum())
+    )
     prefix = "tpep" if yellow else "lpep"
     source: dict[str, tuple[str, bool]] = {  # TLC column → (our column, nullable on meta-null rows)
         "VendorID": ("vendor", False),
@@ -603,8 +659,6 @@ def _to_arrow(cols: dict[str, np.ndarray], era: tlc_schema.SchemaEra, yellow: bo
             arrays.append(flag.cast(f.type))
         elif f.name == "ehail_fee":
             arrays.append(pa.nulls(n, f.type))
-        elif pa.types.is_timestamp(f.type):
-            arrays.append(pa.array(cols[source[f.name][0]].view("datetime64[us]"), type=f.type))
         else:
             name, nullable = source[f.name]
             arrays.append(_arrow_column(cols[name], f.type, null if nullable else None))
@@ -632,7 +686,9 @@ def parse_month_range(text: str) -> list[date]:
             first_text, _, last_text = item.partition(":")
             first, last = parse_month(first_text, "months"), parse_month(last_text, "months")
             if last < first:
-                raise ValueError(f"months={item!r} ends before it starts: expected FIRST:LAST, e.g. 2024-01:2024-06")
+                raise ValueError(
+                    f"months={item!r} ends before it starts: expected FIRST:LAST, e.g. 2024-01:2024-06"
+                )
             current = first
             while current <= last:
                 months.add(current)
@@ -703,7 +759,9 @@ def write_sample_mirror(
     for month in months:
         for service in services:
             table = generate_month(service, month, counts[service], seed=seed, profile=profile)
-            written.append(write_trip_file(table, dest / "trip-data" / trip_file_name(service, month), compression))
+            written.append(
+                write_trip_file(table, dest / "trip-data" / trip_file_name(service, month), compression)
+            )
     zone_dest = dest / "misc" / ZONE_CSV_NAME
     data = zone_csv_bytes()
     _atomic_write(zone_dest, lambda tmp: Path(tmp).write_bytes(data))

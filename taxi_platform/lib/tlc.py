@@ -18,7 +18,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -116,16 +116,26 @@ def base_url_of(url: str) -> str:
     return url
 
 
-def not_published_message(url: str, http_status: int | None, service: str | None, month: date | None) -> str:
-    """The message a user sees when a month's file is not on the source."""
-    what = f"{service} trips for {month:%Y-%m}" if service and month else f"the file {url}"
-    status = f"HTTP {http_status}" if http_status else "not found"
+def not_published_message(month: date | None, missing: Mapping[str, tuple[str, int | None]]) -> str:
+    """The message a user sees when the source has no file for ``month``.
+
+    ``missing`` maps each service whose file is missing to ``(url, http_status)``.
+    """
+    services = list(missing)
+    names = (
+        " and ".join(services) if len(services) <= 2 else ", ".join(services[:-1]) + f" and {services[-1]}"
+    )
+    when = f"{month:%Y-%m}" if month else "this month"
+    detail = "; ".join(
+        f"{s}: {'HTTP ' + str(code) if code else 'not found'} for {url}" for s, (url, code) in missing.items()
+    )
+    base = base_url_of(next(iter(missing.values()))[0]) if missing else "?"
     return (
-        f"{what} are not published yet on the source ({status} for {url}). "
+        f"{names} trips for {when} are not published yet on the source ({detail}). "
         "The TLC publishes each month about 7-8 weeks after the month ends, so recent months are "
         "not available yet: materialise this partition again later. If the month should exist, check "
-        f"that TLC_BASE_URL (now {base_url_of(url)}) points at the TLC CloudFront host or a mirror "
-        "with the same trip-data/ layout."
+        f"that TLC_BASE_URL (now {base}) points at the TLC CloudFront host or a mirror with the same "
+        "trip-data/ layout."
     )
 
 
@@ -374,7 +384,7 @@ def _get_with_retries(
                         transient=True,
                     ) from exc
                 wait = backoff * (2 ** (attempt - 1))
-                logger.warning("GET %s attempt %d failed: %s; retrying in %.2fs", url, attempt, exc, wait)
+                logger.warning(f"GET {url} attempt {attempt} failed: {exc}; retrying in {wait:.2f}s")
                 if wait > 0:
                     time.sleep(wait)
             except DownloadError as exc:
@@ -488,7 +498,7 @@ def download_to(
 
     def not_published(status: int) -> NotPublishedError:
         return NotPublishedError(
-            not_published_message(url, status, service, month), url=url, http_status=status
+            not_published_message(month, {service: (url, status)}), url=url, http_status=status
         )
 
     with open(local_path, "wb") as sink:

@@ -54,10 +54,10 @@ def load_zone_records() -> tuple[ZoneRecord, ...]:
     """All 265 rows of the packaged zone lookup, in file order."""
     reader = csv.DictReader(io.StringIO(zone_csv_bytes().decode("utf-8")))
     if tuple(reader.fieldnames or ()) != ZONE_CSV_HEADER:
-        raise ValueError(f"{zone_lookup_path()} has header {reader.fieldnames}; expected {list(ZONE_CSV_HEADER)}")
-    return tuple(
-        ZoneRecord(int(r["LocationID"]), r["Borough"], r["Zone"], r["service_zone"]) for r in reader
-    )
+        raise ValueError(
+            f"{zone_lookup_path()} has header {reader.fieldnames}; expected {list(ZONE_CSV_HEADER)}"
+        )
+    return tuple(ZoneRecord(int(r["LocationID"]), r["Borough"], r["Zone"], r["service_zone"]) for r in reader)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,288 @@
+"""BentoML fare-quote service: the registered ``champion`` of ``taxi_fare_model`` over HTTP.
+
+Endpoints (DESIGN.md "service"):
+
+- ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "currency", "model_version"}``.
+- ``POST /predict_batch`` — ``{"quotes": [...]}`` (≤ 10,000) → ``{"predictions": [...], "currency",
+  "model_version"}``, fares in request order, priced in one vectorised call.
+- ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (OpenAPI) — BentoML's own.
+
+Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
+lives in :mod:`taxi_platform.lib.quotes`); bodies over 8 MiB get 413, non-JSON content types 415.
+
+Built for speed on small machines:
+
+- ``async`` endpoints that price in the event loop (no thread hop), through the model's numpy fast path
+  ``FareQuoteModel.predict_quotes`` on arrays — no pandas DataFrame per request;
+- concurrent single quotes that arrive in the same event-loop turn are priced together in one model call
+  (:class:`QuoteBatcher`; an idle server adds no wait, a busy one amortises the per-call model overhead);
+- prediction logging is a queue put; a background thread writes the JSON lines
+  (:mod:`taxi_platform.lib.prediction_log`);
+- OpenMP is limited to one thread per worker (scale with workers, not threads), access logs are off.
+
+The model comes from the BentoML model store: ``taxi_fare_model:<TAXI_FARE_MODEL_VERSION>`` (the champion the
+``fare_service`` asset imported; default ``latest``). A Bento packages exactly that model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from starlette.responses import JSONResponse
+
+# Import everything from taxi_platform before the MLflow model is loaded: loading puts the model's own
+# copy of a few taxi_platform modules (its code_paths) at the front of sys.path.
+from taxi_platform.lib.prediction_log import PredictionLog, sinks_from_env
+from taxi_platform.lib.quotes import (
+    CURRENCY,
+    EXAMPLE_QUOTE,
+    BatchPrediction,
+    FarePrediction,
+    Quote,
+    QuoteBatch,
+    quotes_to_columns,
+    round_fares,
+)
+from taxi_platform.settings import MODEL_NAME, load_settings
+
+MODEL_VERSION_ENV = "TAXI_FARE_MODEL_VERSION"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+LARGE_BATCH = 2_048  # batches at least this big are priced in a worker thread so the event loop stays free
+API_ROUTES = ("/predict", "/predict_batch")
+
+log = logging.getLogger("taxi_platform.serving")
+
+QUOTES_PRICED = bentoml.metrics.Counter(
+    name="taxi_fare_quotes_priced",
+    documentation="Fare quotes priced, by endpoint.",
+    labelnames=["endpoint"],
+)
+PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
+    name="taxi_fare_prediction_log_dropped",
+    documentation="Prediction-log records dropped because the log writer fell behind.",
+)
+
+
+class GuardMiddleware:
+    """Cheap ASGI guard in front of the API routes: body size (413) and content type (415) checks."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] not in API_ROUTES:
+            return await self.app(scope, receive, send)
+        content_type = b""
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.split(b";", 1)[0].strip().lower()
+            elif name == b"content-length":
+                length = value
+        if content_type and content_type != b"application/json":
+            return await _reject(
+                send,
+                415,
+                f"Content-Type {content_type.decode('latin-1')!r} is not supported: send application/json",
+            )
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
+        if length is None:  # chunked: count as it streams
+            receive = _limited(receive, self.max_body)
+        try:
+            await self.app(scope, receive, send)
+        except _BodyTooLarge:
+            await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _limited(receive: Callable, limit: int) -> Callable:
+    seen = 0
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _BodyTooLarge
+        return message
+
+    return wrapped
+
+
+async def _reject(send: Callable, status: int, message: str) -> None:
+    response = JSONResponse({"error": message}, status_code=status)
+    await response({"type": "http"}, None, send)  # type: ignore[arg-type]
+
+
+class QuoteBatcher:
+    """Prices single quotes that arrive in the same event-loop turn with one model call.
+
+    ``submit`` queues a quote and, if no flush is pending, schedules one with ``loop.call_soon``: it runs after
+    the requests already in the loop's ready queue have been parsed and queued their quotes. An idle server
+    prices a lone quote right away; a busy one prices several per call.
+    """
+
+    def __init__(self, price: Callable[[list[Quote]], np.ndarray], max_size: int = 256) -> None:
+        self.price = price
+        self.max_size = max_size
+        self._quotes: list[Quote] = []
+        self._futures: list[asyncio.Future] = []
+        self._scheduled = False
+
+    def submit(self, quote: Quote) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._quotes.append(quote)
+        self._futures.append(future)
+        if len(self._quotes) >= self.max_size:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        quotes, futures = self._quotes, self._futures
+        if not quotes:
+            return
+        self._quotes, self._futures = [], []
+        try:
+            fares = self.price(quotes)
+        except Exception as exc:  # every waiting request gets the error
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        for f, fare in zip(futures, fares, strict=True):
+            if not f.done():
+                f.set_result(fare)
+
+
+def _model_version(model: bentoml.Model) -> str:
+    """The registry version: the import's label, else MLflow's ``registered_model_meta``, else the store tag."""
+    version = model.info.labels.get("model_version")
+    if version:
+        return str(version)
+    meta = Path(model.path_of("mlflow_model")) / "registered_model_meta"
+    if meta.is_file():
+        for line in meta.read_text().splitlines():
+            if line.startswith("model_version:"):
+                return line.split(":", 1)[1].strip()
+    return str(model.tag.version)
+
+
+def _request_id(ctx: bentoml.Context, ids: count, prefix: str) -> str:
+    given = ctx.request.headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return f"{prefix}-{next(ids)}"
+
+
+@bentoml.service(
+    name="taxi_fare_service",
+    description="Prices NYC taxi trips before they start: the champion taxi_fare_model over HTTP.",
+    traffic={"timeout": 30, "max_concurrency": 512},
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+    envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+    labels={"project": "taxi_platform"},
+)
+class FareService:
+    model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:{os.environ.get(MODEL_VERSION_ENV) or 'latest'}")
+
+    def __init__(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # One OpenMP thread per worker: HistGradientBoosting's predict would otherwise spawn a thread per core
+        # in every worker, and several workers on a small machine then spend their time contending.
+        self._thread_limits = threadpool_limits(limits=1, user_api="openmp")
+        stored: bentoml.Model = self.model_ref
+        self.model_tag = str(stored.tag)
+        self.model_version = _model_version(stored)
+        self.pyfunc = bentoml.mlflow.load_model(stored)
+        self.model = self.pyfunc.unwrap_python_model()
+        self.batcher = QuoteBatcher(self._price)
+        self._ids = count(1)
+        self._id_prefix = f"{os.getpid():x}{secrets.token_hex(3)}"
+        to_file, to_stdout = sinks_from_env()
+        self.prediction_log = PredictionLog(
+            load_settings().data_dir / "predictions" if to_file else None, stdout=to_stdout
+        )
+        self._dropped_reported = 0
+        # Warm up both paths (compiled trees for small inputs, the estimator for large ones) before /readyz.
+        warm = [Quote.model_validate(EXAMPLE_QUOTE)]
+        self._price(warm)
+        self._price(warm * 1000)
+        self._ready = True
+        log.info("serving %s (registry version %s) from %s", self.model_tag, self.model_version, stored.path)
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    @bentoml.on_shutdown
+    def _close_log(self) -> None:
+        self.prediction_log.close()
+
+    def _price(self, quotes: list[Quote]) -> np.ndarray:
+        fares = self.model.predict_quotes(quotes_to_columns(quotes))
+        if not np.isfinite(fares).all():
+            raise bentoml.exceptions.InternalServerError("the model returned a non-finite fare")
+        return fares
+
+    def _log(self, endpoint: str, request_id: str, quotes: list[Quote], fares: list[float]) -> None:
+        if self.prediction_log.enabled:
+            self.prediction_log.record(
+                endpoint, request_id, self.model_version, quotes_to_columns(quotes), fares
+            )
+            if self.prediction_log.dropped != self._dropped_reported:
+                PREDICTION_LOG_DROPPED.inc(self.prediction_log.dropped - self._dropped_reported)
+                self._dropped_reported = self.prediction_log.dropped
+
+    @bentoml.api(route="/predict")
+    async def predict(self, quote: Quote, /, ctx: bentoml.Context) -> FarePrediction:
+        """Price one quote. The body is the quote itself (flat JSON)."""
+        fare = round(float(await self.batcher.submit(quote)), 2)
+        request_id = _request_id(ctx, self._ids, self._id_prefix)
+        ctx.response.headers["X-Request-ID"] = request_id
+        QUOTES_PRICED.labels(endpoint="predict").inc()
+        self._log("predict", request_id, [quote], [fare])
+        return FarePrediction.model_construct(
+            fare_amount=fare, currency=CURRENCY, model_version=self.model_version
+        )
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
+        """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``."""
+        quotes = batch.quotes
+        if not quotes:
+            fares: list[float] = []
+        elif len(quotes) >= LARGE_BATCH:
+            fares = round_fares(await asyncio.to_thread(self._price, quotes))
+        else:
+            fares = round_fares(self._price(quotes))
+        request_id = _request_id(ctx, self._ids, self._id_prefix)
+        ctx.response.headers["X-Request-ID"] = request_id
+        QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
+        if quotes:
+            self._log("predict_batch", request_id, quotes, fares)
+        return BatchPrediction.model_construct(
+            predictions=fares, currency=CURRENCY, model_version=self.model_version
+        )
+
+
+FareService.add_asgi_middleware(GuardMiddleware)

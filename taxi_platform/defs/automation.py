@@ -1,0 +1,304 @@
+"""Automation: the TLC release sensor, the monthly safety-net schedule and the declarative-automation sensor.
+
+* ``tlc_release_sensor`` ``HEAD``-probes every month's files on the source (in parallel, with timeouts) and
+  asks :func:`taxi_platform.lib.releases.decide` which months to run: a month whose files are all published and
+  not ingested yet, or an ingested month whose file the TLC republished (new ETag). Each run materialises
+  ``raw_trips`` -> ``cleaned_trips`` -> ``trip_features`` for that month (plus ``taxi_zones`` while it has never
+  been materialised). Its run key names the file versions, so an unchanged file never runs twice and a
+  revised one runs exactly once.
+
+  Why the run names the transforms explicitly instead of leaving them to automation conditions:
+  ``AutomationCondition.eager()`` only looks at the *latest* time partition, and the TLC publishes a month
+  7-8 weeks after it ends, so the month that arrives is never the latest partition. One run per month also
+  keeps the three steps together in the UI and costs one run start instead of three.
+
+* ``tlc_monthly_safety_net`` runs on the 15th and targets the month two months back, in case the sensor was
+  off; it skips a month that is already ingested. A run for a month the TLC has not published yet fails with
+  a message saying so, which is the alert that the TLC is late.
+
+* ``taxi_automation_sensor`` evaluates the ``automation_condition`` of every asset (an
+  ``AutomationConditionSensorDefinition``, running by default): without a running automation sensor,
+  declared conditions never fire. Stages use :func:`follow_upstream` for monthly assets that should follow
+  their upstream month (drift_report after trip_features, for example) and ``AutomationCondition.eager()``
+  for unpartitioned ones (fare_service after a new champion). Stages must not define their own
+  automation-condition sensors: this one targets every asset.
+
+Settings (environment, read when the definitions load):
+
+=================================== ======================================================================
+``TAXI_SENSOR_INTERVAL_SECONDS``    release sensor minimum interval (default 3600)
+``TAXI_SENSOR_MAX_RUNS_PER_TICK``   cap on months requested per tick, oldest first (default 24)
+``TAXI_AUTOMATION_DEFAULT_STATUS``  ``running`` or ``stopped`` (default): initial state of the release
+                                    sensor and the schedule; toggling them in the UI overrides it
+``TAXI_AUTOMATION_INTERVAL_SECONDS`` automation-condition sensor interval (default 30)
+=================================== ======================================================================
+"""
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+
+import dagster as dg
+
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import TlcSourceResource
+from taxi_platform.lib.releases import (
+    ReleaseCursor,
+    ReleaseDecision,
+    decide,
+    month_of,
+    safety_net_month,
+    version_from_metadata,
+)
+from taxi_platform.lib.tlc import probe, probe_many, trip_url
+from taxi_platform.settings import SettingsError, parse_month
+
+TAXI_ZONES = dg.AssetKey("taxi_zones")
+RAW_TRIPS = dg.AssetKey("raw_trips")
+CLEANED_TRIPS = dg.AssetKey("cleaned_trips")
+TRIP_FEATURES = dg.AssetKey("trip_features")
+MONTHLY_TARGET = (RAW_TRIPS, CLEANED_TRIPS, TRIP_FEATURES)
+
+RELEASE_SENSOR_NAME = "tlc_release_sensor"
+SAFETY_NET_SCHEDULE_NAME = "tlc_monthly_safety_net"
+AUTOMATION_SENSOR_NAME = "taxi_automation_sensor"
+SAFETY_NET_CRON = "0 6 15 * *"  # 06:00 UTC on the 15th
+SAFETY_NET_LAG_MONTHS = 2
+PROBE_READ_TIMEOUT = 15.0  # a HEAD answer carries no body; don't wait a download's read timeout for it
+
+
+# -- settings ----------------------------------------------------------------------------------------
+def _int_env(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number of seconds/runs, e.g. {default}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} is below the minimum {minimum}")
+    return value
+
+
+def _status_env(name: str) -> dg.DefaultSensorStatus:
+    raw = os.environ.get(name, "stopped").strip().lower()
+    if raw not in ("running", "stopped"):
+        raise SettingsError(f"{name}={raw!r}: expected 'running' or 'stopped'")
+    return dg.DefaultSensorStatus.RUNNING if raw == "running" else dg.DefaultSensorStatus.STOPPED
+
+
+SENSOR_INTERVAL_SECONDS = _int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum=1)
+SENSOR_MAX_RUNS_PER_TICK = _int_env("TAXI_SENSOR_MAX_RUNS_PER_TICK", 24, minimum=1)
+AUTOMATION_INTERVAL_SECONDS = _int_env("TAXI_AUTOMATION_INTERVAL_SECONDS", 30, minimum=1)
+DEFAULT_STATUS = _status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
+
+
+# -- conditions for stages to use ------------------------------------------------------------------
+def follow_upstream() -> dg.AutomationCondition:
+    """``eager()`` for every partition, not only the latest one.
+
+    Runs a partition when any of its dependencies' partitions updated (or it became missing), once none of
+    its dependencies is missing or in progress and it is not in progress itself. Use it on monthly assets:
+    the TLC month that just arrived or was republished is never the latest partition.
+    """
+    return (
+        dg.AutomationCondition.eager()
+        .without(dg.AutomationCondition.in_latest_time_window())
+        .with_label("eager (any month)")
+    )
+
+
+# -- release sensor ----------------------------------------------------------------------------------
+def _recorded_versions(
+    instance: dg.DagsterInstance, months: Iterable[str], services: tuple[str, ...]
+) -> dict[str, dict[str, str]]:
+    """The file versions recorded in each month's latest ``raw_trips`` materialisation."""
+    recorded: dict[str, dict[str, str]] = {}
+    for month in months:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=RAW_TRIPS, asset_partitions=[f"{month}-01"]), limit=1
+        )
+        if not result.records:
+            continue
+        materialization = result.records[0].asset_materialization
+        metadata = materialization.metadata if materialization else {}
+        versions: dict[str, str] = {}
+        for service in services:
+            etag = metadata.get(f"{service}_etag")
+            last_modified = metadata.get(f"{service}_last_modified")
+            size = metadata.get(f"{service}_size")
+            token = version_from_metadata(
+                etag.value if etag is not None else None,
+                last_modified.value if last_modified is not None else None,
+                size.value if size is not None else None,
+            )
+            if token is not None:
+                versions[service] = token
+        if versions:
+            recorded[month] = versions
+    return recorded
+
+
+def _probe_months(
+    tlc: TlcSourceResource, months: list[str], services: tuple[str, ...]
+) -> dict[str, dict[str, object]]:
+    timeout = (tlc.connect_timeout, min(tlc.read_timeout, PROBE_READ_TIMEOUT))
+    base = tlc.source_url()
+    targets = [(m, s, trip_url(base, s, parse_month(m))) for m in months for s in services]
+    results = probe_many([url for _, _, url in targets], max_workers=tlc.probe_workers, timeout=timeout)
+    probes: dict[str, dict[str, object]] = defaultdict(dict)
+    for (month, service, _), result in zip(targets, results, strict=True):
+        probes[month][service] = result
+    return probes
+
+
+def _needs_zones(instance: dg.DagsterInstance) -> bool:
+    return instance.get_latest_materialization_event(TAXI_ZONES) is None
+
+
+def _selection(instance: dg.DagsterInstance) -> list[dg.AssetKey]:
+    return ([TAXI_ZONES] if _needs_zones(instance) else []) + list(MONTHLY_TARGET)
+
+
+def _log_decision(context: dg.SensorEvaluationContext, decision: ReleaseDecision) -> None:
+    context.log.info(decision.summary())
+    if decision.errors:
+        context.log.warning(f"could not probe {len(decision.errors)} month(s): {decision.error_text(10)}")
+    if decision.withdrawn:
+        context.log.warning(
+            f"ingested month(s) {list(decision.withdrawn)} are no longer on the source; the lake keeps them"
+        )
+    for request in decision.requests:
+        changed = ", ".join(f"{s} {request.versions[s]}" for s in request.changed_services)
+        context.log.info(f"{request.month}: {request.reason} ({changed}) -> run key {request.run_key}")
+
+
+@dg.sensor(
+    name=RELEASE_SENSOR_NAME,
+    target=dg.AssetSelection.assets(TAXI_ZONES, *MONTHLY_TARGET),
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DEFAULT_STATUS,
+    description=(
+        "HEAD-probes the TLC source for every month; runs raw_trips -> cleaned_trips -> trip_features for a "
+        "month once all its service files are published, and again exactly once when the TLC republishes one "
+        "(new ETag). Run keys name the file versions. Interval: TAXI_SENSOR_INTERVAL_SECONDS."
+    ),
+)
+def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResource) -> dg.SensorResult:
+    cursor, warning = ReleaseCursor.parse(context.cursor)
+    if warning:
+        context.log.warning(warning)
+    services = tlc.service_list()
+    base = tlc.source_url()
+    months = [month_of(k) for k in monthly_partitions.get_partition_keys()]
+    if not months:
+        return dg.SensorResult(skip_reason="the partition set has no months yet (TAXI_START_MONTH is in the future)")
+
+    # One probe first: when the source is down, say so at once instead of timing out on every month.
+    canary = probe(
+        trip_url(base, services[0], parse_month(months[-1])),
+        timeout=(tlc.connect_timeout, min(tlc.read_timeout, PROBE_READ_TIMEOUT)),
+    )
+    if canary.status == "error":
+        return dg.SensorResult(
+            skip_reason=(
+                f"TLC source {base} did not answer ({canary.message} for {canary.url}); nothing requested, "
+                "the next tick tries again. Check TLC_BASE_URL and the network if this persists."
+            ),
+            cursor=cursor.to_json() if warning else None,
+        )
+
+    probes = _probe_months(tlc, months, services)
+    materialized = {month_of(k) for k in context.instance.get_materialized_partitions(RAW_TRIPS)}
+    unknown = sorted(m for m in materialized if m not in cursor.months and m in probes)
+    recorded = _recorded_versions(context.instance, unknown, services)
+    decision = decide(
+        probes,  # type: ignore[arg-type]
+        cursor,
+        materialized,
+        services,
+        recorded_versions=recorded,
+        max_requests=SENSOR_MAX_RUNS_PER_TICK,
+    )
+    _log_decision(context, decision)
+
+    selection = _selection(context.instance) if decision.requests else []
+    requests = [
+        dg.RunRequest(
+            run_key=r.run_key,
+            partition_key=r.partition_key,
+            asset_selection=selection,
+            tags={
+                "taxi/month": r.month,
+                "taxi/release": r.reason,
+                "taxi/changed_services": ",".join(r.changed_services),
+            },
+        )
+        for r in decision.requests
+    ]
+    skip_reason = None
+    if not requests:
+        skip_reason = f"nothing new on {base}: {decision.summary()}"
+        if decision.errors:
+            skip_reason += f". Probe errors: {decision.error_text()}"
+    return dg.SensorResult(run_requests=requests, skip_reason=skip_reason, cursor=decision.cursor.to_json())
+
+
+# -- safety-net schedule -----------------------------------------------------------------------------
+@dg.schedule(
+    name=SAFETY_NET_SCHEDULE_NAME,
+    cron_schedule=SAFETY_NET_CRON,
+    execution_timezone="UTC",
+    target=dg.AssetSelection.assets(TAXI_ZONES, *MONTHLY_TARGET),
+    default_status=dg.DefaultScheduleStatus(DEFAULT_STATUS.value),
+    description=(
+        f"Safety net for the release sensor: on the 15th, ingests the month {SAFETY_NET_LAG_MONTHS} months back "
+        "(the TLC publishes 7-8 weeks after a month ends) unless it is already in the lake."
+    ),
+)
+def tlc_monthly_safety_net(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    tick = context.scheduled_execution_time
+    month = safety_net_month(tick.date(), SAFETY_NET_LAG_MONTHS)
+    key = f"{month}-01"
+    if key not in monthly_partitions.get_partition_keys(current_time=tick):
+        return dg.SkipReason(f"{month} is not a partition (before TAXI_START_MONTH or in the future)")
+    if key in context.instance.get_materialized_partitions(RAW_TRIPS):
+        return dg.SkipReason(f"{month} is already ingested (the release sensor or a backfill got it)")
+    return dg.RunRequest(
+        run_key=f"safety-net:{month}",
+        partition_key=key,
+        asset_selection=_selection(context.instance),
+        tags={"taxi/month": month, "taxi/release": "safety-net"},
+    )
+
+
+# -- declarative automation --------------------------------------------------------------------------
+taxi_automation_sensor = dg.AutomationConditionSensorDefinition(
+    AUTOMATION_SENSOR_NAME,
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    description=(
+        "Evaluates every asset's automation_condition (downstream assets follow their upstreams). Running by "
+        "default: without it declared conditions never fire. Interval: TAXI_AUTOMATION_INTERVAL_SECONDS."
+    ),
+)
+
+assets: list = []
+asset_checks: list = []
+resources: dict = {}
+sensors = [tlc_release_sensor, taxi_automation_sensor]
+schedules = [tlc_monthly_safety_net]
+
+__all__ = [
+    "AUTOMATION_SENSOR_NAME",
+    "RELEASE_SENSOR_NAME",
+    "SAFETY_NET_SCHEDULE_NAME",
+    "follow_upstream",
+    "schedules",
+    "sensors",
+    "taxi_automation_sensor",
+    "tlc_monthly_safety_net",
+    "tlc_release_sensor",
+]

@@ -1,0 +1,363 @@
+"""The registered fare model: an MLflow pyfunc that prices raw quotes on its own.
+
+``FareQuoteModel`` carries everything needed to price a quote: the zone table (boroughs), the training
+window's pair statistics and the fitted scikit-learn estimator. It computes features with the shared
+``taxi_platform.lib.features.compute_feature_arrays``, and :func:`log_fare_model` ships the few modules it
+needs as ``code_paths`` so ``mlflow.pyfunc.load_model`` works where ``taxi_platform`` is not installed.
+
+Two ways in:
+
+- ``mlflow.pyfunc.load_model(uri).predict(df)``: a DataFrame of quotes (``pickup_datetime`` as ISO string
+  or datetime, ``pickup_zone``, ``dropoff_zone``, ``passenger_count``, ``service``) → DataFrame
+  ``fare_amount``.
+- ``loaded.unwrap_python_model().predict_quotes({...arrays...})`` → ``np.ndarray``: no pandas; small
+  batches use a numpy compilation of the fitted trees (sub-millisecond for one quote), large ones the
+  estimator's own multi-threaded predict. Both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, ZoneTable, compute_feature_arrays
+from taxi_platform.lib.pair_stats import PairStats
+from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_design
+
+# Modules the pickled model needs at load time (shipped as code_paths, with empty package __init__ files).
+MODEL_CODE_MODULES = ("lib/features.py", "lib/pair_stats.py", "lib/training.py", "lib/fare_pyfunc.py")
+FAST_PATH_MAX_ROWS = 256
+MAX_PASSENGERS = 9
+
+
+class QuoteError(ValueError):
+    """A quote cannot be priced (missing column, unknown zone or service, bad timestamp)."""
+
+
+# -- compiled predictors (numpy only) --------------------------------------------------------------------
+class CompiledForest:
+    """A fitted ``HistGradientBoostingRegressor`` (identity link) as flat numpy arrays.
+
+    All trees are walked together, one level per step; leaves point to themselves, so after ``depth``
+    steps every tree sits on its leaf. Mirrors scikit-learn's raw-data predictor, categorical bitsets
+    and missing-value routing included.
+    """
+
+    def __init__(self, est) -> None:
+        link = type(est._loss.link).__name__
+        if link != "IdentityLink" or est.n_trees_per_iteration_ != 1:
+            raise TypeError(f"cannot compile a {link} model with {est.n_trees_per_iteration_} trees per iteration")
+        known_bitsets, f_idx_map = est._bin_mapper.make_known_categories_bitsets()
+        feature, threshold, left, right, cat_row, missing_left, value, roots = [], [], [], [], [], [], [], []
+        cat_tables = [np.zeros(256, dtype=bool)]  # row 0: unused (numeric nodes)
+        depth = 0
+        offset = 0
+        for (predictor,) in est._predictors:
+            nodes = predictor.nodes
+            raw_bitsets = predictor.raw_left_cat_bitsets
+            n = len(nodes)
+            roots.append(offset)
+            idx = np.arange(n) + offset
+            leaf = nodes["is_leaf"].astype(bool)
+            feature.append(np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64))
+            threshold.append(np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64))
+            left.append(np.where(leaf, idx, nodes["left"].astype(np.int64) + offset))
+            right.append(np.where(leaf, idx, nodes["right"].astype(np.int64) + offset))
+            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
+            rows = np.zeros(n, dtype=np.int64)
+            for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
+                f = int(nodes["feature_idx"][i])
+                table = np.zeros(256, dtype=np.int8)  # 1 = left, 0 = right, 2 = missing direction
+                for v in range(256):
+                    word, bit = divmod(v, 32)
+                    if (raw_bitsets[nodes["bitset_idx"][i], word] >> bit) & 1:
+                        table[v] = 1
+                    elif (known_bitsets[f_idx_map[f], word] >> bit) & 1:
+                        table[v] = 0
+                    else:
+                        table[v] = 2
+                goes_left = np.where(table == 2, bool(nodes["missing_go_to_left"][i]), table == 1)
+                rows[i] = len(cat_tables)
+                cat_tables.append(goes_left)
+            cat_row.append(rows)
+            depth = max(depth, int(nodes["depth"].max()))
+            offset += n
+        self.feature = np.concatenate(feature)
+        self.threshold = np.concatenate(threshold)
+        self.left = np.concatenate(left)
+        self.right = np.concatenate(right)
+        self.cat_row = np.concatenate(cat_row)
+        self.missing_left = np.concatenate(missing_left)
+        self.value = np.concatenate(value)
+        self.cat_left = np.stack(cat_tables)
+        self.has_categorical = len(cat_tables) > 1
+        self.roots = np.asarray(roots, dtype=np.int64)
+        self.depth = depth
+        self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        any_nan = bool(np.isnan(X).any())
+        for _ in range(self.depth):
+            x = X[rows, self.feature[node]]
+            go_left = x <= self.threshold[node]
+            if self.has_categorical:
+                crow = self.cat_row[node]
+                is_cat = crow > 0
+                if is_cat.any():
+                    xi = np.clip(np.nan_to_num(x, nan=-1.0), -1, 255).astype(np.int64)
+                    cat_left = self.cat_left[crow, np.clip(xi, 0, 255)]
+                    cat_left = np.where(xi < 0, self.missing_left[node], cat_left)
+                    go_left = np.where(is_cat, cat_left, go_left)
+            if any_nan:
+                go_left = np.where(np.isnan(x), self.missing_left[node], go_left)
+            node = np.where(go_left, self.left[node], self.right[node])
+        return self.baseline + self.value[node].sum(axis=1)
+
+
+class CompiledLinear:
+    """The linear family (``linear_design`` → Ridge) as one dot product."""
+
+    def __init__(self, pipeline) -> None:
+        ridge = pipeline.steps[-1][1]
+        self.coef = np.asarray(ridge.coef_, dtype=np.float64)
+        self.intercept = float(ridge.intercept_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return linear_design(X) @ self.coef + self.intercept
+
+
+def compile_predictor(estimator):
+    """A numpy-only predictor equivalent to ``estimator.predict`` (or None if the type is not supported)."""
+    name = type(estimator).__name__
+    if name == "HistGradientBoostingRegressor":
+        return CompiledForest(estimator)
+    if name == "Pipeline" and type(estimator.steps[-1][1]).__name__ in ("Ridge", "LinearRegression"):
+        return CompiledLinear(estimator)
+    return None
+
+
+# -- input handling --------------------------------------------------------------------------------------
+def _column(quotes: Mapping[str, Any], name: str) -> np.ndarray:
+    value = quotes[name]
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    arr = np.asarray(value)
+    return arr.reshape(1) if arr.ndim == 0 else arr
+
+
+def _pickup_minutes(values: np.ndarray) -> np.ndarray:
+    """Pickup times as ``datetime64[m]`` NYC wall-clock time; ISO strings, datetimes or datetime64."""
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[m]")
+    try:
+        if values.dtype.kind in "OUS":
+            out = values.astype("datetime64[m]")
+            if not np.isnat(out).any():
+                return out
+    except (ValueError, TypeError):
+        pass
+    import pandas as pd  # slow path: time-zone offsets, unusual formats
+
+    try:
+        ts = pd.to_datetime(pd.Series(values), format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise QuoteError(f"pickup_datetime: {exc}; expected an ISO 8601 timestamp such as 2024-03-05T08:15:00") from exc
+    if ts.dt.tz is not None:
+        ts = ts.dt.tz_convert("America/New_York").dt.tz_localize(None)
+    if ts.isna().any():
+        raise QuoteError("pickup_datetime is missing: every quote needs a pickup time such as 2024-03-05T08:15:00")
+    return ts.to_numpy().astype("datetime64[m]")
+
+
+def normalise_quotes(quotes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Validate quotes and return them as numpy arrays; raises :class:`QuoteError` saying what is wrong."""
+    missing = [c for c in QUOTE_COLUMNS if c not in quotes]
+    if missing:
+        raise QuoteError(f"quotes are missing column(s) {missing}: expected {list(QUOTE_COLUMNS)}")
+    cols = {c: _column(quotes, c) for c in QUOTE_COLUMNS}
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) != 1:
+        raise QuoteError(f"quote columns have different lengths {sorted(lengths)}")
+    out: dict[str, np.ndarray] = {"pickup_datetime": _pickup_minutes(cols["pickup_datetime"])}
+    for name in ("pickup_zone", "dropoff_zone"):
+        raw = cols[name]
+        try:
+            zone = raw.astype(np.float64)
+        except (ValueError, TypeError) as exc:
+            raise QuoteError(f"{name} must be an integer LocationID 1-{MAX_ZONE_ID}") from exc
+        bad = ~np.isfinite(zone) | (zone != np.round(zone)) | (zone < 1) | (zone > MAX_ZONE_ID)
+        if bad.any():
+            raise QuoteError(
+                f"{name} {raw[bad][:5].tolist()} is not a TLC LocationID: expected an integer 1-{MAX_ZONE_ID} "
+                "(see taxi_zone_lookup.csv)"
+            )
+        out[name] = zone.astype(np.int64)
+    service = cols["service"].astype(str)
+    bad = ~np.isin(service, SERVICES)
+    if bad.any():
+        raise QuoteError(f"service {service[bad][:5].tolist()} is unknown: expected one of {list(SERVICES)}")
+    out["service"] = service
+    try:
+        pax = cols["passenger_count"].astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise QuoteError(f"passenger_count must be a number 0-{MAX_PASSENGERS}") from exc
+    bad = (pax < 0) | (pax > MAX_PASSENGERS)
+    if bad.any():
+        raise QuoteError(f"passenger_count {pax[bad][:5].tolist()} is out of range: expected 0-{MAX_PASSENGERS}")
+    out["passenger_count"] = pax
+    return out
+
+
+# -- the model -------------------------------------------------------------------------------------------
+class FareQuoteModel(mlflow.pyfunc.PythonModel):
+    """Prices raw quotes: shared features + pair statistics → fitted estimator → fare ≥ the $3.00 initial charge."""
+
+    def __init__(
+        self,
+        estimator,
+        pair_stats: PairStats,
+        zones: ZoneTable,
+        family: str,
+        info: Mapping[str, Any] | None = None,
+        min_fare: float = MIN_FARE,
+    ) -> None:
+        self.estimator = estimator
+        self.pair_stats = pair_stats
+        self.zones = zones
+        self.family = family
+        self.info = dict(info or {})
+        self.min_fare = float(min_fare)
+        self._compiled = compile_predictor(estimator)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)  # rebuilt on load: pure function of the estimator
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._compiled = compile_predictor(self.estimator)
+
+    def design_matrix(self, quotes: Mapping[str, Any]) -> np.ndarray:
+        q = normalise_quotes(quotes)
+        feats = compute_feature_arrays(q, self.zones)
+        feats["pickup_zone"] = q["pickup_zone"]
+        feats["dropoff_zone"] = q["dropoff_zone"]
+        return build_matrix(feats, self.pair_stats)
+
+    def raw_predict(self, X: np.ndarray) -> np.ndarray:
+        if self._compiled is not None and X.shape[0] <= FAST_PATH_MAX_ROWS:
+            return self._compiled.predict(X)
+        return np.asarray(self.estimator.predict(X), dtype=np.float64)
+
+    def predict_quotes(self, quotes: Mapping[str, Any]) -> np.ndarray:
+        """Fares (float64 dollars, ≥ ``min_fare``) for a dict of equal-length arrays (or scalars for one quote)."""
+        return np.maximum(self.raw_predict(self.design_matrix(quotes)), self.min_fare)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if isinstance(model_input, dict):
+            scalar = all(np.ndim(v) == 0 for v in model_input.values())
+            model_input = pd.DataFrame([model_input] if scalar else model_input)
+        elif isinstance(model_input, list):
+            model_input = pd.DataFrame(model_input)
+        fares = self.predict_quotes({c: model_input[c] for c in QUOTE_COLUMNS if c in model_input})
+        return pd.DataFrame({"fare_amount": fares}, index=model_input.index)
+
+
+# -- logging ---------------------------------------------------------------------------------------------
+def model_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("datetime", "pickup_datetime"),
+                ColSpec("long", "pickup_zone"),
+                ColSpec("long", "dropoff_zone"),
+                ColSpec("double", "passenger_count"),
+                ColSpec("string", "service"),
+            ]
+        ),
+        outputs=Schema([ColSpec("double", "fare_amount")]),
+    )
+
+
+def input_example():
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "pickup_datetime": ["2024-03-05T08:15:00", "2024-03-05T18:40:00"],
+            "pickup_zone": [132, 236],
+            "dropoff_zone": [230, 161],
+            "passenger_count": [1.0, 2.0],
+            "service": ["yellow", "green"],
+        }
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "cloudpickle"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover
+            reqs.append(dist)
+    return reqs
+
+
+def stage_model_code(dest: Path) -> Path:
+    """Copy the modules the model needs into ``dest/taxi_platform`` (empty package ``__init__`` files)."""
+    src_root = Path(__file__).resolve().parents[1]
+    pkg = dest / "taxi_platform"
+    (pkg / "lib").mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text('"""Fare model code shipped with the MLflow model."""\n')
+    (pkg / "lib" / "__init__.py").write_text("")
+    for rel in MODEL_CODE_MODULES:
+        shutil.copyfile(src_root / rel, pkg / rel)
+    return pkg
+
+
+def log_fare_model(
+    model: FareQuoteModel,
+    registered_model_name: str | None,
+    name: str = "model",
+    tags: Mapping[str, str] | None = None,
+    await_registration_for: int = 300,
+):
+    """Log ``model`` in the active MLflow run (and register it); returns MLflow's ``ModelInfo``."""
+    with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
+        code = stage_model_code(Path(tmp))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=model,
+            code_paths=[str(code)],
+            signature=model_signature(),
+            input_example=input_example(),
+            pip_requirements=_pip_requirements(),
+            registered_model_name=registered_model_name,
+            await_registration_for=await_registration_for,
+            tags=dict(tags or {}),
+        )
+
+
+def predict_frame(model_uri: str, quotes):
+    """Load ``model_uri`` with ``mlflow.pyfunc`` and price ``quotes`` (a DataFrame); returns a float array."""
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    return np.asarray(loaded.predict(quotes)["fare_amount"], dtype=np.float64)

@@ -1,0 +1,202 @@
+"""Prediction log for monitoring: one JSON line per priced quote, written off the request path.
+
+The serving endpoints call :meth:`PredictionLog.record` with the quotes' columns and the fares they
+returned; that only puts a tuple on a bounded queue (well under a microsecond per request). A daemon
+thread drains the queue, formats the lines (vectorised where it can) and appends them to
+``<directory>/predictions-YYYY-MM-DD-<pid>.jsonl`` (one file per process and UTC day, so several
+workers never interleave partial lines) and/or to stdout (for container log collectors).
+
+If the writer falls behind by more than ``max_pending`` requests, new records are dropped and counted
+(``dropped``) rather than slowing down or blocking requests.
+
+Each line::
+
+    {"ts": "2024-03-05T13:15:00.123Z", "request_id": "…", "endpoint": "predict", "index": 0,
+     "model_version": "3", "pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
+     "dropoff_zone": 230, "passenger_count": 1, "service": "yellow", "fare_amount": 70.0}
+
+``TAXI_PREDICTION_LOG`` picks the sinks: ``file`` (default), ``stdout``, ``both`` or ``off``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+ENV_SINKS = "TAXI_PREDICTION_LOG"
+SINK_CHOICES = ("file", "stdout", "both", "off")
+FILE_PREFIX = "predictions-"
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def sinks_from_env(env: Mapping[str, str] | None = None) -> tuple[bool, bool]:
+    """``(to_file, to_stdout)`` from ``TAXI_PREDICTION_LOG``; a bad value raises ``ValueError``."""
+    value = (os.environ if env is None else env).get(ENV_SINKS, "file").strip().lower() or "file"
+    if value not in SINK_CHOICES:
+        raise ValueError(f"{ENV_SINKS}={value!r}: expected one of {', '.join(SINK_CHOICES)}")
+    return value in ("file", "both"), value in ("stdout", "both")
+
+
+class PredictionLog:
+    """Asynchronous JSON-lines prediction log (see module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | Path | None,
+        *,
+        stdout: bool = False,
+        max_pending: int = 10_000,
+        flush_interval: float = 0.5,
+    ):
+        self.directory = Path(directory) if directory is not None else None
+        self.stdout = stdout
+        self.flush_interval = flush_interval
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._file: IO[str] | None = None
+        self._file_day: str | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        if self.enabled:
+            if self.directory is not None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None or self.stdout
+
+    def record(
+        self,
+        endpoint: str,
+        request_id: str,
+        model_version: str,
+        columns: Mapping[str, np.ndarray],
+        fares: list[float],
+    ) -> None:
+        """Queue one request's quotes and fares; never blocks (drops and counts when the writer lags)."""
+        if not self.enabled or self._closed:
+            return
+        try:
+            self._queue.put_nowait((time.time(), endpoint, request_id, model_version, columns, fares))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued so far, then stop the writer thread and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.dropped:
+            log.warning("prediction log dropped %d request(s): the writer could not keep up", self.dropped)
+
+    def __enter__(self) -> PredictionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writer thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=self.flush_interval)
+            except queue.Empty:
+                continue
+            items = [item]
+            while len(items) < 5_000:  # drain whatever else is waiting, then write it in one go
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in items:
+                stop = True
+                items = [i for i in items if i is not _STOP]
+            try:
+                self._write(items)
+            except Exception:  # keep serving even if the disk is full; say so in the server log
+                log.exception("prediction log: failed to write %d request(s)", len(items))
+
+    def _write(self, items: list[tuple]) -> None:
+        if not items:
+            return
+        lines: list[str] = []
+        for ts, endpoint, request_id, model_version, columns, fares in items:
+            lines.extend(format_lines(ts, endpoint, request_id, model_version, columns, fares))
+        text = "".join(lines)
+        if self.directory is not None:
+            handle = self._handle(datetime.fromtimestamp(items[-1][0], UTC).strftime("%Y-%m-%d"))
+            handle.write(text)
+            handle.flush()
+        if self.stdout:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        self.written += len(lines)
+
+    def _handle(self, day: str) -> IO[str]:
+        if self._file is None or self._file_day != day:
+            if self._file is not None:
+                self._file.close()
+            assert self.directory is not None
+            path = self.directory / f"{FILE_PREFIX}{day}-{os.getpid()}.jsonl"
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across writes
+            self._file_day = day
+        return self._file
+
+
+def format_lines(
+    ts: float,
+    endpoint: str,
+    request_id: str,
+    model_version: str,
+    columns: Mapping[str, np.ndarray],
+    fares: list[float],
+) -> list[str]:
+    """JSON lines for one request (values are validated quotes, so only the request id needs escaping)."""
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    head = (
+        f'{{"ts":"{stamp}","request_id":{json.dumps(request_id)},"endpoint":"{endpoint}",'
+        f'"model_version":{json.dumps(model_version)},'
+    )
+    pickup = np.datetime_as_string(columns["pickup_datetime"], unit="s").tolist()
+    pu = columns["pickup_zone"].tolist()
+    do = columns["dropoff_zone"].tolist()
+    pax = columns["passenger_count"].tolist()
+    service = columns["service"].tolist()
+    return [
+        f'{head}"index":{i},"pickup_datetime":"{pickup[i]}","pickup_zone":{pu[i]},"dropoff_zone":{do[i]},'
+        f'"passenger_count":{pax[i]},"service":"{service[i]}","fare_amount":{fares[i]!r}}}\n'
+        for i in range(len(fares))
+    ]
+
+
+def read_prediction_log(directory: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record in ``directory``'s prediction files (file name order, then line order)."""
+    for path in sorted(Path(directory).glob(f"{FILE_PREFIX}*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)

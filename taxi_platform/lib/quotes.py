@@ -1,0 +1,302 @@
+"""Fare-quote requests: what a caller may ask the fare model, validated in one place.
+
+The serving endpoints, the benchmark and any other caller share these pydantic models, so a bad quote gets
+the same clear message everywhere and the OpenAPI schema shows the real constraints.
+
+Rules (each violation names the field and says what a good value looks like):
+
+* ``pickup_datetime`` — an ISO-8601 string (``2024-03-05T08:15:00``; a space instead of ``T`` is fine).
+  Naive times are New York local time, like the TLC's own timestamps; times with an offset (``…Z``,
+  ``…-05:00``) are converted to New York local time. It must lie between 2009-01-01 (the first TLC trip
+  records) and one year from now. Numbers (epoch seconds) are rejected: their time zone is ambiguous.
+* ``pickup_zone`` / ``dropoff_zone`` — an integer TLC LocationID known to the zone lookup (1..263).
+  264 ("Unknown") and 265 ("Outside of NYC") are rejected: the model cannot price a trip it cannot place.
+* ``passenger_count`` — an integer 0..9 (booleans, floats and strings are rejected).
+* ``service`` — one of the services the model was trained on (``yellow``, ``green``).
+* Unknown fields are **rejected**, so a misspelt field name (``passengers``) is an error rather than a
+  silently ignored value.
+* A batch holds at most :data:`MAX_BATCH_SIZE` quotes; an empty batch is valid and yields no predictions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from taxi_platform.lib.features import SERVICES, UNKNOWN_ZONES
+from taxi_platform.lib.zones import load_zone_records
+
+EARLIEST_PICKUP = datetime(2009, 1, 1)
+MAX_DAYS_AHEAD = 365
+MAX_PASSENGERS = 9
+MAX_BATCH_SIZE = 10_000
+CURRENCY = "USD"
+NYC = ZoneInfo("America/New_York")
+_EPOCH = datetime(1970, 1, 1)
+_ONE_US = timedelta(microseconds=1)
+
+EXAMPLE_QUOTE: dict[str, Any] = {
+    "pickup_datetime": "2024-03-05T08:15:00",
+    "pickup_zone": 132,
+    "dropoff_zone": 230,
+    "passenger_count": 1,
+    "service": "yellow",
+}
+
+_ZONE_RECORDS = {r.location_id: r for r in load_zone_records()}
+KNOWN_ZONES: frozenset[int] = frozenset(z for z in _ZONE_RECORDS if z not in UNKNOWN_ZONES)
+MIN_ZONE, MAX_ZONE = min(KNOWN_ZONES), max(KNOWN_ZONES)
+
+
+class QuoteError(ValueError):
+    """A quote failed validation; ``str(error)`` lists every problem, one per field."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def latest_pickup(now: datetime | None = None) -> datetime:
+    """The latest pickup time a quote may ask about: one year from now (New York local time)."""
+    now = now or datetime.now(NYC).replace(tzinfo=None)
+    return now + timedelta(days=MAX_DAYS_AHEAD)
+
+
+_latest_cache: list[float | datetime] = [0.0, EARLIEST_PICKUP]
+
+
+def _latest_cached() -> datetime:
+    """:func:`latest_pickup`, recomputed at most once a minute (validation runs per quote on the hot path)."""
+    now = time.monotonic()
+    if now - _latest_cache[0] > 60.0:  # type: ignore[operator]
+        _latest_cache[:] = [now, latest_pickup()]
+    return _latest_cache[1]  # type: ignore[return-value]
+
+
+def _out_of_range(text: str) -> ValueError:
+    return ValueError(
+        f"pickup_datetime {text} is out of range: expected a time between {EARLIEST_PICKUP:%Y-%m-%d} and one "
+        "year from now"
+    )
+
+
+def parse_pickup(value: Any) -> datetime:
+    """An ISO-8601 pickup time as naive New York local time, range-checked; ``ValueError`` says why not."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text) if len(text) > 10 else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ValueError(
+                f"pickup_datetime {value!r:.60} is not an ISO-8601 date and time: expected e.g. "
+                f"{EXAMPLE_QUOTE['pickup_datetime']!r} (New York local time) or '2024-03-05T13:15:00Z'"
+            )
+    else:
+        raise ValueError(
+            f"pickup_datetime must be an ISO-8601 string such as {EXAMPLE_QUOTE['pickup_datetime']!r} "
+            f"(New York local time), not {type(value).__name__}"
+        )
+    if parsed.tzinfo is not None:
+        try:
+            parsed = parsed.astimezone(NYC).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            raise _out_of_range(parsed.isoformat()) from None
+    if parsed < EARLIEST_PICKUP:
+        raise ValueError(
+            f"pickup_datetime {parsed.isoformat()} is before {EARLIEST_PICKUP:%Y-%m-%d}, when TLC trip records "
+            "start: expected a recent or upcoming pickup time"
+        )
+    if parsed > _latest_cached():
+        latest = latest_pickup()
+        if parsed > latest:
+            raise ValueError(
+                f"pickup_datetime {parsed.isoformat()} is more than {MAX_DAYS_AHEAD} days ahead (latest accepted: "
+                f"{latest:%Y-%m-%dT%H:%M}): expected a pickup time within the next year"
+            )
+    return parsed
+
+
+def _zone_message(field: str, value: int) -> str:
+    record = _ZONE_RECORDS.get(value)
+    if record is not None:  # 264 / 265
+        what = f"the TLC's {record.zone if record.zone != 'N/A' else record.borough!r} pseudo-zone"
+        return (
+            f"{field} {value} is {what}, which the model cannot price: "
+            f"expected a known TLC LocationID {MIN_ZONE}..{MAX_ZONE}"
+        )
+    return f"{field} {value} is not a TLC LocationID: expected a known zone {MIN_ZONE}..{MAX_ZONE} (see taxi_zone_lookup.csv)"
+
+
+def _check_zone(field: str):
+    def check(value: int) -> int:
+        if value not in KNOWN_ZONES:
+            raise ValueError(_zone_message(field, value))
+        return value
+
+    return check
+
+
+def _check_passengers(value: int) -> int:
+    if not 0 <= value <= MAX_PASSENGERS:
+        raise ValueError(f"passenger_count {value} is out of range: expected an integer 0..{MAX_PASSENGERS}")
+    return value
+
+
+def _zone_field(field: str, role: str):
+    return Annotated[
+        int,
+        Strict(),
+        AfterValidator(_check_zone(field)),
+        Field(
+            description=f"TLC LocationID of the {role} zone ({MIN_ZONE}..{MAX_ZONE}; 264/265 are rejected).",
+            json_schema_extra={"minimum": MIN_ZONE, "maximum": MAX_ZONE},
+            examples=[EXAMPLE_QUOTE[field]],
+        ),
+    ]
+
+
+PickupDatetime = Annotated[
+    datetime,
+    PlainValidator(parse_pickup, json_schema_input_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+    Field(
+        description="Pickup time, ISO-8601. Naive = New York local time; an offset is converted to it. "
+        f"Between {EARLIEST_PICKUP:%Y-%m-%d} and one year from now.",
+        examples=[EXAMPLE_QUOTE["pickup_datetime"]],
+    ),
+]
+PassengerCount = Annotated[
+    int,
+    Strict(),
+    AfterValidator(_check_passengers),
+    Field(
+        description=f"Number of passengers, 0..{MAX_PASSENGERS}.",
+        json_schema_extra={"minimum": 0, "maximum": MAX_PASSENGERS},
+        examples=[1],
+    ),
+]
+Service = Annotated[
+    Literal[SERVICES],  # type: ignore[valid-type]
+    Field(description=f"Taxi service the quote is for: one of {list(SERVICES)}.", examples=["yellow"]),
+]
+
+
+class Quote(BaseModel):
+    """One fare quote request (DESIGN.md service contract). Unknown fields are rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, title="Quote", json_schema_extra={"examples": [EXAMPLE_QUOTE]}
+    )
+
+    pickup_datetime: PickupDatetime
+    pickup_zone: _zone_field("pickup_zone", "pickup")  # type: ignore[valid-type]
+    dropoff_zone: _zone_field("dropoff_zone", "drop-off")  # type: ignore[valid-type]
+    passenger_count: PassengerCount
+    service: Service
+
+
+class QuoteBatch(BaseModel):
+    """Up to ``MAX_BATCH_SIZE`` quotes, priced in one vectorised model call."""
+
+    model_config = ConfigDict(
+        extra="forbid", title="QuoteBatch", json_schema_extra={"examples": [{"quotes": [EXAMPLE_QUOTE]}]}
+    )
+
+    quotes: list[Quote] = Field(
+        max_length=MAX_BATCH_SIZE,
+        description=f"The quotes to price (at most {MAX_BATCH_SIZE:,}); predictions come back in the same order.",
+    )
+
+
+class FarePrediction(BaseModel):
+    """The model's fare for one quote."""
+
+    model_config = ConfigDict(title="FarePrediction")
+
+    fare_amount: float = Field(
+        description="Predicted metered fare (fare_amount, before tips/tolls/surcharges)."
+    )
+    currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
+    model_version: str = Field(description="Registered version of taxi_fare_model that priced the quote.")
+
+
+class BatchPrediction(BaseModel):
+    """Fares for a batch of quotes, in request order."""
+
+    model_config = ConfigDict(title="BatchPrediction")
+
+    predictions: list[float] = Field(
+        description="fare_amount per quote, in the order of the request's quotes."
+    )
+    currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
+    model_version: str = Field(description="Registered version of taxi_fare_model that priced the quotes.")
+
+
+def format_errors(errors: Sequence[dict[str, Any]]) -> str:
+    """One line per problem: ``field: message`` (pydantic's "Value error, " prefix removed)."""
+    lines = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_quote(data: Any) -> Quote:
+    """Validate one quote (a mapping, or JSON text/bytes); raises :class:`QuoteError` with every problem."""
+    try:
+        if isinstance(data, str | bytes | bytearray):
+            return Quote.model_validate_json(data)
+        return Quote.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise QuoteError(f"invalid quote: {format_errors(errors)}", errors) from None
+
+
+def parse_batch(data: Any) -> QuoteBatch:
+    """Validate a ``{"quotes": [...]}`` batch; raises :class:`QuoteError` with every problem."""
+    try:
+        if isinstance(data, str | bytes | bytearray):
+            return QuoteBatch.model_validate_json(data)
+        return QuoteBatch.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise QuoteError(f"invalid quote batch: {format_errors(errors)}", errors) from None
+
+
+def quotes_to_columns(quotes: Sequence[Quote]) -> dict[str, np.ndarray]:
+    """Validated quotes as the model's dict-of-arrays input (pickup_datetime as ``datetime64[us]``)."""
+    return {
+        "pickup_datetime": np.array(
+            [(q.pickup_datetime - _EPOCH) // _ONE_US for q in quotes], dtype=np.int64
+        ).view("datetime64[us]"),
+        "pickup_zone": np.array([q.pickup_zone for q in quotes], dtype=np.int32),
+        "dropoff_zone": np.array([q.dropoff_zone for q in quotes], dtype=np.int32),
+        "passenger_count": np.array([q.passenger_count for q in quotes], dtype=np.int8),
+        "service": np.array([q.service for q in quotes], dtype=object),
+    }
+
+
+def round_fares(fares: np.ndarray) -> list[float]:
+    """Fares in dollars and cents, as plain floats (what the endpoints return)."""
+    return np.round(np.asarray(fares, dtype=np.float64), 2).tolist()

@@ -1,0 +1,438 @@
+"""The synthetic TLC generator, the mirror writer and the ``sample-mirror`` CLI (no network)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from datetime import date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from taxi_platform import cli
+from taxi_platform.lib import tlc_schema
+from taxi_platform.lib.features import BOROUGHS
+from taxi_platform.lib.sample import (
+    CBD_ZONES,
+    DEFAULT_ROWS_PER_MONTH,
+    DirtRates,
+    SampleProfile,
+    generate_month,
+    parse_month_range,
+    write_sample_mirror,
+    zone_geography,
+)
+from taxi_platform.lib.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
+
+CLEAN = SampleProfile(dirt=DirtRates.clean())
+
+
+def _np(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def _ts(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _us(text: str) -> int:
+    return int(np.datetime64(text, "us").astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def yellow_clean() -> pa.Table:
+    return generate_month("yellow", date(2024, 3, 1), 60_000, seed=3, profile=CLEAN)
+
+
+# -- zone lookup -----------------------------------------------------------------------------------------------
+def test_zone_lookup_is_the_tlc_file():
+    data = zone_csv_bytes()
+    assert data.startswith(b'"LocationID","Borough","Zone","service_zone"\n1,"EWR","Newark Airport","EWR"\n')
+    assert data == zone_lookup_path().read_bytes()
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    assert [int(r["LocationID"]) for r in rows] == list(range(1, 266))
+    by_id = {int(r["LocationID"]): r for r in rows}
+    assert (by_id[132]["Borough"], by_id[132]["Zone"], by_id[132]["service_zone"]) == (
+        "Queens",
+        "JFK Airport",
+        "Airports",
+    )
+    assert (by_id[138]["Borough"], by_id[138]["Zone"]) == ("Queens", "LaGuardia Airport")
+    assert (by_id[264]["Borough"], by_id[265]["Borough"], by_id[265]["Zone"]) == (
+        "Unknown",
+        "N/A",
+        "Outside of NYC",
+    )
+    assert sum(r["Borough"] == "Manhattan" for r in rows) == 69
+    assert len(load_zone_records()) == 265
+
+
+def test_zone_table_boroughs():
+    zones = load_zone_table()
+    assert BOROUGHS[zones.borough_code[1]] == "EWR"
+    assert BOROUGHS[zones.borough_code[132]] == "Queens"
+    assert BOROUGHS[zones.borough_code[230]] == "Manhattan"
+    assert BOROUGHS[zones.borough_code[264]] == BOROUGHS[zones.borough_code[265]] == "Unknown"
+    assert zones.names[138] == "LaGuardia Airport"
+
+
+# -- schema eras ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("service", ["yellow", "green"])
+@pytest.mark.parametrize(
+    ("month", "era_suffix"),
+    [(date(2023, 1, 1), "pre-2023-02"), (date(2023, 6, 1), "2023-02"), (date(2025, 2, 1), "2025-01")],
+)
+def test_schema_matches_the_tlc_era(tmp_path, service, month, era_suffix):
+    table = generate_month(service, month, 3_000)
+    era = tlc_schema.era_for(service, month)
+    assert era.name == f"{service}-{era_suffix}"
+    assert table.schema.names == era.schema.names
+    assert [f.type for f in table.schema] == [f.type for f in era.schema]
+    assert table.schema.metadata[b"data_source"] == b"synthetic"
+    assert table.num_rows == 3_000
+    # The Parquet file round-trips to the same physical schema and carries the synthetic label.
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    assert pq.read_schema(path).equals(era.schema)
+    assert pq.read_metadata(path).metadata[b"data_source"] == b"synthetic"
+    assert tlc_schema.match_schema(service, pq.read_schema(path)).era == era.name
+    has_cbd = "cbd_congestion_fee" in table.schema.names
+    assert has_cbd == (month >= date(2025, 1, 1))
+
+
+def test_zero_rows_gives_an_empty_table_with_the_schema():
+    table = generate_month("green", date(2024, 2, 1), 0)
+    assert table.num_rows == 0
+    assert table.schema.equals(tlc_schema.era_for("green", date(2024, 2, 1)).schema)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="unknown service 'fhv'"):
+        generate_month("fhv", date(2024, 1, 1), 10)
+    with pytest.raises(ValueError, match="non-negative"):
+        generate_month("yellow", date(2024, 1, 1), -1)
+    with pytest.raises(ValueError, match="multiplier between"):
+        SampleProfile(fare_multiplier=0)
+    with pytest.raises(ValueError, match="between 0 and 0.2"):
+        DirtRates(duplicate=0.5)
+
+
+# -- determinism ----------------------------------------------------------------------------------------------
+def test_deterministic_for_same_arguments_and_different_for_other_seeds():
+    a = generate_month("yellow", date(2024, 1, 1), 5_000, seed=7)
+    b = generate_month("yellow", date(2024, 1, 1), 5_000, seed=7)
+    c = generate_month("yellow", date(2024, 1, 1), 5_000, seed=8)
+    d = generate_month("yellow", date(2024, 2, 1), 5_000, seed=7)
+    assert a.equals(b)
+    assert not a.equals(c)
+    assert not _np(a, "PULocationID").tolist() == _np(d, "PULocationID").tolist()
+
+
+# -- times ----------------------------------------------------------------------------------------------------
+def test_timestamps_are_naive_microseconds_inside_the_month(yellow_clean):
+    for name in ("tpep_pickup_datetime", "tpep_dropoff_datetime"):
+        assert yellow_clean.schema.field(name).type == pa.timestamp("us")
+    pickup = _ts(yellow_clean, "tpep_pickup_datetime")
+    dropoff = _ts(yellow_clean, "tpep_dropoff_datetime")
+    assert pickup.min() >= _us("2024-03-01") and pickup.max() < _us("2024-04-01")
+    assert (dropoff > pickup).all()
+    assert (pickup % 1_000_000 == 0).all()  # whole seconds, like the TLC files
+
+
+def test_demand_follows_hour_and_weekday(yellow_clean):
+    pickup = _ts(yellow_clean, "tpep_pickup_datetime")
+    hour = (pickup // 3_600_000_000) % 24
+    weekday = ((pickup // 86_400_000_000) + 3) % 7
+    weekday_hours = np.bincount(hour[weekday < 5], minlength=24)
+    weekend_hours = np.bincount(hour[weekday >= 5], minlength=24)
+    assert weekday_hours[18] > 4 * weekday_hours[4]  # evening peak vs the dead of night
+    assert (
+        weekend_hours[1] / weekend_hours.sum() > 1.5 * weekday_hours[1] / weekday_hours.sum()
+    )  # weekend nights
+
+
+def test_rush_hour_is_slower_than_the_night(yellow_clean):
+    pickup = _ts(yellow_clean, "tpep_pickup_datetime")
+    minutes = (_ts(yellow_clean, "tpep_dropoff_datetime") - pickup) / 60e6
+    mph = _np(yellow_clean, "trip_distance") / (minutes / 60)
+    hour = (pickup // 3_600_000_000) % 24
+    weekday = ((pickup // 86_400_000_000) + 3) % 7
+    rush = np.median(mph[(weekday < 5) & (hour == 17)])
+    night = np.median(mph[(weekday < 5) & (hour == 3)])
+    assert night > 1.5 * rush
+
+
+# -- zones ----------------------------------------------------------------------------------------------------
+def test_zone_popularity_differs_by_service(yellow_clean):
+    geo = zone_geography()
+    boroughs = np.array(geo.borough)
+    pu = _np(yellow_clean, "PULocationID")
+    assert (boroughs[pu] == "Manhattan").mean() > 0.8
+    ranking = list(np.argsort(np.bincount(pu, minlength=266))[::-1])
+    assert ranking.index(132) < 5 and ranking.index(138) < 15  # JFK in the top 5, LaGuardia in the top 15
+    green = generate_month("green", date(2024, 3, 1), 20_000, seed=3, profile=CLEAN)
+    green_pu = _np(green, "PULocationID")
+    assert geo.congestion_zone[green_pu].mean() < 0.1  # green cabs may not take street hails below 96th St
+    assert np.isin(boroughs[green_pu], ["Queens", "Brooklyn", "Bronx"]).mean() > 0.5
+
+
+def test_distances_are_consistent_for_a_zone_pair(yellow_clean):
+    pu, do = _np(yellow_clean, "PULocationID"), _np(yellow_clean, "DOLocationID")
+    dist = _np(yellow_clean, "trip_distance")
+    jfk_midtown = dist[(pu == 132) & (do == 161)]
+    ues_uws = dist[(pu == 237) & (do == 236)]
+    assert len(jfk_midtown) >= 5 and len(ues_uws) >= 5
+    assert 10 < np.median(jfk_midtown) < 25  # about 17 road miles in reality
+    assert np.median(ues_uws) < 5
+    assert np.std(jfk_midtown) / np.mean(jfk_midtown) < 0.3
+
+
+# -- money ----------------------------------------------------------------------------------------------------
+def test_total_is_the_sum_of_its_parts(yellow_clean):
+    parts = ["fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount", "improvement_surcharge",
+             "congestion_surcharge", "Airport_fee"]  # fmt: skip
+    total = sum(_np(yellow_clean, c) for c in parts)
+    assert np.allclose(total, _np(yellow_clean, "total_amount"), atol=0.011)
+
+
+def test_meter_rules(yellow_clean):
+    t = yellow_clean
+    geo = zone_geography()
+    pu, do = _np(t, "PULocationID"), _np(t, "DOLocationID")
+    fare, ratecode = _np(t, "fare_amount"), _np(t, "RatecodeID")
+    extra = _np(t, "extra")
+    pickup = _ts(t, "tpep_pickup_datetime")
+    hour = (pickup // 3_600_000_000) % 24
+    weekday = ((pickup // 86_400_000_000) + 3) % 7
+
+    jfk_manhattan = ((pu == 132) & geo.manhattan[do]) | ((do == 132) & geo.manhattan[pu])
+    assert jfk_manhattan.sum() > 500
+    assert (ratecode[jfk_manhattan] == 2).all() and (fare[jfk_manhattan] == 70.0).all()
+    assert (ratecode[(do == 1) & ~jfk_manhattan] == 3).all()
+
+    metered = ratecode == 1
+    units = (fare[metered] - 3.0) / 0.70
+    assert np.allclose(units, np.round(units), atol=1e-6) and (units >= 0).all()  # $3.00 + $0.70 units
+    peak = (weekday < 5) & (hour >= 16) & (hour < 20)
+    night = (hour >= 20) | (hour < 6)
+    assert (extra[metered & peak] == 2.5).all() and (metered & peak).sum() > 1000
+    assert (extra[metered & night] == 1.0).all()
+    assert (extra[metered & ~peak & ~night] == 0.0).all()
+    assert (extra[(ratecode == 2) & peak] == 5.0).all()
+
+    assert (_np(t, "mta_tax")[do != 1] == 0.5).all()
+    assert (_np(t, "improvement_surcharge") == 1.0).all()
+    touches = geo.congestion_zone[pu] | geo.congestion_zone[do]
+    assert (_np(t, "congestion_surcharge") == np.where(touches, 2.5, 0.0)).all()
+    assert (_np(t, "Airport_fee") == np.where(np.isin(pu, [132, 138]), 1.75, 0.0)).all()
+    payment = _np(t, "payment_type")
+    tip = _np(t, "tip_amount")
+    assert (tip[payment != 1] == 0).all() and (tip[payment == 1] > 0).mean() > 0.8
+    assert 0.05 < (_np(t, "tolls_amount") > 0).mean() < 0.2
+    # Longer trips cost more: the target is learnable from distance.
+    assert np.corrcoef(_np(t, "trip_distance")[metered], fare[metered])[0, 1] > 0.9
+
+
+def test_cbd_congestion_fee_from_2025_01_05():
+    t = generate_month("yellow", date(2025, 1, 1), 20_000, profile=CLEAN)
+    pu, do = _np(t, "PULocationID"), _np(t, "DOLocationID")
+    pickup = _ts(t, "tpep_pickup_datetime")
+    cbd = np.isin(pu, list(CBD_ZONES)) | np.isin(do, list(CBD_ZONES))
+    expected = np.where(cbd & (pickup >= _us("2025-01-05")), 0.75, 0.0)
+    fee = _np(t, "cbd_congestion_fee")
+    assert (fee == expected).all()
+    assert (fee[pickup < _us("2025-01-05")] == 0).all() and fee.sum() > 0
+
+
+def test_old_rate_card_before_december_2022():
+    t = generate_month("yellow", date(2022, 6, 1), 5_000, profile=CLEAN)
+    ratecode, fare = _np(t, "RatecodeID"), _np(t, "fare_amount")
+    units = (fare[ratecode == 1] - 2.5) / 0.5
+    assert np.allclose(units, np.round(units), atol=1e-6)
+    assert (fare[ratecode == 2] == 52.0).all()
+    assert (_np(t, "improvement_surcharge") == 0.3).all()
+
+
+# -- drift knobs and seasons ---------------------------------------------------------------------------------
+def test_fare_multiplier_applies_from_its_month_only():
+    profile = SampleProfile.fare_increase(date(2024, 5, 1), 1.25)
+    for month, expect in ((date(2024, 4, 1), 1.0), (date(2024, 5, 1), 1.25), (date(2024, 9, 1), 1.25)):
+        base = generate_month("yellow", month, 10_000, seed=1)
+        drift = generate_month("yellow", month, 10_000, seed=1, profile=profile)
+        # Same trips (times, zones, distances), only the money changes.
+        for col in ("tpep_pickup_datetime", "PULocationID", "DOLocationID", "trip_distance"):
+            assert drift.column(col).equals(base.column(col))
+        base_fare, drift_fare = _np(base, "fare_amount"), _np(drift, "fare_amount")
+        ok = base_fare > 0
+        ratio = drift_fare[ok].mean() / base_fare[ok].mean()
+        assert ratio == pytest.approx(expect, abs=0.02)
+
+
+def test_speed_multiplier_shortens_trips():
+    base = generate_month("yellow", date(2024, 3, 1), 10_000, profile=CLEAN)
+    fast = generate_month(
+        "yellow",
+        date(2024, 3, 1),
+        10_000,
+        profile=SampleProfile(speed_multiplier=1.5, dirt=DirtRates.clean()),
+    )
+
+    def minutes(t):
+        return np.median(_ts(t, "tpep_dropoff_datetime") - _ts(t, "tpep_pickup_datetime")) / 60e6
+
+    assert minutes(fast) < 0.8 * minutes(base)
+
+
+def test_months_differ_mildly_by_season():
+    def median_mph(month):
+        t = generate_month("yellow", month, 20_000, profile=CLEAN)
+        hours = (_ts(t, "tpep_dropoff_datetime") - _ts(t, "tpep_pickup_datetime")) / 3600e6
+        return np.median(_np(t, "trip_distance") / hours)
+
+    ratio = median_mph(date(2024, 8, 1)) / median_mph(date(2024, 12, 1))
+    assert 1.05 < ratio < 1.3
+
+
+# -- dirt -----------------------------------------------------------------------------------------------------
+def test_real_world_dirt_at_the_configured_rates():
+    n = 100_000
+    rates = DirtRates()
+    t = generate_month("yellow", date(2024, 3, 1), n, seed=5)
+    expected = {k: round(getattr(rates, k) * n) for k in rates.__dataclass_fields__}
+    slack = expected["duplicate"] + 5  # duplicates copy random rows, which may themselves be dirty
+
+    pickup, dropoff = _ts(t, "tpep_pickup_datetime"), _ts(t, "tpep_dropoff_datetime")
+    observed = {
+        "negative_fare": int((_np(t, "fare_amount") < 0).sum()),
+        "zero_distance": int((_np(t, "trip_distance") == 0).sum()),
+        "dropoff_before_pickup": int((dropoff < pickup).sum()),
+        "out_of_month": int(((pickup < _us("2024-03-01")) | (pickup >= _us("2024-04-01"))).sum()),
+        "null_passenger_count": t.column("passenger_count").null_count,
+        "unknown_zone": int(
+            (np.isin(_np(t, "PULocationID"), [264, 265]) | np.isin(_np(t, "DOLocationID"), [264, 265])).sum()
+        ),
+        "absurd_duration": int((dropoff - pickup > 86_400_000_000).sum()),
+        "absurd_distance": int((_np(t, "trip_distance") > 500).sum()),
+        "duplicate": int(t.to_pandas().duplicated().sum()),
+    }
+    for kind, count in observed.items():
+        assert abs(count - expected[kind]) <= slack, (kind, count, expected[kind])
+        assert count > 0, kind
+    # The TLC leaves these null together on such rows; payment_type is then 0.
+    nulls = t.column("passenger_count").is_null().to_numpy(zero_copy_only=False)
+    for col in ("RatecodeID", "store_and_fwd_flag", "congestion_surcharge", "Airport_fee"):
+        assert (t.column(col).is_null().to_numpy(zero_copy_only=False) == nulls).all(), col
+    assert (_np(t, "payment_type")[nulls] == 0).all()
+    negative = _np(t, "fare_amount") < 0
+    assert (_np(t, "total_amount")[negative] < 0).all()
+
+
+def test_clean_profile_has_no_dirt(yellow_clean):
+    t = yellow_clean
+    assert t.column("passenger_count").null_count == 0
+    assert (_np(t, "fare_amount") > 0).all() and (_np(t, "trip_distance") > 0).all()
+    assert not np.isin(_np(t, "PULocationID"), [264, 265]).any()
+    assert not np.isin(_np(t, "DOLocationID"), [264, 265]).any()
+
+
+# -- the mirror on disk and the CLI --------------------------------------------------------------------------
+def test_parse_month_range():
+    assert parse_month_range("2024-01:2024-03") == [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)]
+    assert parse_month_range("2023-12:2024-01") == [date(2023, 12, 1), date(2024, 1, 1)]
+    assert parse_month_range("2024-05") == [date(2024, 5, 1)]
+    assert parse_month_range("2024-05, 2024-01:2024-02,2024-05") == [
+        date(2024, 1, 1),
+        date(2024, 2, 1),
+        date(2024, 5, 1),
+    ]
+    with pytest.raises(ValueError, match="ends before it starts"):
+        parse_month_range("2024-06:2024-01")
+    with pytest.raises(ValueError, match="expected 01-12"):
+        parse_month_range("2024-13")
+    with pytest.raises(ValueError, match="not YYYY-MM"):
+        parse_month_range("March")
+    with pytest.raises(ValueError, match="empty"):
+        parse_month_range(" , ")
+
+
+def test_write_sample_mirror_layout_and_idempotence(tmp_path):
+    months = [date(2023, 1, 1), date(2023, 2, 1)]
+    written = write_sample_mirror(tmp_path, months, rows_per_month={"yellow": 800, "green": 300}, seed=2)
+    expected = [
+        tmp_path / "trip-data" / f"{s}_tripdata_{m:%Y-%m}.parquet"
+        for m in months
+        for s in ("yellow", "green")
+    ]
+    assert written == [*expected, tmp_path / "misc" / "taxi_zone_lookup.csv"]
+    assert (tmp_path / "misc" / "taxi_zone_lookup.csv").read_bytes() == zone_csv_bytes()
+    assert "SYNTHETIC" in (tmp_path / "SYNTHETIC.txt").read_text()
+    for path in expected:
+        meta = pq.read_metadata(path)
+        assert meta.metadata[b"data_source"] == b"synthetic"
+        assert meta.num_rows == (800 if path.name.startswith("yellow") else 300)
+    assert pq.read_schema(expected[0]).field("PULocationID").type == pa.int64()  # 2023-01: pre-2023-02 era
+    assert pq.read_schema(expected[2]).field("PULocationID").type == pa.int32()
+    digests = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in written}
+    write_sample_mirror(tmp_path, months, rows_per_month={"yellow": 800, "green": 300}, seed=2)
+    assert digests == {p: hashlib.md5(p.read_bytes()).hexdigest() for p in written}
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+
+
+def test_write_sample_mirror_default_rows(tmp_path):
+    write_sample_mirror(tmp_path, [date(2024, 1, 1)], services=("green",))
+    assert (
+        pq.read_metadata(tmp_path / "trip-data" / "green_tripdata_2024-01.parquet").num_rows
+        == DEFAULT_ROWS_PER_MONTH["green"]
+    )
+    assert not (tmp_path / "trip-data" / "yellow_tripdata_2024-01.parquet").exists()
+    with pytest.raises(ValueError, match="no entry for 'yellow'"):
+        write_sample_mirror(tmp_path, [date(2024, 1, 1)], rows_per_month={"green": 5})
+
+
+def test_cli_writes_the_layout(tmp_path, capsys):
+    dest = tmp_path / "mirror"
+    code = cli.main(["sample-mirror", str(dest), "--months", "2024-01:2024-02", "--rows-per-month", "500",
+                     "--fare-increase-from", "2024-02", "--seed", "4"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert (
+        "SYNTHETIC" in out
+        and "trip-data/yellow_tripdata_2024-02.parquet" in out
+        and "drift scenario from 2024-02: fares x1.25" in out
+    )
+    for name in (
+        "yellow_tripdata_2024-01",
+        "green_tripdata_2024-01",
+        "yellow_tripdata_2024-02",
+        "green_tripdata_2024-02",
+    ):
+        assert pq.read_metadata(dest / "trip-data" / f"{name}.parquet").num_rows == 500
+    assert (dest / "misc" / "taxi_zone_lookup.csv").read_bytes() == zone_csv_bytes()
+    jan = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-01.parquet")
+    assert jan.equals(
+        generate_month("yellow", date(2024, 1, 1), 500, seed=4).replace_schema_metadata(jan.schema.metadata)
+    )
+    feb = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-02.parquet")
+    feb_base = generate_month("yellow", date(2024, 2, 1), 500, seed=4)
+    assert _np(feb, "fare_amount").sum() > 1.2 * _np(feb_base, "fare_amount").sum()
+
+
+def test_cli_rejects_bad_input_without_writing(tmp_path, capsys):
+    dest = tmp_path / "mirror"
+    assert cli.main(["sample-mirror", str(dest), "--months", "2024-06:2024-01"]) == 2
+    assert "ends before it starts" in capsys.readouterr().err
+    assert cli.main(["sample-mirror", str(dest), "--months", "2024-01", "--services", "yellow,fhv"]) == 2
+    assert "unknown service" in capsys.readouterr().err
+    assert cli.main(["sample-mirror", str(dest), "--months", "2024-01", "--rows-per-month", "yellow=10"]) == 2
+    assert "no count for ['green']" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+def test_generation_is_fast_enough():
+    started = datetime.now()
+    generate_month("yellow", date(2024, 3, 1), 300_000)
+    assert (datetime.now() - started).total_seconds() < 10  # ~0.3 s; 3M rows take a few seconds

@@ -1,0 +1,127 @@
+"""Static checks of the GitHub Actions workflows: they parse, pin their actions, authenticate without
+keys, run the project's own commands, and every repository path they mention exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+# Top-level directories/files of this repository that workflow scripts may refer to.
+LOCAL_PATH = re.compile(
+    r"(?<![\w./-])((?:bento|deploy|terraform|taxi_platform|taxi_platform_tests|benchmarks|docs)(?:/[\w.-]+)*/?)"
+)
+
+
+def load(name: str) -> dict[str, Any]:
+    path = WORKFLOWS / name
+    assert path.is_file(), f"{path} is missing"
+    doc = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the bare key `on` as the boolean True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def steps(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for job in doc["jobs"].values() for step in job["steps"]]
+
+
+def scripts(doc: dict[str, Any]) -> str:
+    return "\n".join(step.get("run", "") for step in steps(doc))
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"])
+def test_workflow_parses_and_pins_every_action(name: str):
+    doc = load(name)
+    assert doc["on"] and doc["jobs"]
+    for job in doc["jobs"].values():
+        assert job.get("timeout-minutes"), "every job has a timeout"
+    for step in steps(doc):
+        if "uses" in step:
+            action, _, ref = step["uses"].partition("@")
+            assert re.fullmatch(r"v\d+(\.\d+){0,2}|[0-9a-f]{40}", ref), f"{action} is not pinned: @{ref or '?'}"
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"])
+def test_every_local_path_a_workflow_mentions_exists(name: str):
+    text = scripts(load(name))
+    paths = sorted(set(LOCAL_PATH.findall(text)))
+    assert paths, f"{name} mentions no repository path: the check would be vacuous"
+    missing = [p for p in paths if not (REPO / p).exists()]
+    hints = {
+        "bento/bentofile.yaml": "the serving code (bento/service.py + bento/bentofile.yaml) is not in the repo yet",
+    }
+    assert not missing, f"{name} refers to missing paths: " + "; ".join(
+        f"{p} ({hints.get(p, 'not in the repository')})" for p in missing
+    )
+
+
+def test_ci_runs_lint_tests_and_terraform_fmt_on_the_locked_environment():
+    doc = load("ci.yml")
+    assert {"push", "pull_request"} <= set(doc["on"])
+    text = scripts(doc)
+    for command in (
+        "uv sync --locked",
+        "uv run ruff check",
+        "uv run pytest",
+        "terraform fmt -check -recursive terraform",
+    ):
+        assert command in text, f"ci.yml does not run `{command}`"
+    uses = [s["uses"].split("@")[0] for s in steps(doc) if "uses" in s]
+    assert {"actions/checkout", "astral-sh/setup-uv", "hashicorp/setup-terraform"} <= set(uses)
+    assert doc["permissions"] == {"contents": "read"}
+
+
+def test_deploy_uses_workload_identity_federation_and_no_keys():
+    doc = load("deploy.yml")
+    assert "workflow_dispatch" in doc["on"]
+    assert doc["on"]["push"]["tags"]
+    assert doc["permissions"]["id-token"] == "write"
+    (auth,) = [s for s in steps(doc) if s.get("uses", "").startswith("google-github-actions/auth@")]
+    assert {"workload_identity_provider", "service_account"} <= auth["with"].keys()
+    raw = (WORKFLOWS / "deploy.yml").read_text()
+    assert "credentials_json" not in raw and "secrets.GCP_SA_KEY" not in raw and "private_key" not in raw
+
+
+def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
+    doc = load("deploy.yml")
+    text = scripts(doc)
+    order = [
+        "uv sync --locked",
+        "bentoml build -f bento/bentofile.yaml",
+        "bentoml containerize",
+        "docker push",
+        "kubectl apply",
+        "rollout status deployment/fare-service",
+        "/readyz",
+    ]
+    positions = [text.find(command) for command in order]
+    assert -1 not in positions, f"deploy.yml misses {[c for c, p in zip(order, positions, strict=True) if p < 0]}"
+    assert positions == sorted(positions), "deploy.yml runs the steps out of order"
+    assert "port-forward svc/fare-service" in text
+    assert ":latest" not in text.replace("grep -nE 'BENTO_TAG|PROJECT_ID|REGION-docker|:latest'", "")
+
+
+def test_deploy_substitutions_fill_every_placeholder_of_the_manifests():
+    """Apply deploy.yml's own sed substitutions to the fare-service manifests: nothing may be left over."""
+    text = scripts(load("deploy.yml"))
+    substitutions = re.findall(r'-e "s\|([^|]+)\|([^|]+)\|g"', text)
+    assert len(substitutions) >= 2, "deploy.yml no longer substitutes the image and service account"
+    app = REPO / "deploy" / "k8s" / "fare-service"
+    resources = yaml.safe_load((app / "kustomization.yaml").read_text())["resources"]
+    docs = [d for name in resources for d in yaml.safe_load_all((app / name).read_text()) if d]
+    rendered = yaml.safe_dump_all(docs, width=10**6)  # what `kubectl kustomize` emits: no comments
+    values = {
+        "${IMAGE}": "us-east4-docker.pkg.dev/proj/taxi-platform/fare-service:abc123",
+        "${SERVING_GSA}": "taxi-prod-serving@proj.iam.gserviceaccount.com",
+    }
+    for pattern, replacement in substitutions:
+        assert pattern in rendered, f"deploy.yml substitutes {pattern!r}, which the manifests do not contain"
+        rendered = rendered.replace(pattern, values[replacement])
+    for placeholder in ("BENTO_TAG", "PROJECT_ID", "REGION-docker", "PROJECT/REPO"):
+        assert placeholder not in rendered, f"{placeholder} survives deploy.yml's substitutions"

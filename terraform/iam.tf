@@ -1,0 +1,71 @@
+# Least privilege: one Google service account per workload, each bound to exactly one Kubernetes
+# service account through Workload Identity, and granted roles on single resources (a bucket, a
+# secret, the image repository) rather than on the project wherever the API allows it.
+
+# -- GKE nodes ---------------------------------------------------------------------------------
+
+resource "google_service_account" "gke_nodes" {
+  account_id   = "${local.name}-gke-nodes"
+  display_name = "GKE Autopilot nodes (${local.name})"
+}
+
+# Logging, monitoring and the other node agents; nothing else.
+resource "google_project_iam_member" "gke_nodes" {
+  project = var.project_id
+  role    = "roles/container.defaultNodeServiceAccount"
+  member  = "serviceAccount:${google_service_account.gke_nodes.email}"
+}
+
+resource "google_artifact_registry_repository_iam_member" "gke_nodes_pull" {
+  location   = google_artifact_registry_repository.containers.location
+  repository = google_artifact_registry_repository.containers.name
+  role       = "roles/artifactregistry.reader"
+  member     = "serviceAccount:${google_service_account.gke_nodes.email}"
+}
+
+# -- workloads (Workload Identity) ---------------------------------------------------------------
+
+resource "google_service_account" "workload" {
+  for_each = local.workloads
+
+  account_id   = "${local.name}-${each.key}"
+  display_name = "${each.value.display_name} (${local.name})"
+}
+
+# The Kubernetes service account <namespace>/<name> may act as the Google service account.
+resource "google_service_account_iam_member" "workload_identity" {
+  for_each = local.workloads
+
+  service_account_id = google_service_account.workload[each.key].name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${local.workload_pool}[${each.value.namespace}/${each.value.ksa}]"
+
+  depends_on = [google_container_cluster.main] # the workload pool exists once the cluster does
+}
+
+# Dagster reads and writes the lake (objects only: list, read, create, overwrite, delete).
+resource "google_storage_bucket_iam_member" "dagster_lake" {
+  bucket = google_storage_bucket.lake.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.workload["dagster"].email}"
+}
+
+# MLflow owns its artifact bucket; Dagster and CI reach artifacts only through the MLflow server.
+resource "google_storage_bucket_iam_member" "mlflow_artifacts" {
+  bucket = google_storage_bucket.mlflow_artifacts.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.workload["mlflow"].email}"
+}
+
+# Each metadata store may read its own database password and no other secret.
+resource "google_secret_manager_secret_iam_member" "db_password" {
+  for_each = local.databases
+
+  secret_id = google_secret_manager_secret.db_password[each.key].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workload[each.key].email}"
+}
+
+# The fare service needs no Google API at all: the model is baked into its image and its prediction
+# logs go to stdout, which GKE ships to Cloud Logging. Its service account exists so the pods have a
+# dedicated identity (and so any future grant is explicit and reviewable), but it holds no roles.

@@ -1,0 +1,31 @@
+# Database passwords are generated here and stored in Secret Manager; nothing is typed in by hand.
+# Each workload's Google service account may read only its own secret (iam.tf). The Kubernetes
+# Secrets the pods use are filled from Secret Manager (docs/deploy.md, "Database secrets").
+
+resource "random_password" "db" {
+  for_each = local.databases
+
+  length = 32
+  # Letters and digits only: the passwords go into postgresql:// URLs unescaped.
+  special = false
+}
+
+resource "google_secret_manager_secret" "db_password" {
+  for_each = local.databases
+
+  secret_id = "${local.name}-${each.key}-db-password"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "db_password" {
+  for_each = local.databases
+
+  secret      = google_secret_manager_secret.db_password[each.key].id
+  secret_data = random_password.db[each.key].result
+}

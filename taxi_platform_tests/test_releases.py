@@ -207,7 +207,7 @@ def mirror(tmp_path):
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with dg.DagsterInstance.ephemeral() as inst:
         yield inst
 
 

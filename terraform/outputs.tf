@@ -67,3 +67,18 @@ output "github_deployer_service_account" {
   description = "Value for google-github-actions/auth `service_account` (GitHub variable GCP_DEPLOYER_SERVICE_ACCOUNT)."
   value       = google_service_account.deployer.email
 }
+
+output "project_id" {
+  description = "GCP project ID (GitHub variable GCP_PROJECT_ID)."
+  value       = var.project_id
+}
+
+output "region" {
+  description = "Region of the cluster and the registry (GitHub variable GCP_REGION)."
+  value       = var.region
+}
+
+output "artifact_repository" {
+  description = "Artifact Registry repository ID (GitHub variable GCP_ARTIFACT_REPOSITORY)."
+  value       = google_artifact_registry_repository.containers.repository_id
+}

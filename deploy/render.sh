@@ -22,24 +22,22 @@ shopt -u patsub_replacement 2> /dev/null || true # bash 5.2: keep `&` in values 
 input=$(cat)
 PLATFORM_NAME=${PLATFORM_NAME:-taxi-prod}
 
-need() { # need PLACEHOLDER VARIABLE: fail if the input holds PLACEHOLDER and VARIABLE is empty
-  if [[ $input == *"$1"* && -z ${!2:-} ]]; then
+# fill PLACEHOLDER VARIABLE: replace PLACEHOLDER by $VARIABLE; fail if it is needed and not set.
+fill() {
+  [[ $input == *"$1"* ]] || return 0
+  if [[ -z ${!2:-} ]]; then
     echo "render.sh: the input contains $1; set $2" >&2
     exit 1
   fi
+  input=${input//"$1"/${!2}}
 }
-need "REGION-docker.pkg.dev/PROJECT/REPO/fare-service:BENTO_TAG" FARE_SERVICE_IMAGE
-need "REGION-docker.pkg.dev/PROJECT/REPO" IMAGE_REGISTRY
-need "GIT_SHA" DAGSTER_IMAGE_TAG
-need "CLOUD_SQL_PRIVATE_IP" CLOUD_SQL_PRIVATE_IP
-need "PROJECT_ID" PROJECT_ID
-
-input=${input//"REGION-docker.pkg.dev/PROJECT/REPO/fare-service:BENTO_TAG"/${FARE_SERVICE_IMAGE:-}}
-input=${input//"REGION-docker.pkg.dev/PROJECT/REPO"/${IMAGE_REGISTRY:-}}
-input=${input//GIT_SHA/${DAGSTER_IMAGE_TAG:-}}
-input=${input//CLOUD_SQL_PRIVATE_IP/${CLOUD_SQL_PRIVATE_IP:-}}
+# Most specific first: the fare-service image before the registry prefix it contains.
+fill "REGION-docker.pkg.dev/PROJECT/REPO/fare-service:BENTO_TAG" FARE_SERVICE_IMAGE
+fill "REGION-docker.pkg.dev/PROJECT/REPO" IMAGE_REGISTRY
+fill "GIT_SHA" DAGSTER_IMAGE_TAG
+fill "CLOUD_SQL_PRIVATE_IP" CLOUD_SQL_PRIVATE_IP
 input=${input//taxi-prod-/${PLATFORM_NAME}-}
-input=${input//PROJECT_ID/${PROJECT_ID:-}}
+fill "PROJECT_ID" PROJECT_ID
 
 left=$(grep -nE 'BENTO_TAG|GIT_SHA|PROJECT_ID|CLOUD_SQL_PRIVATE_IP|REGION-docker|PROJECT/REPO' <<< "$input" || true)
 if [[ -n $left ]]; then

@@ -7,7 +7,9 @@ name the prediction-log sink filters on.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +313,60 @@ def test_mlflow_dockerfile_pins_the_locked_mlflow_version():
     deployment = one(manifests("mlflow"), "Deployment")
     assert all(c["image"].endswith(f":{locked.group(1)}") for c in containers(deployment))
     assert re.search(r"^USER 10001", text, re.M)
+
+
+# -- deploy/render.sh fills every placeholder -------------------------------------------------------
+
+RENDER_ENV = {
+    "IMAGE_REGISTRY": "europe-west1-docker.pkg.dev/proj-1/taxi-platform",
+    "DAGSTER_IMAGE_TAG": "0123abcd4567",
+    "CLOUD_SQL_PRIVATE_IP": "10.77.0.3",
+    "PROJECT_ID": "proj-1",
+    "PLATFORM_NAME": "taxi-dev",
+}
+
+
+def render(text: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(DEPLOY / "render.sh")],
+        input=text,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_render_fills_the_dagster_helm_values():
+    result = render((DEPLOY / "helm" / "dagster-values.yaml").read_text(), **RENDER_ENV)
+    assert result.returncode == 0, result.stderr
+    values = yaml.safe_load(result.stdout)
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["image"] == {
+        "repository": "europe-west1-docker.pkg.dev/proj-1/taxi-platform/taxi-platform-dagster",
+        "tag": "0123abcd4567",
+        "pullPolicy": "IfNotPresent",
+    }
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    # The bucket names terraform/storage.tf creates: <project>-<prefix>-<environment>-lake.
+    assert env["TAXI_LAKE_ROOT"] == "gs://proj-1-taxi-dev-lake/lake"
+    assert env["GOOGLE_CLOUD_PROJECT"] == "proj-1"
+    assert values["postgresql"]["postgresqlHost"] == "10.77.0.3"
+    assert values["serviceAccount"]["annotations"]["iam.gke.io/gcp-service-account"] == (
+        "taxi-dev-dagster@proj-1.iam.gserviceaccount.com"
+    )
+    assert values["computeLogManager"]["config"]["gcsComputeLogManager"]["bucket"] == "proj-1-taxi-dev-lake"
+
+
+def test_render_fills_the_mlflow_manifests_and_refuses_missing_values():
+    app = K8S / "mlflow"
+    text = "\n---\n".join((app / name).read_text() for name in ["config.env", *sorted(p.name for p in app.glob("*.yaml"))])
+    result = render(text, **RENDER_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "10.77.0.3" in result.stdout and "gs://proj-1-taxi-dev-mlflow/artifacts" in result.stdout
+    assert "europe-west1-docker.pkg.dev/proj-1/taxi-platform/mlflow:" in result.stdout
+    assert "taxi-dev-mlflow@proj-1.iam.gserviceaccount.com" in result.stdout
+
+    missing = {k: v for k, v in RENDER_ENV.items() if k != "CLOUD_SQL_PRIVATE_IP"}
+    result = render(text, **missing)
+    assert result.returncode != 0 and "CLOUD_SQL_PRIVATE_IP" in result.stderr and result.stdout == ""

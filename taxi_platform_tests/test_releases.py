@@ -328,7 +328,12 @@ def test_sensor_leaves_out_taxi_zones_once_it_is_materialised(mirror, instance):
     }
 
 
-def test_safety_net_schedule_skips_ingested_months_and_requests_missing_ones(instance):
+def test_safety_net_schedule_skips_ingested_months_and_requests_missing_ones():
+    with dg.instance_for_test() as instance:  # schedule contexts need an instance they can reference
+        _check_safety_net(instance)
+
+
+def _check_safety_net(instance: dg.DagsterInstance) -> None:
     tick_time = datetime(2026, 11, 15, 6, 0, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)
     request = automation.tlc_monthly_safety_net(context)

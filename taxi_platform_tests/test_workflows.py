@@ -3,7 +3,9 @@ keys, run the project's own commands, and every repository path they mention exi
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +109,41 @@ def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
     assert ":latest" not in text.replace("grep -nE 'BENTO_TAG|PROJECT_ID|REGION-docker|:latest'", "")
 
 
-def test_deploy_substitutions_fill_every_placeholder_of_the_manifests():
-    """Apply deploy.yml's own sed substitutions to the fare-service manifests: nothing may be left over."""
+def test_deploy_renders_the_fare_service_manifests_with_deploy_render_sh():
+    """deploy.yml pipes the kustomize output through deploy/render.sh with the Bento image; run the
+    same script on the same manifests: the image must be the Bento tag and no placeholder may remain."""
     text = scripts(load("deploy.yml"))
-    substitutions = re.findall(r'-e "s\|([^|]+)\|([^|]+)\|g"', text)
-    assert len(substitutions) >= 2, "deploy.yml no longer substitutes the image and service account"
+    assert 'FARE_SERVICE_IMAGE="$IMAGE" deploy/render.sh' in text
+    env_block = load("deploy.yml")["env"]
+    assert {"PROJECT_ID", "PLATFORM_NAME"} <= env_block.keys()
+
     app = REPO / "deploy" / "k8s" / "fare-service"
     resources = yaml.safe_load((app / "kustomization.yaml").read_text())["resources"]
     docs = [d for name in resources for d in yaml.safe_load_all((app / name).read_text()) if d]
-    rendered = yaml.safe_dump_all(docs, width=10**6)  # what `kubectl kustomize` emits: no comments
-    values = {
-        "${IMAGE}": "us-east4-docker.pkg.dev/proj/taxi-platform/fare-service:abc123",
-        "${SERVING_GSA}": "taxi-prod-serving@proj.iam.gserviceaccount.com",
+    kustomized = yaml.safe_dump_all(docs, width=10**6)  # what `kubectl kustomize` emits: no comments
+    image = "us-east4-docker.pkg.dev/proj-1/taxi-platform/fare-service:x7k2mqa4"
+    env = {
+        "PATH": os.environ["PATH"],
+        "FARE_SERVICE_IMAGE": image,
+        "PROJECT_ID": "proj-1",
+        "PLATFORM_NAME": "taxi-staging",
     }
-    for pattern, replacement in substitutions:
-        assert pattern in rendered, f"deploy.yml substitutes {pattern!r}, which the manifests do not contain"
-        rendered = rendered.replace(pattern, values[replacement])
-    for placeholder in ("BENTO_TAG", "PROJECT_ID", "REGION-docker", "PROJECT/REPO"):
-        assert placeholder not in rendered, f"{placeholder} survives deploy.yml's substitutions"
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy" / "render.sh")], input=kustomized, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = list(yaml.safe_load_all(result.stdout))
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    account = next(d for d in rendered if d["kind"] == "ServiceAccount")
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == (
+        "taxi-staging-serving@proj-1.iam.gserviceaccount.com"
+    )
+
+    # Without the image the script refuses, naming the variable, instead of deploying a placeholder.
+    del env["FARE_SERVICE_IMAGE"]
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy" / "render.sh")], input=kustomized, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "FARE_SERVICE_IMAGE" in result.stderr
+    assert result.stdout == ""

@@ -20,8 +20,9 @@ Built for speed on small machines:
   (:mod:`taxi_platform.lib.prediction_log`);
 - OpenMP is limited to one thread per worker (scale with workers, not threads), access logs are off.
 
-The model comes from the BentoML model store: ``taxi_fare_model:<TAXI_FARE_MODEL_VERSION>`` (the champion the
-``fare_service`` asset imported; default ``latest``). A Bento packages exactly that model.
+The model comes from the BentoML model store: ``taxi_fare_model:<model_version>``, where ``model_version`` is a
+Bento argument (``bentoml build|serve --arg model_version=v3-…``, set by the ``fare_service`` asset to the
+champion it imported; default ``latest``). A Bento records its arguments and packages exactly that model.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ from taxi_platform.lib.quotes import (
 )
 from taxi_platform.settings import MODEL_NAME, load_settings
 
-MODEL_VERSION_ENV = "TAXI_FARE_MODEL_VERSION"
+ARGS = bentoml.use_arguments()
+MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 LARGE_BATCH = 2_048  # batches at least this big are priced in a worker thread so the event loop stays free
 API_ROUTES = ("/predict", "/predict_batch")
@@ -203,7 +205,7 @@ def _request_id(ctx: bentoml.Context, ids: count, prefix: str) -> str:
     labels={"project": "taxi_platform"},
 )
 class FareService:
-    model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:{os.environ.get(MODEL_VERSION_ENV) or 'latest'}")
+    model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:{MODEL_STORE_VERSION}")
 
     def __init__(self) -> None:
         from threadpoolctl import threadpool_limits

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -147,7 +148,7 @@ class DagsterServices:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> DagsterServices:
-        bindir = Path(shutil.which("dagster-webserver", path=self.env.get("PATH")) or "dagster-webserver").parent
+        bindir = Path(sys.executable).parent  # the venv that runs the tests has the dagster executables
         try:
             self.daemon = ManagedProcess(
                 "dagster-daemon",

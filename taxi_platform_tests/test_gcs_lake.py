@@ -89,7 +89,11 @@ def test_staged_write_publish_partitions_and_read_bytes(gcs_lake_root: str, gcs_
     assert dest_jan == f"{gcs_lake_root}/trip_features/month=2024-01/part-0.parquet"
     assert lake.partitions("trip_features") == ["2024-01", "2024-02"]
     assert lake.exists(dest_jan)
-    assert pq.read_table(pa.BufferReader(lake.read_bytes(dest_jan))).column("fare").to_pylist() == [10, 20, 30]
+    assert pq.read_table(pa.BufferReader(lake.read_bytes(dest_jan))).column("fare").to_pylist() == [
+        10,
+        20,
+        30,
+    ]
 
     bucket, prefix = split_gcs_url(gcs_lake_root)
     assert gcs_env.object_names(bucket, prefix) == [
@@ -114,7 +118,9 @@ def test_duckdb_reads_gs_paths_through_the_registered_filesystem(gcs_lake_root: 
         "hive_partitioning = true) GROUP BY month ORDER BY month"
     ).fetchall()
     assert rows == [("2024-01", 3, 60), ("2024-02", 1, 5)]
-    one = con.execute(f"SELECT sum(fare) FROM read_parquet('{lake.partition_path('cleaned_trips', '2024-02')}')")
+    one = con.execute(
+        f"SELECT sum(fare) FROM read_parquet('{lake.partition_path('cleaned_trips', '2024-02')}')"
+    )
     assert one.fetchone() == (5,)
 
 

@@ -98,14 +98,20 @@ def test_deployments_are_hardened_and_sized(app: str):
     deployment = one(manifests(app), "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert isinstance(pod["securityContext"].get("runAsUser"), int) and pod["securityContext"]["runAsUser"] > 0
+    assert (
+        isinstance(pod["securityContext"].get("runAsUser"), int) and pod["securityContext"]["runAsUser"] > 0
+    )
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     volumes = {v["name"] for v in pod.get("volumes", [])}
     for container in containers(deployment):
         name = container["name"]
         image = container["image"]
-        assert not image.endswith(":latest") and ":" in image.rsplit("/", 1)[-1], f"{name}: untagged image {image}"
-        assert IMAGE_PLACEHOLDER.match(image), f"{name}: image {image} is not REGION-docker.pkg.dev/PROJECT/REPO/..."
+        assert not image.endswith(":latest") and ":" in image.rsplit("/", 1)[-1], (
+            f"{name}: untagged image {image}"
+        )
+        assert IMAGE_PLACEHOLDER.match(image), (
+            f"{name}: image {image} is not REGION-docker.pkg.dev/PROJECT/REPO/..."
+        )
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= container["resources"][kind].keys(), f"{name}: no cpu/memory {kind}"
         security = container["securityContext"]
@@ -170,7 +176,10 @@ def test_fare_service_hpa_pdb_and_service_select_the_deployment():
     service = one(docs, "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    container_ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    container_ports = {
+        p["name"]: p["containerPort"]
+        for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     for port in service["spec"]["ports"]:
         assert port["targetPort"] in container_ports or port["targetPort"] in container_ports.values()
 
@@ -184,11 +193,16 @@ def test_fare_service_identity_matches_terraform():
         serving["namespace"],
         serving["service_account"],
     ), "Workload Identity in terraform/ binds a different Kubernetes service account"
-    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    )
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
     # The prediction-log sink filters on the container name.
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["name"] == defaults["fare_service_container_name"]
+    assert (
+        deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+        == defaults["fare_service_container_name"]
+    )
 
 
 # -- MLflow ---------------------------------------------------------------------------------------
@@ -231,8 +245,12 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
     policy = one(docs, "NetworkPolicy")
-    sources = [p["namespaceSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for p in rule["from"]]
-    assert sources == [{"kubernetes.io/metadata.name": terraform_defaults()["k8s_workloads"]["dagster"]["namespace"]}]
+    sources = [
+        p["namespaceSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for p in rule["from"]
+    ]
+    assert sources == [
+        {"kubernetes.io/metadata.name": terraform_defaults()["k8s_workloads"]["dagster"]["namespace"]}
+    ]
 
 
 # -- Dagster Helm values ------------------------------------------------------------------------
@@ -259,7 +277,9 @@ def test_dagster_helm_values():
     assert env["MLFLOW_TRACKING_URI"] == expected
 
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    resources = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]["resources"]
+    resources = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"][
+        "resources"
+    ]
     assert {"cpu", "memory"} <= resources["requests"].keys()
 
     postgres = values["postgresql"]
@@ -270,10 +290,16 @@ def test_dagster_helm_values():
 
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert values["concurrency"]["runs"]["maxConcurrentRuns"] > 0
-    assert "maxConcurrentRuns" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert (
+        "maxConcurrentRuns" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    )
 
     dagster = terraform_defaults()["k8s_workloads"]["dagster"]
-    assert values["global"]["serviceAccountName"] == values["serviceAccount"]["name"] == dagster["service_account"]
+    assert (
+        values["global"]["serviceAccountName"]
+        == values["serviceAccount"]["name"]
+        == dagster["service_account"]
+    )
     assert values["serviceAccount"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
         ".iam.gserviceaccount.com"
     )
@@ -307,7 +333,9 @@ def test_dagster_dockerfile_builds_from_the_lockfile_as_non_root():
 
 def test_mlflow_dockerfile_pins_the_locked_mlflow_version():
     text = (DEPLOY / "Dockerfile.mlflow").read_text()
-    locked = re.search(r'\[\[package\]\]\nname = "mlflow"\nversion = "([^"]+)"', (REPO / "uv.lock").read_text())
+    locked = re.search(
+        r'\[\[package\]\]\nname = "mlflow"\nversion = "([^"]+)"', (REPO / "uv.lock").read_text()
+    )
     assert locked, "mlflow not found in uv.lock"
     assert f"ARG MLFLOW_VERSION={locked.group(1)}" in text
     deployment = one(manifests("mlflow"), "Deployment")
@@ -360,7 +388,9 @@ def test_render_fills_the_dagster_helm_values():
 
 def test_render_fills_the_mlflow_manifests_and_refuses_missing_values():
     app = K8S / "mlflow"
-    text = "\n---\n".join((app / name).read_text() for name in ["config.env", *sorted(p.name for p in app.glob("*.yaml"))])
+    text = "\n---\n".join(
+        (app / name).read_text() for name in ["config.env", *sorted(p.name for p in app.glob("*.yaml"))]
+    )
     result = render(text, **RENDER_ENV)
     assert result.returncode == 0, result.stderr
     assert "10.77.0.3" in result.stdout and "gs://proj-1-taxi-dev-mlflow/artifacts" in result.stdout

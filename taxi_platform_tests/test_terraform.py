@@ -218,12 +218,16 @@ def test_required_version_and_providers_are_pinned():
             providers.update(block)
     assert {"google", "google-beta"} <= providers.keys()
     for name, spec in providers.items():
-        assert re.match(r"^\s*(~>|=)\s*\d+\.\d+", spec.get("version", "")), f"{name} version is not pinned: {spec}"
+        assert re.match(r"^\s*(~>|=)\s*\d+\.\d+", spec.get("version", "")), (
+            f"{name} version is not pinned: {spec}"
+        )
         assert spec.get("source", "").startswith("hashicorp/"), f"{name} has no explicit source"
 
 
 def test_every_variable_has_description_type_and_validation():
-    variables = {name: body for doc in parsed().values() for v in blocks(doc, "variable") for name, body in v.items()}
+    variables = {
+        name: body for doc in parsed().values() for v in blocks(doc, "variable") for name, body in v.items()
+    }
     assert len(variables) >= 10
     for name, body in variables.items():
         assert str(body.get("description", "")).strip(), f"variable {name} has no description"
@@ -322,7 +326,9 @@ def test_every_labelable_resource_has_the_common_labels():
     ):
         assert required in present, f"no {required} in terraform/"
     assert label_violations(resources) == []
-    assert label_violations(resources_in(parse_hcl('resource "google_storage_bucket" "x" {\n  name = "x"\n}\n')))
+    assert label_violations(
+        resources_in(parse_hcl('resource "google_storage_bucket" "x" {\n  name = "x"\n}\n'))
+    )
 
 
 def test_buckets_have_uniform_access_versioning_and_lifecycle():
@@ -330,7 +336,9 @@ def test_buckets_have_uniform_access_versioning_and_lifecycle():
     assert {"lake", "mlflow_artifacts", "predictions"} <= buckets.keys()
     for name, body in buckets.items():
         assert body.get("uniform_bucket_level_access") is True, f"bucket {name}: uniform access off"
-        assert body.get("public_access_prevention") == "enforced", f"bucket {name}: public access not prevented"
+        assert body.get("public_access_prevention") == "enforced", (
+            f"bucket {name}: public access not prevented"
+        )
         assert first(body.get("versioning"))["enabled"] is True, f"bucket {name}: versioning off"
         assert body.get("lifecycle_rule"), f"bucket {name}: no lifecycle rules"
         assert body.get("force_destroy") in (None, False), f"bucket {name}: force_destroy would delete data"
@@ -362,7 +370,10 @@ def test_workload_identity_binds_each_workload_to_its_kubernetes_service_account
     res = {(t, n): b for t, n, b in all_resources()}
     binding = res[("google_service_account_iam_member", "workload_identity")]
     assert binding["role"] == "roles/iam.workloadIdentityUser"
-    assert binding["member"] == "serviceAccount:${local.workload_pool}[${each.value.namespace}/${each.value.ksa}]"
+    assert (
+        binding["member"]
+        == "serviceAccount:${local.workload_pool}[${each.value.namespace}/${each.value.ksa}]"
+    )
     assert res[("google_service_account", "workload")]["for_each"] == "${local.workloads}"
     locals_text = (TF_DIR / "locals.tf").read_text()
     for workload in ("dagster", "mlflow", "serving"):

@@ -46,7 +46,9 @@ def test_workflow_parses_and_pins_every_action(name: str):
     for step in steps(doc):
         if "uses" in step:
             action, _, ref = step["uses"].partition("@")
-            assert re.fullmatch(r"v\d+(\.\d+){0,2}|[0-9a-f]{40}", ref), f"{action} is not pinned: @{ref or '?'}"
+            assert re.fullmatch(r"v\d+(\.\d+){0,2}|[0-9a-f]{40}", ref), (
+                f"{action} is not pinned: @{ref or '?'}"
+            )
 
 
 @pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"])
@@ -95,6 +97,9 @@ def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
     text = scripts(doc)
     order = [
         "uv sync --locked",
+        "port-forward svc/mlflow",
+        'get_model_version_by_alias(MODEL_NAME, "champion")',
+        "bentoml.mlflow.import_model",
         "bentoml build -f bento/bentofile.yaml",
         "bentoml containerize",
         "docker push",
@@ -103,7 +108,9 @@ def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
         "/readyz",
     ]
     positions = [text.find(command) for command in order]
-    assert -1 not in positions, f"deploy.yml misses {[c for c, p in zip(order, positions, strict=True) if p < 0]}"
+    assert -1 not in positions, (
+        f"deploy.yml misses {[c for c, p in zip(order, positions, strict=True) if p < 0]}"
+    )
     assert positions == sorted(positions), "deploy.yml runs the steps out of order"
     assert "port-forward svc/fare-service" in text
     assert ":latest" not in text.replace("grep -nE 'BENTO_TAG|PROJECT_ID|REGION-docker|:latest'", "")
@@ -129,7 +136,11 @@ def test_deploy_renders_the_fare_service_manifests_with_deploy_render_sh():
         "PLATFORM_NAME": "taxi-staging",
     }
     result = subprocess.run(
-        ["bash", str(REPO / "deploy" / "render.sh")], input=kustomized, env=env, capture_output=True, text=True
+        ["bash", str(REPO / "deploy" / "render.sh")],
+        input=kustomized,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     rendered = list(yaml.safe_load_all(result.stdout))
@@ -143,7 +154,24 @@ def test_deploy_renders_the_fare_service_manifests_with_deploy_render_sh():
     # Without the image the script refuses, naming the variable, instead of deploying a placeholder.
     del env["FARE_SERVICE_IMAGE"]
     result = subprocess.run(
-        ["bash", str(REPO / "deploy" / "render.sh")], input=kustomized, env=env, capture_output=True, text=True
+        ["bash", str(REPO / "deploy" / "render.sh")],
+        input=kustomized,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0 and "FARE_SERVICE_IMAGE" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"])
+def test_every_run_script_is_valid_bash_and_embedded_python_compiles(name: str):
+    for step in steps(load(name)):
+        script = step.get("run")
+        if not script:
+            continue
+        script = re.sub(r"\$\{\{[^}]*\}\}", "x", script)  # GitHub expressions are filled before bash runs
+        result = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{name} step {step.get('name')!r}: {result.stderr}"
+        for heredoc in re.findall(r"<<'PY'\n(.*?)\nPY\n", script, re.S):
+            compile(heredoc, f"{name}:{step.get('name')}", "exec")

@@ -5,7 +5,7 @@
 
 resource "google_iam_workload_identity_pool" "github" {
   workload_identity_pool_id = "${local.name}-github"
-  display_name              = "GitHub Actions (${local.name})"
+  display_name              = "GitHub ${local.name}" # at most 32 characters
   description               = "OIDC tokens of ${var.github_repository} workflows"
 
   depends_on = [google_project_service.apis]

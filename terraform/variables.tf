@@ -72,7 +72,7 @@ variable "pods_cidr" {
   default     = "10.20.0.0/16"
 
   validation {
-    condition     = can(cidrhost(var.pods_cidr, 0)) && tonumber(split("/", var.pods_cidr)[1]) <= 17
+    condition     = can(cidrhost(var.pods_cidr, 0)) && can(regex("/([0-9]|1[0-7])$", var.pods_cidr))
     error_message = "pods_cidr must be a CIDR block of /17 or larger, e.g. 10.20.0.0/16."
   }
 }

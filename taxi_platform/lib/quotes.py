@@ -168,8 +168,7 @@ def _zone_field(field: str, role: str):
         AfterValidator(_check_zone(field)),
         Field(
             description=f"TLC LocationID of the {role} zone ({MIN_ZONE}..{MAX_ZONE}; 264/265 are rejected).",
-            json_schema_extra={"minimum": MIN_ZONE, "maximum": MAX_ZONE},
-            examples=[EXAMPLE_QUOTE[field]],
+            json_schema_extra={"minimum": MIN_ZONE, "maximum": MAX_ZONE, "example": EXAMPLE_QUOTE[field]},
         ),
     ]
 
@@ -181,7 +180,7 @@ PickupDatetime = Annotated[
     Field(
         description="Pickup time, ISO-8601. Naive = New York local time; an offset is converted to it. "
         f"Between {EARLIEST_PICKUP:%Y-%m-%d} and one year from now.",
-        examples=[EXAMPLE_QUOTE["pickup_datetime"]],
+        json_schema_extra={"example": EXAMPLE_QUOTE["pickup_datetime"]},
     ),
 ]
 PassengerCount = Annotated[
@@ -190,13 +189,15 @@ PassengerCount = Annotated[
     AfterValidator(_check_passengers),
     Field(
         description=f"Number of passengers, 0..{MAX_PASSENGERS}.",
-        json_schema_extra={"minimum": 0, "maximum": MAX_PASSENGERS},
-        examples=[1],
+        json_schema_extra={"minimum": 0, "maximum": MAX_PASSENGERS, "example": 1},
     ),
 ]
 Service = Annotated[
     Literal[SERVICES],  # type: ignore[valid-type]
-    Field(description=f"Taxi service the quote is for: one of {list(SERVICES)}.", examples=["yellow"]),
+    Field(
+        description=f"Taxi service the quote is for: one of {list(SERVICES)}.",
+        json_schema_extra={"example": "yellow"},
+    ),
 ]
 
 
@@ -204,7 +205,7 @@ class Quote(BaseModel):
     """One fare quote request (DESIGN.md service contract). Unknown fields are rejected."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, title="Quote", json_schema_extra={"examples": [EXAMPLE_QUOTE]}
+        extra="forbid", frozen=True, title="Quote", json_schema_extra={"example": EXAMPLE_QUOTE}
     )
 
     pickup_datetime: PickupDatetime
@@ -218,7 +219,7 @@ class QuoteBatch(BaseModel):
     """Up to ``MAX_BATCH_SIZE`` quotes, priced in one vectorised model call."""
 
     model_config = ConfigDict(
-        extra="forbid", title="QuoteBatch", json_schema_extra={"examples": [{"quotes": [EXAMPLE_QUOTE]}]}
+        extra="forbid", title="QuoteBatch", json_schema_extra={"example": {"quotes": [EXAMPLE_QUOTE]}}
     )
 
     quotes: list[Quote] = Field(

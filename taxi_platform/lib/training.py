@@ -69,7 +69,7 @@ class TrainConfig:
     boosted_learning_rate: float = 0.1
     boosted_max_leaf_nodes: int = 63
     boosted_min_samples_leaf: int = 40
-    boosted_loss: str = "absolute_error"
+    boosted_loss: str = "squared_error"
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]

@@ -1,0 +1,161 @@
+"""History of the monthly drift reports: MAE and drift share per month, as a PNG plot and a Markdown table.
+
+Reads every ``drift_report/month=YYYY-MM/report.json`` in the lake (the compact documents written by
+:mod:`taxi_platform.lib.drift`), so the history covers exactly the months that were reported, whichever
+champion scored them. matplotlib is imported inside :func:`plot_trend` with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from taxi_platform.lib.drift import JSON_NAME, REPORT_TABLE
+from taxi_platform.lib.lake import Lake
+
+TREND_NAME = "trend.png"
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    month: str
+    mae: float | None
+    validation_mae: float | None
+    mae_limit: float | None  # validation MAE x (1 + allowed degradation)
+    drift_share: float
+    drift_threshold: float
+    drifted_columns: tuple[str, ...]
+    champion_version: str | None
+    mae_check_passed: bool | None
+    drift_check_passed: bool | None
+
+
+def trend_path(lake: Lake) -> str:
+    return lake.path(REPORT_TABLE, TREND_NAME)
+
+
+def point_from_report(doc: dict) -> TrendPoint:
+    """One month of history from a ``report.json`` document."""
+    quality = doc.get("quality") or {}
+    checks = doc.get("checks") or {}
+    mae_check = checks.get("mae_not_degraded") or {}
+    drift_check = checks.get("drift_share_below_threshold") or {}
+    champion = doc.get("champion") or {}
+    validation_mae = champion.get("validation_mae")
+    degradation = mae_check.get("max_degradation")
+    limit = validation_mae * (1 + degradation) if validation_mae is not None and degradation is not None else None
+    return TrendPoint(
+        month=str(doc["month"]),
+        mae=quality.get("mae"),
+        validation_mae=validation_mae,
+        mae_limit=limit,
+        drift_share=float(doc["drift"]["share"]),
+        drift_threshold=float(doc["drift"]["threshold"]),
+        drifted_columns=tuple(doc["drift"].get("drifted_columns", ())),
+        champion_version=None if champion.get("version") is None else str(champion.get("version")),
+        mae_check_passed=mae_check.get("passed"),
+        drift_check_passed=drift_check.get("passed"),
+    )
+
+
+def load_history(lake: Lake) -> tuple[list[TrendPoint], list[str]]:
+    """Every reported month, oldest first, and a list of problems (unreadable reports are skipped, not fatal)."""
+    points: list[TrendPoint] = []
+    problems: list[str] = []
+    for name in lake.listdir(lake.path(REPORT_TABLE)):
+        if not name.startswith("month="):
+            continue
+        path = lake.path(REPORT_TABLE, name, JSON_NAME)
+        if not lake.exists(path):
+            continue
+        try:
+            points.append(point_from_report(json.loads(lake.read_bytes(path))))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{path}: {type(exc).__name__}: {exc}")
+    points.sort(key=lambda p: p.month)
+    return points, problems
+
+
+def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: monthly monitoring") -> bytes:
+    """A PNG: MAE per month (failing months in red) against the champion's validation MAE and its allowed limit,
+    and the share of drifted columns per month against its threshold."""
+    if not points:
+        raise ValueError("no drift reports to plot: materialise drift_report for at least one month")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    months = [p.month for p in points]
+    x = list(range(len(points)))
+    fig, (ax_mae, ax_drift) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, dpi=90,
+                                           gridspec_kw={"height_ratios": [3, 2]})  # fmt: skip
+    try:
+        mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
+        mae_y = [p.mae for p in points if p.mae is not None]
+        ax_mae.plot(mae_x, mae_y, color="#1f77b4", marker="o", label="MAE on the month")
+        bad = [(i, p.mae) for i, p in zip(x, points, strict=True) if p.mae is not None and p.mae_check_passed is False]
+        if bad:
+            ax_mae.scatter([b[0] for b in bad], [b[1] for b in bad], color="#d62728", zorder=3, s=60,
+                           label="mae_not_degraded failed")  # fmt: skip
+        val = [(i, p.validation_mae) for i, p in zip(x, points, strict=True) if p.validation_mae is not None]
+        if val:
+            ax_mae.step([v[0] for v in val], [v[1] for v in val], where="mid", color="#2ca02c", linestyle="--",
+                        label="champion validation MAE")  # fmt: skip
+        lim = [(i, p.mae_limit) for i, p in zip(x, points, strict=True) if p.mae_limit is not None]
+        if lim:
+            ax_mae.step([v[0] for v in lim], [v[1] for v in lim], where="mid", color="#ff7f0e", linestyle=":",
+                        label="allowed MAE")  # fmt: skip
+        ax_mae.set_ylabel("MAE ($)")
+        ax_mae.set_title(title)
+        ax_mae.grid(alpha=0.3)
+        ax_mae.legend(loc="upper left", fontsize=8)
+
+        colors = ["#d62728" if p.drift_check_passed is False else "#9467bd" for p in points]
+        ax_drift.bar(x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns")
+        ax_drift.step(x, [p.drift_threshold for p in points], where="mid", color="#7f7f7f", linestyle="--",
+                      label="threshold")  # fmt: skip
+        ax_drift.set_ylim(0, 1)
+        ax_drift.set_ylabel("drift share")
+        ax_drift.grid(alpha=0.3)
+        ax_drift.legend(loc="upper left", fontsize=8)
+        ax_drift.set_xticks(x)
+        ax_drift.set_xticklabels(months, rotation=45 if len(months) > 6 else 0, fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def _mark(passed: bool | None) -> str:
+    return {True: "pass", False: "FAIL", None: "–"}[passed]
+
+
+def markdown_table(points: Sequence[TrendPoint]) -> str:
+    """One row per month: MAE, validation MAE, change, drift share, drifted columns, check results, champion."""
+    lines = [
+        "| month | MAE | validation MAE | change | drift share | drifted columns | mae check | drift check | champion |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        change = (p.mae - p.validation_mae) / p.validation_mae if p.mae is not None and p.validation_mae else None
+        lines.append(
+            f"| {p.month} | {_fmt(p.mae, '${:.2f}')} | {_fmt(p.validation_mae, '${:.2f}')} | "
+            f"{_fmt(change, '{:+.1%}')} | {p.drift_share:.0%} | {', '.join(p.drifted_columns) or '–'} | "
+            f"{_mark(p.mae_check_passed)} | {_mark(p.drift_check_passed)} | "
+            f"{'v' + p.champion_version if p.champion_version else '–'} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -201,7 +201,6 @@ def _request_id(ctx: bentoml.Context, ids: count, prefix: str) -> str:
     traffic={"timeout": 30, "max_concurrency": 512},
     logging={"access": {"enabled": False}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
-    envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
     labels={"project": "taxi_platform"},
 )
 class FareService:

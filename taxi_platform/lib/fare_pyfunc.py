@@ -53,6 +53,7 @@ class CompiledForest:
         link = type(est._loss.link).__name__
         if link != "IdentityLink" or est.n_trees_per_iteration_ != 1:
             raise TypeError(f"cannot compile a {link} model with {est.n_trees_per_iteration_} trees per iteration")
+        self._compile_preprocessor(est)
         known_bitsets, f_idx_map = est._bin_mapper.make_known_categories_bitsets()
         feature, threshold, left, right, cat_row, missing_left, value, roots = [], [], [], [], [], [], [], []
         cat_tables = [np.zeros(256, dtype=bool)]  # row 0: unused (numeric nodes)
@@ -102,8 +103,33 @@ class CompiledForest:
         self.depth = depth
         self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
 
+    def _compile_preprocessor(self, est) -> None:
+        """scikit-learn ordinal-encodes categorical columns and moves them first; record how to do the same."""
+        self.column_order = None
+        self.categories: list[np.ndarray] = []
+        pre = getattr(est, "_preprocessor", None)
+        if pre is None:
+            return
+        is_cat = np.asarray(est.is_categorical_, dtype=bool)
+        cat_cols, num_cols = np.flatnonzero(is_cat), np.flatnonzero(~is_cat)
+        out = pre.output_indices_
+        if out["encoder"] != slice(0, len(cat_cols)) or out["numerical"] != slice(len(cat_cols), len(is_cat)):
+            raise TypeError(f"unexpected column layout of the model's preprocessor: {out}")
+        self.column_order = np.concatenate([cat_cols, num_cols])
+        self.categories = [np.asarray(c, dtype=np.float64) for c in pre.named_transformers_["encoder"].categories_]
+
+    def _preprocess(self, X: np.ndarray) -> np.ndarray:
+        if self.column_order is None:
+            return X
+        out = X[:, self.column_order]
+        for j, cats in enumerate(self.categories):
+            values = out[:, j]
+            pos = np.clip(np.searchsorted(cats, values), 0, len(cats) - 1)
+            out[:, j] = np.where(cats[pos] == values, pos, np.nan)  # unknown category -> missing, like sklearn
+        return out
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
+        X = self._preprocess(np.asarray(X, dtype=np.float64))
         n = X.shape[0]
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
         rows = np.arange(n)[:, None]

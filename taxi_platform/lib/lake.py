@@ -82,6 +82,9 @@ class Lake:
 
     def partitions(self, table: str) -> list[str]:
         """Months (``YYYY-MM``) with a complete partition of ``table``."""
+        if self.is_remote:  # one listing instead of one request per month
+            found = self.fs.glob(self.path(table, "month=*", PART_FILE))
+            return sorted(p.rsplit("/", 2)[-2][len("month=") :] for p in found)
         months = []
         for name in self.listdir(self.path(table)):
             if name.startswith("month=") and self.exists(self.path(table, name, PART_FILE)):

@@ -157,11 +157,13 @@ class PredictionLog:
         self.written += len(lines)
 
     def _handle(self, day: str) -> IO[str]:
-        if self._file is None or self._file_day != day:
+        assert self.directory is not None
+        path = self.directory / f"{FILE_PREFIX}{day}-{os.getpid()}.jsonl"
+        # Reopen on a new day, or when the file was moved away (log rotation, clean-up) since the last write.
+        if self._file is None or self._file_day != day or not path.exists():
             if self._file is not None:
                 self._file.close()
-            assert self.directory is not None
-            path = self.directory / f"{FILE_PREFIX}{day}-{os.getpid()}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across writes
             self._file_day = day
         return self._file

@@ -99,28 +99,32 @@ class GuardMiddleware:
             )
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
-        if length is None:  # chunked: count as it streams
-            receive = _limited(receive, self.max_body)
-        try:
-            await self.app(scope, receive, send)
-        except _BodyTooLarge:
-            await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
+        if length is None:  # chunked upload: read it here (bounded), then hand the app the buffered body
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client went away
+                body += message.get("body", b"")
+                if len(body) > self.max_body:
+                    return await _reject(
+                        send, 413, f"request body over {self.max_body:,} bytes: split the batch"
+                    )
+                if not message.get("more_body", False):
+                    break
+            receive = _replay(bytes(body), receive)
+        await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _limited(receive: Callable, limit: int) -> Callable:
-    seen = 0
+def _replay(body: bytes, receive: Callable) -> Callable:
+    sent = False
 
     async def wrapped() -> dict[str, Any]:
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise _BodyTooLarge
-        return message
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
 
     return wrapped
 

@@ -3,11 +3,21 @@
 Uses the platform's own library code end to end (sample generator → clean → features → train → MLflow
 pyfunc), so the serving tests price quotes with a real registered model. The data is synthetic and the run
 is tagged ``data_source=synthetic``.
+
+Training runs in a subprocess (:func:`ensure_sample_champion`) so MLflow's process-global tracking URI and
+active experiment never leak into the test session; the result is cached under the session's base temp
+directory and shared by the test modules that need a champion (copy the registry before changing it).
+
+    python taxi_platform_tests/sample_champion.py DATA_DIR [QUOTES_JSON PREDICTIONS_JSON]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
@@ -33,7 +43,9 @@ class Champion:
         return f"models:/{MODEL_NAME}@champion"
 
 
-def build_sample_lake(lake_root: Path, months=(*TRAIN_MONTHS, VALIDATION_MONTH), rows=None, seed: int = 11) -> Lake:
+def build_sample_lake(
+    lake_root: Path, months=(*TRAIN_MONTHS, VALIDATION_MONTH), rows=None, seed: int = 11
+) -> Lake:
     """``trip_features`` for ``months`` of synthetic yellow+green trips under ``lake_root``."""
     from taxi_platform.lib.sample import generate_month, write_trip_file
     from taxi_platform.lib.transform import build_features, clean_month
@@ -55,7 +67,9 @@ def build_sample_lake(lake_root: Path, months=(*TRAIN_MONTHS, VALIDATION_MONTH),
     return lake
 
 
-def train_sample_champion(data_dir: Path, tracking_uri: str | None = None, boosted_iter: int = 60) -> Champion:
+def train_sample_champion(
+    data_dir: Path, tracking_uri: str | None = None, boosted_iter: int = 60
+) -> Champion:
     """Train on synthetic months, log the pyfunc to MLflow, register it and point ``champion`` at it."""
     import mlflow
     from mlflow import MlflowClient
@@ -68,12 +82,16 @@ def train_sample_champion(data_dir: Path, tracking_uri: str | None = None, boost
     tracking_uri = tracking_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
     lake = build_sample_lake(data_dir / "lake")
     zones = load_zone_table()
-    config = TrainConfig(sample_rows=20_000, validation_rows=5_000, families=("boosted",), boosted_max_iter=boosted_iter)
+    config = TrainConfig(
+        sample_rows=20_000, validation_rows=5_000, families=("boosted",), boosted_max_iter=boosted_iter
+    )
     result = train_window(
         lake, [m.strftime("%Y-%m") for m in TRAIN_MONTHS], VALIDATION_MONTH.strftime("%Y-%m"), zones, config
     )
     family = result.best_family
-    model = FareQuoteModel(result.models[family], result.pair_stats, zones, family, info={"data_source": "synthetic"})
+    model = FareQuoteModel(
+        result.models[family], result.pair_stats, zones, family, info={"data_source": "synthetic"}
+    )
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -87,3 +105,68 @@ def train_sample_champion(data_dir: Path, tracking_uri: str | None = None, boost
     version = str(info.registered_model_version)
     client.set_registered_model_alias(MODEL_NAME, "champion", version)
     return Champion(tracking_uri=tracking_uri, version=version, run_id=run.info.run_id, family=family)
+
+
+CHAMPION_FILE = "champion.json"
+
+
+def pyfunc_predictions(model_uri: str, quotes: list[dict]) -> list[float]:
+    """Fares from ``mlflow.pyfunc.load_model(model_uri).predict`` (the tracking URI must be set already)."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    frame = pd.DataFrame(quotes)
+    # The registered signature declares passenger_count as double: MLflow refuses int64 columns of 2+ rows.
+    frame["passenger_count"] = frame["passenger_count"].astype("float64")
+    return [float(v) for v in mlflow.pyfunc.load_model(model_uri).predict(frame)["fare_amount"]]
+
+
+def ensure_sample_champion(base: Path, timeout: float = 600) -> Champion:
+    """The sample champion under ``base/data`` (trained once in a subprocess, then reused)."""
+    base = Path(base)
+    marker = base / CHAMPION_FILE
+    if not marker.is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, str(base / "data")], capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"training the sample champion failed:\n{proc.stderr[-3000:]}")
+        marker.write_text(proc.stdout.strip().splitlines()[-1])
+    return Champion(**json.loads(marker.read_text()))
+
+
+def predict_in_subprocess(
+    champion: Champion, quotes: list[dict], workdir: Path, timeout: float = 300
+) -> list[float]:
+    """:func:`pyfunc_predictions` for ``champion.uri`` in a fresh process using ``champion.tracking_uri``."""
+    qpath, ppath = Path(workdir) / "pyfunc-quotes.json", Path(workdir) / "pyfunc-predictions.json"
+    qpath.write_text(json.dumps(quotes))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--predict", champion.tracking_uri, champion.uri, str(qpath), str(ppath)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pyfunc predictions failed:\n{proc.stderr[-3000:]}")
+    return json.loads(ppath.read_text())
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["--predict"]:
+        import mlflow
+
+        tracking_uri, model_uri, quotes_path, out_path = argv[1:5]
+        mlflow.set_tracking_uri(tracking_uri)
+        quotes = json.loads(Path(quotes_path).read_text())
+        Path(out_path).write_text(json.dumps(pyfunc_predictions(model_uri, quotes)))
+        return 0
+    champion = train_sample_champion(Path(argv[0]))
+    print(json.dumps(asdict(champion)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -99,12 +99,20 @@ def champion_info(tracking_uri: str, name: str = MODEL_NAME, alias: str = CHAMPI
             f"no {name}@{alias} in the MLflow registry at {tracking_uri}: materialise the `fare_model` asset "
             f"(or run `taxi-platform demo`) so a model version is registered and promoted first ({exc.message})"
         ) from None
+    tags = dict(mv.tags or {})
+    if mv.run_id and "data_source" not in tags:  # the training run says whether the data was synthetic
+        try:
+            run_tags = client.get_run(mv.run_id).data.tags
+        except MlflowException:
+            run_tags = {}
+        if "data_source" in run_tags:
+            tags["data_source"] = run_tags["data_source"]
     return Champion(
         name=name,
         version=str(mv.version),
         run_id=str(mv.run_id or "norun"),
         source=str(mv.source),
-        tags=dict(mv.tags or {}),
+        tags=tags,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, ZoneTable, compute_feature_arrays
 from taxi_platform.lib.pair_stats import PairStats
@@ -44,9 +45,12 @@ class QuoteError(ValueError):
 class CompiledForest:
     """A fitted ``HistGradientBoostingRegressor`` (identity link) as flat numpy arrays.
 
-    All trees are walked together, one level per step; leaves point to themselves, so after ``depth``
-    steps every tree sits on its leaf. Mirrors scikit-learn's raw-data predictor, categorical bitsets
-    and missing-value routing included.
+    Mirrors scikit-learn's raw-data predictor: categorical columns are ordinal-encoded and moved first
+    like the estimator's own preprocessor, unknown categories count as missing, categorical splits follow
+    the trees' bitsets. To keep the walk branch-free, every categorical split is decided up front for the
+    quote (one vectorised lookup over all categorical nodes) and stored as an extra 0/1 column that the node
+    then compares with 0.5. All trees are walked together, one level per step; leaves point to themselves.
+    Quotes with missing numeric values are left to scikit-learn (:meth:`supports`).
     """
 
     def __init__(self, est) -> None:
@@ -55,50 +59,56 @@ class CompiledForest:
             raise TypeError(f"cannot compile a {link} model with {est.n_trees_per_iteration_} trees per iteration")
         self._compile_preprocessor(est)
         known_bitsets, f_idx_map = est._bin_mapper.make_known_categories_bitsets()
-        feature, threshold, left, right, cat_row, missing_left, value, roots = [], [], [], [], [], [], [], []
-        cat_tables = [np.zeros(256, dtype=bool)]  # row 0: unused (numeric nodes)
-        depth = 0
-        offset = 0
+        n_features = int(est.n_features_in_)
+        feature, threshold, children, value, roots = [], [], [], [], []
+        cat_feature, cat_left = [], []  # per categorical node: its (encoded) feature and go-left table by value
+        depth = offset = 0
         for (predictor,) in est._predictors:
             nodes = predictor.nodes
             raw_bitsets = predictor.raw_left_cat_bitsets
             n = len(nodes)
             roots.append(offset)
-            idx = np.arange(n) + offset
+            idx = np.arange(n, dtype=np.int64) + offset
             leaf = nodes["is_leaf"].astype(bool)
-            feature.append(np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64))
-            threshold.append(np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64))
-            left.append(np.where(leaf, idx, nodes["left"].astype(np.int64) + offset))
-            right.append(np.where(leaf, idx, nodes["right"].astype(np.int64) + offset))
-            missing_left.append(nodes["missing_go_to_left"].astype(bool))
-            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
-            rows = np.zeros(n, dtype=np.int64)
+            feat = np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64)
+            thr = np.where(leaf, np.inf, nodes["num_threshold"]).astype(np.float64)
             for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
                 f = int(nodes["feature_idx"][i])
-                table = np.zeros(256, dtype=np.int8)  # 1 = left, 0 = right, 2 = missing direction
+                table = np.empty(257, dtype=bool)  # by value 0..255, then "missing" at index 256
                 for v in range(256):
                     word, bit = divmod(v, 32)
                     if (raw_bitsets[nodes["bitset_idx"][i], word] >> bit) & 1:
-                        table[v] = 1
+                        table[v] = True
                     elif (known_bitsets[f_idx_map[f], word] >> bit) & 1:
-                        table[v] = 0
-                    else:
-                        table[v] = 2
-                goes_left = np.where(table == 2, bool(nodes["missing_go_to_left"][i]), table == 1)
-                rows[i] = len(cat_tables)
-                cat_tables.append(goes_left)
-            cat_row.append(rows)
+                        table[v] = False
+                    else:  # unknown category: treated as missing
+                        table[v] = bool(nodes["missing_go_to_left"][i])
+                table[256] = bool(nodes["missing_go_to_left"][i])
+                feat[i] = n_features + len(cat_feature)
+                thr[i] = 0.5  # the extra column holds 0.0 for "left", 1.0 for "right"
+                cat_feature.append(f)
+                cat_left.append(table)
+            feature.append(feat)
+            threshold.append(thr)
+            # children[node, go_left]: column 0 = right child, column 1 = left child
+            children.append(
+                np.stack(
+                    [np.where(leaf, idx, nodes["right"].astype(np.int64) + offset),
+                     np.where(leaf, idx, nodes["left"].astype(np.int64) + offset)],
+                    axis=1,
+                )
+            )
+            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
             depth = max(depth, int(nodes["depth"].max()))
             offset += n
+        self.n_features = n_features
         self.feature = np.concatenate(feature)
         self.threshold = np.concatenate(threshold)
-        self.left = np.concatenate(left)
-        self.right = np.concatenate(right)
-        self.cat_row = np.concatenate(cat_row)
-        self.missing_left = np.concatenate(missing_left)
+        self.children = np.concatenate(children)
         self.value = np.concatenate(value)
-        self.cat_left = np.stack(cat_tables)
-        self.has_categorical = len(cat_tables) > 1
+        self.cat_feature = np.asarray(cat_feature, dtype=np.int64)
+        self.cat_left = np.stack(cat_left) if cat_left else np.zeros((0, 257), dtype=bool)
+        self.cat_rows = np.arange(len(cat_feature))
         self.roots = np.asarray(roots, dtype=np.int64)
         self.depth = depth
         self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
@@ -118,36 +128,42 @@ class CompiledForest:
         self.column_order = np.concatenate([cat_cols, num_cols])
         self.categories = [np.asarray(c, dtype=np.float64) for c in pre.named_transformers_["encoder"].categories_]
 
-    def _preprocess(self, X: np.ndarray) -> np.ndarray:
+    def supports(self, X: np.ndarray) -> bool:
+        """The compiled walk handles finite inputs (categoricals may be unknown); NaN goes to scikit-learn."""
+        return bool(np.isfinite(X).all())
+
+    def _expand(self, X: np.ndarray) -> np.ndarray:
+        """Encoded columns plus one 0/1 column per categorical split (0 = go left)."""
+        n = X.shape[0]
+        out = np.empty((n, self.n_features + len(self.cat_feature)), dtype=np.float64)
         if self.column_order is None:
-            return X
-        out = X[:, self.column_order]
-        for j, cats in enumerate(self.categories):
-            values = out[:, j]
-            pos = np.clip(np.searchsorted(cats, values), 0, len(cats) - 1)
-            out[:, j] = np.where(cats[pos] == values, pos, np.nan)  # unknown category -> missing, like sklearn
+            out[:, : self.n_features] = X
+        else:
+            out[:, : self.n_features] = X[:, self.column_order]
+            for j, cats in enumerate(self.categories):
+                values = out[:, j]
+                pos = np.clip(np.searchsorted(cats, values), 0, len(cats) - 1)
+                out[:, j] = np.where(cats[pos] == values, pos, np.nan)  # unknown category -> missing
+        if len(self.cat_feature):
+            codes = out[:, self.cat_feature]  # (n, n_cat_nodes)
+            missing = np.isnan(codes) | (codes < 0)
+            codes = np.where(missing, 256, np.clip(np.nan_to_num(codes), 0, 255)).astype(np.int64)
+            out[:, self.n_features :] = ~self.cat_left[self.cat_rows, codes]
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = self._preprocess(np.asarray(X, dtype=np.float64))
-        n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        any_nan = bool(np.isnan(X).any())
+        X = self._expand(np.asarray(X, dtype=np.float64))
+        feature, threshold, children = self.feature, self.threshold, self.children
+        if X.shape[0] == 1:  # one quote: 1-D arrays, fewest numpy calls
+            x = X[0]
+            node = self.roots
+            for _ in range(self.depth):
+                node = children[node, (x[feature[node]] <= threshold[node]).view(np.int8)]
+            return np.array([self.baseline + self.value[node].sum()])
+        rows = np.arange(X.shape[0])[:, None]
+        node = np.broadcast_to(self.roots, (X.shape[0], len(self.roots)))
         for _ in range(self.depth):
-            x = X[rows, self.feature[node]]
-            go_left = x <= self.threshold[node]
-            if self.has_categorical:
-                crow = self.cat_row[node]
-                is_cat = crow > 0
-                if is_cat.any():
-                    xi = np.clip(np.nan_to_num(x, nan=-1.0), -1, 255).astype(np.int64)
-                    cat_left = self.cat_left[crow, np.clip(xi, 0, 255)]
-                    cat_left = np.where(xi < 0, self.missing_left[node], cat_left)
-                    go_left = np.where(is_cat, cat_left, go_left)
-            if any_nan:
-                go_left = np.where(np.isnan(x), self.missing_left[node], go_left)
-            node = np.where(go_left, self.left[node], self.right[node])
+            node = children[node, (X[rows, feature[node]] <= threshold[node]).view(np.int8)]
         return self.baseline + self.value[node].sum(axis=1)
 
 
@@ -158,6 +174,9 @@ class CompiledLinear:
         ridge = pipeline.steps[-1][1]
         self.coef = np.asarray(ridge.coef_, dtype=np.float64)
         self.intercept = float(ridge.intercept_)
+
+    def supports(self, X: np.ndarray) -> bool:
+        return True
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return linear_design(X) @ self.coef + self.intercept
@@ -182,36 +201,46 @@ def _column(quotes: Mapping[str, Any], name: str) -> np.ndarray:
     return arr.reshape(1) if arr.ndim == 0 else arr
 
 
+_TIME_HINT = "expected an ISO 8601 timestamp such as 2024-03-05T08:15:00"
+
+
 def _pickup_minutes(values: np.ndarray) -> np.ndarray:
-    """Pickup times as ``datetime64[m]`` NYC wall-clock time; ISO strings, datetimes or datetime64."""
+    """Pickup times as ``datetime64[m]`` New York wall-clock time.
+
+    Accepts datetime64, naive ISO 8601 strings (taken as New York time, like the TLC files), strings with an
+    offset or ``Z`` (converted to New York time), and datetime objects.
+    """
     if values.dtype.kind == "M":
         return values.astype("datetime64[m]")
+    text = values.astype(str)
+    # numpy would silently read an offset as UTC; those strings go through pandas to New York time
+    has_offset = np.char.endswith(text, "Z") | (np.char.find(text, "+", 10) >= 0) | (np.char.rfind(text, "-") > 10)
+    out = np.empty(len(text), dtype="datetime64[m]")
     try:
-        if values.dtype.kind in "OUS":
-            out = values.astype("datetime64[m]")
-            if not np.isnat(out).any():
-                return out
-    except (ValueError, TypeError):
-        pass
-    import pandas as pd  # slow path: time-zone offsets, unusual formats
-
-    try:
-        ts = pd.to_datetime(pd.Series(values), format="ISO8601")
+        naive = ~has_offset
+        if naive.any():
+            try:
+                out[naive] = text[naive].astype("datetime64[m]")
+            except ValueError:
+                out[naive] = pd.to_datetime(text[naive], format="ISO8601").to_numpy().astype("datetime64[m]")
+        if has_offset.any():
+            aware = pd.to_datetime(text[has_offset], format="ISO8601", utc=True).tz_convert("America/New_York")
+            out[has_offset] = aware.tz_localize(None).to_numpy().astype("datetime64[m]")
     except (ValueError, TypeError) as exc:
-        raise QuoteError(f"pickup_datetime: {exc}; expected an ISO 8601 timestamp such as 2024-03-05T08:15:00") from exc
-    if ts.dt.tz is not None:
-        ts = ts.dt.tz_convert("America/New_York").dt.tz_localize(None)
-    if ts.isna().any():
-        raise QuoteError("pickup_datetime is missing: every quote needs a pickup time such as 2024-03-05T08:15:00")
-    return ts.to_numpy().astype("datetime64[m]")
+        raise QuoteError(f"pickup_datetime {text[:3].tolist()} cannot be read: {_TIME_HINT}") from exc
+    if np.isnat(out).any():
+        raise QuoteError(f"pickup_datetime is missing in {int(np.isnat(out).sum())} quote(s): {_TIME_HINT}")
+    return out
 
 
 def normalise_quotes(quotes: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate quotes and return them as numpy arrays; raises :class:`QuoteError` saying what is wrong."""
-    missing = [c for c in QUOTE_COLUMNS if c not in quotes]
+    missing = [c for c in QUOTE_COLUMNS if c not in quotes and c != "passenger_count"]
     if missing:
         raise QuoteError(f"quotes are missing column(s) {missing}: expected {list(QUOTE_COLUMNS)}")
-    cols = {c: _column(quotes, c) for c in QUOTE_COLUMNS}
+    cols = {c: _column(quotes, c) for c in QUOTE_COLUMNS if c in quotes}
+    if "passenger_count" not in cols:  # optional, like a blank count in the TLC files
+        cols["passenger_count"] = np.ones(len(cols["pickup_zone"]))
     lengths = {len(v) for v in cols.values()}
     if len(lengths) != 1:
         raise QuoteError(f"quote columns have different lengths {sorted(lengths)}")
@@ -283,17 +312,16 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         return build_matrix(feats, self.pair_stats)
 
     def raw_predict(self, X: np.ndarray) -> np.ndarray:
-        if self._compiled is not None and X.shape[0] <= FAST_PATH_MAX_ROWS:
-            return self._compiled.predict(X)
+        compiled = self._compiled
+        if compiled is not None and X.shape[0] <= FAST_PATH_MAX_ROWS and compiled.supports(X):
+            return compiled.predict(X)
         return np.asarray(self.estimator.predict(X), dtype=np.float64)
 
     def predict_quotes(self, quotes: Mapping[str, Any]) -> np.ndarray:
         """Fares (float64 dollars, ≥ ``min_fare``) for a dict of equal-length arrays (or scalars for one quote)."""
         return np.maximum(self.raw_predict(self.design_matrix(quotes)), self.min_fare)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             scalar = all(np.ndim(v) == 0 for v in model_input.values())
             model_input = pd.DataFrame([model_input] if scalar else model_input)
@@ -314,7 +342,7 @@ def model_signature():
                 ColSpec("datetime", "pickup_datetime"),
                 ColSpec("long", "pickup_zone"),
                 ColSpec("long", "dropoff_zone"),
-                ColSpec("double", "passenger_count"),
+                ColSpec("long", "passenger_count", required=False),  # optional: default 1
                 ColSpec("string", "service"),
             ]
         ),
@@ -330,7 +358,7 @@ def input_example():
             "pickup_datetime": ["2024-03-05T08:15:00", "2024-03-05T18:40:00"],
             "pickup_zone": [132, 236],
             "dropoff_zone": [230, 161],
-            "passenger_count": [1.0, 2.0],
+            "passenger_count": [1, 2],
             "service": ["yellow", "green"],
         }
     )

@@ -68,6 +68,7 @@ class TrainConfig:
     boosted_max_iter: int = 200
     boosted_learning_rate: float = 0.1
     boosted_max_leaf_nodes: int = 63
+    boosted_max_depth: int = 12  # bounds the serving walk; deeper trees gained < 0.1 % MAE on sample data
     boosted_min_samples_leaf: int = 40
     boosted_loss: str = "squared_error"
 
@@ -95,6 +96,7 @@ class TrainingResult:
     window_rows: int  # rows available in the window's files
     validation_rows: int
     validation: pa.Table  # the scored validation sample (quotes + target)
+    training: pa.Table  # the fitted training sample
     fit_seconds: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -293,6 +295,7 @@ def make_estimator(family: str, config: TrainConfig):
             learning_rate=config.boosted_learning_rate,
             max_iter=config.boosted_max_iter,
             max_leaf_nodes=config.boosted_max_leaf_nodes,
+            max_depth=config.boosted_max_depth,
             min_samples_leaf=config.boosted_min_samples_leaf,
             categorical_features=list(CATEGORICAL_INDICES),
             early_stopping=False,
@@ -390,6 +393,7 @@ def train_window(
         window_rows=window_rows,
         validation_rows=val.num_rows,
         validation=val,
+        training=train,
         fit_seconds=fit_seconds,
         timings=timings,
     )
@@ -402,7 +406,7 @@ def quotes_frame(table: pa.Table) -> pd.DataFrame:
     df["service"] = df["service"].astype(str)
     df["pickup_zone"] = df["pickup_zone"].astype(np.int64)
     df["dropoff_zone"] = df["dropoff_zone"].astype(np.int64)
-    df["passenger_count"] = df["passenger_count"].astype(np.float64)
+    df["passenger_count"] = df["passenger_count"].astype(np.int64)
     return df
 
 

@@ -1,0 +1,134 @@
+"""Serving: ``fare_service``, the Bento built from the current ``champion`` of ``taxi_fare_model``.
+
+Each materialisation looks up ``taxi_fare_model@champion`` in the MLflow registry, imports that version into
+the BentoML model store (``$TAXI_DATA_DIR/bentoml`` unless the ``bento_store`` resource says otherwise) and
+runs ``bentoml build`` with ``bento/bentofile.yaml`` (see :mod:`taxi_platform.lib.bento_build`). The Bento tag
+names the registry version, run and serving-code hash, so the asset follows the alias: a new champion (or
+new serving code) builds a new Bento, the same champion finds its Bento already built and says so
+(``rebuilt = false``) without building again.
+
+Automation — why not ``AutomationCondition.eager()``: ``fare_model`` is monthly-partitioned and this asset is
+not, so every ``fare_model`` partition is a dependency. ``eager()`` refuses to run while *any* dependency
+partition is missing, and most months of ``fare_model`` are always missing (the model trains on the latest
+window, not every month), so ``eager()`` would never fire. :data:`AFTER_FARE_MODEL` fires after any
+``fare_model`` partition updates (or when this asset has never been built), once no ``fare_model`` run is in
+progress, and only if some ``fare_model`` partition exists (so an empty registry does not start a failing
+run). A ``fare_model`` run that did not move the alias costs one registry lookup and records
+``rebuilt = false``.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_platform.lib import bento_build
+from taxi_platform.settings import load_settings
+
+FARE_SERVICE = "fare_service"
+FARE_MODEL = dg.AssetKey("fare_model")
+
+AFTER_FARE_MODEL = (
+    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing())
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after fare_model updates (any partition), none in progress")
+
+
+class BentoStoreResource(dg.ConfigurableResource):
+    """Where Bentos are built and which MLflow registry the champion comes from."""
+
+    bento_home: str | None = Field(
+        default=None, description="BentoML home (model and Bento store). Default: $TAXI_DATA_DIR/bentoml."
+    )
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI. Default: MLFLOW_TRACKING_URI (settings)."
+    )
+    import_timeout: float = Field(default=600.0, description="Seconds allowed for importing the champion.")
+    build_timeout: float = Field(default=900.0, description="Seconds allowed for `bentoml build`.")
+
+    def home(self) -> Path:
+        return Path(self.bento_home) if self.bento_home else load_settings().bento_home
+
+    def mlflow_uri(self) -> str:
+        return self.tracking_uri or load_settings().mlflow_tracking_uri
+
+
+@dg.asset(
+    key=FARE_SERVICE,
+    deps=[FARE_MODEL],
+    group_name="serving",
+    kinds={"bentoml", "mlflow"},
+    automation_condition=AFTER_FARE_MODEL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "bento_packages_champion",
+            asset=FARE_SERVICE,
+            description="The Bento packages exactly the model version the champion alias points at.",
+        ),
+        dg.AssetCheckSpec(
+            "dockerfile_generated",
+            asset=FARE_SERVICE,
+            description="bentoml build wrote env/docker/Dockerfile (the image can be built without BentoCloud).",
+        ),
+    ],
+    description="A Bento (bento/service.py: POST /predict, /predict_batch; /readyz, /livez, /metrics) serving the "
+    "current champion of taxi_fare_model, built with `bentoml build` into $TAXI_DATA_DIR/bentoml. Same champion "
+    "and code: no rebuild.",
+)
+def fare_service(context: dg.AssetExecutionContext, bento_store: BentoStoreResource) -> dg.MaterializeResult:
+    home = bento_store.home()
+    uri = bento_store.mlflow_uri()
+    try:
+        champion = bento_build.champion_info(uri)
+        imported = bento_build.import_champion(home, champion, uri, timeout=bento_store.import_timeout)
+        build = bento_build.build_bento(home, champion, timeout=bento_store.build_timeout)
+    except bento_build.ServingBuildError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    if build.built:
+        context.log.info(f"built {build.tag} for champion version {champion.version} ({build.model_tag})")
+    else:
+        context.log.info(
+            f"{build.tag} already serves champion version {champion.version} with this code: no rebuild needed"
+        )
+    packaged = bento_build.bento_models(build.path)
+    metadata = {
+        "bento_tag": dg.MetadataValue.text(build.tag),
+        "bento_path": dg.MetadataValue.path(str(build.path)),
+        "bento_size_bytes": dg.MetadataValue.int(build.size_bytes),
+        "model_store_tag": dg.MetadataValue.text(build.model_tag),
+        "model_size_bytes": dg.MetadataValue.int(build.model_size_bytes),
+        "model_name": dg.MetadataValue.text(champion.name),
+        "model_version": dg.MetadataValue.text(champion.version),
+        "model_run_id": dg.MetadataValue.text(champion.run_id),
+        "model_uri": dg.MetadataValue.text(champion.pinned_uri),
+        "dockerfile": dg.MetadataValue.path(str(build.dockerfile)),
+        "rebuilt": dg.MetadataValue.bool(build.built),
+        "model_imported": dg.MetadataValue.bool(imported),
+        "bento_home": dg.MetadataValue.path(str(home)),
+        "serve_command": dg.MetadataValue.text(f"taxi-platform serve --bento {build.tag}"),
+    }
+    if "data_source" in champion.tags:
+        metadata["data_source"] = dg.MetadataValue.text(str(champion.tags["data_source"]))
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(build.tag),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="bento_packages_champion",
+                passed=packaged == [champion.store_tag],
+                metadata={"packaged_models": dg.MetadataValue.json(packaged), "champion": champion.store_tag},
+            ),
+            dg.AssetCheckResult(
+                check_name="dockerfile_generated",
+                passed=build.dockerfile.is_file() and "FROM " in build.dockerfile.read_text(errors="replace"),
+                metadata={"dockerfile": dg.MetadataValue.path(str(build.dockerfile))},
+            ),
+        ],
+    )
+
+
+assets = [fare_service]
+asset_checks: list = []
+resources = {"bento_store": BentoStoreResource()}

@@ -1,0 +1,347 @@
+"""Drift and quality report logic (lib/drift.py, lib/trend.py) on synthetic months, without Dagster or MLflow.
+
+The lake holds ``trip_features`` built by the platform's own transform from ``generate_month``: two training
+months, a validation month, a stable month and a month with a 30 % fare increase. A real fare model is fitted
+on the training months (the trainer's linear family: quick) and its predictions go into the reports.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from taxi_platform.lib import drift
+from taxi_platform.lib.features import FEATURE_COLUMNS
+from taxi_platform.lib.lake import Lake
+
+TRAIN = ("2024-01", "2024-02")
+VALIDATION = "2024-03"
+STABLE = "2024-04"
+FARE_UP = "2024-05"
+MONTHS = (*TRAIN, VALIDATION, STABLE, FARE_UP)
+ROWS = {"yellow": 4000, "green": 600}
+CONFIG = drift.DriftConfig(reference_rows=3000, current_rows=3000)
+
+
+def build_feature_lake(root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5):
+    """``trip_features`` for ``months`` via the platform's transform; fares × 1.3 from ``fare_increase_from`` on."""
+    from taxi_platform.lib.sample import SampleProfile, generate_month, write_trip_file
+    from taxi_platform.lib.transform import build_features, clean_month
+    from taxi_platform.lib.zones import load_zone_table
+
+    rows = rows or ROWS
+    profile = (
+        SampleProfile.fare_increase(date.fromisoformat(fare_increase_from + "-01"), 1.3)
+        if fare_increase_from
+        else SampleProfile()
+    )
+    lake = Lake(str(root))
+    for label in months:
+        month = date.fromisoformat(label + "-01")
+        key = f"{label}-01"
+        raw = {}
+        for service, n in rows.items():
+            path = lake.raw_trips_path(service, key)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_trip_file(generate_month(service, month, n, seed=seed, profile=profile), Path(path))
+            raw[service] = path
+        cleaned = lake.partition_path("cleaned_trips", key)
+        clean_month(lake, raw, month, cleaned, data_source="synthetic")
+        build_features(lake, cleaned, load_zone_table(), lake.partition_path("trip_features", key))
+    return lake
+
+
+def fit_model(lake: Lake):
+    """The trainer's linear family on TRAIN, validated on VALIDATION: ``(model, validation_mae)``."""
+    from taxi_platform.lib.fare_pyfunc import FareQuoteModel
+    from taxi_platform.lib.training import TrainConfig, train_window
+    from taxi_platform.lib.zones import load_zone_table
+
+    zones = load_zone_table()
+    result = train_window(lake, TRAIN, VALIDATION, zones,
+                          TrainConfig(sample_rows=8000, validation_rows=3000, families=("linear",)))  # fmt: skip
+    model = FareQuoteModel(result.models["linear"], result.pair_stats, zones, "linear")
+    return model, result.metrics["linear"]["mae"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    lake = build_feature_lake(tmp_path_factory.mktemp("drift_lake"))
+    model, validation_mae = fit_model(lake)
+
+    def predict(quotes):
+        return model.predict(None, quotes)
+
+    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, CONFIG.reference_rows, CONFIG.seed), predict)
+    return {"lake": lake, "predict": predict, "validation_mae": validation_mae, "reference": reference}
+
+
+def _current(setup, month: str, rows: int = CONFIG.current_rows):
+    return drift.with_predictions(drift.sample_features(setup["lake"], [month], rows, CONFIG.seed), setup["predict"])
+
+
+@pytest.fixture(scope="module")
+def fare_up(setup):
+    return drift.run_drift_report(_current(setup, FARE_UP), setup["reference"], FARE_UP, CONFIG,
+                                  validation_mae=setup["validation_mae"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stable(setup):
+    return drift.run_drift_report(_current(setup, STABLE), setup["reference"], STABLE, CONFIG,
+                                  validation_mae=setup["validation_mae"])  # fmt: skip
+
+
+# -- sampling ----------------------------------------------------------------------------------------------
+def test_sample_is_bounded_seeded_and_typed(setup):
+    lake = setup["lake"]
+    a = drift.sample_features(lake, TRAIN, 500, seed=1)
+    b = drift.sample_features(lake, TRAIN, 500, seed=1)
+    c = drift.sample_features(lake, TRAIN, 500, seed=2)
+    assert len(a) == 500
+    assert a.equals(b)
+    assert not a.equals(c)
+    assert list(a.columns) == list(drift.SAMPLE_COLUMNS)
+    assert set(a["service"]) == {"yellow", "green"}
+    assert "month" not in a.columns  # the hive directory name does not leak in as a column
+    total = drift.month_row_count(lake, TRAIN)
+    assert len(drift.sample_features(lake, TRAIN, total + 1000)) == total
+    # both training months are represented
+    months = a["pickup_datetime"].dt.strftime("%Y-%m")
+    assert set(months) == set(TRAIN)
+
+
+def test_sample_of_a_missing_month_says_what_to_materialise(setup):
+    with pytest.raises(drift.DriftInputError, match=r"no partition for \['2023-07'\].*materialise trip_features"):
+        drift.sample_features(setup["lake"], ["2023-07-01"], 100)
+
+
+def test_predictions_come_from_raw_quote_columns(setup):
+    seen = {}
+
+    def predict(quotes):
+        seen["columns"] = list(quotes.columns)
+        seen["dtypes"] = {c: str(t) for c, t in quotes.dtypes.items()}
+        return np.full(len(quotes), 12.5)
+
+    frame = drift.with_predictions(drift.sample_features(setup["lake"], [STABLE], 50), predict)
+    assert seen["columns"] == ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
+    assert seen["dtypes"]["pickup_zone"] == "int64" and seen["dtypes"]["passenger_count"] == "float64"
+    assert (frame["prediction"] == 12.5).all()
+
+
+# -- the report --------------------------------------------------------------------------------------------
+def test_fare_increase_is_flagged_and_fails_the_mae_check(fare_up, setup):
+    summary, _ = fare_up
+    assert "fare_amount" in summary.drifted_columns
+    assert summary.columns["fare_amount"].drifted
+    assert summary.columns["fare_amount"].score > summary.columns["fare_amount"].threshold
+    # The increase changes what trips cost, not when or where people ride: no pre-trip feature drifts,
+    # and the model's quotes (functions of those features) do not drift either.
+    assert not set(summary.drifted_columns) & set(FEATURE_COLUMNS)
+    assert not summary.columns["prediction"].drifted
+    assert summary.method == "distance"
+
+    check = drift.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
+    assert check.name == "mae_not_degraded"
+    assert not check.passed and check.severity == "ERROR"
+    assert check.metadata["mae_change"] > CONFIG.max_mae_degradation
+    assert check.metadata["mae"] == pytest.approx(summary.quality["mae"], abs=1e-4)
+    assert "exceeds the allowed +25%" in check.description
+
+    # one drifted column of 17 is far below the 50 % drift-share threshold
+    share_check = drift.drift_check(summary, CONFIG.drift_share_threshold)
+    assert share_check.passed and share_check.severity == "WARN"
+    assert share_check.metadata["drifted_columns"] == summary.drifted_columns
+
+
+def test_stable_month_passes_both_checks(stable, setup):
+    summary, _ = stable
+    assert summary.drifted_columns == []
+    assert summary.drift_share == 0.0
+    assert summary.n_tested == len(drift.DRIFT_COLUMNS)
+    assert drift.drift_check(summary, CONFIG.drift_share_threshold).passed
+    check = drift.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
+    assert check.passed, check.description
+    assert abs(check.metadata["mae_change"]) < CONFIG.max_mae_degradation
+
+
+def test_drift_share_threshold_is_configurable(fare_up):
+    summary, _ = fare_up
+    strict = drift.drift_check(summary, threshold=0.05)
+    assert summary.drift_share >= 0.05
+    assert not strict.passed and strict.severity == "WARN"
+    assert "fare_amount" in strict.description
+
+
+def test_quality_figures_match_evidently_and_the_trainer(fare_up, setup):
+    from taxi_platform.lib.training import regression_metrics
+
+    summary, _ = fare_up
+    current = _current(setup, FARE_UP)
+    own = regression_metrics(current["fare_amount"], current["prediction"])
+    assert summary.quality["mae"] == pytest.approx(own["mae"])
+    assert summary.quality["rmse"] == pytest.approx(own["rmse"])
+    assert summary.quality["mape"] == pytest.approx(own["mape"])
+    assert summary.quality["rows"] == len(current)
+    # Evidently computes the same MAE and RMSE on the same rows
+    assert summary.evidently["quality"]["mae"] == pytest.approx(summary.quality["mae"], rel=1e-9)
+    assert summary.evidently["quality"]["rmse"] == pytest.approx(summary.quality["rmse"], rel=1e-9)
+
+
+def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setup, tmp_path):
+    summary, snapshot = fare_up
+    lake = Lake(str(tmp_path / "lake"))
+    checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
+    doc = drift.report_document(summary, checks, {"version": "7", "validation_mae": setup["validation_mae"]},
+                                [f"{m}-01" for m in TRAIN], 4321, CONFIG, "synthetic", "where")  # fmt: skip
+    html_path, json_path = drift.write_report(lake, f"{FARE_UP}-01", snapshot, doc)
+
+    assert html_path.endswith("drift_report/month=2024-05/report.html")
+    html = Path(html_path).read_text(encoding="utf-8")
+    assert html.lstrip().startswith("<!DOCTYPE html>")
+    fare = summary.columns["fare_amount"]
+    for text in ("Share of Drifted Columns", "Mean Absolute Error", '"column_name": "fare_amount"',
+                 f"Value Drift for column fare_amount\", \"description\": \"Drift score is {fare.score:.2f}.",
+                 f"Share of Drifted Columns: Actual value {summary.drift_share:.3f} < 0.500"):  # fmt: skip
+        assert text in html, text
+    assert len(html) > 100_000  # the interactive report with its plots, not a stub
+
+    loaded = json.loads(Path(json_path).read_text())
+    assert loaded == drift.read_report(lake, f"{FARE_UP}-01")
+    assert loaded["month"] == FARE_UP
+    assert loaded["drift"]["share"] == pytest.approx(summary.drift_share)
+    assert loaded["drift"]["drifted_columns"] == summary.drifted_columns
+    assert loaded["drift"]["columns"]["fare_amount"]["drifted"] is True
+    assert loaded["drift"]["columns"]["fare_amount"]["score"] == pytest.approx(summary.columns["fare_amount"].score)
+    assert loaded["quality"]["mae"] == pytest.approx(summary.quality["mae"])
+    assert loaded["checks"]["mae_not_degraded"]["passed"] is False
+    assert loaded["champion"]["version"] == "7"
+    assert loaded["reference"]["months"] == list(TRAIN)
+    assert loaded["current"] == {"rows": summary.current_rows, "month_rows": 4321, "rows_without_target": 0}
+    assert loaded["data_source"] == "synthetic"
+    assert loaded["evidently"]["metrics"]  # Evidently's own figures travel along
+    # atomic publish: no temporary files left next to the reports
+    assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
+
+
+def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):
+    summary, snapshot = fare_up
+    lake = Lake(str(tmp_path / "lake"))
+    html_path, json_path = drift.report_paths(lake, f"{FARE_UP}-01")
+    Path(html_path).parent.mkdir(parents=True)
+    Path(html_path).write_text("previous html")
+    Path(json_path).write_text('{"previous": true}')
+
+    class Broken:
+        def save_html(self, path):
+            Path(path).write_text("half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        drift.write_report(lake, f"{FARE_UP}-01", Broken(), {"month": FARE_UP})
+    assert Path(html_path).read_text() == "previous html"
+    assert json.loads(Path(json_path).read_text()) == {"previous": True}
+    assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+def test_too_few_rows_fail_with_a_clear_message(setup):
+    tiny = _current(setup, STABLE).head(12)
+    with pytest.raises(drift.DriftInputError, match=r"month 2024-04 has 12 rows: a drift test needs at least 30"):
+        drift.run_drift_report(tiny, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"])
+
+
+def test_small_month_uses_significance_tests(setup):
+    current = _current(setup, FARE_UP, rows=400)
+    summary, _ = drift.run_drift_report(current, setup["reference"], FARE_UP, CONFIG,
+                                        validation_mae=setup["validation_mae"])  # fmt: skip
+    assert summary.method == "significance"
+    assert summary.columns["fare_amount"].method == "ks"
+    assert summary.columns["service"].method == "chisquare"
+    assert summary.columns["fare_amount"].drifted  # p-value below 0.05 even on 400 rows
+    assert summary.columns["fare_amount"].score < 0.05
+
+
+def test_all_null_column_is_reported_not_tested(setup):
+    current = _current(setup, STABLE)
+    current["trip_duration_min"] = np.nan
+    summary, snapshot = drift.run_drift_report(current, setup["reference"], STABLE, CONFIG,
+                                               validation_mae=setup["validation_mae"])  # fmt: skip
+    assert summary.all_null_columns == {"trip_duration_min": ["current"]}
+    assert "trip_duration_min" not in summary.columns
+    assert summary.n_tested == len(drift.DRIFT_COLUMNS) - 1
+    check = drift.drift_check(summary, 0.5)
+    assert check.metadata["all_null_columns"] == ["trip_duration_min"]
+    assert "Not tested (all null): trip_duration_min" in check.description
+    assert summary.quality is not None  # quality does not depend on the column
+
+
+def test_all_null_target_leaves_quality_empty_and_the_mae_check_says_why(setup):
+    current = _current(setup, STABLE)
+    current["fare_amount"] = np.nan
+    summary, _ = drift.run_drift_report(current, setup["reference"], STABLE, CONFIG,
+                                        validation_mae=setup["validation_mae"])  # fmt: skip
+    assert summary.quality is None
+    assert "fare_amount" in summary.all_null_columns
+    assert summary.rows_without_target == len(current)
+    check = drift.mae_check(summary, setup["validation_mae"], 0.25)
+    assert not check.passed and check.severity == "WARN"
+    assert "no known fares" in check.description
+
+
+def test_mae_check_without_validation_mae_cannot_evaluate(stable):
+    summary, _ = stable
+    check = drift.mae_check(summary, None, 0.25)
+    assert not check.passed and check.severity == "WARN"
+    assert "no validation MAE" in check.description
+
+
+def test_missing_column_is_rejected(setup):
+    current = _current(setup, STABLE).drop(columns=["prediction"])
+    with pytest.raises(drift.DriftInputError, match=r"lacks column\(s\) \['prediction'\]"):
+        drift.run_drift_report(current, setup["reference"], STABLE, CONFIG)
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="drift_share_threshold"):
+        drift.DriftConfig(drift_share_threshold=0)
+    with pytest.raises(ValueError, match="max_mae_degradation"):
+        drift.DriftConfig(max_mae_degradation=-0.1)
+
+
+# -- trend -------------------------------------------------------------------------------------------------
+def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, tmp_path):
+    from taxi_platform.lib import trend
+
+    lake = Lake(str(tmp_path / "lake"))
+    for (summary, snapshot), version in ((stable, "3"), (fare_up, "3")):
+        checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
+        doc = drift.report_document(summary, checks, {"version": version, "validation_mae": setup["validation_mae"]},
+                                    list(TRAIN), 100, CONFIG, "synthetic", "x")  # fmt: skip
+        drift.write_report(lake, f"{summary.month}-01", snapshot, doc)
+    bad = Path(lake.partition_path("drift_report", "2024-06-01", "report.json"))
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+
+    points, problems = trend.load_history(lake)
+    assert [p.month for p in points] == [STABLE, FARE_UP]
+    assert len(problems) == 1 and "month=2024-06" in problems[0]
+    assert points[0].mae == pytest.approx(stable[0].quality["mae"])
+    assert points[1].mae_check_passed is False and points[0].mae_check_passed is True
+    assert points[1].drifted_columns == ("fare_amount",)
+    assert points[1].mae_limit == pytest.approx(setup["validation_mae"] * 1.25)
+
+    png = trend.plot_trend(points)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert trend.data_uri(png).startswith("data:image/png;base64,iVBOR")
+    table = trend.markdown_table(points)
+    assert table.count("\n") == 2 + len(points)
+    assert f"| {FARE_UP} | ${points[1].mae:.2f} |" in table
+    assert "FAIL" in table and "fare_amount" in table and "v3" in table
+    with pytest.raises(ValueError, match="materialise drift_report"):
+        trend.plot_trend([])

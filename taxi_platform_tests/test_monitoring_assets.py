@@ -1,0 +1,287 @@
+"""Monitoring assets end to end: ``drift_report`` and ``monitoring_trend`` materialised with Dagster against a
+lake of synthetic months and a champion in a real (sqlite) MLflow registry, plus the retraining sensor
+evaluated on the real check evaluations those materialisations stored in a Dagster instance.
+
+Months: 2024-01/02 train the champion, 2024-03 validates it, 2024-04 is stable and 2024-05 has a 30 % fare
+increase. The champion is registered the way ``fare_model`` registers versions (same version tags, alias
+``champion``, tag ``promoted=true``), from the trainer's own code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from test_drift import TRAIN, VALIDATION, build_feature_lake, fit_model
+
+from taxi_platform.defs import monitoring
+from taxi_platform.defs.resources import LakeResource
+from taxi_platform.lib.drift import report_paths
+from taxi_platform.settings import MODEL_NAME
+
+STABLE_KEY = "2024-04-01"
+FARE_UP_KEY = "2024-05-01"
+RUN_CONFIG = {"ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000}}}}
+
+
+def register_version(tracking_uri: str, artifacts: Path, model, validation_mae: float, train_months, validation_month,
+                     champion: bool = True) -> str:  # fmt: skip
+    """Log ``model`` with the fare model's pyfunc code and register it with fare_model's version tags."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from taxi_platform.lib.fare_pyfunc import log_fare_model
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if client.get_experiment_by_name("monitoring_tests") is None:
+        client.create_experiment("monitoring_tests", artifact_location=artifacts.as_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment("monitoring_tests")
+    tags = {
+        "train_months": ",".join(train_months),
+        "validation_month": validation_month,
+        "validation_mae": f"{validation_mae:.6f}",
+        "family": "linear",
+        "data_source": "synthetic",
+        "promoted": "true" if champion else "false",
+    }
+    with mlflow.start_run(tags={"data_source": "synthetic"}):
+        mlflow.log_metric("val_mae", validation_mae)
+        info = log_fare_model(model, MODEL_NAME, tags=tags)
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    if champion:
+        client.set_registered_model_alias(MODEL_NAME, "champion", version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("monitoring")
+    previous_uri = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TAXI_DATA_DIR", str(root / "data"))
+        mp.setenv("TAXI_LAKE_ROOT", str(root / "data" / "lake"))
+        tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        lake = build_feature_lake(root / "data" / "lake")
+        model, validation_mae = fit_model(lake)
+        version = register_version(tracking_uri, root / "artifacts", model, validation_mae, TRAIN, VALIDATION)
+        instance = dg.DagsterInstance.ephemeral()
+        resources = {
+            "lake": LakeResource(root=lake.root),
+            "model_registry": monitoring.ModelRegistryResource(tracking_uri=tracking_uri),
+        }
+
+        def report(key: str, run_config=RUN_CONFIG, **kwargs):
+            return dg.materialize([monitoring.drift_report], partition_key=key, instance=instance,
+                                  resources=resources, run_config=run_config, **kwargs)  # fmt: skip
+
+        def sense(cursor):
+            return monitoring.retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+        # The sequence a deployment sees: a stable month, then a month with a fare increase, then a re-run.
+        state = {"lake": lake, "instance": instance, "resources": resources, "version": version, "model": model,
+                 "validation_mae": validation_mae, "tracking_uri": tracking_uri, "root": root, "report": report}  # fmt: skip
+        state["stable"] = report(STABLE_KEY)
+        state["sensor_after_stable"] = sense(None)
+        state["fare_up"] = report(FARE_UP_KEY)
+        state["sensor_after_fare_up"] = sense(state["sensor_after_stable"].cursor)
+        state["sensor_again"] = sense(state["sensor_after_fare_up"].cursor)
+        state["fare_up_rerun"] = report(FARE_UP_KEY)
+        state["sensor_after_rerun"] = sense(state["sensor_again"].cursor)
+        yield state
+    mlflow.set_tracking_uri(previous_uri)
+
+
+def _metadata(result, key=monitoring.DRIFT_REPORT):
+    (materialization,) = result.asset_materializations_for_node(key.path[-1])
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def _checks(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_stable_month_report_is_published_with_passing_checks(platform):
+    result = platform["stable"]
+    assert result.success
+    md = _metadata(result)
+    checks = _checks(result)
+    assert checks["drift_share_below_threshold"].passed
+    assert checks["mae_not_degraded"].passed
+    assert checks["mae_not_degraded"].severity == dg.AssetCheckSeverity.ERROR
+    assert checks["drift_share_below_threshold"].severity == dg.AssetCheckSeverity.WARN
+    assert all(e.partition == STABLE_KEY for e in checks.values())
+    assert md["drift_share"] == 0.0 and md["drifted_columns"] == []
+    assert md["champion_version"] == platform["version"] == md["champion_alias_version"]
+    assert md["reference_months"] == list(TRAIN)
+    assert md["dagster/row_count"] == 3000
+    assert md["month_rows"] > 3000
+    assert md["data_source"] == "synthetic"
+    assert md["validation_mae"] == pytest.approx(platform["validation_mae"], abs=1e-4)
+
+    html_path, json_path = report_paths(platform["lake"], STABLE_KEY)
+    assert md["html_path"] == html_path and md["json_path"] == json_path
+    assert md["html_url"] == Path(html_path).as_uri()
+    assert "Share of Drifted Columns" in Path(html_path).read_text(encoding="utf-8")
+    doc = json.loads(Path(json_path).read_text())
+    # the JSON holds the same figures as the metadata
+    assert doc["drift"]["share"] == md["drift_share"]
+    assert doc["drift"]["drifted_columns"] == md["drifted_columns"]
+    for name in ("mae", "rmse", "mape"):
+        assert doc["quality"][name] == pytest.approx(md[name], abs=1e-4)
+    assert doc["champion"]["version"] == md["champion_version"]
+    assert doc["current"]["month_rows"] == md["month_rows"]
+    assert doc["checks"]["mae_not_degraded"]["passed"] is True
+
+
+def test_fare_increase_month_fails_the_mae_check(platform):
+    result = platform["fare_up"]
+    assert result.success  # a failed check is a finding, not a failed run
+    md = _metadata(result)
+    checks = _checks(result)
+    mae = checks["mae_not_degraded"]
+    assert not mae.passed and mae.severity == dg.AssetCheckSeverity.ERROR
+    assert mae.metadata["mae_change"].value > 0.25
+    assert mae.metadata["champion_version"].value == platform["version"]
+    assert md["mae_change_pct"] == pytest.approx(100 * mae.metadata["mae_change"].value, abs=0.1)
+    assert "fare_amount" in md["drifted_columns"]
+    assert checks["drift_share_below_threshold"].passed  # one column of seventeen
+    doc = json.loads(Path(report_paths(platform["lake"], FARE_UP_KEY)[1]).read_text())
+    assert doc["checks"]["mae_not_degraded"]["passed"] is False
+    assert doc["quality"]["mae"] == pytest.approx(md["mae"], abs=1e-4)
+
+
+def test_sensor_requests_no_retraining_while_the_check_passes(platform):
+    result = platform["sensor_after_stable"]
+    assert not result.run_requests
+    assert "2024-04: mae_not_degraded passed" in result.skip_reason.skip_message
+
+
+def test_sensor_requests_fare_model_for_the_failing_month_once(platform):
+    (request,) = platform["sensor_after_fare_up"].run_requests
+    assert request.partition_key == FARE_UP_KEY
+    assert request.asset_selection == [dg.AssetKey("fare_model")]
+    reason = request.tags[monitoring.RETRAIN_REASON_TAG]
+    change = _checks(platform["fare_up"])["mae_not_degraded"].metadata["mae_change_pct"].value
+    assert reason == f"mae_not_degraded failed: MAE {change:+.1f}% vs validation"
+    assert request.run_key == f"retrain:2024-05:champion-v{platform['version']}"
+    # the same evaluation is never acted on twice
+    again = platform["sensor_again"]
+    assert not again.run_requests
+    assert "no new mae_not_degraded evaluations" in again.skip_reason.skip_message
+    # a re-run that fails again against the same champion does not retrain the same month twice
+    assert not _checks(platform["fare_up_rerun"])["mae_not_degraded"].passed
+    rerun = platform["sensor_after_rerun"]
+    assert not rerun.run_requests
+    assert "already sent for retraining" in rerun.skip_reason.skip_message
+
+
+def test_trend_plots_every_reported_month(platform):
+    result = dg.materialize([monitoring.monitoring_trend], instance=platform["instance"],
+                            resources=platform["resources"])  # fmt: skip
+    assert result.success
+    md = _metadata(result, monitoring.MONITORING_TREND)
+    assert md["months"] == 2 and md["dagster/row_count"] == 2
+    assert md["first_month"] == "2024-04" and md["latest_month"] == "2024-05"
+    png = Path(md["plot_path"]).read_bytes()
+    assert md["plot_path"] == platform["lake"].path("drift_report", "trend.png")
+    assert png.startswith(b"\x89PNG")
+    assert md["plot"].startswith("![MAE and drift share by month](data:image/png;base64,")
+    history = md["history"]
+    assert "| 2024-04 |" in history and "| 2024-05 |" in history
+    assert "FAIL" in history and "fare_amount" in history
+    assert md["latest_mae"] == pytest.approx(_metadata(platform["fare_up_rerun"])["mae"], abs=1e-4)
+
+
+def test_sensor_ignores_a_failure_of_an_older_month(platform):
+    # 2024-06 (fares still raised) becomes the newest reported month; then 2024-05 is re-run with another
+    # sample and fails again. Only the newest month is sent for retraining.
+    cursor = platform["sensor_after_rerun"].cursor
+    build_feature_lake(Path(platform["lake"].root), months=("2024-06",))
+    assert not _checks(platform["report"]("2024-06-01"))["mae_not_degraded"].passed
+    reseeded = {"ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000, "seed": 1}}}}
+    assert not _checks(platform["report"](FARE_UP_KEY, run_config=reseeded))["mae_not_degraded"].passed
+    sensed = monitoring.retrain_on_mae_degradation(
+        dg.build_sensor_context(instance=platform["instance"], cursor=cursor)
+    )
+    assert [r.partition_key for r in sensed.run_requests] == ["2024-06-01"]
+    assert sensed.run_requests[0].run_key == f"retrain:2024-06:champion-v{platform['version']}"
+    cursor_state = json.loads(sensed.cursor)
+    assert f"retrain:2024-06:champion-v{platform['version']}" in cursor_state["requested"]
+
+
+def test_champion_validated_on_the_month_is_not_used_to_score_it(platform, tmp_path):
+    # A newer version validated on 2024-05 itself takes the champion alias: the 2024-05 report must still
+    # score the version that was serving during 2024-05 (validated on 2024-03), and say so.
+    import mlflow
+
+    newer = register_version(platform["tracking_uri"], platform["root"] / "artifacts", platform["model"],
+                             platform["validation_mae"], ("2024-03", "2024-04"), "2024-05")  # fmt: skip
+    try:
+        result = platform["report"](FARE_UP_KEY)
+        md = _metadata(result)
+        assert md["champion_alias_version"] == newer
+        assert md["champion_version"] == platform["version"]
+        assert md["reference_months"] == list(TRAIN)
+        assert f"champion v{newer} was validated on 2024-05" in md["champion_note"]
+    finally:
+        client = mlflow.MlflowClient(platform["tracking_uri"])
+        client.set_registered_model_alias(MODEL_NAME, "champion", platform["version"])
+
+
+def test_no_champion_fails_with_what_to_do(platform, tmp_path):
+    resources = {
+        "lake": platform["resources"]["lake"],
+        "model_registry": monitoring.ModelRegistryResource(tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}"),
+    }
+    before = sorted(p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir())
+    result = dg.materialize([monitoring.drift_report], partition_key="2024-03-01", resources=resources,
+                            run_config=RUN_CONFIG, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    message = str(result.failure_data_for_node("drift_report").error.message)
+    assert "no champion registered yet" in message and "materialise fare_model first" in message
+    after = sorted(p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir())
+    assert after == before and "month=2024-03" not in after
+
+
+def test_month_without_features_fails_and_writes_nothing(platform):
+    result = platform["report"]("2024-07-01", raise_on_error=False)
+    assert not result.success
+    message = str(result.failure_data_for_node("drift_report").error.message)
+    assert "No trip_features partition for 2024-07" in message and "materialise trip_features" in message
+    assert not Path(report_paths(platform["lake"], "2024-07-01")[0]).parent.exists()
+
+
+def test_too_few_rows_fail_with_a_clear_message(platform):
+    lake = platform["lake"]
+    build_feature_lake(Path(lake.root), months=("2024-08",), rows={"yellow": 15, "green": 5})
+    result = platform["report"]("2024-08-01", raise_on_error=False)
+    assert not result.success
+    message = str(result.failure_data_for_node("drift_report").error.message)
+    assert "month 2024-08 has" in message and "a drift test needs at least 30" in message
+    assert not Path(report_paths(lake, "2024-08-01")[0]).parent.exists()
+
+
+def test_definitions_load_with_monitoring_and_stay_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from taxi_platform.definitions import build_definitions, STAGES; "
+        "d = build_definitions(tuple(dict.fromkeys((*STAGES, 'monitoring')))); "
+        "r = d.get_repository_def(); r.get_sensor_def('retrain_on_mae_degradation'); "
+        "keys = {k.to_user_string() for k in r.asset_graph.get_all_asset_keys()}; "
+        "assert {'drift_report', 'monitoring_trend'} <= keys, keys; "
+        "heavy = [m for m in ('evidently', 'matplotlib') if m in sys.modules]; "
+        "assert not heavy, heavy; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

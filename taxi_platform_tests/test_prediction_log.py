@@ -1,0 +1,118 @@
+"""Prediction log (lib/prediction_log.py): JSON lines written by a background thread, never blocking callers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from taxi_platform.lib import prediction_log as P
+from taxi_platform.lib.quotes import EXAMPLE_QUOTE, parse_quote, quotes_to_columns
+
+
+def _columns(n: int = 1, **changes):
+    return quotes_to_columns([parse_quote({**EXAMPLE_QUOTE, **changes})] * n)
+
+
+def test_records_become_one_json_line_per_quote(tmp_path):
+    with P.PredictionLog(tmp_path) as log:
+        log.record("predict", "req-1", "7", _columns(), [70.0])
+        log.record(
+            "predict_batch",
+            'odd "id"\n',
+            "7",
+            _columns(3, service="green", pickup_zone=1),
+            [12.5, 13.0, 9.99],
+        )
+    rows = list(P.read_prediction_log(tmp_path))
+    assert len(rows) == 4
+    first = rows[0]
+    assert {k: first[k] for k in EXAMPLE_QUOTE} == {**EXAMPLE_QUOTE, "pickup_datetime": "2024-03-05T08:15:00"}
+    assert (first["fare_amount"], first["model_version"], first["request_id"], first["endpoint"]) == (
+        70.0,
+        "7",
+        "req-1",
+        "predict",
+    )
+    assert first["ts"].endswith("Z")
+    assert [r["index"] for r in rows[1:]] == [0, 1, 2]
+    assert [r["fare_amount"] for r in rows[1:]] == [12.5, 13.0, 9.99]
+    assert {r["request_id"] for r in rows[1:]} == {'odd "id"\n'}
+    assert {r["service"] for r in rows[1:]} == {"green"}
+    files = list(tmp_path.glob("predictions-*.jsonl"))
+    assert [f.name.endswith(f"-{os.getpid()}.jsonl") for f in files] == [True]
+    assert log.written == 4 and log.dropped == 0
+
+
+def test_record_does_not_wait_for_the_writer(tmp_path, monkeypatch):
+    gate = threading.Event()
+    real_write = P.PredictionLog._write
+
+    def slow_write(self, items):
+        gate.wait(10)
+        real_write(self, items)
+
+    monkeypatch.setattr(P.PredictionLog, "_write", slow_write)
+    log = P.PredictionLog(tmp_path, max_pending=5)
+    cols = _columns()
+    t0 = time.perf_counter()
+    for i in range(50):
+        log.record("predict", f"r{i}", "1", cols, [10.0])
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5  # the writer is blocked, yet recording returned at once
+    # Beyond the queue bound (5, plus whatever the blocked writer already took) records are dropped and counted.
+    assert 30 <= log.dropped < 50
+    gate.set()
+    log.close()
+    assert log.written == 50 - log.dropped
+    assert len(list(P.read_prediction_log(tmp_path))) == log.written
+
+
+def test_file_moved_away_is_recreated(tmp_path):
+    log = P.PredictionLog(tmp_path, flush_interval=0.05)
+    log.record("predict", "a", "1", _columns(), [1.0])
+    deadline = time.time() + 10
+    while log.written < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    (path,) = tmp_path.glob("predictions-*.jsonl")
+    path.rename(tmp_path / "rotated.jsonl.1")
+    log.record("predict", "b", "1", _columns(), [2.0])
+    log.close()
+    assert [r["request_id"] for r in P.read_prediction_log(tmp_path)] == ["b"]
+    assert json.loads((tmp_path / "rotated.jsonl.1").read_text())["request_id"] == "a"
+
+
+def test_stdout_sink(capsys):
+    log = P.PredictionLog(None, stdout=True)
+    log.record("predict", "x", "3", _columns(), [42.0])
+    log.close()
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line)["fare_amount"] == 42.0
+
+
+def test_disabled_log_writes_nothing(tmp_path):
+    log = P.PredictionLog(None)
+    assert not log.enabled
+    log.record("predict", "x", "3", _columns(), [42.0])
+    log.close()
+    assert log.written == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, (True, False)), ("file", (True, False)), ("stdout", (False, True)), ("both", (True, True)),
+     ("off", (False, False)), (" Both ", (True, True))],
+)  # fmt: skip
+def test_sinks_from_env(value, expected):
+    env = {} if value is None else {P.ENV_SINKS: value}
+    assert P.sinks_from_env(env) == expected
+
+
+def test_bad_sink_setting_says_what_is_allowed():
+    with pytest.raises(
+        ValueError, match="TAXI_PREDICTION_LOG='syslog': expected one of file, stdout, both, off"
+    ):
+        P.sinks_from_env({P.ENV_SINKS: "syslog"})

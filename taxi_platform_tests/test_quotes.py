@@ -1,0 +1,162 @@
+"""Quote validation (lib/quotes.py): every rule accepts the good and rejects the bad with a message that says why."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from taxi_platform.lib import quotes as Q
+from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE, QuoteError, parse_batch, parse_quote
+
+
+def quote(**changes) -> dict:
+    return {**EXAMPLE_QUOTE, **changes}
+
+
+def test_example_quote_is_valid_and_typed():
+    q = parse_quote(EXAMPLE_QUOTE)
+    assert q.pickup_datetime == datetime(2024, 3, 5, 8, 15)
+    assert (q.pickup_zone, q.dropoff_zone, q.passenger_count, q.service) == (132, 230, 1, "yellow")
+
+
+def test_json_text_and_mapping_give_the_same_quote():
+    assert parse_quote(json.dumps(EXAMPLE_QUOTE)) == parse_quote(EXAMPLE_QUOTE)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-03-05T08:15:00", datetime(2024, 3, 5, 8, 15)),
+        ("2024-03-05 08:15:00", datetime(2024, 3, 5, 8, 15)),
+        ("2024-03-05T08:15", datetime(2024, 3, 5, 8, 15)),
+        ("2024-03-05T08:15:00.250", datetime(2024, 3, 5, 8, 15, 0, 250_000)),
+        # Offsets are converted to New York wall-clock time (EST = UTC-5 in March before DST).
+        ("2024-03-05T13:15:00Z", datetime(2024, 3, 5, 8, 15)),
+        ("2024-03-05T08:15:00-05:00", datetime(2024, 3, 5, 8, 15)),
+        # ... and EDT (UTC-4) in July.
+        ("2024-07-05T12:15:00+00:00", datetime(2024, 7, 5, 8, 15)),
+    ],
+)
+def test_pickup_datetime_formats(text, expected):
+    assert parse_quote(quote(pickup_datetime=text)).pickup_datetime == expected
+
+
+def test_pickup_datetime_range_edges():
+    assert parse_quote(quote(pickup_datetime="2009-01-01T00:00:00")).pickup_datetime == datetime(2009, 1, 1)
+    soon = (datetime.now() + timedelta(days=300)).replace(microsecond=0)
+    assert parse_quote(quote(pickup_datetime=soon.isoformat())).pickup_datetime == soon
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "needle"),
+    [
+        ({"pickup_zone": 264}, "pickup_zone", "pickup_zone 264 is the TLC's 'Unknown' pseudo-zone"),
+        ({"dropoff_zone": 265}, "dropoff_zone", "dropoff_zone 265 is the TLC's 'Outside of NYC' pseudo-zone"),
+        ({"pickup_zone": 0}, "pickup_zone", "pickup_zone 0 is not a TLC LocationID"),
+        ({"dropoff_zone": 999}, "dropoff_zone", "expected a known zone 1..263"),
+        ({"pickup_zone": -3}, "pickup_zone", "not a TLC LocationID"),
+        ({"pickup_zone": 10**30}, "pickup_zone", "not a TLC LocationID"),
+        ({"pickup_zone": "132"}, "pickup_zone", "valid integer"),
+        ({"pickup_zone": 132.0}, "pickup_zone", "valid integer"),
+        ({"pickup_zone": None}, "pickup_zone", "valid integer"),
+        (
+            {"passenger_count": 10},
+            "passenger_count",
+            "passenger_count 10 is out of range: expected an integer 0..9",
+        ),
+        ({"passenger_count": -1}, "passenger_count", "out of range"),
+        ({"passenger_count": True}, "passenger_count", "valid integer"),
+        ({"passenger_count": 1.5}, "passenger_count", "valid integer"),
+        ({"service": "fhv"}, "service", "'yellow' or 'green'"),
+        ({"service": "YELLOW"}, "service", "'yellow' or 'green'"),
+        ({"service": None}, "service", "'yellow' or 'green'"),
+        ({"pickup_datetime": "2008-12-31T23:59:59"}, "pickup_datetime", "before 2009-01-01"),
+        ({"pickup_datetime": "2099-01-01T00:00:00"}, "pickup_datetime", "more than 365 days ahead"),
+        ({"pickup_datetime": "2024-03-05"}, "pickup_datetime", "not an ISO-8601 date and time"),
+        ({"pickup_datetime": "next tuesday"}, "pickup_datetime", "not an ISO-8601 date and time"),
+        ({"pickup_datetime": "2024-13-05T08:15:00"}, "pickup_datetime", "not an ISO-8601 date and time"),
+        ({"pickup_datetime": 1709626500}, "pickup_datetime", "must be an ISO-8601 string"),
+        ({"pickup_datetime": None}, "pickup_datetime", "must be an ISO-8601 string"),
+        ({"pickup_datetime": "0001-01-01T00:00:00+14:00"}, "pickup_datetime", "out of range"),
+        ({"pickup_datetime": "9999-12-31T23:59:59-14:00"}, "pickup_datetime", "out of range"),
+        ({"passengers": 2}, "passengers", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_field_is_rejected_with_reason(changes, field, needle):
+    with pytest.raises(QuoteError) as info:
+        parse_quote(quote(**changes))
+    message = str(info.value)
+    assert f"{field}: " in message
+    assert needle in message
+    assert [e["loc"] for e in info.value.errors] == [(field,)]
+
+
+def test_missing_fields_are_all_listed():
+    with pytest.raises(QuoteError) as info:
+        parse_quote({"pickup_zone": 1})
+    message = str(info.value)
+    for field in ("pickup_datetime", "dropoff_zone", "passenger_count", "service"):
+        assert f"{field}: Field required" in message
+    assert "pickup_zone" not in message
+
+
+@pytest.mark.parametrize(("body", "needle"), [("{", "Invalid JSON"), ("[]", "object"), ("null", "object")])
+def test_non_object_bodies_are_rejected(body, needle):
+    with pytest.raises(QuoteError, match=needle):
+        parse_quote(body)
+
+
+def test_every_known_zone_is_accepted_and_only_those():
+    assert Q.KNOWN_ZONES == frozenset(range(1, 264))
+    for zone in (1, 132, 138, 263):
+        assert parse_quote(quote(pickup_zone=zone, dropoff_zone=zone)).pickup_zone == zone
+
+
+def test_batch_limits_and_error_locations():
+    assert parse_batch({"quotes": []}).quotes == []
+    assert len(parse_batch({"quotes": [EXAMPLE_QUOTE] * MAX_BATCH_SIZE}).quotes) == MAX_BATCH_SIZE
+    with pytest.raises(QuoteError, match=f"at most {MAX_BATCH_SIZE}"):
+        parse_batch({"quotes": [EXAMPLE_QUOTE] * (MAX_BATCH_SIZE + 1)})
+    bad = [EXAMPLE_QUOTE, EXAMPLE_QUOTE, EXAMPLE_QUOTE, quote(dropoff_zone=264)]
+    with pytest.raises(QuoteError) as info:
+        parse_batch(json.dumps({"quotes": bad}))
+    assert [e["loc"] for e in info.value.errors] == [("quotes", 3, "dropoff_zone")]
+    assert "quotes.3.dropoff_zone: dropoff_zone 264" in str(info.value)
+    with pytest.raises(QuoteError, match="quotes: Field required"):
+        parse_batch({"quote": [EXAMPLE_QUOTE]})
+
+
+def test_quotes_to_columns_matches_the_quotes():
+    qs = [
+        parse_quote(quote(pickup_datetime="2024-07-01T23:59:30", pickup_zone=1, service="green")),
+        parse_quote(EXAMPLE_QUOTE),
+    ]
+    cols = Q.quotes_to_columns(qs)
+    assert cols["pickup_datetime"].dtype == np.dtype("datetime64[us]")
+    assert cols["pickup_datetime"].tolist() == [datetime(2024, 7, 1, 23, 59, 30), datetime(2024, 3, 5, 8, 15)]
+    assert cols["pickup_zone"].tolist() == [1, 132]
+    assert cols["dropoff_zone"].tolist() == [230, 230]
+    assert cols["passenger_count"].tolist() == [1, 1]
+    assert cols["service"].tolist() == ["green", "yellow"]
+    empty = Q.quotes_to_columns([])
+    assert all(len(v) == 0 for v in empty.values())
+
+
+def test_round_fares_gives_cents_as_floats():
+    assert Q.round_fares(np.array([12.3449, 70.0, 3.0051, 9.999])) == [12.34, 70.0, 3.01, 10.0]
+    assert all(type(v) is float for v in Q.round_fares(np.array([1.0, 2.5])))
+
+
+def test_openapi_schema_shows_constraints():
+    schema = Q.Quote.model_json_schema()
+    props = schema["properties"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == set(EXAMPLE_QUOTE)
+    assert (props["pickup_zone"]["minimum"], props["pickup_zone"]["maximum"]) == (1, 263)
+    assert (props["passenger_count"]["minimum"], props["passenger_count"]["maximum"]) == (0, 9)
+    assert props["service"]["enum"] == ["yellow", "green"]
+    assert props["pickup_datetime"]["format"] == "date-time"
+    assert Q.QuoteBatch.model_json_schema()["properties"]["quotes"]["maxItems"] == MAX_BATCH_SIZE

@@ -1,0 +1,187 @@
+"""The registered pyfunc model and the champion/challenger gate, against a real MLflow (sqlite) registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
+from taxi_platform.lib.registry import RegistryUnavailableError, gate_challenger, mae_of
+from taxi_platform.lib.training import quotes_frame, train_window
+from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.settings import MODEL_NAME
+from taxi_platform_tests.mlflow_server import closed_port
+from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    lake = write_feature_months(tmp_path_factory.mktemp("lake"), months=MONTHS[:3])
+    result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), SMALL)
+    zones = load_zone_table()
+    models = {f: FareQuoteModel(result.models[f], result.pair_stats, zones, f) for f in ("linear", "boosted")}
+    quotes = quotes_frame(result.validation)[:3_000]
+    y = result.validation.column("fare_amount").to_numpy()[:3_000]
+    return models, quotes, y
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store + registry; MLflow's global URI points at it for the test."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("registry-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    yield client
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)
+
+
+def register(model: FareQuoteModel) -> str:
+    with mlflow.start_run():
+        info = log_fare_model(model, registered_model_name=MODEL_NAME)
+    return str(info.registered_model_version)
+
+
+def aliases(client: MlflowClient) -> dict[str, str]:
+    return dict(client.get_registered_model(MODEL_NAME).aliases)
+
+
+def test_pyfunc_round_trip_through_champion_alias(trained, registry):
+    models, quotes, y = trained
+    model = models["boosted"]
+    version = register(model)
+    decision = gate_challenger(registry, MODEL_NAME, version, quotes, y)
+    assert decision.promoted and decision.champion_version == version == "1"
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    raw = quotes.head(300).copy()
+    raw["pickup_datetime"] = raw["pickup_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S")  # as clients send them
+    raw["passenger_count"] = raw["passenger_count"].astype("int64")
+    expected = model.predict_quotes({c: quotes.head(300)[c].to_numpy() for c in quotes.columns})
+    got = loaded.predict(raw)
+    assert list(got.columns) == ["fare_amount"] and len(got) == 300
+    np.testing.assert_allclose(got["fare_amount"].to_numpy(), expected, rtol=0, atol=1e-9)
+    # the serving fast path on the unwrapped object, one quote, no pandas
+    fast = loaded.unwrap_python_model()
+    one = {k: v for k, v in raw.iloc[0].items()}
+    assert fast.predict_quotes(one)[0] == pytest.approx(expected[0], abs=1e-9)
+    assert (got["fare_amount"] >= 3.0).all()
+    # the signature rejects a quote without a service
+    with pytest.raises(Exception, match="service"):
+        loaded.predict(raw.drop(columns=["service"]))
+
+
+def test_gate_promotes_a_better_challenger_and_keeps_the_champion_against_a_worse_one(trained, registry):
+    models, quotes, y = trained
+    worse, better = models["linear"], models["boosted"]
+    linear_mae, boosted_mae = (float(np.mean(np.abs(models[f].predict_quotes(quotes) - y))) for f in ("linear", "boosted"))
+    assert boosted_mae < linear_mae
+
+    v1 = register(worse)
+    first = gate_challenger(registry, MODEL_NAME, v1, quotes, y)
+    assert first.promoted and "no champion yet" in first.reason
+    assert aliases(registry) == {"champion": v1, "challenger": v1}
+
+    v2 = register(better)
+    second = gate_challenger(registry, MODEL_NAME, v2, quotes, y)
+    assert second.promoted, second.reason
+    assert second.previous_champion_version == v1 and second.champion_version == v2
+    assert second.champion_mae == pytest.approx(linear_mae, rel=1e-9)
+    assert second.challenger_mae == pytest.approx(boosted_mae, rel=1e-9)
+    assert aliases(registry) == {"champion": v2, "challenger": v2}
+
+    v3 = register(worse)
+    third = gate_challenger(registry, MODEL_NAME, v3, quotes, y)
+    assert not third.promoted and "does not beat" in third.reason
+    assert third.champion_version == v2 and third.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
+    assert aliases(registry) == {"champion": v2, "challenger": v3}
+
+    # an equally good challenger does not move the champion with min_improvement=0, nor does a better one
+    # that failed its checks, nor one that beats the champion by less than min_improvement
+    v4 = register(better)
+    assert not gate_challenger(registry, MODEL_NAME, v4, quotes, y).promoted
+    v5 = register(worse)
+    registry.set_registered_model_alias(MODEL_NAME, "champion", v5)  # pretend a weak champion
+    failed = gate_challenger(registry, MODEL_NAME, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"])
+    assert not failed.promoted and "beats_naive_baseline" in failed.reason
+    margin = linear_mae - boosted_mae
+    strict = gate_challenger(registry, MODEL_NAME, v4, quotes, y, min_improvement=margin + 0.01)
+    assert not strict.promoted
+    assert aliases(registry)["champion"] == v5
+    lenient = gate_challenger(registry, MODEL_NAME, v4, quotes, y, min_improvement=margin - 0.01)
+    assert lenient.promoted and aliases(registry) == {"champion": v4, "challenger": v4}
+    # the gate scored the registered artifacts, the same numbers as loading them directly
+    assert mae_of(f"models:/{MODEL_NAME}/{v4}", quotes, y) == pytest.approx(boosted_mae, rel=1e-9)
+
+
+def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, registry):
+    models, quotes, y = trained
+    version = register(models["boosted"])
+    before = aliases(registry)
+    port = closed_port()
+    dead = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+    with pytest.raises(RegistryUnavailableError, match=rf"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}") as err:
+        gate_challenger(dead, MODEL_NAME, version, quotes, y)
+    assert "no model alias was changed" in str(err.value)
+    assert aliases(registry) == before == {}
+
+
+def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, registry, tmp_path):
+    """The model ships its own code: a fresh interpreter that cannot import the repo's package still loads it."""
+    models, quotes, _ = trained
+    version = register(models["boosted"])
+    uri = mlflow.get_tracking_uri()
+    sample = quotes.head(20).copy()
+    sample["pickup_datetime"] = sample["pickup_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    sample_path = tmp_path / "quotes.json"
+    sample.to_json(sample_path, orient="records")
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys
+        sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "taxi_platform"))]
+        import importlib.abc
+        class Block(importlib.abc.MetaPathFinder):  # the installed (editable) package must not be found
+            def find_spec(self, name, path=None, target=None):
+                if name == "taxi_platform" and not any("/code" in p for p in sys.path):
+                    raise ImportError("taxi_platform is not installed here")
+        sys.meta_path.insert(0, Block())
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}/{version}")
+        import taxi_platform.lib.features as f
+        quotes = pd.read_json({str(sample_path)!r}, orient="records", dtype={{"pickup_datetime": str}})
+        print(json.dumps({{"features": f.__file__, "dagster": "dagster" in sys.modules,
+                          "fares": model.predict(quotes)["fare_amount"].tolist()}}))
+        """
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env,
+                         cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "/code/taxi_platform/lib/features.py" in report["features"]
+    assert report["dagster"] is False
+    expected = models["boosted"].predict_quotes({c: quotes.head(20)[c].to_numpy() for c in quotes.columns})
+    np.testing.assert_allclose(report["fares"], expected, rtol=0, atol=1e-9)
+
+
+def test_quotes_frame_has_the_serving_contract_columns(trained):
+    _, quotes, _ = trained
+    assert list(quotes.columns) == ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
+    assert pd.api.types.is_datetime64_any_dtype(quotes["pickup_datetime"])
+    assert set(quotes["service"]) <= {"yellow", "green"}

@@ -28,7 +28,7 @@ class Quote(BaseModel):
     pickup_datetime: str
     pickup_zone: int
     dropoff_zone: int
-    passenger_count: float  # the registered model's signature says double (int64 columns are refused)
+    passenger_count: int
     service: str
 
 
@@ -40,6 +40,14 @@ class QuoteBatch(BaseModel):
 async def lifespan(_app: FastAPI):
     model = mlflow.pyfunc.load_model(MODEL_URI)
     state["model"] = model
+    # MLflow enforces the registered signature and refuses unsafe casts, so match its numeric column types.
+    numpy_types = {"long": "int64", "integer": "int32", "double": "float64", "float": "float32"}
+    schema = model.metadata.get_input_schema()
+    state["dtypes"] = {
+        s.name: numpy_types[s.type.name]
+        for s in (schema.inputs if schema else [])
+        if s.type.name in numpy_types
+    }
     from mlflow import MlflowClient
 
     name, _, alias = MODEL_URI.removeprefix("models:/").partition("@")
@@ -58,14 +66,14 @@ def readyz() -> dict:
 
 @app.post("/predict")
 def predict(quote: Quote) -> dict:
-    frame = pd.DataFrame([quote.model_dump()])
+    frame = pd.DataFrame([quote.model_dump()]).astype(state["dtypes"])
     fare = float(state["model"].predict(frame)["fare_amount"].iloc[0])
     return {"fare_amount": round(fare, 2), "currency": "USD", "model_version": state["version"]}
 
 
 @app.post("/predict_batch")
 def predict_batch(batch: QuoteBatch) -> dict:
-    frame = pd.DataFrame([q.model_dump() for q in batch.quotes])
+    frame = pd.DataFrame([q.model_dump() for q in batch.quotes]).astype(state["dtypes"])
     fares = state["model"].predict(frame)["fare_amount"].round(2).tolist()
     return {"predictions": fares, "currency": "USD", "model_version": state["version"]}
 

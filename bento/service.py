@@ -38,6 +38,8 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 # Import everything from taxi_platform before the MLflow model is loaded: loading puts the model's own
@@ -72,6 +74,28 @@ PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
     name="taxi_fare_prediction_log_dropped",
     documentation="Prediction-log records dropped because the log writer fell behind.",
 )
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every rejected request as an ERROR with a traceback. A 4xx is the caller's mistake, already
+    explained in the response: log one INFO line instead (tracebacks stay for real server errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if isinstance(exc, ValidationError) or (
+            isinstance(exc, BentoMLException) and int(exc.error_code) < 500
+        ):
+            summary = (
+                f"{exc.error_count()} validation error(s)" if isinstance(exc, ValidationError) else str(exc)
+            )
+            record.msg = str(record.msg).replace("Exception on", "Rejected", 1) + f": {summary[:200]}"
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 
 
 class GuardMiddleware:

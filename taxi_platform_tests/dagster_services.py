@@ -38,7 +38,11 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float, what: str, interval: float = 1.0, status: Callable[[], str] | None = None
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    status: Callable[[], str] | None = None,
 ) -> T:
     """Call ``predicate`` until it returns something truthy; raise ``TimeoutError`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -61,7 +65,9 @@ def wait_until(
 class ManagedProcess:
     """A subprocess in its own session (process group), logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, **popen: Any):
+    def __init__(
+        self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, **popen: Any
+    ):
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -133,13 +139,21 @@ class DagsterServices:
     ``DAGSTER_HOME``.
     """
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None, cwd: Path = REPO_ROOT):
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        port: int | None = None,
+        cwd: Path = REPO_ROOT,
+        daemon: bool = True,
+    ):
         if "DAGSTER_HOME" not in env:
             raise ValueError("env must set DAGSTER_HOME")
         self.env = dict(env)
         self.log_dir = log_dir
         self.port = port or free_port()
         self.cwd = cwd
+        self.with_daemon = daemon
         self.webserver: ManagedProcess | None = None
         self.daemon: ManagedProcess | None = None
 
@@ -150,16 +164,25 @@ class DagsterServices:
     def __enter__(self) -> DagsterServices:
         bindir = Path(sys.executable).parent  # the venv that runs the tests has the dagster executables
         try:
-            self.daemon = ManagedProcess(
-                "dagster-daemon",
-                [str(bindir / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
-                self.env,
-                self.cwd,
-                self.log_dir / "daemon.log",
-            )
+            if self.with_daemon:
+                self.daemon = ManagedProcess(
+                    "dagster-daemon",
+                    [str(bindir / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+                    self.env,
+                    self.cwd,
+                    self.log_dir / "daemon.log",
+                )
             self.webserver = ManagedProcess(
                 "dagster-webserver",
-                [str(bindir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", str(WORKSPACE)],
+                [
+                    str(bindir / "dagster-webserver"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-w",
+                    str(WORKSPACE),
+                ],
                 self.env,
                 self.cwd,
                 self.log_dir / "webserver.log",
@@ -183,8 +206,8 @@ class DagsterServices:
                 proc.check_alive()
 
     # -- readiness -------------------------------------------------------------------------------
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        """Wait for the webserver to answer, the code location to load, and the daemons to heartbeat."""
+    def wait_ready(self, timeout: float = 180.0, daemons: bool = True) -> None:
+        """Wait for the webserver to answer, the code location to load, and (``daemons``) the daemons to heartbeat."""
 
         def location_loaded() -> bool:
             self.check_alive()
@@ -198,12 +221,14 @@ class DagsterServices:
                 if error.get("__typename") == "PythonError":
                     raise RuntimeError(f"code location {entry['name']} failed to load: {error['message']}")
             return bool(entries) and all(
-                e["loadStatus"] == "LOADED" and (e.get("locationOrLoadError") or {}).get("__typename")
-                == "RepositoryLocation"
+                e["loadStatus"] == "LOADED"
+                and (e.get("locationOrLoadError") or {}).get("__typename") == "RepositoryLocation"
                 for e in entries
             )
 
         wait_until(location_loaded, timeout, "the webserver to load the code location", interval=2.0)
+        if not daemons:
+            return
 
         def daemons_healthy() -> bool:
             self.check_alive()

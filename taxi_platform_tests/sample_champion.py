@@ -8,7 +8,8 @@ Training runs in a subprocess (:func:`ensure_sample_champion`) so MLflow's proce
 active experiment never leak into the test session; the result is cached under the session's base temp
 directory and shared by the test modules that need a champion (copy the registry before changing it).
 
-    python taxi_platform_tests/sample_champion.py DATA_DIR [QUOTES_JSON PREDICTIONS_JSON]
+    python taxi_platform_tests/sample_champion.py DATA_DIR [TRACKING_URI]
+    python taxi_platform_tests/sample_champion.py --predict TRACKING_URI MODEL_URI QUOTES_JSON OUT_JSON
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def train_sample_champion(
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:  # artifacts under data_dir, never in the working directory
+    if experiment is None and not tracking_uri.startswith(("http://", "https://")):
+        # A local store keeps artifacts under data_dir, never in the working directory (a server proxies them).
         client.create_experiment(EXPERIMENT, artifact_location=(data_dir / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(tags={"data_source": "synthetic"}) as run:
@@ -115,25 +117,39 @@ def pyfunc_predictions(model_uri: str, quotes: list[dict]) -> list[float]:
     import mlflow.pyfunc
     import pandas as pd
 
-    frame = pd.DataFrame(quotes)
-    # The registered signature declares passenger_count as double: MLflow refuses int64 columns of 2+ rows.
-    frame["passenger_count"] = frame["passenger_count"].astype("float64")
-    return [float(v) for v in mlflow.pyfunc.load_model(model_uri).predict(frame)["fare_amount"]]
+    model = mlflow.pyfunc.load_model(model_uri)
+    return [float(v) for v in model.predict(signature_frame(model, pd.DataFrame(quotes)))["fare_amount"]]
+
+
+def signature_frame(model, frame):
+    """``frame`` with numeric columns cast to the registered signature's types (MLflow refuses unsafe casts)."""
+    schema = model.metadata.get_input_schema()
+    numpy_types = {"long": "int64", "integer": "int32", "double": "float64", "float": "float32"}
+    for spec in schema.inputs if schema is not None else []:
+        dtype = numpy_types.get(getattr(spec.type, "name", str(spec.type)))
+        if dtype and spec.name in frame:
+            frame[spec.name] = frame[spec.name].astype(dtype)
+    return frame
+
+
+def train_in_subprocess(data_dir: Path, tracking_uri: str | None = None, timeout: float = 600) -> Champion:
+    """:func:`train_sample_champion` in a fresh process (MLflow's global state stays out of the test session)."""
+    cmd = [sys.executable, __file__, str(data_dir)] + ([tracking_uri] if tracking_uri else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training the sample champion failed:\n{proc.stderr[-3000:]}")
+    return Champion(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def ensure_sample_champion(base: Path, timeout: float = 600) -> Champion:
-    """The sample champion under ``base/data`` (trained once in a subprocess, then reused)."""
+    """The sample champion (sqlite registry) under ``base/data``: trained once per session, then reused."""
     base = Path(base)
     marker = base / CHAMPION_FILE
     if not marker.is_file():
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, str(base / "data")], capture_output=True, text=True, timeout=timeout
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"training the sample champion failed:\n{proc.stderr[-3000:]}")
-        marker.write_text(proc.stdout.strip().splitlines()[-1])
+        champion = train_in_subprocess(base / "data", timeout=timeout)
+        marker.write_text(json.dumps(asdict(champion)))
     return Champion(**json.loads(marker.read_text()))
 
 
@@ -163,7 +179,7 @@ def _main(argv: list[str]) -> int:
         quotes = json.loads(Path(quotes_path).read_text())
         Path(out_path).write_text(json.dumps(pyfunc_predictions(model_uri, quotes)))
         return 0
-    champion = train_sample_champion(Path(argv[0]))
+    champion = train_sample_champion(Path(argv[0]), argv[1] if len(argv) > 1 else None)
     print(json.dumps(asdict(champion)))
     return 0
 

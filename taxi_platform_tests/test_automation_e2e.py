@@ -123,6 +123,8 @@ def service_env(tmp_path: Path, home: Path, mirror: MirrorServer, **extra: str) 
         TAXI_SERVICES="yellow,green",
         TAXI_SENSOR_INTERVAL_SECONDS="5",
         TAXI_AUTOMATION_INTERVAL_SECONDS="5",
+        # Automate ingest/transform only: model training and Bento builds are other tests' business.
+        TAXI_AUTOMATION_GROUPS="ingest,transform",
         PYTHONUNBUFFERED="1",
         **extra,
     )
@@ -156,7 +158,9 @@ def wait_runs(svc: DagsterServices, tags: dict[str, str], count: int, timeout: f
         runs = svc.runs(tags)
         failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
         if failed:
-            raise AssertionError(f"run(s) {[r['runId'] for r in failed]} with tags {tags} failed\n{svc.tail_logs()}")
+            raise AssertionError(
+                f"run(s) {[r['runId'] for r in failed]} with tags {tags} failed\n{svc.tail_logs()}"
+            )
         return runs if len(runs) >= count and all(r["status"] in TERMINAL for r in runs) else None
 
     try:
@@ -165,7 +169,9 @@ def wait_runs(svc: DagsterServices, tags: dict[str, str], count: int, timeout: f
         raise AssertionError(f"{exc}\nruns: {svc.runs(tags)}\n{svc.tail_logs()}") from exc
 
 
-def wait_ticks(svc: DagsterServices, sensor: str, after: float, count: int, timeout: float = 90.0) -> list[dict]:
+def wait_ticks(
+    svc: DagsterServices, sensor: str, after: float, count: int, timeout: float = 90.0
+) -> list[dict]:
     """Wait for ``count`` finished ticks of ``sensor`` that started after ``after`` (epoch seconds)."""
 
     def ticks() -> list[dict] | None:
@@ -177,6 +183,18 @@ def wait_ticks(svc: DagsterServices, sensor: str, after: float, count: int, time
         return found if len(found) >= count else None
 
     return wait_until(ticks, timeout, f"{count} tick(s) of {sensor}", interval=2.0)
+
+
+class Phases:
+    """Wall-clock time per phase, printed as it goes (pytest shows it with -s or on failure)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        print(f"[e2e] {name}: +{now - self.last:.0f}s (at {now - self.start:.0f}s)", flush=True)
+        self.last = now
 
 
 def tags_of(run: dict) -> dict[str, str]:
@@ -200,13 +218,19 @@ def assert_month_in_lake(lake: Lake, partition_key: str) -> None:
 
 
 def backfill_and_check(
-    svc: DagsterServices, home: Path, lake: Lake, partitions: list[str], instance_env: dict[str, str] | None = None
+    svc: DagsterServices,
+    home: Path,
+    lake: Lake,
+    partitions: list[str],
+    instance_env: dict[str, str] | None = None,
 ) -> list[dict]:
     """Launch a backfill through GraphQL and check every partition of every asset in instance and lake."""
     backfill_id = svc.launch_partition_backfill(ASSETS, partitions, title="e2e backfill")
     backfill = wait_backfill(svc, backfill_id)
     assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
-    statuses = {tuple(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
+    statuses = {
+        tuple(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]
+    }
     for asset in MONTHLY:
         assert statuses[(asset,)]["numPartitionsMaterialized"] == len(partitions), statuses[(asset,)]
         assert statuses[(asset,)]["numPartitionsFailed"] == 0
@@ -258,13 +282,17 @@ def start_release_sensor(svc: DagsterServices) -> float:
 def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path):
     mirror_root = tmp_path / "mirror"
     latest = latest_partition()
-    write_months(mirror_root, [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date.fromisoformat(latest)])
+    write_months(
+        mirror_root, [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date.fromisoformat(latest)]
+    )
     home = ensure_dagster_home(tmp_path / "data")
     lake = Lake(str(tmp_path / "data" / "lake"))
+    phase = Phases()
     with MirrorServer(mirror_root) as mirror:
         env = service_env(tmp_path, home, mirror)
         with DagsterServices(env, tmp_path / "logs") as svc:
             svc.wait_ready()
+            phase("webserver and daemon ready")
             # The automation sensor is on by default; the release sensor is off until started.
             assert svc.sensor(AUTOMATION_SENSOR)["sensorState"]["status"] == "RUNNING"
             assert svc.sensor(RELEASE_SENSOR)["sensorState"]["status"] == "STOPPED"
@@ -291,16 +319,21 @@ def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path
             # 1. Backfill three months through GraphQL.
             months = ["2024-01-01", "2024-02-01", "2024-03-01"]
             backfill_and_check(svc, home, lake, months)
+            phase("backfill of 3 months done and checked")
 
             def downstream_done() -> bool:
                 instance = open_instance(home)
                 try:
-                    return all(latest in materialized(instance, a) for a in ("cleaned_trips", "trip_features"))
+                    return all(
+                        latest in materialized(instance, a) for a in ("cleaned_trips", "trip_features")
+                    )
                 finally:
                     instance.dispose()
 
             try:
-                wait_until(downstream_done, WAIT, f"automation to materialise cleaned_trips/trip_features {latest}")
+                wait_until(
+                    downstream_done, WAIT, f"automation to materialise cleaned_trips/trip_features {latest}"
+                )
             except TimeoutError as exc:
                 raise AssertionError(f"{exc}\n{svc.runs()}\n{svc.tail_logs()}") from exc
             automation_runs = [
@@ -312,6 +345,7 @@ def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path
                 "cleaned_trips", "trip_features"
             }  # fmt: skip
             assert_month_in_lake(lake, latest)
+            phase("automation followed raw_trips for the latest month")
 
             # 3. Release sensor: the first tick adopts the backfilled months and runs nothing.
             started = start_release_sensor(svc)
@@ -319,6 +353,7 @@ def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path
             assert first["status"] == "SKIPPED", first
             assert "adopted" in first["skipReason"] and "2024-01" in first["skipReason"], first["skipReason"]
             assert svc.runs({"dagster/sensor_name": RELEASE_SENSOR}) == []
+            phase("release sensor adopted the ingested months")
 
             # A new month appears and the TLC republishes yellow 2024-02 (new content, new ETag).
             write_months(mirror_root, [date(2024, 4, 1)])
@@ -339,12 +374,14 @@ def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path
             assert new_yellow == sha256(mirror_root / "trip-data" / "yellow_tripdata_2024-02.parquet")
             assert new_yellow != old_yellow
             assert sha256(lake.raw_trips_path("green", "2024-02-01")) == old_green
+            phase("release sensor ran the new month and the republished file once each")
 
             # Nothing changes on the source: further ticks run nothing.
             last_end = max(r["endTime"] for r in sensor_runs)
             quiet = wait_ticks(svc, RELEASE_SENSOR, last_end, 3)
             assert all(t["status"] == "SKIPPED" and not t["runIds"] for t in quiet), quiet
             assert len(svc.runs({"dagster/sensor_name": RELEASE_SENSOR})) == 2
+            phase("quiet ticks ran nothing")
 
             instance = open_instance(home)
             try:
@@ -364,12 +401,16 @@ def test_backfill_and_release_sensor_with_postgres_storage(tmp_path):
     write_months(mirror_root, [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)])
     home = ensure_dagster_home(tmp_path / "data", source=POSTGRES_DAGSTER_YAML)
     lake = Lake(str(tmp_path / "data" / "lake"))
+    phase = Phases()
     with PostgresServer(tmp_path / "logs") as pg, MirrorServer(mirror_root) as mirror:
+        phase("postgres up")
         pg_env = pg.dagster_env()
         env = service_env(tmp_path, home, mirror, **pg_env)
         with DagsterServices(env, tmp_path / "logs") as svc:
             svc.wait_ready()
+            phase("webserver and daemon ready")
             backfill_and_check(svc, home, lake, ["2024-01-01", "2024-02-01"], instance_env=pg_env)
+            phase("backfill of 2 months done and checked")
 
             started = start_release_sensor(svc)
             runs = wait_runs(svc, {"dagster/sensor_name": RELEASE_SENSOR}, 1)
@@ -378,10 +419,18 @@ def test_backfill_and_release_sensor_with_postgres_storage(tmp_path):
             ticks = wait_ticks(svc, RELEASE_SENSOR, started, 1)
             assert any("adopted" in (t["skipReason"] or "") for t in ticks) or any(t["runIds"] for t in ticks)
             assert_month_in_lake(lake, "2024-03-01")
+            phase("release sensor ran the new month")
 
             # Everything Dagster stored is in PostgreSQL, nothing in SQLite files under DAGSTER_HOME.
             assert int(pg.query("SELECT count(*) FROM runs")) == len(svc.runs())
-            assert int(pg.query("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")) >= 7
+            assert (
+                int(
+                    pg.query(
+                        "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
+                    )
+                )
+                >= 7
+            )
             assert pg.query("SELECT count(*) FROM instigators WHERE selector_id IS NOT NULL") != "0"
             assert not list(home.rglob("*.db")), list(home.rglob("*.db"))
             instance = open_instance(home, pg_env)

@@ -17,6 +17,11 @@ import pytest
 from taxi_platform.lib import drift
 from taxi_platform.lib.features import FEATURE_COLUMNS
 from taxi_platform.lib.lake import Lake
+from taxi_platform_tests import gcs_emulator as emulator
+
+gcs_emulator = emulator.gcs_emulator
+gcs_env = emulator.gcs_env
+gcs_lake_root = emulator.gcs_lake_root
 
 TRAIN = ("2024-01", "2024-02")
 VALIDATION = "2024-03"
@@ -27,7 +32,9 @@ ROWS = {"yellow": 4000, "green": 600}
 CONFIG = drift.DriftConfig(reference_rows=3000, current_rows=3000)
 
 
-def build_feature_lake(root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5):
+def build_feature_lake(
+    root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5
+):
     """``trip_features`` for ``months`` via the platform's transform; fares × 1.3 from ``fare_increase_from`` on."""
     from taxi_platform.lib.sample import SampleProfile, generate_month, write_trip_file
     from taxi_platform.lib.transform import build_features, clean_month
@@ -62,8 +69,13 @@ def fit_model(lake: Lake):
     from taxi_platform.lib.zones import load_zone_table
 
     zones = load_zone_table()
-    result = train_window(lake, TRAIN, VALIDATION, zones,
-                          TrainConfig(sample_rows=8000, validation_rows=3000, families=("linear",)))  # fmt: skip
+    result = train_window(
+        lake,
+        TRAIN,
+        VALIDATION,
+        zones,
+        TrainConfig(sample_rows=8000, validation_rows=3000, families=("linear",)),
+    )
     model = FareQuoteModel(result.models["linear"], result.pair_stats, zones, "linear")
     return model, result.metrics["linear"]["mae"]
 
@@ -76,24 +88,30 @@ def setup(tmp_path_factory):
     def predict(quotes):
         return model.predict(None, quotes)
 
-    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, CONFIG.reference_rows, CONFIG.seed), predict)
+    reference = drift.with_predictions(
+        drift.sample_features(lake, TRAIN, CONFIG.reference_rows, CONFIG.seed), predict
+    )
     return {"lake": lake, "predict": predict, "validation_mae": validation_mae, "reference": reference}
 
 
 def _current(setup, month: str, rows: int = CONFIG.current_rows):
-    return drift.with_predictions(drift.sample_features(setup["lake"], [month], rows, CONFIG.seed), setup["predict"])
+    return drift.with_predictions(
+        drift.sample_features(setup["lake"], [month], rows, CONFIG.seed), setup["predict"]
+    )
 
 
 @pytest.fixture(scope="module")
 def fare_up(setup):
-    return drift.run_drift_report(_current(setup, FARE_UP), setup["reference"], FARE_UP, CONFIG,
-                                  validation_mae=setup["validation_mae"])  # fmt: skip
+    return drift.run_drift_report(
+        _current(setup, FARE_UP), setup["reference"], FARE_UP, CONFIG, validation_mae=setup["validation_mae"]
+    )
 
 
 @pytest.fixture(scope="module")
 def stable(setup):
-    return drift.run_drift_report(_current(setup, STABLE), setup["reference"], STABLE, CONFIG,
-                                  validation_mae=setup["validation_mae"])  # fmt: skip
+    return drift.run_drift_report(
+        _current(setup, STABLE), setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
+    )
 
 
 # -- sampling ----------------------------------------------------------------------------------------------
@@ -116,7 +134,9 @@ def test_sample_is_bounded_seeded_and_typed(setup):
 
 
 def test_sample_of_a_missing_month_says_what_to_materialise(setup):
-    with pytest.raises(drift.DriftInputError, match=r"no partition for \['2023-07'\].*materialise trip_features"):
+    with pytest.raises(
+        drift.DriftInputError, match=r"no partition for \['2023-07'\].*materialise trip_features"
+    ):
         drift.sample_features(setup["lake"], ["2023-07-01"], 100)
 
 
@@ -130,8 +150,12 @@ def test_predictions_come_from_raw_quote_columns(setup):
 
     frame = drift.with_predictions(drift.sample_features(setup["lake"], [STABLE], 50), predict)
     assert seen["columns"] == ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
-    assert seen["dtypes"]["pickup_zone"] == "int64" and seen["dtypes"]["passenger_count"] == "float64"
+    assert seen["dtypes"]["pickup_zone"] == "int64" and seen["dtypes"]["passenger_count"] == "int64"
+    assert seen["dtypes"]["pickup_datetime"].startswith("datetime64")
     assert (frame["prediction"] == 12.5).all()
+    # a model whose signature asks for other types gets them
+    drift.with_predictions(frame.drop(columns=["prediction"]), predict, {"passenger_count": "double"})
+    assert seen["dtypes"]["passenger_count"] == "float64"
 
 
 # -- the report --------------------------------------------------------------------------------------------
@@ -197,17 +221,29 @@ def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setu
     summary, snapshot = fare_up
     lake = Lake(str(tmp_path / "lake"))
     checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
-    doc = drift.report_document(summary, checks, {"version": "7", "validation_mae": setup["validation_mae"]},
-                                [f"{m}-01" for m in TRAIN], 4321, CONFIG, "synthetic", "where")  # fmt: skip
+    doc = drift.report_document(
+        summary,
+        checks,
+        {"version": "7", "validation_mae": setup["validation_mae"]},
+        [f"{m}-01" for m in TRAIN],
+        4321,
+        CONFIG,
+        "synthetic",
+        "where",
+    )
     html_path, json_path = drift.write_report(lake, f"{FARE_UP}-01", snapshot, doc)
 
     assert html_path.endswith("drift_report/month=2024-05/report.html")
     html = Path(html_path).read_text(encoding="utf-8")
     assert html.lstrip().startswith("<!DOCTYPE html>")
     fare = summary.columns["fare_amount"]
-    for text in ("Share of Drifted Columns", "Mean Absolute Error", '"column_name": "fare_amount"',
-                 f"Value Drift for column fare_amount\", \"description\": \"Drift score is {fare.score:.2f}.",
-                 f"Share of Drifted Columns: Actual value {summary.drift_share:.3f} < 0.500"):  # fmt: skip
+    for text in (
+        "Share of Drifted Columns",
+        "Mean Absolute Error",
+        '"column_name": "fare_amount"',
+        f'Value Drift for column fare_amount", "description": "Drift score is {fare.score:.2f}.',
+        f"Share of Drifted Columns: Actual value {summary.drift_share:.3f} < 0.500",
+    ):
         assert text in html, text
     assert len(html) > 100_000  # the interactive report with its plots, not a stub
 
@@ -217,7 +253,9 @@ def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setu
     assert loaded["drift"]["share"] == pytest.approx(summary.drift_share)
     assert loaded["drift"]["drifted_columns"] == summary.drifted_columns
     assert loaded["drift"]["columns"]["fare_amount"]["drifted"] is True
-    assert loaded["drift"]["columns"]["fare_amount"]["score"] == pytest.approx(summary.columns["fare_amount"].score)
+    assert loaded["drift"]["columns"]["fare_amount"]["score"] == pytest.approx(
+        summary.columns["fare_amount"].score
+    )
     assert loaded["quality"]["mae"] == pytest.approx(summary.quality["mae"])
     assert loaded["checks"]["mae_not_degraded"]["passed"] is False
     assert loaded["champion"]["version"] == "7"
@@ -252,14 +290,19 @@ def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):
 # -- bad input ---------------------------------------------------------------------------------------------
 def test_too_few_rows_fail_with_a_clear_message(setup):
     tiny = _current(setup, STABLE).head(12)
-    with pytest.raises(drift.DriftInputError, match=r"month 2024-04 has 12 rows: a drift test needs at least 30"):
-        drift.run_drift_report(tiny, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"])
+    with pytest.raises(
+        drift.DriftInputError, match=r"month 2024-04 has 12 rows: a drift test needs at least 30"
+    ):
+        drift.run_drift_report(
+            tiny, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
+        )
 
 
 def test_small_month_uses_significance_tests(setup):
     current = _current(setup, FARE_UP, rows=400)
-    summary, _ = drift.run_drift_report(current, setup["reference"], FARE_UP, CONFIG,
-                                        validation_mae=setup["validation_mae"])  # fmt: skip
+    summary, _ = drift.run_drift_report(
+        current, setup["reference"], FARE_UP, CONFIG, validation_mae=setup["validation_mae"]
+    )
     assert summary.method == "significance"
     assert summary.columns["fare_amount"].method == "ks"
     assert summary.columns["service"].method == "chisquare"
@@ -270,8 +313,9 @@ def test_small_month_uses_significance_tests(setup):
 def test_all_null_column_is_reported_not_tested(setup):
     current = _current(setup, STABLE)
     current["trip_duration_min"] = np.nan
-    summary, snapshot = drift.run_drift_report(current, setup["reference"], STABLE, CONFIG,
-                                               validation_mae=setup["validation_mae"])  # fmt: skip
+    summary, snapshot = drift.run_drift_report(
+        current, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
+    )
     assert summary.all_null_columns == {"trip_duration_min": ["current"]}
     assert "trip_duration_min" not in summary.columns
     assert summary.n_tested == len(drift.DRIFT_COLUMNS) - 1
@@ -284,8 +328,9 @@ def test_all_null_column_is_reported_not_tested(setup):
 def test_all_null_target_leaves_quality_empty_and_the_mae_check_says_why(setup):
     current = _current(setup, STABLE)
     current["fare_amount"] = np.nan
-    summary, _ = drift.run_drift_report(current, setup["reference"], STABLE, CONFIG,
-                                        validation_mae=setup["validation_mae"])  # fmt: skip
+    summary, _ = drift.run_drift_report(
+        current, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
+    )
     assert summary.quality is None
     assert "fare_amount" in summary.all_null_columns
     assert summary.rows_without_target == len(current)
@@ -321,8 +366,16 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
     lake = Lake(str(tmp_path / "lake"))
     for (summary, snapshot), version in ((stable, "3"), (fare_up, "3")):
         checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
-        doc = drift.report_document(summary, checks, {"version": version, "validation_mae": setup["validation_mae"]},
-                                    list(TRAIN), 100, CONFIG, "synthetic", "x")  # fmt: skip
+        doc = drift.report_document(
+            summary,
+            checks,
+            {"version": version, "validation_mae": setup["validation_mae"]},
+            list(TRAIN),
+            100,
+            CONFIG,
+            "synthetic",
+            "x",
+        )
         drift.write_report(lake, f"{summary.month}-01", snapshot, doc)
     bad = Path(lake.partition_path("drift_report", "2024-06-01", "report.json"))
     bad.parent.mkdir(parents=True)
@@ -345,3 +398,42 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
     assert "FAIL" in table and "fare_amount" in table and "v3" in table
     with pytest.raises(ValueError, match="materialise drift_report"):
         trend.plot_trend([])
+
+
+# -- a gs:// lake (GCS emulator) ---------------------------------------------------------------------------
+def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_root):
+    from taxi_platform.lib import trend
+
+    local: Lake = setup["lake"]
+    remote = Lake(gcs_lake_root)
+    for month in (*TRAIN, FARE_UP):
+        path = local.partition_path("trip_features", month)
+        remote.write_bytes(remote.partition_path("trip_features", month), Path(path).read_bytes())
+    # the same seeded sample, read through DuckDB's registered gcsfs filesystem
+    assert drift.sample_features(remote, TRAIN, 700, seed=3).equals(
+        drift.sample_features(local, TRAIN, 700, seed=3)
+    )
+    assert drift.month_row_count(remote, [FARE_UP]) == drift.month_row_count(local, [FARE_UP])
+    with pytest.raises(drift.DriftInputError, match="no partition"):
+        drift.sample_features(remote, ["2023-01"], 10)
+
+    summary, snapshot = fare_up
+    checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
+    doc = drift.report_document(
+        summary,
+        checks,
+        {"version": "1", "validation_mae": setup["validation_mae"]},
+        list(TRAIN),
+        1,
+        CONFIG,
+        "synthetic",
+        "x",
+    )
+    html_path, json_path = drift.write_report(remote, f"{FARE_UP}-01", snapshot, doc)
+    assert html_path == f"{gcs_lake_root}/drift_report/month=2024-05/report.html"
+    assert b"Share of Drifted Columns" in remote.read_bytes(html_path)
+    assert drift.read_report(remote, f"{FARE_UP}-01")["drift"]["drifted_columns"] == summary.drifted_columns
+    points, problems = trend.load_history(remote)
+    assert [p.month for p in points] == [FARE_UP] and problems == []
+    remote.write_bytes(trend.trend_path(remote), trend.plot_trend(points))
+    assert remote.read_bytes(trend.trend_path(remote)).startswith(b"\x89PNG")

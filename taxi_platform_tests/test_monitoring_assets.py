@@ -3,8 +3,8 @@ lake of synthetic months and a champion in a real (sqlite) MLflow registry, plus
 evaluated on the real check evaluations those materialisations stored in a Dagster instance.
 
 Months: 2024-01/02 train the champion, 2024-03 validates it, 2024-04 is stable and 2024-05 has a 30 % fare
-increase. The champion is registered the way ``fare_model`` registers versions (same version tags, alias
-``champion``, tag ``promoted=true``), from the trainer's own code.
+increase. The champion comes from the real ``fare_model`` asset (partition 2024-03, small config). One test
+registers a further version directly, with the same version tags ``fare_model`` sets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_drift import TRAIN, VALIDATION, build_feature_lake, fit_model
+from test_drift import TRAIN, build_feature_lake
 
 from taxi_platform.defs import monitoring
 from taxi_platform.defs.resources import LakeResource
@@ -24,10 +24,24 @@ from taxi_platform.settings import MODEL_NAME
 STABLE_KEY = "2024-04-01"
 FARE_UP_KEY = "2024-05-01"
 RUN_CONFIG = {"ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000}}}}
+FARE_MODEL_CONFIG = {
+    "families": ["boosted"],
+    "sample_rows": 9000,
+    "validation_rows": 3000,
+    "min_pair_count": 3,
+    "boosted_max_iter": 30,
+}
 
 
-def register_version(tracking_uri: str, artifacts: Path, model, validation_mae: float, train_months, validation_month,
-                     champion: bool = True) -> str:  # fmt: skip
+def register_version(
+    tracking_uri: str,
+    artifacts: Path,
+    model,
+    validation_mae: float,
+    train_months,
+    validation_month,
+    champion: bool = True,
+) -> str:
     """Log ``model`` with the fare model's pyfunc code and register it with fare_model's version tags."""
     import mlflow
     from mlflow import MlflowClient
@@ -44,7 +58,7 @@ def register_version(tracking_uri: str, artifacts: Path, model, validation_mae: 
         "train_months": ",".join(train_months),
         "validation_month": validation_month,
         "validation_mae": f"{validation_mae:.6f}",
-        "family": "linear",
+        "family": "boosted",
         "data_source": "synthetic",
         "promoted": "true" if champion else "false",
     }
@@ -59,36 +73,80 @@ def register_version(tracking_uri: str, artifacts: Path, model, validation_mae: 
     return version
 
 
+def train_champion(lake, tracking_uri: str, instance) -> dict:
+    """Materialise the real ``fare_model`` for 2024-03 (trains on 2024-01/02); it becomes the first champion."""
+    from taxi_platform.defs.model import fare_model, mlflow_tracking_resource
+
+    result = dg.materialize(
+        [fare_model],
+        partition_key="2024-03-01",
+        instance=instance,
+        resources={
+            "lake": LakeResource(root=lake.root),
+            "mlflow": mlflow_tracking_resource.configured({"mlflow_tracking_uri": tracking_uri}),
+        },
+        run_config={"ops": {"fare_model": {"config": FARE_MODEL_CONFIG}}},
+    )
+    (materialization,) = result.asset_materializations_for_node("fare_model")
+    md = {k: v.value for k, v in materialization.metadata.items()}
+    assert md["promoted"] is True and md["champion_version"] == md["model_version"], md["gate_reason"]
+    assert md["train_months"] == ",".join(TRAIN)
+    return md
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     import mlflow
 
+    from taxi_platform.lib.zones import zone_csv_bytes
+
     root = tmp_path_factory.mktemp("monitoring")
     previous_uri = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # nothing MLflow writes may land in the working tree
         mp.setenv("TAXI_DATA_DIR", str(root / "data"))
         mp.setenv("TAXI_LAKE_ROOT", str(root / "data" / "lake"))
+        mp.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        mp.setenv("GIT_PYTHON_REFRESH", "quiet")
         tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         lake = build_feature_lake(root / "data" / "lake")
-        model, validation_mae = fit_model(lake)
-        version = register_version(tracking_uri, root / "artifacts", model, validation_mae, TRAIN, VALIDATION)
+        lake.write_bytes(lake.zones_csv_path(), zone_csv_bytes())
         instance = dg.DagsterInstance.ephemeral()
+        trained = train_champion(lake, tracking_uri, instance)
+        version = trained["model_version"]
+        validation_mae = trained["boosted_mae"]
         resources = {
             "lake": LakeResource(root=lake.root),
             "model_registry": monitoring.ModelRegistryResource(tracking_uri=tracking_uri),
         }
 
         def report(key: str, run_config=RUN_CONFIG, **kwargs):
-            return dg.materialize([monitoring.drift_report], partition_key=key, instance=instance,
-                                  resources=resources, run_config=run_config, **kwargs)  # fmt: skip
+            return dg.materialize(
+                [monitoring.drift_report],
+                partition_key=key,
+                instance=instance,
+                resources=resources,
+                run_config=run_config,
+                **kwargs,
+            )
 
         def sense(cursor):
-            return monitoring.retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=cursor))
+            return monitoring.retrain_on_mae_degradation(
+                dg.build_sensor_context(instance=instance, cursor=cursor)
+            )
 
         # The sequence a deployment sees: a stable month, then a month with a fare increase, then a re-run.
-        state = {"lake": lake, "instance": instance, "resources": resources, "version": version, "model": model,
-                 "validation_mae": validation_mae, "tracking_uri": tracking_uri, "root": root, "report": report}  # fmt: skip
+        state = {
+            "lake": lake,
+            "instance": instance,
+            "resources": resources,
+            "version": version,
+            "validation_mae": validation_mae,
+            "tracking_uri": tracking_uri,
+            "root": root,
+            "report": report,
+        }
         state["stable"] = report(STABLE_KEY)
         state["sensor_after_stable"] = sense(None)
         state["fare_up"] = report(FARE_UP_KEY)
@@ -97,7 +155,10 @@ def platform(tmp_path_factory):
         state["fare_up_rerun"] = report(FARE_UP_KEY)
         state["sensor_after_rerun"] = sense(state["sensor_again"].cursor)
         yield state
+        while mlflow.active_run():
+            mlflow.end_run()
     mlflow.set_tracking_uri(previous_uri)
+    mlflow.set_registry_uri(previous_uri)
 
 
 def _metadata(result, key=monitoring.DRIFT_REPORT):
@@ -185,8 +246,9 @@ def test_sensor_requests_fare_model_for_the_failing_month_once(platform):
 
 
 def test_trend_plots_every_reported_month(platform):
-    result = dg.materialize([monitoring.monitoring_trend], instance=platform["instance"],
-                            resources=platform["resources"])  # fmt: skip
+    result = dg.materialize(
+        [monitoring.monitoring_trend], instance=platform["instance"], resources=platform["resources"]
+    )
     assert result.success
     md = _metadata(result, monitoring.MONITORING_TREND)
     assert md["months"] == 2 and md["dagster/row_count"] == 2
@@ -207,7 +269,9 @@ def test_sensor_ignores_a_failure_of_an_older_month(platform):
     cursor = platform["sensor_after_rerun"].cursor
     build_feature_lake(Path(platform["lake"].root), months=("2024-06",))
     assert not _checks(platform["report"]("2024-06-01"))["mae_not_degraded"].passed
-    reseeded = {"ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000, "seed": 1}}}}
+    reseeded = {
+        "ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000, "seed": 1}}}
+    }
     assert not _checks(platform["report"](FARE_UP_KEY, run_config=reseeded))["mae_not_degraded"].passed
     sensed = monitoring.retrain_on_mae_degradation(
         dg.build_sensor_context(instance=platform["instance"], cursor=cursor)
@@ -223,8 +287,15 @@ def test_champion_validated_on_the_month_is_not_used_to_score_it(platform, tmp_p
     # score the version that was serving during 2024-05 (validated on 2024-03), and say so.
     import mlflow
 
-    newer = register_version(platform["tracking_uri"], platform["root"] / "artifacts", platform["model"],
-                             platform["validation_mae"], ("2024-03", "2024-04"), "2024-05")  # fmt: skip
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{platform['version']}").unwrap_python_model()
+    newer = register_version(
+        platform["tracking_uri"],
+        platform["root"] / "artifacts",
+        champion,
+        platform["validation_mae"],
+        ("2024-03", "2024-04"),
+        "2024-05",
+    )
     try:
         result = platform["report"](FARE_UP_KEY)
         md = _metadata(result)
@@ -242,13 +313,22 @@ def test_no_champion_fails_with_what_to_do(platform, tmp_path):
         "lake": platform["resources"]["lake"],
         "model_registry": monitoring.ModelRegistryResource(tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}"),
     }
-    before = sorted(p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir())
-    result = dg.materialize([monitoring.drift_report], partition_key="2024-03-01", resources=resources,
-                            run_config=RUN_CONFIG, raise_on_error=False)  # fmt: skip
+    before = sorted(
+        p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir()
+    )
+    result = dg.materialize(
+        [monitoring.drift_report],
+        partition_key="2024-03-01",
+        resources=resources,
+        run_config=RUN_CONFIG,
+        raise_on_error=False,
+    )
     assert not result.success
     message = str(result.failure_data_for_node("drift_report").error.message)
     assert "no champion registered yet" in message and "materialise fare_model first" in message
-    after = sorted(p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir())
+    after = sorted(
+        p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir()
+    )
     assert after == before and "month=2024-03" not in after
 
 
@@ -285,3 +365,18 @@ def test_definitions_load_with_monitoring_and_stay_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_training_window_formats_are_understood():
+    assert monitoring.parse_months("2024-01,2024-02") == ("2024-01", "2024-02")
+    assert monitoring.parse_months('["2024-01-01", "2024-02"]') == ("2024-01", "2024-02")
+    assert monitoring.parse_months("2023-11..2024-02") == ("2023-11", "2023-12", "2024-01", "2024-02")
+    with pytest.raises(ValueError, match="not a month"):
+        monitoring.parse_months("January")
+
+
+def test_retrain_cursor_round_trips_and_survives_garbage():
+    cursor = monitoring.RetrainCursor(last_id=42, requested=("retrain:2024-05:champion-v3",))
+    assert monitoring.RetrainCursor.parse(cursor.to_json()) == cursor
+    assert monitoring.RetrainCursor.parse("not json") == monitoring.RetrainCursor()
+    assert monitoring.RetrainCursor.parse(None).last_id == 0

@@ -34,17 +34,25 @@ def trained(tmp_path_factory):
     return models, quotes, y
 
 
-@pytest.fixture
-def registry(tmp_path, monkeypatch):
-    """A fresh sqlite tracking store + registry; MLflow's global URI points at it for the test."""
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite tracking store + registry for the module (tests use their own registered model names)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.create_experiment("registry-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=exp)
+    experiment = client.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
+    return client, experiment
+
+
+@pytest.fixture
+def registry(store, monkeypatch):
+    """The store's client, with MLflow's global URI pointing at the store for the test."""
+    client, experiment = store
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    mlflow.set_experiment(experiment_id=experiment)
     yield client
     while mlflow.active_run():
         mlflow.end_run()
@@ -52,14 +60,14 @@ def registry(tmp_path, monkeypatch):
     mlflow.set_registry_uri(previous)
 
 
-def register(model: FareQuoteModel) -> str:
+def register(model: FareQuoteModel, name: str = MODEL_NAME) -> str:
     with mlflow.start_run():
-        info = log_fare_model(model, registered_model_name=MODEL_NAME)
+        info = log_fare_model(model, registered_model_name=name)
     return str(info.registered_model_version)
 
 
-def aliases(client: MlflowClient) -> dict[str, str]:
-    return dict(client.get_registered_model(MODEL_NAME).aliases)
+def aliases(client: MlflowClient, name: str = MODEL_NAME) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
 
 
 def test_pyfunc_round_trip_through_champion_alias(trained, registry):
@@ -89,63 +97,65 @@ def test_pyfunc_round_trip_through_champion_alias(trained, registry):
 
 def test_gate_promotes_a_better_challenger_and_keeps_the_champion_against_a_worse_one(trained, registry):
     models, quotes, y = trained
+    name = "gate_test_model"
     worse, better = models["linear"], models["boosted"]
     linear_mae, boosted_mae = (float(np.mean(np.abs(models[f].predict_quotes(quotes) - y))) for f in ("linear", "boosted"))
     assert boosted_mae < linear_mae
 
-    v1 = register(worse)
-    first = gate_challenger(registry, MODEL_NAME, v1, quotes, y)
+    v1 = register(worse, name)
+    first = gate_challenger(registry, name, v1, quotes, y)
     assert first.promoted and "no champion yet" in first.reason
-    assert aliases(registry) == {"champion": v1, "challenger": v1}
+    assert aliases(registry, name) == {"champion": v1, "challenger": v1}
 
-    v2 = register(better)
-    second = gate_challenger(registry, MODEL_NAME, v2, quotes, y)
+    v2 = register(better, name)
+    second = gate_challenger(registry, name, v2, quotes, y)
     assert second.promoted, second.reason
     assert second.previous_champion_version == v1 and second.champion_version == v2
     assert second.champion_mae == pytest.approx(linear_mae, rel=1e-9)
     assert second.challenger_mae == pytest.approx(boosted_mae, rel=1e-9)
-    assert aliases(registry) == {"champion": v2, "challenger": v2}
+    assert aliases(registry, name) == {"champion": v2, "challenger": v2}
 
-    v3 = register(worse)
-    third = gate_challenger(registry, MODEL_NAME, v3, quotes, y)
+    v3 = register(worse, name)
+    third = gate_challenger(registry, name, v3, quotes, y)
     assert not third.promoted and "does not beat" in third.reason
     assert third.champion_version == v2 and third.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
-    assert aliases(registry) == {"champion": v2, "challenger": v3}
+    assert aliases(registry, name) == {"champion": v2, "challenger": v3}
 
     # an equally good challenger does not move the champion with min_improvement=0, nor does a better one
     # that failed its checks, nor one that beats the champion by less than min_improvement
-    v4 = register(better)
-    assert not gate_challenger(registry, MODEL_NAME, v4, quotes, y).promoted
-    v5 = register(worse)
-    registry.set_registered_model_alias(MODEL_NAME, "champion", v5)  # pretend a weak champion
-    failed = gate_challenger(registry, MODEL_NAME, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"])
+    v4 = register(better, name)
+    assert not gate_challenger(registry, name, v4, quotes, y).promoted
+    v5 = register(worse, name)
+    registry.set_registered_model_alias(name, "champion", v5)  # pretend a weak champion
+    failed = gate_challenger(registry, name, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"])
     assert not failed.promoted and "beats_naive_baseline" in failed.reason
     margin = linear_mae - boosted_mae
-    strict = gate_challenger(registry, MODEL_NAME, v4, quotes, y, min_improvement=margin + 0.01)
+    strict = gate_challenger(registry, name, v4, quotes, y, min_improvement=margin + 0.01)
     assert not strict.promoted
-    assert aliases(registry)["champion"] == v5
-    lenient = gate_challenger(registry, MODEL_NAME, v4, quotes, y, min_improvement=margin - 0.01)
-    assert lenient.promoted and aliases(registry) == {"champion": v4, "challenger": v4}
+    assert aliases(registry, name)["champion"] == v5
+    lenient = gate_challenger(registry, name, v4, quotes, y, min_improvement=margin - 0.01)
+    assert lenient.promoted and aliases(registry, name) == {"champion": v4, "challenger": v4}
     # the gate scored the registered artifacts, the same numbers as loading them directly
-    assert mae_of(f"models:/{MODEL_NAME}/{v4}", quotes, y) == pytest.approx(boosted_mae, rel=1e-9)
+    assert mae_of(f"models:/{name}/{v4}", quotes, y) == pytest.approx(boosted_mae, rel=1e-9)
 
 
 def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, registry):
     models, quotes, y = trained
-    version = register(models["boosted"])
-    before = aliases(registry)
+    name = "unreachable_test_model"
+    version = register(models["boosted"], name)
+    before = aliases(registry, name)
     port = closed_port()
     dead = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
     with pytest.raises(RegistryUnavailableError, match=rf"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}") as err:
-        gate_challenger(dead, MODEL_NAME, version, quotes, y)
+        gate_challenger(dead, name, version, quotes, y)
     assert "no model alias was changed" in str(err.value)
-    assert aliases(registry) == before == {}
+    assert aliases(registry, name) == before == {}
 
 
 def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, registry, tmp_path):
     """The model ships its own code: a fresh interpreter that cannot import the repo's package still loads it."""
     models, quotes, _ = trained
-    version = register(models["boosted"])
+    version = register(models["boosted"], "portable_test_model")
     uri = mlflow.get_tracking_uri()
     sample = quotes.head(20).copy()
     sample["pickup_datetime"] = sample["pickup_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -162,7 +172,7 @@ def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, re
                     raise ImportError("taxi_platform is not installed here")
         sys.meta_path.insert(0, Block())
         import mlflow, pandas as pd
-        model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}/{version}")
+        model = mlflow.pyfunc.load_model("models:/portable_test_model/{version}")
         import taxi_platform.lib.features as f
         quotes = pd.read_json({str(sample_path)!r}, orient="records", dtype={{"pickup_datetime": str}})
         print(json.dumps({{"features": f.__file__, "dagster": "dagster" in sys.modules,

@@ -30,7 +30,9 @@ SERVICES = ("green", "yellow")
 LM = datetime(2024, 3, 20, 12, 0, tzinfo=UTC)
 
 
-def pub(etag: str | None = "e1", size: int = 100, lm: datetime | None = LM, lm_raw: str | None = None) -> ProbeResult:
+def pub(
+    etag: str | None = "e1", size: int = 100, lm: datetime | None = LM, lm_raw: str | None = None
+) -> ProbeResult:
     return ProbeResult(
         url="http://x/f.parquet", status="published", http_status=200, size=size, etag=etag,
         last_modified=lm, last_modified_raw=lm_raw,
@@ -76,7 +78,9 @@ def test_republished_file_gives_exactly_one_new_run_with_a_new_key():
     cursor = ReleaseCursor({"2024-01": {"green": "etag:g1", "yellow": "etag:y1"}})
     probes = {"2024-01": both(pub("y1"), pub("g2"))}
     d = decide(probes, cursor, materialized=["2024-01-01"], services=SERVICES)
-    assert [(r.month, r.reason, r.changed_services) for r in d.requests] == [("2024-01", "republished", ("green",))]
+    assert [(r.month, r.reason, r.changed_services) for r in d.requests] == [
+        ("2024-01", "republished", ("green",))
+    ]
     assert d.requests[0].run_key == "raw_trips:2024-01:green=etag:g2,yellow=etag:y1"
     assert d.requests[0].run_key != run_key("2024-01", {"green": "etag:g1", "yellow": "etag:y1"})
     again = decide(probes, d.cursor, materialized=["2024-01-01"], services=SERVICES)
@@ -85,10 +89,15 @@ def test_republished_file_gives_exactly_one_new_run_with_a_new_key():
 
 def test_materialised_month_unknown_to_cursor_is_baselined_from_its_metadata():
     probes = {"2024-01": both(pub("y1"), pub("g1")), "2024-02": both(pub("y2"), pub("g2-new"))}
-    recorded = {"2024-01": {"yellow": "etag:y1", "green": "etag:g1"}, "2024-02": {"yellow": "etag:y2", "green": "etag:g2"}}
+    recorded = {
+        "2024-01": {"yellow": "etag:y1", "green": "etag:g1"},
+        "2024-02": {"yellow": "etag:y2", "green": "etag:g2"},
+    }
     d = decide(probes, ReleaseCursor(), ["2024-01-01", "2024-02-01"], SERVICES, recorded_versions=recorded)
     assert d.adopted == ("2024-01",)
-    assert [(r.month, r.reason, r.changed_services) for r in d.requests] == [("2024-02", "republished", ("green",))]
+    assert [(r.month, r.reason, r.changed_services) for r in d.requests] == [
+        ("2024-02", "republished", ("green",))
+    ]
     assert d.requests[0].previous == recorded["2024-02"]
 
 
@@ -168,7 +177,9 @@ def test_cursor_round_trip_and_bad_cursors_reset_with_a_warning():
     future, warning = ReleaseCursor.parse(json.dumps({"format": 99, "months": {}}))
     assert future.months == {} and "format 99" in warning
     partial, warning = ReleaseCursor.parse(
-        json.dumps({"format": CURSOR_FORMAT, "months": {"2024-01": {"yellow": "e"}, "2024-13x": {}, "2024-02": [1]}})
+        json.dumps(
+            {"format": CURSOR_FORMAT, "months": {"2024-01": {"yellow": "e"}, "2024-13x": {}, "2024-02": [1]}}
+        )
     )
     assert dict(partial.months) == {"2024-01": {"yellow": "e"}} and "malformed" in warning
     assert ReleaseCursor.parse(None) == (ReleaseCursor(), None)
@@ -188,6 +199,10 @@ def test_bad_automation_settings_say_which_variable(monkeypatch):
     monkeypatch.setenv("TAXI_SENSOR_INTERVAL_SECONDS", "0")
     with pytest.raises(SettingsError, match="below the minimum 1"):
         automation._int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum=1)
+    monkeypatch.setenv("TAXI_AUTOMATION_GROUPS", " ingest, transform,ingest ")
+    assert automation._groups_env("TAXI_AUTOMATION_GROUPS") == ("ingest", "transform")
+    monkeypatch.setenv("TAXI_AUTOMATION_GROUPS", "*")
+    assert automation._groups_env("TAXI_AUTOMATION_GROUPS") is None
     monkeypatch.setenv("TAXI_AUTOMATION_DEFAULT_STATUS", "on")
     with pytest.raises(SettingsError, match="'running' or 'stopped'"):
         automation._status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
@@ -215,7 +230,9 @@ def tick(instance: dg.DagsterInstance, base_url: str, cursor: str | None = None)
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"tlc": TlcSourceResource(base_url=base_url, services=["yellow", "green"], connect_timeout=2)},
+        resources={
+            "tlc": TlcSourceResource(base_url=base_url, services=["yellow", "green"], connect_timeout=2)
+        },
     )
     return automation.tlc_release_sensor(context)
 
@@ -280,7 +297,9 @@ def test_sensor_server_errors_and_403_hold_back_only_their_month(mirror, instanc
 
 def test_sensor_handles_garbage_last_modified_without_etag(mirror, instance):
     for service in ("yellow", "green"):
-        mirror.set_fault(trip_path(service, "2024-01"), ("headers", {"ETag": None, "Last-Modified": "garbage!"}))
+        mirror.set_fault(
+            trip_path(service, "2024-01"), ("headers", {"ETag": None, "Last-Modified": "garbage!"})
+        )
     result = tick(instance, mirror.url)
     jan = next(r for r in result.run_requests if r.tags["taxi/month"] == "2024-01")
     size = os.path.getsize(Path(mirror.root) / "trip-data" / "yellow_tripdata_2024-01.parquet")
@@ -301,9 +320,10 @@ def test_sensor_reruns_a_republished_month_exactly_once(mirror, instance):
     # The TLC republishes green 2024-02 (new content, new ETag).
     write_sample_mirror(Path(mirror.root), [date(2024, 2, 1)], services=["green"], rows_per_month=61, seed=4)
     result = tick(instance, mirror.url, baseline.cursor)
-    assert [(r.tags["taxi/month"], r.tags["taxi/release"], r.tags["taxi/changed_services"]) for r in result.run_requests] == [
-        ("2024-02", "republished", "green")
-    ]
+    assert [
+        (r.tags["taxi/month"], r.tags["taxi/release"], r.tags["taxi/changed_services"])
+        for r in result.run_requests
+    ] == [("2024-02", "republished", "green")]
     new_etag = probe(mirror.url + trip_path("green", "2024-02")).etag
     assert f"green=etag:{new_etag}" in result.run_requests[0].run_key
 
@@ -339,7 +359,9 @@ def _check_safety_net(instance: dg.DagsterInstance) -> None:
     request = automation.tlc_monthly_safety_net(context)
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2026-09-01" and request.run_key == "safety-net:2026-09"
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="raw_trips", partition="2026-09-01"))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="raw_trips", partition="2026-09-01")
+    )
     skipped = automation.tlc_monthly_safety_net(
         dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)
     )

@@ -18,20 +18,25 @@
 
 * ``taxi_automation_sensor`` evaluates the ``automation_condition`` of every asset (an
   ``AutomationConditionSensorDefinition``, running by default): without a running automation sensor,
-  declared conditions never fire. Stages use :func:`follow_upstream` for monthly assets that should follow
-  their upstream month (drift_report after trip_features, for example) and ``AutomationCondition.eager()``
-  for unpartitioned ones (fare_service after a new champion). Stages must not define their own
-  automation-condition sensors: this one targets every asset.
+  declared conditions never fire. Stages use :func:`follow_upstream` for monthly assets that follow their
+  upstream months (fare_model, drift_report) and their own conditions for unpartitioned ones (fare_service
+  after fare_model). Stages must not define their own automation-condition sensors: this one targets every
+  asset (or the groups in ``TAXI_AUTOMATION_GROUPS``).
 
 Settings (environment, read when the definitions load):
 
-=================================== ======================================================================
-``TAXI_SENSOR_INTERVAL_SECONDS``    release sensor minimum interval (default 3600)
-``TAXI_SENSOR_MAX_RUNS_PER_TICK``   cap on months requested per tick, oldest first (default 24)
-``TAXI_AUTOMATION_DEFAULT_STATUS``  ``running`` or ``stopped`` (default): initial state of the release
-                                    sensor and the schedule; toggling them in the UI overrides it
+==================================== =====================================================================
+``TAXI_SENSOR_INTERVAL_SECONDS``     release sensor minimum interval (default 3600)
+``TAXI_SENSOR_MAX_RUNS_PER_TICK``    cap on months requested per tick, oldest first (default 24)
+``TAXI_AUTOMATION_DEFAULT_STATUS``   ``running`` or ``stopped`` (default): initial state of the release
+                                     sensor and the schedule; toggling them in the UI overrides it
 ``TAXI_AUTOMATION_INTERVAL_SECONDS`` automation-condition sensor interval (default 30)
-=================================== ======================================================================
+``TAXI_AUTOMATION_GROUPS``           asset groups the automation sensor evaluates, comma-separated
+                                     (default: all). ``ingest,transform`` keeps a dev instance from training
+                                     models and building Bentos whenever features change; assets left out
+                                     keep their conditions, evaluated only if Dagster's default automation
+                                     sensor is switched on in the UI
+==================================== =====================================================================
 """
 
 import os
@@ -81,6 +86,13 @@ def _int_env(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _groups_env(name: str) -> tuple[str, ...] | None:
+    raw = os.environ.get(name, "").strip()
+    if raw in ("", "*"):
+        return None
+    return tuple(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
+
+
 def _status_env(name: str) -> dg.DefaultSensorStatus:
     raw = os.environ.get(name, "stopped").strip().lower()
     if raw not in ("running", "stopped"):
@@ -92,6 +104,7 @@ SENSOR_INTERVAL_SECONDS = _int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum
 SENSOR_MAX_RUNS_PER_TICK = _int_env("TAXI_SENSOR_MAX_RUNS_PER_TICK", 24, minimum=1)
 AUTOMATION_INTERVAL_SECONDS = _int_env("TAXI_AUTOMATION_INTERVAL_SECONDS", 30, minimum=1)
 DEFAULT_STATUS = _status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
+AUTOMATION_GROUPS = _groups_env("TAXI_AUTOMATION_GROUPS")
 
 
 # -- conditions for stages to use ------------------------------------------------------------------
@@ -100,7 +113,8 @@ def follow_upstream() -> dg.AutomationCondition:
 
     Runs a partition when any of its dependencies' partitions updated (or it became missing), once none of
     its dependencies is missing or in progress and it is not in progress itself. Use it on monthly assets:
-    the TLC month that just arrived or was republished is never the latest partition.
+    the TLC month that just arrived or was republished is never the latest partition. Note that an update of
+    an unpartitioned dependency (a new zone lookup) counts as an update for every month.
     """
     return (
         dg.AutomationCondition.eager()
@@ -193,7 +207,9 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
     base = tlc.source_url()
     months = [month_of(k) for k in monthly_partitions.get_partition_keys()]
     if not months:
-        return dg.SensorResult(skip_reason="the partition set has no months yet (TAXI_START_MONTH is in the future)")
+        return dg.SensorResult(
+            skip_reason="the partition set has no months yet (TAXI_START_MONTH is in the future)"
+        )
 
     # One probe first: when the source is down, say so at once instead of timing out on every month.
     canary = probe(
@@ -276,7 +292,9 @@ def tlc_monthly_safety_net(context: dg.ScheduleEvaluationContext) -> dg.RunReque
 # -- declarative automation --------------------------------------------------------------------------
 taxi_automation_sensor = dg.AutomationConditionSensorDefinition(
     AUTOMATION_SENSOR_NAME,
-    target=dg.AssetSelection.all(),
+    target=dg.AssetSelection.all()
+    if AUTOMATION_GROUPS is None
+    else dg.AssetSelection.groups(*AUTOMATION_GROUPS),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
     description=(

@@ -17,10 +17,10 @@ unreachable server fails fast with a clear message, and local stores keep artifa
 ``TAXI_DATA_DIR/mlartifacts`` (not ``./mlruns``).
 """
 
-from __future__ import annotations
 
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,9 @@ class FareModelConfig(dg.Config):
     families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
     min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
     boosted_max_iter: int = Field(default=200, ge=1, description="Boosting iterations (no early stopping).")
+    threads: int | None = Field(
+        default=None, ge=1, description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores."
+    )
 
 
 def _train_config(config: FareModelConfig):
@@ -106,6 +109,7 @@ def _train_config(config: FareModelConfig):
         families=tuple(config.families),
         min_pair_count=config.min_pair_count,
         boosted_max_iter=config.boosted_max_iter,
+        threads=config.threads,
     )
 
 
@@ -156,17 +160,19 @@ def _end_all_runs(mlflow, status: str) -> None:
 
 
 # -- the asset -------------------------------------------------------------------------------------------
+def _window_mapping() -> dg.TimeWindowPartitionMapping:
+    """Partition M reads trip_features M-3..M (window + validation month); months before the first don't exist."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # allow_nonexistent_upstream_partitions is beta
+        return dg.TimeWindowPartitionMapping(
+            start_offset=-DEFAULT_WINDOW_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
+        )
+
+
 @dg.asset(
     key=FARE_MODEL,
     partitions_def=monthly_partitions,
-    deps=[
-        dg.AssetDep(
-            TRIP_FEATURES,
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-DEFAULT_WINDOW_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
-            ),
-        )
-    ],
+    deps=[dg.AssetDep(TRIP_FEATURES, partition_mapping=_window_mapping())],
     required_resource_keys={"lake", "mlflow"},
     group_name="model",
     kinds={"mlflow", "scikitlearn", "duckdb"},
@@ -233,7 +239,7 @@ def fare_model(context: dg.AssetExecutionContext, config: FareModelConfig) -> dg
 def _ensure_parent_run(mlf, mlflow, dagster_run_id: str):
     """The MLflow run dagster-mlflow opened for this Dagster run, active in this thread."""
     active = mlflow.active_run()
-    if active is not None and active.data.tags.get("dagster_run_id") == dagster_run_id:
+    if active is not None:  # opened by the resource in this thread (it is the only code starting runs here)
         return active
     run_id = getattr(mlf, "mlflow_run_id", None) or mlf._get_current_run_id()
     if run_id is None:
@@ -345,20 +351,22 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
     mlflow.log_metrics({k: float(v) for k, v in flat_metrics.items() if np.isfinite(v)})
 
     lake_table = store.path("trip_features")
-    training_ds = mlflow.data.from_pandas(
-        result.training.to_pandas(),
-        source=lake_table,
-        name=f"trip_features[{train_months[0]}..{train_months[-1]}] sample",
-        digest=window_fp,
-        targets="fare_amount",
-    )
-    validation_ds = mlflow.data.from_pandas(
-        result.validation.to_pandas(),
-        source=lake_table,
-        name=f"trip_features[{month}] sample",
-        digest=validation_fp,
-        targets="fare_amount",
-    )
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways", integer-column hints
+        warnings.simplefilter("ignore", UserWarning)
+        training_ds = mlflow.data.from_pandas(
+            result.training.to_pandas(),
+            source=lake_table,
+            name=f"trip_features[{train_months[0]}..{train_months[-1]}] sample",
+            digest=window_fp,
+            targets="fare_amount",
+        )
+        validation_ds = mlflow.data.from_pandas(
+            result.validation.to_pandas(),
+            source=lake_table,
+            name=f"trip_features[{month}] sample",
+            digest=validation_fp,
+            targets="fare_amount",
+        )
     mlflow.log_input(training_ds, context="training")
     mlflow.log_input(validation_ds, context="validation")
 

@@ -2,7 +2,9 @@
 
 * ``drift_report`` (monthly) compares the month's ``trip_features`` and the champion's predictions on them with the
   champion's reference sample (a seeded sample of its training-window months) and scores the champion on the
-  month. It writes ``drift_report/month=YYYY-MM/report.html`` (Evidently's interactive report) and
+  month. "Champion" means the version that served the month: the ``champion`` alias, unless that version was
+  validated on this very month (``fare_model`` for month M validates on M), in which case the version promoted
+  before it is scored and the metadata says so (:func:`load_champion`). It writes ``drift_report/month=YYYY-MM/report.html`` (Evidently's interactive report) and
   ``report.json`` (the compact figures) to the lake and yields two checks:
 
   - ``drift_share_below_threshold`` (WARN) -- the share of drifted columns stays below the threshold;
@@ -42,6 +44,7 @@ from taxi_platform.lib.drift import (
     month_label,
     month_row_count,
     report_document,
+    report_paths,
     run_drift_report,
     sample_features,
     with_predictions,
@@ -71,7 +74,8 @@ class ModelRegistryResource(dg.ConfigurableResource):
     """The MLflow tracking server / registry holding ``taxi_fare_model``. Default: ``MLFLOW_TRACKING_URI``."""
 
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI or sqlite under TAXI_DATA_DIR."
+        default=None,
+        description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI or sqlite under TAXI_DATA_DIR.",
     )
 
     def resolved_uri(self) -> str:
@@ -80,7 +84,10 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
 class DriftReportConfig(dg.Config):
     drift_share_threshold: float = Field(
-        default=0.5, gt=0, le=1, description="drift_share_below_threshold warns at this share of drifted columns."
+        default=0.5,
+        gt=0,
+        le=1,
+        description="drift_share_below_threshold warns at this share of drifted columns.",
     )
     max_mae_degradation: float = Field(
         default=0.25,
@@ -88,8 +95,12 @@ class DriftReportConfig(dg.Config):
         description="mae_not_degraded fails when MAE exceeds the champion's validation MAE by more than this "
         "fraction (0.25 = 25 %).",
     )
-    reference_rows: int = Field(default=20_000, ge=30, description="Rows sampled from the champion's training window.")
-    current_rows: int = Field(default=50_000, ge=30, description="Rows sampled from the month (bounded for pandas).")
+    reference_rows: int = Field(
+        default=20_000, ge=30, description="Rows sampled from the champion's training window."
+    )
+    current_rows: int = Field(
+        default=50_000, ge=30, description="Rows sampled from the month (bounded for pandas)."
+    )
     min_rows: int = Field(default=30, ge=2, description="Fewer rows than this in the month fails the report.")
     seed: int = Field(default=0, description="Seed of both samples.")
 
@@ -257,13 +268,22 @@ def load_champion(tracking_uri: str, month: str | None = None) -> ChampionInfo:
 
 
 def _predictor(tracking_uri: str, model_uri: str):
-    """``predict(quotes)`` of the pyfunc at ``model_uri`` (MLflow resolves ``models:/`` through the global URIs)."""
+    """``(predict, quote column types)`` of the pyfunc at ``model_uri``.
+
+    The column types come from the model's signature, so quotes are typed the way that version expects.
+    MLflow resolves ``models:/`` URIs through its global URIs, hence the two setters.
+    """
     import mlflow
     import mlflow.pyfunc
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri).predict
+    model = mlflow.pyfunc.load_model(model_uri)
+    schema = model.metadata.get_input_schema()
+    types = {}
+    if schema is not None and schema.has_input_names():
+        types = {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+    return model.predict, types
 
 
 # -- metadata helpers ------------------------------------------------------------------------------------
@@ -294,8 +314,11 @@ def _check_result(outcome) -> dg.AssetCheckResult:
         passed=outcome.passed,
         severity=dg.AssetCheckSeverity.WARN if outcome.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
         description=outcome.description,
-        metadata={k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v for k, v in outcome.metadata.items()
-                  if v is not None},  # fmt: skip
+        metadata={
+            k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
+            for k, v in outcome.metadata.items()
+            if v is not None
+        },
     )
 
 
@@ -369,12 +392,16 @@ def drift_report(
     if champion.note:
         context.log.warning(champion.note)
     try:
-        predict = _predictor(tracking_uri, champion.pinned_uri)
+        predict, quote_types = _predictor(tracking_uri, champion.pinned_uri)
         month_rows = month_row_count(store, [key])
         reference = with_predictions(
-            sample_features(store, reference_months, settings.reference_rows, settings.seed), predict
+            sample_features(store, reference_months, settings.reference_rows, settings.seed),
+            predict,
+            quote_types,
         )
-        current = with_predictions(sample_features(store, [key], settings.current_rows, settings.seed), predict)
+        current = with_predictions(
+            sample_features(store, [key], settings.current_rows, settings.seed), predict, quote_types
+        )
         summary, snapshot = run_drift_report(
             current,
             reference,
@@ -394,7 +421,7 @@ def drift_report(
         outcome.metadata["champion_version"] = champion.version
         outcome.metadata["month"] = month
     data_source = _data_source(store, [key, *reference_months])
-    html_path = store.partition_path("drift_report", key, "report.html")
+    html_path = report_paths(store, key)[0]
     document = report_document(
         summary, checks, champion.as_dict(), reference_months, month_rows, settings, data_source, html_path
     )
@@ -547,7 +574,9 @@ def evaluate_retraining(instance: dg.DagsterInstance, cursor: RetrainCursor, lim
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
     done = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
-    records = instance.event_log_storage.get_asset_check_execution_history(MAE_CHECK_KEY, limit=limit, status=done)
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        MAE_CHECK_KEY, limit=limit, status=done
+    )
     fresh = sorted((r for r in records if r.id > cursor.last_id), key=lambda r: r.id)
     if not fresh:
         return [], [], cursor
@@ -567,10 +596,14 @@ def evaluate_retraining(instance: dg.DagsterInstance, cursor: RetrainCursor, lim
             notes.append(f"{month}: mae_not_degraded passed")
             continue
         if evaluation.severity != dg.AssetCheckSeverity.ERROR:
-            notes.append(f"{month}: mae_not_degraded could not evaluate ({evaluation.description}); not retraining")
+            notes.append(
+                f"{month}: mae_not_degraded could not evaluate ({evaluation.description}); not retraining"
+            )
             continue
         if partition != newest:
-            notes.append(f"{month}: mae_not_degraded failed but {newest[:7]} is the newest reported month; not retraining")
+            notes.append(
+                f"{month}: mae_not_degraded failed but {newest[:7]} is the newest reported month; not retraining"
+            )
             continue
         version = _meta_value(evaluation, "champion_version")
         run_key = retrain_run_key(month, version)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -71,7 +72,14 @@ CATEGORICAL_COLUMNS = (
     "is_jfk_manhattan",
     "same_zone",
 )
-NUMERICAL_COLUMNS = ("pickup_hour", "passenger_count", "trip_distance", "trip_duration_min", TARGET, PREDICTION)
+NUMERICAL_COLUMNS = (
+    "pickup_hour",
+    "passenger_count",
+    "trip_distance",
+    "trip_duration_min",
+    TARGET,
+    PREDICTION,
+)
 DRIFT_COLUMNS = (*CATEGORICAL_COLUMNS, *NUMERICAL_COLUMNS)
 # Columns read from trip_features (the prediction is added by the caller).
 SAMPLE_COLUMNS = tuple(dict.fromkeys((*QUOTE_COLUMNS, *CATEGORICAL_COLUMNS, *NUMERICAL_COLUMNS[:-1])))
@@ -101,9 +109,13 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.drift_share_threshold <= 1:
-            raise ValueError(f"drift_share_threshold={self.drift_share_threshold}: expected a share in (0, 1]")
+            raise ValueError(
+                f"drift_share_threshold={self.drift_share_threshold}: expected a share in (0, 1]"
+            )
         if self.max_mae_degradation < 0:
-            raise ValueError(f"max_mae_degradation={self.max_mae_degradation}: expected a fraction >= 0, e.g. 0.25")
+            raise ValueError(
+                f"max_mae_degradation={self.max_mae_degradation}: expected a fraction >= 0, e.g. 0.25"
+            )
         if self.min_rows < 2:
             raise ValueError(f"min_rows={self.min_rows}: expected at least 2")
         if self.reference_rows < self.min_rows or self.current_rows < self.min_rows:
@@ -173,7 +185,11 @@ def month_row_count(lake: Lake, months: Sequence[str]) -> int:
     files = "[" + ", ".join(_sql_str(lake.partition_path(TABLE, m)) for m in months) + "]"
     con = lake.connect()
     try:
-        return int(con.execute(f"SELECT count(*) FROM read_parquet({files}, hive_partitioning = false)").fetchone()[0])
+        return int(
+            con.execute(f"SELECT count(*) FROM read_parquet({files}, hive_partitioning = false)").fetchone()[
+                0
+            ]
+        )
     finally:
         con.close()
 
@@ -208,29 +224,57 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
     return frame.reset_index(drop=True)
 
 
-def quotes_from(frame: pd.DataFrame) -> pd.DataFrame:
-    """The raw quote columns of feature rows, typed as the fare model's signature expects."""
+# MLflow signature column types -> pandas dtypes used to hand quotes to the model.
+_SIGNATURE_DTYPES = {
+    "long": "int64",
+    "integer": "int32",
+    "double": "float64",
+    "float": "float32",
+    "string": "str",
+    "boolean": "bool",
+}
+DEFAULT_QUOTE_TYPES = {
+    "pickup_datetime": "datetime",
+    "pickup_zone": "long",
+    "dropoff_zone": "long",
+    "passenger_count": "long",
+    "service": "string",
+}
+
+
+def quotes_from(frame: pd.DataFrame, column_types: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The raw quote columns of feature rows, typed as the model's signature asks.
+
+    ``column_types`` maps quote columns to MLflow signature types (``long``, ``double``, ``string``,
+    ``datetime``...); the default is the serving contract's types.
+    """
     import pandas as pd
 
-    return pd.DataFrame(
-        {
-            "pickup_datetime": pd.to_datetime(frame["pickup_datetime"]),
-            "pickup_zone": frame["pickup_zone"].astype("int64"),
-            "dropoff_zone": frame["dropoff_zone"].astype("int64"),
-            "passenger_count": frame["passenger_count"].astype("float64"),
-            "service": frame["service"].astype(str),
-        },
-        index=frame.index,
-    )
+    types = {**DEFAULT_QUOTE_TYPES, **dict(column_types or {})}
+    out = {}
+    for column in QUOTE_COLUMNS:
+        kind = str(types.get(column, "")).lower()
+        values = frame[column]
+        if kind == "datetime":
+            out[column] = pd.to_datetime(values)
+        elif kind in _SIGNATURE_DTYPES:
+            out[column] = values.astype(_SIGNATURE_DTYPES[kind])
+        else:
+            out[column] = values
+    return pd.DataFrame(out, index=frame.index)
 
 
-def with_predictions(frame: pd.DataFrame, predict: Callable[[pd.DataFrame], Any]) -> pd.DataFrame:
+def with_predictions(
+    frame: pd.DataFrame,
+    predict: Callable[[pd.DataFrame], Any],
+    column_types: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """``frame`` plus a ``prediction`` column from ``predict(quotes)`` (e.g. a loaded MLflow pyfunc)."""
     out = frame.copy()
     if len(out) == 0:
         out[PREDICTION] = np.zeros(0)
         return out
-    pred = predict(quotes_from(out))
+    pred = predict(quotes_from(out, column_types))
     if hasattr(pred, "columns"):  # a DataFrame with one column (the pyfunc returns ``fare_amount``)
         pred = pred.iloc[:, 0]
     values = np.asarray(pred, dtype=np.float64).reshape(-1)
@@ -320,7 +364,9 @@ def run_drift_report(
     for name, frame in (("month " + month, current), ("reference", reference)):
         missing = [c for c in DRIFT_COLUMNS if c not in frame.columns]
         if missing:
-            raise DriftInputError(f"{name} lacks column(s) {missing}: expected trip_features columns plus prediction")
+            raise DriftInputError(
+                f"{name} lacks column(s) {missing}: expected trip_features columns plus prediction"
+            )
         if len(frame) < config.min_rows:
             raise DriftInputError(
                 f"{name} has {len(frame)} rows: a drift test needs at least {config.min_rows}. "
@@ -356,13 +402,17 @@ def run_drift_report(
     )
     keep = list(dict.fromkeys([*tested, *([TARGET, PREDICTION] if with_quality else [])]))
     report = build_report(tested, config.drift_share_threshold, small, mae_limit, with_quality)
-    snapshot = report.run(
-        Dataset.from_pandas(current[keep], data_definition=definition),
-        Dataset.from_pandas(reference[keep], data_definition=definition),
-        metadata={"month": month, **dict(metadata or {})},
-        tags=["taxi_platform", "drift_report", month],
-        name=f"drift_report {month}",
-    )
+    with warnings.catch_warnings():
+        # Evidently's error-by-target-bin plot computes R² per bin; bins with a single trip make scikit-learn
+        # warn "R^2 score is not well-defined". The report's own figures are unaffected.
+        warnings.filterwarnings("ignore", message="R\\^2 score is not well-defined")
+        snapshot = report.run(
+            Dataset.from_pandas(current[keep], data_definition=definition),
+            Dataset.from_pandas(reference[keep], data_definition=definition),
+            metadata={"month": month, **dict(metadata or {})},
+            tags=["taxi_platform", "drift_report", month],
+            name=f"drift_report {month}",
+        )
     summary = summarize(
         snapshot.dict(),
         month=month,
@@ -400,8 +450,14 @@ def summarize(
     columns: dict[str, ColumnDrift] = {}
     share = None
     evidently_quality: dict[str, float | None] = {}
-    quality_keys = {"MAE": "mae", "RMSE": "rmse", "MAPE": "mape_percent", "R2Score": "r2", "MeanError": "mean_error",
-                    "AbsMaxError": "abs_max_error"}  # fmt: skip
+    quality_keys = {
+        "MAE": "mae",
+        "RMSE": "rmse",
+        "MAPE": "mape_percent",
+        "R2Score": "r2",
+        "MeanError": "mean_error",
+        "AbsMaxError": "abs_max_error",
+    }
     for metric in metrics:
         config = metric.get("config") or {}
         kind = str(config.get("type", "")).rsplit(":", 1)[-1]
@@ -409,7 +465,9 @@ def summarize(
         if kind == "ValueDrift":
             column = config["column"]
             if column not in drifted_by_column:
-                raise RuntimeError(f"Evidently reported no drift test for column {column}; cannot tell if it drifted")
+                raise RuntimeError(
+                    f"Evidently reported no drift test for column {column}; cannot tell if it drifted"
+                )
             columns[column] = ColumnDrift(
                 column=column,
                 kind="numerical" if column in numerical else "categorical",
@@ -426,7 +484,9 @@ def summarize(
     drifted = [c for c, d in columns.items() if d.drifted]
     own_share = len(drifted) / len(columns) if columns else 0.0
     if share is not None and abs(share - own_share) > 1e-9:
-        raise RuntimeError(f"Evidently's drift share {share} disagrees with its per-column tests ({own_share})")
+        raise RuntimeError(
+            f"Evidently's drift share {share} disagrees with its per-column tests ({own_share})"
+        )
     return DriftSummary(
         month=month,
         drift_share=own_share,
@@ -482,13 +542,21 @@ def mae_check(summary: DriftSummary, validation_mae: float | None, max_degradati
     mae = summary.quality["mae"] if summary.quality else None
     base = {"mae": _round(mae), "validation_mae": _round(validation_mae), "max_degradation": max_degradation}
     if mae is None:
-        return CheckOutcome(MAE_CHECK, False, "WARN",
-                            f"cannot evaluate: month {summary.month} has no known fares (fare_amount is all null)",
-                            {**base, "evaluated": False})  # fmt: skip
+        return CheckOutcome(
+            MAE_CHECK,
+            False,
+            "WARN",
+            f"cannot evaluate: month {summary.month} has no known fares (fare_amount is all null)",
+            {**base, "evaluated": False},
+        )
     if validation_mae is None or not validation_mae > 0:
-        return CheckOutcome(MAE_CHECK, False, "WARN",
-                            "cannot evaluate: the champion has no validation MAE recorded in MLflow",
-                            {**base, "evaluated": False})  # fmt: skip
+        return CheckOutcome(
+            MAE_CHECK,
+            False,
+            "WARN",
+            "cannot evaluate: the champion has no validation MAE recorded in MLflow",
+            {**base, "evaluated": False},
+        )
     change = mae_change(mae, validation_mae)
     passed = change <= max_degradation
     verdict = "within" if passed else "exceeds"
@@ -500,7 +568,12 @@ def mae_check(summary: DriftSummary, validation_mae: float | None, max_degradati
             f"MAE ${mae:.2f} on {summary.month} is {change:+.1%} vs the champion's validation MAE "
             f"${validation_mae:.2f}: {verdict} the allowed +{max_degradation:.0%}"
         ),
-        metadata={**base, "mae_change": round(change, 4), "mae_change_pct": round(100 * change, 1), "evaluated": True},
+        metadata={
+            **base,
+            "mae_change": round(change, 4),
+            "mae_change_pct": round(100 * change, 1),
+            "evaluated": True,
+        },
     )
 
 
@@ -537,10 +610,16 @@ def report_document(
         "data_source": data_source,
         "html_path": html_path,
         "champion": dict(champion),
-        "reference": {"months": [m[:7] for m in reference_months], "rows": summary.reference_rows,
-                      "seed": config.seed},  # fmt: skip
-        "current": {"rows": summary.current_rows, "month_rows": int(month_rows),
-                    "rows_without_target": summary.rows_without_target},  # fmt: skip
+        "reference": {
+            "months": [m[:7] for m in reference_months],
+            "rows": summary.reference_rows,
+            "seed": config.seed,
+        },
+        "current": {
+            "rows": summary.current_rows,
+            "month_rows": int(month_rows),
+            "rows_without_target": summary.rows_without_target,
+        },
         "drift": {
             "share": summary.drift_share,
             "threshold": config.drift_share_threshold,
@@ -552,8 +631,10 @@ def report_document(
         },
         "quality": summary.quality,
         "reference_quality": summary.reference_quality,
-        "checks": {c.name: {"passed": c.passed, "severity": c.severity, "description": c.description,
-                            **c.metadata} for c in checks},  # fmt: skip
+        "checks": {
+            c.name: {"passed": c.passed, "severity": c.severity, "description": c.description, **c.metadata}
+            for c in checks
+        },
         "evidently": {"version": version("evidently"), **summary.evidently},
     }
 
@@ -569,7 +650,9 @@ def write_report(lake: Lake, partition_key: str, snapshot, document: Mapping[str
         snapshot.save_html(tmp)
         if Path(tmp).stat().st_size == 0:
             raise RuntimeError("Evidently wrote an empty HTML report")
-    payload = json.dumps(_finite_only(document), indent=1, default=_json_default, allow_nan=False).encode("utf-8")
+    payload = json.dumps(_finite_only(document), indent=1, default=_json_default, allow_nan=False).encode(
+        "utf-8"
+    )
     lake.write_bytes(json_path, payload)
     return html_path, json_path
 

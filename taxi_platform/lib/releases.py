@@ -124,7 +124,10 @@ class ReleaseCursor:
         try:
             data = json.loads(raw)
         except ValueError as exc:
-            return cls(), f"release sensor cursor is not JSON ({exc}); starting from an empty cursor: {raw[:80]!r}"
+            return (
+                cls(),
+                f"release sensor cursor is not JSON ({exc}); starting from an empty cursor: {raw[:80]!r}",
+            )
         if not isinstance(data, dict) or data.get("format") != CURSOR_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             return cls(), (

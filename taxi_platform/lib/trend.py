@@ -45,8 +45,12 @@ def point_from_report(doc: dict) -> TrendPoint:
     drift_check = checks.get("drift_share_below_threshold") or {}
     champion = doc.get("champion") or {}
     validation_mae = champion.get("validation_mae")
+    if validation_mae is None:
+        validation_mae = mae_check.get("validation_mae")
     degradation = mae_check.get("max_degradation")
-    limit = validation_mae * (1 + degradation) if validation_mae is not None and degradation is not None else None
+    limit = (
+        validation_mae * (1 + degradation) if validation_mae is not None and degradation is not None else None
+    )
     return TrendPoint(
         month=str(doc["month"]),
         mae=quality.get("mae"),
@@ -91,37 +95,70 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
 
     months = [p.month for p in points]
     x = list(range(len(points)))
-    fig, (ax_mae, ax_drift) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, dpi=90,
-                                           gridspec_kw={"height_ratios": [3, 2]})  # fmt: skip
+    fig, (ax_mae, ax_drift) = plt.subplots(
+        2, 1, figsize=(9, 5.5), sharex=True, dpi=90, gridspec_kw={"height_ratios": [3, 2]}
+    )
     try:
         mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
         mae_y = [p.mae for p in points if p.mae is not None]
         ax_mae.plot(mae_x, mae_y, color="#1f77b4", marker="o", label="MAE on the month")
-        bad = [(i, p.mae) for i, p in zip(x, points, strict=True) if p.mae is not None and p.mae_check_passed is False]
+        bad = [
+            (i, p.mae)
+            for i, p in zip(x, points, strict=True)
+            if p.mae is not None and p.mae_check_passed is False
+        ]
         if bad:
-            ax_mae.scatter([b[0] for b in bad], [b[1] for b in bad], color="#d62728", zorder=3, s=60,
-                           label="mae_not_degraded failed")  # fmt: skip
+            ax_mae.scatter(
+                [b[0] for b in bad],
+                [b[1] for b in bad],
+                color="#d62728",
+                zorder=3,
+                s=60,
+                label="mae_not_degraded failed",
+            )
         val = [(i, p.validation_mae) for i, p in zip(x, points, strict=True) if p.validation_mae is not None]
         if val:
-            ax_mae.step([v[0] for v in val], [v[1] for v in val], where="mid", color="#2ca02c", linestyle="--",
-                        label="champion validation MAE")  # fmt: skip
+            ax_mae.step(
+                [v[0] for v in val],
+                [v[1] for v in val],
+                where="mid",
+                color="#2ca02c",
+                linestyle="--",
+                label="champion validation MAE",
+            )
         lim = [(i, p.mae_limit) for i, p in zip(x, points, strict=True) if p.mae_limit is not None]
         if lim:
-            ax_mae.step([v[0] for v in lim], [v[1] for v in lim], where="mid", color="#ff7f0e", linestyle=":",
-                        label="allowed MAE")  # fmt: skip
+            ax_mae.step(
+                [v[0] for v in lim],
+                [v[1] for v in lim],
+                where="mid",
+                color="#ff7f0e",
+                linestyle=":",
+                label="allowed MAE",
+            )
         ax_mae.set_ylabel("MAE ($)")
         ax_mae.set_title(title)
         ax_mae.grid(alpha=0.3)
         ax_mae.legend(loc="upper left", fontsize=8)
 
         colors = ["#d62728" if p.drift_check_passed is False else "#9467bd" for p in points]
-        ax_drift.bar(x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns")
-        ax_drift.step(x, [p.drift_threshold for p in points], where="mid", color="#7f7f7f", linestyle="--",
-                      label="threshold")  # fmt: skip
+        bars = ax_drift.bar(
+            x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns"
+        )
+        ax_drift.bar_label(bars, labels=[f"{p.drift_share:.0%}" for p in points], fontsize=7, padding=2)
+        ax_drift.step(
+            x,
+            [p.drift_threshold for p in points],
+            where="mid",
+            color="#7f7f7f",
+            linestyle="--",
+            label="threshold",
+        )
         ax_drift.set_ylim(0, 1)
         ax_drift.set_ylabel("drift share")
         ax_drift.grid(alpha=0.3)
         ax_drift.legend(loc="upper left", fontsize=8)
+        ax_drift.set_xlim(-0.5, len(x) - 0.5)
         ax_drift.set_xticks(x)
         ax_drift.set_xticklabels(months, rotation=45 if len(months) > 6 else 0, fontsize=8)
         fig.tight_layout()
@@ -151,7 +188,9 @@ def markdown_table(points: Sequence[TrendPoint]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
-        change = (p.mae - p.validation_mae) / p.validation_mae if p.mae is not None and p.validation_mae else None
+        change = (
+            (p.mae - p.validation_mae) / p.validation_mae if p.mae is not None and p.validation_mae else None
+        )
         lines.append(
             f"| {p.month} | {_fmt(p.mae, '${:.2f}')} | {_fmt(p.validation_mae, '${:.2f}')} | "
             f"{_fmt(change, '{:+.1%}')} | {p.drift_share:.0%} | {', '.join(p.drifted_columns) or '–'} | "

@@ -1,0 +1,189 @@
+"""The ``fare_model`` asset end to end with ``dagster.materialize``: a real ``mlflow server`` and the local default.
+
+``fare_model`` declares ``trip_features`` as a dependency (``deps`` with a time-window partition mapping)
+and reads it from the lake, so the tests write ``trip_features`` partitions into a temporary lake and
+materialise ``fare_model`` alone: Dagster treats the unselected upstream as already present.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from taxi_platform.defs.model import fare_model, mlflow_tracking_resource, training_window
+from taxi_platform.defs.resources import LakeResource
+from taxi_platform.settings import MODEL_NAME
+from taxi_platform_tests.mlflow_server import mlflow_server  # noqa: F401 - fixture
+from taxi_platform_tests.test_training import write_feature_months
+
+SMALL_CONFIG = {"sample_rows": 20_000, "validation_rows": 5_000, "min_pair_count": 3, "boosted_max_iter": 60}
+CHECKS = {"no_nan_or_negative_predictions", "beats_naive_baseline", "fare_grows_with_distance"}
+
+
+@pytest.fixture(scope="module")
+def feature_lake(tmp_path_factory):
+    return write_feature_months(tmp_path_factory.mktemp("lake"), months=("2024-01", "2024-02", "2024-03", "2024-04"))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)
+
+
+def run(lake, partition: str, mlflow_resource=mlflow_tracking_resource, instance=None, **config):
+    return dg.materialize(
+        [fare_model],
+        partition_key=partition,
+        resources={"lake": LakeResource(root=lake.root), "mlflow": mlflow_resource},
+        run_config={"ops": {"fare_model": {"config": {**SMALL_CONFIG, **config}}}},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def metadata(result) -> dict:
+    (mat,) = result.asset_materializations_for_node("fare_model")
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def checks(result) -> dict[str, bool]:
+    return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+
+def failure_text(result) -> str:
+    failure = result.failure_data_for_node("fare_model")
+    assert failure is not None
+    if failure.user_failure_data is not None:
+        return failure.user_failure_data.description
+    return str(failure.error.cause.message if failure.error.cause else failure.error.message)
+
+
+def aliases(client: MlflowClient) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(MODEL_NAME).aliases.items()}
+
+
+def test_training_window_uses_the_months_before_the_partition():
+    available = {"2023-11", "2024-01", "2024-02", "2024-03"}
+    assert training_window("2024-03", 3, available) == (["2024-01", "2024-02"], ["2023-12"])
+    assert training_window("2024-01", 1, available) == ([], ["2023-12"])
+    assert training_window("2024-02", 3, available) == (["2023-11", "2024-01"], ["2023-12"])
+
+
+def test_fare_model_logs_registers_and_gates_against_a_real_mlflow_server(feature_lake, mlflow_server, env):  # noqa: F811
+    resource = mlflow_tracking_resource.configured({"mlflow_tracking_uri": mlflow_server.url})
+    instance = dg.DagsterInstance.ephemeral()
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+
+    first = run(feature_lake, "2024-03-01", resource, instance)
+    assert first.success, failure_text(first)
+    meta = metadata(first)
+    assert meta["model_version"] == "1" and meta["promoted"] is True and meta["champion_version"] == "1"
+    assert meta["train_months"] == "2024-01,2024-02" and meta["missing_window_months"] == "2023-12"
+    assert meta["validation_month"] == "2024-03" and meta["data_source"] == "synthetic"
+    assert meta["training_rows"] == 20_000 and meta["validation_rows"] == 5_000
+    assert meta["boosted_mae"] < meta["naive_mae"] and meta["family"] == "boosted"
+    for family in ("linear", "boosted", "naive"):
+        assert {f"{family}_mae", f"{family}_rmse", f"{family}_mape"} <= set(meta)
+    assert checks(first) == dict.fromkeys(CHECKS, True)
+    assert aliases(client) == {"champion": "1", "challenger": "1"}
+
+    # the MLflow run opened by dagster-mlflow: named after the partition, ended, tagged, with datasets
+    parent = client.get_run(meta["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("fare_model 2024-03")
+    tags = parent.data.tags
+    assert tags["dagster_run_id"] == first.run_id and tags["partition"] == "2024-03-01"
+    assert tags["data_fingerprint.window"] == meta["data_fingerprint_window"]
+    assert tags["data_fingerprint.validation"] == meta["data_fingerprint_validation"]
+    assert len(tags["git_sha"]) == 40 or tags["git_sha"] == "unknown"
+    assert parent.data.metrics["boosted_mae"] == pytest.approx(meta["boosted_mae"], abs=1e-4)
+    assert parent.data.params["sample_rows"] == "20000"
+    inputs = {d.dataset.name: {t.value for t in d.tags} for d in parent.inputs.dataset_inputs}
+    assert inputs == {"trip_features[2024-01..2024-02] sample": {"training"}, "trip_features[2024-03] sample": {"validation"}}
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["family"] for r in nested) == ["boosted", "linear"]
+    assert all(r.info.status == "FINISHED" for r in nested)
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.run_id == parent.info.run_id and version.tags["train_months"] == "2024-01,2024-02"
+    # artifacts went through the server's proxy into its artifact destination
+    assert list(mlflow_server.artifacts_dir.rglob("python_model.pkl"))
+
+    # next month: a new version; the gate re-scored the champion on April and decided by MAE
+    second = run(feature_lake, "2024-04-01", resource, instance)
+    assert second.success, failure_text(second)
+    m2 = metadata(second)
+    assert m2["model_version"] == "2" and m2["previous_champion_version"] == "1"
+    assert m2["train_months"] == "2024-01,2024-02,2024-03" and m2["missing_window_months"] == ""
+    better = m2["gate_champion_mae"] - m2["gate_challenger_mae"] > 0
+    assert m2["promoted"] is better
+    assert aliases(client) == {"champion": "2" if better else "1", "challenger": "2"}
+    champion_after_second = aliases(client)["champion"]
+
+    # re-running the month retrains the same model (same data, same seed): the gate does not move champion
+    third = run(feature_lake, "2024-04-01", resource, instance)
+    assert third.success, failure_text(third)
+    m3 = metadata(third)
+    assert m3["model_version"] == "3" and m3["promoted"] is False
+    assert m3["boosted_mae"] == m2["boosted_mae"] and m3["gate_challenger_mae"] == m2["gate_challenger_mae"]
+    assert aliases(client) == {"champion": champion_after_second, "challenger": "3"}
+    assert "does not beat" in m3["gate_reason"]
+
+
+def test_fare_model_with_the_local_sqlite_default(feature_lake, env):
+    result = run(feature_lake, "2024-02-01", window_months=1)
+    assert result.success, failure_text(result)
+    meta = metadata(result)
+    assert meta["train_months"] == "2024-01" and meta["promoted"] is True
+    data_dir = env / "data"
+    assert (data_dir / "mlflow.db").is_file()
+    assert list((data_dir / "mlartifacts").rglob("python_model.pkl"))
+    assert not (env / "mlruns").exists()
+    uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_run(meta["mlflow_run_id"]).info.status == "FINISHED"
+    assert aliases(client) == {"champion": "1", "challenger": "1"}
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    quote = {"pickup_datetime": ["2024-03-05T08:15:00"], "pickup_zone": [161], "dropoff_zone": [236],
+             "passenger_count": [1], "service": ["yellow"]}  # fmt: skip
+    import pandas as pd
+
+    fare = model.predict(pd.DataFrame(quote))["fare_amount"].iloc[0]
+    assert np.isfinite(fare) and fare >= 3.0
+
+
+def test_too_little_history_or_missing_month_fails_clearly_and_registers_nothing(feature_lake, env):
+    no_history = run(feature_lake, "2024-01-01")
+    assert not no_history.success
+    text = failure_text(no_history)
+    assert "too little history" in text and "2023-10, 2023-11, 2023-12" in text
+    missing = run(feature_lake, "2024-06-01")
+    assert not missing.success
+    assert "no partition for 2024-06" in failure_text(missing)
+    uri = f"sqlite:///{env / 'data' / 'mlflow.db'}"
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_importing_the_model_defs_stays_light():
+    code = "import sys, taxi_platform.defs.model as m; print(json.dumps([n in sys.modules for n in ('mlflow', 'sklearn')]))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]

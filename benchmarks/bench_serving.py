@@ -1,6 +1,6 @@
 """Benchmark: the fare-quote Bento against the FastAPI + pandas recipe, side by side, on this machine.
 
-Serves the latest built Bento (``taxi-platform serve``'s choice; or builds one from the MLflow champion) with
+Serves the Bento of the MLflow champion and the current code (building it if needed; ``--bento`` picks another) with
 ``bentoml serve`` and ``benchmarks/fastapi_baseline.py`` with uvicorn — same number of workers, both with
 ``OMP_NUM_THREADS=1`` — then drives both with the same load generator, alternating rounds so background load
 hits both alike:
@@ -232,15 +232,23 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def resolve_bento(bento_home: Path, tracking_uri: str, tag: str | None) -> str:
+    """``tag``, else the Bento of the current champion and code (built now if needed), else the latest Bento."""
     if tag:
         return tag
-    latest = bento_build.latest_bento(bento_home)
-    if latest:
+    try:
+        champion = bento_build.champion_info(tracking_uri)
+    except bento_build.ServingBuildError as exc:
+        latest = bento_build.latest_bento(bento_home)
+        if latest is None:
+            raise SystemExit(f"nothing to benchmark: no Bento in {bento_home} and {exc}") from None
         return latest
-    print("no Bento built yet: importing the champion and building one ...", flush=True)
-    champion = bento_build.champion_info(tracking_uri)
     bento_build.import_champion(bento_home, champion, tracking_uri)
-    return bento_build.build_bento(bento_home, champion).tag
+    build = bento_build.build_bento(bento_home, champion)
+    print(
+        f"{'built' if build.built else 'using'} {build.tag} for champion version {champion.version}",
+        flush=True,
+    )
+    return build.tag
 
 
 def loadavg() -> list[float]:

@@ -161,8 +161,17 @@ class DagsterServices:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def init_storage(self) -> None:
+        """Create the instance's tables once, before two processes race to create them on a fresh home."""
+        import dagster as dg
+
+        with patched_environ({k: v for k, v in self.env.items() if k.startswith(("DAGSTER_", "PG"))}):
+            instance = dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
+        instance.dispose()
+
     def __enter__(self) -> DagsterServices:
         bindir = Path(sys.executable).parent  # the venv that runs the tests has the dagster executables
+        self.init_storage()
         try:
             if self.with_daemon:
                 self.daemon = ManagedProcess(

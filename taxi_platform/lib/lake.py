@@ -118,6 +118,7 @@ class Lake:
         """Move a finished local file to ``dest`` in one atomic step."""
         if not self.is_remote:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(local_file, 0o644)  # mkstemp creates 0600; lake files are readable like any other output
             try:
                 os.replace(local_file, dest)
             except OSError:  # different filesystem: copy next to dest, then rename

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--green-rows", type=int, default=0, help="green rows per generated month")
     parser.add_argument("--sample-rows", type=int, default=TrainConfig.sample_rows)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", type=Path, default=None, help="lake directory to keep (and reuse if present)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="lake directory to keep (and reuse if present)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -86,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lake: {root}", flush=True)
         # Generate in a child process so this process's peak RSS measures training alone.
         subprocess.run(
-            [sys.executable, __file__, "--generate-only", str(root), "--rows", str(args.rows),
-             "--green-rows", str(args.green_rows), "--seed", str(args.seed)],
+            [
+                sys.executable,
+                __file__,
+                "--generate-only",
+                str(root),
+                "--rows",
+                str(args.rows),
+                "--green-rows",
+                str(args.green_rows),
+                "--seed",
+                str(args.seed),
+            ],
             check=True,
         )
         lake = Lake(str(root))

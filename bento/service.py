@@ -18,7 +18,8 @@ Built for speed on small machines:
   (:class:`QuoteBatcher`; an idle server adds no wait, a busy one amortises the per-call model overhead);
 - prediction logging is a queue put; a background thread writes the JSON lines
   (:mod:`taxi_platform.lib.prediction_log`);
-- OpenMP is limited to one thread per worker (scale with workers, not threads), access logs are off.
+- OpenMP is limited to one thread per worker (scale with workers, not threads); access logs and trace spans
+  of the prediction routes are off.
 
 The model comes from the BentoML model store: ``taxi_fare_model:<model_version>``, where ``model_version`` is a
 Bento argument (``bentoml build|serve --arg model_version=v3-…``, set by the ``fare_service`` asset to the
@@ -48,10 +49,12 @@ from taxi_platform.lib.prediction_log import PredictionLog, sinks_from_env
 from taxi_platform.lib.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
+    SERVICES,
     BatchPrediction,
     FarePrediction,
     Quote,
     QuoteBatch,
+    check_services,
     quotes_to_columns,
     round_fares,
 )
@@ -166,7 +169,7 @@ class QuoteBatcher:
     prices a lone quote right away; a busy one prices several per call.
     """
 
-    def __init__(self, price: Callable[[list[Quote]], np.ndarray], max_size: int = 256) -> None:
+    def __init__(self, price: Callable[[list[Quote]], np.ndarray], max_size: int = 64) -> None:
         self.price = price
         self.max_size = max_size
         self._quotes: list[Quote] = []
@@ -248,6 +251,8 @@ class FareService:
         self.model_version = _model_version(stored)
         self.pyfunc = bentoml.mlflow.load_model(stored)
         self.model = self.pyfunc.unwrap_python_model()
+        # A model may record the services it was trained on; quotes for others are refused (400), not guessed.
+        self.services = tuple(getattr(self.model, "info", {}).get("services") or SERVICES)
         self.batcher = QuoteBatcher(self._price)
         self._ids = count(1)
         self._id_prefix = f"{os.getpid():x}{secrets.token_hex(3)}"
@@ -278,9 +283,7 @@ class FareService:
 
     def _log(self, endpoint: str, request_id: str, quotes: list[Quote], fares: list[float]) -> None:
         if self.prediction_log.enabled:
-            self.prediction_log.record(
-                endpoint, request_id, self.model_version, quotes_to_columns(quotes), fares
-            )
+            self.prediction_log.record(endpoint, request_id, self.model_version, quotes, fares)
             if self.prediction_log.dropped != self._dropped_reported:
                 PREDICTION_LOG_DROPPED.inc(self.prediction_log.dropped - self._dropped_reported)
                 self._dropped_reported = self.prediction_log.dropped
@@ -288,6 +291,7 @@ class FareService:
     @bentoml.api(route="/predict")
     async def predict(self, quote: Quote, /, ctx: bentoml.Context) -> FarePrediction:
         """Price one quote. The body is the quote itself (flat JSON)."""
+        check_services([quote], self.services)
         fare = round(float(await self.batcher.submit(quote)), 2)
         request_id = _request_id(ctx, self._ids, self._id_prefix)
         ctx.response.headers["X-Request-ID"] = request_id
@@ -301,6 +305,7 @@ class FareService:
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
         """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``."""
         quotes = batch.quotes
+        check_services(quotes, self.services, batch=True)
         if not quotes:
             fares: list[float] = []
         elif len(quotes) >= LARGE_BATCH:

@@ -85,7 +85,9 @@ class MlflowServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"mlflow server did not answer /health within {self.startup_timeout:.0f}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"mlflow server did not answer /health within {self.startup_timeout:.0f}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

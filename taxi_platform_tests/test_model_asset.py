@@ -30,7 +30,9 @@ CHECKS = {"no_nan_or_negative_predictions", "beats_naive_baseline", "fare_grows_
 
 @pytest.fixture(scope="module")
 def feature_lake(tmp_path_factory):
-    return write_feature_months(tmp_path_factory.mktemp("lake"), months=("2024-01", "2024-02", "2024-03", "2024-04"))
+    return write_feature_months(
+        tmp_path_factory.mktemp("lake"), months=("2024-01", "2024-02", "2024-03", "2024-04")
+    )
 
 
 @pytest.fixture
@@ -116,8 +118,13 @@ def test_fare_model_logs_registers_and_gates_against_a_real_mlflow_server(featur
     assert parent.data.metrics["boosted_mae"] == pytest.approx(meta["boosted_mae"], abs=1e-4)
     assert parent.data.params["sample_rows"] == "20000"
     inputs = {d.dataset.name: {t.value for t in d.tags} for d in parent.inputs.dataset_inputs}
-    assert inputs == {"trip_features[2024-01..2024-02] sample": {"training"}, "trip_features[2024-03] sample": {"validation"}}
-    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert inputs == {
+        "trip_features[2024-01..2024-02] sample": {"training"},
+        "trip_features[2024-03] sample": {"validation"},
+    }
+    nested = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(r.data.tags["family"] for r in nested) == ["boosted", "linear"]
     assert all(r.info.status == "FINISHED" for r in nested)
     version = client.get_model_version(MODEL_NAME, "1")
@@ -178,7 +185,12 @@ def test_too_little_history_or_missing_month_fails_clearly_and_registers_nothing
     assert not missing.success
     assert "no partition for 2024-06" in failure_text(missing)
     uri = f"sqlite:///{env / 'data' / 'mlflow.db'}"
-    assert MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.search_registered_models() == []
+    # the MLflow runs dagster-mlflow opened for these Dagster runs are ended as FAILED, with the reason
+    runs = client.search_runs([client.get_experiment_by_name(MODEL_NAME).experiment_id])
+    assert sorted(r.data.tags["dagster_run_id"] for r in runs) == sorted([no_history.run_id, missing.run_id])
+    assert all(r.info.status == "FAILED" and "fare_model 2024-0" in r.data.tags["failure"] for r in runs)
 
 
 def test_importing_the_model_defs_stays_light():

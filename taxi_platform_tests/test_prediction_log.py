@@ -85,6 +85,17 @@ def test_file_moved_away_is_recreated(tmp_path):
     assert json.loads((tmp_path / "rotated.jsonl.1").read_text())["request_id"] == "a"
 
 
+def test_quote_objects_and_columns_give_the_same_lines():
+    quotes = [
+        parse_quote({**EXAMPLE_QUOTE, "pickup_datetime": "2024-07-01T23:59:30", "service": "green"})
+    ] * 2
+    by_objects = P.format_lines(0.0, "predict_batch", "r", "1", quotes, [10.0, 11.5])
+    by_columns = P.format_lines(0.0, "predict_batch", "r", "1", quotes_to_columns(quotes), [10.0, 11.5])
+    assert by_objects == by_columns
+    assert json.loads(by_objects[1])["pickup_datetime"] == "2024-07-01T23:59:30"
+    assert json.loads(by_objects[0])["ts"] == "1970-01-01T00:00:00.000Z"
+
+
 def test_stdout_sink(capsys):
     log = P.PredictionLog(None, stdout=True)
     log.record("predict", "x", "3", _columns(), [42.0])

@@ -160,3 +160,20 @@ def test_openapi_schema_shows_constraints():
     assert props["service"]["enum"] == ["yellow", "green"]
     assert props["pickup_datetime"]["format"] == "date-time"
     assert Q.QuoteBatch.model_json_schema()["properties"]["quotes"]["maxItems"] == MAX_BATCH_SIZE
+
+
+def test_check_services_refuses_services_the_model_never_saw():
+    from pydantic import ValidationError
+
+    yellow, green = parse_quote(EXAMPLE_QUOTE), parse_quote(quote(service="green"))
+    Q.check_services([yellow, green], ("yellow", "green"))  # both trained: fine
+    Q.check_services([yellow], ("yellow",))
+    with pytest.raises(ValidationError) as info:
+        Q.check_services([yellow, green, green], ("yellow",), batch=True)
+    assert [e["loc"] for e in info.value.errors()] == [("quotes", 1, "service"), ("quotes", 2, "service")]
+    assert "service 'green' is unknown to the model: the served model was trained on ['yellow'] only" in str(
+        info.value
+    )
+    with pytest.raises(ValidationError) as info:
+        Q.check_services([green], ("yellow",))
+    assert [e["loc"] for e in info.value.errors()] == [("service",)]

@@ -99,7 +99,9 @@ def test_gate_promotes_a_better_challenger_and_keeps_the_champion_against_a_wors
     models, quotes, y = trained
     name = "gate_test_model"
     worse, better = models["linear"], models["boosted"]
-    linear_mae, boosted_mae = (float(np.mean(np.abs(models[f].predict_quotes(quotes) - y))) for f in ("linear", "boosted"))
+    linear_mae, boosted_mae = (
+        float(np.mean(np.abs(models[f].predict_quotes(quotes) - y))) for f in ("linear", "boosted")
+    )
     assert boosted_mae < linear_mae
 
     v1 = register(worse, name)
@@ -127,7 +129,9 @@ def test_gate_promotes_a_better_challenger_and_keeps_the_champion_against_a_wors
     assert not gate_challenger(registry, name, v4, quotes, y).promoted
     v5 = register(worse, name)
     registry.set_registered_model_alias(name, "champion", v5)  # pretend a weak champion
-    failed = gate_challenger(registry, name, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"])
+    failed = gate_challenger(
+        registry, name, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"]
+    )
     assert not failed.promoted and "beats_naive_baseline" in failed.reason
     margin = linear_mae - boosted_mae
     strict = gate_challenger(registry, name, v4, quotes, y, min_improvement=margin + 0.01)
@@ -146,7 +150,9 @@ def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, regis
     before = aliases(registry, name)
     port = closed_port()
     dead = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
-    with pytest.raises(RegistryUnavailableError, match=rf"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}") as err:
+    with pytest.raises(
+        RegistryUnavailableError, match=rf"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+    ) as err:
         gate_challenger(dead, name, version, quotes, y)
     assert "no model alias was changed" in str(err.value)
     assert aliases(registry, name) == before == {}
@@ -192,6 +198,12 @@ def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, re
 
 def test_quotes_frame_has_the_serving_contract_columns(trained):
     _, quotes, _ = trained
-    assert list(quotes.columns) == ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
+    assert list(quotes.columns) == [
+        "pickup_datetime",
+        "pickup_zone",
+        "dropoff_zone",
+        "passenger_count",
+        "service",
+    ]
     assert pd.api.types.is_datetime64_any_dtype(quotes["pickup_datetime"])
     assert set(quotes["service"]) <= {"yellow", "green"}

@@ -82,7 +82,11 @@ def test_pair_stats_resolve_pair_then_borough_then_global():
     zones = load_zone_table()
     manhattan, queens = BOROUGHS.index("Manhattan"), BOROUGHS.index("Queens")
     # 161 and 236 are Manhattan zones, 132 (JFK) is in Queens.
-    pairs = [(161, 236, 50, 1.5, 9.0, 11.0), (236, 161, 2, 99.0, 99.0, 99.0), (161, 132, 40, 17.0, 45.0, 70.0)]
+    pairs = [
+        (161, 236, 50, 1.5, 9.0, 11.0),
+        (236, 161, 2, 99.0, 99.0, 99.0),
+        (161, 132, 40, 17.0, 45.0, 70.0),
+    ]
     boroughs = [(manhattan, manhattan, 500, 2.0, 12.0, 14.0), (queens, manhattan, 4, 15.0, 40.0, 60.0)]
     stats = resolve(pairs, boroughs, (1000, 3.0, 15.0, 18.0), zones, min_count=10)
 
@@ -153,7 +157,13 @@ def test_load_window_is_bounded_seeded_and_spans_months(lake):
     assert all(0.25 < s < 0.42 for s in shares.values()), shares  # each month ~1/3
     everything = load_window(lake, MONTHS[:3], 10 * total, seed=1)
     assert everything.num_rows == total
-    assert a.schema.names == ["pickup_datetime", "pickup_zone", "dropoff_zone", *FEATURE_COLUMNS, "fare_amount"]
+    assert a.schema.names == [
+        "pickup_datetime",
+        "pickup_zone",
+        "dropoff_zone",
+        *FEATURE_COLUMNS,
+        "fare_amount",
+    ]
 
 
 # -- design matrix and metrics ---------------------------------------------------------------------------
@@ -163,7 +173,10 @@ def test_build_matrix_from_stored_features_equals_serving_features(lake, trained
     stored = build_matrix(sample, trained.pair_stats)
     quotes = quotes_frame(sample)
     feats = compute_feature_arrays({c: quotes[c].to_numpy() for c in quotes.columns}, load_zone_table())
-    feats["pickup_zone"], feats["dropoff_zone"] = quotes["pickup_zone"].to_numpy(), quotes["dropoff_zone"].to_numpy()
+    feats["pickup_zone"], feats["dropoff_zone"] = (
+        quotes["pickup_zone"].to_numpy(),
+        quotes["dropoff_zone"].to_numpy(),
+    )
     served = build_matrix(feats, trained.pair_stats)
     assert stored.shape == (2_000, len(MATRIX_COLUMNS))
     np.testing.assert_array_equal(stored, served)
@@ -230,7 +243,9 @@ def test_fare_model_prices_quotes_and_rejects_bad_ones(trained):
     assert per_quote < 0.02  # generous bound for a loaded CI box; ~0.3 ms when idle
     # datetime64, ISO strings with offsets and naive strings give the same fare for the same wall-clock time
     same = model.predict_quotes({**one, "pickup_datetime": np.datetime64("2024-03-05T08:15")})
-    offset = model.predict_quotes({**one, "pickup_datetime": "2024-03-05T13:15:00+00:00"})  # 08:15 in New York
+    offset = model.predict_quotes(
+        {**one, "pickup_datetime": "2024-03-05T13:15:00+00:00"}
+    )  # 08:15 in New York
     assert same[0] == fare[0] == offset[0]
     for bad, message in [
         ({k: v for k, v in one.items() if k != "service"}, "missing column"),

@@ -17,7 +17,6 @@ unreachable server fails fast with a clear message, and local stores keep artifa
 ``TAXI_DATA_DIR/mlartifacts`` (not ``./mlruns``).
 """
 
-
 import subprocess
 import time
 import warnings
@@ -58,26 +57,34 @@ MAX_NEGATIVE_RAW_SHARE = 0.01
     "when the tracking server is unreachable and keeps local artifacts under TAXI_DATA_DIR/mlartifacts.",
 )
 def mlflow_tracking_resource(context: dg.InitResourceContext):
-    import mlflow
-    from dagster_mlflow import mlflow_tracking
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-mlflow is marked beta
+        warnings.simplefilter("ignore", DeprecationWarning)  # it reads InitResourceContext.dagster_run/run_id
+        import mlflow
+        from dagster_mlflow import mlflow_tracking
 
-    from taxi_platform.lib.registry import ensure_reachable
+        from taxi_platform.lib.registry import ensure_reachable
 
-    settings = load_settings()
-    uri = context.resource_config.get("mlflow_tracking_uri") or settings.mlflow_tracking_uri
-    experiment = context.resource_config.get("experiment_name") or EXPERIMENT
-    ensure_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if not uri.startswith(("http://", "https://", "databricks")):
-        # A local store would otherwise put artifacts in ./mlruns of whatever directory the run started in.
-        client = mlflow.MlflowClient(uri)
-        if client.get_experiment_by_name(experiment) is None:
-            location = settings.data_dir / "mlartifacts"
-            location.mkdir(parents=True, exist_ok=True)
-            client.create_experiment(experiment, artifact_location=location.as_uri())
-    # dagster-mlflow's own resource: sets the experiment, starts (or resumes) the run tagged dagster_run_id.
-    yield from mlflow_tracking.resource_fn(context)
+        settings = load_settings()
+        uri = context.resource_config.get("mlflow_tracking_uri") or settings.mlflow_tracking_uri
+        experiment = context.resource_config.get("experiment_name") or EXPERIMENT
+        ensure_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        if not uri.startswith(("http://", "https://", "databricks")):
+            # A local store would otherwise put artifacts in ./mlruns of whatever directory the run started in.
+            client = mlflow.MlflowClient(uri)
+            if client.get_experiment_by_name(experiment) is None:
+                location = settings.data_dir / "mlartifacts"
+                location.mkdir(parents=True, exist_ok=True)
+                client.create_experiment(experiment, artifact_location=location.as_uri())
+        # dagster-mlflow's own resource: sets the experiment, starts (or resumes) the run tagged dagster_run_id.
+        inner = mlflow_tracking.resource_fn(context)
+        mlf = next(inner)
+    try:
+        yield mlf
+    finally:
+        next(inner, None)  # its teardown: ends the run as FAILED/KILLED if an error is propagating
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -85,17 +92,25 @@ class FareModelConfig(dg.Config):
     window_months: int = Field(
         default=DEFAULT_WINDOW_MONTHS, ge=1, le=24, description="Months before the partition to train on."
     )
-    sample_rows: int = Field(default=1_000_000, ge=1_000, description="Training rows sampled across the window.")
-    validation_rows: int = Field(default=250_000, ge=100, description="Rows sampled from the partition's month.")
+    sample_rows: int = Field(
+        default=1_000_000, ge=1_000, description="Training rows sampled across the window."
+    )
+    validation_rows: int = Field(
+        default=250_000, ge=100, description="Rows sampled from the partition's month."
+    )
     seed: int = Field(default=0, description="Seed of the samples and of the boosted model.")
     min_improvement: float = Field(
-        default=0.0, ge=0.0, description="Dollars of MAE a challenger must beat the champion by to be promoted."
+        default=0.0,
+        ge=0.0,
+        description="Dollars of MAE a challenger must beat the champion by to be promoted.",
     )
     families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
     min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
     boosted_max_iter: int = Field(default=200, ge=1, description="Boosting iterations (no early stopping).")
     threads: int | None = Field(
-        default=None, ge=1, description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores."
+        default=None,
+        ge=1,
+        description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores.",
     )
 
 
@@ -202,8 +217,20 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     "promoted to champion only when it beats the champion on the same month.",
 )
 def fare_model(context: dg.AssetExecutionContext, config: FareModelConfig) -> dg.MaterializeResult:
-    store: Lake = context.resources.lake.lake()
-    month = context.partition_key[:7]
+    import mlflow  # already imported by the mlflow resource
+
+    mlf = context.resources.mlflow
+    try:
+        store: Lake = context.resources.lake.lake()
+        month = context.partition_key[:7]
+        train_months, missing = _check_inputs(context, config, store, month)
+        return _train_and_register(context, config, store, month, train_months, missing, mlf, mlflow)
+    except BaseException as exc:
+        _fail_run(context, mlf, mlflow, exc)
+        raise
+
+
+def _check_inputs(context, config: FareModelConfig, store: Lake, month: str) -> tuple[list[str], list[str]]:
     available = set(store.partitions("trip_features"))
     train_months, missing = training_window(month, config.window_months, available)
     if month not in available:
@@ -225,15 +252,18 @@ def fare_model(context: dg.AssetExecutionContext, config: FareModelConfig) -> dg
             f"fare_model {month}: training on {len(train_months)} of {config.window_months} window months; "
             f"trip_features missing for {', '.join(missing)}"
         )
+    return train_months, missing
 
-    mlf = context.resources.mlflow
-    import mlflow
 
+def _fail_run(context, mlf, mlflow, exc: BaseException) -> None:
+    """Record the error on this Dagster run's MLflow run and end it FAILED (dagster-mlflow would leave it RUNNING)."""
     try:
-        return _train_and_register(context, config, store, month, train_months, missing, mlf, mlflow)
-    except BaseException:
+        _ensure_parent_run(mlf, mlflow, context.run_id)
+        message = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+        mlflow.set_tag("failure", str(message)[:5000])
         _end_all_runs(mlflow, "FAILED")
-        raise
+    except Exception as cleanup_error:  # the original error matters more; keep it
+        context.log.warning(f"could not mark the MLflow run as failed: {cleanup_error}")
 
 
 def _ensure_parent_run(mlf, mlflow, dagster_run_id: str):
@@ -271,7 +301,11 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         result.pair_stats,
         zones,
         best,
-        info={"train_months": list(train_months), "validation_month": month, "partition": context.partition_key},
+        info={
+            "train_months": list(train_months),
+            "validation_month": month,
+            "partition": context.partition_key,
+        },
     )
 
     # -- checks on the validation month, with the in-memory model (same code path as the served one) ----
@@ -372,10 +406,15 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
 
     for family in train_config.families:
         with mlflow.start_run(run_name=f"{family} {month}", nested=True):
-            mlflow.set_tags({"family": family, "partition": context.partition_key, "dagster_run_id": context.run_id})
+            mlflow.set_tags(
+                {"family": family, "partition": context.partition_key, "dagster_run_id": context.run_id}
+            )
             mlflow.log_params({"family": family, "estimator": type(result.models[family]).__name__})
             mlflow.log_metrics(
-                {**{f"val_{k}": v for k, v in result.metrics[family].items()}, "fit_seconds": result.fit_seconds[family]}
+                {
+                    **{f"val_{k}": v for k, v in result.metrics[family].items()},
+                    "fit_seconds": result.fit_seconds[family],
+                }
             )
 
     version_tags = {
@@ -426,7 +465,9 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         "gate_reason": decision.reason,
         "champion_version": decision.champion_version or "",
         "previous_champion_version": decision.previous_champion_version or "",
-        "gate_challenger_mae": dg.MetadataValue.float(round(float(decision.challenger_mae or float("nan")), 5)),
+        "gate_challenger_mae": dg.MetadataValue.float(
+            round(float(decision.challenger_mae or float("nan")), 5)
+        ),
         "gate_champion_mae": dg.MetadataValue.float(
             round(float(decision.champion_mae), 5) if decision.champion_mae is not None else float("nan")
         ),

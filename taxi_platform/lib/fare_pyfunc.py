@@ -56,12 +56,17 @@ class CompiledForest:
     def __init__(self, est) -> None:
         link = type(est._loss.link).__name__
         if link != "IdentityLink" or est.n_trees_per_iteration_ != 1:
-            raise TypeError(f"cannot compile a {link} model with {est.n_trees_per_iteration_} trees per iteration")
+            raise TypeError(
+                f"cannot compile a {link} model with {est.n_trees_per_iteration_} trees per iteration"
+            )
         self._compile_preprocessor(est)
         known_bitsets, f_idx_map = est._bin_mapper.make_known_categories_bitsets()
         n_features = int(est.n_features_in_)
         feature, threshold, children, value, roots = [], [], [], [], []
-        cat_feature, cat_left = [], []  # per categorical node: its (encoded) feature and go-left table by value
+        cat_feature, cat_left = (
+            [],
+            [],
+        )  # per categorical node: its (encoded) feature and go-left table by value
         depth = offset = 0
         for (predictor,) in est._predictors:
             nodes = predictor.nodes
@@ -93,8 +98,10 @@ class CompiledForest:
             # children[node, go_left]: column 0 = right child, column 1 = left child
             children.append(
                 np.stack(
-                    [np.where(leaf, idx, nodes["right"].astype(np.int64) + offset),
-                     np.where(leaf, idx, nodes["left"].astype(np.int64) + offset)],
+                    [
+                        np.where(leaf, idx, nodes["right"].astype(np.int64) + offset),
+                        np.where(leaf, idx, nodes["left"].astype(np.int64) + offset),
+                    ],
                     axis=1,
                 )
             )
@@ -126,7 +133,9 @@ class CompiledForest:
         if out["encoder"] != slice(0, len(cat_cols)) or out["numerical"] != slice(len(cat_cols), len(is_cat)):
             raise TypeError(f"unexpected column layout of the model's preprocessor: {out}")
         self.column_order = np.concatenate([cat_cols, num_cols])
-        self.categories = [np.asarray(c, dtype=np.float64) for c in pre.named_transformers_["encoder"].categories_]
+        self.categories = [
+            np.asarray(c, dtype=np.float64) for c in pre.named_transformers_["encoder"].categories_
+        ]
 
     def supports(self, X: np.ndarray) -> bool:
         """The compiled walk handles finite inputs (categoricals may be unknown); NaN goes to scikit-learn."""
@@ -214,7 +223,9 @@ def _pickup_minutes(values: np.ndarray) -> np.ndarray:
         return values.astype("datetime64[m]")
     text = values.astype(str)
     # numpy would silently read an offset as UTC; those strings go through pandas to New York time
-    has_offset = np.char.endswith(text, "Z") | (np.char.find(text, "+", 10) >= 0) | (np.char.rfind(text, "-") > 10)
+    has_offset = (
+        np.char.endswith(text, "Z") | (np.char.find(text, "+", 10) >= 0) | (np.char.rfind(text, "-") > 10)
+    )
     out = np.empty(len(text), dtype="datetime64[m]")
     try:
         naive = ~has_offset
@@ -224,7 +235,9 @@ def _pickup_minutes(values: np.ndarray) -> np.ndarray:
             except ValueError:
                 out[naive] = pd.to_datetime(text[naive], format="ISO8601").to_numpy().astype("datetime64[m]")
         if has_offset.any():
-            aware = pd.to_datetime(text[has_offset], format="ISO8601", utc=True).tz_convert("America/New_York")
+            aware = pd.to_datetime(text[has_offset], format="ISO8601", utc=True).tz_convert(
+                "America/New_York"
+            )
             out[has_offset] = aware.tz_localize(None).to_numpy().astype("datetime64[m]")
     except (ValueError, TypeError) as exc:
         raise QuoteError(f"pickup_datetime {text[:3].tolist()} cannot be read: {_TIME_HINT}") from exc
@@ -269,7 +282,9 @@ def normalise_quotes(quotes: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise QuoteError(f"passenger_count must be a number 0-{MAX_PASSENGERS}") from exc
     bad = (pax < 0) | (pax > MAX_PASSENGERS)
     if bad.any():
-        raise QuoteError(f"passenger_count {pax[bad][:5].tolist()} is out of range: expected 0-{MAX_PASSENGERS}")
+        raise QuoteError(
+            f"passenger_count {pax[bad][:5].tolist()} is out of range: expected 0-{MAX_PASSENGERS}"
+        )
     out["passenger_count"] = pax
     return out
 

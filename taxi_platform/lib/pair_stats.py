@@ -108,7 +108,9 @@ def resolve(
     borough_ok = borough_count >= min_count
     pair_ok = pair_count >= min_count
     by_borough_ok = borough_ok[pb[:, None], pb[None, :]]
-    level = np.where(pair_ok, LEVEL_PAIR, np.where(by_borough_ok, LEVEL_BOROUGH, LEVEL_GLOBAL)).astype(np.int8)
+    level = np.where(pair_ok, LEVEL_PAIR, np.where(by_borough_ok, LEVEL_BOROUGH, LEVEL_GLOBAL)).astype(
+        np.int8
+    )
     resolved = {}
     for s in STATS:
         by_borough = borough_med[s][pb[:, None], pb[None, :]]

@@ -1,6 +1,6 @@
 """Prediction log for monitoring: one JSON line per priced quote, written off the request path.
 
-The serving endpoints call :meth:`PredictionLog.record` with the quotes' columns and the fares they
+The serving endpoints call :meth:`PredictionLog.record` with the quotes (objects or columns) and the fares they
 returned; that only puts a tuple on a queue (well under a microsecond, and it wakes no thread). A daemon
 thread wakes every ``flush_interval`` seconds, drains the queue, formats the lines and appends them to
 ``<directory>/predictions-YYYY-MM-DD-<pid>.jsonl`` (one file per process and UTC day, so several
@@ -27,7 +27,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -86,16 +86,17 @@ class PredictionLog:
         endpoint: str,
         request_id: str,
         model_version: str,
-        columns: Mapping[str, np.ndarray],
+        quotes: Mapping[str, np.ndarray] | Sequence[Any],
         fares: list[float],
     ) -> None:
-        """Queue one request's quotes and fares; never blocks (drops and counts when the writer lags)."""
+        """Queue one request's quotes (see :func:`format_lines`) and fares; never blocks (drops and counts when
+        too much is waiting)."""
         if not self.enabled or self._closed:
             return
         if self._queue.qsize() >= self.max_pending:
             self.dropped += 1
             return
-        self._queue.put((time.time(), endpoint, request_id, model_version, columns, fares))
+        self._queue.put((time.time(), endpoint, request_id, model_version, quotes, fares))
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued so far, then stop the writer thread and close the file."""
@@ -144,8 +145,8 @@ class PredictionLog:
         if not items:
             return
         lines: list[str] = []
-        for ts, endpoint, request_id, model_version, columns, fares in items:
-            lines.extend(format_lines(ts, endpoint, request_id, model_version, columns, fares))
+        for ts, endpoint, request_id, model_version, quotes, fares in items:
+            lines.extend(format_lines(ts, endpoint, request_id, model_version, quotes, fares))
         text = "".join(lines)
         if self.directory is not None:
             handle = self._handle(datetime.fromtimestamp(items[-1][0], UTC).strftime("%Y-%m-%d"))
@@ -174,20 +175,31 @@ def format_lines(
     endpoint: str,
     request_id: str,
     model_version: str,
-    columns: Mapping[str, np.ndarray],
+    quotes: Mapping[str, np.ndarray] | Sequence[Any],
     fares: list[float],
 ) -> list[str]:
-    """JSON lines for one request (values are validated quotes, so only the request id needs escaping)."""
+    """JSON lines for one request (values are validated quotes, so only the request id needs escaping).
+
+    ``quotes`` is either the model's dict of arrays or a sequence of quote objects with the quote fields as
+    attributes (``pickup_datetime`` a ``datetime``); converting the latter happens here, off the request path.
+    """
     stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     head = (
         f'{{"ts":"{stamp}","request_id":{json.dumps(request_id)},"endpoint":"{endpoint}",'
         f'"model_version":{json.dumps(model_version)},'
     )
-    pickup = np.datetime_as_string(columns["pickup_datetime"], unit="s").tolist()
-    pu = columns["pickup_zone"].tolist()
-    do = columns["dropoff_zone"].tolist()
-    pax = columns["passenger_count"].tolist()
-    service = columns["service"].tolist()
+    if isinstance(quotes, Mapping):
+        pickup = np.datetime_as_string(quotes["pickup_datetime"], unit="s").tolist()
+        pu = quotes["pickup_zone"].tolist()
+        do = quotes["dropoff_zone"].tolist()
+        pax = quotes["passenger_count"].tolist()
+        service = quotes["service"].tolist()
+    else:
+        pickup = [q.pickup_datetime.isoformat(timespec="seconds") for q in quotes]
+        pu = [q.pickup_zone for q in quotes]
+        do = [q.dropoff_zone for q in quotes]
+        pax = [q.passenger_count for q in quotes]
+        service = [q.service for q in quotes]
     return [
         f'{head}"index":{i},"pickup_datetime":"{pickup[i]}","pickup_zone":{pu[i]},"dropoff_zone":{do[i]},'
         f'"passenger_count":{pax[i]},"service":"{service[i]}","fare_amount":{fares[i]!r}}}\n'

@@ -285,6 +285,27 @@ def parse_batch(data: Any) -> QuoteBatch:
         raise QuoteError(f"invalid quote batch: {format_errors(errors)}", errors) from None
 
 
+def check_services(quotes: Sequence[Quote], trained: Sequence[str], batch: bool = False) -> None:
+    """Raise a pydantic ``ValidationError`` (a 400 in the service) for quotes whose service the model was not
+    trained on; ``loc`` is ``("service",)`` or ``("quotes", i, "service")`` for a batch (first 20 listed)."""
+    if set(SERVICES) <= set(trained):
+        return
+    bad = [i for i, q in enumerate(quotes) if q.service not in trained][:20]
+    if not bad:
+        return
+    message = f"the served model was trained on {list(trained)} only: expected one of them"
+    errors = [
+        {
+            "type": "value_error",
+            "loc": ("quotes", i, "service") if batch else ("service",),
+            "input": quotes[i].service,
+            "ctx": {"error": ValueError(f"service {quotes[i].service!r} is unknown to the model: {message}")},
+        }
+        for i in bad
+    ]
+    raise ValidationError.from_exception_data("QuoteBatch" if batch else "Quote", errors)
+
+
 def quotes_to_columns(quotes: Sequence[Quote]) -> dict[str, np.ndarray]:
     """Validated quotes as the model's dict-of-arrays input (pickup_datetime as ``datetime64[us]``)."""
     return {

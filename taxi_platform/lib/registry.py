@@ -80,7 +80,11 @@ def current_champion(client, model_name: str):
     try:
         return client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if getattr(exc, "error_code", "") in (
+            "RESOURCE_DOES_NOT_EXIST",
+            "INVALID_PARAMETER_VALUE",
+            "NOT_FOUND",
+        ):
             return None
         raise
 
@@ -120,7 +124,9 @@ def gate_challenger(
     version = str(challenger_version)
     y = np.asarray(y_true, dtype=np.float64)
     if len(y) == 0 or len(y) != len(quotes):
-        raise ValueError(f"gate needs quotes and fares of equal, non-zero length; got {len(quotes)} and {len(y)}")
+        raise ValueError(
+            f"gate needs quotes and fares of equal, non-zero length; got {len(quotes)} and {len(y)}"
+        )
     try:
         client.get_model_version(model_name, version)  # fails early if the version does not exist
         client.set_registered_model_alias(model_name, CHALLENGER, version)

@@ -79,7 +79,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"model families {list(self.families)}: expected a non-empty subset of {list(FAMILIES)}")
+            raise ValueError(
+                f"model families {list(self.families)}: expected a non-empty subset of {list(FAMILIES)}"
+            )
         if self.sample_rows < 1 or self.validation_rows < 1:
             raise ValueError("sample_rows and validation_rows must be positive")
 
@@ -215,7 +217,9 @@ def category_codes(col, categories: Sequence[str]) -> np.ndarray:
             if pa.types.is_integer(col.type):
                 return col.to_numpy(zero_copy_only=False).astype(np.int8)
             col = col.cast(pa.string()).dictionary_encode()
-        lookup = np.array([categories.index(v) if v in categories else -1 for v in col.dictionary.to_pylist()] + [-1])
+        lookup = np.array(
+            [categories.index(v) if v in categories else -1 for v in col.dictionary.to_pylist()] + [-1]
+        )
         idx = col.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
         codes = lookup[idx]
     else:
@@ -245,7 +249,11 @@ def build_matrix(features: Mapping[str, Any] | pa.Table, pair_stats: PairStats) 
     X = np.empty((n, len(MATRIX_COLUMNS)), dtype=np.float64)
     for name in FEATURE_COLUMNS:
         col = get(name)
-        X[:, COL[name]] = category_codes(col, CATEGORICAL_FEATURES[name]) if name in CATEGORICAL_FEATURES else _as_numpy(col)
+        X[:, COL[name]] = (
+            category_codes(col, CATEGORICAL_FEATURES[name])
+            if name in CATEGORICAL_FEATURES
+            else _as_numpy(col)
+        )
     X[:, COL["pickup_zone"]] = pu
     X[:, COL["dropoff_zone"]] = do
     typical = pair_stats.lookup(pu, do)
@@ -256,8 +264,12 @@ def build_matrix(features: Mapping[str, Any] | pa.Table, pair_stats: PairStats) 
 
 
 # -- model families --------------------------------------------------------------------------------------
-_LINEAR_ONE_HOT = (("pickup_borough", len(BOROUGHS)), ("dropoff_borough", len(BOROUGHS)), ("pickup_hour", 24),
-                   ("service", len(SERVICES)))
+_LINEAR_ONE_HOT = (
+    ("pickup_borough", len(BOROUGHS)),
+    ("dropoff_borough", len(BOROUGHS)),
+    ("pickup_hour", 24),
+    ("service", len(SERVICES)),
+)
 _LINEAR_NUMERIC = ("typical_distance", "typical_duration")
 
 
@@ -314,7 +326,9 @@ def regression_metrics(y_true, y_pred, mape_min_fare: float = MAPE_MIN_FARE) -> 
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if y_true.shape != y_pred.shape or y_true.size == 0:
-        raise ValueError(f"metrics need two non-empty arrays of equal length, got {y_true.shape} and {y_pred.shape}")
+        raise ValueError(
+            f"metrics need two non-empty arrays of equal length, got {y_true.shape} and {y_pred.shape}"
+        )
     err = y_pred - y_true
     mask = y_true >= mape_min_fare
     mape = float(np.mean(np.abs(err[mask]) / y_true[mask])) if mask.any() else float("nan")
@@ -345,7 +359,9 @@ def train_window(
     train_months = tuple(m[:7] for m in train_months)
     validation_month = validation_month[:7]
     if validation_month in train_months:
-        raise ValueError(f"validation month {validation_month} is also in the training window {list(train_months)}")
+        raise ValueError(
+            f"validation month {validation_month} is also in the training window {list(train_months)}"
+        )
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -461,7 +477,9 @@ def fare_grows_with_distance(
     known = zones.known_ids
     if pickup_zones is None:
         counts = pair_stats.pair_count.sum(axis=1)
-        candidates = [z for z in np.argsort(-counts) if z in set(known.tolist()) and z not in (1, JFK_ZONE, 138)]
+        candidates = [
+            z for z in np.argsort(-counts) if z in set(known.tolist()) and z not in (1, JFK_ZONE, 138)
+        ]
         pickup_zones = [int(z) for z in candidates[:25] if counts[z] > 0]
     pus, dos = [], []
     for p in pickup_zones:

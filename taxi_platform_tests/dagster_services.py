@@ -174,13 +174,7 @@ class DagsterServices:
         self.init_storage()
         try:
             if self.with_daemon:
-                self.daemon = ManagedProcess(
-                    "dagster-daemon",
-                    [str(bindir / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
-                    self.env,
-                    self.cwd,
-                    self.log_dir / "daemon.log",
-                )
+                self._start_daemon()
             self.webserver = ManagedProcess(
                 "dagster-webserver",
                 [
@@ -203,6 +197,22 @@ class DagsterServices:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _start_daemon(self) -> None:
+        self.daemon = ManagedProcess(
+            "dagster-daemon",
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+            self.env,
+            self.cwd,
+            self.log_dir / "daemon.log",
+        )
+
+    def restart_daemon(self, timeout: float = 180.0) -> None:
+        """Stop the daemon (and its runs' processes) and start a new one on the same instance."""
+        if self.daemon is not None:
+            self.daemon.stop()
+        self._start_daemon()
+        self.wait_ready(timeout)
 
     def stop(self) -> None:
         for proc in (self.webserver, self.daemon):

@@ -93,14 +93,11 @@ def test_definitions_wire_sensors_schedule_pools_retries_and_backfill_policies()
         policy = node.assets_def.op.retry_policy
         assert policy is not None and policy.max_retries >= 1 and policy.backoff == dg.Backoff.EXPONENTIAL
     # Backfills run one month per run: a month's download must not share a run (or a failure) with others.
-    for key in graph.materializable_asset_keys:
-        node = graph.get(key)
-        if node.partitions_def is None:
-            continue
-        policy = node.backfill_policy
+    for name in MONTHLY:
+        policy = graph.get(dg.AssetKey(name)).backfill_policy
         assert policy is None or (
             policy.policy_type == dg.BackfillPolicyType.MULTI_RUN and policy.max_partitions_per_run == 1
-        ), f"{key.to_user_string()} has backfill policy {policy}"
+        ), f"{name} has backfill policy {policy}"
 
 
 # -- helpers for the e2e tests -----------------------------------------------------------------------
@@ -282,9 +279,7 @@ def start_release_sensor(svc: DagsterServices) -> float:
 def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path):
     mirror_root = tmp_path / "mirror"
     latest = latest_partition()
-    write_months(
-        mirror_root, [date(2024, 1, 1), date(2024, 2, 1), date.fromisoformat(latest)]
-    )
+    write_months(mirror_root, [date(2024, 1, 1), date(2024, 2, 1), date.fromisoformat(latest)])
     home = ensure_dagster_home(tmp_path / "data")
     lake = Lake(str(tmp_path / "data" / "lake"))
     phase = Phases()
@@ -386,11 +381,10 @@ def test_backfill_automation_and_release_sensor_on_daemon_and_webserver(tmp_path
             instance = open_instance(home)
             try:
                 for asset in MONTHLY:
-                    assert {"2024-01-01", "2024-02-01", "2024-03-01", latest} <= materialized(
-                        instance, asset
-                    )
+                    assert {"2024-01-01", "2024-02-01", "2024-03-01", latest} <= materialized(instance, asset)
             finally:
                 instance.dispose()
+    phase("services stopped")
 
 
 # -- e2e: PostgreSQL --------------------------------------------------------------------------------
@@ -416,10 +410,21 @@ def test_backfill_and_release_sensor_with_postgres_storage(tmp_path):
             runs = wait_runs(svc, {"dagster/sensor_name": RELEASE_SENSOR}, 1)
             assert [tags_of(r)["taxi/month"] for r in runs] == ["2024-03"]
             assert tags_of(runs[0])["taxi/release"] == "new"
-            ticks = wait_ticks(svc, RELEASE_SENSOR, started, 1)
-            assert any("adopted" in (t["skipReason"] or "") for t in ticks) or any(t["runIds"] for t in ticks)
+            first = wait_ticks(svc, RELEASE_SENSOR, started, 1)[-1]
+            assert first["status"] == "SUCCESS" and first["runIds"] == [runs[0]["runId"]], first
+            assert first["runKeys"] == [tags_of(runs[0])["dagster/run_key"]]
             assert_month_in_lake(lake, "2024-03-01")
             phase("release sensor ran the new month")
+
+            # The cursor lives in the instance (here PostgreSQL): a restarted daemon resumes from it and
+            # launches nothing for files it has already handled.
+            cursor = first["cursor"]
+            svc.restart_daemon()
+            after = wait_ticks(svc, RELEASE_SENSOR, time.time(), 2)
+            assert all(t["status"] == "SKIPPED" and not t["runIds"] for t in after), after
+            assert all(t["cursor"] == cursor for t in after)
+            assert len(svc.runs({"dagster/sensor_name": RELEASE_SENSOR})) == 1
+            phase("restarted daemon resumed from the stored cursor")
 
             # Everything Dagster stored is in PostgreSQL, nothing in SQLite files under DAGSTER_HOME.
             assert int(pg.query("SELECT count(*) FROM runs")) == len(svc.runs())
@@ -439,3 +444,4 @@ def test_backfill_and_release_sensor_with_postgres_storage(tmp_path):
                 assert {"2024-01-01", "2024-02-01", "2024-03-01"} <= materialized(instance, "trip_features")
             finally:
                 instance.dispose()
+    phase("services and postgres stopped")

@@ -29,7 +29,7 @@ def registry(mlflow_server, tmp_path_factory) -> Champion:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def bento_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bentoml")
+    return tmp_path_factory.mktemp("data") / "bentoml"  # = settings.bento_home for TAXI_DATA_DIR=its parent
 
 
 def materialize(home: Path, tracking_uri: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
@@ -107,6 +107,50 @@ def test_a_new_champion_builds_a_new_bento(registry, bento_home):
         assert bento_build.latest_bento(bento_home) == m["bento_tag"]  # what `taxi-platform serve` picks
     finally:
         client.set_registered_model_alias(MODEL_NAME, "champion", registry.version)
+
+
+def test_serve_command_serves_the_latest_bento_and_warns_when_stale(
+    registry, bento_home, monkeypatch, capsys
+):
+    from mlflow import MlflowClient
+
+    from taxi_platform.cli import main
+
+    monkeypatch.setenv("TAXI_DATA_DIR", str(bento_home.parent))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    latest = bento_build.latest_bento(bento_home)
+    assert latest is not None and latest.startswith("taxi_fare_service:v2-")  # built by the previous test
+
+    client = MlflowClient(registry.tracking_uri, registry_uri=registry.tracking_uri)
+    client.set_registered_model_alias(MODEL_NAME, "champion", "2")
+    assert main(["serve", "--dry-run", "--port", "3999", "--workers", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert f"serving Bento {latest} on http://127.0.0.1:3999 with 3 worker(s)" in out
+    assert f"bentoml serve {latest} --host 127.0.0.1 --port 3999" in out
+    assert "warning" not in err
+
+    client.set_registered_model_alias(
+        MODEL_NAME, "champion", registry.version
+    )  # back to v1: v2's Bento is stale
+    assert main(["serve", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert f"serving Bento {latest}" in out
+    assert "but the champion is now taxi_fare_model v1" in err
+
+    assert main(["serve", "--dry-run", "--from-champion"]) == 0
+    out, _ = capsys.readouterr()
+    assert "serving champion taxi_fare_model v1 from source" in out
+    assert f"--arg model_version=v1-{registry.run_id[:12]}" in out
+
+
+def test_serve_command_without_model_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from taxi_platform.cli import main
+
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["serve", "--dry-run"]) == 1
+    assert "materialise the `fare_model` asset" in capsys.readouterr().err
+    assert main(["serve", "--port", "0"]) == 2
 
 
 def test_no_champion_fails_with_what_to_do(tmp_path):

@@ -205,20 +205,28 @@ def test_train_window_scores_families_and_naive_out_of_time(trained):
 
 # -- the serving model -----------------------------------------------------------------------------------
 def test_compiled_predictors_match_sklearn(trained):
-    from taxi_platform.lib.fare_pyfunc import FAST_PATH_MAX_ROWS, compile_predictor
+    from taxi_platform.lib.fare_pyfunc import FAST_PATH_MAX_ROWS, FareQuoteModel, compile_predictor
 
     X = build_matrix(trained.validation, trained.pair_stats)[:500]
     for family, est in trained.models.items():
         compiled = compile_predictor(est)
         np.testing.assert_allclose(compiled.predict(X), est.predict(X), rtol=0, atol=1e-9, err_msg=family)
         np.testing.assert_allclose(compiled.predict(X[:1]), est.predict(X[:1]), rtol=0, atol=1e-9)
-    # a category never seen in training (service code 1 when the sample is almost all yellow is seen;
-    # use an impossible borough code) is routed like scikit-learn routes unknown categories
+    # a borough code the training sample never saw (6 = "Unknown") is routed as scikit-learn routes
+    # unknown categories (as missing)
     odd = X[:3].copy()
     odd[:, MATRIX_COLUMNS.index("pickup_borough")] = 6
     boosted = trained.models["boosted"]
     np.testing.assert_allclose(compile_predictor(boosted).predict(odd), boosted.predict(odd), atol=1e-9)
-    assert FAST_PATH_MAX_ROWS >= 1
+    # the model switches to scikit-learn above FAST_PATH_MAX_ROWS; both paths give the same fares
+    model = FareQuoteModel(boosted, trained.pair_stats, load_zone_table(), "boosted")
+    quotes = quotes_frame(trained.validation)
+    arrays = {c: quotes[c].to_numpy() for c in quotes.columns}
+    batch = model.predict_quotes({k: v[: FAST_PATH_MAX_ROWS * 3] for k, v in arrays.items()})
+    singles = [
+        model.predict_quotes({k: v[i : i + 1] for k, v in arrays.items()})[0] for i in range(0, len(batch), 7)
+    ]
+    np.testing.assert_allclose(batch[::7], singles, rtol=0, atol=1e-9)
 
 
 def test_fare_model_prices_quotes_and_rejects_bad_ones(trained):

@@ -44,6 +44,23 @@ def _config_options(existing: str | None, service: str, workers: int) -> str:
     return f"{existing} {option}".strip() if existing else option
 
 
+def _warn_if_stale(home, tag: str, tracking_uri: str) -> None:
+    """Say so when the latest Bento does not package the current champion (best effort, never fatal)."""
+    from taxi_platform.lib import bento_build
+
+    try:
+        champion = bento_build.champion_info(tracking_uri)
+        packaged = bento_build.bento_models(bento_build.bento_path(home, tag))
+    except Exception:  # registry unreachable, Bento unreadable: serve what was asked for
+        return
+    if champion.store_tag not in packaged:
+        print(
+            f"warning: {tag} packages {packaged}, but the champion is now {champion.name} v{champion.version}: "
+            "materialise `fare_service` to build its Bento, or use --from-champion",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.lib import bento_build
     from taxi_platform.settings import load_settings
@@ -66,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                 target = f"{target}:latest"
             what = f"Bento {target}"
             serve_args = [target]
+            if not args.bento:
+                _warn_if_stale(home, target, settings.mlflow_tracking_uri)
         else:
             champion = bento_build.champion_info(settings.mlflow_tracking_uri)
             bento_build.import_champion(home, champion, settings.mlflow_tracking_uri)

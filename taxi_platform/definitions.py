@@ -10,7 +10,7 @@ import importlib
 
 import dagster as dg
 
-STAGES = ("ingest", "transform", "automation")
+STAGES = ("ingest", "transform", "model", "monitoring", "serving", "automation")
 
 
 def build_definitions(stages: tuple[str, ...] = STAGES) -> dg.Definitions:

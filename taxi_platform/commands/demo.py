@@ -67,7 +67,7 @@ def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iter
 def _materialize(assets: list, selection: list[str], instance, resources: dict, partition_key: str | None):
     import dagster as dg
 
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     result = dg.materialize(assets, selection=selection, partition_key=partition_key, instance=instance,
                             resources=resources, raise_on_error=False, run_config=quiet,
                             tags={"taxi_platform/source": "demo"})
@@ -196,7 +196,54 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
     report.missing_stages = missing
 
 
-def _quote_from_bento() -> dict:
-    from taxi_platform.lib.bento_build import demo_quote
+DEMO_QUOTE = {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132, "dropoff_zone": 230,
+              "passenger_count": 1, "service": "yellow"}
 
-    return demo_quote()
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _quote_from_bento(timeout: float = 180.0) -> dict:
+    """Start the built Bento with ``taxi-platform serve`` on a free loopback port, send one quote, stop it."""
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    port = _free_port()
+    log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise DemoError(f"the fare service exited with code {proc.returncode} before it was ready; see {log}")
+            try:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"the fare service was not ready after {timeout:.0f} s; see {log}")
+            time.sleep(0.5)
+        response = requests.post(f"{base}/predict", json=DEMO_QUOTE, timeout=10)
+        if response.status_code != 200:
+            raise DemoError(f"POST /predict answered {response.status_code}: {response.text[:300]}")
+        return {"request": DEMO_QUOTE, "response": response.json(), "url": f"{base}/predict"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -55,7 +55,7 @@ from taxi_platform.lib.releases import (
     safety_net_month,
     version_from_metadata,
 )
-from taxi_platform.lib.tlc import probe, probe_many, trip_url
+from taxi_platform.lib.tlc import ProbeResult, probe, probe_many, trip_url
 from taxi_platform.settings import SettingsError, parse_month
 
 TAXI_ZONES = dg.AssetKey("taxi_zones")
@@ -156,12 +156,12 @@ def _recorded_versions(
 
 def _probe_months(
     tlc: TlcSourceResource, months: list[str], services: tuple[str, ...]
-) -> dict[str, dict[str, object]]:
+) -> dict[str, dict[str, ProbeResult]]:
     timeout = (tlc.connect_timeout, min(tlc.read_timeout, PROBE_READ_TIMEOUT))
     base = tlc.source_url()
     targets = [(m, s, trip_url(base, s, parse_month(m))) for m in months for s in services]
     results = probe_many([url for _, _, url in targets], max_workers=tlc.probe_workers, timeout=timeout)
-    probes: dict[str, dict[str, object]] = defaultdict(dict)
+    probes: dict[str, dict[str, ProbeResult]] = defaultdict(dict)
     for (month, service, _), result in zip(targets, results, strict=True):
         probes[month][service] = result
     return probes
@@ -230,7 +230,7 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
     unknown = sorted(m for m in materialized if m not in cursor.months and m in probes)
     recorded = _recorded_versions(context.instance, unknown, services)
     decision = decide(
-        probes,  # type: ignore[arg-type]
+        probes,
         cursor,
         materialized,
         services,

@@ -284,12 +284,15 @@ class FareService:
         self.prediction_log.close()
 
     def _price(self, quotes: list[Quote]) -> np.ndarray:
-        fares = self.model.predict_quotes(quotes_to_columns(quotes))
+        return self._price_columns(quotes_to_columns(quotes))
+
+    def _price_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        fares = self.model.predict_quotes(columns)
         if not np.isfinite(fares).all():
             raise bentoml.exceptions.InternalServerError("the model returned a non-finite fare")
         return fares
 
-    def _log(self, endpoint: str, request_id: str, quotes: list[Quote], fares: list[float]) -> None:
+    def _log(self, endpoint: str, request_id: str, quotes: Any, fares: list[float]) -> None:
         if self.prediction_log.enabled:
             self.prediction_log.record(endpoint, request_id, self.model_version, quotes, fares)
             if self.prediction_log.dropped != self._dropped_reported:
@@ -314,17 +317,18 @@ class FareService:
         """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``."""
         quotes = batch.quotes
         check_services(quotes, self.services, batch=True)
+        columns = quotes_to_columns(quotes)
         if not quotes:
             fares: list[float] = []
         elif len(quotes) >= LARGE_BATCH:
-            fares = round_fares(await asyncio.to_thread(self._price, quotes))
+            fares = round_fares(await asyncio.to_thread(self._price_columns, columns))
         else:
-            fares = round_fares(self._price(quotes))
+            fares = round_fares(self._price_columns(columns))
         request_id = _request_id(ctx, self._ids, self._id_prefix)
         ctx.response.headers["X-Request-ID"] = request_id
         QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
         if quotes:
-            self._log("predict_batch", request_id, quotes, fares)
+            self._log("predict_batch", request_id, columns, fares)
         return BatchPrediction.model_construct(
             predictions=fares, currency=CURRENCY, model_version=self.model_version
         )

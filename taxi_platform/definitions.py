@@ -29,6 +29,9 @@ def build_definitions(stages: tuple[str, ...] = STAGES) -> dg.Definitions:
         schedules += list(getattr(module, "schedules", []))
         jobs += list(getattr(module, "jobs", []))
     return dg.Definitions(
+        # One process per run, not per step: a month's steps depend on each other, and a fresh Python process
+        # per step cost 7-14 s on 2 cores. Runs (months) still execute in parallel, up to the run queue's limit.
+        executor=dg.in_process_executor,
         assets=assets,
         asset_checks=checks,
         resources=resources,

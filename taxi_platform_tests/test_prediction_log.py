@@ -42,9 +42,13 @@ def test_records_become_one_json_line_per_quote(tmp_path):
     assert [r["fare_amount"] for r in rows[1:]] == [12.5, 13.0, 9.99]
     assert {r["request_id"] for r in rows[1:]} == {'odd "id"\n'}
     assert {r["service"] for r in rows[1:]} == {"green"}
-    files = list(tmp_path.glob("predictions-*.jsonl"))
-    assert [f.name.endswith(f"-{os.getpid()}.jsonl") for f in files] == [True]
-    assert log.written == 4 and log.dropped == 0
+    (path,) = tmp_path.glob("predictions-*.jsonl")
+    assert path.name.endswith(f"-{os.getpid()}.jsonl")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2  # one line per request, quotes as columns
+    assert json.loads(lines[1])["fare_amount"] == [12.5, 13.0, 9.99]
+    assert json.loads(lines[1])["count"] == 3
+    assert log.written == 2 and log.dropped == 0
 
 
 def test_record_does_not_wait_for_the_writer(tmp_path, monkeypatch):
@@ -68,7 +72,7 @@ def test_record_does_not_wait_for_the_writer(tmp_path, monkeypatch):
     gate.set()
     log.close()
     assert log.written == 50 - log.dropped
-    assert len(list(P.read_prediction_log(tmp_path))) == log.written
+    assert len(list(P.read_prediction_log(tmp_path))) == log.written  # one quote per request here
 
 
 def test_file_moved_away_is_recreated(tmp_path):
@@ -85,15 +89,18 @@ def test_file_moved_away_is_recreated(tmp_path):
     assert json.loads((tmp_path / "rotated.jsonl.1").read_text())["request_id"] == "a"
 
 
-def test_quote_objects_and_columns_give_the_same_lines():
+def test_quote_objects_and_columns_give_the_same_record():
     quotes = [
         parse_quote({**EXAMPLE_QUOTE, "pickup_datetime": "2024-07-01T23:59:30", "service": "green"})
     ] * 2
-    by_objects = P.format_lines(0.0, "predict_batch", "r", "1", quotes, [10.0, 11.5])
-    by_columns = P.format_lines(0.0, "predict_batch", "r", "1", quotes_to_columns(quotes), [10.0, 11.5])
+    by_objects = P.format_record(0.0, "predict_batch", "r", "1", quotes, [10.0, 11.5])
+    by_columns = P.format_record(0.0, "predict_batch", "r", "1", quotes_to_columns(quotes), [10.0, 11.5])
     assert by_objects == by_columns
-    assert json.loads(by_objects[1])["pickup_datetime"] == "2024-07-01T23:59:30"
-    assert json.loads(by_objects[0])["ts"] == "1970-01-01T00:00:00.000Z"
+    assert by_objects.endswith("\n") and by_objects.count("\n") == 1
+    record = json.loads(by_objects)
+    assert record["ts"] == "1970-01-01T00:00:00.000Z"
+    assert record["pickup_datetime"] == ["2024-07-01T23:59:30"] * 2
+    assert [r["index"] for r in P.explode(record)] == [0, 1]
 
 
 def test_stdout_sink(capsys):
@@ -101,7 +108,7 @@ def test_stdout_sink(capsys):
     log.record("predict", "x", "3", _columns(), [42.0])
     log.close()
     line = capsys.readouterr().out.strip()
-    assert json.loads(line)["fare_amount"] == 42.0
+    assert json.loads(line)["fare_amount"] == [42.0]
 
 
 def test_disabled_log_writes_nothing(tmp_path):
@@ -127,3 +134,16 @@ def test_bad_sink_setting_says_what_is_allowed():
         ValueError, match="TAXI_PREDICTION_LOG='syslog': expected one of file, stdout, both, off"
     ):
         P.sinks_from_env({P.ENV_SINKS: "syslog"})
+
+
+def test_duckdb_reads_the_log_one_row_per_quote(tmp_path):
+    import duckdb
+
+    with P.PredictionLog(tmp_path) as log:
+        log.record("predict", "a", "1", _columns(), [70.0])
+        log.record("predict_batch", "b", "1", _columns(3, pickup_zone=1), [10.0, 11.0, 12.0])
+    rows = duckdb.sql(
+        f"""SELECT request_id, unnest(pickup_zone) AS pickup_zone, unnest(fare_amount) AS fare_amount
+            FROM read_json('{tmp_path}/predictions-*.jsonl') ORDER BY request_id, fare_amount"""
+    ).fetchall()
+    assert rows == [("a", 132, 70.0), ("b", 1, 10.0), ("b", 1, 11.0), ("b", 1, 12.0)]

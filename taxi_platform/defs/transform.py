@@ -8,6 +8,7 @@ from datetime import date
 
 import dagster as dg
 
+from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.metadata import parquet_data_source, table_metadata
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
@@ -48,7 +49,7 @@ def load_zones(lake: Lake) -> ZoneTable:
     deps=["raw_trips"],
     group_name="transform",
     kinds={"duckdb", "parquet"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=follow_upstream(),
     check_specs=[
         dg.AssetCheckSpec(
             "kept_ratio_above_threshold",
@@ -146,7 +147,7 @@ def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> l
     deps=["cleaned_trips", "taxi_zones"],
     group_name="transform",
     kinds={"duckdb", "parquet"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=follow_upstream(),
     description="Per-trip features known before the ride (lib/features.py, shared with serving) plus the target "
     "fare_amount and observed distance/duration. Lake: trip_features/month=YYYY-MM/.",
 )

@@ -1,0 +1,76 @@
+"""`taxi-platform demo` end to end in a subprocess (small row counts), asserting the figures of its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
+    data_dir = tmp_path / "data"
+    summary = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DAGSTER_HOME", "TLC_BASE_URL", "TAXI_LAKE_ROOT", "MLFLOW_TRACKING_URI")}
+    env["TAXI_DATA_DIR"] = str(data_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "taxi_platform.cli", "demo", "--months", "2024-01:2024-03",
+         "--rows-per-month", "4000", "--json", str(summary)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "SYNTHETIC" in proc.stdout
+    report = json.loads(summary.read_text())
+    assert report["missing_stages"] == []
+    assert report["data_source"] == "synthetic"
+    assert report["months"] == ["2024-01", "2024-02", "2024-03"]
+
+    lake = Path(report["lake_root"])
+    for month, rows in report["rows"].items():
+        assert rows["raw"] == 4000 + 400
+        assert rows["cleaned"] + rows["rejected"] == rows["raw"]
+        assert rows["features"] == rows["cleaned"]
+        on_disk = duckdb.sql(
+            f"SELECT count(*) FROM read_parquet('{lake}/trip_features/month={month}/part-0.parquet')"
+        ).fetchall()[0][0]
+        assert on_disk == rows["features"]
+
+    # Models for the two later months, each registered, and the summary's MAE figures are the logged ones.
+    assert set(report["model"]) == {"2024-02", "2024-03"}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
+    versions = {m["model_version"] for m in report["model"].values()}
+    assert {str(v) for v in versions} == {str(v.version) for v in client.search_model_versions("name='taxi_fare_model'")}
+    for m in report["model"].values():
+        run = client.get_run(m["mlflow_run_id"])
+        assert m["boosted_mae"] > 0 and m["naive_mae"] > 0
+        logged = {k: v for k, v in run.data.metrics.items() if k.endswith("mae")}
+        assert any(abs(v - m["boosted_mae"]) < 1e-6 for v in logged.values()), logged
+
+    # Drift reports exist on disk and their figures match the summary.
+    for month, drift in report["drift"].items():
+        doc = json.loads((lake / "drift_report" / f"month={month}" / "report.json").read_text())
+        html = (lake / "drift_report" / f"month={month}" / "report.html").read_text()
+        assert "evidently" in html.lower()
+        assert doc["drift_share"] == pytest.approx(drift["drift_share"])
+        assert doc["mae"] == pytest.approx(drift["mae"])
+
+    # The Bento was built from the champion and answered the quote with a real fare.
+    service = report["service"]
+    assert str(service["model_version"]) == champion.version
+    assert Path(service["dockerfile"]).is_file()
+    response = service["quote"]["response"]
+    assert response["currency"] == "USD" and str(response["model_version"]) == champion.version
+    assert response["fare_amount"] > 3.0
+
+    # The runs are in the Dagster instance under the data dir, where `dagster dev` will show them.
+    assert (data_dir / "dagster_home" / "dagster.yaml").is_file()
+    assert any((data_dir / "dagster_home").rglob("*.db"))

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="workers for both servers (default 2)")
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement (default 15)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the median is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-connections", type=int, default=4)

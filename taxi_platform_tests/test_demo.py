@@ -53,7 +53,7 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
         run = client.get_run(m["mlflow_run_id"])
         assert m["boosted_mae"] > 0 and m["naive_mae"] > 0
         logged = {k: v for k, v in run.data.metrics.items() if k.endswith("mae")}
-        assert any(abs(v - m["boosted_mae"]) < 1e-6 for v in logged.values()), logged
+        assert any(abs(v - m["boosted_mae"]) < 1e-3 for v in logged.values()), logged  # metadata is rounded
 
     # Drift reports exist on disk and their figures match the summary.
     for month, drift in report["drift"].items():

@@ -89,8 +89,14 @@ def _as_numpy(col) -> np.ndarray:
         if pa.types.is_timestamp(col.type):
             return _buffer_view(col, np.int64).view(f"datetime64[{col.type.unit}]")
         if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-            return _buffer_view(col, np.dtype(str(col.type).replace("double", "float64").replace("float", "float32")
-                                               if str(col.type) in ("double", "float") else str(col.type)))
+            return _buffer_view(
+                col,
+                np.dtype(
+                    str(col.type).replace("double", "float64").replace("float", "float32")
+                    if str(col.type) in ("double", "float")
+                    else str(col.type)
+                ),
+            )
         return col.to_numpy(zero_copy_only=False)
     return np.asarray(col)
 
@@ -109,16 +115,43 @@ def _service_codes(col) -> np.ndarray:
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
         if pa.types.is_dictionary(col.type):
-            lookup = np.array([SERVICES.index(v) if v in SERVICES else 0 for v in col.dictionary.to_pylist()],
-                              dtype=np.int8)
-            indices = col.indices.cast(pa.int64()) if col.indices.null_count == 0 else col.indices.fill_null(0)
+            lookup = np.array(
+                [SERVICES.index(v) if v in SERVICES else 0 for v in col.dictionary.to_pylist()], dtype=np.int8
+            )
+            indices = (
+                col.indices.cast(pa.int64()) if col.indices.null_count == 0 else col.indices.fill_null(0)
+            )
             return lookup[_buffer_view(indices.cast(pa.int64()), np.int64)]
         return _buffer_view(pc.cast(pc.equal(col.cast(pa.string()), pa.scalar("green")), pa.int8()), np.int8)
     return (np.asarray(col).astype(str) == "green").astype(np.int8)
 
 
+def _zone_ids(col) -> np.ndarray:
+    """Zone IDs as an integer index array; anything outside 0..265 maps to 0 (borough "Unknown")."""
+    ids = _as_numpy(col)
+    if ids.dtype.kind not in "iu":
+        ids = ids.astype(np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() > MAX_ZONE_ID):
+        ids = np.where((ids < 0) | (ids > MAX_ZONE_ID), 0, ids)
+    return ids
+
+
+def _arrow_int8(values: np.ndarray) -> pa.Array:
+    """A null-free int8 arrow array over the numpy buffer (``pa.array`` would import pandas to check types)."""
+    values = np.ascontiguousarray(values, dtype=np.int8)
+    return pa.Array.from_buffers(pa.int8(), len(values), [None, pa.py_buffer(values)])
+
+
+def _arrow_strings(values: tuple[str, ...]) -> pa.Array:
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.cumsum([0, *(len(e) for e in encoded)], dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
 def _dictionary(codes: np.ndarray, categories: tuple[str, ...]) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), pa.array(list(categories)))
+    return pa.DictionaryArray.from_arrays(_arrow_int8(codes), _arrow_strings(categories))
 
 
 def compute_feature_arrays(quotes: Mapping[str, object], zones: ZoneTable) -> dict[str, np.ndarray]:
@@ -128,10 +161,12 @@ def compute_feature_arrays(quotes: Mapping[str, object], zones: ZoneTable) -> di
     Zone IDs outside 0..265 map to borough "Unknown"; callers validate inputs before this.
     """
     ts = _as_numpy(quotes["pickup_datetime"]).astype("datetime64[m]").astype(np.int64)
-    pu = np.clip(_as_numpy(quotes["pickup_zone"]).astype(np.int64), 0, MAX_ZONE_ID)
-    do = np.clip(_as_numpy(quotes["dropoff_zone"]).astype(np.int64), 0, MAX_ZONE_ID)
+    pu = _zone_ids(quotes["pickup_zone"])
+    do = _zone_ids(quotes["dropoff_zone"])
     pax = _as_numpy(quotes["passenger_count"])
-    pax = np.nan_to_num(pax.astype(np.float64), nan=1.0).astype(np.int8)
+    if pax.dtype.kind == "f" or pax.dtype == object:
+        pax = np.nan_to_num(pax.astype(np.float64), nan=1.0)
+    pax = pax.astype(np.int8, copy=False)
     service_code = _service_codes(quotes["service"])
 
     hour = ((ts // 60) % 24).astype(np.int8)
@@ -144,9 +179,9 @@ def compute_feature_arrays(quotes: Mapping[str, object], zones: ZoneTable) -> di
     airport = np.zeros(MAX_ZONE_ID + 1, dtype=np.int8)
     airport[list(AIRPORT_ZONES)] = 1
     manhattan = BOROUGHS.index("Manhattan")
-    jfk_manhattan = (((pu == JFK_ZONE) & (do_b == manhattan)) | ((do == JFK_ZONE) & (pu_b == manhattan))).astype(
-        np.int8
-    )
+    jfk_manhattan = (
+        ((pu == JFK_ZONE) & (do_b == manhattan)) | ((do == JFK_ZONE) & (pu_b == manhattan))
+    ).astype(np.int8)
     return {
         "service": service_code,
         "pickup_hour": hour,
@@ -168,7 +203,9 @@ def compute_features(quotes: Mapping[str, object], zones: ZoneTable) -> pa.Table
     """Features as an arrow table (categoricals dictionary-encoded with their fixed category lists)."""
     arrays = compute_feature_arrays(quotes, zones)
     columns = {
-        name: _dictionary(arr, CATEGORICAL_FEATURES[name]) if name in CATEGORICAL_FEATURES else pa.array(arr)
+        name: _dictionary(arr, CATEGORICAL_FEATURES[name])
+        if name in CATEGORICAL_FEATURES
+        else _arrow_int8(arr)
         for name, arr in arrays.items()
     }
     return pa.table(columns)

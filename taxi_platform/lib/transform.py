@@ -91,7 +91,8 @@ def write_parquet(
 ) -> None:
     """Write a table or a stream of record batches as one Parquet file at ``dest``, atomically.
 
-    pyarrow's writer needs about half the CPU of DuckDB's COPY for these tables; dictionary encoding is kept for
+    pyarrow's writer needs about half the CPU of DuckDB's COPY for these tables, and snappy is the
+    fastest codec that every Parquet reader supports; dictionary encoding is kept for
     the low-cardinality columns only, where it pays.
     """
     schema = data.schema.with_metadata(
@@ -105,9 +106,7 @@ def write_parquet(
         or f.name in ("pickup_zone", "dropoff_zone")
     ]
     with lake.staged_file(dest) as tmp:
-        with pq.ParquetWriter(
-            tmp, schema, compression="zstd", compression_level=1, use_dictionary=dict_columns
-        ) as writer:
+        with pq.ParquetWriter(tmp, schema, compression="snappy", use_dictionary=dict_columns) as writer:
             if isinstance(data, pa.Table):
                 writer.write_table(data.replace_schema_metadata(schema.metadata), row_group_size=1_000_000)
             else:
@@ -136,9 +135,11 @@ def unified_select(service: str, source: str, column_names: list[str]) -> str:
         actual = present.get(src.lower())
         expr = f"TRY_CAST({_quote(actual)} AS {typ})" if actual else f"CAST(NULL AS {typ})"
         parts.append(f"{expr} AS {dst}")
-    names = ["service", "pickup_datetime", "dropoff_datetime", *(dst for dst, _ in _COMMON.values())]
-    inner = f"SELECT {', '.join(parts)} FROM read_parquet({_sql_str(source)})"
-    return f"SELECT *, hash({', '.join(names)}) AS _row_hash FROM ({inner})"
+    parts.append("file_row_number AS _row")
+    return f"SELECT {', '.join(parts)} FROM read_parquet({_sql_str(source)}, file_row_number = true)"
+
+
+SOURCE_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", *(dst for dst, _ in _COMMON.values()))
 
 
 def _month_bounds(month: date) -> tuple[str, str]:
@@ -166,7 +167,11 @@ def clean_month(
             ]
         con.execute("CREATE OR REPLACE TEMP VIEW unified AS " + " UNION ALL ".join(selects))
         start, end = _month_bounds(month)
-        con.execute(load_sql("cleaned_trips").format(month_start=start, month_end=end))
+        con.execute(
+            load_sql("cleaned_trips").format(
+                month_start=start, month_end=end, source_columns=", ".join(SOURCE_COLUMNS)
+            )
+        )
         counts = con.execute(
             """
             SELECT coalesce(reject_reason, '_kept') AS reason, service, count(*)::BIGINT,
@@ -177,11 +182,9 @@ def clean_month(
         # Extra copies of exact duplicates, by the reason their row would get (counted once as a duplicate).
         copies = con.execute(
             """
-            SELECT coalesce(reject_reason, '_kept'), service, sum(n - 1)::BIGINT,
-                   sum(CASE WHEN passenger_count IS NULL AND reject_reason IS NULL THEN n - 1 ELSE 0 END)::BIGINT
-            FROM (SELECT *, count(*) AS n FROM classified
-                  WHERE _row_hash IN (SELECT _row_hash FROM dup_hashes) GROUP BY ALL)
-            GROUP BY ALL
+            SELECT coalesce(reject_reason, '_kept'), service, count(*)::BIGINT,
+                   count(*) FILTER (WHERE passenger_count IS NULL AND reject_reason IS NULL)::BIGINT
+            FROM dropped_copies GROUP BY ALL
             """
         ).fetchall()
         extra = {(r, s): (c, i) for r, s, c, i in copies}

@@ -1,5 +1,6 @@
 -- Classify every unified trip of one month: NULL reason = keep, otherwise the first rule it breaks.
--- The caller formats {month_start} / {month_end} (first instant of the month and of the next month).
+-- The caller formats {month_start} / {month_end} (first instant of the month and of the next month) and
+-- {source_columns} (every unified source column: rows equal in all of them are exact duplicates).
 CREATE OR REPLACE TEMP VIEW classified AS
 SELECT
     *,
@@ -22,15 +23,27 @@ SELECT
     END AS reject_reason
 FROM unified;
 
--- Hashes shared by more than one row: the only rows that can be exact duplicates. Usually a tiny set, so
--- exact de-duplication (DISTINCT over every source column) runs on it alone instead of on the whole month.
-CREATE OR REPLACE TEMP TABLE dup_hashes AS
-SELECT _row_hash FROM unified GROUP BY _row_hash HAVING count(*) > 1;
+-- Exact duplicates agree on every column, so they share this cheap key. Rows whose key is unique (nearly all)
+-- cannot be duplicates, and exact comparison over every column then runs on the few candidates only.
+CREATE OR REPLACE TEMP TABLE dup_keys AS
+SELECT service, _key FROM (
+    SELECT service, hash(pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount) AS _key
+    FROM unified
+) GROUP BY ALL HAVING count(*) > 1;
 
--- Rows to keep, each exact duplicate group collapsed to one row.
-CREATE OR REPLACE TEMP VIEW kept AS
+CREATE OR REPLACE TEMP TABLE dup_candidates AS
 SELECT * FROM classified
-WHERE reject_reason IS NULL AND _row_hash NOT IN (SELECT _row_hash FROM dup_hashes)
-UNION ALL
-SELECT DISTINCT * FROM classified
-WHERE reject_reason IS NULL AND _row_hash IN (SELECT _row_hash FROM dup_hashes);
+WHERE (service, hash(pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount))
+      IN (SELECT (service, _key) FROM dup_keys);
+
+-- Every copy after the first (by row number in its file) of an exact-duplicate group is dropped.
+CREATE OR REPLACE TEMP TABLE dropped_copies AS
+SELECT * FROM (
+    SELECT *, row_number() OVER (PARTITION BY {source_columns} ORDER BY _row) AS _copy
+    FROM dup_candidates
+) WHERE _copy > 1;
+
+CREATE OR REPLACE TEMP VIEW kept AS
+SELECT c.* FROM classified c
+ANTI JOIN dropped_copies d ON c.service = d.service AND c._row = d._row
+WHERE c.reject_reason IS NULL;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -16,6 +17,20 @@ from taxi_platform.lib.sample import write_sample_mirror
 MIRROR_MONTHS = [date(2023, 1, 1), date(2023, 6, 1), date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1),
                  date(2025, 2, 1)]
 MIRROR_ROWS = {"yellow": 4000, "green": 600}
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_env():
+    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export ``MLFLOW_*`` variables for subprocesses;
+    restore them after each test so one test's registry never leaks into another test's subprocesses."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @dataclass

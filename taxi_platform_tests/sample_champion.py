@@ -15,6 +15,7 @@ directory and shared by the test modules that need a champion (copy the registry
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def train_sample_champion(
     )
 
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None and not tracking_uri.startswith(("http://", "https://")):
         # A local store keeps artifacts under data_dir, never in the working directory (a server proxies them).
@@ -132,10 +134,15 @@ def signature_frame(model, frame):
     return frame
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment minus MLflow URIs another test may have exported (``mlflow.set_*_uri`` does that)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def train_in_subprocess(data_dir: Path, tracking_uri: str | None = None, timeout: float = 600) -> Champion:
     """:func:`train_sample_champion` in a fresh process (MLflow's global state stays out of the test session)."""
     cmd = [sys.executable, __file__, str(data_dir)] + ([tracking_uri] if tracking_uri else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_clean_env())
     if proc.returncode != 0:
         raise RuntimeError(f"training the sample champion failed:\n{proc.stderr[-3000:]}")
     return Champion(**json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -164,6 +171,7 @@ def predict_in_subprocess(
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=_clean_env(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"pyfunc predictions failed:\n{proc.stderr[-3000:]}")

@@ -198,6 +198,7 @@ def bentoml_env(
     env.setdefault("OMP_NUM_THREADS", "1")
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+        env["MLFLOW_REGISTRY_URI"] = tracking_uri  # never a registry some earlier mlflow.set_registry_uri exported
     return env
 
 

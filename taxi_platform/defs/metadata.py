@@ -7,10 +7,7 @@ from typing import Any
 import dagster as dg
 
 from taxi_platform.lib.lake import Lake
-
-
-def _q(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"
+from taxi_platform.lib.sql import sql_literal
 
 
 def parquet_data_source(lake: Lake, path: str) -> str:
@@ -18,7 +15,7 @@ def parquet_data_source(lake: Lake, path: str) -> str:
     con = lake.connect()
     try:
         rows = con.execute(
-            f"SELECT value FROM parquet_kv_metadata({_q(path)}) WHERE decode(key) = 'data_source'"
+            f"SELECT value FROM parquet_kv_metadata({sql_literal(path)}) WHERE decode(key) = 'data_source'"
         ).fetchall()
     finally:
         con.close()
@@ -29,9 +26,11 @@ def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, An
     """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path of one Parquet file."""
     con = lake.connect()
     try:
-        rows = con.execute(f"SELECT count(*) FROM read_parquet({_q(path)})").fetchone()[0]
-        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_q(path)})").fetchall()
-        sample = con.execute(f"SELECT * FROM read_parquet({_q(path)}) LIMIT {int(preview_rows)}").fetchall()
+        rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(path)})").fetchone()[0]
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_literal(path)})").fetchall()
+        sample = con.execute(
+            f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT {int(preview_rows)}"
+        ).fetchall()
     finally:
         con.close()
     names = [d[0] for d in described]

@@ -3,7 +3,6 @@
 No ``from __future__ import annotations`` here: Dagster inspects the ``context`` annotation at runtime.
 """
 
-
 from datetime import date
 
 import dagster as dg
@@ -14,14 +13,11 @@ from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.features import ZoneTable
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.transform import clean_month
+from taxi_platform.lib.sql import sql_literal
+from taxi_platform.lib.transform import build_features, clean_month, month_bounds
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80
-
-
-def _q(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"
 
 
 def _month(context: dg.AssetExecutionContext) -> date:
@@ -107,17 +103,17 @@ def cleaned_trips(
 
 
 def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> list[dg.AssetCheckResult]:
-    nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+    start, end = month_bounds(month)
     con = store.connect()
     try:
         null_counts = con.execute(
             "SELECT "
             + ", ".join(f"count(*) FILTER (WHERE {c} IS NULL)" for c in KEY_COLUMNS)
-            + f" FROM read_parquet({_q(path)})"
+            + f" FROM read_parquet({sql_literal(path)})"
         ).fetchone()
         outside = con.execute(
-            f"SELECT count(*) FROM read_parquet({_q(path)}) "
-            f"WHERE pickup_datetime < TIMESTAMP '{month.isoformat()}' OR pickup_datetime >= TIMESTAMP '{nxt.isoformat()}'"
+            f"SELECT count(*) FROM read_parquet({sql_literal(path)}) "
+            f"WHERE pickup_datetime < TIMESTAMP '{start}' OR pickup_datetime >= TIMESTAMP '{end}'"
         ).fetchone()[0]
     finally:
         con.close()
@@ -152,8 +148,6 @@ def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> l
     "fare_amount and observed distance/duration. Lake: trip_features/month=YYYY-MM/.",
 )
 def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-    from taxi_platform.lib.transform import build_features
-
     store = lake.lake()
     source = store.partition_path("cleaned_trips", context.partition_key)
     if not store.exists(source):

@@ -47,6 +47,7 @@ import numpy as np
 
 from taxi_platform.lib.features import QUOTE_COLUMNS
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.sql import sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -167,10 +168,6 @@ class CheckOutcome:
 
 
 # -- reading the lake ------------------------------------------------------------------------------------
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def month_label(partition_key: str) -> str:
     return partition_key[:7]
 
@@ -182,7 +179,7 @@ def missing_months(lake: Lake, months: Sequence[str]) -> list[str]:
 
 def month_row_count(lake: Lake, months: Sequence[str]) -> int:
     """Rows in the ``trip_features`` files of ``months`` (from the Parquet footers)."""
-    files = "[" + ", ".join(_sql_str(lake.partition_path(TABLE, m)) for m in months) + "]"
+    files = "[" + ", ".join(sql_literal(lake.partition_path(TABLE, m)) for m in months) + "]"
     con = lake.connect()
     try:
         return int(
@@ -210,8 +207,8 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
         )
     cols = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" if c in _STRING_COLUMNS else c for c in SAMPLE_COLUMNS)
     parts = [
-        f"SELECT {cols}, hash({_sql_str(m[:7])}, file_row_number, {int(seed)}) AS _h "
-        f"FROM read_parquet({_sql_str(lake.partition_path(TABLE, m))}, file_row_number = true, "
+        f"SELECT {cols}, hash({sql_literal(m[:7])}, file_row_number, {int(seed)}) AS _h "
+        f"FROM read_parquet({sql_literal(lake.partition_path(TABLE, m))}, file_row_number = true, "
         "hive_partitioning = false)"
         for m in months
     ]

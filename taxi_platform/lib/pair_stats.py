@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from taxi_platform.lib.features import BOROUGHS, MAX_ZONE_ID, ZoneTable
+from taxi_platform.lib.sql import sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from taxi_platform.lib.lake import Lake
@@ -130,10 +131,6 @@ def resolve(
     )
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def compute_pair_stats(
     lake: Lake,
     paths: Sequence[str],
@@ -147,8 +144,8 @@ def compute_pair_stats(
     """
     if not paths:
         raise ValueError("compute_pair_stats needs at least one trip_features file (the training window)")
-    files = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
-    boroughs = "[" + ", ".join(_sql_str(b) for b in BOROUGHS) + "]"
+    files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
+    boroughs = "[" + ", ".join(sql_literal(b) for b in BOROUGHS) + "]"
     meds = ", ".join(f"median({c}) AS med_{s}" for s, c in _SOURCE_COLUMNS.items())
     con = lake.connect()
     try:

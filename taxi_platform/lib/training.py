@@ -35,6 +35,7 @@ from taxi_platform.lib.features import (
     ZoneTable,
 )
 from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
+from taxi_platform.lib.sql import sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -112,12 +113,8 @@ class TrainingResult:
 
 
 # -- reading the lake ------------------------------------------------------------------------------------
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _enum(values: Sequence[str]) -> str:
-    return "ENUM(" + ", ".join(_sql_str(v) for v in values) + ")"
+    return "ENUM(" + ", ".join(sql_literal(v) for v in values) + ")"
 
 
 def feature_paths(lake: Lake, months: Sequence[str]) -> list[str]:
@@ -128,7 +125,7 @@ def window_row_count(lake: Lake, months: Sequence[str]) -> int:
     """Rows in the window's files (from Parquet footers)."""
     con = lake.connect()
     try:
-        files = "[" + ", ".join(_sql_str(p) for p in feature_paths(lake, months)) + "]"
+        files = "[" + ", ".join(sql_literal(p) for p in feature_paths(lake, months)) + "]"
         return int(con.execute(f"SELECT count(*) FROM read_parquet({files})").fetchall()[0][0])
     finally:
         con.close()
@@ -157,11 +154,11 @@ def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int =
     select_cols = ", ".join(cols)
     con = lake.connect()
     try:
-        files = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
+        files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
         total = int(con.execute(f"SELECT count(*) FROM read_parquet({files})").fetchall()[0][0])
         parts = [
-            f"SELECT {select_cols}, hash({_sql_str(m[:7])}, file_row_number, {int(seed)}) AS _h "
-            f"FROM read_parquet({_sql_str(p)}, file_row_number = true)"
+            f"SELECT {select_cols}, hash({sql_literal(m[:7])}, file_row_number, {int(seed)}) AS _h "
+            f"FROM read_parquet({sql_literal(p)}, file_row_number = true)"
             for m, p in zip(months, paths, strict=True)
         ]
         union = " UNION ALL ".join(parts)

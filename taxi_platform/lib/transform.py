@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from taxi_platform.lib.features import FEATURE_COLUMNS, SERVICES, ZoneTable, compute_features
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sql import load_sql
+from taxi_platform.lib.sql import load_sql, sql_literal
 
 # Source column (per service) → unified name and DuckDB type. Missing optional columns become NULL.
 _COMMON = {
@@ -118,16 +118,12 @@ def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def unified_select(service: str, source: str, column_names: list[str]) -> str:
     """SELECT mapping one raw TLC file of ``service`` onto the unified schema (any schema era)."""
     present = {name.lower(): name for name in column_names}
     pickup, dropoff = _TIMESTAMPS[service]
     parts = [
-        f"{_sql_str(service)} AS service",
+        f"{sql_literal(service)} AS service",
         f"CAST({_quote(present[pickup.lower()])} AS TIMESTAMP) AS pickup_datetime",
         f"CAST({_quote(present[dropoff.lower()])} AS TIMESTAMP) AS dropoff_datetime",
     ]
@@ -136,13 +132,14 @@ def unified_select(service: str, source: str, column_names: list[str]) -> str:
         expr = f"TRY_CAST({_quote(actual)} AS {typ})" if actual else f"CAST(NULL AS {typ})"
         parts.append(f"{expr} AS {dst}")
     parts.append("file_row_number AS _row")
-    return f"SELECT {', '.join(parts)} FROM read_parquet({_sql_str(source)}, file_row_number = true)"
+    return f"SELECT {', '.join(parts)} FROM read_parquet({sql_literal(source)}, file_row_number = true)"
 
 
 SOURCE_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", *(dst for dst, _ in _COMMON.values()))
 
 
-def _month_bounds(month: date) -> tuple[str, str]:
+def month_bounds(month: date) -> tuple[str, str]:
+    """First instant of ``month`` and of the next month, as SQL timestamp text."""
     nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
     return f"{month.isoformat()} 00:00:00", f"{nxt.isoformat()} 00:00:00"
 
@@ -159,14 +156,15 @@ def clean_month(
         rows_in: dict[str, int] = {}
         for service, path in sorted(raw_files.items()):
             names = [
-                r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(path)})").fetchall()
+                r[0]
+                for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_literal(path)})").fetchall()
             ]
             selects.append(unified_select(service, path, names))
-            rows_in[service] = con.execute(f"SELECT count(*) FROM read_parquet({_sql_str(path)})").fetchone()[
-                0
-            ]
+            rows_in[service] = con.execute(
+                f"SELECT count(*) FROM read_parquet({sql_literal(path)})"
+            ).fetchone()[0]
         con.execute("CREATE OR REPLACE TEMP VIEW unified AS " + " UNION ALL ".join(selects))
-        start, end = _month_bounds(month)
+        start, end = month_bounds(month)
         con.execute(
             load_sql("cleaned_trips").format(
                 month_start=start, month_end=end, source_columns=", ".join(SOURCE_COLUMNS)
@@ -232,12 +230,12 @@ def build_features(lake: Lake, cleaned_path: str, zones: ZoneTable, dest: str) -
     try:
         table = con.sql(
             f"""SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count,
-                       CAST(service AS ENUM({", ".join(_sql_str(s) for s in SERVICES)})) AS service,
+                       CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,
                        fare_amount, trip_distance, trip_duration_min
-                FROM read_parquet({_sql_str(cleaned_path)})"""
+                FROM read_parquet({sql_literal(cleaned_path)})"""
         ).to_arrow_table()
         kv = con.execute(
-            f"SELECT value FROM parquet_kv_metadata({_sql_str(cleaned_path)}) WHERE decode(key) = 'data_source'"
+            f"SELECT value FROM parquet_kv_metadata({sql_literal(cleaned_path)}) WHERE decode(key) = 'data_source'"
         ).fetchall()
         data_source = bytes(kv[0][0]) if kv else None
     finally:

@@ -7,3 +7,8 @@ from importlib.resources import files
 
 def load_sql(name: str) -> str:
     return files(__package__).joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal (single quotes doubled), e.g. for a path in ``read_parquet(...)``."""
+    return "'" + value.replace("'", "''") + "'"

@@ -32,7 +32,13 @@ from taxi_platform.lib.pair_stats import PairStats
 from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_design
 
 # Modules the pickled model needs at load time (shipped as code_paths, with empty package __init__ files).
-MODEL_CODE_MODULES = ("lib/features.py", "lib/pair_stats.py", "lib/training.py", "lib/fare_pyfunc.py")
+MODEL_CODE_MODULES = (
+    "lib/features.py",
+    "lib/pair_stats.py",
+    "lib/training.py",
+    "lib/fare_pyfunc.py",
+    "lib/sql/__init__.py",
+)
 FAST_PATH_MAX_ROWS = 48  # compiled walk beats scikit-learn below ~64 rows (measured)
 MAX_PASSENGERS = 9
 
@@ -399,6 +405,7 @@ def stage_model_code(dest: Path) -> Path:
     (pkg / "__init__.py").write_text('"""Fare model code shipped with the MLflow model."""\n')
     (pkg / "lib" / "__init__.py").write_text("")
     for rel in MODEL_CODE_MODULES:
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src_root / rel, pkg / rel)
     return pkg
 

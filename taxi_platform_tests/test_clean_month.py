@@ -154,3 +154,47 @@ def test_failed_write_leaves_previous_partition(tmp_path):
     after_dir = sorted(p.name for p in (tmp_path / "lake" / "cleaned_trips" / "month=2024-03").iterdir())
     assert after_dir == ["part-0.parquet"]
     assert (tmp_path / "lake" / "cleaned_trips" / "month=2024-03" / "part-0.parquet").read_bytes() == before
+
+
+def test_duplicate_groups_near_duplicates_and_rejected_copies(tmp_path):
+    """Three copies count twice; a row differing only in a column cleaned_trips drops is no duplicate;
+    copies of a rejected row count once under their reason and otherwise as duplicates."""
+    month = date(2024, 3, 1)
+    raw = _rows("yellow", month, [
+        {}, {}, {},                                 # one trip, three identical copies
+        {"fare": -5.0}, {"fare": -5.0},             # a rejected trip and its copy
+        {"fare": 40.0, "dist": 12.0},               # the near-duplicate pair below
+        {"fare": 40.0, "dist": 12.0},
+        {"pax": None, "fare": 9.0}, {"pax": None, "fare": 9.0},  # imputed passenger count, duplicated
+    ])
+    flags = ["N"] * raw.num_rows
+    flags[6] = "Y"  # differs from row 5 only in store_and_fwd_flag, which cleaned_trips does not keep
+    raw = raw.set_column(raw.schema.get_field_index("store_and_fwd_flag"), "store_and_fwd_flag",
+                         pa.array(flags, raw.schema.field("store_and_fwd_flag").type))
+    lake = Lake(str(tmp_path / "lake"))
+    dest = lake.partition_path("cleaned_trips", "2024-03-01")
+    result = clean_month(lake, {"yellow": _write(tmp_path, "raw.parquet", raw)}, month, dest)
+    assert result.rejected == {"exact_duplicate": 4, "non_positive_fare": 1}
+    assert result.rows_out == 4
+    assert result.passenger_count_imputed == 1
+    assert sorted(pq.read_table(dest)["fare_amount"].to_pylist()) == [9.0, 18.4, 40.0, 40.0]
+
+
+def test_parquet_sink_writer_error_surfaces_and_publishes_nothing(tmp_path):
+    from taxi_platform.lib.transform import ParquetSink
+
+    lake = Lake(str(tmp_path / "lake"))
+    dest = lake.partition_path("cleaned_trips", "2024-03-01")
+    schema = pa.schema([("fare_amount", pa.float64())])
+    with pytest.raises(Exception, match="schema|Schema"):
+        with ParquetSink(lake, dest, schema, {"data_source": "test"}) as sink:
+            sink.put(pa.record_batch([pa.array([1.0])], schema=schema))
+            sink.put(pa.record_batch([pa.array(["not a number"])], names=["fare_amount"]))
+            for _ in range(20):  # the writer thread fails asynchronously; later puts or the exit report it
+                sink.put(pa.record_batch([pa.array([2.0])], schema=schema))
+    assert not list((tmp_path / "lake").rglob("*.parquet")) and not list((tmp_path / "lake").rglob(".*.tmp"))
+    with ParquetSink(lake, dest, schema, {"data_source": "test"}) as sink:
+        sink.put(pa.record_batch([pa.array([1.0, 2.0])], schema=schema))
+    table = pq.read_table(dest)
+    assert table["fare_amount"].to_pylist() == [1.0, 2.0]
+    assert table.schema.metadata[b"data_source"] == b"test"

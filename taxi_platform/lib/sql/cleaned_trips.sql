@@ -1,6 +1,7 @@
 -- Classify every unified trip of one month: NULL reason = keep, otherwise the first rule it breaks.
--- The caller formats {month_start} / {month_end} (first instant of the month and of the next month) and
--- {source_columns} (every unified source column: rows equal in all of them are exact duplicates).
+-- The caller formats {month_start} / {month_end} (first instant of the month and of the next month).
+-- _key is a cheap fingerprint of a few columns: exact duplicates share it, so rows whose _key is unique
+-- (nearly all) cannot be duplicates and the exact comparison runs on the few others only.
 CREATE OR REPLACE TEMP VIEW classified AS
 SELECT
     *,
@@ -20,30 +21,6 @@ SELECT
             OR pickup_zone NOT BETWEEN 1 AND 263 OR dropoff_zone NOT BETWEEN 1 AND 263 THEN 'unknown_zone'
         WHEN passenger_count > 9 THEN 'passenger_count_over_9'
         ELSE NULL
-    END AS reject_reason
-FROM unified;
-
--- Exact duplicates agree on every column, so they share this cheap key. Rows whose key is unique (nearly all)
--- cannot be duplicates, and exact comparison over every column then runs on the few candidates only.
-CREATE OR REPLACE TEMP TABLE dup_keys AS
-SELECT service, _key FROM (
-    SELECT service, hash(pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount) AS _key
-    FROM unified
-) GROUP BY ALL HAVING count(*) > 1;
-
-CREATE OR REPLACE TEMP TABLE dup_candidates AS
-SELECT * FROM classified
-WHERE (service, hash(pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount))
-      IN (SELECT (service, _key) FROM dup_keys);
-
--- Every copy after the first (by row number in its file) of an exact-duplicate group is dropped.
-CREATE OR REPLACE TEMP TABLE dropped_copies AS
-SELECT * FROM (
-    SELECT *, row_number() OVER (PARTITION BY {source_columns} ORDER BY _row) AS _copy
-    FROM dup_candidates
-) WHERE _copy > 1;
-
-CREATE OR REPLACE TEMP VIEW kept AS
-SELECT c.* FROM classified c
-ANTI JOIN dropped_copies d ON c.service = d.service AND c._row = d._row
-WHERE c.reject_reason IS NULL;
+    END AS reject_reason,
+    hash(service, pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount) AS _key
+FROM unified

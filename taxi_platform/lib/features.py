@@ -80,6 +80,9 @@ class ZoneTable:
         return ids[(ids >= 1) & ~np.isin(ids, UNKNOWN_ZONES)]
 
 
+_ARROW_FLOATS = {"double": "float64", "float": "float32", "halffloat": "float16"}
+
+
 def _as_numpy(col) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
@@ -89,14 +92,7 @@ def _as_numpy(col) -> np.ndarray:
         if pa.types.is_timestamp(col.type):
             return _buffer_view(col, np.int64).view(f"datetime64[{col.type.unit}]")
         if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-            return _buffer_view(
-                col,
-                np.dtype(
-                    str(col.type).replace("double", "float64").replace("float", "float32")
-                    if str(col.type) in ("double", "float")
-                    else str(col.type)
-                ),
-            )
+            return _buffer_view(col, _ARROW_FLOATS.get(str(col.type), str(col.type)))
         return col.to_numpy(zero_copy_only=False)
     return np.asarray(col)
 

@@ -291,3 +291,19 @@ def test_fare_grows_with_distance_passes_for_real_model_and_fails_when_distance_
 
     flat = fare_grows_with_distance(lambda q: np.full(len(q["pickup_zone"]), 20.0), trained.pair_stats, zones)
     assert not flat.passed and flat.share_far_dearer == 0.0
+
+
+def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
+    from taxi_platform.lib.training import COL, LINEAR_WIDTH, MATRIX_COLUMNS, linear_design
+
+    X = np.zeros((2, len(MATRIX_COLUMNS)))
+    X[:, COL["pickup_zone"]] = [161, 132]
+    X[:, COL["dropoff_zone"]] = [236, 161]
+    X[:, COL["pickup_hour"]] = [8, 23]
+    X[:, COL["service"]] = [0, 1]
+    X[:, COL["typical_distance"]] = [2.5, 17.0]  # must not reach the baseline
+    design = linear_design(X).toarray()
+    assert design.shape == (2, LINEAR_WIDTH) == (2, 266 + 266 + 24 + 2)
+    assert design.sum(axis=1).tolist() == [4.0, 4.0]
+    assert np.flatnonzero(design[0]).tolist() == [161, 266 + 236, 532 + 8, 556]
+    assert np.flatnonzero(design[1]).tolist() == [132, 266 + 161, 532 + 23, 557]

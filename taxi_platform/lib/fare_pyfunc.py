@@ -29,7 +29,7 @@ import pandas as pd
 
 from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, ZoneTable, compute_feature_arrays
 from taxi_platform.lib.pair_stats import PairStats
-from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_design
+from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_codes
 
 # Modules the pickled model needs at load time (shipped as code_paths, with empty package __init__ files).
 MODEL_CODE_MODULES = (
@@ -183,7 +183,7 @@ class CompiledForest:
 
 
 class CompiledLinear:
-    """The linear family (``linear_design`` → Ridge) as one dot product."""
+    """The linear family (one-hot ``linear_design`` → Ridge) as four coefficient lookups per quote."""
 
     def __init__(self, pipeline) -> None:
         ridge = pipeline.steps[-1][1]
@@ -194,7 +194,7 @@ class CompiledLinear:
         return True
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return linear_design(X) @ self.coef + self.intercept
+        return self.coef[linear_codes(X)].sum(axis=1) + self.intercept
 
 
 def compile_predictor(estimator):

@@ -307,3 +307,9 @@ def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
     assert design.sum(axis=1).tolist() == [4.0, 4.0]
     assert np.flatnonzero(design[0]).tolist() == [161, 266 + 236, 532 + 8, 556]
     assert np.flatnonzero(design[1]).tolist() == [132, 266 + 161, 532 + 23, 557]
+
+
+def test_asset_config_defaults_are_the_training_defaults():
+    from taxi_platform.defs.model import FareModelConfig, _train_config
+
+    assert _train_config(FareModelConfig()) == TrainConfig()

@@ -106,7 +106,8 @@ class FareModelConfig(dg.Config):
     )
     families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
     min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
-    boosted_max_iter: int = Field(default=200, ge=1, description="Boosting iterations (no early stopping).")
+    boosted_max_iter: int = Field(default=100, ge=1, description="Boosting iterations (no early stopping).")
+    boosted_learning_rate: float = Field(default=0.2, gt=0.0, le=1.0, description="Boosting learning rate.")
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -124,6 +125,7 @@ def _train_config(config: FareModelConfig):
         families=tuple(config.families),
         min_pair_count=config.min_pair_count,
         boosted_max_iter=config.boosted_max_iter,
+        boosted_learning_rate=config.boosted_learning_rate,
         threads=config.threads,
     )
 

@@ -60,7 +60,7 @@ def build_lake(root: Path, months, rows: int, green_rows: int, seed: int) -> Lak
                 raw[service] = str(path)
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        n_rows = build_features(lake, cleaned, zones, dest)
+        n_rows = build_features(lake, lake.partition_glob("cleaned_trips", key), zones, dest)
         for path in raw.values():
             Path(path).unlink()
         print(f"  generated {key}: {n_rows:,} feature rows in {time.perf_counter() - t:.1f}s", flush=True)

@@ -46,7 +46,7 @@ elif step == "cleaned":
     r = clean_month(lake, {"yellow": raw}, date(2024, 3, 1), lake.partition_path("cleaned_trips", "2024-03-01"))
     rows = r.rows_out
 else:
-    rows = build_features(lake, lake.partition_path("cleaned_trips", "2024-03-01"), load_zone_table(),
+    rows = build_features(lake, lake.partition_glob("cleaned_trips", "2024-03-01"), load_zone_table(),
                           lake.partition_path("trip_features", "2024-03-01"))
 elapsed = time.perf_counter() - t0
 cpu_s = cpu() - c0

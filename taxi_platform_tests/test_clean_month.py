@@ -198,3 +198,12 @@ def test_parquet_sink_writer_error_surfaces_and_publishes_nothing(tmp_path):
     table = pq.read_table(dest)
     assert table["fare_amount"].to_pylist() == [1.0, 2.0]
     assert table.schema.metadata[b"data_source"] == b"test"
+
+
+def test_reject_reasons_list_matches_the_sql_rules():
+    import re
+
+    from taxi_platform.lib.sql import load_sql
+    from taxi_platform.lib.transform import REJECT_REASONS
+
+    assert tuple(re.findall(r"THEN '([a-z_0-9]+)'", load_sql("cleaned_trips"))) == REJECT_REASONS

@@ -58,7 +58,7 @@ def build_feature_lake(
             raw[service] = path
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        build_features(lake, cleaned, load_zone_table(), lake.partition_path("trip_features", key))
+        build_features(lake, lake.partition_glob("cleaned_trips", key), load_zone_table(), lake.partition_path("trip_features", key))
     return lake
 
 

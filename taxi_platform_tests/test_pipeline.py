@@ -140,12 +140,12 @@ _CHILD = textwrap.dedent(
     if mode == "kill-before-publish":
         import signal
         from taxi_platform.lib import lake as lake_mod
-        original = lake_mod.Lake.publish
-        def publish(self, local_file, dest):
-            if "/cleaned_trips/" in dest:
-                os.kill(os.getpid(), signal.SIGKILL)  # die with the new file written but not yet in place
-            return original(self, local_file, dest)
-        lake_mod.Lake.publish = publish
+        original = lake_mod.Lake.publish_partition
+        def publish_partition(self, staging, dest_dir):
+            if "/cleaned_trips/" in dest_dir:
+                os.kill(os.getpid(), signal.SIGKILL)  # die with the new parts written but not yet in place
+            return original(self, staging, dest_dir)
+        lake_mod.Lake.publish_partition = publish_partition
     res = dg.materialize([raw_trips, cleaned_trips, trip_features], partition_key=partition,
                          resources={"lake": LakeResource(root=lake_root),
                                     "tlc": TlcSourceResource(base_url=url, retries=1, backoff=0.01)})
@@ -187,8 +187,10 @@ def test_run_killed_mid_write_leaves_previous_partition_intact(platform_env):
     proc.communicate(timeout=240)
     assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
-    # Whatever the killed run left behind is a hidden temp file that table globs never read.
+    # Whatever the killed run left behind is a hidden staging directory that table globs never read.
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.root}/cleaned_trips/month=*/*.parquet')").fetchall()[0][0]
     assert n == _count(str(path))
-    assert all(p.name == "part-0.parquet" or (p.name.startswith(".") and p.name.endswith(".tmp"))
-               for p in path.parent.iterdir())
+    assert [p.name for p in path.parent.iterdir()] == ["part-0.parquet"]
+    leftovers = [p for p in path.parent.parent.iterdir() if p.name != "month=2024-01"]
+    assert leftovers and all(p.name.startswith(".month=2024-01.") and p.name.endswith(".tmp") for p in leftovers)
+    assert all(q.name.startswith("part-") for p in leftovers for q in p.iterdir())  # the unpublished parts

@@ -63,7 +63,7 @@ def write_feature_months(
                 raw[service] = str(path)
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        build_features(lake, cleaned, zones, lake.partition_path("trip_features", key))
+        build_features(lake, lake.partition_glob("cleaned_trips", key), zones, lake.partition_path("trip_features", key))
     return lake
 
 

@@ -23,7 +23,7 @@ def parquet_data_source(lake: Lake, path: str) -> str:
 
 
 def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, Any]:
-    """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path of one Parquet file."""
+    """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path (file or glob of parts)."""
     con = lake.connect()
     try:
         rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(path)})").fetchone()[0]

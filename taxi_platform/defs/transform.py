@@ -86,10 +86,11 @@ def cleaned_trips(
     context.log.info(
         f"{month:%Y-%m}: kept {result.rows_out:,} of {result.total_in:,} rows; rejected {result.rejected}"
     )
-    checks = _cleaned_checks(store, dest, month, result.kept_ratio)
+    parts = store.partition_glob("cleaned_trips", context.partition_key)
+    checks = _cleaned_checks(store, parts, month, result.kept_ratio)
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(store, dest),
+            **table_metadata(store, parts),
             "rows_in": dg.MetadataValue.json(result.rows_in),
             "rows_out_by_service": dg.MetadataValue.json(result.rows_out_by_service),
             "rejected_by_reason": dg.MetadataValue.json(result.rejected),
@@ -157,10 +158,13 @@ def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
         )
     zones = load_zones(store)
     dest = store.partition_path("trip_features", context.partition_key)
-    rows = build_features(store, source, zones, dest)
+    rows = build_features(store, store.partition_glob("cleaned_trips", context.partition_key), zones, dest)
     context.log.info(f"{context.partition_key[:7]}: wrote {rows:,} feature rows")
     return dg.MaterializeResult(
-        metadata={**table_metadata(store, dest), "data_source": parquet_data_source(store, dest)}
+        metadata={
+            **table_metadata(store, store.partition_glob("trip_features", context.partition_key)),
+            "data_source": parquet_data_source(store, dest),
+        }
     )
 
 

@@ -1,9 +1,11 @@
 """The Parquet lake: Hive-layout paths under one root, local or ``gs://``, with atomic writes.
 
-Every table partition is written as a single object ``<table>/month=YYYY-MM/part-0.parquet``.
-Writers produce the file under a temporary name first and then move it into place
-(``os.replace`` locally; a single-object upload on GCS, which is atomic per object), so readers
-never see a half-written partition and a killed run leaves the previous partition intact.
+A table partition is the directory ``<table>/month=YYYY-MM/`` holding ``part-0.parquet`` (and, for large local
+months, ``part-1.parquet``, written in parallel); readers use :meth:`Lake.partition_glob`. Writers stage the
+parts in a hidden sibling directory and swap it into place with two renames, so readers never see a
+half-written or mixed partition and a killed run leaves the previous partition intact (a hidden ``.…tmp``
+directory is all it leaves behind). On GCS a partition is one object, uploaded in one atomic step; single files
+(zone lookup, reports) are moved into place with ``os.replace`` / a single upload.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PART_FILE = "part-0.parquet"
+
+
+def part_name(index: int) -> str:
+    """File name of a partition's ``index``-th Parquet part."""
+    return f"part-{int(index)}.parquet"
 
 
 def month_dir(partition_key: str) -> str:
@@ -40,6 +47,13 @@ class Lake:
 
     def partition_path(self, table: str, partition_key: str, filename: str = PART_FILE) -> str:
         return self.path(table, month_dir(partition_key), filename)
+
+    def partition_dir(self, table: str, partition_key: str) -> str:
+        return self.path(table, month_dir(partition_key))
+
+    def partition_glob(self, table: str, partition_key: str) -> str:
+        """Every Parquet part of one partition, for ``read_parquet``."""
+        return self.path(table, month_dir(partition_key), "*.parquet")
 
     def raw_trips_path(self, service: str, partition_key: str) -> str:
         """Where ``raw_trips`` keeps the TLC file of one service and month, byte for byte."""
@@ -129,6 +143,44 @@ class Lake:
         else:
             self.fs.put_file(local_file, dest)
             os.unlink(local_file)
+
+    @contextmanager
+    def staged_partition(self, dest_dir: str) -> Iterator[str]:
+        """Yield a local directory to write a partition's ``*.parquet`` parts into; on success they replace the
+        partition at ``dest_dir`` in one step (see the module docstring). On any exception nothing changes."""
+        local_parent = None if self.is_remote else Path(dest_dir).parent
+        if local_parent is not None:
+            local_parent.mkdir(parents=True, exist_ok=True)
+        name = dest_dir.rstrip("/").rsplit("/", 1)[-1]
+        staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=local_parent)
+        try:
+            yield staging
+            self.publish_partition(staging, dest_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def publish_partition(self, staging: str, dest_dir: str) -> None:
+        """Make the ``*.parquet`` files of the local directory ``staging`` the partition at ``dest_dir``."""
+        files = sorted(f for f in os.listdir(staging) if f.endswith(".parquet"))
+        if not files:
+            raise ValueError(f"no Parquet parts to publish for {dest_dir}")
+        if self.is_remote:
+            stale = [f for f in self.listdir(dest_dir) if f.endswith(".parquet") and f not in files]
+            for f in files:
+                self.fs.put_file(os.path.join(staging, f), f"{dest_dir}/{f}")
+            for f in stale:
+                self.fs.rm(f"{dest_dir}/{f}")
+            return
+        for f in files:
+            os.chmod(os.path.join(staging, f), 0o644)  # mkstemp/mkdtemp create private files
+        os.chmod(staging, 0o755)
+        old = None
+        if os.path.isdir(dest_dir):
+            old = f"{staging[: -len('.tmp')]}.old"
+            os.rename(dest_dir, old)
+        os.rename(staging, dest_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
 
     def write_bytes(self, dest: str, data: bytes) -> None:
         with self.staged_file(dest) as tmp:

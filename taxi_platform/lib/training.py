@@ -36,7 +36,7 @@ from taxi_platform.lib.features import (
     ZoneTable,
 )
 from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
-from taxi_platform.lib.sql import sql_literal
+from taxi_platform.lib.sql import row_hash, sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -121,7 +121,8 @@ def _enum(values: Sequence[str]) -> str:
 
 
 def feature_paths(lake: Lake, months: Sequence[str]) -> list[str]:
-    return [lake.partition_path(TABLE, m) for m in months]
+    """One ``read_parquet`` glob per month (a partition may have several parts)."""
+    return [lake.partition_glob(TABLE, m) for m in months]
 
 
 def window_row_count(lake: Lake, months: Sequence[str]) -> int:
@@ -137,7 +138,7 @@ def window_row_count(lake: Lake, months: Sequence[str]) -> int:
 def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int = 0) -> pa.Table:
     """A bounded, seeded sample (at most ``sample_rows``) of ``trip_features`` over ``months``.
 
-    Membership is decided by ``hash(month, file_row_number, seed)``: rows whose hash falls under a
+    Membership is decided by ``hash(month, part file name, file_row_number, seed)``: rows whose hash falls under a
     threshold slightly above ``sample_rows / total`` are kept, then the lowest ``sample_rows`` hashes
     win. The result is the same for the same files and seed regardless of thread count, DuckDB streams
     the files (memory stays flat as the window grows), and every month is represented in proportion to its
@@ -160,8 +161,8 @@ def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int =
         files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
         total = int(con.execute(f"SELECT count(*) FROM read_parquet({files})").fetchall()[0][0])
         parts = [
-            f"SELECT {select_cols}, hash({sql_literal(m[:7])}, file_row_number, {int(seed)}) AS _h "
-            f"FROM read_parquet({sql_literal(p)}, file_row_number = true)"
+            f"SELECT {select_cols}, {row_hash(m, seed)} AS _h "
+            f"FROM read_parquet({sql_literal(p)}, file_row_number = true, filename = true, hive_partitioning = false)"
             for m, p in zip(months, paths, strict=True)
         ]
         union = " UNION ALL ".join(parts)

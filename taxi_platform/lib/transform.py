@@ -6,15 +6,13 @@ one Parquet file atomically, so partitions can run in parallel processes without
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from taxi_platform.lib.features import (
     CATEGORICAL_FEATURES,
@@ -24,6 +22,7 @@ from taxi_platform.lib.features import (
     compute_features,
 )
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.parquet_sink import ParquetSink
 from taxi_platform.lib.sql import load_sql, sql_literal
 
 # Source column (per service) → unified name and DuckDB type. Missing optional columns become NULL.
@@ -95,90 +94,6 @@ class CleanResult:
         return self.rows_out / self.total_in if self.total_in else 0.0
 
 
-_WRITE_STATISTICS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone")
-
-
-def _writer_options(schema: pa.Schema) -> dict:
-    """pyarrow writer settings for lake tables.
-
-    pyarrow's writer needs about half the CPU of DuckDB's COPY for these tables, and snappy is the fastest codec
-    that every Parquet reader supports. Dictionary encoding is kept for the low-cardinality columns only, where it
-    pays, and min/max statistics for the columns readers filter on (time and zones), which saves ~15 % of the
-    encoding CPU.
-    """
-    names = set(schema.names)
-    return {
-        "compression": "snappy",
-        "use_dictionary": [
-            f.name
-            for f in schema
-            if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type) or f.name in ("pickup_zone", "dropoff_zone")
-        ],
-        "write_statistics": [c for c in _WRITE_STATISTICS if c in names],
-    }
-
-
-class ParquetSink:
-    """Writes record batches to one Parquet file on a background thread, so encoding overlaps with producing.
-
-    Used as a context manager around :meth:`Lake.staged_file`: the file is published only if the block and the
-    writer both finish without error; otherwise the temporary file is removed and the destination is untouched.
-    """
-
-    _DONE = object()
-
-    def __init__(self, lake: Lake, dest: str, schema: pa.Schema, metadata: Mapping[str, str]) -> None:
-        self.schema = schema.with_metadata(
-            {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
-        )
-        self._staged = lake.staged_file(dest)
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self.rows = 0
-
-    def __enter__(self) -> ParquetSink:
-        tmp = self._staged.__enter__()
-        self._thread = threading.Thread(target=self._run, args=(tmp,), name="parquet-sink", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self, path: str) -> None:
-        try:
-            with pq.ParquetWriter(path, self.schema, **_writer_options(self.schema)) as writer:
-                while (item := self._queue.get()) is not self._DONE:
-                    writer.write_batch(item, row_group_size=1_000_000)
-        except BaseException as exc:  # reported to the producer by put() / __exit__
-            self._error = exc
-            while self._queue.get() is not self._DONE:  # drain so the producer never blocks
-                pass
-
-    def put(self, batch: pa.RecordBatch) -> None:
-        if self._error is not None:
-            raise self._error
-        if batch.num_rows:
-            self._queue.put(batch.replace_schema_metadata(self.schema.metadata))
-            self.rows += batch.num_rows
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._queue.put(self._DONE)
-        self._thread.join()
-        if exc is None and self._error is not None:
-            error = self._error
-            self._staged.__exit__(type(error), error, error.__traceback__)  # removes the temporary file
-            raise error
-        return self._staged.__exit__(exc_type, exc, tb)
-
-
-def write_parquet(
-    lake: Lake, data: pa.Table | pa.RecordBatchReader, dest: str, metadata: Mapping[str, str]
-) -> None:
-    """Write a table or a stream of record batches as one Parquet file at ``dest``, atomically."""
-    batches = data.to_batches(max_chunksize=1_000_000) if isinstance(data, pa.Table) else data
-    with ParquetSink(lake, dest, data.schema, metadata) as sink:
-        for batch in batches:
-            sink.put(batch)
-
-
 def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -203,10 +118,63 @@ def unified_select(service: str, source: str, column_names: list[str]) -> str:
 SOURCE_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", *(dst for dst, _ in _COMMON.values()))
 
 
+# Source columns the cleaned schema drops or rewrites (passenger_count is imputed): duplicates must agree on
+# these too.
+_OTHER_SOURCE_COLUMNS = tuple(c for c in SOURCE_COLUMNS if c not in CLEANED_COLUMNS) + ("passenger_count",)
+
+
 def month_bounds(month: date) -> tuple[str, str]:
     """First instant of ``month`` and of the next month, as SQL timestamp text."""
     nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
     return f"{month.isoformat()} 00:00:00", f"{nxt.isoformat()} 00:00:00"
+
+
+# Rejection reasons of sql/cleaned_trips.sql, in tally-code order (code 0 = kept).
+REJECT_REASONS = (
+    "missing_timestamp",
+    "pickup_outside_month",
+    "dropoff_not_after_pickup",
+    "duration_over_5h",
+    "non_positive_distance",
+    "distance_over_200mi",
+    "non_positive_fare",
+    "fare_over_1000usd",
+    "speed_over_90mph",
+    "unknown_zone",
+    "passenger_count_over_9",
+)
+_TALLY_SERVICES = ("yellow", "green")  # service code of the _tally column in sql/cleaned_rows.sql
+
+
+class _Tally:
+    """Rows per (reason, service, passenger count imputed), from the ``_tally`` codes of each batch."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros((len(REJECT_REASONS) + 1) * 4, dtype=np.int64)
+
+    def add(self, codes: pa.Array) -> None:
+        if codes.null_count:
+            raise ValueError("cleaned_trips.sql returned a rejection reason missing from REJECT_REASONS")
+        values = np.frombuffer(codes.buffers()[1], dtype=np.int32, count=len(codes), offset=codes.offset * 4)
+        self.counts += np.bincount(values, minlength=len(self.counts))
+
+    def subtract(self, reason: str | None, service: str, imputed: bool, rows: int) -> None:
+        code = 0 if reason is None else REJECT_REASONS.index(reason) + 1
+        self.counts[code * 4 + _TALLY_SERVICES.index(service) * 2 + int(imputed)] -= rows
+
+    def result(self, rows_in: dict[str, int], duplicates: int) -> CleanResult:
+        table = self.counts.reshape(len(REJECT_REASONS) + 1, 2, 2)
+        rejected = {r: int(table[i + 1].sum()) for i, r in enumerate(REJECT_REASONS) if table[i + 1].sum()}
+        if duplicates:
+            rejected["exact_duplicate"] = duplicates
+        by_service = {s: int(table[0, j].sum()) for j, s in enumerate(_TALLY_SERVICES) if table[0, j].sum()}
+        return CleanResult(
+            rows_in=rows_in,
+            rows_out=sum(by_service.values()),
+            rejected=dict(sorted(rejected.items())),
+            passenger_count_imputed=int(table[0, :, 1].sum()),
+            rows_out_by_service=by_service,
+        )
 
 
 def clean_month(
@@ -214,13 +182,17 @@ def clean_month(
 ) -> CleanResult:
     """Unify, de-duplicate and validate one month of raw files; write the kept rows to ``dest`` atomically.
 
-    Two passes over the raw files: one counts rows per rejection reason and finds the fingerprints that occur
-    more than once; the other streams the kept rows to the Parquet writer (which encodes on its own thread) and
-    sets the few duplicate candidates aside. The candidates are compared exactly at the end: the first copy of
-    each group (by file row number) is kept and written last, later copies are counted as ``exact_duplicate``.
+    Two passes over the raw files: one finds the fingerprints that occur more than once (duplicate candidates);
+    the other streams every row past a tally (rows per rejection reason) and sends the kept ones to the Parquet
+    writers, which encode on their own threads, setting the few candidates aside. The candidates are compared
+    exactly at the end: the first copy of each group (by file row number) is kept and written last, later copies
+    are counted as ``exact_duplicate`` instead of under their reason.
     """
     if not raw_files:
         raise ValueError("clean_month needs at least one raw file")
+    unknown = sorted(set(raw_files) - set(_TALLY_SERVICES))
+    if unknown:
+        raise ValueError(f"clean_month: unknown services {unknown}: expected some of {list(_TALLY_SERVICES)}")
     con = lake.connect()
     try:
         selects = []
@@ -237,26 +209,30 @@ def clean_month(
         con.execute("CREATE OR REPLACE TEMP VIEW unified AS " + " UNION ALL ".join(selects))
         start, end = month_bounds(month)
         con.execute(load_sql("cleaned_trips").format(month_start=start, month_end=end))
-        con.execute("CREATE OR REPLACE TEMP TABLE profile AS " + load_sql("cleaned_profile"))
-        counts = con.execute(
-            "SELECT coalesce(reject_reason, '_kept'), service, imputed, rows FROM profile WHERE NOT is_key"
-        ).fetchall()
-        con.execute("CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT _key FROM profile WHERE is_key")
-        rows = con.sql(load_sql("cleaned_rows").format(source_columns=", ".join(SOURCE_COLUMNS)))
-        reader = rows.to_arrow_reader(262_144)
+        con.execute("CREATE OR REPLACE TEMP TABLE dup_keys AS " + load_sql("cleaned_dup_keys"))
+        reasons = "[" + ", ".join(sql_literal(r) for r in REJECT_REASONS) + "]"
+        reader = con.sql(load_sql("cleaned_rows").format(reasons=reasons)).to_arrow_reader(131_072)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
+        tally = _Tally()
         candidates: list[pa.RecordBatch] = []
         with ParquetSink(lake, dest, schema, {"data_source": data_source}) as sink:
             for batch in reader:
+                tally.add(batch.column("_tally"))
                 flag = batch.column("_candidate")
                 if flag.true_count:
                     candidates.append(batch.filter(flag))
-                    batch = batch.filter(pc.invert(flag))
+                keep = pc.is_null(batch.column("reject_reason"))
+                if flag.true_count:
+                    keep = pc.and_(keep, pc.invert(flag))
+                if keep.true_count < batch.num_rows:
+                    batch = batch.filter(keep)
                 sink.put(batch.select(CLEANED_COLUMNS))
             copies = _resolve_duplicates(con, pa.Table.from_batches(candidates, reader.schema), sink)
     finally:
         con.close()
-    return _tally(rows_in, counts, copies)
+    for reason, service, imputed, rows in copies:
+        tally.subtract(reason, service, imputed, rows)
+    return tally.result(rows_in, duplicates=sum(c[-1] for c in copies))
 
 
 def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tuple]:
@@ -266,7 +242,10 @@ def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tu
     con.register("candidates", candidates)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE copies AS "
-        + load_sql("cleaned_duplicates").format(cleaned_columns=", ".join(CLEANED_COLUMNS))
+        + load_sql("cleaned_duplicates").format(
+            cleaned_columns=", ".join(f"c.{c}" for c in CLEANED_COLUMNS),
+            other_columns=", ".join(_OTHER_SOURCE_COLUMNS),
+        )
     )
     firsts = con.sql(
         f"SELECT {', '.join(CLEANED_COLUMNS)} FROM copies WHERE _copy = 1 AND reject_reason IS NULL"
@@ -274,57 +253,30 @@ def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tu
     for batch in firsts.cast(sink.schema.remove_metadata()).to_batches():
         sink.put(batch)
     return con.execute(
-        "SELECT coalesce(reject_reason, '_kept'), service, _imputed, count(*)::BIGINT "
-        "FROM copies WHERE _copy > 1 GROUP BY ALL"
+        "SELECT reject_reason, service, _tally % 2 = 1, count(*)::BIGINT FROM copies WHERE _copy > 1 GROUP BY ALL"
     ).fetchall()
 
 
-def _tally(rows_in: dict[str, int], counts: list[tuple], copies: list[tuple]) -> CleanResult:
-    """Rows per reason net of duplicate copies (each extra copy counts once, as ``exact_duplicate``)."""
-    net: dict[tuple[str, str, bool], int] = {}
-    for reason, service, imputed, rows in counts:
-        net[(reason, service, bool(imputed))] = net.get((reason, service, bool(imputed)), 0) + rows
-    duplicates = 0
-    for reason, service, imputed, rows in copies:
-        net[(reason, service, bool(imputed))] -= rows
-        duplicates += rows
-    rejected: dict[str, int] = {}
-    by_service: dict[str, int] = {}
-    imputed_rows = 0
-    for (reason, service, imputed), rows in net.items():
-        if reason == "_kept":
-            by_service[service] = by_service.get(service, 0) + rows
-            imputed_rows += rows if imputed else 0
-        elif rows:
-            rejected[reason] = rejected.get(reason, 0) + rows
-    if duplicates:
-        rejected["exact_duplicate"] = duplicates
-    return CleanResult(
-        rows_in=rows_in,
-        rows_out=sum(by_service.values()),
-        rejected=dict(sorted(rejected.items())),
-        passenger_count_imputed=imputed_rows,
-        rows_out_by_service={s: n for s, n in by_service.items() if n},
-    )
-
-
-def build_features(lake: Lake, cleaned_path: str, zones: ZoneTable, dest: str) -> int:
+def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int:
     """Apply the shared feature definition to a cleaned month; write ``trip_features`` to ``dest`` atomically.
+
+    ``cleaned`` is the cleaned partition's glob (:meth:`Lake.partition_glob`); ``dest`` the features
+    partition's first part (:meth:`Lake.partition_path`).
 
     Streams: DuckDB decodes the next batch while the previous one is featurised and the writer thread encodes.
     """
     con = lake.connect()
     try:
         kv = con.execute(
-            f"SELECT value FROM parquet_kv_metadata({sql_literal(cleaned_path)}) WHERE decode(key) = 'data_source'"
+            f"SELECT value FROM parquet_kv_metadata({sql_literal(cleaned)}) WHERE decode(key) = 'data_source'"
         ).fetchall()
         data_source = bytes(kv[0][0]).decode() if kv else None
         reader = con.sql(
             f"""SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count,
                        CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,
                        fare_amount, trip_distance, trip_duration_min
-                FROM read_parquet({sql_literal(cleaned_path)})"""
-        ).to_arrow_reader(262_144)
+                FROM read_parquet({sql_literal(cleaned)})"""
+        ).to_arrow_reader(131_072)
         with ParquetSink(lake, dest, _features_schema(reader.schema), _metadata(data_source)) as sink:
             for batch in reader:
                 sink.put(_feature_batch(batch, zones))

@@ -1,5 +1,6 @@
--- The month's rows in the cleaned schema: every kept row, plus every duplicate candidate (kept or not) with
--- what the exact comparison needs: a fingerprint of all source columns (only for candidates) and its reason.
+-- Every row of the month in the cleaned schema, with what the caller needs to tally and filter it:
+-- _tally = reason code × 4 + service code × 2 + passenger count imputed (reason code 0 = kept; the caller formats
+-- {reasons}, the rejection reasons in code order from 1), whether it is a duplicate candidate, and its row number.
 SELECT
     service, pickup_datetime, dropoff_datetime,
     pickup_zone, dropoff_zone,
@@ -10,8 +11,8 @@ SELECT
     tolls_amount, congestion_surcharge, airport_fee, cbd_congestion_fee,
     _row,
     reject_reason,
-    reject_reason IS NULL AND passenger_count IS NULL AS _imputed,
-    _candidate,
-    CASE WHEN _candidate THEN hash({source_columns}) END AS _source_hash
-FROM (SELECT *, _key IN (SELECT _key FROM dup_keys) AS _candidate FROM classified)
-WHERE reject_reason IS NULL OR _candidate
+    (CASE WHEN reject_reason IS NULL THEN 0 ELSE list_position({reasons}, reject_reason) END) * 4
+        + (service = 'green')::INTEGER * 2
+        + (reject_reason IS NULL AND passenger_count IS NULL)::INTEGER AS _tally,
+    _key IN (SELECT _key FROM dup_keys) AS _candidate
+FROM classified

@@ -1,0 +1,138 @@
+"""Streaming writes of one lake partition: record batches in, Parquet parts out, published in one step.
+
+Encoding Parquet is the most expensive part of the transform steps, and pyarrow's writer encodes on one
+thread. :class:`ParquetSink` therefore runs its writers on background threads (encoding overlaps with DuckDB
+producing the next batch) and, on a local lake, spreads batches over two part files written in parallel.
+The parts are staged in a hidden directory and published together (:meth:`Lake.staged_partition`), so readers
+see either the whole previous partition or the whole new one.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taxi_platform.lib.lake import Lake, part_name
+
+ROW_GROUP_ROWS = 1_000_000
+SPLIT_AFTER_ROWS = 500_000  # smaller partitions stay one file; bigger ones spread the rest over the parts
+_WRITE_STATISTICS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone")
+_DONE = object()
+
+
+def writer_options(schema: pa.Schema) -> dict:
+    """pyarrow writer settings for lake tables.
+
+    pyarrow's writer needs about half the CPU of DuckDB's COPY for these tables, and snappy is the fastest codec
+    that every Parquet reader supports. Dictionary encoding is kept for the low-cardinality columns only, where it
+    pays, and min/max statistics for the columns readers filter on (time, zones, service), which saves ~15 % of
+    the encoding CPU.
+    """
+    return {
+        "compression": "snappy",
+        "use_dictionary": [
+            f.name
+            for f in schema
+            if pa.types.is_string(f.type)
+            or pa.types.is_dictionary(f.type)
+            or f.name in ("pickup_zone", "dropoff_zone")
+        ],
+        "write_statistics": [c for c in _WRITE_STATISTICS if c in schema.names],
+    }
+
+
+class _PartWriter:
+    """One part file, written on its own thread from a small queue; opened on its first batch."""
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.rows = 0  # rows handed to this part
+        self.thread = threading.Thread(target=self._run, name=f"parquet-{os.path.basename(path)}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        writer = None
+        try:
+            while (batch := self.queue.get()) is not _DONE:
+                if writer is None:
+                    writer = pq.ParquetWriter(self.path, self.schema, **writer_options(self.schema))
+                writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+        except BaseException as exc:  # reported to the producer by ParquetSink.put() / __exit__
+            self.error = exc
+            while self.queue.get() is not _DONE:  # drain so the producer never blocks
+                pass
+        finally:
+            if writer is not None:
+                try:
+                    writer.close()
+                except BaseException as exc:
+                    self.error = self.error or exc
+
+    def finish(self) -> None:
+        self.queue.put(_DONE)
+        self.thread.join()
+
+
+class ParquetSink:
+    """Write record batches as the Parquet parts of one partition; publish them only if everything succeeded.
+
+    ``dest`` is the partition's first part (``…/month=YYYY-MM/part-0.parquet``, as :meth:`Lake.partition_path`
+    returns it). On a local lake, once ``SPLIT_AFTER_ROWS`` rows are in ``part-0``, each further batch goes to
+    the part with the fewest rows (smaller months stay one file); on GCS there is one part, uploaded as a single object. On any error the staged
+    parts are removed and the previous partition stays as it was.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        dest: str,
+        schema: pa.Schema,
+        metadata: Mapping[str, str],
+        parts: int | None = None,
+    ) -> None:
+        self.schema = schema.with_metadata(
+            {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        )
+        self.parts = parts or (1 if lake.is_remote else 2)
+        self._staged = lake.staged_partition(dest.rsplit("/", 1)[0])
+        self._writers: list[_PartWriter] = []
+        self.rows = 0
+
+    def __enter__(self) -> ParquetSink:
+        staging = self._staged.__enter__()
+        self._writers = [_PartWriter(os.path.join(staging, part_name(i)), self.schema) for i in range(self.parts)]
+        return self
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        for w in self._writers:
+            if w.error is not None:
+                raise w.error
+        if batch.num_rows:
+            # the part with the fewest rows so far takes the batch, so the parts end up the same size
+            target = min(self._writers, key=lambda w: w.rows) if self.rows >= SPLIT_AFTER_ROWS else self._writers[0]
+            target.queue.put(batch.replace_schema_metadata(self.schema.metadata))
+            target.rows += batch.num_rows
+            self.rows += batch.num_rows
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None and self.rows == 0:  # an empty partition is still one readable file
+            self._writers[0].queue.put(_empty_batch(self.schema))
+        for w in self._writers:
+            w.finish()
+        error = next((w.error for w in self._writers if w.error is not None), None)
+        if exc is None and error is not None:
+            self._staged.__exit__(type(error), error, error.__traceback__)  # removes the staged parts
+            raise error
+        return self._staged.__exit__(exc_type, exc, tb)
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)

@@ -39,7 +39,7 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
         assert rows["cleaned"] + rows["rejected"] == rows["raw"]
         assert rows["features"] == rows["cleaned"]
         on_disk = duckdb.sql(
-            f"SELECT count(*) FROM read_parquet('{lake}/trip_features/month={month}/part-0.parquet')"
+            f"SELECT count(*) FROM read_parquet('{lake}/trip_features/month={month}/*.parquet')"
         ).fetchall()[0][0]
         assert on_disk == rows["features"]
 

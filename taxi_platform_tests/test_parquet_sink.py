@@ -90,3 +90,22 @@ def test_remote_lake_writes_one_part_and_removes_stale_parts(tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(dest_dir, detail=False)) == ["part-0.parquet"]
     with fs.open(f"{dest_dir}/part-0.parquet", "rb") as fh:
         assert pq.read_table(fh)["fare_amount"].to_pylist() == [float(i) for i in range(10)]
+
+
+def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from taxi_platform.lib.training import partition_fingerprint
+
+    monkeypatch.setattr(parquet_sink, "SPLIT_AFTER_ROWS", 100)
+    lake = Lake(str(tmp_path / "lake"))
+    _write(lake, [_batch(i * 50, 50) for i in range(6)])
+    first = partition_fingerprint(lake, ["2024-03"])
+    assert first == partition_fingerprint(lake, ["2024-03"])
+    part1 = tmp_path / "lake" / "trip_features" / "month=2024-03" / "part-1.parquet"
+    stamp = time.time() + 5
+    os.utime(part1, (stamp, stamp))  # only the second part changes
+    assert partition_fingerprint(lake, ["2024-03"]) != first
+    with pytest.raises(FileNotFoundError, match="2024-04"):
+        partition_fingerprint(lake, ["2024-04"])

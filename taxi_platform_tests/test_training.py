@@ -40,6 +40,13 @@ ROWS = 20_000
 SMALL = TrainConfig(sample_rows=30_000, validation_rows=10_000, min_pair_count=3, boosted_max_iter=60)
 
 
+
+def _part_files(lake, months) -> list[str]:
+    """Every Parquet part of the months' trip_features partitions (pyarrow does not expand globs)."""
+    import glob
+
+    return [f for pattern in feature_paths(lake, months) for f in sorted(glob.glob(pattern))]
+
 def write_feature_months(
     root: Path,
     months=MONTHS,
@@ -108,7 +115,7 @@ def test_pair_stats_resolve_pair_then_borough_then_global():
 
 def test_pair_stats_are_medians_of_the_window(lake):
     stats = compute_pair_stats(lake, feature_paths(lake, MONTHS[:2]), load_zone_table(), min_count=3)
-    table = pq.read_table(feature_paths(lake, MONTHS[:2]), columns=["pickup_zone", "dropoff_zone", "trip_distance",
+    table = pq.read_table(_part_files(lake, MONTHS[:2]), columns=["pickup_zone", "dropoff_zone", "trip_distance",
                                                                      "trip_duration_min", "fare_amount"])  # fmt: skip
     pu, do = table["pickup_zone"].to_numpy(), table["dropoff_zone"].to_numpy()
     assert stats.rows == table.num_rows
@@ -145,7 +152,7 @@ def test_validation_month_never_feeds_pair_stats_or_training_sample(tmp_path, la
 
 # -- sampling --------------------------------------------------------------------------------------------
 def test_load_window_is_bounded_seeded_and_spans_months(lake):
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in feature_paths(lake, MONTHS[:3]))
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in _part_files(lake, MONTHS[:3]))
     a = load_window(lake, MONTHS[:3], 5_000, seed=1)
     b = load_window(lake, MONTHS[:3], 5_000, seed=1)
     c = load_window(lake, MONTHS[:3], 5_000, seed=2)

@@ -182,19 +182,24 @@ def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int =
 
 
 def partition_fingerprint(lake: Lake, months: Sequence[str]) -> str:
-    """A short hash of the window's files (name, size and modification stamp or content hash)."""
+    """A short hash of the window's part files (name, size and modification stamp or content hash)."""
     h = hashlib.sha256()
-    for month, path in zip(months, feature_paths(lake, months), strict=True):
-        info = lake.fs.info(path)
-        stamp = (
-            info.get("md5Hash")
-            or info.get("crc32c")
-            or info.get("etag")
-            or info.get("mtime")
-            or info.get("updated")
-            or info.get("created")
-        )
-        h.update(f"{month[:7]}|{info.get('size')}|{stamp}\n".encode())
+    for month, pattern in zip(months, feature_paths(lake, months), strict=True):
+        parts = sorted(lake.fs.glob(pattern))
+        if not parts:
+            raise FileNotFoundError(f"trip_features has no files for {month[:7]} ({pattern})")
+        for path in parts:
+            info = lake.fs.info(path)
+            stamp = (
+                info.get("md5Hash")
+                or info.get("crc32c")
+                or info.get("etag")
+                or info.get("mtime")
+                or info.get("updated")
+                or info.get("created")
+            )
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            h.update(f"{month[:7]}|{name}|{info.get('size')}|{stamp}\n".encode())
     return h.hexdigest()[:16]
 
 

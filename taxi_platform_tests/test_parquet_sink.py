@@ -109,3 +109,29 @@ def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, m
     assert partition_fingerprint(lake, ["2024-03"]) != first
     with pytest.raises(FileNotFoundError, match="2024-04"):
         partition_fingerprint(lake, ["2024-04"])
+
+
+def test_publishing_while_another_run_publishes_the_same_partition(tmp_path, monkeypatch):
+    """The other run's swap lands between ours: ours retries, wins whole, and leaves no hidden directories."""
+    from taxi_platform.lib import lake as lake_module
+
+    lake = Lake(str(tmp_path / "lake"))
+    _write(lake, [_batch(0, 10)])
+    month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
+    real_rename = lake_module.os.rename
+    raced = []
+
+    def rename(src, dst):
+        if str(dst) == str(month_dir) and not raced:  # the other run publishes first
+            raced.append(src)
+            other = tmp_path / "other"
+            other.mkdir()
+            pq.write_table(pa.Table.from_batches([_batch(500, 5)]), other / "part-0.parquet")
+            real_rename(other, month_dir)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(lake_module.os, "rename", rename)
+    _write(lake, [_batch(100, 20)])
+    assert raced
+    assert _rows(lake) == [float(i) for i in range(100, 120)]
+    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]

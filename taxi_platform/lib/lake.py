@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 PART_FILE = "part-0.parquet"
+_PUBLISH_ATTEMPTS = 5
 
 
 def part_name(index: int) -> str:
@@ -174,12 +176,19 @@ class Lake:
         for f in files:
             os.chmod(os.path.join(staging, f), 0o644)  # mkstemp/mkdtemp create private files
         os.chmod(staging, 0o755)
-        old = None
-        if os.path.isdir(dest_dir):
-            old = f"{staging[: -len('.tmp')]}.old"
-            os.rename(dest_dir, old)
-        os.rename(staging, dest_dir)
-        if old:
+        olds: list[str] = []
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                if os.path.isdir(dest_dir):
+                    olds.append(f"{staging[: -len('.tmp')]}.old{attempt}")
+                    os.rename(dest_dir, olds[-1])
+                os.rename(staging, dest_dir)
+                break
+            except OSError:  # another run published this partition in between: the later swap wins
+                if attempt == _PUBLISH_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        for old in olds:
             shutil.rmtree(old, ignore_errors=True)
 
     def write_bytes(self, dest: str, data: bytes) -> None:

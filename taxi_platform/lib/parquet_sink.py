@@ -86,8 +86,8 @@ class ParquetSink:
 
     ``dest`` is the partition's first part (``…/month=YYYY-MM/part-0.parquet``, as :meth:`Lake.partition_path`
     returns it). On a local lake, once ``SPLIT_AFTER_ROWS`` rows are in ``part-0``, each further batch goes to
-    the part with the fewest rows (smaller months stay one file); on GCS there is one part, uploaded as a single object. On any error the staged
-    parts are removed and the previous partition stays as it was.
+    the part with the fewest rows (smaller months stay one file); on GCS there is one part, uploaded as a single
+    object. On any error the staged parts are removed and the previous partition stays as it was.
     """
 
     def __init__(

@@ -12,14 +12,7 @@ from taxi_platform.lib.sql import sql_literal
 
 def parquet_data_source(lake: Lake, path: str) -> str:
     """``synthetic`` when the file carries the sample generator's label, else ``tlc``."""
-    con = lake.connect()
-    try:
-        rows = con.execute(
-            f"SELECT value FROM parquet_kv_metadata({sql_literal(path)}) WHERE decode(key) = 'data_source'"
-        ).fetchall()
-    finally:
-        con.close()
-    return bytes(rows[0][0]).decode() if rows else "tlc"
+    return lake.data_source(path) or "tlc"
 
 
 def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, Any]:

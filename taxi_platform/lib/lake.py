@@ -221,3 +221,16 @@ class Lake:
         if self.is_remote:
             con.register_filesystem(self.fs)
         return con
+
+    def data_source(self, path: str) -> str | None:
+        """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any."""
+        from taxi_platform.lib.sql import sql_literal
+
+        con = self.connect()
+        try:
+            rows = con.execute(
+                f"SELECT value FROM parquet_kv_metadata({sql_literal(path)}) WHERE decode(key) = 'data_source'"
+            ).fetchall()
+        finally:
+            con.close()
+        return bytes(rows[0][0]).decode() if rows else None

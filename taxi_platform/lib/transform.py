@@ -143,7 +143,14 @@ REJECT_REASONS = (
     "unknown_zone",
     "passenger_count_over_9",
 )
-_TALLY_SERVICES = ("yellow", "green")  # service code of the _tally column in sql/cleaned_rows.sql
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(sql_literal(v) for v in values) + "]"
+
+
+# service → its index in SERVICES, as SQL (a CASE on the per-file constant costs nothing per row)
+_SERVICE_CODE = "CASE service " + " ".join(f"WHEN {sql_literal(v)} THEN {i}" for i, v in enumerate(SERVICES)) + " END"
 
 
 class _Tally:
@@ -160,14 +167,14 @@ class _Tally:
 
     def subtract(self, reason: str | None, service: str, imputed: bool, rows: int) -> None:
         code = 0 if reason is None else REJECT_REASONS.index(reason) + 1
-        self.counts[code * 4 + _TALLY_SERVICES.index(service) * 2 + int(imputed)] -= rows
+        self.counts[code * 4 + SERVICES.index(service) * 2 + int(imputed)] -= rows
 
     def result(self, rows_in: dict[str, int], duplicates: int) -> CleanResult:
         table = self.counts.reshape(len(REJECT_REASONS) + 1, 2, 2)
         rejected = {r: int(table[i + 1].sum()) for i, r in enumerate(REJECT_REASONS) if table[i + 1].sum()}
         if duplicates:
             rejected["exact_duplicate"] = duplicates
-        by_service = {s: int(table[0, j].sum()) for j, s in enumerate(_TALLY_SERVICES) if table[0, j].sum()}
+        by_service = {s: int(table[0, j].sum()) for j, s in enumerate(SERVICES) if table[0, j].sum()}
         return CleanResult(
             rows_in=rows_in,
             rows_out=sum(by_service.values()),
@@ -190,9 +197,9 @@ def clean_month(
     """
     if not raw_files:
         raise ValueError("clean_month needs at least one raw file")
-    unknown = sorted(set(raw_files) - set(_TALLY_SERVICES))
+    unknown = sorted(set(raw_files) - set(SERVICES))
     if unknown:
-        raise ValueError(f"clean_month: unknown services {unknown}: expected some of {list(_TALLY_SERVICES)}")
+        raise ValueError(f"clean_month: unknown services {unknown}: expected some of {list(SERVICES)}")
     con = lake.connect()
     try:
         selects = []
@@ -210,8 +217,9 @@ def clean_month(
         start, end = month_bounds(month)
         con.execute(load_sql("cleaned_trips").format(month_start=start, month_end=end))
         con.execute("CREATE OR REPLACE TEMP TABLE dup_keys AS " + load_sql("cleaned_dup_keys"))
-        reasons = "[" + ", ".join(sql_literal(r) for r in REJECT_REASONS) + "]"
-        reader = con.sql(load_sql("cleaned_rows").format(reasons=reasons)).to_arrow_reader(131_072)
+        reader = con.sql(
+            load_sql("cleaned_rows").format(reasons=_sql_list(REJECT_REASONS), service_code=_SERVICE_CODE)
+        ).to_arrow_reader(131_072)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
         tally = _Tally()
         candidates: list[pa.RecordBatch] = []
@@ -219,10 +227,9 @@ def clean_month(
             for batch in reader:
                 tally.add(batch.column("_tally"))
                 flag = batch.column("_candidate")
-                if flag.true_count:
-                    candidates.append(batch.filter(flag))
                 keep = pc.is_null(batch.column("reject_reason"))
                 if flag.true_count:
+                    candidates.append(batch.filter(flag))
                     keep = pc.and_(keep, pc.invert(flag))
                 if keep.true_count < batch.num_rows:
                     batch = batch.filter(keep)
@@ -265,28 +272,22 @@ def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int
 
     Streams: DuckDB decodes the next batch while the previous one is featurised and the writer thread encodes.
     """
+    data_source = lake.data_source(cleaned)
     con = lake.connect()
     try:
-        kv = con.execute(
-            f"SELECT value FROM parquet_kv_metadata({sql_literal(cleaned)}) WHERE decode(key) = 'data_source'"
-        ).fetchall()
-        data_source = bytes(kv[0][0]).decode() if kv else None
         reader = con.sql(
             f"""SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count,
                        CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,
                        fare_amount, trip_distance, trip_duration_min
                 FROM read_parquet({sql_literal(cleaned)})"""
         ).to_arrow_reader(131_072)
-        with ParquetSink(lake, dest, _features_schema(reader.schema), _metadata(data_source)) as sink:
+        metadata = {"data_source": data_source} if data_source else {}
+        with ParquetSink(lake, dest, _features_schema(reader.schema), metadata) as sink:
             for batch in reader:
                 sink.put(_feature_batch(batch, zones))
     finally:
         con.close()
     return sink.rows
-
-
-def _metadata(data_source: str | None) -> dict[str, str]:
-    return {"data_source": data_source} if data_source else {}
 
 
 def _feature_batch(batch: pa.RecordBatch, zones: ZoneTable) -> pa.RecordBatch:

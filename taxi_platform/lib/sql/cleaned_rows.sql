@@ -1,6 +1,7 @@
 -- Every row of the month in the cleaned schema, with what the caller needs to tally and filter it:
 -- _tally = reason code × 4 + service code × 2 + passenger count imputed (reason code 0 = kept; the caller formats
--- {reasons}, the rejection reasons in code order from 1), whether it is a duplicate candidate, and its row number.
+-- {reasons}, the rejection reasons in code order from 1, and {service_code}, a CASE giving each service its code),
+-- whether it is a duplicate candidate, and its row number.
 SELECT
     service, pickup_datetime, dropoff_datetime,
     pickup_zone, dropoff_zone,
@@ -12,7 +13,7 @@ SELECT
     _row,
     reject_reason,
     (CASE WHEN reject_reason IS NULL THEN 0 ELSE list_position({reasons}, reject_reason) END) * 4
-        + (service = 'green')::INTEGER * 2
+        + {service_code} * 2
         + (reject_reason IS NULL AND passenger_count IS NULL)::INTEGER AS _tally,
     _key IN (SELECT _key FROM dup_keys) AS _candidate
 FROM classified

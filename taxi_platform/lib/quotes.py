@@ -263,26 +263,24 @@ def format_errors(errors: Sequence[dict[str, Any]]) -> str:
     return "; ".join(lines)
 
 
-def parse_quote(data: Any) -> Quote:
-    """Validate one quote (a mapping, or JSON text/bytes); raises :class:`QuoteError` with every problem."""
+def _parse(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         if isinstance(data, str | bytes | bytearray):
-            return Quote.model_validate_json(data)
-        return Quote.model_validate(data)
+            return model.model_validate_json(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise QuoteError(f"invalid quote: {format_errors(errors)}", errors) from None
+        raise QuoteError(f"invalid {what}: {format_errors(errors)}", errors) from None
+
+
+def parse_quote(data: Any) -> Quote:
+    """Validate one quote (a mapping, or JSON text/bytes); raises :class:`QuoteError` with every problem."""
+    return _parse(Quote, data, "quote")
 
 
 def parse_batch(data: Any) -> QuoteBatch:
     """Validate a ``{"quotes": [...]}`` batch; raises :class:`QuoteError` with every problem."""
-    try:
-        if isinstance(data, str | bytes | bytearray):
-            return QuoteBatch.model_validate_json(data)
-        return QuoteBatch.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise QuoteError(f"invalid quote batch: {format_errors(errors)}", errors) from None
+    return _parse(QuoteBatch, data, "quote batch")
 
 
 def check_services(quotes: Sequence[Quote], trained: Sequence[str], batch: bool = False) -> None:

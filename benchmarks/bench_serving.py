@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 import requests
 
 from taxi_platform.lib import bento_build
+from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 from taxi_platform.lib.quotes import KNOWN_ZONES
 from taxi_platform.settings import load_settings
 
@@ -205,24 +205,13 @@ def run_load(loadgen: str, url: str, bodies: list[str], connections: int, durati
 # --- servers --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} was ready")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+    try:
+        wait_http_ok(url, proc, timeout)
+    except NotReady as exc:
+        if exc.returncode is not None:
+            raise RuntimeError(f"server exited with {exc.returncode} before {url} was ready") from None
+        raise RuntimeError(f"{url} not ready after {timeout:.0f}s") from None
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -18,16 +18,16 @@ Use in a test module or ``conftest.py``::
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+
+from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 
 PROJECT = "taxi-platform-test"
 START_TIMEOUT_S = 20.0
@@ -45,12 +45,6 @@ try:
 finally:
     server.stop()
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class GCSEmulator:
@@ -83,7 +77,7 @@ class GCSEmulator:
     def start(self) -> GCSEmulator:
         last_error = "not started"
         for _attempt in range(3):  # a free port can be taken between probing and binding
-            self.port = _free_port()
+            self.port = free_port()
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
             try:
                 self.process = subprocess.Popen(
@@ -94,17 +88,16 @@ class GCSEmulator:
                 )
             finally:
                 log.close()
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    last_error = f"exited with code {self.process.returncode}"
-                    break
-                try:
-                    if requests.get(self.endpoint + "/", timeout=1).ok:
-                        return self
-                except requests.RequestException as exc:
-                    last_error = str(exc)
-                time.sleep(0.05)
+            try:
+                wait_http_ok(
+                    self.endpoint + "/", self.process, START_TIMEOUT_S, interval=0.05, request_timeout=1, any_2xx=True
+                )
+                return self
+            except NotReady as exc:
+                if exc.returncode is not None:
+                    last_error = f"exited with code {exc.returncode}"
+                elif exc.last_error:
+                    last_error = exc.last_error
             self.stop()
         log_tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
         raise RuntimeError(f"GCS emulator did not start on {self.host}: {last_error}\n{log_tail}")

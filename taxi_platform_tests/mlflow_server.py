@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
+
+from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 
 STARTUP_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def closed_port() -> int:
@@ -73,21 +66,16 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(
-            f"mlflow server did not answer /health within {self.startup_timeout:.0f}s:\n{self.log_tail()}"
-        )
+        try:
+            wait_http_ok(f"{self.url}/health", self.proc, self.startup_timeout, interval=0.3)
+        except NotReady as exc:
+            self.stop()
+            if exc.returncode is not None:
+                raise RuntimeError(f"mlflow server exited with {exc.returncode}:\n{self.log_tail()}") from None
+            raise RuntimeError(
+                f"mlflow server did not answer /health within {self.startup_timeout:.0f}s:\n{self.log_tail()}"
+            ) from None
+        return self
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import requests
 
 from taxi_platform.lib import bento_build
+from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 from taxi_platform.lib.prediction_log import read_prediction_log
 from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
 from taxi_platform_tests.sample_champion import Champion, ensure_sample_champion, predict_in_subprocess
@@ -40,12 +40,6 @@ class Served:
     data_dir: Path
     bento_tag: str
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_quotes(n: int = 40, seed: int = 5) -> list[dict]:
@@ -76,17 +70,12 @@ test_quotes.__test__ = False  # a helper, not a test
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}/readyz not ready after {READY_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+    try:
+        wait_http_ok(f"{url}/readyz", proc, READY_TIMEOUT)
+    except NotReady as exc:
+        if exc.returncode is not None:
+            raise RuntimeError(f"server exited with {exc.returncode}:\n{log.read_text()[-4000:]}") from None
+        raise RuntimeError(f"{url}/readyz not ready after {READY_TIMEOUT}s:\n{log.read_text()[-4000:]}") from None
 
 
 def _stop(proc: subprocess.Popen) -> None:

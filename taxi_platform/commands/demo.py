@@ -200,14 +200,6 @@ DEMO_QUOTE = {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132, "dro
               "passenger_count": 1, "service": "yellow"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _quote_from_bento(timeout: float = 180.0) -> dict:
     """Start the built Bento with ``taxi-platform serve`` on a free loopback port, send one quote, stop it."""
     import signal
@@ -216,25 +208,23 @@ def _quote_from_bento(timeout: float = 180.0) -> dict:
 
     import requests
 
-    port = _free_port()
+    from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
+
+    port = free_port()
     log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen([sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise DemoError(f"the fare service exited with code {proc.returncode} before it was ready; see {log}")
-            try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(f"the fare service was not ready after {timeout:.0f} s; see {log}")
-            time.sleep(0.5)
+        try:
+            wait_http_ok(f"{base}/readyz", proc, timeout)
+        except NotReady as exc:
+            if exc.returncode is not None:
+                raise DemoError(
+                    f"the fare service exited with code {exc.returncode} before it was ready; see {log}"
+                ) from None
+            raise DemoError(f"the fare service was not ready after {timeout:.0f} s; see {log}") from None
         response = requests.post(f"{base}/predict", json=DEMO_QUOTE, timeout=10)
         if response.status_code != 200:
             raise DemoError(f"POST /predict answered {response.status_code}: {response.text[:300]}")

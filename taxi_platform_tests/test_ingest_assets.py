@@ -18,6 +18,7 @@ from taxi_platform.defs.ingest import raw_schema_recognised, raw_trips, taxi_zon
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform_tests import mirror_fixtures
 
 ROWS = {"yellow": 400, "green": 150}
 JAN, FEB = date(2024, 1, 1), date(2024, 2, 1)
@@ -35,18 +36,9 @@ def mirror_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(mirror_root):
-    with MirrorServer(mirror_root) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def mirror(server):
-    server.clear_faults()
-    server.reset_counts()
-    yield server
-    server.clear_faults()
+# One mirror of mirror_root per module; `mirror` resets its faults and counts for each test.
+server = mirror_fixtures.server
+mirror = mirror_fixtures.mirror
 
 
 @pytest.fixture()

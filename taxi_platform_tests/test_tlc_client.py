@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
 from taxi_platform.lib.tlc import (
     DownloadError,
@@ -31,6 +30,7 @@ from taxi_platform.lib.tlc import (
     trip_url,
     zone_lookup_url,
 )
+from taxi_platform_tests import mirror_fixtures
 
 ROWS = 300
 FAST = {"timeout": (2.0, 5.0), "backoff": 0.01}
@@ -64,18 +64,9 @@ def mirror_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(mirror_root):
-    with MirrorServer(mirror_root) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def mirror(server):
-    server.clear_faults()
-    server.reset_counts()
-    yield server
-    server.clear_faults()
+# One mirror of mirror_root per module; `mirror` resets its faults and counts for each test.
+server = mirror_fixtures.server
+mirror = mirror_fixtures.mirror
 
 
 def _sha256(path: Path) -> str:

@@ -3,7 +3,7 @@
 Pure logic without Dagster or MLflow (the asset passes the champion's predictions in as a callable):
 
 - :func:`sample_features` draws a bounded, seeded sample of ``trip_features`` months with DuckDB (the
-  lowest ``row_hash`` values (month, part file, row number, seed) win, so the sample is the same on every run and
+  lowest ``hashed_rows`` hashes (month, part file, row number, seed) win, so the sample is the same on every run and
   memory stays flat however big the months are).
 - :func:`run_drift_report` runs an Evidently 0.7 ``Report`` (``DataDriftPreset`` over the pre-trip features,
   the observed distance/duration, the target and the champion's prediction, plus ``RegressionPreset`` for
@@ -47,7 +47,7 @@ import numpy as np
 
 from taxi_platform.lib.features import QUOTE_COLUMNS
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sql import row_hash, sql_literal
+from taxi_platform.lib.sql import hashed_rows, sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -194,7 +194,7 @@ def month_row_count(lake: Lake, months: Sequence[str]) -> int:
 def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0) -> pd.DataFrame:
     """A bounded, seeded sample (at most ``rows``) of ``trip_features`` over ``months`` as a DataFrame.
 
-    Membership is decided by :func:`taxi_platform.lib.sql.row_hash` (lowest hashes win), so the sample is
+    Membership is decided by :func:`taxi_platform.lib.sql.hashed_rows`' hash (lowest hashes win), so the sample is
     identical for the same files and seed, and each month is represented in proportion to its size.
     Categorical columns come back as plain strings.
     """
@@ -206,13 +206,8 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
             f"trip_features has no partition for {absent}: materialise trip_features for those months first"
         )
     cols = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" if c in _STRING_COLUMNS else c for c in SAMPLE_COLUMNS)
-    parts = [
-        f"SELECT {cols}, {row_hash(m, seed)} AS _h "
-        f"FROM read_parquet({sql_literal(lake.partition_glob(TABLE, m))}, file_row_number = true, "
-        "filename = true, hive_partitioning = false)"
-        for m in months
-    ]
-    query = f"SELECT * EXCLUDE (_h) FROM ({' UNION ALL '.join(parts)}) ORDER BY _h LIMIT {int(rows)}"
+    union = " UNION ALL ".join(hashed_rows(m, lake.partition_glob(TABLE, m), cols, seed) for m in months)
+    query = f"SELECT * EXCLUDE (_h) FROM ({union}) ORDER BY _h LIMIT {int(rows)}"
     con = lake.connect()
     try:
         frame = con.sql(query).df()

@@ -36,7 +36,7 @@ from taxi_platform.lib.features import (
     ZoneTable,
 )
 from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
-from taxi_platform.lib.sql import row_hash, sql_literal
+from taxi_platform.lib.sql import hashed_rows, sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -138,7 +138,7 @@ def window_row_count(lake: Lake, months: Sequence[str]) -> int:
 def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int = 0) -> pa.Table:
     """A bounded, seeded sample (at most ``sample_rows``) of ``trip_features`` over ``months``.
 
-    Membership is decided by ``hash(month, part file name, file_row_number, seed)``: rows whose hash falls under a
+    Membership is decided by :func:`taxi_platform.lib.sql.hashed_rows`' hash: rows whose hash falls under a
     threshold slightly above ``sample_rows / total`` are kept, then the lowest ``sample_rows`` hashes
     win. The result is the same for the same files and seed regardless of thread count, DuckDB streams
     the files (memory stays flat as the window grows), and every month is represented in proportion to its
@@ -160,12 +160,9 @@ def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int =
     try:
         files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
         total = int(con.execute(f"SELECT count(*) FROM read_parquet({files})").fetchall()[0][0])
-        parts = [
-            f"SELECT {select_cols}, {row_hash(m, seed)} AS _h "
-            f"FROM read_parquet({sql_literal(p)}, file_row_number = true, filename = true, hive_partitioning = false)"
-            for m, p in zip(months, paths, strict=True)
-        ]
-        union = " UNION ALL ".join(parts)
+        union = " UNION ALL ".join(
+            hashed_rows(m, p, select_cols, seed) for m, p in zip(months, paths, strict=True)
+        )
         if total <= sample_rows:
             query = f"SELECT * EXCLUDE (_h) FROM ({union}) ORDER BY _h"
         else:

@@ -14,10 +14,14 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def row_hash(month: str, seed: int) -> str:
-    """SQL for a lake row's sampling hash, for ``read_parquet(…, file_row_number = true, filename = true)``.
+def hashed_rows(month: str, files: str, columns: str, seed: int) -> str:
+    """``SELECT columns, _h FROM`` one month's Parquet ``files`` (a path or glob), ``_h`` being each row's sampling hash.
 
-    Stable for the same partition files and seed, independent of thread count and of where the lake lives
-    (it uses the part's file name, not its path). Samples keep the rows with the lowest hashes.
+    ``_h`` hashes (month, the part's file name, row number in the file, seed): stable for the same partition files
+    and seed, independent of thread count and of where the lake lives. Samples keep the rows with the lowest ``_h``.
     """
-    return f"hash({sql_literal(month[:7])}, parse_filename(filename), file_row_number, {int(seed)})"
+    return (
+        f"SELECT {columns}, hash({sql_literal(month[:7])}, parse_filename(filename), file_row_number, {int(seed)}) "
+        f"AS _h FROM read_parquet({sql_literal(files)}, file_row_number = true, filename = true, "
+        "hive_partitioning = false)"
+    )

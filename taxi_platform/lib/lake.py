@@ -222,15 +222,19 @@ class Lake:
             con.register_filesystem(self.fs)
         return con
 
-    def data_source(self, path: str) -> str | None:
-        """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any."""
+    def data_source(self, path: str, con=None) -> str | None:
+        """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any.
+
+        Uses ``con`` (a connection from :meth:`connect`) when given, else a connection of its own."""
         from taxi_platform.lib.sql import sql_literal
 
-        con = self.connect()
+        own = con is None
+        con = self.connect() if own else con
         try:
             rows = con.execute(
                 f"SELECT value FROM parquet_kv_metadata({sql_literal(path)}) WHERE decode(key) = 'data_source'"
             ).fetchall()
         finally:
-            con.close()
+            if own:
+                con.close()
         return bytes(rows[0][0]).decode() if rows else None

@@ -272,9 +272,9 @@ def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int
 
     Streams: DuckDB decodes the next batch while the previous one is featurised and the writer thread encodes.
     """
-    data_source = lake.data_source(cleaned)
     con = lake.connect()
     try:
+        data_source = lake.data_source(cleaned, con)
         reader = con.sql(
             f"""SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count,
                        CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,

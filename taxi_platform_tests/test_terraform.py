@@ -8,7 +8,6 @@ can be downloaded.)
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import hcl2
 import pytest
 from hcl2.utils import SerializationOptions
+
+from taxi_platform_tests.system_binaries import TERRAFORM, require
 
 REPO = Path(__file__).resolve().parents[1]
 TF_DIR = REPO / "terraform"
@@ -189,11 +190,7 @@ def credential_violations(text_by_file: dict[str, str], docs: dict[str, dict[str
 
 
 def test_terraform_fmt_check():
-    terraform = shutil.which("terraform")
-    assert terraform, (
-        "the terraform binary is not on PATH: install Terraform >= 1.6 (CI uses hashicorp/setup-terraform) "
-        "to run `terraform fmt -check -recursive terraform`"
-    )
+    terraform = require(TERRAFORM)
     result = subprocess.run(
         [terraform, "fmt", "-check", "-recursive", "-list=true", str(TF_DIR)],
         capture_output=True,

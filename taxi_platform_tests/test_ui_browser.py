@@ -19,8 +19,8 @@ from taxi_platform.lib.instance import ensure_dagster_home
 from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform_tests.dagster_services import REPO_ROOT, DagsterServices
+from taxi_platform_tests.system_binaries import CHROMIUM, require
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -53,8 +53,7 @@ def materialize_months(home: Path, lake_root: Path, base_url: str) -> None:
 
 @pytest.mark.e2e
 def test_asset_graph_and_partitions_pages_render_in_chromium(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian) provides it")
+    chromium = require(CHROMIUM)
     from playwright.sync_api import expect, sync_playwright
 
     mirror_root = tmp_path / "mirror"
@@ -78,7 +77,7 @@ def test_asset_graph_and_partitions_pages_render_in_chromium(tmp_path):
         )
         with DagsterServices(env, tmp_path / "logs", daemon=False) as svc, sync_playwright() as pw:
             svc.wait_ready(daemons=False)
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.set_default_timeout(60_000)

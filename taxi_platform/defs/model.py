@@ -3,8 +3,9 @@
 Partition ``M`` trains on the trailing ``window_months`` months of ``trip_features`` before ``M`` (at least
 one must exist) and validates out of time on ``M`` itself. Both model families and the naive per-pair
 median are scored on ``M``; the better family is logged with ``mlflow.pyfunc`` and registered as a new
-version of ``taxi_fare_model`` with alias ``challenger``. It becomes ``champion`` only through the gate in
-:mod:`taxi_platform.lib.registry` (and only if the asset's checks passed).
+version of ``taxi_fare_model`` with alias ``challenger``. Who is ``champion`` is decided by the replayed gate of
+:mod:`taxi_platform.lib.registry` (the rule is in its docstring and this asset's description); a version whose
+checks failed is tagged ``checks_failed`` and never becomes champion.
 
 MLflow goes through dagster-mlflow's ``mlflow_tracking`` resource: it sets the tracking URI and experiment
 and starts one MLflow run per Dagster run (tagged ``dagster_run_id``). This asset names that run after the
@@ -30,6 +31,7 @@ from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.metadata import parquet_data_source
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.registry import DEFAULT_TOLERANCE
 from taxi_platform.settings import MODEL_NAME, load_settings
 
 FARE_MODEL = dg.AssetKey("fare_model")
@@ -99,10 +101,17 @@ class FareModelConfig(dg.Config):
         default=250_000, ge=100, description="Rows sampled from the partition's month."
     )
     seed: int = Field(default=0, description="Seed of the samples and of the boosted model.")
-    min_improvement: float = Field(
-        default=0.0,
+    tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
         ge=0.0,
-        description="Dollars of MAE a challenger must beat the champion by to be promoted.",
+        le=1.0,
+        description="Relative MAE tolerance of the promotion gate: a fresher model replaces the champion unless "
+        "its MAE exceeds the champion's by more than this fraction (0.01 = 1 %). Replaces min_improvement.",
+    )
+    evaluation_rows: int = Field(
+        default=100_000,
+        ge=100,
+        description="Rows of a month's trip_features (the same hashed rows every time) the gate scores models on.",
     )
     families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
     min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
@@ -215,8 +224,17 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
         ),
     ],
     description="Fare-quote model trained on the trailing window of trip_features before the partition's month "
-    "and validated on the month itself; logged to MLflow, registered as taxi_fare_model (alias challenger) and "
-    "promoted to champion only when it beats the champion on the same month.",
+    "and validated on the month itself; logged to MLflow and registered as taxi_fare_model (alias challenger).\n\n"
+    "Promotion rule: a month's model is the latest version registered for its validation month; versions that "
+    "failed their checks are never champion. The champion is what a chronological replay of the months' models "
+    "chooses: the first month's model starts; each next month's model C is scored with the current champion H on "
+    "C's validation month (a month neither trained on, same hashed trip_features sample every time) and replaces H "
+    "unless MAE(C) > MAE(H) x (1 + tolerance) (config `tolerance`, default 1 %). A model whose training data ends "
+    "before the champion's is registered but never promoted. Every run replays the whole history, so any run "
+    "order (reversed backfill, parallel runs, a republished month) ends on the champion a chronological run "
+    "would choose; each (version, month, data fingerprint) MAE is scored once and cached as the version tag "
+    "`mae.YYYY-MM`. Metadata: promoted, gate_reason, champion_version, champion_validation_month, "
+    "champion_age_months, gate MAEs and the replay.",
 )
 def fare_model(context: dg.AssetExecutionContext, config: FareModelConfig) -> dg.MaterializeResult:
     import mlflow  # already imported by the mlflow resource
@@ -285,7 +303,7 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
 
     from taxi_platform.defs.transform import load_zones
     from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
-    from taxi_platform.lib.registry import gate_challenger
+    from taxi_platform.lib.registry import LakeEvaluation, gate_challenger
     from taxi_platform.lib.training import (
         fare_grows_with_distance,
         partition_fingerprint,
@@ -312,7 +330,6 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
 
     # -- checks on the validation month, with the in-memory model (same code path as the served one) ----
     quotes = quotes_frame(result.validation)
-    y_val = np.asarray(result.validation.column("fare_amount").to_numpy(), dtype=np.float64)
     quote_arrays = {c: quotes[c].to_numpy() for c in quotes.columns}
     X_val = model.design_matrix(quote_arrays)
     raw = model.raw_predict(X_val)
@@ -375,7 +392,8 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         {
             **train_config.params(),
             "window_months": config.window_months,
-            "min_improvement": config.min_improvement,
+            "gate_tolerance": config.tolerance,
+            "gate_evaluation_rows": config.evaluation_rows,
             "train_rows": result.train_rows,
             "window_rows": result.window_rows,
             "validation_rows": result.validation_rows,
@@ -441,22 +459,25 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         client,
         MODEL_NAME,
         version,
-        quotes,
-        y_val,
-        min_improvement=config.min_improvement,
-        checks_passed=not failed_checks,
-        failed_checks=failed_checks,
+        LakeEvaluation(store, rows=config.evaluation_rows, seed=config.seed),
+        tolerance=config.tolerance,
         tracking_uri=tracking_uri,
     )
     context.log.info(f"fare_model {month}: {decision.reason}")
-    mlflow.set_tags({"promoted": str(decision.promoted).lower(), "gate_reason": decision.reason[:5000]})
-    gate_metrics = {"gate_challenger_mae": decision.challenger_mae}
-    if decision.champion_mae is not None:
-        gate_metrics["gate_champion_mae"] = decision.champion_mae
+    gate_tags = {
+        "promoted": str(decision.promoted).lower(),
+        "gate_reason": decision.reason[:5000],
+        "gate_champion_version": decision.champion_version or "",
+        "gate_tolerance": str(decision.tolerance),
+    }
+    mlflow.set_tags(gate_tags)
+    gate_metrics = {"gate_challenger_mae": decision.challenger_mae, "gate_champion_mae": decision.champion_mae}
     mlflow.log_metrics({k: float(v) for k, v in gate_metrics.items() if v is not None})
-    client.set_model_version_tag(MODEL_NAME, version, "promoted", str(decision.promoted).lower())
+    for key, value in gate_tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
     _end_all_runs(mlflow, "FINISHED")
 
+    nan = float("nan")
     metadata: dict[str, Any] = {
         "model_name": MODEL_NAME,
         "model_version": version,
@@ -466,13 +487,28 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         "promoted": decision.promoted,
         "gate_reason": decision.reason,
         "champion_version": decision.champion_version or "",
+        "champion_validation_month": decision.champion_validation_month or "",
+        "champion_age_months": decision.champion_age_months if decision.champion_age_months is not None else -1,
+        "champion_age_vs_partition_months": (
+            decision.champion_age_vs_partition_months
+            if decision.champion_age_vs_partition_months is not None
+            else -1
+        ),
+        "newest_validation_month": decision.newest_validation_month or "",
         "previous_champion_version": decision.previous_champion_version or "",
+        "gate_tolerance": dg.MetadataValue.float(decision.tolerance),
+        "gate_evaluation_month": decision.evaluation_month or "",
+        "gate_compared_with_version": decision.compared_with_version or "",
         "gate_challenger_mae": dg.MetadataValue.float(
-            round(float(decision.challenger_mae or float("nan")), 5)
+            round(decision.challenger_mae, 5) if decision.challenger_mae is not None else nan
         ),
         "gate_champion_mae": dg.MetadataValue.float(
-            round(float(decision.champion_mae), 5) if decision.champion_mae is not None else float("nan")
+            round(decision.champion_mae, 5) if decision.champion_mae is not None else nan
         ),
+        "gate_replay": dg.MetadataValue.json(decision.steps),
+        "gate_replays": decision.replays,
+        "gate_scored_pairs": decision.scored_pairs,
+        "gate_cached_pairs": decision.cached_pairs,
         "train_months": ",".join(train_months),
         "missing_window_months": ",".join(missing),
         "validation_month": month,

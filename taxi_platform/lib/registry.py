@@ -1,10 +1,26 @@
 """The champion/challenger gate of the ``taxi_fare_model`` registry (MLflow aliases; stages are not used).
 
-Every new version gets the ``challenger`` alias. It takes ``champion`` only if, scored on the same
-validation quotes, its MAE beats the current champion's by more than ``min_improvement`` dollars (the
-champion is re-scored by loading ``models:/taxi_fare_model@champion``, so an older model is judged on the
-new month, not on the month it was trained for). With no champion yet, a challenger that passed its checks
-is promoted. The decision comes back as a :class:`GateDecision`.
+The rule
+--------
+Every registered version carries the tags ``train_months`` (comma list ``YYYY-MM``) and ``validation_month``.
+A month's model is the *latest* version registered for that validation month: a re-run or a republished month
+supersedes the month's earlier version. A version tagged ``checks_failed`` (its asset checks failed) is never
+champion; if it is its month's model, that month has no candidate.
+
+The champion is *defined* as the result of a chronological replay over the months' models:
+
+1. the first month's model (by validation month) is champion;
+2. for each next month's model C, it and the current champion H are scored on C's validation month, a month
+   neither trained on (H's training ends before H's validation month, which is before C's; C validates on it);
+3. C replaces H unless ``MAE(C) > MAE(H) * (1 + tolerance)`` (default tolerance 1 %): a fresher model that is
+   as good, within the tolerance, wins; a challenger whose training data ends before H's is never promoted.
+
+Because the gate replays the whole history every time, the run order (a reversed backfill, two partitions in
+parallel, a republished old month) cannot change the result: the alias ends on the model a chronological run
+would have chosen. Scoring is cheap to repeat: each (version, evaluation month, data fingerprint) MAE is cached
+as the model-version tag ``mae.YYYY-MM`` = ``"<mae>|<fingerprint>"`` (MLflow tag keys may not contain ``@``),
+so every pair is scored at most once; when the month's ``trip_features`` files change, the fingerprint no
+longer matches and the pair is scored again. Evaluation samples are deterministic (hashed rows, fixed seed).
 
 Before touching the registry the gate checks that it is reachable; if not it raises
 :class:`RegistryUnavailableError` naming ``MLFLOW_TRACKING_URI`` and moves no alias.
@@ -12,36 +28,297 @@ Before touching the registry the gate checks that it is reachable; if not it rai
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from taxi_platform.lib.lake import Lake
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+DEFAULT_TOLERANCE = 0.01
+MAE_TAG_PREFIX = "mae."
+MAX_REPLAYS = 5
+
+# outcomes of one replay step
+FIRST = "first"
+PROMOTED = "promoted"
+KEPT = "kept"
+OLDER_TRAINING = "older_training"
+NO_DATA = "no_evaluation_data"
 
 
 class RegistryUnavailableError(RuntimeError):
     """The MLflow tracking/registry server cannot be reached."""
 
 
+# -- the registry's month models -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MonthModel:
+    """One registered version, as the gate sees it (from its tags)."""
+
+    version: str
+    validation_month: str
+    train_months: tuple[str, ...]
+    checks_failed: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def train_end(self) -> str:
+        """The last month the version trained on ('' if the tag is empty)."""
+        return max(self.train_months) if self.train_months else ""
+
+    @property
+    def eligible(self) -> bool:
+        return not self.checks_failed
+
+    @classmethod
+    def from_version(cls, mv) -> MonthModel | None:
+        """From an MLflow ``ModelVersion``; None without a ``validation_month`` tag (not a fare_model version)."""
+        tags = dict(mv.tags or {})
+        month = tags.get("validation_month", "")[:7]
+        if not month:
+            return None
+        train = tuple(sorted(m.strip()[:7] for m in tags.get("train_months", "").split(",") if m.strip()))
+        failed = tuple(c for c in tags.get("checks_failed", "").split(",") if c)
+        return cls(str(mv.version), month, train, failed, tags)
+
+
+def _list_versions(client, model_name: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{model_name}'", page_token=token)
+        out.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def month_models(client, model_name: str) -> dict[str, MonthModel]:
+    """Validation month -> that month's model (its latest registered version), failed ones included."""
+    latest: dict[str, MonthModel] = {}
+    for mv in _list_versions(client, model_name):
+        model = MonthModel.from_version(mv)
+        if model is None:
+            continue
+        held = latest.get(model.validation_month)
+        if held is None or int(model.version) > int(held.version):
+            latest[model.validation_month] = model
+    return latest
+
+
+def _snapshot(models: Mapping[str, MonthModel]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((m, v.version) for m, v in models.items()))
+
+
+# -- the replay ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplayStep:
+    """What the replay decided when it reached one month's model."""
+
+    version: str
+    validation_month: str
+    outcome: str  # first | promoted | kept | older_training | no_evaluation_data
+    champion_before: str | None
+    champion_before_month: str | None
+    challenger_mae: float | None
+    champion_mae: float | None
+    reason: str
+
+    @property
+    def champion_after(self) -> str | None:
+        return self.version if self.outcome in (FIRST, PROMOTED) else self.champion_before
+
+
+def replay(
+    models: Iterable[MonthModel],
+    mae: Callable[[MonthModel, str], float | None],
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[MonthModel | None, list[ReplayStep]]:
+    """Replay the months' eligible models in validation-month order; the champion and one step per model.
+
+    ``mae(model, month)`` scores ``model`` on ``month``'s evaluation sample (None: the month has no data).
+    """
+    champion: MonthModel | None = None
+    steps: list[ReplayStep] = []
+    for c in sorted((m for m in models if m.eligible), key=lambda m: m.validation_month):
+        h = champion
+        tag = f"v{c.version} ({c.validation_month})"
+        if h is None:
+            steps.append(ReplayStep(c.version, c.validation_month, FIRST, None, None, None, None,
+                                    f"{tag} is the first month's model: champion"))  # fmt: skip
+            champion = c
+            continue
+        htag = f"v{h.version} ({h.validation_month})"
+        if c.train_end < h.train_end:
+            steps.append(ReplayStep(
+                c.version, c.validation_month, OLDER_TRAINING, h.version, h.validation_month, None, None,
+                f"{tag} trained on data ending {c.train_end or 'nowhere'}, before champion {htag}'s "
+                f"({h.train_end}): registered, never promoted",
+            ))  # fmt: skip
+            continue
+        month = c.validation_month
+        c_mae = mae(c, month)
+        h_mae = mae(h, month) if c_mae is not None else None
+        if c_mae is None or h_mae is None:
+            steps.append(ReplayStep(
+                c.version, month, NO_DATA, h.version, h.validation_month, None, None,
+                f"{tag}: trip_features has no data for {month} to score it on; champion {htag} kept",
+            ))  # fmt: skip
+            continue
+        limit = h_mae * (1.0 + tolerance)
+        if c_mae > limit:
+            steps.append(ReplayStep(
+                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+                f"{tag} MAE {c_mae:.4f} on {month} is worse than champion {htag}'s {h_mae:.4f} by more than "
+                f"{tolerance:.2%} (limit {limit:.4f}); champion {htag} kept",
+            ))  # fmt: skip
+        else:
+            steps.append(ReplayStep(
+                c.version, month, PROMOTED, h.version, h.validation_month, c_mae, h_mae,
+                f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of (or better than) champion "
+                f"{htag}'s {h_mae:.4f} (limit {limit:.4f}): the fresher model replaces it",
+            ))  # fmt: skip
+            champion = c
+    return champion, steps
+
+
+# -- evaluation data and the MAE cache -------------------------------------------------------------------
+class MonthEvaluation(Protocol):
+    """A deterministic evaluation sample per month and a fingerprint of the data it comes from."""
+
+    def fingerprint(self, month: str) -> str | None:
+        """Changes whenever the sample would; None when the month has no data."""
+        ...
+
+    def sample(self, month: str) -> tuple[pd.DataFrame, np.ndarray]:
+        """(raw quotes, true fares) of the month's evaluation sample."""
+        ...
+
+
+@dataclass
+class LakeEvaluation:
+    """Evaluation samples from the lake's ``trip_features``: the same hashed rows of a month on every call."""
+
+    lake: Lake
+    rows: int = 100_000
+    seed: int = 0
+
+    def fingerprint(self, month: str) -> str | None:
+        from taxi_platform.lib.training import partition_fingerprint
+
+        try:
+            files = partition_fingerprint(self.lake, [month])
+        except FileNotFoundError:
+            return None
+        return hashlib.sha256(f"{files}|rows={self.rows}|seed={self.seed}".encode()).hexdigest()[:16]
+
+    def sample(self, month: str) -> tuple[pd.DataFrame, np.ndarray]:
+        from taxi_platform.lib.training import TARGET, load_window, quotes_frame
+
+        table = load_window(self.lake, [month], self.rows, self.seed)
+        if table.num_rows == 0:
+            raise ValueError(f"trip_features has no rows for {month}")
+        return quotes_frame(table), np.asarray(table.column(TARGET).to_numpy(), dtype=np.float64)
+
+
+def mae_tag(month: str) -> str:
+    return f"{MAE_TAG_PREFIX}{month[:7]}"
+
+
+def parse_mae_tag(value: str | None) -> tuple[float, str] | None:
+    """``"<mae>|<fingerprint>"`` -> (mae, fingerprint); None if absent or malformed."""
+    if not value or "|" not in value:
+        return None
+    number, fp = value.split("|", 1)
+    try:
+        return float(number), fp
+    except ValueError:
+        return None
+
+
+def mae_of(model_uri: str, quotes, y_true: Sequence[float] | np.ndarray) -> float:
+    """MAE of the pyfunc model at ``model_uri`` on raw ``quotes`` (a DataFrame)."""
+    import mlflow.pyfunc
+
+    pred = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(quotes)["fare_amount"], dtype=np.float64)
+    return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
+
+
+class _CachedMae:
+    """``mae(model, month)`` for :func:`replay`: the version's ``mae.<month>`` tag if its fingerprint matches,
+    else the registered artifact scored on the month's sample (and the tag written)."""
+
+    def __init__(self, client, model_name: str, evaluation: MonthEvaluation, scorer) -> None:
+        self.client, self.model_name, self.evaluation, self.scorer = client, model_name, evaluation, scorer
+        self.fingerprints: dict[str, str | None] = {}
+        self.samples: dict[str, tuple[Any, np.ndarray]] = {}
+        self.known: dict[tuple[str, str], tuple[float, str]] = {}
+        self.scored = 0
+        self.cached = 0
+
+    def fingerprint(self, month: str) -> str | None:
+        if month not in self.fingerprints:
+            self.fingerprints[month] = self.evaluation.fingerprint(month)
+        return self.fingerprints[month]
+
+    def __call__(self, model: MonthModel, month: str) -> float | None:
+        fp = self.fingerprint(month)
+        if fp is None:
+            return None
+        hit = self.known.get((model.version, month)) or parse_mae_tag(model.tags.get(mae_tag(month)))
+        if hit is not None and hit[1] == fp:
+            self.cached += 1
+            return hit[0]
+        if month not in self.samples:
+            self.samples[month] = self.evaluation.sample(month)
+        quotes, y = self.samples[month]
+        value = float(self.scorer(f"models:/{self.model_name}/{model.version}", quotes, y))
+        # repr() round-trips the float exactly: a cached comparison decides exactly as a fresh one.
+        self.client.set_model_version_tag(self.model_name, model.version, mae_tag(month), f"{value!r}|{fp}")
+        self.known[(model.version, month)] = (value, fp)
+        self.scored += 1
+        return value
+
+
+# -- the gate --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateDecision:
-    promoted: bool
+    promoted: bool  # the challenger holds the champion alias after the gate
     reason: str
     model_name: str
     challenger_version: str
+    challenger_validation_month: str
     champion_version: str | None  # holder of the champion alias after the decision
-    previous_champion_version: str | None
+    champion_validation_month: str | None
+    previous_champion_version: str | None  # holder before this gate ran
+    evaluation_month: str | None  # the month the challenger's own comparison was scored on
     challenger_mae: float | None
-    champion_mae: float | None  # previous champion on the same quotes
-    min_improvement: float
-    scored_rows: int
+    champion_mae: float | None  # the champion it was compared with, on evaluation_month
+    compared_with_version: str | None
+    tolerance: float
+    newest_validation_month: str | None
+    champion_age_months: int | None  # newest registered validation month - champion's validation month
+    champion_age_vs_partition_months: int | None  # challenger's validation month - champion's
+    replays: int
+    scored_pairs: int
+    cached_pairs: int
+    steps: list[dict[str, Any]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def months_between(earlier: str, later: str) -> int:
+    """Whole months from ``earlier`` to ``later`` (``YYYY-MM``), negative if ``later`` is before."""
+    a, b = int(earlier[:4]) * 12 + int(earlier[5:7]), int(later[:4]) * 12 + int(later[5:7])
+    return b - a
 
 
 def _is_http(uri: str) -> bool:
@@ -89,98 +366,124 @@ def current_champion(client, model_name: str):
         raise
 
 
-def mae_of(model_uri: str, quotes, y_true: Sequence[float] | np.ndarray) -> float:
-    """MAE of the pyfunc model at ``model_uri`` on raw ``quotes`` (a DataFrame)."""
-    import mlflow.pyfunc
+def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
+    """Replay and set the alias until the registry's month models stop changing under us (bounded).
 
-    pred = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(quotes)["fare_amount"], dtype=np.float64)
-    return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
+    Why the last writer is right: every gate registers its version *before* it lists the registry, sets the
+    alias, then lists again and stops only if that second listing equals the one it replayed. Take the gate
+    whose alias write is the last one. Suppose its replay missed a month model v. Its second listing equalled
+    its first, so v was registered after that second listing, hence after this gate's alias write. v's own
+    gate lists the registry after registering v and writes the alias after that, i.e. later than the "last"
+    write: a contradiction. So the last alias write comes from a replay over the full set of month models, and
+    the replay is a function of that set alone (same tags, same cached MAEs, same rule): the alias ends where a
+    chronological run would put it. ``max_replays`` only bounds a gate racing a stream of new versions; the
+    gate of the newest version then settles it.
+    """
+    rounds = 0
+    while True:
+        rounds += 1
+        models = month_models(client, model_name)
+        champion, steps = replay(models.values(), mae, tolerance)
+        if champion is not None:
+            client.set_registered_model_alias(model_name, CHAMPION, champion.version)
+        after = month_models(client, model_name)
+        if _snapshot(after) == _snapshot(models) or rounds >= max_replays:
+            return models, champion, steps, rounds
 
 
 def gate_challenger(
     client,
     model_name: str,
     challenger_version: str | int,
-    quotes,
-    y_true: Sequence[float] | np.ndarray,
-    min_improvement: float = 0.0,
-    checks_passed: bool = True,
-    failed_checks: Sequence[str] = (),
+    evaluation: MonthEvaluation,
+    tolerance: float = DEFAULT_TOLERANCE,
     tracking_uri: str | None = None,
     scorer: Callable[[str, Any, Any], float] = mae_of,
-    attempts: int = 3,
+    max_replays: int = MAX_REPLAYS,
 ) -> GateDecision:
-    """Alias ``challenger_version`` as challenger, score it and the champion on ``quotes``, promote if better.
+    """Alias ``challenger_version`` as challenger, replay the months' models, and point champion at the winner.
 
-    ``client`` is an ``MlflowClient``. The champion is re-scored from ``models:/<name>@champion``; the
-    challenger from ``models:/<name>/<version>`` (the registered artifact, exactly what will be served).
-    A challenger that failed its checks (``checks_passed=False``) is never promoted. If another run moves
-    the champion alias while this one is scoring, the comparison is repeated against the new champion.
+    ``client`` is an ``MlflowClient``; the version must carry ``validation_month`` and ``train_months`` tags (and
+    ``checks_failed`` if any check failed). Models are scored from ``models:/<name>/<version>``, the registered
+    artifacts, exactly what will be served. The decision describes the challenger's fate in the replay.
     """
     from mlflow.exceptions import MlflowException
 
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     uri = tracking_uri or client.tracking_uri
     ensure_reachable(uri)
     version = str(challenger_version)
-    y = np.asarray(y_true, dtype=np.float64)
-    if len(y) == 0 or len(y) != len(quotes):
-        raise ValueError(
-            f"gate needs quotes and fares of equal, non-zero length; got {len(quotes)} and {len(y)}"
-        )
     try:
-        client.get_model_version(model_name, version)  # fails early if the version does not exist
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
-        challenger_mae = scorer(f"models:/{model_name}/{version}", quotes, y)
-
-        def decide(champion) -> tuple[bool, str, float | None]:
-            if not checks_passed:
-                failed = ", ".join(failed_checks) or "asset checks"
-                return False, f"challenger v{version} failed {failed}; champion unchanged", None
-            if champion is None:
-                return True, f"no champion yet: v{version} (MAE {challenger_mae:.4f}) becomes champion", None
-            if str(champion.version) == version:
-                return False, f"v{version} is already champion", challenger_mae
-            champion_mae = scorer(f"models:/{model_name}@{CHAMPION}", quotes, y)
-            gain = champion_mae - challenger_mae
-            if gain > min_improvement:
-                return (
-                    True,
-                    f"v{version} MAE {challenger_mae:.4f} beats champion v{champion.version} MAE "
-                    f"{champion_mae:.4f} by {gain:.4f} > {min_improvement:.4f}",
-                    champion_mae,
-                )
-            return (
-                False,
-                f"v{version} MAE {challenger_mae:.4f} does not beat champion v{champion.version} MAE "
-                f"{champion_mae:.4f} by more than {min_improvement:.4f}; champion unchanged",
-                champion_mae,
+        me = MonthModel.from_version(client.get_model_version(model_name, version))
+        if me is None:
+            raise ValueError(
+                f"{model_name} v{version} has no validation_month tag: the gate cannot place it in the replay"
             )
-
-        for attempt in range(max(1, attempts)):
-            champion = current_champion(client, model_name)
-            promoted, reason, champion_mae = decide(champion)
-            latest = current_champion(client, model_name)
-            if (latest and latest.version) == (champion and champion.version) or attempt == attempts - 1:
-                break  # nobody moved the alias while we were scoring
-            time.sleep(0.1)
-        previous = champion.version if champion is not None else None
-        if promoted:
-            client.set_registered_model_alias(model_name, CHAMPION, version)
-        holder = current_champion(client, model_name)
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        before = current_champion(client, model_name)
+        mae = _CachedMae(client, model_name, evaluation, scorer)
+        models, champion, steps, rounds = _settle(client, model_name, mae, tolerance, max_replays)
     except MlflowException as exc:
         text = str(exc)
         if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
             raise _unavailable(uri, text[:200]) from exc
         raise
+    return _decision(
+        model_name, me, models, champion, steps, before, tolerance, rounds, mae.scored, mae.cached
+    )
+
+
+def _decision(model_name, me: MonthModel, models, champion, steps, before, tolerance, rounds, scored, cached):
+    version = me.version
+    mine = next((s for s in steps if s.version == version), None)
+    holder = models.get(me.validation_month)
+    promoted = champion is not None and champion.version == version
+    ctag = f"v{champion.version} ({champion.validation_month})" if champion is not None else "none"
+    if me.checks_failed:
+        reason = (f"v{version} failed {', '.join(me.checks_failed)}: registered, never champion; "
+                  f"champion {ctag}")  # fmt: skip
+    elif holder is not None and holder.version != version:
+        reason = (f"v{version} was superseded by v{holder.version}, registered later for the same month "
+                  f"{me.validation_month}; champion {ctag}")  # fmt: skip
+    elif champion is not None and not promoted and me.train_end < champion.train_end:
+        reason = (f"v{version} trained on data ending {me.train_end or 'nowhere'}, before champion {ctag}'s "
+                  f"({champion.train_end}): registered, never promoted")  # fmt: skip
+    elif mine is None:
+        reason = f"v{version} took no part in the replay; champion {ctag}"
+    elif promoted:
+        reason = f"{mine.reason}; v{version} is champion"
+    elif mine.outcome in (FIRST, PROMOTED):
+        reason = f"{mine.reason}; a later month's model then took over: champion {ctag}"
+    else:
+        reason = mine.reason if champion is None or mine.champion_after == champion.version else (
+            f"{mine.reason}; champion now {ctag}")  # fmt: skip
+    newest = max(models) if models else None
     return GateDecision(
         promoted=promoted,
         reason=reason,
         model_name=model_name,
         challenger_version=version,
-        champion_version=str(holder.version) if holder is not None else None,
-        previous_champion_version=str(previous) if previous is not None else None,
-        challenger_mae=challenger_mae,
-        champion_mae=champion_mae,
-        min_improvement=float(min_improvement),
-        scored_rows=int(len(y)),
+        challenger_validation_month=me.validation_month,
+        champion_version=champion.version if champion is not None else None,
+        champion_validation_month=champion.validation_month if champion is not None else None,
+        previous_champion_version=str(before.version) if before is not None else None,
+        evaluation_month=mine.validation_month
+        if mine is not None and mine.challenger_mae is not None
+        else None,
+        challenger_mae=mine.challenger_mae if mine is not None else None,
+        champion_mae=mine.champion_mae if mine is not None else None,
+        compared_with_version=mine.champion_before if mine is not None else None,
+        tolerance=float(tolerance),
+        newest_validation_month=newest,
+        champion_age_months=months_between(champion.validation_month, newest)
+        if champion and newest
+        else None,
+        champion_age_vs_partition_months=(
+            months_between(champion.validation_month, me.validation_month) if champion is not None else None
+        ),
+        replays=rounds,
+        scored_pairs=scored,
+        cached_pairs=cached,
+        steps=[asdict(s) for s in steps],
     )

@@ -5,7 +5,7 @@ The rule
 Every registered version carries the tags ``train_months`` (comma list ``YYYY-MM``) and ``validation_month``.
 A month's model is the *latest* version registered for that validation month: a re-run or a republished month
 supersedes the month's earlier version. A version tagged ``checks_failed`` (its asset checks failed) is never
-champion; if it is its month's model, that month has no candidate.
+champion and supersedes nothing: a failed re-run leaves the month's earlier model in place.
 
 The champion is *defined* as the result of a chronological replay over the months' models:
 
@@ -100,12 +100,21 @@ def _list_versions(client, model_name: str) -> list:
             return out
 
 
-def month_models(client, model_name: str) -> dict[str, MonthModel]:
-    """Validation month -> that month's model (its latest registered version), failed ones included."""
+def registered_models(client, model_name: str) -> list[MonthModel]:
+    """Every version of ``model_name`` that has a ``validation_month`` tag (fare_model versions)."""
+    out = [MonthModel.from_version(mv) for mv in _list_versions(client, model_name)]
+    return [m for m in out if m is not None]
+
+
+def month_models(versions: Iterable[MonthModel]) -> dict[str, MonthModel]:
+    """Validation month -> that month's model: its latest registered version that passed its checks.
+
+    A re-run or republished month supersedes the month's earlier version; a version that failed its checks
+    supersedes nothing (a failed re-run leaves the month's earlier model in place).
+    """
     latest: dict[str, MonthModel] = {}
-    for mv in _list_versions(client, model_name):
-        model = MonthModel.from_version(mv)
-        if model is None:
+    for model in versions:
+        if not model.eligible:
             continue
         held = latest.get(model.validation_month)
         if held is None or int(model.version) > int(held.version):
@@ -147,7 +156,7 @@ def replay(
     """
     champion: MonthModel | None = None
     steps: list[ReplayStep] = []
-    for c in sorted((m for m in models if m.eligible), key=lambda m: m.validation_month):
+    for c in sorted((m for m in models if m.eligible), key=lambda m: (m.validation_month, int(m.version))):
         h = champion
         tag = f"v{c.version} ({c.validation_month})"
         if h is None:
@@ -382,13 +391,14 @@ def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
     rounds = 0
     while True:
         rounds += 1
-        models = month_models(client, model_name)
+        versions = registered_models(client, model_name)
+        models = month_models(versions)
         champion, steps = replay(models.values(), mae, tolerance)
         if champion is not None:
             client.set_registered_model_alias(model_name, CHAMPION, champion.version)
-        after = month_models(client, model_name)
+        after = month_models(registered_models(client, model_name))
         if _snapshot(after) == _snapshot(models) or rounds >= max_replays:
-            return models, champion, steps, rounds
+            return versions, models, champion, steps, rounds
 
 
 def gate_challenger(
@@ -423,18 +433,21 @@ def gate_challenger(
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         before = current_champion(client, model_name)
         mae = _CachedMae(client, model_name, evaluation, scorer)
-        models, champion, steps, rounds = _settle(client, model_name, mae, tolerance, max_replays)
+        versions, models, champion, steps, rounds = _settle(client, model_name, mae, tolerance, max_replays)
     except MlflowException as exc:
         text = str(exc)
         if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
             raise _unavailable(uri, text[:200]) from exc
         raise
+    newest = max((v.validation_month for v in versions), default=None)
     return _decision(
-        model_name, me, models, champion, steps, before, tolerance, rounds, mae.scored, mae.cached
+        model_name, me, models, newest, champion, steps, before, tolerance, rounds, mae.scored, mae.cached
     )
 
 
-def _decision(model_name, me: MonthModel, models, champion, steps, before, tolerance, rounds, scored, cached):
+def _decision(
+    model_name, me: MonthModel, models, newest, champion, steps, before, tolerance, rounds, scored, cached
+):
     version = me.version
     mine = next((s for s in steps if s.version == version), None)
     holder = models.get(me.validation_month)
@@ -458,7 +471,6 @@ def _decision(model_name, me: MonthModel, models, champion, steps, before, toler
     else:
         reason = mine.reason if champion is None or mine.champion_after == champion.version else (
             f"{mine.reason}; champion now {ctag}")  # fmt: skip
-    newest = max(models) if models else None
     return GateDecision(
         promoted=promoted,
         reason=reason,

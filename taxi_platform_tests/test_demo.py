@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import mlflow
 import pytest
+
+from taxi_platform.lib.sample import month_rows
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -35,13 +38,19 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
 
     lake = Path(report["lake_root"])
     for month, rows in report["rows"].items():
-        assert rows["raw"] == 4000 + 400
+        # --rows-per-month is the mean: each month has its own volume (days, weekdays, season), like real files.
+        first = date.fromisoformat(f"{month}-01")
+        assert rows["raw"] == month_rows("yellow", first, 4000) + month_rows("green", first, 400)
         assert rows["cleaned"] + rows["rejected"] == rows["raw"]
         assert rows["features"] == rows["cleaned"]
         on_disk = duckdb.sql(
             f"SELECT count(*) FROM read_parquet('{lake}/trip_features/month={month}/*.parquet')"
         ).fetchall()[0][0]
         assert on_disk == rows["features"]
+
+    raw = [r["raw"] for r in report["rows"].values()]
+    rejected_share = [r["rejected"] / r["raw"] for r in report["rows"].values()]
+    assert len(set(raw)) == 3 and len(set(rejected_share)) == 3  # volume and dirt vary by month
 
     # Models for the two later months, each registered, and the summary's MAE figures are the logged ones.
     assert set(report["model"]) == {"2024-02", "2024-03"}

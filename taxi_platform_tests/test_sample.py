@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from dataclasses import fields
 from datetime import date, datetime
 
 import duckdb
@@ -12,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxi_platform import cli
 from taxi_platform.lib import tlc_schema
@@ -23,6 +26,8 @@ from taxi_platform.lib.sample import (
     DirtRates,
     SampleProfile,
     generate_month,
+    month_dirt,
+    month_rows,
     parse_month_range,
     write_sample_mirror,
     write_trip_file,
@@ -397,6 +402,74 @@ def test_clean_profile_has_no_dirt(yellow_clean):
     assert not np.isin(_np(t, "DOLocationID"), [264, 265]).any()
 
 
+# -- month-to-month variation ----------------------------------------------------------------------------------
+def test_month_rows_follow_days_weekdays_and_season_around_the_mean():
+    year = [date(2024, m, 1) for m in range(1, 13)]
+    rows = {m: month_rows("yellow", m, 20_000, seed=0) for m in year}
+    assert rows == {m: month_rows("yellow", m, 20_000, seed=0) for m in year}  # deterministic
+    assert sum(rows.values()) / 12 == pytest.approx(20_000, rel=0.02)  # --rows-per-month stays the mean
+    assert len(set(rows.values())) == 12 and min(rows.values()) > 15_000 and max(rows.values()) < 25_000
+    # Season: quiet January and summer, busy spring and October (2024 TLC files: 2.96M, 3.58M, 3.08M, 3.83M).
+    jan, mar, jul, oct_ = (rows[date(2024, m, 1)] for m in (1, 3, 7, 10))
+    assert jan < mar and jul < mar and oct_ > jul and oct_ > jan
+    # Days and weekdays, averaged over seeds (the per-month noise is ~2 %): leap February 2024 has a day more than
+    # February 2023; March 2024 has five Fridays, Saturdays and Sundays, March 2025 five Saturdays, Sundays and
+    # Mondays (quieter days), so it has fewer trips for the same season and number of days.
+    def mean_rows(month):
+        return np.mean([month_rows("yellow", month, 10**6, seed=s) for s in range(400)])
+
+    assert mean_rows(date(2024, 2, 1)) / mean_rows(date(2023, 2, 1)) == pytest.approx(29 / 28, abs=0.006)
+    assert 1.002 < mean_rows(date(2024, 3, 1)) / mean_rows(date(2025, 3, 1)) < 1.012
+    assert month_rows("green", date(2024, 3, 1), 0) == 0
+    # Other seeds and services give other (but similar) volumes.
+    assert month_rows("yellow", date(2024, 3, 1), 20_000, seed=1) != rows[date(2024, 3, 1)]
+    assert month_rows("green", date(2024, 3, 1), 20_000) != rows[date(2024, 3, 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 5_000_000),
+    seed=st.integers(0, 2**31),
+    service=st.sampled_from(["yellow", "green"]),
+    month=st.dates(date(2009, 1, 1), date(2030, 12, 31)),
+)
+def test_month_rows_and_dirt_are_bounded_and_deterministic(rows, seed, service, month):
+    n = month_rows(service, month, rows, seed)
+    assert n == month_rows(service, month.replace(day=1), rows, seed)
+    assert 0.8 * rows - 1 <= n <= 1.25 * rows + 1
+    base = DirtRates()
+    dirt = month_dirt(base, service, month, seed)
+    assert dirt == month_dirt(base, service, month.replace(day=1), seed)
+    for f in fields(DirtRates):
+        assert 0.05 < getattr(dirt, f.name) / getattr(base, f.name) < 20  # lognormal, sigma ~0.43 in all
+    assert month_dirt(DirtRates.clean(), service, month, seed) == DirtRates.clean()
+
+
+def test_varied_mirror_months_differ_in_volume_and_dirt(tmp_path):
+    months = [date(2024, m, 1) for m in (1, 2, 3, 4)]
+    written = write_sample_mirror(tmp_path, months, rows_per_month={"yellow": 20_000, "green": 2_000}, seed=0,
+                                  monthly_variation=True)  # fmt: skip
+    yellow = {m: pq.read_table(tmp_path / "trip-data" / f"yellow_tripdata_{m:%Y-%m}.parquet") for m in months}
+    counts = {m: t.num_rows for m, t in yellow.items()}
+    assert counts == {m: month_rows("yellow", m, 20_000, seed=0) for m in months}
+    assert len(set(counts.values())) == 4
+    for m in months:
+        green = pq.read_metadata(tmp_path / "trip-data" / f"green_tripdata_{m:%Y-%m}.parquet")
+        assert green.num_rows == month_rows("green", m, 2_000, seed=0)
+        assert green.metadata[b"data_source"] == b"synthetic"
+    # Dirt: each month's refunds and zero distances are its own rates times its own rows.
+    negative = {m: int((_np(t, "fare_amount") < 0).sum()) for m, t in yellow.items()}
+    nulls = {m: t.column("passenger_count").null_count for m, t in yellow.items()}
+    for m in months:
+        dirt = month_dirt(DirtRates(), "yellow", m, seed=0)
+        assert abs(negative[m] - round(dirt.negative_fare * counts[m])) <= 25, (m, negative[m])
+        assert abs(nulls[m] - round(dirt.null_passenger_count * counts[m])) <= 25, (m, nulls[m])
+    shares = [nulls[m] / counts[m] for m in months]
+    assert max(shares) > 1.2 * min(shares)  # not the same dirt every month
+    assert "vary by month" in (tmp_path / "SYNTHETIC.txt").read_text()
+    assert written[0].name == "yellow_tripdata_2024-01.parquet"
+
+
 # -- the mirror on disk and the CLI --------------------------------------------------------------------------
 def test_parse_month_range():
     assert parse_month_range("2024-01:2024-03") == [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)]
@@ -463,21 +536,35 @@ def test_cli_writes_the_layout(tmp_path, capsys):
         and "trip-data/yellow_tripdata_2024-02.parquet" in out
         and "drift scenario from 2024-02: fares x1.25" in out
     )
-    for name in (
-        "yellow_tripdata_2024-01",
-        "green_tripdata_2024-01",
-        "yellow_tripdata_2024-02",
-        "green_tripdata_2024-02",
-    ):
-        assert pq.read_metadata(dest / "trip-data" / f"{name}.parquet").num_rows == 500
+    assert "vary by month" in out
+    # --rows-per-month is the mean: each file has its month's volume and dirt.
+    rows = {}
+    for service in ("yellow", "green"):
+        for month in (date(2024, 1, 1), date(2024, 2, 1)):
+            path = dest / "trip-data" / f"{service}_tripdata_{month:%Y-%m}.parquet"
+            rows[service, month] = pq.read_metadata(path).num_rows
+            assert rows[service, month] == month_rows(service, month, 500, seed=4) and f"{rows[service, month]:,} rows" in out
+    assert len(set(rows.values())) > 1 and all(400 < r < 600 for r in rows.values())
     assert (dest / "misc" / "taxi_zone_lookup.csv").read_bytes() == zone_csv_bytes()
     jan = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-01.parquet")
-    assert jan.equals(
-        generate_month("yellow", date(2024, 1, 1), 500, seed=4).replace_schema_metadata(jan.schema.metadata)
-    )
+    jan_profile = SampleProfile(dirt=month_dirt(DirtRates(), "yellow", date(2024, 1, 1), seed=4))
+    expected = generate_month("yellow", date(2024, 1, 1), rows["yellow", date(2024, 1, 1)], seed=4, profile=jan_profile)
+    assert jan.equals(expected.replace_schema_metadata(jan.schema.metadata))
     feb = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-02.parquet")
-    feb_base = generate_month("yellow", date(2024, 2, 1), 500, seed=4)
+    feb_base = generate_month("yellow", date(2024, 2, 1), feb.num_rows, seed=4)
     assert _np(feb, "fare_amount").sum() > 1.2 * _np(feb_base, "fare_amount").sum()
+
+
+def test_cli_steady_writes_exact_rows(tmp_path, capsys):
+    dest = tmp_path / "mirror"
+    assert cli.main(["sample-mirror", str(dest), "--months", "2024-01:2024-03", "--rows-per-month", "yellow=700,green=90",
+                     "--steady", "--seed", "4"]) == 0  # fmt: skip
+    assert "vary by month" not in capsys.readouterr().out
+    for month in ("2024-01", "2024-02", "2024-03"):
+        for service, n in (("yellow", 700), ("green", 90)):
+            assert pq.read_metadata(dest / "trip-data" / f"{service}_tripdata_{month}.parquet").num_rows == n
+    jan = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-01.parquet")
+    assert jan.equals(generate_month("yellow", date(2024, 1, 1), 700, seed=4).replace_schema_metadata(jan.schema.metadata))
 
 
 def test_cli_rejects_bad_input_without_writing(tmp_path, capsys):

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--months", default=DEFAULT_MONTHS,
                         help=f"month range YYYY-MM:YYYY-MM (default {DEFAULT_MONTHS}; the first month only trains)")
     parser.add_argument("--rows-per-month", type=int, default=20_000,
-                        help="synthetic yellow trips per month, green gets a tenth (default 20000)")
+                        help="mean synthetic yellow trips per month, green gets a tenth (default 20000); "
+                        "volume and dirt vary by month (days, weekdays, season) as in real TLC files")
     parser.add_argument("--source", choices=("sample", "tlc"), default="sample",
                         help="sample: a synthetic mirror served on loopback (offline, default); tlc: the real TLC CDN")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
@@ -59,7 +60,8 @@ def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iter
     from taxi_platform.lib.mirror import MirrorServer
     from taxi_platform.lib.sample import write_sample_mirror
 
-    write_sample_mirror(root, months, rows_per_month={"yellow": rows, "green": max(rows // 10, 100)}, seed=seed)
+    write_sample_mirror(root, months, rows_per_month={"yellow": rows, "green": max(rows // 10, 100)}, seed=seed,
+                        monthly_variation=True)
     with MirrorServer(root) as server:
         yield server.url
 

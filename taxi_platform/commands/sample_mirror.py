@@ -27,7 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows-per-month",
         default=None,
-        help="rows per file: N for every service, or yellow=N,green=M (default yellow=20000,green=2000)",
+        help="mean rows per file: N for every service, or yellow=N,green=M (default yellow=20000,green=2000); "
+        "each month's volume and dirt vary with its days, weekdays and season unless --steady",
+    )
+    parser.add_argument(
+        "--steady",
+        action="store_true",
+        help="exactly --rows-per-month rows and the same dirt rates in every month (no month-to-month variation)",
     )
     parser.add_argument(
         "--services", default="yellow,green", help="comma-separated services (default yellow,green)"
@@ -110,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     dest = args.dir.expanduser().absolute()
     started = time.perf_counter()
     written = write_sample_mirror(
-        dest, months, services=services, rows_per_month=rows, seed=args.seed, profile=profile
+        dest, months, services=services, rows_per_month=rows, seed=args.seed, profile=profile,
+        monthly_variation=not args.steady,
     )
     elapsed = time.perf_counter() - started
     print(
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {rel:<48} {pq.read_metadata(path).num_rows:>10,} rows  {size:>10}  [SYNTHETIC]")
         else:
             print(f"  {rel:<48} {'':>15} {size:>10}  [real TLC zone lookup]")
+    if not args.steady:
+        print("  rows and dirt vary by month around --rows-per-month (days, weekdays, season); --steady: exact")
     if from_month is not None or multiplier != 1.0 or args.speed_multiplier != 1.0:
         since = f" from {from_month:%Y-%m}" if from_month else ""
         print(f"  drift scenario{since}: fares x{multiplier:g}, speeds x{args.speed_multiplier:g}")

@@ -47,7 +47,7 @@ import re
 import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -98,6 +98,14 @@ _SEASON_SPEED = {1: 1.02, 2: 1.03, 3: 1.0, 4: 0.99, 5: 0.97, 6: 0.98, 7: 1.05, 8
                  11: 0.95, 12: 0.93}  # fmt: skip
 _SEASON_AIRPORT = {1: 0.95, 2: 0.9, 3: 1.0, 4: 1.0, 5: 1.0, 6: 1.08, 7: 1.15, 8: 1.12, 9: 1.0, 10: 1.0, 11: 1.05,
                    12: 1.1}  # fmt: skip
+
+# Trips per day by calendar month, relative (yellow files 2023-2024: quiet January and summer, busy spring and
+# autumn). With the weekday mix and the number of days this sets each month's volume in a varied mirror.
+_SEASON_VOLUME = {1: 0.87, 2: 0.95, 3: 1.04, 4: 1.03, 5: 1.06, 6: 1.03, 7: 0.91, 8: 0.89, 9: 0.99, 10: 1.08,
+                  11: 1.06, 12: 1.03}  # fmt: skip
+_VOLUME_NOISE = 0.02  # per-month lognormal sigma on top of days, weekdays and season
+_DIRT_MONTH_SIGMA = 0.35  # per-month lognormal sigma of the overall dirt level
+_DIRT_KIND_SIGMA = 0.25  # and of each kind of dirt on top of it
 
 _NEW_RATES_FROM = np.datetime64("2022-12-19T00:00:00", "us").astype(np.int64)
 _CONGESTION_FROM = np.datetime64("2019-02-02T00:00:00", "us").astype(np.int64)
@@ -341,6 +349,57 @@ def _dropoff_cdf(service: str, airport_factor: float) -> np.ndarray:
     cdf = np.cumsum(p, axis=1)
     cdf[:, -1] = 1.0
     return (cdf + ids[:, None]).ravel()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Month-to-month variation (volume and dirt), as between real TLC files
+# ---------------------------------------------------------------------------------------------------------
+def _month_rng(seed: int, service: str, month: date, stream: int) -> np.random.Generator:
+    """A generator of its own for (seed, service, month, stream); the trips' generator is left untouched."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), _SERVICE_CODE[service], month.year, month.month, 7, stream])
+    )
+
+
+def _demand_days(month: date) -> float:
+    """Days in ``month`` weighted by weekday demand (a Friday counts more than a Sunday)."""
+    _, days, _ = _month_bounds_us(month)
+    return float(_DAY_WEIGHT[(month.weekday() + np.arange(days)) % 7].sum())
+
+
+def month_rows(service: str, month: date, rows: int, seed: int = 0) -> int:
+    """Rows of ``service``'s file for ``month`` in a mirror whose mean volume is ``rows`` per month.
+
+    The volume follows the month's number of days and its weekday mix (Fridays busier than Sundays), the
+    season (trips per day by calendar month) and a small per-month noise; deterministic for
+    (service, month, rows, seed). Over a year the months average ``rows`` (within about 1 %).
+    """
+    if service not in _SERVICE_CODE:
+        raise ValueError(f"unknown service {service!r}: expected one of {list(SERVICES)}")
+    if rows < 0:
+        raise ValueError(f"rows={rows}: expected a non-negative row count")
+    month = month.replace(day=1)
+    mean_days = 365.2425 / 12 * float(_DAY_WEIGHT.mean())
+    season = _SEASON_VOLUME[month.month] * 12 / sum(_SEASON_VOLUME.values())
+    noise = _month_rng(seed, service, month, 0).lognormal(0.0, _VOLUME_NOISE)
+    return int(round(rows * _demand_days(month) / mean_days * season * noise))
+
+
+def month_dirt(dirt: DirtRates, service: str, month: date, seed: int = 0) -> DirtRates:
+    """``dirt`` as it shows in one month's file: every rate × the month's dirt level × a factor per kind.
+
+    Both factors are lognormal and deterministic for (service, month, seed), so a mirror's months are dirty to
+    different degrees (a half to twice the base rates is common) while :meth:`DirtRates.clean` stays clean.
+    """
+    rng = _month_rng(seed, service, month.replace(day=1), 1)
+    names = [f.name for f in fields(DirtRates)]
+    level = rng.lognormal(0.0, _DIRT_MONTH_SIGMA)
+    kinds = rng.lognormal(0.0, _DIRT_KIND_SIGMA, len(names))
+    rates = {n: min(0.2, getattr(dirt, n) * level * k) for n, k in zip(names, kinds, strict=True)}
+    total = sum(rates.values())
+    if total > 0.5:
+        rates = {n: r * 0.5 / total for n, r in rates.items()}
+    return DirtRates(**rates)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -752,14 +811,16 @@ def write_sample_mirror(
     seed: int = 0,
     profile: SampleProfile | None = None,
     compression: str = "zstd",
+    monthly_variation: bool = False,
 ) -> list[Path]:
     """Write a synthetic TLC mirror under ``dest`` laid out like the CDN; return the data files written.
 
     ``dest/trip-data/{service}_tripdata_{YYYY-MM}.parquet`` for each month and service,
     ``dest/misc/taxi_zone_lookup.csv`` (the real TLC lookup), and ``dest/SYNTHETIC.txt`` saying what it is.
     ``rows_per_month`` is one count for every service, a ``{service: count}`` mapping, or ``None`` for
-    :data:`DEFAULT_ROWS_PER_MONTH`. Each file is written atomically; re-running with the same arguments
-    writes identical bytes.
+    :data:`DEFAULT_ROWS_PER_MONTH`: the exact rows of every file, or with ``monthly_variation`` the mean
+    volume, each month's file then having :func:`month_rows` rows and :func:`month_dirt` dirt rates, like real
+    TLC files. Each file is written atomically; re-running with the same arguments writes identical bytes.
     """
     dest = Path(dest)
     months = sorted({m.replace(day=1) for m in months})
@@ -768,10 +829,15 @@ def write_sample_mirror(
         if service not in _SERVICE_CODE:
             raise ValueError(f"unknown service {service!r}: expected a subset of {list(SERVICES)}")
     counts = {s: _rows_for(s, rows_per_month) for s in services}
+    base = profile or SampleProfile()
     written: list[Path] = []
     for month in months:
         for service in services:
-            table = generate_month(service, month, counts[service], seed=seed, profile=profile)
+            rows, month_profile = counts[service], base
+            if monthly_variation:
+                rows = month_rows(service, month, rows, seed)
+                month_profile = replace(base, dirt=month_dirt(base.dirt, service, month, seed))
+            table = generate_month(service, month, rows, seed=seed, profile=month_profile)
             written.append(
                 write_trip_file(table, dest / "trip-data" / trip_file_name(service, month), compression)
             )
@@ -779,14 +845,17 @@ def write_sample_mirror(
     data = zone_csv_bytes()
     _atomic_write(zone_dest, lambda tmp: Path(tmp).write_bytes(data))
     written.append(zone_dest)
-    marker = _marker_text(months, services, counts, seed, profile)
+    marker = _marker_text(months, services, counts, seed, profile, monthly_variation)
     _atomic_write(dest / SYNTHETIC_MARKER, lambda tmp: Path(tmp).write_text(marker, encoding="utf-8"))
     return written
 
 
-def _marker_text(months, services, counts, seed, profile) -> str:
+def _marker_text(months, services, counts, seed, profile, monthly_variation) -> str:
     span = f"{months[0]:%Y-%m} to {months[-1]:%Y-%m}" if months else "(no months)"
     profile_text = "default" if profile is None else repr(asdict(profile))
+    rows_text = ", ".join(f"{s}={c}" for s, c in counts.items())
+    if monthly_variation:
+        rows_text += " on average; volume (days, weekdays, season) and dirt rates vary by month"
     return textwrap.dedent(
         f"""\
         SYNTHETIC DATA - NOT REAL NYC TLC TRIP RECORDS
@@ -798,7 +867,7 @@ def _marker_text(months, services, counts, seed, profile) -> str:
 
         months: {span}
         services: {", ".join(services)}
-        rows per month: {", ".join(f"{s}={c}" for s, c in counts.items())}
+        rows per month: {rows_text}
         seed: {seed}
         profile: {profile_text}
         """

@@ -7,6 +7,14 @@
   been materialised). Its run key names the file versions, so an unchanged file never runs twice and a
   revised one runs exactly once.
 
+  A month whose run failed is requested again on later ticks, with exponential backoff (the first retry one
+  ``TAXI_SENSOR_RETRY_BACKOFF_SECONDS`` after the failure, then twice that, ...), up to
+  ``TAXI_SENSOR_RETRY_ATTEMPTS`` runs in all; attempt ``n`` has the run key ``<key>:attempt=n``. The tick
+  (skip message and log) names each failing month, the failed run's error and when the next attempt is due,
+  or that the attempts are used up. Runs that Dagster's own run retries (``run_retries`` in the instance
+  config) re-execute are left to them. The attempts live in the sensor's cursor
+  (:mod:`taxi_platform.lib.releases`).
+
   Why the run names the transforms explicitly instead of leaving them to automation conditions:
   ``AutomationCondition.eager()`` only looks at the *latest* time partition, and the TLC publishes a month
   7-8 weeks after it ends, so the month that arrives is never the latest partition. One run per month also
@@ -28,6 +36,10 @@ Settings (environment, read when the definitions load):
 ==================================== =====================================================================
 ``TAXI_SENSOR_INTERVAL_SECONDS``     release sensor minimum interval (default 3600)
 ``TAXI_SENSOR_MAX_RUNS_PER_TICK``    cap on months requested per tick, oldest first (default 24)
+``TAXI_SENSOR_RETRY_ATTEMPTS``       runs per month and file version, the first included, before the
+                                     release sensor gives up on a failing month (default 4; 1: no retries)
+``TAXI_SENSOR_RETRY_BACKOFF_SECONDS`` wait after a month's first failed run; doubles per failure, at most
+                                     a day (default: the sensor interval)
 ``TAXI_AUTOMATION_DEFAULT_STATUS``   ``running`` or ``stopped`` (default): initial state of the release
                                      sensor and the schedule; toggling them in the UI overrides it
 ``TAXI_AUTOMATION_INTERVAL_SECONDS`` automation-condition sensor interval (default 30)
@@ -41,15 +53,20 @@ Settings (environment, read when the definitions load):
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import dagster as dg
+from dagster._core.storage.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import TlcSourceResource
 from taxi_platform.lib.releases import (
+    Attempts,
     ReleaseCursor,
     ReleaseDecision,
+    RetryPolicy,
+    RunOutcome,
+    attempt_run_key,
     decide,
     month_of,
     safety_net_month,
@@ -105,6 +122,15 @@ SENSOR_MAX_RUNS_PER_TICK = _int_env("TAXI_SENSOR_MAX_RUNS_PER_TICK", 24, minimum
 AUTOMATION_INTERVAL_SECONDS = _int_env("TAXI_AUTOMATION_INTERVAL_SECONDS", 30, minimum=1)
 DEFAULT_STATUS = _status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
 AUTOMATION_GROUPS = _groups_env("TAXI_AUTOMATION_GROUPS")
+SENSOR_RETRY_ATTEMPTS = _int_env("TAXI_SENSOR_RETRY_ATTEMPTS", 4, minimum=1)
+SENSOR_RETRY_BACKOFF_SECONDS = _int_env(
+    "TAXI_SENSOR_RETRY_BACKOFF_SECONDS", SENSOR_INTERVAL_SECONDS, minimum=1
+)
+RETRY_POLICY = RetryPolicy(
+    max_attempts=SENSOR_RETRY_ATTEMPTS,
+    backoff_seconds=SENSOR_RETRY_BACKOFF_SECONDS,
+    max_backoff_seconds=max(86400.0, SENSOR_RETRY_BACKOFF_SECONDS),
+)
 
 
 # -- conditions for stages to use ------------------------------------------------------------------
@@ -167,6 +193,86 @@ def _probe_months(
     return probes
 
 
+_IN_PROGRESS = {
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.MANAGED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+}
+
+
+def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The failed step's error (its Failure description, else the exception), else the run failure's message."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)[::-1]:
+        event = record.dagster_event
+        data = event.step_failure_data if event else None
+        if data is None:
+            continue
+        step = f"{event.step_key}: " if event.step_key else ""
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return step + data.user_failure_data.description
+        if data.error is not None:
+            return step + data.error.message.strip()
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[::-1]:
+        event = record.dagster_event
+        return (event.message if event and event.message else record.user_message) or None
+    return None
+
+
+def _healed_since(instance: dg.DagsterInstance, month: str, ended_at: float | None) -> bool:
+    """``trip_features`` of ``month`` was materialised after a failed run ended (a user re-ran it)."""
+    if ended_at is None:
+        return False
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=TRIP_FEATURES, asset_partitions=[f"{month}-01"]), limit=1
+    )
+    return bool(result.records) and result.records[0].timestamp > ended_at
+
+
+def _latest_runs(
+    instance: dg.DagsterInstance, attempts: Mapping[str, Attempts], policy: RetryPolicy
+) -> dict[str, RunOutcome]:
+    """Per month with an attempt entry: the latest run launched under any of its attempts' run keys.
+
+    Dagster's automatic re-executions copy the run key tag, so a run retried by ``run_retries`` is found too.
+    """
+    by_key: dict[str, tuple[str, int]] = {}
+    for month, state in attempts.items():
+        for attempt in range(1, max(state.attempt, policy.max_attempts) + 1):
+            by_key[attempt_run_key(state.key, attempt)] = (month, attempt)
+    if not by_key:
+        return {}
+    records = instance.get_run_records(dg.RunsFilter(tags={RUN_KEY_TAG: sorted(by_key)}))
+    outcomes: dict[str, RunOutcome] = {}
+    for record in sorted(records, key=lambda r: r.storage_id, reverse=True):
+        run = record.dagster_run
+        month, attempt = by_key[run.tags[RUN_KEY_TAG]]
+        if month in outcomes:
+            continue
+        if run.status in _IN_PROGRESS:
+            status = "running"
+        elif run.status == dg.DagsterRunStatus.SUCCESS:
+            status = "succeeded"
+        elif run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(WILL_RETRY_TAG) == "true":
+            status = "retrying"
+        elif run.status == dg.DagsterRunStatus.FAILURE:
+            status = "failed"
+        else:
+            status = "canceled"
+        if status in ("failed", "canceled") and _healed_since(instance, month, record.end_time):
+            status = "succeeded"
+        outcomes[month] = RunOutcome(
+            status=status,
+            run_id=run.run_id,
+            attempt=attempt,
+            ended_at=record.end_time,
+            error=_run_error(instance, run.run_id) if status == "failed" else None,
+        )
+    return outcomes
+
+
 def _needs_zones(instance: dg.DagsterInstance) -> bool:
     return instance.get_latest_materialization_event(TAXI_ZONES) is None
 
@@ -183,9 +289,17 @@ def _log_decision(context: dg.SensorEvaluationContext, decision: ReleaseDecision
         context.log.warning(
             f"ingested month(s) {list(decision.withdrawn)} are no longer on the source; the lake keeps them"
         )
+    for failing in decision.failing:
+        context.log.warning(f"failing release run: {failing.describe()} (run {failing.run_id})")
+    for failing in decision.exhausted:
+        context.log.error(
+            f"release run attempts exhausted: {failing.describe()} (run {failing.run_id}). Fix the cause and "
+            "re-materialise the month, or raise TAXI_SENSOR_RETRY_ATTEMPTS; a new file version starts over."
+        )
     for request in decision.requests:
         changed = ", ".join(f"{s} {request.versions[s]}" for s in request.changed_services)
-        context.log.info(f"{request.month}: {request.reason} ({changed}) -> run key {request.run_key}")
+        what = f"attempt {request.attempt} of {RETRY_POLICY.max_attempts}" if request.reason == "retry" else changed
+        context.log.info(f"{request.month}: {request.reason} ({what}) -> run key {request.run_key}")
 
 
 @dg.sensor(
@@ -196,7 +310,9 @@ def _log_decision(context: dg.SensorEvaluationContext, decision: ReleaseDecision
     description=(
         "HEAD-probes the TLC source for every month; runs raw_trips -> cleaned_trips -> trip_features for a "
         "month once all its service files are published, and again exactly once when the TLC republishes one "
-        "(new ETag). Run keys name the file versions. Interval: TAXI_SENSOR_INTERVAL_SECONDS."
+        "(new ETag). Run keys name the file versions. A failed month is retried with exponential backoff "
+        "(TAXI_SENSOR_RETRY_ATTEMPTS, TAXI_SENSOR_RETRY_BACKOFF_SECONDS); the tick names failing months and "
+        "their errors. Interval: TAXI_SENSOR_INTERVAL_SECONDS."
     ),
 )
 def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResource) -> dg.SensorResult:
@@ -236,6 +352,8 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
         services,
         recorded_versions=recorded,
         max_requests=SENSOR_MAX_RUNS_PER_TICK,
+        runs=_latest_runs(context.instance, cursor.attempts, RETRY_POLICY),
+        retry=RETRY_POLICY,
     )
     _log_decision(context, decision)
 
@@ -248,7 +366,8 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
             tags={
                 "taxi/month": r.month,
                 "taxi/release": r.reason,
-                "taxi/changed_services": ",".join(r.changed_services),
+                "taxi/attempt": str(r.attempt),
+                **({"taxi/changed_services": ",".join(r.changed_services)} if r.changed_services else {}),
             },
         )
         for r in decision.requests

@@ -31,7 +31,8 @@ retried. A succeeded run drops the entry.
 
 The cursor is JSON ``{"format": 2, "months": {"YYYY-MM": {"yellow": "etag:…", "green": "etag:…"}},
 "attempts": {"YYYY-MM": {"key": "raw_trips:…", "attempt": 1, "failed_at": null, "error": null, "run_id": null}}}``.
-Format 1 cursors (no ``attempts``) are read as they are. An unparseable cursor or one written by another
+Format 1 cursors (no ``attempts``) are read as they are; a month they record as requested but not
+materialised gets an attempt entry, so a run that failed before the upgrade is retried too. An unparseable cursor or one written by another
 format is reset (with a warning) rather than failing the sensor.
 """
 
@@ -334,6 +335,8 @@ class ReleaseRequest:
 
     @property
     def changed_services(self) -> tuple[str, ...]:
+        if self.reason == "retry":
+            return ()
         prev = self.previous or {}
         return tuple(s for s in sorted(self.versions) if prev.get(s) != self.versions[s])
 
@@ -442,6 +445,7 @@ def decide(
     exhausted: list[Failing] = []
     canceled: list[str] = []
     retrying: list[str] = []
+    reported: set[str] = set()  # months follow_up filed as failing, exhausted, canceled or retrying
 
     def follow_up(month: str, versions: Mapping[str, str]) -> ReleaseRequest | None:
         """For a month already acted on at ``versions``: a retry request if its failed run is due one."""
@@ -457,17 +461,18 @@ def decide(
         if outcome.status == "succeeded":
             del next_attempts[month]
             return None
-        if outcome.status == "retrying":
-            retrying.append(month)
+        if outcome.attempt < state.attempt:  # the attempt requested last has no run yet: wait for it
             return None
-        if outcome.status == "canceled":
-            canceled.append(month)
+        if outcome.status in ("retrying", "canceled"):
+            (retrying if outcome.status == "retrying" else canceled).append(month)
+            reported.add(month)
             return None
         attempt = max(state.attempt, outcome.attempt)
         same_failure = state.run_id == outcome.run_id and state.failed_at is not None
         failed_at = state.failed_at if same_failure else (outcome.ended_at if outcome.ended_at is not None else clock)
         state = Attempts(state.key, attempt, failed_at, shorten_error(outcome.error), outcome.run_id)
         next_attempts[month] = state
+        reported.add(month)
         if attempt >= policy.max_attempts:
             exhausted.append(Failing(month, attempt, policy.max_attempts, state.error, state.run_id, None))
             return None
@@ -505,16 +510,19 @@ def decide(
                 next_months[month] = versions
                 retry_request = follow_up(month, versions)
                 if retry_request is None:
-                    unchanged += 1
+                    unchanged += month not in reported
                     continue
             else:
                 retry_request = None
             reason: Reason = "republished"
         else:
             if seen is not None and all(seen.get(s) == versions[s] for s in services):
+                if month not in next_attempts:  # requested before attempts were kept (format-1 cursor)
+                    next_attempts[month] = Attempts(key=run_key(month, versions), attempt=1)
                 retry_request = follow_up(month, versions)
                 if retry_request is None:
-                    pending.append(month)
+                    if month not in reported:
+                        pending.append(month)
                     continue
             else:
                 retry_request = None

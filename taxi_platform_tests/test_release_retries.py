@@ -245,7 +245,11 @@ def launch(instance, mirror, lake_root, request: dg.RunRequest) -> dg.ExecuteInP
         resources={
             "lake": LakeResource(root=str(lake_root)),
             "tlc": TlcSourceResource(
-                base_url=mirror.url, services=["yellow", "green"], connect_timeout=2, retries=0, step_retries=False
+                base_url=mirror.url,
+                services=["yellow", "green"],
+                connect_timeout=2,
+                retries=0,
+                step_retries=False,
             ),
         },
         raise_on_error=False,
@@ -260,7 +264,9 @@ def test_sensor_retries_a_failed_month_after_the_backoff_and_then_gives_up(
     mirror, instance, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        automation, "RETRY_POLICY", RetryPolicy(max_attempts=2, backoff_seconds=BACKOFF, max_backoff_seconds=BACKOFF)
+        automation,
+        "RETRY_POLICY",
+        RetryPolicy(max_attempts=2, backoff_seconds=BACKOFF, max_backoff_seconds=BACKOFF),
     )
     lake_root = tmp_path / "lake"
     first = tick(instance, mirror.url)

@@ -298,7 +298,11 @@ def _log_decision(context: dg.SensorEvaluationContext, decision: ReleaseDecision
         )
     for request in decision.requests:
         changed = ", ".join(f"{s} {request.versions[s]}" for s in request.changed_services)
-        what = f"attempt {request.attempt} of {RETRY_POLICY.max_attempts}" if request.reason == "retry" else changed
+        what = (
+            f"attempt {request.attempt} of {RETRY_POLICY.max_attempts}"
+            if request.reason == "retry"
+            else changed
+        )
         context.log.info(f"{request.month}: {request.reason} ({what}) -> run key {request.run_key}")
 
 

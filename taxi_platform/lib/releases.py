@@ -210,7 +210,12 @@ class Attempts:
             return None
         key, attempt = data.get("key"), data.get("attempt", 1)
         failed_at, error, run_id = data.get("failed_at"), data.get("error"), data.get("run_id")
-        if not isinstance(key, str) or not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        if (
+            not isinstance(key, str)
+            or not isinstance(attempt, int)
+            or isinstance(attempt, bool)
+            or attempt < 1
+        ):
             return None
         if failed_at is not None and not (isinstance(failed_at, int | float) and math.isfinite(failed_at)):
             return None
@@ -469,7 +474,9 @@ def decide(
             return None
         attempt = max(state.attempt, outcome.attempt)
         same_failure = state.run_id == outcome.run_id and state.failed_at is not None
-        failed_at = state.failed_at if same_failure else (outcome.ended_at if outcome.ended_at is not None else clock)
+        failed_at = (
+            state.failed_at if same_failure else (outcome.ended_at if outcome.ended_at is not None else clock)
+        )
         state = Attempts(state.key, attempt, failed_at, shorten_error(outcome.error), outcome.run_id)
         next_attempts[month] = state
         reported.add(month)

@@ -27,9 +27,15 @@
 * ``taxi_automation_sensor`` evaluates the ``automation_condition`` of every asset (an
   ``AutomationConditionSensorDefinition``, running by default): without a running automation sensor,
   declared conditions never fire. Stages use :func:`follow_upstream` for monthly assets that follow their
-  upstream months (fare_model, drift_report) and their own conditions for unpartitioned ones (fare_service
-  after fare_model). Stages must not define their own automation-condition sensors: this one targets every
-  asset (or the groups in ``TAXI_AUTOMATION_GROUPS``).
+  upstream months and their own conditions for unpartitioned ones (fare_service after fare_model).
+  ``fare_model`` and ``drift_report`` use :func:`fare_model_condition` and :func:`drift_report_condition`:
+  ``follow_upstream`` restricted to partitions whose run can succeed (a fare_model month needs an earlier
+  trip_features month in its training window, the first month of data never has one; a drift report needs a
+  champion). A run launched from the UI for such a partition still fails with the asset's own message.
+  The sensor evaluates in the code server (``use_user_code_server``): those two conditions are Python
+  (:class:`EarlierDepPartitionMaterialized`, :class:`ChampionRecorded`), which the daemon cannot evaluate.
+  Stages must not define their own automation-condition sensors: this one targets every asset (or the
+  groups in ``TAXI_AUTOMATION_GROUPS``).
 
 Settings (environment, read when the definitions load):
 
@@ -79,6 +85,7 @@ TAXI_ZONES = dg.AssetKey("taxi_zones")
 RAW_TRIPS = dg.AssetKey("raw_trips")
 CLEANED_TRIPS = dg.AssetKey("cleaned_trips")
 TRIP_FEATURES = dg.AssetKey("trip_features")
+FARE_MODEL = dg.AssetKey("fare_model")
 MONTHLY_TARGET = (RAW_TRIPS, CLEANED_TRIPS, TRIP_FEATURES)
 
 RELEASE_SENSOR_NAME = "tlc_release_sensor"
@@ -146,6 +153,121 @@ def follow_upstream() -> dg.AutomationCondition:
         dg.AutomationCondition.eager()
         .without(dg.AutomationCondition.in_latest_time_window())
         .with_label("eager (any month)")
+    )
+
+
+class EarlierDepPartitionMaterialized(dg.AutomationCondition):
+    """True for a partition ``M`` when at least one partition of ``dep`` that ``M`` depends on (through the
+    asset's partition mapping) and that lies before ``M`` is materialised.
+
+    For ``fare_model`` (which reads ``trip_features`` M-3..M) this is "some training history exists": the
+    first month of data never has it. Partitions requested in the same tick do not count: the automation
+    sensor runs different partitions in different runs, so the earlier month would not be there in time.
+    """
+
+    def __init__(self, dep: dg.AssetKey, label: str | None = None) -> None:
+        self._dep = dep
+        self._label = label
+
+    @property
+    def name(self) -> str:
+        return f"earlier_partition_of_{self._dep.to_user_string()}_materialized"
+
+    @property
+    def description(self) -> str:
+        return (
+            f"An earlier partition of {self._dep.to_user_string()} this partition depends on is materialised"
+        )
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def get_label(self) -> str | None:
+        return self._label
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        partitions_def = context.partitions_def
+        if candidates.is_empty or partitions_def is None:
+            return dg.AutomationResult(context.get_empty_subset(), context=context)
+        view = context.asset_graph_view
+        materialized = view.instance.get_materialized_partitions(self._dep)
+        true_keys = set()
+        for key in candidates.expensively_compute_partition_keys():
+            single = view.get_subset_from_partition_keys(context.key, partitions_def, {key})
+            parents = view.compute_parent_subset(self._dep, single).expensively_compute_partition_keys()
+            if any(parent < key and parent in materialized for parent in parents):
+                true_keys.add(key)
+        true_subset = view.get_subset_from_partition_keys(context.key, partitions_def, true_keys)
+        return dg.AutomationResult(true_subset, context=context)
+
+
+def champion_recorded(instance: dg.DagsterInstance, limit: int = 50) -> bool:
+    """Whether ``fare_model``'s materialisations say a champion exists.
+
+    The newest materialisation's ``champion_version`` (the champion after its promotion gate) decides; for
+    materialisations that do not record it, any ``promoted`` one of the newest ``limit`` counts.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=FARE_MODEL), limit=limit
+    ).records
+    for record in records:
+        metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+        champion = metadata.get("champion_version")
+        if champion is not None:
+            return bool(str(champion.value).strip())
+        promoted = metadata.get("promoted")
+        if promoted is not None and promoted.value is True:
+            return True
+    return False
+
+
+class ChampionRecorded(dg.AutomationCondition):
+    """True for every partition once a ``fare_model`` run recorded a champion (:func:`champion_recorded`).
+
+    Read from the Dagster instance, not from MLflow: the automation sensor ticks every 30 s and must not
+    depend on the tracking server. A champion registered outside Dagster is therefore not seen until a
+    fare_model run records one; ``drift_report`` still fails clearly if the registry has none.
+    """
+
+    def __init__(self, label: str | None = None) -> None:
+        self._label = label
+
+    @property
+    def name(self) -> str:
+        return "fare_model_champion_recorded"
+
+    @property
+    def description(self) -> str:
+        return "A fare_model materialisation recorded a champion"
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def get_label(self) -> str | None:
+        return self._label
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty or not champion_recorded(context.asset_graph_view.instance):
+            return dg.AutomationResult(context.get_empty_subset(), context=context)
+        return dg.AutomationResult(candidates, context=context)
+
+
+def fare_model_condition() -> dg.AutomationCondition:
+    """:func:`follow_upstream`, for months with training history: an earlier trip_features month in the
+    window is materialised (the first month of data never qualifies; its run could only fail)."""
+    return (
+        follow_upstream() & EarlierDepPartitionMaterialized(TRIP_FEATURES, label="has training history")
+    ).with_label("eager (any month) with training history")
+
+
+def drift_report_condition() -> dg.AutomationCondition:
+    """:func:`follow_upstream`, once a champion exists (a report without one could only fail)."""
+    return (follow_upstream() & ChampionRecorded(label="champion exists")).with_label(
+        "eager (any month) once a champion exists"
     )
 
 
@@ -420,9 +542,13 @@ taxi_automation_sensor = dg.AutomationConditionSensorDefinition(
     else dg.AssetSelection.groups(*AUTOMATION_GROUPS),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    # fare_model's and drift_report's conditions are Python (EarlierDepPartitionMaterialized,
+    # ChampionRecorded): only the code server can evaluate them.
+    use_user_code_server=True,
     description=(
-        "Evaluates every asset's automation_condition (downstream assets follow their upstreams). Running by "
-        "default: without it declared conditions never fire. Interval: TAXI_AUTOMATION_INTERVAL_SECONDS."
+        "Evaluates every asset's automation_condition (downstream assets follow their upstreams; fare_model "
+        "only with training history, drift_report only once a champion exists). Running by default: without "
+        "it declared conditions never fire. Interval: TAXI_AUTOMATION_INTERVAL_SECONDS."
     ),
 )
 
@@ -436,6 +562,11 @@ __all__ = [
     "AUTOMATION_SENSOR_NAME",
     "RELEASE_SENSOR_NAME",
     "SAFETY_NET_SCHEDULE_NAME",
+    "ChampionRecorded",
+    "EarlierDepPartitionMaterialized",
+    "champion_recorded",
+    "drift_report_condition",
+    "fare_model_condition",
     "follow_upstream",
     "schedules",
     "sensors",

@@ -27,7 +27,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from taxi_platform.defs.automation import follow_upstream
+from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.metadata import parquet_data_source
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.lib.lake import Lake
@@ -202,7 +202,7 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     required_resource_keys={"lake", "mlflow"},
     group_name="model",
     kinds={"mlflow", "scikitlearn", "duckdb"},
-    automation_condition=follow_upstream(),
+    automation_condition=fare_model_condition(),
     check_specs=[
         dg.AssetCheckSpec(
             "no_nan_or_negative_predictions",

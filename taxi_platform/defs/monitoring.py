@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import Field
 
-from taxi_platform.defs.automation import DEFAULT_STATUS, follow_upstream
+from taxi_platform.defs.automation import DEFAULT_STATUS, drift_report_condition
 from taxi_platform.defs.metadata import parquet_data_source
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource
@@ -360,7 +360,7 @@ CHECK_SPECS = _check_specs()
     deps=["trip_features", "fare_model"],
     group_name="monitoring",
     kinds={"evidently", "mlflow", "html"},
-    automation_condition=follow_upstream(),
+    automation_condition=drift_report_condition(),
     check_specs=CHECK_SPECS,
     description="Evidently data-drift and regression-quality report of the champion on one month: "
     "drift_report/month=YYYY-MM/report.html (interactive) and report.json (figures).",

@@ -5,6 +5,11 @@ window's pair statistics and the fitted scikit-learn estimator. It computes feat
 ``taxi_platform.lib.features.compute_feature_arrays``, and :func:`log_fare_model` ships the few modules it
 needs as ``code_paths`` so ``mlflow.pyfunc.load_model`` works where ``taxi_platform`` is not installed.
 
+It is logged as MLflow **models-from-code** (MLflow's recommended pyfunc form): the model is the script
+``lib/fare_model_code.py``, which builds an empty :class:`FareQuoteModel`; the fitted state (estimator, pair
+statistics, zone table) is a versioned artifact, ``fare_state.joblib``, read back in
+:meth:`FareQuoteModel.load_context`. Versions logged before, as a pickled ``python_model``, still load.
+
 Two ways in:
 
 - ``mlflow.pyfunc.load_model(uri).predict(df)``: a DataFrame of quotes (``pickup_datetime`` as ISO string
@@ -31,14 +36,18 @@ from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, Zon
 from taxi_platform.lib.pair_stats import PairStats
 from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_codes
 
-# Modules the pickled model needs at load time (shipped as code_paths, with empty package __init__ files).
+# Modules the model needs at load time (shipped as code_paths, with empty package __init__ files).
 MODEL_CODE_MODULES = (
+    "lib/fare_model_code.py",
     "lib/features.py",
     "lib/pair_stats.py",
     "lib/training.py",
     "lib/fare_pyfunc.py",
     "lib/sql/__init__.py",
 )
+MODEL_CODE_SCRIPT = Path(__file__).with_name("fare_model_code.py")
+STATE_ARTIFACT = "fare_state"
+STATE_FORMAT = 1  # bump when the state's keys change; load_context refuses formats it does not know
 FAST_PATH_MAX_ROWS = 48  # compiled walk beats scikit-learn below ~64 rows (measured)
 MAX_PASSENGERS = 9
 
@@ -316,6 +325,37 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         self.min_fare = float(min_fare)
         self._compiled = compile_predictor(estimator)
 
+    @classmethod
+    def from_code(cls) -> FareQuoteModel:
+        """An empty model for the models-from-code script; :meth:`load_context` fills it from its artifact."""
+        model = cls.__new__(cls)
+        model._compiled = None
+        return model
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Everything that makes this model what it is, for the ``fare_state`` artifact."""
+        return {
+            "format": STATE_FORMAT,
+            "estimator": self.estimator,
+            "pair_stats": self.pair_stats,
+            "zones": self.zones,
+            "family": self.family,
+            "info": self.info,
+            "min_fare": self.min_fare,
+        }
+
+    def load_context(self, context) -> None:
+        artifacts = getattr(context, "artifacts", None) or {}
+        if STATE_ARTIFACT not in artifacts:
+            return  # an old, pickled model: its state came with the pickle
+        import joblib
+
+        state = joblib.load(artifacts[STATE_ARTIFACT])
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"fare model state format {state.get('format')!r} is not {STATE_FORMAT}")
+        state = {k: v for k, v in state.items() if k != "format"}
+        self.__setstate__(state)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_compiled", None)  # rebuilt on load: pure function of the estimator
@@ -389,7 +429,7 @@ def _pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "cloudpickle"):
+    for dist in ("mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "cloudpickle", "joblib"):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:  # pragma: no cover
@@ -417,12 +457,17 @@ def log_fare_model(
     tags: Mapping[str, str] | None = None,
     await_registration_for: int = 300,
 ):
-    """Log ``model`` in the active MLflow run (and register it); returns MLflow's ``ModelInfo``."""
+    """Log ``model`` in the active MLflow run (and register it) as models-from-code; returns ``ModelInfo``."""
+    import joblib
+
     with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
-        code = stage_model_code(Path(tmp))
+        code = stage_model_code(Path(tmp) / "code")
+        state = Path(tmp) / f"{STATE_ARTIFACT}.joblib"
+        joblib.dump(model.fitted_state(), state, compress=3)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=model,
+            python_model=str(MODEL_CODE_SCRIPT),
+            artifacts={STATE_ARTIFACT: str(state)},
             code_paths=[str(code)],
             signature=model_signature(),
             input_example=input_example(),

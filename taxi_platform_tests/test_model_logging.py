@@ -1,0 +1,127 @@
+"""The fare model as MLflow models-from-code: no pickled python_model, self-contained, old versions still load."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from taxi_platform.lib.fare_pyfunc import STATE_ARTIFACT, FareQuoteModel, input_example, log_fare_model
+from taxi_platform.lib.training import train_window
+from taxi_platform.lib.zones import load_zone_table
+from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> FareQuoteModel:
+    lake = write_feature_months(tmp_path_factory.mktemp("lake"), months=MONTHS[:3])
+    result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), SMALL)
+    return FareQuoteModel(result.models["boosted"], result.pair_stats, load_zone_table(), "boosted")
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(uri).create_experiment("t", (tmp_path / "a").as_uri()))
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_logged_as_models_from_code_without_a_pickling_warning(model, tracking):
+    records = _Records()
+    logging.getLogger("mlflow").addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught, mlflow.start_run():
+            warnings.simplefilter("always")
+            info = log_fare_model(model, registered_model_name="fare_code_test")
+    finally:
+        logging.getLogger("mlflow").removeHandler(records)
+    said = [str(w.message) for w in caught] + records.messages
+    assert not [m for m in said if "pickl" in m.lower() or "models-from-code" in m.lower()], said
+    local = mlflow.artifacts.download_artifacts(info.model_uri)
+    flavor = yaml.safe_load(open(os.path.join(local, "MLmodel")))["flavors"]["python_function"]
+    assert flavor.get("model_code_path"), flavor  # models-from-code, not a cloudpickled python_model
+    assert "python_model" not in flavor
+    assert STATE_ARTIFACT in (flavor.get("artifacts") or {})
+    expected = model.predict_quotes({c: input_example()[c].to_numpy() for c in input_example().columns})
+    loaded = mlflow.pyfunc.load_model(f"models:/fare_code_test/{info.registered_model_version}")
+    got = loaded.predict(input_example())["fare_amount"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    inner = loaded.unwrap_python_model()  # what the Bento calls
+    np.testing.assert_allclose(inner.predict_quotes({"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
+                                                     "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}),
+                               model.predict_quotes({"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
+                                                     "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}))
+
+
+def test_model_loads_where_taxi_platform_is_not_importable(model, tracking, tmp_path):
+    with mlflow.start_run():
+        info = log_fare_model(model, registered_model_name="fare_code_test")
+    local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m"))
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path = [p for p in sys.path if os.path.abspath(p or ".") != {str(REPO)!r}]
+        import importlib.util
+        assert importlib.util.find_spec("taxi_platform") is None, "the checkout is still importable"
+        import mlflow.pyfunc, pandas as pd
+        m = mlflow.pyfunc.load_model({local!r})
+        print(float(m.predict(pd.DataFrame([{{"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
+              "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}}]))["fare_amount"].iloc[0]))
+        print(sys.modules["taxi_platform"].__file__)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fare, module_file = done.stdout.split()[-2:]
+    assert float(fare) >= 3.0
+    assert module_file.startswith(local), module_file  # the model's own copy of the code, not the checkout
+
+
+def test_a_version_logged_the_old_way_still_loads(model, tracking):
+    """Versions registered before models-from-code carry a cloudpickled python_model; they keep loading."""
+    from taxi_platform.lib import fare_pyfunc
+
+    with mlflow.start_run(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            code = fare_pyfunc.stage_model_code(Path(tmp))
+            info = mlflow.pyfunc.log_model(name="model", python_model=model, code_paths=[str(code)],
+                                           registered_model_name="fare_code_test")  # fmt: skip
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    quotes = pd.DataFrame(input_example())
+    expected = model.predict_quotes({c: quotes[c].to_numpy() for c in quotes.columns})
+    np.testing.assert_allclose(loaded.predict(quotes)["fare_amount"].to_numpy(), expected, rtol=1e-9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +21,8 @@ from mlflow import MlflowClient
 
 from taxi_platform.defs.model import fare_model, mlflow_tracking_resource, training_window
 from taxi_platform.defs.resources import LakeResource
+from taxi_platform.lib.registry import LakeEvaluation
+from taxi_platform.lib.sample import SampleProfile
 from taxi_platform.settings import MODEL_NAME
 from taxi_platform_tests.mlflow_server import mlflow_server  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months
@@ -130,27 +133,79 @@ def test_fare_model_logs_registers_and_gates_against_a_real_mlflow_server(featur
     version = client.get_model_version(MODEL_NAME, "1")
     assert version.run_id == parent.info.run_id and version.tags["train_months"] == "2024-01,2024-02"
     # artifacts went through the server's proxy into its artifact destination
-    assert list(mlflow_server.artifacts_dir.rglob("python_model.pkl"))
+    assert list(mlflow_server.artifacts_dir.rglob("fare_state.joblib"))
 
-    # next month: a new version; the gate re-scored the champion on April and decided by MAE
+    # next month: a new version; the gate scored it and the champion on April (neither trained on it)
     second = run(feature_lake, "2024-04-01", resource, instance)
     assert second.success, failure_text(second)
     m2 = metadata(second)
     assert m2["model_version"] == "2" and m2["previous_champion_version"] == "1"
     assert m2["train_months"] == "2024-01,2024-02,2024-03" and m2["missing_window_months"] == ""
-    better = m2["gate_champion_mae"] - m2["gate_challenger_mae"] > 0
-    assert m2["promoted"] is better
-    assert aliases(client) == {"champion": "2" if better else "1", "challenger": "2"}
+    assert m2["gate_evaluation_month"] == "2024-04" and m2["gate_compared_with_version"] == "1"
+    assert m2["gate_tolerance"] == 0.01 and m2["gate_scored_pairs"] == 2
+    as_good = m2["gate_challenger_mae"] <= m2["gate_champion_mae"] * 1.01 + 1e-4
+    assert m2["promoted"] is as_good
+    assert aliases(client) == {"champion": "2" if as_good else "1", "challenger": "2"}
+    assert m2["champion_validation_month"] == ("2024-04" if as_good else "2024-03")
+    assert m2["champion_age_months"] == (0 if as_good else 1)
+    assert [s["validation_month"] for s in m2["gate_replay"]] == ["2024-03", "2024-04"]
     champion_after_second = aliases(client)["champion"]
+    version_tags = client.get_model_version(MODEL_NAME, "2").tags
+    assert version_tags["promoted"] == str(as_good).lower() and version_tags["gate_reason"] == m2["gate_reason"]
+    mae_tag, fingerprint = version_tags["mae.2024-04"].split("|")  # the cached gate MAE and its data fingerprint
+    assert float(mae_tag) == pytest.approx(m2["gate_challenger_mae"], abs=1e-5)
+    assert fingerprint == LakeEvaluation(feature_lake, rows=100_000).fingerprint("2024-04")
 
-    # re-running the month retrains the same model (same data, same seed): the gate does not move champion
+    # re-running the month retrains the same model (same data, same seed): the re-run supersedes version 2, the
+    # replay reaches the same decision, and only the new version is scored (version 1's April MAE is cached)
     third = run(feature_lake, "2024-04-01", resource, instance)
     assert third.success, failure_text(third)
     m3 = metadata(third)
-    assert m3["model_version"] == "3" and m3["promoted"] is False
+    assert m3["model_version"] == "3" and m3["promoted"] is as_good
     assert m3["boosted_mae"] == m2["boosted_mae"] and m3["gate_challenger_mae"] == m2["gate_challenger_mae"]
-    assert aliases(client) == {"champion": champion_after_second, "challenger": "3"}
-    assert "does not beat" in m3["gate_reason"]
+    assert m3["gate_scored_pairs"] == 1 and m3["gate_cached_pairs"] == 1
+    assert aliases(client) == {"champion": "3" if as_good else champion_after_second, "challenger": "3"}
+
+
+def test_a_backfilled_older_month_never_retakes_champion_after_a_fare_increase(tmp_path_factory, env):
+    """The issue's scenario: sample months 2024-01..06 with fares x1.5 from 2024-04; fare_model 2024-06, then
+    2024-03 (a backfill), then 2024-05. June's model stays champion: March's trained on pre-increase months only,
+    May's beats March's on May in the replay, but its data ends before June's: it is registered, never champion."""
+    months = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05", "2024-06")
+    profile = SampleProfile.fare_increase(date(2024, 4, 1), 1.5)
+    lake = write_feature_months(tmp_path_factory.mktemp("increase"), months=months, rows=12_000, profile=profile)
+    instance = dg.DagsterInstance.ephemeral()
+    june = run(lake, "2024-06-01", instance=instance)
+    assert june.success, failure_text(june)
+    assert metadata(june)["promoted"] is True and metadata(june)["champion_validation_month"] == "2024-06"
+
+    march = run(lake, "2024-03-01", instance=instance)
+    assert march.success, failure_text(march)
+    m = metadata(march)
+    assert m["promoted"] is False and m["champion_version"] == "1" and m["champion_validation_month"] == "2024-06"
+    assert "trained on data ending 2024-02, before champion v1 (2024-06)'s (2024-05)" in m["gate_reason"]
+    assert m["champion_age_months"] == 0 and m["champion_age_vs_partition_months"] == -3
+    # the replay compared June's model with March's on June, a month neither trained on; June's is far better
+    (first, second) = m["gate_replay"]
+    assert (first["version"], first["outcome"]) == ("2", "first")
+    assert (second["version"], second["outcome"], second["validation_month"]) == ("1", "promoted", "2024-06")
+    assert second["challenger_mae"] < second["champion_mae"] * 0.9
+    uri = f"sqlite:///{env / 'data' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert aliases(client) == {"champion": "1", "challenger": "2"}
+    assert client.get_model_version(MODEL_NAME, "2").tags["promoted"] == "false"
+    assert "before champion" in client.get_model_version(MODEL_NAME, "2").tags["gate_reason"]
+    parent = client.get_run(m["mlflow_run_id"])
+    assert parent.data.tags["promoted"] == "false" and "before champion" in parent.data.tags["gate_reason"]
+
+    may = run(lake, "2024-05-01", instance=instance)
+    assert may.success, failure_text(may)
+    m5 = metadata(may)
+    assert aliases(client)["champion"] == "1" and m5["champion_validation_month"] == "2024-06"
+    assert [s["validation_month"] for s in m5["gate_replay"]] == ["2024-03", "2024-05", "2024-06"]
+    assert [s["outcome"] for s in m5["gate_replay"]] == ["first", "promoted", "promoted"]
+    assert m5["promoted"] is False
+    assert "trained on data ending 2024-04, before champion v1 (2024-06)'s (2024-05)" in m5["gate_reason"]
 
 
 def test_fare_model_with_the_local_sqlite_default(feature_lake, env):
@@ -160,7 +215,7 @@ def test_fare_model_with_the_local_sqlite_default(feature_lake, env):
     assert meta["train_months"] == "2024-01" and meta["promoted"] is True
     data_dir = env / "data"
     assert (data_dir / "mlflow.db").is_file()
-    assert list((data_dir / "mlartifacts").rglob("python_model.pkl"))
+    assert list((data_dir / "mlartifacts").rglob("fare_state.joblib"))
     assert not (env / "mlruns").exists()
     uri = f"sqlite:///{data_dir / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

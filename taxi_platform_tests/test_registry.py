@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
-from taxi_platform.lib.registry import RegistryUnavailableError, gate_challenger, mae_of
+from taxi_platform.lib.registry import LakeEvaluation, RegistryUnavailableError, gate_challenger, mae_of
 from taxi_platform.lib.training import quotes_frame, train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform.settings import MODEL_NAME
@@ -24,8 +24,12 @@ from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_month
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    lake = write_feature_months(tmp_path_factory.mktemp("lake"), months=MONTHS[:3])
+def lake(tmp_path_factory):
+    return write_feature_months(tmp_path_factory.mktemp("lake"), months=MONTHS)
+
+
+@pytest.fixture(scope="module")
+def trained(lake):
     result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), SMALL)
     zones = load_zone_table()
     models = {f: FareQuoteModel(result.models[f], result.pair_stats, zones, f) for f in ("linear", "boosted")}
@@ -60,21 +64,32 @@ def registry(store, monkeypatch):
     mlflow.set_registry_uri(previous)
 
 
-def register(model: FareQuoteModel, name: str = MODEL_NAME) -> str:
+def register(
+    model: FareQuoteModel,
+    name: str = MODEL_NAME,
+    validation_month: str = MONTHS[2],
+    train_months: tuple[str, ...] = MONTHS[:2],
+    checks_failed: str = "",
+) -> str:
+    """Log and register ``model`` with the version tags ``fare_model`` sets (the gate reads them)."""
+    tags = {"train_months": ",".join(train_months), "validation_month": validation_month, "checks_failed": checks_failed}
     with mlflow.start_run():
-        info = log_fare_model(model, registered_model_name=name)
-    return str(info.registered_model_version)
+        info = log_fare_model(model, registered_model_name=name, tags=tags)
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        MlflowClient().set_model_version_tag(name, version, key, value)
+    return version
 
 
 def aliases(client: MlflowClient, name: str = MODEL_NAME) -> dict[str, str]:
     return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
 
 
-def test_pyfunc_round_trip_through_champion_alias(trained, registry):
+def test_pyfunc_round_trip_through_champion_alias(trained, registry, lake):
     models, quotes, y = trained
     model = models["boosted"]
     version = register(model)
-    decision = gate_challenger(registry, MODEL_NAME, version, quotes, y)
+    decision = gate_challenger(registry, MODEL_NAME, version, LakeEvaluation(lake))
     assert decision.promoted and decision.champion_version == version == "1"
 
     loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
@@ -95,55 +110,49 @@ def test_pyfunc_round_trip_through_champion_alias(trained, registry):
         loaded.predict(raw.drop(columns=["service"]))
 
 
-def test_gate_promotes_a_better_challenger_and_keeps_the_champion_against_a_worse_one(trained, registry):
-    models, quotes, y = trained
+def test_gate_keeps_a_worse_fresher_model_and_promotes_an_as_good_one(trained, registry, lake):
+    """Real fare models: boosted validated on March is champion; on April a linear model (worse by more than the
+    1 % tolerance) is kept out, the same boosted model re-registered for April (as good, fresher) replaces it,
+    and a version that failed its checks never takes over."""
+    models, _, _ = trained
     name = "gate_test_model"
-    worse, better = models["linear"], models["boosted"]
+    evaluation = LakeEvaluation(lake, rows=5_000)
+    april_quotes, april_y = evaluation.sample(MONTHS[3])
     linear_mae, boosted_mae = (
-        float(np.mean(np.abs(models[f].predict_quotes(quotes) - y))) for f in ("linear", "boosted")
+        float(np.mean(np.abs(models[f].predict_quotes(april_quotes) - april_y))) for f in ("linear", "boosted")
     )
-    assert boosted_mae < linear_mae
+    assert linear_mae > boosted_mae * 1.01
 
-    v1 = register(worse, name)
-    first = gate_challenger(registry, name, v1, quotes, y)
-    assert first.promoted and "no champion yet" in first.reason
+    v1 = register(models["boosted"], name, MONTHS[2])
+    first = gate_challenger(registry, name, v1, evaluation)
+    assert first.promoted and "first month's model" in first.reason
     assert aliases(registry, name) == {"champion": v1, "challenger": v1}
 
-    v2 = register(better, name)
-    second = gate_challenger(registry, name, v2, quotes, y)
-    assert second.promoted, second.reason
-    assert second.previous_champion_version == v1 and second.champion_version == v2
-    assert second.champion_mae == pytest.approx(linear_mae, rel=1e-9)
-    assert second.challenger_mae == pytest.approx(boosted_mae, rel=1e-9)
-    assert aliases(registry, name) == {"champion": v2, "challenger": v2}
+    v2 = register(models["linear"], name, MONTHS[3])
+    second = gate_challenger(registry, name, v2, evaluation)
+    assert not second.promoted and "by more than 1.00%" in second.reason, second.reason
+    assert second.evaluation_month == MONTHS[3] and second.compared_with_version == v1
+    assert second.challenger_mae == pytest.approx(linear_mae, rel=1e-9)
+    assert second.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
+    assert aliases(registry, name) == {"champion": v1, "challenger": v2}
 
-    v3 = register(worse, name)
-    third = gate_challenger(registry, name, v3, quotes, y)
-    assert not third.promoted and "does not beat" in third.reason
-    assert third.champion_version == v2 and third.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
-    assert aliases(registry, name) == {"champion": v2, "challenger": v3}
+    # April re-run with the boosted model: it supersedes v2 and, exactly as good and fresher, replaces v1
+    v3 = register(models["boosted"], name, MONTHS[3])
+    third = gate_challenger(registry, name, v3, evaluation)
+    assert third.promoted and third.challenger_mae == third.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
+    assert third.previous_champion_version == v1 and aliases(registry, name) == {"champion": v3, "challenger": v3}
+    assert third.scored_pairs == 1 and third.cached_pairs == 1  # v1 on April was scored by the second gate
 
-    # an equally good challenger does not move the champion with min_improvement=0, nor does a better one
-    # that failed its checks, nor one that beats the champion by less than min_improvement
-    v4 = register(better, name)
-    assert not gate_challenger(registry, name, v4, quotes, y).promoted
-    v5 = register(worse, name)
-    registry.set_registered_model_alias(name, "champion", v5)  # pretend a weak champion
-    failed = gate_challenger(
-        registry, name, v4, quotes, y, checks_passed=False, failed_checks=["beats_naive_baseline"]
-    )
-    assert not failed.promoted and "beats_naive_baseline" in failed.reason
-    margin = linear_mae - boosted_mae
-    strict = gate_challenger(registry, name, v4, quotes, y, min_improvement=margin + 0.01)
-    assert not strict.promoted
-    assert aliases(registry, name)["champion"] == v5
-    lenient = gate_challenger(registry, name, v4, quotes, y, min_improvement=margin - 0.01)
-    assert lenient.promoted and aliases(registry, name) == {"champion": v4, "challenger": v4}
+    # a later April version that failed its checks supersedes nothing and is never champion
+    v4 = register(models["linear"], name, MONTHS[3], checks_failed="beats_naive_baseline")
+    failed = gate_challenger(registry, name, v4, evaluation)
+    assert not failed.promoted and "failed beats_naive_baseline" in failed.reason
+    assert aliases(registry, name) == {"champion": v3, "challenger": v4}
     # the gate scored the registered artifacts, the same numbers as loading them directly
-    assert mae_of(f"models:/{name}/{v4}", quotes, y) == pytest.approx(boosted_mae, rel=1e-9)
+    assert mae_of(f"models:/{name}/{v3}", april_quotes, april_y) == pytest.approx(boosted_mae, rel=1e-9)
 
 
-def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, registry):
+def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, registry, lake):
     models, quotes, y = trained
     name = "unreachable_test_model"
     version = register(models["boosted"], name)
@@ -153,7 +162,7 @@ def test_unreachable_registry_is_a_clear_error_and_moves_no_alias(trained, regis
     with pytest.raises(
         RegistryUnavailableError, match=rf"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
     ) as err:
-        gate_challenger(dead, name, version, quotes, y)
+        gate_challenger(dead, name, version, LakeEvaluation(lake))
     assert "no model alias was changed" in str(err.value)
     assert aliases(registry, name) == before == {}
 

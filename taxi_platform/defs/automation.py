@@ -58,6 +58,7 @@ Settings (environment, read when the definitions load):
 """
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -190,7 +191,7 @@ class EarlierDepPartitionMaterialized(dg.AutomationCondition):
         candidates = context.candidate_subset
         partitions_def = context.partitions_def
         if candidates.is_empty or partitions_def is None:
-            return dg.AutomationResult(context.get_empty_subset(), context=context)
+            return dg.AutomationResult(context, context.get_empty_subset())
         view = context.asset_graph_view
         materialized = view.instance.get_materialized_partitions(self._dep)
         true_keys = set()
@@ -200,7 +201,7 @@ class EarlierDepPartitionMaterialized(dg.AutomationCondition):
             if any(parent < key and parent in materialized for parent in parents):
                 true_keys.add(key)
         true_subset = view.get_subset_from_partition_keys(context.key, partitions_def, true_keys)
-        return dg.AutomationResult(true_subset, context=context)
+        return dg.AutomationResult(context, true_subset)
 
 
 def champion_recorded(instance: dg.DagsterInstance, limit: int = 50) -> bool:
@@ -252,8 +253,8 @@ class ChampionRecorded(dg.AutomationCondition):
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         candidates = context.candidate_subset
         if candidates.is_empty or not champion_recorded(context.asset_graph_view.instance):
-            return dg.AutomationResult(context.get_empty_subset(), context=context)
-        return dg.AutomationResult(candidates, context=context)
+            return dg.AutomationResult(context, context.get_empty_subset())
+        return dg.AutomationResult(context, candidates)
 
 
 def fare_model_condition() -> dg.AutomationCondition:
@@ -535,22 +536,24 @@ def tlc_monthly_safety_net(context: dg.ScheduleEvaluationContext) -> dg.RunReque
 
 
 # -- declarative automation --------------------------------------------------------------------------
-taxi_automation_sensor = dg.AutomationConditionSensorDefinition(
-    AUTOMATION_SENSOR_NAME,
-    target=dg.AssetSelection.all()
-    if AUTOMATION_GROUPS is None
-    else dg.AssetSelection.groups(*AUTOMATION_GROUPS),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
-    # fare_model's and drift_report's conditions are Python (EarlierDepPartitionMaterialized,
-    # ChampionRecorded): only the code server can evaluate them.
-    use_user_code_server=True,
-    description=(
-        "Evaluates every asset's automation_condition (downstream assets follow their upstreams; fare_model "
-        "only with training history, drift_report only once a champion exists). Running by default: without "
-        "it declared conditions never fire. Interval: TAXI_AUTOMATION_INTERVAL_SECONDS."
-    ),
-)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # use_user_code_server is beta
+    taxi_automation_sensor = dg.AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR_NAME,
+        target=dg.AssetSelection.all()
+        if AUTOMATION_GROUPS is None
+        else dg.AssetSelection.groups(*AUTOMATION_GROUPS),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+        # fare_model's and drift_report's conditions are Python (EarlierDepPartitionMaterialized,
+        # ChampionRecorded): only the code server can evaluate them.
+        use_user_code_server=True,
+        description=(
+            "Evaluates every asset's automation_condition (downstream assets follow their upstreams; fare_model "
+            "only with training history, drift_report only once a champion exists). Running by default: without "
+            "it declared conditions never fire. Interval: TAXI_AUTOMATION_INTERVAL_SECONDS."
+        ),
+    )
 
 assets: list = []
 asset_checks: list = []

@@ -17,6 +17,14 @@ DEFAULT_START_MONTH = "2023-01"
 DEFAULT_SERVICES = ("yellow", "green")
 KNOWN_SERVICES = ("yellow", "green")
 MODEL_NAME = "taxi_fare_model"
+# The biggest TLC yellow/green file is ~0.2 GiB (yellow 2015-2016 months); 2 GiB leaves a wide margin for later
+# months and still stops a runaway body from filling the disk.
+DEFAULT_DOWNLOAD_MAX_BYTES = 2 << 30
+# Time for one trip file, all attempts included: 2 GiB at ~2 MiB/s, far more than a healthy CDN needs.
+DEFAULT_DOWNLOAD_DEADLINE_SECONDS = 1800.0
+# DuckDB's own default is 80 % of RAM; the training and drift steps also hold pandas frames next to it.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
+DUCKDB_TEMP_SUBDIR = "duckdb_tmp"
 
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
@@ -60,6 +68,67 @@ def _parse_base_url(value: str) -> str:
     return url
 
 
+def parse_positive_float(value: str, variable: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{variable}={value!r} is not a number of seconds, e.g. 1800") from None
+    if not number > 0 or number == float("inf"):
+        raise SettingsError(f"{variable}={value!r} must be a positive, finite number of seconds, e.g. 1800")
+    return number
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30, "T": 1 << 40, "TB": 10**12,
+               "TIB": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_byte_size(value: str, variable: str) -> int:
+    """``1073741824``, ``1GiB``, ``500MB`` … → bytes (positive)."""
+    match = _SIZE_RE.match(value)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _BYTE_UNITS:
+        raise SettingsError(f"{variable}={value!r} is not a size: expected bytes or e.g. '2GiB', '500MB'")
+    size = int(float(match.group(1)) * _BYTE_UNITS[unit])
+    if size <= 0:
+        raise SettingsError(f"{variable}={value!r} must be a positive size, e.g. '2GiB'")
+    return size
+
+
+_MEMORY_LIMIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB|%)\s*$", re.IGNORECASE)
+
+
+def parse_memory_limit(value: str, variable: str = "TAXI_DUCKDB_MEMORY_LIMIT") -> str:
+    """A DuckDB ``memory_limit``: a size such as ``4GB`` / ``512MiB`` or a share of RAM such as ``50%``."""
+    match = _MEMORY_LIMIT_RE.match(value)
+    if not match:
+        raise SettingsError(
+            f"{variable}={value!r} is not a memory limit: expected a size such as '4GB' or '512MiB', or a share "
+            "of the machine's memory such as '50%'"
+        )
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if number <= 0 or (unit == "%" and number > 100):
+        raise SettingsError(f"{variable}={value!r} must be above 0 (and at most 100%), e.g. '4GB' or '50%'")
+    return f"{match.group(1)}{'%' if unit == '%' else unit.replace('IB', 'iB')}"
+
+
+@dataclass(frozen=True)
+class DuckDBSettings:
+    """Where DuckDB may spill and how much memory it may use (see :meth:`taxi_platform.lib.lake.Lake.connect`)."""
+
+    temp_root: Path  # each connection spills into its own subdirectory of this one
+    memory_limit: str
+
+
+def load_duckdb_settings(env: dict[str, str] | None = None) -> DuckDBSettings:
+    """Only the DuckDB settings (``TAXI_DATA_DIR``, ``TAXI_DUCKDB_MEMORY_LIMIT``), read on every connection."""
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("TAXI_DATA_DIR", ".data")).expanduser().absolute()
+    limit = parse_memory_limit(env.get("TAXI_DUCKDB_MEMORY_LIMIT") or DEFAULT_DUCKDB_MEMORY_LIMIT)
+    return DuckDBSettings(temp_root=data_dir / DUCKDB_TEMP_SUBDIR, memory_limit=limit)
+
+
 @dataclass(frozen=True)
 class Settings:
     start_month: date
@@ -68,6 +137,14 @@ class Settings:
     data_dir: Path
     lake_root: str
     mlflow_tracking_uri: str
+    download_max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
+    download_deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS
+    duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
+
+    @property
+    def duckdb_temp_root(self) -> Path:
+        """``$TAXI_DATA_DIR/duckdb_tmp``: DuckDB spills here (one subdirectory per connection), never in the cwd."""
+        return self.data_dir / DUCKDB_TEMP_SUBDIR
 
     @property
     def start_partition_key(self) -> str:
@@ -95,6 +172,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     elif not lake_root.startswith(("gs://", "file://", "memory://")):
         raise SettingsError(f"TAXI_LAKE_ROOT={lake_root!r}: expected a local path or gs://bucket/prefix")
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_dir / 'mlflow.db'}"
+    max_bytes = parse_byte_size(
+        env.get("TAXI_DOWNLOAD_MAX_BYTES") or str(DEFAULT_DOWNLOAD_MAX_BYTES), "TAXI_DOWNLOAD_MAX_BYTES"
+    )
+    deadline = parse_positive_float(
+        env.get("TAXI_DOWNLOAD_DEADLINE_SECONDS") or str(DEFAULT_DOWNLOAD_DEADLINE_SECONDS),
+        "TAXI_DOWNLOAD_DEADLINE_SECONDS",
+    )
+    duckdb = load_duckdb_settings(env)
     return Settings(
         start_month=start_month,
         tlc_base_url=base_url,
@@ -102,4 +187,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         lake_root=lake_root.rstrip("/"),
         mlflow_tracking_uri=mlflow_uri,
+        download_max_bytes=max_bytes,
+        download_deadline_seconds=deadline,
+        duckdb_memory_limit=duckdb.memory_limit,
     )

@@ -33,6 +33,34 @@ def month_dir(partition_key: str) -> str:
     return f"month={partition_key[:7]}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def spill_directory(temp_root: str) -> str:
+    """A fresh spill directory path for one DuckDB connection under ``temp_root`` (created lazily by DuckDB).
+
+    ``temp_root`` is created; subdirectories left behind by processes that no longer run are removed."""
+    root = Path(temp_root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for entry in root.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if entry.is_dir() and pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+                shutil.rmtree(entry, ignore_errors=True)
+    except OSError:  # an unwritable data dir only matters once DuckDB spills, and then DuckDB names the directory
+        pass
+    return str(root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
 class Lake:
     """A lake rooted at a local directory or a ``gs://bucket/prefix`` URL."""
 
@@ -208,16 +236,30 @@ class Lake:
             self.fs.rm(path, recursive=True)
 
     # -- DuckDB ----------------------------------------------------------------------------
-    def connect(self, threads: int | None = None, memory_limit: str | None = None):
-        """A fresh in-process DuckDB connection that can read this lake."""
+    def connect(self, threads: int | None = None, memory_limit: str | None = None, temp_root: str | None = None):
+        """A fresh in-process DuckDB connection that can read this lake.
+
+        DuckDB spills sorts, joins and aggregates that outgrow ``memory_limit`` (default: ``TAXI_DUCKDB_MEMORY_LIMIT``,
+        50 % of memory) to disk. Its default spill directory is ``.tmp`` in the working directory, which the image's
+        unprivileged user cannot create; every connection here spills into a directory of its own under ``temp_root``
+        (default ``$TAXI_DATA_DIR/duckdb_tmp``), named ``<pid>-<random>``. DuckDB creates that directory only when it
+        spills and removes it when the connection closes; directories left by killed processes are removed by the
+        next connection.
+        """
         import duckdb
 
-        con = duckdb.connect(":memory:")
+        from taxi_platform.settings import load_duckdb_settings, parse_memory_limit
+
+        settings = load_duckdb_settings()
+        limit = parse_memory_limit(memory_limit, "memory_limit") if memory_limit else settings.memory_limit
+        config = {
+            "memory_limit": limit,
+            "temp_directory": spill_directory(temp_root or str(settings.temp_root)),
+            "preserve_insertion_order": False,
+        }
         if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        if memory_limit:
-            con.execute(f"SET memory_limit = '{memory_limit}'")
-        con.execute("SET preserve_insertion_order = false")
+            config["threads"] = int(threads)
+        con = duckdb.connect(":memory:", config=config)
         if self.is_remote:
             con.register_filesystem(self.fs)
         return con

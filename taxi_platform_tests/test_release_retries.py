@@ -14,12 +14,14 @@ from datetime import date
 import dagster as dg
 import pytest
 from dagster._core.storage.tags import RUN_KEY_TAG
+from dagster._core.utils import make_new_run_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.defs import automation
 from taxi_platform.defs.ingest import raw_trips
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+from taxi_platform.lib.instance import ensure_dagster_home
 from taxi_platform.lib.releases import (
     Attempts,
     ReleaseCursor,
@@ -324,3 +326,34 @@ def test_sensor_retries_a_month_whose_run_failed_under_a_format_1_cursor(mirror,
     failing = tick(instance, mirror.url, upgraded.cursor)
     assert failing.run_requests == []
     assert "failing: 2024-01: attempt 1 of 4 failed (raw_trips: " in failing.skip_reason.skip_message
+
+
+def test_sensor_leaves_a_crashed_run_to_dagster_run_retries_then_retries_a_failed_step(mirror, tmp_path):
+    """With the repo's dagster.yaml (run retries on for run-level failures only)."""
+    home = ensure_dagster_home(tmp_path / "data")
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        first = tick(instance, mirror.url)
+        jan = next(r for r in first.run_requests if r.tags["taxi/month"] == "2024-01")
+        crashed = instance.add_run(
+            dg.DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id=make_new_run_id(),
+                status=dg.DagsterRunStatus.STARTED,
+                tags={**jan.tags, RUN_KEY_TAG: jan.run_key},
+            )
+        )
+        instance.report_run_failed(crashed, message="run worker exited unexpectedly")
+        left = tick(instance, mirror.url, first.cursor)
+        assert left.run_requests == []
+        assert "run failed, Dagster run retries re-executing: 2024-01" in left.skip_reason.skip_message
+        assert "failing:" not in left.skip_reason.skip_message
+
+        # Dagster's re-execution (it keeps the run's tags) fails in a step: now it is the sensor's business.
+        mirror.set_fault(YELLOW_JAN, ("truncate", 1000))
+        assert not launch(instance, mirror, tmp_path / "lake", jan).success
+        failing = tick(instance, mirror.url, left.cursor)
+        assert failing.run_requests == []
+        assert "failing: 2024-01: attempt 1 of 4 failed (raw_trips: " in failing.skip_reason.skip_message
+    finally:
+        instance.dispose()

@@ -285,3 +285,31 @@ def test_schema_check_reports_extra_columns_and_flags_a_broken_file(mirror, lake
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed
     assert "trip_distance" in check.description and "green 2024-01" in check.description
+
+
+def test_a_month_is_published_as_one_unit_when_a_move_fails(mirror, lake_root, monkeypatch):
+    import os
+
+    old = {s: f"previous {s} file".encode() for s in ("yellow", "green")}
+    for service, content in old.items():
+        _raw_file(lake_root, service, JAN).parent.mkdir(parents=True)
+        _raw_file(lake_root, service, JAN).write_bytes(content)
+    raw_dests = {str(_raw_file(lake_root, s, JAN)) for s in old}
+    real_replace = os.replace
+    first: list[str] = []
+
+    def replace(src, dst):  # fault injector: the second service's file can never be moved into place
+        if str(dst) in raw_dests:
+            first.append(first[0] if first else str(dst))
+            if str(dst) != first[0]:
+                raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = _materialize([raw_trips], _resources(mirror, lake_root), partition_key="2024-01-01")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not result.success
+    assert "Input/output error" in _failure_description(result)
+    assert len(first) >= 2  # one file had been moved into place before the other failed
+    assert {s: _raw_file(lake_root, s, JAN).read_bytes() for s in old} == old  # both previous files, not a mix
+    assert len(_files(lake_root)) == 2  # no staged files or backups left behind

@@ -135,3 +135,29 @@ def test_publishing_while_another_run_publishes_the_same_partition(tmp_path, mon
     assert raced
     assert _rows(lake) == [float(i) for i in range(100, 120)]
     assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]
+
+
+def test_a_failed_second_rename_puts_the_previous_partition_back(tmp_path, monkeypatch):
+    import os
+
+    lake = Lake(str(tmp_path / "lake"))
+    _write(lake, [_batch(0, 30)])
+    month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
+    before = {p.name: p.read_bytes() for p in month_dir.iterdir()}
+    real_rename = os.rename
+    moves: list[tuple[str, str]] = []
+
+    def rename(src, dst):  # fault injector: the staged directory can never take the partition's place
+        moves.append((str(src), str(dst)))
+        if str(dst) == str(month_dir) and str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        _write(lake, [_batch(1000, 40)])
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert any(dst == str(month_dir) and src.endswith(".tmp") for src, dst in moves)  # the swap was attempted
+    assert {p.name: p.read_bytes() for p in month_dir.iterdir()} == before
+    assert _rows(lake) == [float(i) for i in range(30)]
+    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]  # no hidden .old/.tmp left

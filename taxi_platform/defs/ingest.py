@@ -3,12 +3,13 @@
 ``taxi_zones`` stores ``misc/taxi_zone_lookup.csv`` (and a typed Parquet copy); ``raw_trips`` stores each
 configured service's monthly Parquet file byte for byte under
 ``raw_trips/service={service}/month=YYYY-MM/``. Both write through the lake's atomic staging, so a failed
-or killed run leaves the previous files in place.
+or killed run leaves the previous files in place; a month's files (one per service) are published as one unit.
+Downloads are bounded by ``TAXI_DOWNLOAD_DEADLINE_SECONDS`` and ``TAXI_DOWNLOAD_MAX_BYTES`` and checked against
+the ETag's MD5 where the ETag is one.
 """
 
 import hashlib
 import os
-from contextlib import ExitStack
 from datetime import date
 
 import dagster as dg
@@ -88,8 +89,15 @@ def taxi_zones(
     url = zone_lookup_url(tlc.source_url())
     lk = lake.lake()
     try:
+        options = tlc.download_options()
         fetched = fetch(
-            url, timeout=tlc.timeout(), retries=tlc.retries, backoff=tlc.backoff, logger=context.log
+            url,
+            timeout=tlc.timeout(),
+            retries=tlc.retries,
+            backoff=tlc.backoff,
+            deadline=options["deadline"],
+            verify_md5=tlc.verify_md5,
+            logger=context.log,
         )
         table = parse_zone_lookup(fetched.content, source=url)
     except NotPublishedError as exc:
@@ -219,19 +227,17 @@ def raw_trips(
 
     results: list[DownloadResult] = []
     try:
-        # Stage every service's file first; publish them only when all have downloaded and verified.
-        with ExitStack() as stack:
-            for service in services:
-                dest = raw_trip_path(lk, service, month)
-                tmp = stack.enter_context(lk.staged_file(dest, suffix=".parquet"))
+        # Stage every service's file first; publish them as one unit (all new or all previous files) only when all
+        # have downloaded and verified.
+        dests = [raw_trip_path(lk, service, month) for service in services]
+        with lk.staged_files(dests, suffix=".parquet") as tmps:
+            for service, dest, tmp in zip(services, dests, tmps, strict=True):
                 result = download_to(
                     urls[service],
                     tmp,
                     service=service,
                     month=month,
-                    timeout=tlc.timeout(),
-                    retries=tlc.retries,
-                    backoff=tlc.backoff,
+                    **tlc.download_options(),
                     logger=context.log,
                     result_path=dest,
                 )
@@ -253,6 +259,15 @@ def raw_trips(
             exc,
             allow_retries=exc.transient and tlc.step_retries,
             suffix=f"Nothing was written; any earlier files for {month:%Y-%m} are unchanged.",
+        ) from exc
+    except OSError as exc:  # staging or publishing in the lake failed (disk full, permissions, I/O)
+        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
+        raise dg.Failure(
+            description=(
+                f"writing the {month:%Y-%m} trip files to the lake failed ({exc}). The month's files are published "
+                f"as one unit: any earlier files for {month:%Y-%m} are unchanged."
+            ),
+            allow_retries=tlc.step_retries,
         ) from exc
 
     sources = {r.data_source for r in results}

@@ -43,6 +43,30 @@ class TlcSourceResource(dg.ConfigurableResource):
         default=2.0, ge=0, description="Seconds before the first client retry; doubles on each retry."
     )
     probe_workers: int = Field(default=8, ge=1, description="Parallel HEAD requests when probing.")
+    deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Overall time for one file, all attempts included; a server trickling bytes is cut off when it passes. "
+            "Default: TAXI_DOWNLOAD_DEADLINE_SECONDS (1800)."
+        ),
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Size cap per trip file: a larger Content-Length is refused before downloading, a body growing past it "
+            "is aborted. Default: TAXI_DOWNLOAD_MAX_BYTES (2 GiB)."
+        ),
+    )
+    verify_md5: bool = Field(
+        default=True,
+        description=(
+            "Compare each body's MD5 with the ETag when the ETag is a plain MD5 (a single-part upload, as the TLC's "
+            "files are); a mismatch is retried as corruption in transit. Turn off for a mirror whose 32-hex ETags "
+            "are not MD5s (e.g. objects encrypted with a KMS key)."
+        ),
+    )
     step_retries: bool = Field(
         default=True,
         description=(
@@ -61,6 +85,18 @@ class TlcSourceResource(dg.ConfigurableResource):
 
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout, self.read_timeout)
+
+    def download_options(self) -> dict[str, object]:
+        """Keyword arguments for :func:`taxi_platform.lib.tlc.download_to`: timeouts, retries and limits."""
+        settings = None if self.deadline_seconds and self.max_bytes else load_settings()
+        return {
+            "timeout": self.timeout(),
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "deadline": self.deadline_seconds or settings.download_deadline_seconds,
+            "max_bytes": self.max_bytes or settings.download_max_bytes,
+            "verify_md5": self.verify_md5,
+        }
 
 
 resources: dict[str, dg.ConfigurableResource] = {

@@ -4,8 +4,13 @@ A table partition is the directory ``<table>/month=YYYY-MM/`` holding ``part-0.p
 months, ``part-1.parquet``, written in parallel); readers use :meth:`Lake.partition_glob`. Writers stage the
 parts in a hidden sibling directory and swap it into place with two renames, so readers never see a
 half-written or mixed partition and a killed run leaves the previous partition intact (a hidden ``.…tmp``
-directory is all it leaves behind). On GCS a partition is one object, uploaded in one atomic step; single files
-(zone lookup, reports) are moved into place with ``os.replace`` / a single upload.
+directory is all it leaves behind); if the second rename fails, the previous partition is renamed back. On GCS a
+partition is one object, uploaded in one atomic step; single files (zone lookup, reports) are moved into place with
+``os.replace`` / a single upload. Files that belong together (a month's raw files, one per service) are published as
+one unit by :meth:`Lake.staged_files`: all new, or, if any move fails, all previous (see :meth:`Lake.publish_files`).
+
+DuckDB connections (:meth:`Lake.connect`) spill to ``$TAXI_DATA_DIR/duckdb_tmp`` and use the memory limit from
+settings.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,12 +172,100 @@ class Lake:
                 os.replace(local_file, dest)
             except OSError:  # different filesystem: copy next to dest, then rename
                 tmp = str(Path(dest).parent / f".{Path(dest).name}.{uuid.uuid4().hex[:8]}.tmp")
-                shutil.copyfile(local_file, tmp)
-                os.replace(tmp, dest)
+                try:
+                    shutil.copyfile(local_file, tmp)
+                    os.replace(tmp, dest)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
                 os.unlink(local_file)
         else:
             self.fs.put_file(local_file, dest)
             os.unlink(local_file)
+
+    @contextmanager
+    def staged_files(self, dests: Sequence[str], suffix: str = "") -> Iterator[list[str]]:
+        """Like :meth:`staged_file` for several files that belong together (a month's raw files, one per service).
+
+        Yields one local temporary path per ``dests`` entry; when the block succeeds they are published as one unit
+        (:meth:`publish_files`): all new files, or, if anything fails, all previous files. On any exception in the
+        block nothing changes."""
+        tmps: list[str] = []
+        try:
+            for dest in dests:
+                if not self.is_remote:
+                    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                tmp_dir = None if self.is_remote else str(Path(dest).parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
+                os.close(fd)
+                tmps.append(tmp)
+            yield list(tmps)
+            self.publish_files(list(zip(tmps, dests, strict=True)))
+        finally:
+            for tmp in tmps:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    def publish_files(self, files: Sequence[tuple[str, str]]) -> None:
+        """Move finished local files to their destinations as one unit: ``files`` is ``[(local_file, dest), ...]``.
+
+        Each previous file is first kept under a hidden backup name (a hard link locally, a server-side copy on GCS),
+        then every new file is moved into place. If any move fails, the files already replaced are restored from
+        their backups (new files where there was none are removed) and the error is raised, so the destinations hold
+        either all the new files or all the previous ones. Readers never see a destination missing; between the
+        moves (milliseconds locally, one upload per file on GCS) a reader may see some new files next to old ones.
+        """
+        backups: list[tuple[str, str | None]] = []  # (dest, backup) for every dest prepared so far
+        done: list[tuple[str, str | None]] = []
+        try:
+            for _local, dest in files:
+                backups.append((dest, self._backup(dest)))
+            for (local, dest), (_dest, backup) in zip(files, backups, strict=True):
+                self.publish(local, dest)
+                done.append((dest, backup))
+        except BaseException:
+            for dest, backup in reversed(done):
+                try:
+                    self._restore(dest, backup)
+                except Exception:  # keep restoring the others; the original error is what the caller needs
+                    continue
+            raise
+        finally:
+            for _dest, backup in backups:
+                if backup is not None:
+                    self._discard(backup)
+
+    def _backup(self, dest: str) -> str | None:
+        if not self.exists(dest):
+            return None
+        name = dest.rsplit("/", 1)[-1]
+        backup = f"{dest.rsplit('/', 1)[0]}/.{name}.{uuid.uuid4().hex[:8]}.bak"
+        if self.is_remote:
+            self.fs.copy(dest, backup)
+            return backup
+        try:
+            os.link(dest, backup)
+        except OSError:  # no hard links on this filesystem
+            shutil.copy2(dest, backup)
+        return backup
+
+    def _restore(self, dest: str, backup: str | None) -> None:
+        if self.is_remote:
+            if backup is None:
+                self.fs.rm(dest)
+            else:
+                self.fs.copy(backup, dest)
+        elif backup is None:
+            os.unlink(dest)
+        else:
+            os.replace(backup, dest)
+
+    def _discard(self, backup: str) -> None:
+        if self.is_remote:
+            if self.fs.exists(backup):
+                self.fs.rm(backup)
+        elif os.path.exists(backup):
+            os.unlink(backup)
 
     @contextmanager
     def staged_partition(self, dest_dir: str) -> Iterator[str]:
@@ -206,13 +299,23 @@ class Lake:
         os.chmod(staging, 0o755)
         olds: list[str] = []
         for attempt in range(_PUBLISH_ATTEMPTS):
+            old = None
             try:
                 if os.path.isdir(dest_dir):
-                    olds.append(f"{staging[: -len('.tmp')]}.old{attempt}")
-                    os.rename(dest_dir, olds[-1])
+                    old = f"{staging[: -len('.tmp')]}.old{attempt}"
+                    os.rename(dest_dir, old)
                 os.rename(staging, dest_dir)
+                if old is not None:
+                    olds.append(old)
                 break
-            except OSError:  # another run published this partition in between: the later swap wins
+            except OSError:  # e.g. another run published this partition in between: the later swap wins
+                if old is not None and os.path.isdir(old):
+                    # the old partition was moved aside but the new one did not take its place: put it back, so a
+                    # failed publish never hides the partition
+                    try:
+                        os.rename(old, dest_dir)
+                    except OSError:  # another run's partition is in place now; ours is obsolete
+                        olds.append(old)
                 if attempt == _PUBLISH_ATTEMPTS - 1:
                     raise
                 time.sleep(0.01 * (attempt + 1))

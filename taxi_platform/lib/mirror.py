@@ -15,6 +15,7 @@ Fault injection, per URL path, for download tests::
 ``("html",)``                   200 with an HTML page (what a captive portal or error page looks like)
 ``("reset",)``                  close the connection (TCP reset) without any response
 ``("delay", seconds)``          wait, then serve normally
+``("trickle", nbytes, seconds)`` GET: real headers, then the body ``nbytes`` at a time, ``seconds`` apart
 ``("headers", {...})``          serve normally with headers overridden (a ``None`` value removes one)
 =============================== ==================================================================
 """
@@ -40,7 +41,7 @@ _CONTENT_TYPES = {
     ".json": "application/json",
     ".html": "text/html; charset=utf-8",
 }
-_FAULT_KINDS = {"status", "status_then_ok", "truncate", "html", "reset", "delay", "headers"}
+_FAULT_KINDS = {"status", "status_then_ok", "truncate", "html", "reset", "delay", "headers", "trickle"}
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>"
     b"<body><h1>Service Unavailable</h1><p>The requested file is temporarily unavailable.</p></body></html>\n"
@@ -67,6 +68,7 @@ def _validate_fault(fault: tuple) -> tuple:
         "reset": (),
         "delay": ((int, float),),
         "headers": (dict,),
+        "trickle": (int, (int, float)),
     }[kind]
     if len(args) != len(shapes) or not all(isinstance(a, t) for a, t in zip(args, shapes, strict=True)):
         raise ValueError(f"fault {fault!r}: {kind!r} takes arguments of types {shapes}")
@@ -248,6 +250,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = self.mirror._record(url_path, self.command)
         header_overrides: dict = {}
         truncate_to: int | None = None
+        trickle: tuple[int, float] | None = None
         if fault is not None:
             kind = fault[0]
             if kind in ("status", "status_then_ok"):
@@ -267,6 +270,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 header_overrides = dict(fault[1])
             elif kind == "truncate":
                 truncate_to = max(0, int(fault[1]))
+            elif kind == "trickle":
+                trickle = (max(1, int(fault[1])), float(fault[2]))
 
         path = self.mirror._resolve(url_path)
         if path is None:
@@ -308,11 +313,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not body:
                 return
             remaining = st.st_size if truncate_to is None else min(truncate_to, st.st_size)
+            step = _CHUNK if trickle is None else trickle[0]
             while remaining > 0:
-                chunk = fh.read(min(_CHUNK, remaining))
+                chunk = fh.read(min(step, remaining))
                 if not chunk:
                     break
-                self.wfile.write(chunk)
+                try:
+                    self.wfile.write(chunk)
+                    if trickle is not None:
+                        self.wfile.flush()
+                        time.sleep(trickle[1])
+                except OSError:  # the client gave up (a download deadline): stop sending
+                    self.close_connection = True
+                    return
                 remaining -= len(chunk)
             if truncate_to is not None:
                 self.wfile.flush()

@@ -4,8 +4,11 @@ Pure library code, no Dagster: URL building, ``HEAD`` probes (is a month publish
 downloads that stream to a temporary file, verify length, Parquet footer and schema era, and only
 then move the file into place through the lake's atomic ``staged_file``/``publish``.
 
-Transient failures (HTTP 5xx/429, connection resets, timeouts, truncated bodies) are retried with
-exponential backoff. A missing file (HTTP 404, or 403 which CloudFront returns for missing keys) is
+Transient failures (HTTP 5xx/429, connection resets, timeouts, truncated bodies, a body whose MD5 differs from
+a plain-MD5 ETag) are retried with exponential backoff. Every download has limits: an overall deadline per file
+(all attempts and waits included; a server trickling bytes is cut off when it passes) and a size cap (a
+``Content-Length`` over it is refused before any byte is read; a body growing past it is aborted). TLS failures
+(untrusted certificate, handshake errors) are not retried: they raise :class:`TlsError`. A missing file (HTTP 404, or 403 which CloudFront returns for missing keys) is
 not retried: it raises :class:`NotPublishedError`, because the TLC simply has not published that
 month yet. Anything that is not a Parquet trip file raises :class:`DownloadError` without retrying.
 """
@@ -17,6 +20,9 @@ import hashlib
 import io
 import logging
 import re
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +38,7 @@ import requests
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tlc_schema import SchemaMismatchError, match_schema
+from taxi_platform.settings import DEFAULT_DOWNLOAD_DEADLINE_SECONDS, DEFAULT_DOWNLOAD_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ MAX_ZONE_CSV_BYTES = 5 << 20
 NOT_PUBLISHED_STATUSES = frozenset({403, 404})
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
+_PLAIN_MD5_ETAG = re.compile(r"^[0-9a-fA-F]{32}$")
 _MONTH_IN_URL = re.compile(r"_tripdata_(\d{4}-\d{2})\.parquet$")
 
 
@@ -81,6 +89,14 @@ class DownloadError(TlcError):
         self.transient = transient
 
 
+class TlsError(DownloadError):
+    """The TLS connection to the source failed (certificate not trusted, handshake error): never retried."""
+
+
+class TooLargeError(DownloadError):
+    """The file is larger than the configured size cap (``TAXI_DOWNLOAD_MAX_BYTES``): never retried."""
+
+
 class NotParquetError(DownloadError):
     """The source answered 200 but the body is not a Parquet file (an HTML page, corrupt bytes)."""
 
@@ -95,6 +111,57 @@ class ZoneLookupError(TlcError):
 
 class _TransientError(Exception):
     """One attempt failed for a reason worth retrying."""
+
+
+class _DeadlineExceeded(Exception):
+    """The download's overall deadline passed during an attempt."""
+
+
+def _tls_error(url: str, exc: BaseException) -> TlsError:
+    return TlsError(
+        f"TLS connection to {base_url_of(url)} failed for {url} ({exc}); not retrying, because a certificate or "
+        "TLS problem does not go away on its own. Check that TLC_BASE_URL uses the right host and that this "
+        "machine trusts its certificate (the system CA bundle, or REQUESTS_CA_BUNDLE behind an inspecting proxy).",
+        url=url,
+    )
+
+
+def plain_md5_etag(etag: str | None) -> str | None:
+    """The ETag as a lower-case MD5 hex digest when it is one (a single-part S3 upload), else ``None``.
+
+    Weak ETags (``W/…``) and multipart ETags (``<md5>-<parts>``) are not the MD5 of the body."""
+    if etag is None or etag.startswith("W/") or not _PLAIN_MD5_ETAG.match(etag):
+        return None
+    return etag.lower()
+
+
+class _Watchdog:
+    """Cut a streaming response off when the deadline passes, even while a read is blocked (a trickling server)."""
+
+    def __init__(self, resp: requests.Response, deadline: float | None):
+        self.fired = False
+        self._resp = resp
+        self._timer = None
+        if deadline is not None:
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        conn = getattr(self._resp.raw, "connection", None) or getattr(self._resp.raw, "_connection", None)
+        sock = getattr(conn, "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)  # unblocks the reading thread, which then sees a broken body
+            else:
+                self._resp.close()
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 # -- URLs ----------------------------------------------------------------------------------------
@@ -275,11 +342,26 @@ def _get_once(
     chunk_size: int,
     max_bytes: int | None,
     not_published: Callable[[int], NotPublishedError],
+    deadline: float | None = None,
+    verify_md5: bool = True,
 ) -> _Fetched:
-    """One GET attempt streaming into ``sink`` (which the caller rewinds between attempts)."""
+    """One GET attempt streaming into ``sink`` (which the caller rewinds between attempts).
+
+    ``deadline`` is a :func:`time.monotonic` instant after which the attempt is cut off (:class:`_DeadlineExceeded`).
+    """
+    if deadline is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlineExceeded("before the request was sent")
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        timeout = (min(connect, remaining), min(read, remaining))
     try:
         resp = session.get(url, stream=True, timeout=timeout, headers=_request_headers())
+    except (requests.exceptions.SSLError, ssl.SSLError) as exc:
+        raise _tls_error(url, exc) from exc
     except requests.Timeout as exc:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _DeadlineExceeded("waiting for the response") from exc
         raise _TransientError(f"timed out connecting or waiting for the response ({exc})") from exc
     except requests.ConnectionError as exc:
         raise _TransientError(f"connection failed ({exc})") from exc
@@ -295,47 +377,84 @@ def _get_once(
         encoding = (resp.headers.get("Content-Encoding") or "identity").lower()
         if encoding != "identity":
             expected = None  # the length is of the encoded body; the Parquet footer check still applies
+        if expected is not None and max_bytes is not None and expected > max_bytes:
+            raise TooLargeError(
+                f"{url} announces {expected} bytes (Content-Length), more than the {max_bytes} byte limit "
+                "(TAXI_DOWNLOAD_MAX_BYTES); nothing was downloaded. Raise the limit if the TLC really publishes "
+                "files this large.",
+                url=url,
+            )
         if expected is not None and hasattr(resp.raw, "enforce_content_length"):
             # let a short body end normally so the length check below reports exactly what arrived
             resp.raw.enforce_content_length = False
+        etag = _clean_etag(resp.headers.get("ETag"))
+        etag_md5 = plain_md5_etag(etag) if verify_md5 and encoding == "identity" else None
+        md5 = hashlib.md5(usedforsecurity=False) if etag_md5 else None
         digest = hashlib.sha256()
         size = 0
         first = b""
+        watchdog = _Watchdog(resp, deadline)
         try:
             for chunk in resp.iter_content(chunk_size=chunk_size):
+                if watchdog.fired or (deadline is not None and time.monotonic() >= deadline):
+                    raise _DeadlineExceeded(f"after {size + len(chunk)} bytes")
                 if not chunk:
                     continue
                 if len(first) < 256:
                     first += chunk[: 256 - len(first)]
                 digest.update(chunk)
+                if md5 is not None:
+                    md5.update(chunk)
                 sink.write(chunk)
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
-                    raise DownloadError(f"{url} is larger than the {max_bytes} byte limit", url=url)
-        except requests.exceptions.ChunkedEncodingError as exc:
-            if expected is not None:
-                raise _TransientError(
-                    f"body truncated: received {size} of {expected} bytes announced by Content-Length ({exc})"
-                ) from exc
-            raise _TransientError(f"connection broken after {size} bytes ({exc})") from exc
-        except requests.Timeout as exc:
-            raise _TransientError(f"read timed out after {size} bytes ({exc})") from exc
-        except requests.ConnectionError as exc:
-            raise _TransientError(f"connection lost after {size} bytes ({exc})") from exc
+                    raise TooLargeError(
+                        f"{url} sent more than the {max_bytes} byte limit (TAXI_DOWNLOAD_MAX_BYTES); the download "
+                        "was aborted and nothing was written. Raise the limit if the TLC really publishes files "
+                        "this large.",
+                        url=url,
+                    )
+        except (requests.exceptions.SSLError, ssl.SSLError) as exc:
+            if watchdog.fired:
+                raise _DeadlineExceeded(f"after {size} bytes") from exc
+            raise _tls_error(url, exc) from exc
+        except requests.RequestException as exc:
+            if watchdog.fired:
+                raise _DeadlineExceeded(f"after {size} bytes") from exc
+            raise _TransientError(_broken_body_message(exc, size, expected)) from exc
+        finally:
+            watchdog.cancel()
+        if watchdog.fired:
+            raise _DeadlineExceeded(f"after {size} bytes")
         if expected is not None and size != expected:
             raise _TransientError(
                 f"body truncated: received {size} of {expected} bytes announced by Content-Length"
+            )
+        if md5 is not None and md5.hexdigest() != etag_md5:
+            raise _TransientError(
+                f"body corrupted in transit: its MD5 {md5.hexdigest()} differs from the ETag {etag_md5} "
+                f"({size} bytes received)"
             )
         raw_lm = resp.headers.get("Last-Modified")
         return _Fetched(
             sha256=digest.hexdigest(),
             size=size,
-            etag=_clean_etag(resp.headers.get("ETag")),
+            etag=etag,
             last_modified=parse_http_date(raw_lm),
             last_modified_raw=raw_lm,
             content_type=resp.headers.get("Content-Type"),
             first_bytes=first,
         )
+
+
+def _broken_body_message(exc: BaseException, size: int, expected: int | None) -> str:
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        if expected is not None:
+            return f"body truncated: received {size} of {expected} bytes announced by Content-Length ({exc})"
+        return f"connection broken after {size} bytes ({exc})"
+    if isinstance(exc, requests.Timeout):
+        return f"read timed out after {size} bytes ({exc})"
+    return f"connection lost after {size} bytes ({exc})"
 
 
 def _get_with_retries(
@@ -350,12 +469,28 @@ def _get_with_retries(
     not_published: Callable[[int], NotPublishedError],
     session: requests.Session | None = None,
     logger: logging.Logger | None = None,
+    deadline_seconds: float | None = None,
+    verify_md5: bool = True,
 ) -> tuple[_Fetched, int]:
-    """GET ``url`` into ``sink`` with up to ``retries`` retries on transient errors; returns (result, attempts)."""
+    """GET ``url`` into ``sink`` with up to ``retries`` retries on transient errors; returns (result, attempts).
+
+    ``deadline_seconds`` bounds the whole download, every attempt and backoff wait included."""
     logger = logger or log
     own_session = session is None
     session = session or requests.Session()
     attempt = 0
+    deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
+
+    def deadline_error(detail: str, cause: BaseException | None = None) -> DownloadError:
+        return DownloadError(
+            f"download of {url} did not finish within its {deadline_seconds:g} s deadline "
+            f"(TAXI_DOWNLOAD_DEADLINE_SECONDS; attempt {attempt}: {detail}). The source is too slow or stalled; "
+            "nothing was written, try again later.",
+            url=url,
+            attempts=attempt,
+            transient=True,
+        )
+
     try:
         while True:
             attempt += 1
@@ -371,9 +506,13 @@ def _get_with_retries(
                         chunk_size=chunk_size,
                         max_bytes=max_bytes,
                         not_published=not_published,
+                        deadline=deadline,
+                        verify_md5=verify_md5,
                     ),
                     attempt,
                 )
+            except _DeadlineExceeded as exc:
+                raise deadline_error(f"cut off {exc}") from exc
             except _TransientError as exc:
                 if attempt > retries:
                     raise DownloadError(
@@ -384,6 +523,8 @@ def _get_with_retries(
                         transient=True,
                     ) from exc
                 wait = backoff * (2 ** (attempt - 1))
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise deadline_error(f"{exc}; no time left to retry") from exc
                 logger.warning(f"GET {url} attempt {attempt} failed: {exc}; retrying in {wait:.2f}s")
                 if wait > 0:
                     time.sleep(wait)
@@ -487,12 +628,16 @@ def download_to(
     session: requests.Session | None = None,
     logger: logging.Logger | None = None,
     result_path: str | None = None,
+    deadline: float | None = DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
+    max_bytes: int | None = DEFAULT_DOWNLOAD_MAX_BYTES,
+    verify_md5: bool = True,
 ) -> DownloadResult:
     """Download ``url`` into the local staging file ``local_path`` and verify it.
 
     The caller owns ``local_path`` (e.g. a ``Lake.staged_file``) and publishes it; on any error the
     file's content is undefined and must be discarded. ``result_path`` is recorded in the result
-    (defaults to ``local_path``).
+    (defaults to ``local_path``). ``deadline`` (seconds, all attempts included) and ``max_bytes`` bound the
+    download; ``verify_md5`` compares the body with the ETag when the ETag is a plain MD5.
     """
     month = month or _month_from_url(url)
 
@@ -511,6 +656,9 @@ def download_to(
             not_published=not_published,
             session=session,
             logger=logger,
+            deadline_seconds=deadline,
+            max_bytes=max_bytes,
+            verify_md5=verify_md5,
         )
     try:
         pf = inspect_parquet(
@@ -559,6 +707,9 @@ def download(
     backoff: float = DEFAULT_BACKOFF,
     session: requests.Session | None = None,
     logger: logging.Logger | None = None,
+    deadline: float | None = DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
+    max_bytes: int | None = DEFAULT_DOWNLOAD_MAX_BYTES,
+    verify_md5: bool = True,
 ) -> DownloadResult:
     """Download a TLC trip file to ``dest`` (a local path or a path in ``lake``), atomically.
 
@@ -580,6 +731,9 @@ def download(
             session=session,
             logger=logger,
             result_path=dest,
+            deadline=deadline,
+            max_bytes=max_bytes,
+            verify_md5=verify_md5,
         )
 
 
@@ -608,6 +762,8 @@ def fetch(
     max_bytes: int = MAX_ZONE_CSV_BYTES,
     session: requests.Session | None = None,
     logger: logging.Logger | None = None,
+    deadline: float | None = DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
+    verify_md5: bool = True,
 ) -> FetchResult:
     """GET a small file into memory, with the same retry and length checks as :func:`download`."""
 
@@ -630,6 +786,8 @@ def fetch(
         not_published=not_published,
         session=session,
         logger=logger,
+        deadline_seconds=deadline,
+        verify_md5=verify_md5,
     )
     return FetchResult(
         url=url,

@@ -378,15 +378,16 @@ def current_champion(client, model_name: str):
 def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
     """Replay and set the alias until the registry's month models stop changing under us (bounded).
 
-    Why the last writer is right: every gate registers its version *before* it lists the registry, sets the
-    alias, then lists again and stops only if that second listing equals the one it replayed. Take the gate
-    whose alias write is the last one. Suppose its replay missed a month model v. Its second listing equalled
-    its first, so v was registered after that second listing, hence after this gate's alias write. v's own
-    gate lists the registry after registering v and writes the alias after that, i.e. later than the "last"
-    write: a contradiction. So the last alias write comes from a replay over the full set of month models, and
-    the replay is a function of that set alone (same tags, same cached MAEs, same rule): the alias ends where a
-    chronological run would put it. ``max_replays`` only bounds a gate racing a stream of new versions; the
-    gate of the newest version then settles it.
+    Why the last writer is right: every gate registers its version (with its tags) *before* it lists the
+    registry; it then replays, sets the alias, lists again and stops only if that second listing equals the one
+    it replayed. Take the gate whose alias write is the last one. Suppose its replay missed a month model v. Its
+    second listing equalled its first, so v (or v's tags) appeared after that second listing, hence after this
+    gate's alias write. v's own gate lists the registry after that and writes the alias later still, i.e. after
+    the "last" write: a contradiction. So the last alias write comes from a replay over the full set of month
+    models, and the replay is a function of that set alone (same tags, same cached MAEs, same rule), so the alias
+    ends where a chronological run would put it. This needs a registry whose writes are seen by every later
+    read (one database: sqlite or the tracking server's). ``max_replays`` only bounds a gate racing a stream of
+    new versions; the gate of the newest version settles it.
     """
     rounds = 0
     while True:

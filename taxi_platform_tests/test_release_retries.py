@@ -132,6 +132,19 @@ def test_a_republished_file_starts_over_at_attempt_one():
     assert d.cursor.attempts["2024-01"] == Attempts(request.run_key, 1)
 
 
+def test_many_failing_months_are_summarised_and_each_is_logged():
+    months = [f"2024-{m:02d}" for m in range(1, 7)]
+    probes = {m: {"yellow": pub(f"y{m}"), "green": pub(f"g{m}")} for m in months}
+    versions = {m: {"green": f"etag:g{m}", "yellow": f"etag:y{m}"} for m in months}
+    cursor = ReleaseCursor(versions, {m: Attempts(run_key(m, versions[m])) for m in months})
+    runs = {m: failed(1, T0, f"run-{m}", error="x" * 1000) for m in months}
+    d = decide(probes, cursor, [], SERVICES, runs=runs, now=T0 + 1)
+    assert len(d.failing) == 6 and all(len(f.error) == 300 for f in d.failing)
+    summary = d.summary()
+    assert "failing: 2024-01: attempt 1 of 4" in summary and "and 3 more (see the tick's log)" in summary
+    assert "2024-04:" not in summary and len(summary) < 1500
+
+
 def test_format_1_cursors_stay_readable_and_attempts_round_trip():
     old = json.dumps({"format": 1, "months": {"2024-01": VERSIONS}})
     parsed, warning = ReleaseCursor.parse(old)

@@ -387,10 +387,10 @@ class ReleaseDecision:
                 parts.append(f"{label}: {_span(months)}")
         if self.errors:
             parts.append(f"probe errors for {_span(sorted(self.errors))}")
-        if self.failing:
-            parts.append("failing: " + "; ".join(f.describe() for f in self.failing))
-        if self.exhausted:
-            parts.append("attempts exhausted: " + "; ".join(f.describe() for f in self.exhausted))
+        for label, items in (("failing", self.failing), ("attempts exhausted", self.exhausted)):
+            if items:
+                more = f"; and {len(items) - 3} more (see the tick's log)" if len(items) > 3 else ""
+                parts.append(f"{label}: " + "; ".join(f.describe() for f in items[:3]) + more)
         return "; ".join(parts)
 
     def error_text(self, limit: int = 3) -> str:

@@ -218,8 +218,22 @@ def test_fault_headers(server, mirror_root):
     assert "ETag" in requests.head(server.url + YELLOW, timeout=TIMEOUT).headers
 
 
+def test_fault_trickle(server, mirror_root):
+    body = (mirror_root / YELLOW.lstrip("/")).read_bytes()
+    server.set_fault(YELLOW, ("trickle", len(body) // 5 + 1, 0.1))
+    started = time.monotonic()
+    with requests.get(server.url + YELLOW, timeout=TIMEOUT, stream=True) as r:
+        headers_after = time.monotonic() - started
+        assert r.headers["Content-Length"] == str(len(body))
+        received = r.content
+    assert received == body
+    assert headers_after < 0.3 and time.monotonic() - started >= 0.38  # headers at once, then 5 pieces 0.1 s apart
+
+
 def test_bad_fault_specs_are_rejected(server):
     for fault in (
+        ("trickle", 100),
+        ("trickle", "100", 0.1),
         ("status",),
         ("explode",),
         ("delay", "1"),

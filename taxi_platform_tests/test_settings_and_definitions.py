@@ -25,6 +25,8 @@ def test_defaults_follow_the_design(tmp_path, monkeypatch):
     assert s.data_dir == tmp_path / ".data"
     assert s.lake_root == str(tmp_path / ".data" / "lake")
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / '.data' / 'mlflow.db'}"
+    assert s.download_max_bytes == 2 << 30 and s.download_deadline_seconds == 1800.0
+    assert s.duckdb_memory_limit == "50%" and s.duckdb_temp_root == tmp_path / ".data" / "duckdb_tmp"
 
 
 def test_overrides(tmp_path):
@@ -44,6 +46,15 @@ def test_overrides(tmp_path):
     ({"TAXI_SERVICES": " , "}, "TAXI_SERVICES is empty"),
     ({"TLC_BASE_URL": "ftp://x"}, "TLC_BASE_URL='ftp://x' is not an http(s) URL"),
     ({"TAXI_LAKE_ROOT": "s3://bucket/x"}, "expected a local path or gs://bucket/prefix"),
+    ({"TAXI_DOWNLOAD_DEADLINE_SECONDS": "soon"}, "TAXI_DOWNLOAD_DEADLINE_SECONDS='soon' is not a number of seconds"),
+    ({"TAXI_DOWNLOAD_DEADLINE_SECONDS": "-5"}, "must be a positive, finite number of seconds"),
+    ({"TAXI_DOWNLOAD_DEADLINE_SECONDS": "inf"}, "must be a positive, finite number of seconds"),
+    ({"TAXI_DOWNLOAD_MAX_BYTES": "big"}, "TAXI_DOWNLOAD_MAX_BYTES='big' is not a size"),
+    ({"TAXI_DOWNLOAD_MAX_BYTES": "0"}, "must be a positive size"),
+    ({"TAXI_DOWNLOAD_MAX_BYTES": "3 parsecs"}, "is not a size"),
+    ({"TAXI_DUCKDB_MEMORY_LIMIT": "4 apples"}, "TAXI_DUCKDB_MEMORY_LIMIT='4 apples' is not a memory limit"),
+    ({"TAXI_DUCKDB_MEMORY_LIMIT": "150%"}, "at most 100%"),
+    ({"TAXI_DUCKDB_MEMORY_LIMIT": "0GB"}, "must be above 0"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(SettingsError) as err:
@@ -77,3 +88,20 @@ def test_definitions_load_every_design_asset_without_heavy_imports():
 def test_workspace_yaml_points_at_the_definitions():
     text = (Path(__file__).resolve().parents[1] / "workspace.yaml").read_text()
     assert "module_name: taxi_platform.definitions" in text and "attribute: defs" in text
+
+
+def test_download_and_duckdb_limits_from_the_environment(tmp_path, monkeypatch):
+    from taxi_platform.defs.resources import TlcSourceResource
+
+    env = {"TAXI_DATA_DIR": str(tmp_path), "TAXI_DOWNLOAD_MAX_BYTES": "512MiB",
+           "TAXI_DOWNLOAD_DEADLINE_SECONDS": "90.5", "TAXI_DUCKDB_MEMORY_LIMIT": "6gb"}
+    s = load_settings(env)
+    assert (s.download_max_bytes, s.download_deadline_seconds) == (512 << 20, 90.5)
+    assert s.duckdb_memory_limit == "6GB" and s.duckdb_temp_root == tmp_path / "duckdb_tmp"
+    assert load_settings({"TAXI_DOWNLOAD_MAX_BYTES": "1GB"}).download_max_bytes == 10**9
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    options = TlcSourceResource(base_url="http://127.0.0.1:9").download_options()
+    assert (options["deadline"], options["max_bytes"], options["verify_md5"]) == (90.5, 512 << 20, True)
+    explicit = TlcSourceResource(deadline_seconds=5, max_bytes=1000, verify_md5=False).download_options()
+    assert (explicit["deadline"], explicit["max_bytes"], explicit["verify_md5"]) == (5, 1000, False)

@@ -3,15 +3,23 @@
 Every HTTP test talks to ``MirrorServer`` over 127.0.0.1 with injected faults; nothing is mocked.
 """
 
+import functools
 import hashlib
+import http.server
+import ipaddress
 import os
 import socket
-from datetime import UTC, date, datetime
+import ssl
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
@@ -19,12 +27,15 @@ from taxi_platform.lib.tlc import (
     DownloadError,
     NotParquetError,
     NotPublishedError,
+    TlsError,
+    TooLargeError,
     UnexpectedSchemaError,
     ZoneLookupError,
     download,
     fetch,
     parse_http_date,
     parse_zone_lookup,
+    plain_md5_etag,
     probe,
     probe_many,
     trip_url,
@@ -349,3 +360,161 @@ def test_fetch_zone_lookup(mirror, mirror_root):
     with pytest.raises(NotPublishedError, match="TLC_BASE_URL"):
         fetch(mirror.url + "/misc/nope.csv", retries=2, **FAST)
     assert mirror.request_count("/misc/nope.csv", "GET") == 1
+
+
+# -- limits: deadline, size cap, MD5, TLS --------------------------------------------------------------
+def test_a_trickling_server_is_cut_off_at_the_deadline(mirror, tmp_path):
+    # 100 bytes every 50 ms: every read arrives well within the 5 s read timeout, but the file would take minutes
+    mirror.set_fault(_path("yellow", JAN), ("trickle", 100, 0.05))
+    dest = tmp_path / "y.parquet"
+    dest.write_bytes(b"previous version")
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=3, deadline=1.0, **FAST)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 3.0
+    message = str(err.value)
+    assert "did not finish within its 1 s deadline" in message and "TAXI_DOWNLOAD_DEADLINE_SECONDS" in message
+    assert err.value.transient and err.value.attempts == 1
+    assert mirror.request_count(_path("yellow", JAN), "GET") == 1  # the deadline covers retries too
+    assert dest.read_bytes() == b"previous version" and _leftovers(tmp_path) == ["y.parquet"]
+
+
+def test_a_slow_but_timely_download_completes(mirror, mirror_root, tmp_path):
+    source = mirror_root / "trip-data" / f"green_tripdata_{JAN:%Y-%m}.parquet"
+    mirror.set_fault(_path("green", JAN), ("trickle", source.stat().st_size // 4 + 1, 0.05))
+    dest = tmp_path / "g.parquet"
+    download(mirror.url + _path("green", JAN), dest, service="green", retries=0, deadline=5.0, **FAST)
+    assert dest.read_bytes() == source.read_bytes()
+
+
+def test_a_content_length_over_the_cap_is_refused_before_downloading(mirror, mirror_root, tmp_path):
+    size = (mirror_root / "trip-data" / f"yellow_tripdata_{JAN:%Y-%m}.parquet").stat().st_size
+    dest = tmp_path / "y.parquet"
+    with pytest.raises(TooLargeError) as err:
+        download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=3, max_bytes=size - 1, **FAST)
+    assert f"announces {size} bytes" in str(err.value) and "TAXI_DOWNLOAD_MAX_BYTES" in str(err.value)
+    assert not err.value.transient
+    assert mirror.request_count(_path("yellow", JAN), "GET") == 1
+    assert _leftovers(tmp_path) == []
+    # exactly at the cap is fine
+    download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=0, max_bytes=size, **FAST)
+    assert dest.stat().st_size == size
+
+
+def test_a_body_growing_past_the_cap_is_aborted(mirror, mirror_root, tmp_path):
+    # no Content-Length: the body runs until the server closes the connection
+    mirror.set_fault(_path("yellow", JAN), ("headers", {"Content-Length": None, "Connection": "close"}))
+    size = (mirror_root / "trip-data" / f"yellow_tripdata_{JAN:%Y-%m}.parquet").stat().st_size
+    with pytest.raises(TooLargeError, match=f"sent more than the {size // 2} byte limit") as err:
+        download(mirror.url + _path("yellow", JAN), tmp_path / "y.parquet", service="yellow", retries=3,
+                 max_bytes=size // 2, **FAST)
+    assert not err.value.transient
+    assert mirror.request_count(_path("yellow", JAN), "GET") == 1
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_body_that_differs_from_its_md5_etag_is_retried_as_corruption(mirror, tmp_path):
+    wrong = hashlib.md5(b"some other content").hexdigest()
+    mirror.set_fault(_path("yellow", JAN), ("headers", {"ETag": f'"{wrong}"'}))
+    dest = tmp_path / "y.parquet"
+    with pytest.raises(DownloadError) as err:
+        download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=2, **FAST)
+    message = str(err.value)
+    assert "corrupted in transit" in message and f"differs from the ETag {wrong}" in message
+    assert err.value.transient and err.value.attempts == 3
+    assert mirror.request_count(_path("yellow", JAN), "GET") == 3
+    assert _leftovers(tmp_path) == []
+    # a mirror whose ETags are not MD5s can turn the check off
+    result = download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=0, verify_md5=False,
+                      **FAST)
+    assert result.etag == wrong
+
+
+@pytest.mark.parametrize("etag", ['W/"{md5}"', '"{md5}-3"', '"{md5}x"', '"not-an-md5"'])
+def test_weak_multipart_and_other_etags_are_not_compared(mirror, tmp_path, etag):
+    wrong = hashlib.md5(b"some other content").hexdigest()
+    mirror.set_fault(_path("green", JAN), ("headers", {"ETag": etag.format(md5=wrong)}))
+    result = download(mirror.url + _path("green", JAN), tmp_path / "g.parquet", service="green", retries=0, **FAST)
+    assert result.attempts == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_only_plain_32_hex_etags_count_as_md5(etag):
+    is_md5 = len(etag) == 32 and all(c in "0123456789abcdefABCDEF" for c in etag)
+    assert plain_md5_etag(etag) == (etag.lower() if is_md5 else None)
+    assert plain_md5_etag(f"W/{etag}") is None
+
+
+def _self_signed_context(directory: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+@pytest.fixture()
+def untrusted_https(mirror_root, tmp_path):
+    """An HTTPS server on loopback with a self-signed certificate, serving the mirror; counts TLS handshakes."""
+    context = _self_signed_context(tmp_path)
+    handshakes = []
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def get_request(self):
+            sock, addr = super().get_request()
+            handshakes.append(addr)
+            return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+        def handle_error(self, request, client_address):
+            pass
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror_root))
+    server = Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", handshakes
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_untrusted_certificate_is_not_retried(untrusted_https, tmp_path):
+    base, handshakes = untrusted_https
+    (tmp_path / "out").mkdir()
+    dest = tmp_path / "out" / "y.parquet"
+    started = time.monotonic()
+    with pytest.raises(TlsError) as err:
+        download(trip_url(base, "yellow", JAN), dest, service="yellow", retries=3, timeout=(2.0, 5.0), backoff=1.0)
+    assert time.monotonic() - started < 1.0  # no backoff wait: not retried
+    message = str(err.value)
+    assert "TLS connection to" in message and "CERTIFICATE_VERIFY_FAILED" in message and "not retrying" in message
+    assert not err.value.transient and err.value.attempts == 1
+    assert len(handshakes) == 1
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_tls_to_a_plain_http_port_is_not_retried(mirror, tmp_path):
+    https_url = mirror.url.replace("http://", "https://") + _path("green", JAN)
+    with pytest.raises(TlsError) as err:
+        download(https_url, tmp_path / "g.parquet", service="green", retries=3, timeout=(2.0, 5.0), backoff=1.0)
+    assert not err.value.transient and err.value.attempts == 1

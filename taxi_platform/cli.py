@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("taxi_platform.commands.demo", "run the whole platform end to end on sample data, offline"),
     "serve": ("taxi_platform.commands.serve", "serve the fare model over HTTP (BentoML) on port 3000"),
     "ui": ("taxi_platform.commands.ui", "open the Dagster and MLflow UIs (and the drift reports) on this data"),
+    "build-bento": ("taxi_platform.commands.build_bento", "build the fare-service Bento from the MLflow champion"),
 }
 
 DESCRIPTION = """\

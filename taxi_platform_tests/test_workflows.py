@@ -57,9 +57,7 @@ def test_every_local_path_a_workflow_mentions_exists(name: str):
     paths = sorted(set(LOCAL_PATH.findall(text)))
     assert paths, f"{name} mentions no repository path: the check would be vacuous"
     missing = [p for p in paths if not (REPO / p).exists()]
-    hints = {
-        "bento/bentofile.yaml": "the serving code (bento/service.py + bento/bentofile.yaml) is not in the repo yet",
-    }
+    hints: dict[str, str] = {}
     assert not missing, f"{name} refers to missing paths: " + "; ".join(
         f"{p} ({hints.get(p, 'not in the repository')})" for p in missing
     )
@@ -96,11 +94,9 @@ def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
     doc = load("deploy.yml")
     text = scripts(doc)
     order = [
-        "uv sync --locked",
+        "uv sync --locked --no-dev --no-editable",
         "port-forward svc/mlflow",
-        'get_model_version_by_alias(MODEL_NAME, "champion")',
-        "bentoml.mlflow.import_model",
-        "bentoml build -f bento/bentofile.yaml",
+        "taxi-platform build-bento",
         "bentoml containerize",
         "docker push",
         "kubectl apply",
@@ -114,6 +110,17 @@ def test_deploy_builds_pushes_and_rolls_out_the_bento_tag():
     assert positions == sorted(positions), "deploy.yml runs the steps out of order"
     assert "port-forward svc/fare-service" in text
     assert ":latest" not in text.replace("grep -nE 'BENTO_TAG|PROJECT_ID|REGION-docker|:latest'", "")
+    # One build path: the asset's code through `taxi-platform build-bento`, never an inline import/build that
+    # would use the bentofile without the lock's pins.
+    assert "bentoml build" not in text and "import_model" not in text
+
+
+def test_deploy_containerizes_the_tag_build_bento_prints():
+    (step,) = [s for s in steps(load("deploy.yml")) if "taxi-platform build-bento" in s.get("run", "")]
+    assert step["id"] == "bento"
+    assert "--json" in step["run"] and '["tag"]' in step["run"]
+    (push,) = [s for s in steps(load("deploy.yml")) if "bentoml containerize" in s.get("run", "")]
+    assert push["env"]["BENTO_TAG"] == "${{ steps.bento.outputs.tag }}"
 
 
 def test_deploy_renders_the_fare_service_manifests_with_deploy_render_sh():

@@ -2,10 +2,12 @@
 
 Each materialisation looks up ``taxi_fare_model@champion`` in the MLflow registry, imports that version into
 the BentoML model store (``$TAXI_DATA_DIR/bentoml`` unless the ``bento_store`` resource says otherwise) and
-runs ``bentoml build`` with ``bento/bentofile.yaml`` (see :mod:`taxi_platform.lib.bento_build`). The Bento tag
-names the registry version, run and serving-code hash, so the asset follows the alias: a new champion (or
-new serving code) builds a new Bento, the same champion finds its Bento already built and says so
-(``rebuilt = false``) without building again.
+runs ``bentoml build`` with ``bento/bentofile.yaml`` and the ``uv.lock`` pins, through
+:func:`taxi_platform.lib.bento_build.build_champion_bento`: the code ``taxi-platform build-bento`` and the deploy
+workflow run. The service and its build config ship in the wheel, so a run pod builds from its installed
+package. The Bento tag names the registry version, run and serving-code hash, so the asset follows the alias:
+a new champion (or new serving code) builds a new Bento, the same champion finds its Bento already built and
+says so (``rebuilt = false``) without building again.
 
 Automation — why not ``AutomationCondition.eager()``: ``fare_model`` is monthly-partitioned and this asset is
 not, so every ``fare_model`` partition is a dependency. ``eager()`` refuses to run while *any* dependency
@@ -80,10 +82,10 @@ class BentoStoreResource(dg.ConfigurableResource):
 def fare_service(context: dg.AssetExecutionContext, bento_store: BentoStoreResource) -> dg.MaterializeResult:
     home = bento_store.home()
     uri = bento_store.mlflow_uri()
-    try:
-        champion = bento_build.champion_info(uri)
-        imported = bento_build.import_champion(home, champion, uri, timeout=bento_store.import_timeout)
-        build = bento_build.build_bento(home, champion, timeout=bento_store.build_timeout)
+    try:  # the same code as `taxi-platform build-bento` (and so as the deploy workflow)
+        champion, imported, build = bento_build.build_champion_bento(
+            home, uri, import_timeout=bento_store.import_timeout, build_timeout=bento_store.build_timeout
+        )
     except bento_build.ServingBuildError as exc:
         raise dg.Failure(description=str(exc)) from None
     if build.built:
@@ -108,7 +110,10 @@ def fare_service(context: dg.AssetExecutionContext, bento_store: BentoStoreResou
         "model_imported": dg.MetadataValue.bool(imported),
         "bento_home": dg.MetadataValue.path(str(home)),
         "serve_command": dg.MetadataValue.text(f"taxi-platform serve --bento {build.tag}"),
+        "requirements": dg.MetadataValue.int(len(build.requirements)),
     }
+    if build.model_overrides:
+        metadata["model_pins_differing_from_lock"] = dg.MetadataValue.json(build.model_overrides)
     if "data_source" in champion.tags:
         metadata["data_source"] = dg.MetadataValue.text(str(champion.tags["data_source"]))
     return dg.MaterializeResult(

@@ -13,9 +13,18 @@ Naming makes the work idempotent and tied to the champion:
   ``bento/`` and the ``taxi_platform`` modules packaged with it. Same champion and same code → the Bento
   already exists and nothing is rebuilt; a new champion (or new serving code) → a new Bento.
 
-``bento/bentofile.yaml`` is the build config; :func:`build_bento` copies it to a temporary file with the
-model's own ``requirements.txt`` pins (exact versions MLflow recorded at training time) replacing the
-ranges, so the container installs what the model was trained with.
+``bento/bentofile.yaml`` is the build config. Its build context is staged, never the checkout: a temporary
+directory holding ``bento/service.py`` (package data, :mod:`taxi_platform.lib.package_files`) and the
+installed ``taxi_platform`` package's modules and zone table, so an installed wheel (a run pod, the deploy
+workflow) and a source checkout build the same Bento. Its Python requirements are exact pins from
+``uv.lock``: ``bento/requirements.txt`` is the lock's dependency closure of the packages the bentofile
+names (for the image's platform: Linux x86_64, the bentofile's Python), written by
+``python -m taxi_platform.lib.bento_build lock-requirements`` and checked against the lock by the tests.
+The model's own ``requirements.txt`` pins (what MLflow recorded at training time) win where they differ, so
+the container installs what the model was trained with; :attr:`BentoBuild.model_overrides` lists them.
+
+``taxi-platform build-bento`` (:mod:`taxi_platform.commands.build_bento`) runs :func:`build_champion_bento`,
+as the ``fare_service`` asset does.
 """
 
 from __future__ import annotations
@@ -24,13 +33,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
 from taxi_platform.settings import MODEL_NAME
 
 BENTO_NAME = "taxi_fare_service"
@@ -39,6 +50,19 @@ CHAMPION_ALIAS = "champion"
 BENTOFILE = Path("bento") / "bentofile.yaml"
 SOURCE_GLOBS = ("bento/*.py", "bento/bentofile.yaml", "taxi_platform/**/*.py", "taxi_platform/data/*.csv")
 DOCKERFILE = Path("env") / "docker" / "Dockerfile"
+BENTO_REQUIREMENTS = Path("env") / "python" / "requirements.txt"
+# The platform the image runs on (GKE nodes, bentoml containerize's debian base); the Python version comes
+# from the bentofile's docker.python_version.
+TARGET_PLATFORM = {
+    "os_name": "posix",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "platform_python_implementation": "CPython",
+    "implementation_name": "cpython",
+    "platform_release": "",
+    "platform_version": "",
+}
 
 
 class ServingBuildError(RuntimeError):
@@ -77,6 +101,8 @@ class BentoBuild:
     model_size_bytes: int
     dockerfile: Path
     built: bool  # False: a Bento for this champion and source already existed
+    requirements: list[str] = field(default_factory=list)  # the Bento's env/python/requirements.txt
+    model_overrides: list[str] = field(default_factory=list)  # model pins that differ from the lock's
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -119,24 +145,173 @@ def champion_info(tracking_uri: str, name: str = MODEL_NAME, alias: str = CHAMPI
 # --- paths and fingerprints -----------------------------------------------------------------------------------
 
 
+def stage_build_context(dest: Path) -> Path:
+    """Lay out the Bento's build context in ``dest``: ``bento/service.py`` + the ``taxi_platform`` package.
+
+    The service comes from the package data, the modules and the zone table from the installed package, so a
+    wheel in a run pod and a source checkout stage the same files. Returns ``dest``.
+    """
+    dest = Path(dest)
+    (dest / "bento").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(runtime_file("bento/service.py"), dest / "bento" / "service.py")
+    src = package_dir()
+    for pattern in ("**/*.py", "data/*.csv"):
+        for path in src.glob(pattern):
+            rel = path.relative_to(src)
+            if rel.parts[0].startswith("_runtime") or "__pycache__" in rel.parts or not path.is_file():
+                continue
+            target = dest / "taxi_platform" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    return dest
+
+
 def repo_root() -> Path:
-    """The source checkout holding ``bento/`` (the Bento's build context)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / BENTOFILE).is_file():
-        raise ServingBuildError(
-            f"{BENTOFILE} not found next to the taxi_platform package ({root}): build Bentos from a source checkout"
-        )
-    return root
+    """A directory holding ``bento/service.py`` and ``taxi_platform/`` (``bentoml serve --working-dir``).
+
+    The source checkout when there is one; from an installed wheel, a build context staged once per code
+    version under the temp dir.
+    """
+    root = checkout_root()
+    if root is not None and (root / "bento" / "service.py").is_file():
+        return root
+    with tempfile.TemporaryDirectory(prefix="taxi-bento-probe-") as tmp:
+        fingerprint = source_fingerprint(stage_build_context(Path(tmp)))
+    context = Path(tempfile.gettempdir()) / f"taxi-platform-bento-context-{fingerprint[:12]}"
+    if not (context / "bento" / "service.py").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="taxi-bento-context-"))
+        stage_build_context(staging)
+        try:
+            os.replace(staging, context)
+        except OSError:  # a concurrent caller staged it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return context
 
 
-def source_fingerprint(root: Path) -> str:
-    """sha256 over the files a Bento packages (names and contents), so code changes make a new Bento."""
+def source_fingerprint(root: Path, extra: Iterable[str] = ()) -> str:
+    """sha256 over the files a Bento packages (names and contents) and ``extra`` lines (its pins)."""
     digest = hashlib.sha256()
     files = sorted({p for pattern in SOURCE_GLOBS for p in root.glob(pattern) if p.is_file()})
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
+    for line in extra:
+        digest.update(line.encode() + b"\n")
     return digest.hexdigest()
+
+
+# --- requirements pinned from uv.lock -------------------------------------------------------------------------
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(req: str) -> str:
+    return normalize(re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0])
+
+
+def bentofile_config() -> dict:
+    """The packaged ``bento/bentofile.yaml``."""
+    return _read_yaml(runtime_file("bento/bentofile.yaml"))
+
+
+def target_environment(python_version: str) -> dict[str, str]:
+    """PEP 508 marker environment of the image: :data:`TARGET_PLATFORM` on CPython ``python_version``."""
+    major_minor = ".".join(python_version.split(".")[:2])
+    full = python_version if python_version.count(".") >= 2 else f"{major_minor}.0"
+    return {
+        **TARGET_PLATFORM,
+        "python_version": major_minor,
+        "python_full_version": full,
+        "implementation_version": full,
+        "extra": "",
+    }
+
+
+def lock_requirements(lock_text: str, roots: Iterable[str], environment: Mapping[str, str]) -> list[str]:
+    """``name==version`` for ``roots`` and everything they depend on in ``uv.lock``, on ``environment``.
+
+    Follows the lock's dependency graph: markers are evaluated for ``environment``, extras requested by a
+    dependency pull in that package's optional dependencies, and where the lock holds several versions of
+    a package (a fork on the Python version) the edge's own version or the fork whose resolution markers
+    match is taken. Raises :class:`ServingBuildError` for a root the lock does not have.
+    """
+    import tomllib
+
+    from packaging.markers import Marker
+
+    lock = tomllib.loads(lock_text)
+    env = dict(environment)
+    by_name: dict[str, list[dict]] = {}
+    for pkg in lock.get("package", []):
+        by_name.setdefault(normalize(pkg["name"]), []).append(pkg)
+
+    def applies(marker: str | None) -> bool:
+        return not marker or Marker(marker).evaluate(env)
+
+    def pick(name: str, version: str | None = None) -> dict:
+        candidates = by_name.get(name, [])
+        if version is not None:
+            candidates = [p for p in candidates if p["version"] == version]
+        if len(candidates) > 1:
+            candidates = [
+                p for p in candidates if any(applies(m) for m in p.get("resolution-markers") or [""])
+            ]
+        if len(candidates) != 1:
+            raise ServingBuildError(
+                f"uv.lock has {len(candidates)} matching versions of {name}"
+                f"{f' {version}' if version else ''} for Python {env['python_full_version']} on Linux"
+            )
+        return candidates[0]
+
+    pinned: dict[str, str] = {}
+    seen: set[tuple[str, str, str]] = set()
+    stack: list[tuple[dict, tuple[str, ...]]] = []
+    for root in roots:
+        name = requirement_name(root)
+        if name not in by_name:
+            raise ServingBuildError(f"{name} (bentofile python.packages) is not in uv.lock")
+        stack.append((pick(name), ()))
+    while stack:
+        pkg, extras = stack.pop()
+        name = normalize(pkg["name"])
+        for extra in ("", *extras):
+            key = (name, pkg["version"], extra)
+            if key in seen:
+                continue
+            seen.add(key)
+            pinned[name] = pkg["version"]
+            deps = pkg.get("dependencies", []) if not extra else pkg.get("optional-dependencies", {}).get(extra, [])
+            for dep in deps:
+                if applies(dep.get("marker")):
+                    stack.append((pick(normalize(dep["name"]), dep.get("version")), tuple(dep.get("extra", []))))
+    return [f"{name}=={version}" for name, version in sorted(pinned.items())]
+
+
+def bento_lock_requirements(lock_path: Path) -> list[str]:
+    """The pins ``bento/requirements.txt`` should hold for the lock file at ``lock_path``."""
+    config = bentofile_config()
+    roots = list((config.get("python") or {}).get("packages") or [])
+    python_version = str((config.get("docker") or {}).get("python_version") or "3.11")
+    return lock_requirements(Path(lock_path).read_text(encoding="utf-8"), roots, target_environment(python_version))
+
+
+REQUIREMENTS_HEADER = (
+    "# Exact pins for the fare-service Bento: uv.lock's dependency closure of bento/bentofile.yaml's\n"
+    "# python.packages on Linux x86_64. Generated, do not edit: after changing uv.lock or the bentofile run\n"
+    "#   uv run python -m taxi_platform.lib.bento_build lock-requirements\n"
+)
+
+
+def render_requirements(pins: Iterable[str]) -> str:
+    return REQUIREMENTS_HEADER + "".join(f"{pin}\n" for pin in pins)
+
+
+def locked_requirements() -> list[str]:
+    """The pins in the packaged ``bento/requirements.txt``."""
+    lines = runtime_file("bento/requirements.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def bento_version(champion: Champion, fingerprint: str) -> str:
@@ -251,15 +426,20 @@ def import_champion(bento_home: Path, champion: Champion, tracking_uri: str, tim
     return True
 
 
-def _pin(packages: list[str], requirements: list[str]) -> list[str]:
-    """``packages`` with each one the model's requirements pin exactly replaced by that pin, plus the rest."""
+def _pin(packages: list[str], requirements: list[str]) -> tuple[list[str], list[str]]:
+    """``packages`` with each one the model's requirements pin exactly replaced by that pin, plus the rest.
 
-    def key(req: str) -> str:
-        return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-    pins = {key(r): r.strip() for r in requirements if r.strip() and not r.startswith(("#", "-"))}
-    out = [pins.pop(key(p), p) for p in packages]
-    return out + sorted(pins.values())
+    Also returns the model pins that replaced a different one (the model was trained with other versions).
+    """
+    pins = {requirement_name(r): r.strip() for r in requirements if r.strip() and not r.startswith(("#", "-"))}
+    out, overrides = [], []
+    for p in packages:
+        new = pins.pop(requirement_name(p), p)
+        if new != p:
+            overrides.append(new)
+        out.append(new)
+    extra = sorted(pins.values())
+    return out + extra, overrides + extra
 
 
 def build_bento(
@@ -268,25 +448,33 @@ def build_bento(
     root: Path | None = None,
     timeout: float = 900,
 ) -> BentoBuild:
-    """``bentoml build`` for the champion (already imported), unless that exact Bento exists already."""
+    """``bentoml build`` for the champion (already imported), unless that exact Bento exists already.
+
+    ``root``: a build context holding ``bento/service.py`` and ``taxi_platform/`` (default: staged from the
+    installed package by :func:`stage_build_context`).
+    """
     import yaml
 
-    root = root or repo_root()
-    tag = f"{BENTO_NAME}:{bento_version(champion, source_fingerprint(root))}"
-    path = bento_path(bento_home, tag)
-    built = False
-    if not (path / "bento.yaml").is_file():
-        mpath = model_path(bento_home, champion.store_tag)
-        if not (mpath / "model.yaml").is_file():
-            raise ServingBuildError(
-                f"{champion.store_tag} is not in the BentoML store {bento_home}: import it first"
-            )
-        config = yaml.safe_load((root / BENTOFILE).read_text(encoding="utf-8"))
-        req_file = mpath / "mlflow_model" / "requirements.txt"
-        if req_file.is_file():
-            python = config.setdefault("python", {})
-            python["packages"] = _pin(list(python.get("packages") or []), req_file.read_text().splitlines())
-        with tempfile.TemporaryDirectory(prefix="bentofile-") as tmp:
+    mpath = model_path(bento_home, champion.store_tag)
+    config = bentofile_config()
+    python = config.setdefault("python", {})
+    packages = locked_requirements()
+    overrides: list[str] = []
+    req_file = mpath / "mlflow_model" / "requirements.txt"
+    if req_file.is_file():
+        packages, overrides = _pin(packages, req_file.read_text().splitlines())
+    python["packages"] = packages
+    python["lock_packages"] = False  # exact pins already: the lock's closure, not a new resolution
+    with tempfile.TemporaryDirectory(prefix="bento-build-") as tmp:
+        context = Path(root) if root is not None else stage_build_context(Path(tmp) / "context")
+        tag = f"{BENTO_NAME}:{bento_version(champion, source_fingerprint(context, packages))}"
+        path = bento_path(bento_home, tag)
+        built = False
+        if not (path / "bento.yaml").is_file():
+            if not (mpath / "model.yaml").is_file():
+                raise ServingBuildError(
+                    f"{champion.store_tag} is not in the BentoML store {bento_home}: import it first"
+                )
             bentofile = Path(tmp) / "bentofile.yaml"
             bentofile.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             cmd = [
@@ -300,10 +488,10 @@ def build_bento(
                 f"model_version={champion.store_version}",
                 "--output",
                 "tag",
-                str(root),
+                str(context),
             ]
-            _run(cmd, bentoml_env(bento_home), root, timeout, f"bentoml build of {tag}")
-        built = True
+            _run(cmd, bentoml_env(bento_home), context, timeout, f"bentoml build of {tag}")
+            built = True
     if not (path / "bento.yaml").is_file():
         raise ServingBuildError(f"bentoml build reported success but {path} has no bento.yaml")
     models = bento_models(path)
@@ -318,7 +506,31 @@ def build_bento(
         model_size_bytes=dir_size(model_path(bento_home, champion.store_tag)),
         dockerfile=dockerfile,
         built=built,
+        requirements=bento_requirements(path),
+        model_overrides=overrides,
     )
+
+
+def bento_requirements(path: Path) -> list[str]:
+    """The pins a built Bento installs (its ``env/python/requirements.txt``), comments and options left out."""
+    req = Path(path) / BENTO_REQUIREMENTS
+    if not req.is_file():
+        return []
+    lines = (line.strip() for line in req.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
+
+def build_champion_bento(
+    bento_home: Path, tracking_uri: str, import_timeout: float = 600, build_timeout: float = 900
+) -> tuple[Champion, bool, BentoBuild]:
+    """The whole build: look up the champion, import it into the store, build its Bento.
+
+    Returns (champion, whether the model was imported now, the build). ``taxi-platform build-bento`` and the
+    ``fare_service`` asset both run this.
+    """
+    champion = champion_info(tracking_uri)
+    imported = import_champion(bento_home, champion, tracking_uri, timeout=import_timeout)
+    return champion, imported, build_bento(bento_home, champion, timeout=build_timeout)
 
 
 def _import_model_main(tag: str, uri: str, labels_json: str) -> int:
@@ -340,11 +552,32 @@ def _import_model_main(tag: str, uri: str, labels_json: str) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - exercised through import_champion
+def _lock_requirements_main(argv: list[str]) -> int:
+    """Write (or with ``--check``, compare) ``bento/requirements.txt`` from the checkout's ``uv.lock``."""
+    root = checkout_root()
+    if root is None:
+        print("lock-requirements needs a source checkout (uv.lock and bento/)", file=sys.stderr)
+        return 2
+    text = render_requirements(bento_lock_requirements(root / "uv.lock"))
+    target = root / "bento" / "requirements.txt"
+    if "--check" in argv:
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            print(f"{target} is out of date with uv.lock: run without --check to rewrite it", file=sys.stderr)
+            return 1
+        return 0
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target} ({text.count(chr(10)) - REQUIREMENTS_HEADER.count(chr(10))} pins)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through import_champion and the tests
     if len(sys.argv) == 5 and sys.argv[1] == "import-model":
         raise SystemExit(_import_model_main(*sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "lock-requirements":
+        raise SystemExit(_lock_requirements_main(sys.argv[2:]))
     print(
-        "usage: python -m taxi_platform.lib.bento_build import-model TAG MODEL_URI LABELS_JSON",
+        "usage: python -m taxi_platform.lib.bento_build import-model TAG MODEL_URI LABELS_JSON\n"
+        "       python -m taxi_platform.lib.bento_build lock-requirements [--check]",
         file=sys.stderr,
     )
     raise SystemExit(2)

@@ -1,0 +1,83 @@
+"""``taxi-platform build-bento``: build the fare-service Bento from the MLflow champion, as the ``fare_service`` asset does.
+
+Looks up ``taxi_fare_model@champion`` at ``MLFLOW_TRACKING_URI``, imports that registry version into the
+BentoML model store and runs ``bentoml build`` on a build context staged from the installed package
+(``bento/service.py`` + ``taxi_platform``), with the Python requirements pinned from ``uv.lock``
+(``bento/requirements.txt``) and the model's own pins on top. Same champion and same code: the existing Bento
+is found and nothing is rebuilt.
+
+The store is ``--bento-home``, else ``BENTOML_HOME``, else ``$TAXI_DATA_DIR/bentoml``. The Bento tag is the
+only line on stdout (progress goes to stderr), so scripts can take it directly:
+
+    taxi-platform build-bento                         # prints e.g. taxi_fare_service:v3-1a2b3c4d-0f9e8d7c
+    tag=$(taxi-platform build-bento) && bentoml containerize "$tag"
+    taxi-platform build-bento --json                  # tag, path, model, requirements, rebuilt, ... as JSON
+
+Exit status 1 with the reason when there is no champion or the build fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bento-home",
+        type=Path,
+        default=None,
+        help="BentoML home (model and Bento store); default BENTOML_HOME, else $TAXI_DATA_DIR/bentoml",
+    )
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking/registry URI (default MLFLOW_TRACKING_URI)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the build as one JSON object instead of the tag")
+    parser.add_argument("--import-timeout", type=float, default=600.0, help="seconds for importing the champion")
+    parser.add_argument("--build-timeout", type=float, default=900.0, help="seconds for `bentoml build`")
+
+
+def run(args: argparse.Namespace) -> int:
+    from taxi_platform.lib import bento_build
+    from taxi_platform.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
+        return 2
+    home = args.bento_home or (Path(os.environ["BENTOML_HOME"]) if os.environ.get("BENTOML_HOME") else None)
+    home = (home or settings.bento_home).expanduser().absolute()
+    uri = args.tracking_uri or settings.mlflow_tracking_uri
+    print(f"building the champion's Bento from {uri} into {home}", file=sys.stderr, flush=True)
+    try:
+        champion, imported, build = bento_build.build_champion_bento(
+            home, uri, import_timeout=args.import_timeout, build_timeout=args.build_timeout
+        )
+    except bento_build.ServingBuildError as exc:
+        print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
+        return 1
+    what = "built" if build.built else "already built (same champion and code)"
+    print(
+        f"{build.tag}: {what}; champion {champion.name} v{champion.version} ({build.model_tag}"
+        f"{', imported now' if imported else ''}), {len(build.requirements)} pinned requirements",
+        file=sys.stderr,
+    )
+    for pin in build.model_overrides:
+        print(f"  the model pins {pin} (differs from uv.lock)", file=sys.stderr)
+    if args.json:
+        info = build.as_dict()
+        info.update(
+            bento_home=str(home),
+            model_name=champion.name,
+            model_version=champion.version,
+            model_run_id=champion.run_id,
+            model_imported=imported,
+        )
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        print(build.tag)
+    return 0

@@ -518,3 +518,13 @@ def test_tls_to_a_plain_http_port_is_not_retried(mirror, tmp_path):
     with pytest.raises(TlsError) as err:
         download(https_url, tmp_path / "g.parquet", service="green", retries=3, timeout=(2.0, 5.0), backoff=1.0)
     assert not err.value.transient and err.value.attempts == 1
+
+
+def test_a_server_that_never_answers_is_cut_off_at_the_deadline(mirror, tmp_path):
+    mirror.set_fault(_path("green", JAN), ("delay", 3.0))  # headers only after 3 s; the read timeout is 5 s
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="did not finish within its 0.5 s deadline") as err:
+        download(mirror.url + _path("green", JAN), tmp_path / "g.parquet", service="green", retries=3, deadline=0.5,
+                 **FAST)
+    assert time.monotonic() - started < 1.5
+    assert err.value.transient and err.value.attempts == 1

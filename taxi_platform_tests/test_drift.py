@@ -1,7 +1,7 @@
 """Drift and quality report logic (lib/drift.py, lib/trend.py) on synthetic months, without Dagster or MLflow.
 
 The lake holds ``trip_features`` built by the platform's own transform from ``generate_month``: two training
-months, a validation month, a stable month and a month with a 30 % fare increase. A real fare model is fitted
+months, a validation month, a stable month and a month with a 40 % fare increase. A real fare model is fitted
 on the training months (the trainer's linear family: quick) and its predictions go into the reports.
 """
 
@@ -35,14 +35,14 @@ CONFIG = drift.DriftConfig(reference_rows=3000, current_rows=3000)
 def build_feature_lake(
     root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5
 ):
-    """``trip_features`` for ``months`` via the platform's transform; fares × 1.3 from ``fare_increase_from`` on."""
+    """``trip_features`` for ``months`` via the platform's transform; fares × 1.4 from ``fare_increase_from`` on."""
     from taxi_platform.lib.sample import SampleProfile, generate_month, write_trip_file
     from taxi_platform.lib.transform import build_features, clean_month
     from taxi_platform.lib.zones import load_zone_table
 
     rows = rows or ROWS
     profile = (
-        SampleProfile.fare_increase(date.fromisoformat(fare_increase_from + "-01"), 1.3)
+        SampleProfile.fare_increase(date.fromisoformat(fare_increase_from + "-01"), 1.4)
         if fare_increase_from
         else SampleProfile()
     )

@@ -94,7 +94,7 @@ _SPEED_WEEKDAY = np.array([11.0, 11.9, 12.8, 13.2, 13.2, 11.9, 9.8, 7.6, 6.6, 6.
                            6.1, 6.3, 6.6, 7.4, 8.2, 8.9, 9.4, 10.2])  # fmt: skip
 _SPEED_WEEKEND = _SPEED_WEEKDAY * np.array([1.0] * 7 + [1.25] * 13 + [1.1] * 4)
 # Seasonality by calendar month: street speeds (summer and holiday-free months faster) and airport share.
-_SEASON_SPEED = {1: 1.02, 2: 1.03, 3: 1.0, 4: 0.99, 5: 0.97, 6: 0.98, 7: 1.05, 8: 1.06, 9: 0.97, 10: 0.96,
+_SEASON_SPEED = {1: 1.01, 2: 1.01, 3: 1.0, 4: 1.0, 5: 0.99, 6: 0.98, 7: 1.05, 8: 1.06, 9: 0.97, 10: 0.96,
                  11: 0.95, 12: 0.93}  # fmt: skip
 _SEASON_AIRPORT = {1: 0.95, 2: 0.9, 3: 1.0, 4: 1.0, 5: 1.0, 6: 1.08, 7: 1.15, 8: 1.12, 9: 1.0, 10: 1.0, 11: 1.05,
                    12: 1.1}  # fmt: skip

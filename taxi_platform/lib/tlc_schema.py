@@ -133,11 +133,20 @@ def match_schema(service: str, schema: pa.Schema) -> SchemaMatch:
     required = REQUIRED_COLUMNS.get(service)
     if required is None:
         raise SchemaMismatchError(f"unknown service {service!r}")
+    era = _closest_era(service, schema, names)
     missing = [c for c in required if c.lower() not in names]
     if missing:
         raise SchemaMismatchError(
-            f"{service} file is missing required column(s) {missing}; found columns {list(schema.names)}"
+            f"{service} file is missing required column(s) {missing} (closest schema era: {era.name}); "
+            f"found columns {list(schema.names)}"
         )
+    known = {f.name.lower() for e in ERAS if e.service == service for f in e.schema}
+    extra = tuple(n for n in schema.names if n.lower() not in known)
+    missing_optional = tuple(f.name for f in era.schema if f.name.lower() not in names)
+    return SchemaMatch(era=era.name, extra_columns=extra, missing_optional=missing_optional)
+
+
+def _closest_era(service: str, schema: pa.Schema, names: dict[str, str]) -> SchemaEra:
     best: tuple[int, SchemaEra] | None = None
     for era in (e for e in ERAS if e.service == service):
         score = 0
@@ -153,8 +162,50 @@ def match_schema(service: str, schema: pa.Schema) -> SchemaMatch:
         if best is None or score > best[0]:
             best = (score, era)
     assert best is not None
-    era = best[1]
-    known = {f.name.lower() for e in ERAS if e.service == service for f in e.schema}
-    extra = tuple(n for n in schema.names if n.lower() not in known)
-    missing_optional = tuple(f.name for f in era.schema if f.name.lower() not in names)
-    return SchemaMatch(era=era.name, extra_columns=extra, missing_optional=missing_optional)
+    return best[1]
+
+
+# How the cleaning reads each column it uses: as a timestamp (naive, any unit) or as a number (any integer,
+# floating or decimal type; values are range-checked row by row). Other columns (store_and_fwd_flag, columns
+# this code does not know) are read whatever their type.
+TIMESTAMP_COLUMNS = frozenset(
+    {"tpep_pickup_datetime", "tpep_dropoff_datetime", "lpep_pickup_datetime", "lpep_dropoff_datetime"}
+)
+NUMERIC_COLUMNS = frozenset(
+    f.name.lower()
+    for e in ERAS
+    for f in e.schema
+    if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+)
+
+
+def _readable(column: str, typ: pa.DataType) -> str | None:
+    """None if the cleaning can read a ``column`` of type ``typ``, else what it expects."""
+    if pa.types.is_null(typ):
+        return None  # an all-null column reads as NULLs whatever it is meant to hold
+    if column.lower() in TIMESTAMP_COLUMNS:
+        return None if pa.types.is_timestamp(typ) and typ.tz is None else "a timestamp without time zone"
+    if column.lower() in NUMERIC_COLUMNS:
+        ok = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
+        return None if ok else "a numeric type (integer, floating point or decimal)"
+    return None
+
+
+def check_readable(service: str, schema: pa.Schema) -> SchemaMatch:
+    """:func:`match_schema`, and every column the cleaning reads has a type it can read.
+
+    Raises :class:`SchemaMismatchError` naming the column, its type, what the cleaning expects, the type the
+    closest schema era stores there and the era's name. Row values never raise: those are checked row by row.
+    """
+    matched = match_schema(service, schema)
+    era = next(e for e in ERAS if e.name == matched.era)
+    for field in schema:
+        expected = _readable(field.name, field.type)
+        if expected is not None:
+            stored = next((f for f in era.schema if f.name.lower() == field.name.lower()), None)
+            hint = f" ({era.name} stores {stored.type})" if stored is not None else ""
+            raise SchemaMismatchError(
+                f"{service} file, schema era {era.name}: column {field.name!r} has type {field.type}, "
+                f"which the cleaning cannot read; expected {expected}{hint}"
+            )
+    return matched

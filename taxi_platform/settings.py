@@ -24,6 +24,8 @@ DEFAULT_DOWNLOAD_MAX_BYTES = 2 << 30
 DEFAULT_DOWNLOAD_DEADLINE_SECONDS = 1800.0
 # DuckDB's own default is 80 % of RAM; the training and drift steps also hold pandas frames next to it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
+# Where `taxi-platform ui` serves the local lake's files, so report links in Dagster open in a browser.
+DEFAULT_REPORTS_URL = "http://127.0.0.1:3002"
 DUCKDB_TEMP_SUBDIR = "duckdb_tmp"
 
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
@@ -61,10 +63,11 @@ def parse_services(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(services))
 
 
-def _parse_base_url(value: str) -> str:
+def _parse_base_url(value: str, variable: str = "TLC_BASE_URL") -> str:
     url = value.strip().rstrip("/")
     if not re.match(r"^(https?|file)://", url):
-        raise SettingsError(f"TLC_BASE_URL={value!r} is not an http(s) URL, e.g. {DEFAULT_TLC_BASE_URL}")
+        example = DEFAULT_TLC_BASE_URL if variable == "TLC_BASE_URL" else DEFAULT_REPORTS_URL
+        raise SettingsError(f"{variable}={value!r} is not an http(s) URL, e.g. {example}")
     return url
 
 
@@ -140,6 +143,28 @@ class Settings:
     download_max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
     download_deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS
     duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
+    reports_url: str = DEFAULT_REPORTS_URL
+
+    def browser_url(self, path: str, lake_root: str | None = None) -> str:
+        """An address a browser opens for a file of the lake (a report, a plot); ``lake_root`` defaults to
+        ``TAXI_LAKE_ROOT``.
+
+        ``gs://`` objects: the Cloud Console's authenticated URL. Local files: their place under
+        ``TAXI_REPORTS_URL``, which ``taxi-platform ui`` serves (browsers refuse ``file://`` links from a page).
+        """
+        if path.startswith("gs://"):
+            return "https://storage.cloud.google.com/" + path[len("gs://") :]
+        if "://" in path and not path.startswith("file://"):
+            return path
+        local = Path(path.removeprefix("file://")).absolute()
+        root = Path((lake_root or self.lake_root).removeprefix("file://")).absolute()
+        try:
+            relative = local.relative_to(root)
+        except ValueError:
+            return local.as_uri()  # not in the lake: nothing serves it
+        from urllib.parse import quote
+
+        return f"{self.reports_url}/{quote(relative.as_posix(), safe='/=')}"
 
     @property
     def duckdb_temp_root(self) -> Path:
@@ -180,6 +205,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "TAXI_DOWNLOAD_DEADLINE_SECONDS",
     )
     duckdb = load_duckdb_settings(env)
+    reports_url = _parse_base_url(env.get("TAXI_REPORTS_URL") or DEFAULT_REPORTS_URL, "TAXI_REPORTS_URL")
     return Settings(
         start_month=start_month,
         tlc_base_url=base_url,
@@ -190,4 +216,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         download_max_bytes=max_bytes,
         download_deadline_seconds=deadline,
         duckdb_memory_limit=duckdb.memory_limit,
+        reports_url=reports_url,
     )

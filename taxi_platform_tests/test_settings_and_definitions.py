@@ -105,3 +105,20 @@ def test_download_and_duckdb_limits_from_the_environment(tmp_path, monkeypatch):
     assert (options["deadline"], options["max_bytes"], options["verify_md5"]) == (90.5, 512 << 20, True)
     explicit = TlcSourceResource(deadline_seconds=5, max_bytes=1000, verify_md5=False).download_options()
     assert (explicit["deadline"], explicit["max_bytes"], explicit["verify_md5"]) == (5, 1000, False)
+
+
+def test_report_links_open_in_a_browser(tmp_path):
+    from taxi_platform.settings import SettingsError
+
+    lake = tmp_path / "lake"
+    settings = load_settings({"TAXI_DATA_DIR": str(tmp_path), "TAXI_LAKE_ROOT": str(lake)})
+    report = str(lake / "drift_report" / "month=2024-04" / "report.html")
+    assert settings.browser_url(report) == "http://127.0.0.1:3002/drift_report/month=2024-04/report.html"
+    custom = load_settings({"TAXI_DATA_DIR": str(tmp_path), "TAXI_REPORTS_URL": "https://reports.example.org/lake/"})
+    assert custom.browser_url(str(tmp_path / "lake" / "a b.png")) == "https://reports.example.org/lake/a%20b.png"
+    assert settings.browser_url("gs://bucket/lake/drift_report/x.html") == (
+        "https://storage.cloud.google.com/bucket/lake/drift_report/x.html"
+    )
+    assert settings.browser_url(str(tmp_path / "elsewhere.html")).startswith("file://")
+    with pytest.raises(SettingsError, match="TAXI_REPORTS_URL='ftp://x' is not an http"):
+        load_settings({"TAXI_REPORTS_URL": "ftp://x"})

@@ -10,7 +10,7 @@ the ETag's MD5 where the ETag is one.
 
 import hashlib
 import os
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -185,6 +185,11 @@ def _service_metadata(result: DownloadResult) -> dict[str, object]:
     }
 
 
+# The TLC publishes one month about every 30 days (7-8 weeks after it ends). No new raw_trips for 45 days: the
+# TLC is late (WARN in the UI's asset health); 75 days: a release was missed (FAIL). Evaluated by the daemon.
+RAW_TRIPS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=75), warn_window=timedelta(days=45))
+
+
 @dg.asset(
     key=RAW_TRIPS,
     partitions_def=monthly_partitions,
@@ -197,6 +202,7 @@ def _service_metadata(result: DownloadResult) -> dict[str, object]:
     retry_policy=INGEST_RETRY_POLICY,
     pool=TLC_POOL,
     code_version="1",
+    freshness_policy=RAW_TRIPS_FRESHNESS,
 )
 def raw_trips(
     context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource

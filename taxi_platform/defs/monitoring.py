@@ -287,16 +287,6 @@ def _predictor(tracking_uri: str, model_uri: str):
 
 
 # -- metadata helpers ------------------------------------------------------------------------------------
-def _url_for(path: str) -> str:
-    if path.startswith("gs://"):
-        return "https://storage.cloud.google.com/" + path[len("gs://") :]
-    if "://" in path:
-        return path
-    from pathlib import Path
-
-    return Path(path).as_uri()
-
-
 def _column_table(summary: DriftSummary) -> str:
     lines = ["| column | type | method | score | threshold | drifted |", "|---|---|---|---|---|---|"]
     for c in summary.columns.values():
@@ -445,7 +435,7 @@ def drift_report(
         "month_rows": dg.MetadataValue.int(month_rows),
         "dagster/row_count": dg.MetadataValue.int(summary.current_rows),
         "html_path": dg.MetadataValue.path(html_path),
-        "html_url": dg.MetadataValue.url(_url_for(html_path)),
+        "html_url": dg.MetadataValue.url(load_settings().browser_url(html_path, store.root)),
         "json_path": dg.MetadataValue.path(json_path),
         "data_source": dg.MetadataValue.text(data_source),
     }
@@ -504,7 +494,7 @@ def monitoring_trend(context: dg.AssetExecutionContext, lake: LakeResource) -> d
         "history": dg.MetadataValue.md(markdown_table(points)),
         "plot": dg.MetadataValue.md(f"![MAE and drift share by month]({data_uri(png)})"),
         "plot_path": dg.MetadataValue.path(dest),
-        "plot_url": dg.MetadataValue.url(_url_for(dest)),
+        "plot_url": dg.MetadataValue.url(load_settings().browser_url(dest, store.root)),
     }
     if latest.mae is not None:
         metadata["latest_mae"] = dg.MetadataValue.float(round(latest.mae, 4))

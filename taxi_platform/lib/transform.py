@@ -133,10 +133,6 @@ _KEPT_NUMBERS = (
 # or rewrites some source columns (passenger_count is imputed).
 _OTHER_SOURCE_COLUMNS = SOURCE_COLUMNS
 
-# The largest finite DOUBLE: ``x BETWEEN -_MAX_DOUBLE AND _MAX_DOUBLE`` is isfinite(x) (DuckDB orders NaN above
-# +inf), and two comparisons cost less than half of isfinite() on DuckDB's vectors.
-_MAX_DOUBLE = "1.7976931348623157e308"
-
 # Allowed values of the whole-number columns besides the zones: (column, lowest, highest, SQL test for a
 # value outside them; NULL is allowed except where noted in REJECT_REASON_RULES).
 _CODE_RULES = {
@@ -184,7 +180,10 @@ def classify_select(
         return test if extra == "false" else f"{test} OR {extra}"
 
     start, end = month_bounds(month)
-    non_finite = [f"NOT ({c} BETWEEN -{_MAX_DOUBLE} AND {_MAX_DOUBLE})" for c in _KEPT_NUMBERS if floating(c)]
+    # isfinite(), not a range comparison: DuckDB folds comparisons with the Parquet min/max statistics, which
+    # leave NaN out, so "x BETWEEN -1e308 AND 1e308" can become TRUE for a column holding NaN. The later rules
+    # compare floats freely because this one has already rejected every NaN.
+    non_finite = [f"NOT isfinite({c})" for c in _KEPT_NUMBERS if floating(c)]
     return load_sql("cleaned_trips").format(
         source=f"({unified_select(service, source, schema.names)})",
         month_start=start,

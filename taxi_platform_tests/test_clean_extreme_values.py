@@ -431,3 +431,12 @@ def test_dagster_cleaned_trips_fails_on_unreadable_schema_with_column_and_era(tm
     text = str(failure.event_specific_data.error)
     assert "'PULocationID'" in text and "green-2023-02" in text and "2024-03" in text
     assert not (tmp_path / "lake" / "cleaned_trips").exists()
+
+
+def test_asset_description_lists_every_reason():
+    from taxi_platform.defs.transform import cleaned_trips
+
+    text = cleaned_trips.descriptions_by_key[cleaned_trips.key]
+    for reason in (*REJECT_REASONS, "exact_duplicate"):
+        assert f"`{reason}`" in text
+    assert "names the column and the file's schema era" in text

@@ -14,7 +14,8 @@ from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.features import ZoneTable
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
-from taxi_platform.lib.transform import build_features, clean_month, month_bounds
+from taxi_platform.lib.tlc_schema import SchemaMismatchError
+from taxi_platform.lib.transform import REJECT_REASON_RULES, build_features, clean_month, month_bounds
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80
@@ -63,8 +64,14 @@ def load_zones(lake: Lake) -> ZoneTable:
             description="Every pickup lies inside the partition's month.",
         ),
     ],
-    description="Yellow and green trips of one month in one typed schema, exact duplicates and invalid rows "
-    "removed (counted per reason in metadata). Lake: cleaned_trips/month=YYYY-MM/.",
+    description="Yellow and green trips of one month in one typed schema (any TLC schema era), exact duplicates "
+    "and invalid rows removed. Lake: cleaned_trips/month=YYYY-MM/.\n\n"
+    "A row's values never fail the month: every number is checked before it is narrowed, and each rejected row "
+    "is counted in the `rejected_by_reason` metadata under the first rule it breaks:\n\n"
+    + "\n".join(f"- `{reason}`: {rule}" for reason, rule in REJECT_REASON_RULES.items())
+    + "\n- `exact_duplicate`: a later copy of a row identical in every source column\n\n"
+    "The step fails only on a file it cannot read (a required column missing, or a column of a type it cannot "
+    "read, e.g. fares stored as text); the message names the column and the file's schema era.",
 )
 def cleaned_trips(
     context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
@@ -82,7 +89,10 @@ def cleaned_trips(
         raw_files[service] = path
     dest = store.partition_path("cleaned_trips", context.partition_key)
     sources = sorted({parquet_data_source(store, p) for p in raw_files.values()})
-    result = clean_month(store, raw_files, month, dest, data_source=",".join(sources))
+    try:
+        result = clean_month(store, raw_files, month, dest, data_source=",".join(sources))
+    except SchemaMismatchError as exc:
+        raise dg.Failure(description=str(exc)) from exc
     context.log.info(
         f"{month:%Y-%m}: kept {result.rows_out:,} of {result.total_in:,} rows; rejected {result.rejected}"
     )

@@ -181,7 +181,7 @@ def test_zone_popularity_differs_by_service(yellow_clean):
     pu = _np(yellow_clean, "PULocationID")
     assert (boroughs[pu] == "Manhattan").mean() > 0.8
     ranking = list(np.argsort(np.bincount(pu, minlength=266))[::-1])
-    assert ranking.index(132) < 20 and ranking.index(138) < 20  # each airport ~2 % of pickups: top 20 like 2019
+    assert ranking.index(132) < 20 and ranking.index(138) < 20  # each ~2 % of pickups, top 20 as in 2019
     green = generate_month("green", date(2024, 3, 1), 20_000, seed=3, profile=CLEAN)
     green_pu = _np(green, "PULocationID")
     assert geo.congestion_zone[green_pu].mean() < 0.1  # green cabs may not take street hails below 96th St
@@ -356,7 +356,11 @@ def test_cleaned_yellow_2019_03_matches_real_trips_within_10_percent(tmp_path):
     ).to_arrow_table()
     assert cleaned.num_rows == result.rows_out > 75_000
     ours = trip_figures(cleaned)
-    off = {k: (round(float(ours[k]), 3), real) for k, real in REAL_2019_03.items() if abs(ours[k] / real - 1) > 0.1}
+    off = {
+        k: (round(float(ours[k]), 3), real)
+        for k, real in REAL_2019_03.items()
+        if abs(ours[k] / real - 1) > 0.1
+    }
     assert off == {}, f"(generated, real) more than 10 % apart: {off}"
 
 
@@ -412,6 +416,7 @@ def test_month_rows_follow_days_weekdays_and_season_around_the_mean():
     # Season: quiet January and summer, busy spring and October (2024 TLC files: 2.96M, 3.58M, 3.08M, 3.83M).
     jan, mar, jul, oct_ = (rows[date(2024, m, 1)] for m in (1, 3, 7, 10))
     assert jan < mar and jul < mar and oct_ > jul and oct_ > jan
+
     # Days and weekdays, averaged over seeds (the per-month noise is ~2 %): leap February 2024 has a day more than
     # February 2023; March 2024 has five Fridays, Saturdays and Sundays, March 2025 five Saturdays, Sundays and
     # Mondays (quieter days), so it has fewer trips for the same season and number of days.
@@ -543,12 +548,17 @@ def test_cli_writes_the_layout(tmp_path, capsys):
         for month in (date(2024, 1, 1), date(2024, 2, 1)):
             path = dest / "trip-data" / f"{service}_tripdata_{month:%Y-%m}.parquet"
             rows[service, month] = pq.read_metadata(path).num_rows
-            assert rows[service, month] == month_rows(service, month, 500, seed=4) and f"{rows[service, month]:,} rows" in out
+            assert (
+                rows[service, month] == month_rows(service, month, 500, seed=4)
+                and f"{rows[service, month]:,} rows" in out
+            )
     assert len(set(rows.values())) > 1 and all(400 < r < 600 for r in rows.values())
     assert (dest / "misc" / "taxi_zone_lookup.csv").read_bytes() == zone_csv_bytes()
     jan = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-01.parquet")
     jan_profile = SampleProfile(dirt=month_dirt(DirtRates(), "yellow", date(2024, 1, 1), seed=4))
-    expected = generate_month("yellow", date(2024, 1, 1), rows["yellow", date(2024, 1, 1)], seed=4, profile=jan_profile)
+    expected = generate_month(
+        "yellow", date(2024, 1, 1), rows["yellow", date(2024, 1, 1)], seed=4, profile=jan_profile
+    )
     assert jan.equals(expected.replace_schema_metadata(jan.schema.metadata))
     feb = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-02.parquet")
     feb_base = generate_month("yellow", date(2024, 2, 1), feb.num_rows, seed=4)
@@ -564,7 +574,9 @@ def test_cli_steady_writes_exact_rows(tmp_path, capsys):
         for service, n in (("yellow", 700), ("green", 90)):
             assert pq.read_metadata(dest / "trip-data" / f"{service}_tripdata_{month}.parquet").num_rows == n
     jan = pq.read_table(dest / "trip-data" / "yellow_tripdata_2024-01.parquet")
-    assert jan.equals(generate_month("yellow", date(2024, 1, 1), 700, seed=4).replace_schema_metadata(jan.schema.metadata))
+    assert jan.equals(
+        generate_month("yellow", date(2024, 1, 1), 700, seed=4).replace_schema_metadata(jan.schema.metadata)
+    )
 
 
 def test_cli_rejects_bad_input_without_writing(tmp_path, capsys):

@@ -116,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
     dest = args.dir.expanduser().absolute()
     started = time.perf_counter()
     written = write_sample_mirror(
-        dest, months, services=services, rows_per_month=rows, seed=args.seed, profile=profile,
+        dest,
+        months,
+        services=services,
+        rows_per_month=rows,
+        seed=args.seed,
+        profile=profile,
         monthly_variation=not args.steady,
     )
     elapsed = time.perf_counter() - started
@@ -131,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  {rel:<48} {'':>15} {size:>10}  [real TLC zone lookup]")
     if not args.steady:
-        print("  rows and dirt vary by month around --rows-per-month (days, weekdays, season); --steady: exact")
+        print(
+            "  rows and dirt vary by month around --rows-per-month (days, weekdays, season); --steady: exact"
+        )
     if from_month is not None or multiplier != 1.0 or args.speed_multiplier != 1.0:
         since = f" from {from_month:%Y-%m}" if from_month else ""
         print(f"  drift scenario{since}: fares x{multiplier:g}, speeds x{args.speed_multiplier:g}")

@@ -26,6 +26,10 @@ How a month is made (all vectorised numpy; a 3M-row yellow month takes a few sec
   distances, drop-off before pickup, pickups outside the file's month, rows with null passenger count (and
   the other columns the TLC leaves null on such rows), exact duplicates, unknown zones 264/265, durations
   over a day and distances over 500 miles.
+* **Months differ** (``write_sample_mirror(monthly_variation=True)``, the CLI and the demo): each file's volume
+  follows its days, weekday mix and season around the requested mean (:func:`month_rows`), and its dirt rates
+  are the base rates times a per-month level and a per-kind factor (:func:`month_dirt`), deterministic for
+  (seed, service, month). :func:`generate_month` itself always makes exactly the rows and rates it is given.
 * **Drift.** :class:`SampleProfile` scales meter rates (a fare increase), speeds and the airport share,
   from a chosen month on, so drift detection can be tested on known changes.
 
@@ -338,8 +342,9 @@ def _dropoff_cdf(service: str, airport_factor: float) -> np.ndarray:
     dist = geo.distance(ids[:, None], ids[None, :])
     scale, floor = (1.2, 0.008) if service == "yellow" else (1.2, 0.01)
     kernel = np.exp(-dist / scale) + floor
-    kernel[:, geo.airport] = 0.07  # airport trips are purpose-driven, not distance-driven,
-    kernel[geo.airport, :] = np.exp(-dist[geo.airport, :] / 12.0)  # both ways (most JFK fares go to Manhattan)
+    # Airport trips are purpose-driven, not distance-driven, both ways (most JFK fares go to Manhattan).
+    kernel[:, geo.airport] = 0.07
+    kernel[geo.airport, :] = np.exp(-dist[geo.airport, :] / 12.0)
     attract = geo.dropoff_weight[service].copy()
     attract[geo.airport] *= airport_factor
     p = kernel * attract[None, :]

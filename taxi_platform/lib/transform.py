@@ -128,11 +128,6 @@ _KEPT_NUMBERS = (
     "ratecode_id", "payment_type",
 )
 
-# Exact duplicates agree on every source column (compared through a hash of them all), not only on the cleaned
-# ones: a rejected row's cleaned columns are not meaningful (sql/cleaned_rows.sql), and the cleaned schema drops
-# or rewrites some source columns (passenger_count is imputed).
-_OTHER_SOURCE_COLUMNS = SOURCE_COLUMNS
-
 # Allowed values of the whole-number columns besides the zones: (column, lowest, highest, SQL test for a
 # value outside them; NULL is allowed except where noted in REJECT_REASON_RULES).
 _CODE_RULES = {
@@ -332,6 +327,10 @@ def clean_month(
     writers, which encode on their own threads, setting the few candidates aside. The candidates are compared
     exactly at the end: the first copy of each group (by file row number) is kept and written last, later copies
     are counted as ``exact_duplicate`` instead of under their reason.
+
+    No row value can fail the call: every number is read wide and checked (finite, whole, in range) before the
+    kept rows are narrowed; a bad value rejects its row under its own reason (:data:`REJECT_REASONS`). Only a file
+    the cleaning cannot read raises :class:`SchemaMismatchError`, naming the column and the file's schema era.
     """
     if not raw_files:
         raise ValueError("clean_month needs at least one raw file")
@@ -340,7 +339,7 @@ def clean_month(
         raise ValueError(f"clean_month: unknown services {unknown}: expected some of {list(SERVICES)}")
     con = lake.connect()
     try:
-        selects, classifies = [], []
+        classifies = []
         rows_in: dict[str, int] = {}
         for service, path in sorted(raw_files.items()):
             schema = con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
@@ -348,16 +347,18 @@ def clean_month(
                 check_readable(service, schema)
             except SchemaMismatchError as exc:
                 raise SchemaMismatchError(f"cannot clean {month:%Y-%m} from {path}: {exc}") from None
-            selects.append(unified_select(service, path, schema.names))
             classifies.append(classify_select(service, path, schema, month, integer_bounds(con, path, schema)))
             rows_in[service] = con.execute(
                 f"SELECT count(*) FROM read_parquet({sql_literal(path)})"
             ).fetchall()[0][0]
-        con.execute("CREATE OR REPLACE TEMP VIEW unified AS " + " UNION ALL ".join(selects))
         con.execute("CREATE OR REPLACE TEMP VIEW classified AS " + " UNION ALL ".join(classifies))
         con.execute("CREATE OR REPLACE TEMP TABLE dup_keys AS " + load_sql("cleaned_dup_keys"))
         reader = con.sql(
-            load_sql("cleaned_rows").format(reasons=_sql_list(REJECT_REASONS), service_code=_SERVICE_CODE)
+            # Exact duplicates agree on every source column, not only on the cleaned ones: a rejected row's
+            # cleaned columns are not meaningful, and the cleaned schema drops or rewrites some source columns.
+            load_sql("cleaned_rows").format(
+                reasons=_sql_list(REJECT_REASONS), service_code=_SERVICE_CODE, source_columns=", ".join(SOURCE_COLUMNS)
+            )
         ).to_arrow_reader(131_072)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
         tally = _Tally()
@@ -388,10 +389,7 @@ def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tu
     con.register("candidates", candidates)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE copies AS "
-        + load_sql("cleaned_duplicates").format(
-            cleaned_columns=", ".join(f"c.{c}" for c in CLEANED_COLUMNS),
-            other_columns=", ".join(_OTHER_SOURCE_COLUMNS),
-        )
+        + load_sql("cleaned_duplicates").format(cleaned_columns=", ".join(f"c.{c}" for c in CLEANED_COLUMNS))
     )
     firsts = con.sql(
         f"SELECT {', '.join(CLEANED_COLUMNS)} FROM copies WHERE _copy = 1 AND reject_reason IS NULL"

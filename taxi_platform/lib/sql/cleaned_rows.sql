@@ -1,7 +1,8 @@
 -- Every row of the month in the cleaned schema, with what the caller needs to tally and filter it:
 -- _tally = reason code × 4 + service code × 2 + passenger count imputed (reason code 0 = kept; the caller formats
 -- {reasons}, the rejection reasons in code order from 1, and {service_code}, a CASE giving each service its code),
--- whether it is a duplicate candidate, and its row number.
+-- whether it is a duplicate candidate (then also _rest, a hash of all its {source_columns}, for the exact
+-- comparison in cleaned_duplicates.sql), and its row number.
 -- Narrowing casts are TRY_CASTs: exact for kept rows (cleaned_trips.sql checked their range and integrality);
 -- a rejected row's cleaned columns are never written, so whatever they become cannot fail the month.
 SELECT
@@ -22,5 +23,6 @@ SELECT
     (CASE WHEN reject_reason IS NULL THEN 0 ELSE list_position({reasons}, reject_reason) END) * 4
         + {service_code} * 2
         + (reject_reason IS NULL AND passenger_count IS NULL)::INTEGER AS _tally,
-    _key IN (SELECT _key FROM dup_keys) AS _candidate
-FROM classified
+    _candidate,
+    CASE WHEN _candidate THEN hash({source_columns}) END AS _rest
+FROM (SELECT *, _key IN (SELECT _key FROM dup_keys) AS _candidate FROM classified)

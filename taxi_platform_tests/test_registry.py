@@ -179,7 +179,7 @@ def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, re
     script = textwrap.dedent(
         f"""
         import json, os, sys
-        sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "taxi_platform"))]
+        sys.path = [p for p in sys.path if p and not os.path.isfile(os.path.join(p, "taxi_platform", "__init__.py"))]
         import importlib.abc
         class Block(importlib.abc.MetaPathFinder):  # the installed (editable) package must not be found
             def find_spec(self, name, path=None, target=None):

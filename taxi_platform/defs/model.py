@@ -122,6 +122,16 @@ class FareModelConfig(dg.Config):
         ge=1,
         description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores.",
     )
+    interval_coverage: float = Field(
+        default=0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Nominal coverage of the quoted fare range (fare_low..fare_high), conformal-calibrated per band "
+        "on the validation month (0.8 = 80 % of trips inside their range).",
+    )
+    interval_min_group: int = Field(
+        default=100, ge=1, description="Validation trips a band needs for its own range width (else the global one)."
+    )
 
 
 def _train_config(config: FareModelConfig):
@@ -136,6 +146,8 @@ def _train_config(config: FareModelConfig):
         boosted_max_iter=config.boosted_max_iter,
         boosted_learning_rate=config.boosted_learning_rate,
         threads=config.threads,
+        interval_coverage=config.interval_coverage,
+        interval_min_group=config.interval_min_group,
     )
 
 
@@ -303,6 +315,7 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
 
     from taxi_platform.defs.transform import load_zones
     from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
+    from taxi_platform.lib.intervals import bands_from_matrix
     from taxi_platform.lib.registry import LakeEvaluation, gate_challenger
     from taxi_platform.lib.training import (
         fare_grows_with_distance,
@@ -326,6 +339,7 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
             "validation_month": month,
             "partition": context.partition_key,
         },
+        intervals=result.intervals,
     )
 
     # -- checks on the validation month, with the in-memory model (same code path as the served one) ----
@@ -402,6 +416,13 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
     flat_metrics = {f"{fam}_{k}": v for fam, vals in result.metrics.items() for k, v in vals.items()}
     flat_metrics.update({"val_mae": best_mae, f"fit_seconds_{best}": result.fit_seconds[best]})
     flat_metrics.update({f"coverage_{k}": v for k, v in result.pair_stats.coverage().items()})
+    if result.intervals is not None:
+        # Fare ranges: the calibrated half-widths (the validation month is their calibration set, so the range's
+        # coverage there is the nominal one by construction; drift_report measures it on later months).
+        flat_metrics["interval_global_half_width"] = result.intervals.global_half_width
+        low, high = result.intervals.ranges(served, bands_from_matrix(X_val))
+        flat_metrics["interval_mean_width_validation"] = float(np.mean(high - low))
+        mlflow.log_dict(result.intervals.as_dict(), "fare_intervals.json")
     mlflow.log_metrics({k: float(v) for k, v in flat_metrics.items() if np.isfinite(v)})
 
     lake_table = store.path("trip_features")
@@ -447,6 +468,7 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         "git_sha": sha,
         "data_source": data_source,
         "checks_failed": ",".join(failed_checks),
+        "interval_coverage": f"{train_config.interval_coverage:g}" if result.intervals is not None else "",
     }
     info = log_fare_model(model, registered_model_name=MODEL_NAME, tags=version_tags)
     version = str(info.registered_model_version)

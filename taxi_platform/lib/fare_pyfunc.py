@@ -14,10 +14,13 @@ Two ways in:
 
 - ``mlflow.pyfunc.load_model(uri).predict(df)``: a DataFrame of quotes (``pickup_datetime`` as ISO string
   or datetime, ``pickup_zone``, ``dropoff_zone``, ``passenger_count``, ``service``) → DataFrame
-  ``fare_amount``.
+  ``fare_amount``, ``fare_low``, ``fare_high`` (the calibrated fare range, :mod:`taxi_platform.lib.intervals`)
+  and ``fare_band`` (the band whose width the range has). Versions logged before fare ranges existed have no
+  interval state: they return ``fare_amount`` only.
 - ``loaded.unwrap_python_model().predict_quotes({...arrays...})`` → ``np.ndarray``: no pandas; small
   batches use a numpy compilation of the fitted trees (sub-millisecond for one quote), large ones the
-  estimator's own multi-threaded predict. Both give the same numbers.
+  estimator's own multi-threaded predict. Both give the same numbers. ``predict_ranges`` returns the fares and
+  their ranges (``None`` ranges for a model without interval state).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, ZoneTable, compute_feature_arrays
+from taxi_platform.lib.intervals import BAND_LABELS, FareIntervals, bands_from_matrix
 from taxi_platform.lib.pair_stats import PairStats
 from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_codes
 
@@ -40,6 +44,7 @@ from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_codes
 MODEL_CODE_MODULES = (
     "lib/fare_model_code.py",
     "lib/features.py",
+    "lib/intervals.py",
     "lib/pair_stats.py",
     "lib/training.py",
     "lib/fare_pyfunc.py",
@@ -316,6 +321,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         family: str,
         info: Mapping[str, Any] | None = None,
         min_fare: float = MIN_FARE,
+        intervals: FareIntervals | None = None,
     ) -> None:
         self.estimator = estimator
         self.pair_stats = pair_stats
@@ -323,6 +329,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         self.family = family
         self.info = dict(info or {})
         self.min_fare = float(min_fare)
+        self.intervals = intervals
         self._compiled = compile_predictor(estimator)
 
     @classmethod
@@ -342,6 +349,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
             "family": self.family,
             "info": self.info,
             "min_fare": self.min_fare,
+            "intervals": self.intervals,  # optional: states written before fare ranges have no such key
         }
 
     def load_context(self, context) -> None:
@@ -363,6 +371,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("intervals", None)  # models logged before fare ranges
         self._compiled = compile_predictor(self.estimator)
 
     def design_matrix(self, quotes: Mapping[str, Any]) -> np.ndarray:
@@ -382,14 +391,40 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         """Fares (float64 dollars, ≥ ``min_fare``) for a dict of equal-length arrays (or scalars for one quote)."""
         return np.maximum(self.raw_predict(self.design_matrix(quotes)), self.min_fare)
 
+    def predict_ranges(
+        self, quotes: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """``(fare, fare_low, fare_high, band)`` for a dict of arrays; the last three are ``None`` when the model
+        has no interval state (versions logged before fare ranges)."""
+        X = self.design_matrix(quotes)
+        fares = np.maximum(self.raw_predict(X), self.min_fare)
+        intervals = self.intervals
+        if intervals is None:
+            return fares, None, None, None
+        bands = bands_from_matrix(X)
+        low, high = intervals.ranges(fares, bands)
+        return fares, low, high, bands
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             scalar = all(np.ndim(v) == 0 for v in model_input.values())
             model_input = pd.DataFrame([model_input] if scalar else model_input)
         elif isinstance(model_input, list):
             model_input = pd.DataFrame(model_input)
-        fares = self.predict_quotes({c: model_input[c] for c in QUOTE_COLUMNS if c in model_input})
-        return pd.DataFrame({"fare_amount": fares}, index=model_input.index)
+        fares, low, high, bands = self.predict_ranges(
+            {c: model_input[c] for c in QUOTE_COLUMNS if c in model_input}
+        )
+        if low is None:
+            return pd.DataFrame({"fare_amount": fares}, index=model_input.index)
+        return pd.DataFrame(
+            {
+                "fare_amount": fares,
+                "fare_low": low,
+                "fare_high": high,
+                "fare_band": np.asarray(BAND_LABELS, dtype=object)[bands],
+            },
+            index=model_input.index,
+        )
 
 
 # -- logging ---------------------------------------------------------------------------------------------
@@ -407,7 +442,14 @@ def model_signature():
                 ColSpec("string", "service"),
             ]
         ),
-        outputs=Schema([ColSpec("double", "fare_amount")]),
+        outputs=Schema(
+            [
+                ColSpec("double", "fare_amount"),
+                ColSpec("double", "fare_low", required=False),
+                ColSpec("double", "fare_high", required=False),
+                ColSpec("string", "fare_band", required=False),
+            ]
+        ),
     )
 
 

@@ -35,6 +35,13 @@ from taxi_platform.lib.features import (
     SERVICES,
     ZoneTable,
 )
+from taxi_platform.lib.intervals import (
+    DEFAULT_COVERAGE,
+    DEFAULT_MIN_GROUP,
+    FareIntervals,
+    bands_from_matrix,
+    calibrate,
+)
 from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
 from taxi_platform.lib.sql import hashed_rows, sql_literal
 
@@ -79,8 +86,16 @@ class TrainConfig:
     # OpenMP threads for fitting: None = one thread below SMALL_FIT_ROWS training rows (threads cost more than
     # they save there, and spin badly on a busy machine), all cores above.
     threads: int | None = None
+    # Fare ranges: nominal coverage of the conformal range calibrated on the validation month, and the fewest
+    # calibration trips a band needs for its own width (smaller bands use the global one).
+    interval_coverage: float = DEFAULT_COVERAGE
+    interval_min_group: int = DEFAULT_MIN_GROUP
 
     def __post_init__(self) -> None:
+        if not 0 < self.interval_coverage < 1:
+            raise ValueError(f"interval_coverage={self.interval_coverage}: expected a share in (0, 1), e.g. 0.8")
+        if self.interval_min_group < 1:
+            raise ValueError(f"interval_min_group={self.interval_min_group}: expected at least 1")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(
@@ -109,6 +124,7 @@ class TrainingResult:
     training: pa.Table  # the fitted training sample
     fit_seconds: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    intervals: FareIntervals | None = None  # the best family's fare ranges, calibrated on the validation month
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -405,6 +421,7 @@ def train_window(
     models: dict[str, Any] = {}
     metrics: dict[str, dict[str, float]] = {}
     fit_seconds: dict[str, float] = {}
+    predictions: dict[str, np.ndarray] = {}
     for family in config.families:
         t = time.perf_counter()
         with threadpool_limits(limits=threads, user_api="openmp"):
@@ -412,11 +429,25 @@ def train_window(
         fit_seconds[family] = time.perf_counter() - t
         pred = np.maximum(est.predict(X_val), MIN_FARE)
         models[family] = est
+        predictions[family] = pred
         metrics[family] = regression_metrics(y_val, pred)
         log(f"{family}: fitted in {fit_seconds[family]:.1f}s, validation MAE {metrics[family]['mae']:.3f}")
     metrics["naive"] = regression_metrics(y_val, naive_predictions(val, pair_stats))
     best = min(config.families, key=lambda f: metrics[f]["mae"])
     timings["fit"] = sum(fit_seconds.values())
+    intervals = calibrate(
+        y_val,
+        predictions[best],
+        bands_from_matrix(X_val),
+        coverage=config.interval_coverage,
+        min_group=config.interval_min_group,
+        calibration_month=validation_month,
+        floor=MIN_FARE,
+    )
+    log(
+        f"fare ranges: {intervals.coverage:.0%} nominal, global half-width ${intervals.global_half_width:.2f} "
+        f"calibrated on {val.num_rows:,} {validation_month} trips"
+    )
     return TrainingResult(
         train_months=train_months,
         validation_month=validation_month,
@@ -431,6 +462,7 @@ def train_window(
         training=train,
         fit_seconds=fit_seconds,
         timings=timings,
+        intervals=intervals,
     )
 
 

@@ -221,7 +221,10 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     env = env_of(container)
     assert env["MLFLOW_DB_PASSWORD"] == {"secretKeyRef": {"name": "mlflow-db", "key": "password"}}
     uri = env["MLFLOW_BACKEND_STORE_URI"]
-    assert uri.startswith("postgresql://mlflow:$(MLFLOW_DB_PASSWORD)@$(MLFLOW_DB_HOST):5432/mlflow")
+    # psycopg2 is the driver the image installs; a bare postgresql:// makes SQLAlchemy 2.1 import psycopg (3).
+    assert uri.startswith("postgresql+psycopg2://mlflow:$(MLFLOW_DB_PASSWORD)@$(MLFLOW_DB_HOST):5432/mlflow")
+    init_env = env_of(deployment["spec"]["template"]["spec"]["initContainers"][0])
+    assert init_env["MLFLOW_BACKEND_STORE_URI"] == uri
     assert "sslmode=require" in uri
     assert "--serve-artifacts" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
@@ -328,6 +331,11 @@ def test_dagster_dockerfile_builds_from_the_lockfile_as_non_root():
             assert (REPO / path).exists(), f"Dockerfile.dagster copies {path}, which does not exist"
     assert re.search(r"^USER 10001", text, re.M)
     assert "taxi_platform.definitions" in text
+    # Run pods build Bentos (fare_service): the runtime files ship in the wheel, and bentoml build needs uv.
+    for path in ("bento", "dagster.yaml", "deploy/dagster-postgres.yaml"):
+        assert re.search(rf"^COPY {re.escape(path)} ", text, re.M), f"Dockerfile.dagster does not copy {path}"
+    final = text.split("\nFROM ")[-1]
+    assert "COPY --from=build /usr/local/bin/uv /usr/local/bin/uv" in final
     assert ":latest" not in text
 
 

@@ -392,6 +392,19 @@ def bentoml_cli() -> list[str]:
     return [sys.executable, "-m", "bentoml"]
 
 
+def require_uv(env: Mapping[str, str]) -> None:
+    """``bentoml build`` runs uv (on PATH, or the ``uv`` package); without either it tries ``pip install uv``,
+    which fails in a venv made by uv (no pip) and needs the network anyway. Say so before building."""
+    import importlib.util
+
+    if shutil.which("uv", path=env.get("PATH")) or importlib.util.find_spec("uv") is not None:
+        return
+    raise ServingBuildError(
+        "bentoml build needs uv: put the uv binary on PATH (deploy/Dockerfile.dagster copies it to "
+        "/usr/local/bin) or install the `uv` package into this environment"
+    )
+
+
 # --- import and build -----------------------------------------------------------------------------------------
 
 
@@ -490,7 +503,9 @@ def build_bento(
                 "tag",
                 str(context),
             ]
-            _run(cmd, bentoml_env(bento_home), context, timeout, f"bentoml build of {tag}")
+            env = bentoml_env(bento_home)
+            require_uv(env)
+            _run(cmd, env, context, timeout, f"bentoml build of {tag}")
             built = True
     if not (path / "bento.yaml").is_file():
         raise ServingBuildError(f"bentoml build reported success but {path} has no bento.yaml")

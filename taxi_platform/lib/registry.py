@@ -29,6 +29,7 @@ Before touching the registry the gate checks that it is reachable; if not it rai
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -375,6 +376,28 @@ def current_champion(client, model_name: str):
         raise
 
 
+def _set_alias(client, model_name: str, alias: str, version: str | int, attempts: int = 5) -> None:
+    """``set_registered_model_alias``, retried when a concurrent gate created the same alias first.
+
+    MLflow's SQL store sets an alias with a look-up then an INSERT; on PostgreSQL two gates doing it at once make
+    one of them fail with a unique-key violation (SQLite serialises the writers instead). The retry finds the
+    row and updates it, so this write still lands after the other one, which keeps the last-writer argument of
+    :func:`_settle`.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(model_name, alias, version)
+            return
+        except MlflowException as exc:
+            text = str(exc)
+            if attempt + 1 == attempts or not ("UniqueViolation" in text or "duplicate key" in text
+                                               or "UNIQUE constraint" in text):  # fmt: skip
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
     """Replay and set the alias until the registry's month models stop changing under us (bounded).
 
@@ -396,7 +419,7 @@ def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
         models = month_models(versions)
         champion, steps = replay(models.values(), mae, tolerance)
         if champion is not None:
-            client.set_registered_model_alias(model_name, CHAMPION, champion.version)
+            _set_alias(client, model_name, CHAMPION, champion.version)
         after = month_models(registered_models(client, model_name))
         if _snapshot(after) == _snapshot(models) or rounds >= max_replays:
             return versions, models, champion, steps, rounds
@@ -431,7 +454,7 @@ def gate_challenger(
             raise ValueError(
                 f"{model_name} v{version} has no validation_month tag: the gate cannot place it in the replay"
             )
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        _set_alias(client, model_name, CHALLENGER, version)
         before = current_champion(client, model_name)
         mae = _CachedMae(client, model_name, evaluation, scorer)
         versions, models, champion, steps, rounds = _settle(client, model_name, mae, tolerance, max_replays)

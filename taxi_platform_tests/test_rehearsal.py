@@ -1,0 +1,586 @@
+"""Production rehearsal: the GKE topology as processes on loopback, from the built artifacts, never the checkout.
+
+1. ``uv build`` makes the wheel; a fresh virtualenv outside the repository gets it with the locked dependencies
+   (``uv export --frozen --no-dev``), as ``deploy/Dockerfile.dagster`` installs the user-code image. Every
+   process below runs that venv's executables from an empty working directory, with an environment built
+   from nothing (no variable of the test session leaks in).
+2. Dagster as deployed: instance storage in PostgreSQL through the packaged ``dagster-postgres.yaml``, a
+   ``dagster api grpc`` code server with the Helm values' arguments and environment, a webserver and a daemon
+   loading it over gRPC, runs launched as their own processes (the DefaultRunLauncher, the stand-in for the
+   K8sRunLauncher's pod per run). The lake is on the GCS emulator (``TAXI_LAKE_ROOT=gs://…`` from the
+   values), MLflow is ``mlflow server`` with a PostgreSQL backend and ``--serve-artifacts`` to a bucket on
+   the emulator, started as ``deploy/k8s/mlflow`` starts it (init container's ``db upgrade`` first).
+   Environment variables come from the Helm values, the kustomize ConfigMap, the manifests and the
+   Dockerfile; only placeholders are filled and cluster addresses mapped to loopback (:func:`fill`).
+3. The release sensor is switched on against a 3-month sample mirror; with no other step, the months flow
+   through ingest and transform to a champion, drift reports and a built Bento.
+4. As ``.github/workflows/deploy.yml`` does, ``taxi-platform build-bento`` builds the champion's Bento into a
+   fresh store (same tag as the asset's: same champion, same code, same pins). A second venv gets only the
+   Bento's own ``env/python/requirements.txt`` (``--no-deps``, then ``uv pip check``), i.e. what the image
+   installs; ``bentoml serve`` runs the Bento from its store in another empty directory with the fare-service
+   Deployment's environment; the probes' paths answer 200, a quote is priced, ``/metrics`` counts it.
+
+docs/deploy.md ("What is proven before a deploy") lists what this covers and what it cannot reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import requests
+import yaml
+
+from taxi_platform.lib.loopback import free_port
+from taxi_platform.lib.mirror import MirrorServer
+from taxi_platform.lib.sample import write_sample_mirror
+from taxi_platform_tests.dagster_services import (
+    DagsterServices,
+    ManagedProcess,
+    PostgresServer,
+    wait_until,
+)
+from taxi_platform_tests.gcs_emulator import PROJECT, GCSEmulator
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+HELM_VALUES = DEPLOY / "helm" / "dagster-values.yaml"
+MLFLOW_K8S = DEPLOY / "k8s" / "mlflow"
+FARE_K8S = DEPLOY / "k8s" / "fare-service"
+ROWS = {"yellow": 3000, "green": 300}
+FLOW_TIMEOUT = 480.0
+QUOTE = {
+    "pickup_datetime": "2023-03-07T08:15:00",
+    "pickup_zone": 132,
+    "dropoff_zone": 230,
+    "passenger_count": 1,
+    "service": "yellow",
+}
+
+
+# -- reading the deploy files --------------------------------------------------------------------------
+def user_deployment() -> dict:
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    return deployment
+
+
+def helm_values() -> dict:
+    return yaml.safe_load(HELM_VALUES.read_text())
+
+
+def k8s_docs(folder: Path) -> list[dict]:
+    return [d for f in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def container(folder: Path, kind: str = "Deployment", init: bool = False) -> dict:
+    (doc,) = [d for d in k8s_docs(folder) if d["kind"] == kind]
+    spec = doc["spec"]["template"]["spec"]
+    (c,) = spec["initContainers"] if init else spec["containers"]
+    return c
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """``ENV k=v ...`` of the final stage of a Dockerfile (line continuations joined)."""
+    text = path.read_text().replace("\\\n", " ")
+    final = text.split("\nFROM ")[-1]
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", final, re.M):
+        env.update(dict(pair.split("=", 1) for pair in line.split()))
+    return env
+
+
+def config_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def k8s_env(c: dict, secrets: dict[str, str], known: dict[str, str]) -> dict[str, str]:
+    """A container's ``env`` list: values, secrets by name, ``$(VAR)`` references expanded in order."""
+    env = dict(known)
+    out: dict[str, str] = {}
+    for item in c.get("env", []):
+        if "value" in item:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(item["value"]))
+        else:
+            value = secrets[item["name"]]
+        env[item["name"]] = out[item["name"]] = value
+    return out
+
+
+@dataclass
+class Places:
+    """What the placeholders and cluster addresses of the deploy files become on loopback."""
+
+    root: Path  # stands in for each pod's /tmp emptyDir (one folder per pod)
+    project: str
+    mlflow_url: str
+    pg_host: str
+    pg_port: int
+
+
+def fill(value: str, places: Places, pod: str) -> str:
+    """Fill a deploy-file value: placeholders (as deploy/render.sh and docs/deploy.md fill them), cluster
+    service URLs to loopback, a pod's /tmp to its own folder."""
+    value = value.replace("PROJECT_ID", places.project).replace("CLOUD_SQL_PRIVATE_IP", places.pg_host)
+    if value.startswith("http://") and ".svc.cluster.local" in value:
+        assert "mlflow.mlflow.svc" in value, f"unknown cluster service in {value}"
+        value = places.mlflow_url
+    if value.startswith("/tmp"):
+        value = str(places.root / pod / value.removeprefix("/").removeprefix("tmp").lstrip("/"))
+    return value
+
+
+def base_env(venv: Path, home: Path) -> dict[str, str]:
+    """An environment from nothing: the venv's executables first, a fresh HOME, nothing from this session."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+
+
+def empty_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+# -- the artifacts --------------------------------------------------------------------------------------
+def uv() -> str:
+    found = shutil.which("uv")
+    if not found:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and uv not found: the rehearsal builds the wheel with `uv build`")
+        pytest.skip("uv not found (pip install uv): the rehearsal builds the wheel with `uv build`")
+    return found
+
+
+def run(cmd: list[str], **kw) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 600), **kw)
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def uv_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT"))}
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    return env
+
+
+def base_python() -> str:
+    """The interpreter behind this test session's venv (the new venvs must not nest in the repo's)."""
+    return os.path.realpath(sys.executable)
+
+
+@dataclass
+class Artifacts:
+    wheel: Path
+    venv: Path
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Artifacts:
+    start = time.monotonic()
+    base = tmp_path_factory.mktemp("artifacts")
+    uv_bin = uv()
+    run([uv_bin, "build", "--out-dir", str(base / "dist")], cwd=REPO, env=uv_env())
+    (wheel,) = (base / "dist").glob("taxi_platform-*.whl")
+    reqs = base / "requirements.txt"
+    run([uv_bin, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-q", "-o", str(reqs)],
+        cwd=REPO, env=uv_env())  # fmt: skip
+    venv = base / "venv"
+    run([uv_bin, "venv", "-q", "--python", base_python(), str(venv)], cwd=base, env=uv_env())
+    run([uv_bin, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r", str(reqs), str(wheel)],
+        cwd=base, env=uv_env())  # fmt: skip
+    return Artifacts(wheel=wheel, venv=venv, seconds=time.monotonic() - start)
+
+
+def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(artifacts, tmp_path):
+    """Today's main stops here: no Dagster instance config at …/site-packages/dagster.yaml."""
+    code = (
+        "import json, taxi_platform\n"
+        "from taxi_platform.lib.instance import ensure_dagster_home\n"
+        "from taxi_platform.lib.bento_build import locked_requirements, stage_build_context\n"
+        "from pathlib import Path\n"
+        "home = ensure_dagster_home(Path('data'), postgres=True)\n"
+        "ctx = stage_build_context(Path('ctx'))\n"
+        "print(json.dumps({'package': taxi_platform.__file__, 'home': str(home),\n"
+        "    'pins': len(locked_requirements()), 'ctx': sorted(str(p.relative_to(ctx)) for p in ctx.rglob('*.py'))}))\n"
+    )
+    cwd = empty_dir(tmp_path / "empty")
+    out = json.loads(run([str(artifacts.venv / "bin" / "python"), "-c", code], cwd=cwd,
+                         env=base_env(artifacts.venv, tmp_path / "home")))  # fmt: skip
+    assert out["package"].startswith(str(artifacts.venv)), "the package came from the checkout, not the wheel"
+    assert (Path(out["home"]) / "dagster.yaml").read_bytes() == (DEPLOY / "dagster-postgres.yaml").read_bytes()
+    assert out["pins"] > 50
+    assert "bento/service.py" in out["ctx"] and "taxi_platform/lib/fare_pyfunc.py" in out["ctx"]
+    assert not [p for p in out["ctx"] if "_runtime" in p]
+
+
+# -- the topology ---------------------------------------------------------------------------------------
+class WheelDagster(DagsterServices):
+    """``dagster api grpc`` + ``dagster-webserver`` + ``dagster-daemon`` from the wheel's venv, in empty dirs."""
+
+    def __init__(self, venv: Path, code_env: dict, service_env: dict, root: Path, location: str, grpc_args: list):
+        super().__init__(service_env, root / "logs", cwd=empty_dir(root / "webserver-cwd"))
+        self.venv = venv
+        self.code_env = code_env
+        self.root = root
+        self.location = location
+        self.grpc_args = grpc_args
+        self.grpc_port = free_port()
+        self.code_server: ManagedProcess | None = None
+        self.workspace = root / "config" / "workspace.yaml"
+        self.workspace.parent.mkdir(parents=True)
+        self.workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
+            "host": "127.0.0.1", "port": self.grpc_port, "location_name": location}}]}))  # fmt: skip
+
+    def bin(self, name: str) -> str:
+        return str(self.venv / "bin" / name)
+
+    def init_storage(self) -> None:
+        run([self.bin("dagster"), "instance", "migrate"], cwd=self.cwd, env=self.env, timeout=180)
+
+    def __enter__(self) -> WheelDagster:
+        self.init_storage()
+        try:
+            self.code_server = ManagedProcess(
+                "code-server",
+                [self.bin("dagster"), "api", "grpc", *self.grpc_args, "--host", "127.0.0.1",
+                 "--port", str(self.grpc_port)],
+                self.code_env, empty_dir(self.root / "code-server-cwd"), self.log_dir / "code-server.log",
+            )  # fmt: skip
+            self._start_daemon()
+            self.webserver = ManagedProcess(
+                "dagster-webserver",
+                [self.bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", str(self.workspace)],
+                self.env, self.cwd, self.log_dir / "webserver.log",
+            )  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_daemon(self) -> None:
+        self.daemon = ManagedProcess(
+            "dagster-daemon", [self.bin("dagster-daemon"), "run", "-w", str(self.workspace)],
+            self.env, empty_dir(self.root / "daemon-cwd"), self.log_dir / "daemon.log",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        super().stop()
+        if self.code_server is not None:
+            self.code_server.stop()
+
+    def check_alive(self) -> None:
+        super().check_alive()
+        if self.code_server is not None:
+            self.code_server.check_alive()
+
+    def tail_logs(self, lines: int = 30) -> str:
+        text = super().tail_logs(lines)
+        if self.code_server is not None:
+            text += f"\n--- code-server ---\n{self.code_server.tail(lines)}"
+        return text
+
+    def _sensor_selector(self, name: str, location: str = "") -> dict:
+        return super()._sensor_selector(name, self.location)
+
+    # -- queries --------------------------------------------------------------------------------
+    def materializations(self, asset: str, limit: int = 20) -> list[dict]:
+        data = self.graphql(
+            """query($key: AssetKeyInput!, $limit: Int) { assetOrError(assetKey: $key) { __typename
+                 ... on Asset { assetMaterializations(limit: $limit) { runId partition timestamp
+                     metadataEntries { label
+                       ... on TextMetadataEntry { text } ... on PathMetadataEntry { path }
+                       ... on BoolMetadataEntry { boolValue } ... on IntMetadataEntry { intValue } } } } } }""",
+            {"key": {"path": [asset]}, "limit": limit},
+        )
+        found = data["assetOrError"]
+        return found.get("assetMaterializations") or [] if found["__typename"] == "Asset" else []
+
+    def failure_messages(self, run_id: str) -> list[str]:
+        """The error messages of a run's failed steps and of the run itself (for the assertion message)."""
+        try:
+            data = self.graphql(
+                """query($id: ID!) { logsForRun(runId: $id) { __typename
+                     ... on EventConnection { events { __typename
+                       ... on MessageEvent { message level stepKey }
+                       ... on ExecutionStepFailureEvent { error { message } }
+                       ... on EngineEvent { error { message } } } }
+                     ... on PythonError { message } } }""",
+                {"id": run_id},
+            )
+        except Exception as exc:  # noqa: BLE001 - the message is diagnostics only
+            return [f"(could not read the run's events: {exc})"]
+        events = data["logsForRun"].get("events") or []
+        return [
+            f"{e.get('stepKey') or 'run'}: {(e.get('error') or {}).get('message') or e.get('message')}"
+            for e in events
+            if e.get("level") == "ERROR" or e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
+        ]
+
+
+def entries(mat: dict) -> dict:
+    out = {}
+    for e in mat["metadataEntries"]:
+        out[e["label"]] = next((e[k] for k in ("text", "path", "boolValue", "intValue") if k in e), None)
+    return out
+
+
+@dataclass
+class Stage:
+    """Wall-clock time per phase (printed; pytest shows it with -s or on failure)."""
+
+    start: float
+    last: float
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        print(f"[rehearsal] {name}: +{now - self.last:.0f}s (at {now - self.start:.0f}s)", flush=True)
+        self.last = now
+
+
+def start_mlflow(venv: Path, root: Path, places: Places, pg: PostgresServer, emulator: GCSEmulator) -> ManagedProcess:
+    """``mlflow server`` as ``deploy/k8s/mlflow`` runs it: init container ``db upgrade``, then the container's args."""
+    password = "mlflow-" + pg.password
+    pg._psql(f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'")
+    pg._psql("CREATE DATABASE mlflow OWNER mlflow")
+    configmap = {k: fill(v, places, "mlflow") for k, v in config_env(MLFLOW_K8S / "config.env").items()}
+    bucket = urlsplit(configmap["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
+    emulator.create_bucket(bucket)
+    secrets = {"MLFLOW_DB_PASSWORD": password}
+
+    def pod_env(c: dict, pod: str) -> dict[str, str]:
+        env = {**base_env(venv, root / pod / "home"), **configmap, **emulator.env()}
+        env.update({k: fill(v, places, pod) for k, v in k8s_env(c, secrets, configmap).items()})
+        # Cloud SQL listens on 5432 with TLS; the loopback server on a free port without it.
+        uri = urlsplit(env["MLFLOW_BACKEND_STORE_URI"])
+        assert uri.port == 5432 and "sslmode=require" in uri.query, uri
+        netloc = uri.netloc.rsplit(":", 1)[0] + f":{places.pg_port}"
+        env["MLFLOW_BACKEND_STORE_URI"] = urlunsplit(uri._replace(netloc=netloc, query="sslmode=disable"))
+        Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+        return env
+
+    init = container(MLFLOW_K8S, init=True)
+    run(init["command"], cwd=empty_dir(root / "mlflow-init-cwd"), env=pod_env(init, "mlflow-init"), timeout=300)
+    main = container(MLFLOW_K8S)
+    port = urlsplit(places.mlflow_url).port
+    args = [re.sub(r"^--host=.*", "--host=127.0.0.1", a) for a in main["args"]]
+    args = [re.sub(r"^--port=.*", f"--port={port}", a) for a in args]
+    assert "--serve-artifacts" in args and f"--port={port}" in args
+    proc = ManagedProcess("mlflow", [str(venv / "bin" / "mlflow"), *args], pod_env(main, "mlflow"),
+                          empty_dir(root / "mlflow-cwd"), root / "logs" / "mlflow.log")  # fmt: skip
+    probe = main["readinessProbe"]["httpGet"]["path"]
+    wait_until(lambda: (proc.check_alive(), requests.get(places.mlflow_url + probe, timeout=5).ok)[1],
+               120, "mlflow server /health", status=proc.tail)  # fmt: skip
+    return proc
+
+
+def test_production_rehearsal_from_the_built_artifacts(artifacts, tmp_path_factory):
+    uv_bin = uv()
+    root = tmp_path_factory.mktemp("rehearsal")
+    stage = Stage(time.monotonic(), time.monotonic())
+    print(f"[rehearsal] wheel + venv: {artifacts.seconds:.0f}s", flush=True)
+    venv = artifacts.venv
+    deployment = user_deployment()
+    values = helm_values()
+    start_month = next(e["value"] for e in deployment["env"] if e["name"] == "TAXI_START_MONTH")
+    year, month = map(int, start_month.split("-"))
+    months = [date(year + (month - 1 + k) // 12, (month - 1 + k) % 12 + 1, 1) for k in range(3)]
+    write_sample_mirror(root / "mirror", months, rows_per_month=ROWS, seed=13)
+
+    emulator = GCSEmulator(root / "gcs-emulator.log").start()
+    try:
+        with (
+            MirrorServer(root / "mirror") as mirror,
+            PostgresServer(root / "logs") as pg,
+        ):
+            places = Places(root=root / "pods", project=PROJECT, mlflow_url=f"http://127.0.0.1:{free_port()}",
+                            pg_host="127.0.0.1", pg_port=pg.port)  # fmt: skip
+            mlflow = start_mlflow(venv, root, places, pg, emulator)
+            try:
+                stage("postgres, GCS emulator, mlflow server (db upgrade, then serve)")
+                _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage)
+            finally:
+                mlflow.stop()
+    finally:
+        emulator.stop()
+
+
+def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage) -> None:
+    # -- Dagster: instance config from the wheel, env from the Dockerfile + Helm values ------------------
+    dagster_home = root / "pods" / "dagster-home"
+    base = base_env(venv, root / "pods" / "dagster-home-user")
+    pg_values = values["postgresql"]
+    pg_env = {
+        "DAGSTER_PG_HOST": fill(pg_values["postgresqlHost"], places, "dagster"),
+        "DAGSTER_PG_PORT": str(pg.port),  # the chart's service.port is 5432; the loopback server's is free
+        "DAGSTER_PG_USER": pg_values["postgresqlUsername"],
+        "DAGSTER_PG_DB": pg_values["postgresqlDatabase"],
+        "DAGSTER_PG_PASSWORD": pg.password,  # global.postgresqlSecretName in the cluster
+    }
+    assert (pg_env["DAGSTER_PG_USER"], pg_env["DAGSTER_PG_DB"]) == (pg.user, pg.db_name)
+    home = run(
+        [str(venv / "bin" / "python"), "-c",
+         "import sys; from taxi_platform.lib.instance import ensure_dagster_home; "
+         "print(ensure_dagster_home(sys.argv[1], postgres=True))", str(dagster_home.parent / "instance")],
+        cwd=empty_dir(root / "install-cwd"), env=base,
+    ).strip()  # fmt: skip
+    service_env = {**base, **pg_env, "DAGSTER_HOME": home, "PYTHONUNBUFFERED": "1"}
+
+    image_env = dockerfile_env(DEPLOY / "Dockerfile.dagster")
+    # The image puts the uv binary on PATH (bentoml build runs it); so does setup-uv in deploy.yml.
+    final_stage = (DEPLOY / "Dockerfile.dagster").read_text().split("\nFROM ")[-1]
+    assert re.search(r"^COPY --from=build \S+/uv /usr/local/bin/uv$", final_stage, re.M)
+    image_bin = empty_dir(root / "image-bin")
+    (image_bin / "uv").symlink_to(uv_bin)
+    base["PATH"] = service_env["PATH"] = f"{venv / 'bin'}:{image_bin}:/usr/bin:/bin"
+    code_env = dict(service_env)
+    code_env.update({k: fill(v, places, "run") for k, v in image_env.items() if k not in ("PATH", "DAGSTER_HOME")})
+    code_env.update({e["name"]: fill(str(e["value"]), places, "run") for e in deployment["env"]})
+    code_env.update(emulator.env())  # the emulator stands in for GCS; Workload Identity for credentials
+    code_env.update(
+        TLC_BASE_URL=mirror.url,  # production reads the TLC CDN (the default)
+        TAXI_SENSOR_INTERVAL_SECONDS="5",  # hourly in production
+        TAXI_AUTOMATION_INTERVAL_SECONDS="5",  # 30 s in production
+    )
+    lake = code_env["TAXI_LAKE_ROOT"]
+    assert lake.startswith("gs://") and code_env["MLFLOW_TRACKING_URI"] == places.mlflow_url
+    emulator.create_bucket(urlsplit(lake).netloc)
+
+    svc = WheelDagster(venv, code_env, service_env, root / "dagster", deployment["name"],
+                       deployment["dagsterApiGrpcArgs"])  # fmt: skip
+    with svc:
+        svc.wait_ready(240)
+        stage("code server, webserver, daemon up on the PostgreSQL instance")
+        assert svc.start_sensor("tlc_release_sensor") == "RUNNING"
+
+        def flowed() -> dict | None:
+            svc.check_alive()
+            runs = svc.runs()
+            failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
+            if failed:
+                detail = {r["runId"]: svc.failure_messages(r["runId"]) for r in failed}
+                raise AssertionError(f"run(s) failed: {json.dumps(detail, indent=1)[:6000]}\n{svc.tail_logs()}")
+            busy = [r for r in runs if r["status"] not in ("SUCCESS",)]
+            services = svc.materializations("fare_service")
+            drift = svc.materializations("drift_report")
+            if busy or not services or not drift:
+                return None
+            return {"runs": runs, "fare_service": services, "drift_report": drift}
+
+        try:
+            state = wait_until(flowed, FLOW_TIMEOUT, "three months to flow to a champion, drift reports and a Bento",
+                               interval=5.0)  # fmt: skip
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\nruns: {[(r['runId'][:8], r['status']) for r in svc.runs()]}\n"
+                                 f"{svc.tail_logs(60)}") from exc  # fmt: skip
+        stage(f"release sensor -> champion, drift report, Bento ({len(state['runs'])} runs)")
+        # Let the automation sensor settle (a champion move after the first Bento builds a second one).
+        time.sleep(12)
+        state = wait_until(flowed, 180, "the runs the last ticks started", interval=5.0)
+        stage("settled")
+
+    # -- what the flow left: every month ingested, a champion, drift reports in the lake, the Bento --------
+    pids = {r["runId"] for r in state["runs"]}
+    assert len(pids) >= 5, "ingest runs, fare_model runs, drift and fare_service runs"
+    latest = entries(state["fare_service"][0])
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=places.mlflow_url, registry_uri=places.mlflow_url)
+    champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
+    assert latest["model_version"] == str(champion.version)
+    assert latest["rebuilt"] is True or len(state["fare_service"]) > 1
+    bucket = urlsplit(code_env["TAXI_LAKE_ROOT"]).netloc
+    prefix = urlsplit(code_env["TAXI_LAKE_ROOT"]).path.strip("/")
+    lake_objects = emulator.object_names(bucket, prefix)
+    for m in months:
+        assert any(f"trip_features/month={m:%Y-%m}/" in o for o in lake_objects), (m, lake_objects[:20])
+    reports = [o for o in lake_objects if o.endswith("report.json") and "/drift_report/" in o]
+    assert reports, lake_objects
+    mlflow_bucket = urlsplit(fill(config_env(MLFLOW_K8S / "config.env")["MLFLOW_ARTIFACTS_DESTINATION"],
+                                  places, "mlflow")).netloc  # fmt: skip
+    assert emulator.object_names(mlflow_bucket), "the model's artifacts went to the MLflow bucket"
+    run_bento_home = Path(latest["bento_home"])
+    assert str(run_bento_home).startswith(str(places.root / "run")), "the run built in its pod's /tmp"
+
+    # -- deploy.yml: `taxi-platform build-bento` with the same wheel, from an empty dir ---------------------
+    deploy_home = root / "deploy-runner" / "bentoml"
+    deploy_env = {**base_env(venv, root / "deploy-runner" / "home"), "BENTOML_HOME": str(deploy_home),
+                  "MLFLOW_TRACKING_URI": places.mlflow_url, "PATH": base["PATH"]}  # fmt: skip
+    info = json.loads(run([str(venv / "bin" / "taxi-platform"), "build-bento", "--json"],
+                          cwd=empty_dir(root / "deploy-runner" / "cwd"), env=deploy_env, timeout=900))  # fmt: skip
+    assert info["tag"] == latest["bento_tag"], "deploy.yml builds the Bento the asset built (champion, code, pins)"
+    assert info["model_version"] == str(champion.version) and info["model_overrides"] == []
+    bento_dir = Path(info["path"])
+    pins = [line for line in (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
+            if line and not line.startswith(("#", "-"))]  # fmt: skip
+    packaged = [line for line in (REPO / "bento" / "requirements.txt").read_text().splitlines()
+                if line and not line.startswith("#")]  # fmt: skip
+    # BentoML appends its own `bentoml==<version>` line: the same pin as the lock's.
+    assert sorted(set(pins)) == packaged, "the Bento installs exactly the lock's pins"
+    stage("taxi-platform build-bento (deploy.yml's step) -> the same tag")
+
+    # -- the image's Python: only the Bento's own requirements, no dependency resolution -------------------
+    image_venv = root / "image-venv"
+    run([uv_bin, "venv", "-q", "--python", base_python(), str(image_venv)], env=uv_env())
+    run([uv_bin, "pip", "install", "-q", "--no-deps", "--python", str(image_venv / "bin" / "python"),
+         "-r", str(bento_dir / "env" / "python" / "requirements.txt")], env=uv_env())  # fmt: skip
+    run([uv_bin, "pip", "check", "--python", str(image_venv / "bin" / "python")], env=uv_env())
+    stage("image venv from the Bento's requirements (uv pip check: complete)")
+
+    # -- bentoml serve the Bento from its store, the fare-service Deployment's env and probes ---------------
+    fare = container(FARE_K8S)
+    serve_env = {**base_env(image_venv, root / "pods" / "fare-service" / "home"), "BENTOML_HOME": str(deploy_home)}
+    serve_env.update({e["name"]: fill(str(e["value"]), places, "fare-service") for e in fare["env"]})
+    port = free_port()
+    assert fare["ports"][0]["containerPort"] == 3000
+    server = ManagedProcess(
+        "bentoml-serve",
+        [str(image_venv / "bin" / "bentoml"), "serve", info["tag"], "--host", "127.0.0.1", "--port", str(port)],
+        serve_env, empty_dir(root / "serve-cwd"), root / "logs" / "bentoml-serve.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        startup = fare["startupProbe"]
+        budget = startup["periodSeconds"] * startup["failureThreshold"]
+        wait_until(lambda: (server.check_alive(), requests.get(url + startup["httpGet"]["path"], timeout=5).ok)[1],
+                   budget, "the startup probe", status=server.tail)  # fmt: skip
+        for probe in ("readinessProbe", "livenessProbe"):
+            spec = fare[probe]
+            resp = requests.get(url + spec["httpGet"]["path"], timeout=spec.get("timeoutSeconds", 1))
+            assert resp.status_code == 200, (probe, resp.status_code, resp.text[:200])
+        stage("bentoml serve: startup, readiness and liveness probes answer 200")
+        quote = requests.post(url + "/predict", json=QUOTE, timeout=30)
+        assert quote.status_code == 200, quote.text
+        body = quote.json()
+        assert body["model_version"] == str(champion.version) and body["currency"] == "USD"
+        assert 3.0 <= body["fare_amount"] < 500
+        metrics = requests.get(url + "/metrics", timeout=10)
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        priced = re.search(r'^taxi_fare_quotes_priced_total\{[^}]*endpoint="predict"[^}]*\} (\S+)$',
+                           metrics.text, re.M)  # fmt: skip
+        assert priced and float(priced.group(1)) >= 1, metrics.text[:2000]
+        stage(f"priced {QUOTE['pickup_zone']}->{QUOTE['dropoff_zone']}: ${body['fare_amount']}; /metrics counts it")
+        log_lines = [json.loads(x) for x in server.tail(400).splitlines() if x.startswith('{"ts"')]
+        assert any(rec.get("endpoint") == "/predict" or rec.get("endpoint") == "predict" for rec in log_lines), (
+            "prediction records go to stdout (TAXI_PREDICTION_LOG=stdout)"
+        )
+    finally:
+        server.stop()

@@ -8,7 +8,15 @@ Endpoints (DESIGN.md "service"):
 - ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (OpenAPI) — BentoML's own.
 
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
-lives in :mod:`taxi_platform.lib.quotes`); bodies over 8 MiB get 413, non-JSON content types 415.
+lives in :mod:`taxi_platform.lib.quotes`; a batch lists at most 20 errors and a count). Bodies over
+:data:`MAX_BODY_BYTES` (sized to the largest batch: 10,000 quotes of up to 256 bytes) get 413, non-JSON content
+types 415; a batch's length is checked before any quote is validated.
+
+Access (off by default, for local use): ``TAXI_API_KEYS_FILE`` names a file of ``name:sha256-hex`` lines (in
+the cloud a Secret Manager secret mounted as a file); then ``/predict`` and ``/predict_batch`` need
+``Authorization: Bearer <key>`` (or ``X-API-Key``) whose SHA-256 is listed (401 otherwise), and each key gets
+``TAXI_RATE_LIMIT`` requests per second (burst ``TAXI_RATE_BURST``) per worker, 429 with ``Retry-After`` past
+it. Health, readiness and metrics routes never need a key.
 
 Built for speed on small machines:
 
@@ -33,9 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from itertools import count
 from pathlib import Path
@@ -53,11 +64,13 @@ from taxi_platform.lib.prediction_log import PredictionLog, sinks_from_env
 from taxi_platform.lib.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
+    MAX_BATCH_SIZE,
     SERVICES,
     BatchPrediction,
     FarePrediction,
     Quote,
     QuoteBatch,
+    check_batch,
     check_services,
     quotes_to_columns,
     round_fares,
@@ -66,7 +79,12 @@ from taxi_platform.settings import MODEL_NAME, load_settings
 
 ARGS = bentoml.use_arguments()
 MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
-MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_QUOTE_BYTES = 256  # a verbose, pretty-printed quote (offset timestamp, indentation) is ~200 bytes
+MAX_BODY_BYTES = MAX_BATCH_SIZE * MAX_QUOTE_BYTES  # 2,560,000 bytes: the largest valid batch, no more
+ENV_API_KEYS_FILE = "TAXI_API_KEYS_FILE"
+ENV_RATE_LIMIT = "TAXI_RATE_LIMIT"
+ENV_RATE_BURST = "TAXI_RATE_BURST"
+DEFAULT_RATE_LIMIT = 20.0  # requests per second per key and worker (a batch is one request)
 LARGE_BATCH = 2_048  # batches at least this big are priced in a worker thread so the event loop stays free
 API_ROUTES = ("/predict", "/predict_batch")
 
@@ -105,16 +123,107 @@ class ClientErrorLogFilter(logging.Filter):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 
 
-class GuardMiddleware:
-    """Cheap ASGI guard in front of the API routes: body size (413) and content type (415) checks."""
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest stored for an API key (keys are random tokens, so a plain hash suffices)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int = MAX_BODY_BYTES) -> None:
+
+def load_key_hashes(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{sha256_hex: key_name}`` from a file of ``name:sha256-hex`` lines (``#`` comments, blank lines ok)."""
+    hashes: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, digest = line.rpartition(":")
+        digest = digest.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{path} line {number}: expected name:<64 hex digits of the key's SHA-256>")
+        hashes[digest] = name.strip() or f"key-{number}"
+    if not hashes:
+        raise ValueError(f"{path} lists no key hashes: remove {ENV_API_KEYS_FILE} to turn authentication off")
+    return hashes
+
+
+class RateLimiter:
+    """Token bucket per key: ``rate`` requests per second, bursts of ``burst``; ``take`` returns the seconds to
+    wait (0 when the request may go)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+
+def _access_from_env() -> tuple[dict[str, str] | None, RateLimiter | None]:
+    path = os.environ.get(ENV_API_KEYS_FILE, "").strip()
+    if not path:
+        return None, None
+    rate = float(os.environ.get(ENV_RATE_LIMIT, "") or DEFAULT_RATE_LIMIT)
+    burst = float(os.environ.get(ENV_RATE_BURST, "") or max(2 * rate, 1.0))
+    return load_key_hashes(path), (RateLimiter(rate, burst) if rate > 0 else None)
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip().decode("latin-1")
+        if name == b"x-api-key":
+            return value.strip().decode("latin-1")
+    return None
+
+
+class GuardMiddleware:
+    """Cheap ASGI guard in front of the API routes: API key (401) and rate limit (429) when configured, body size
+    (413) and content type (415) checks — all before a byte of the body is read."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        max_body: int = MAX_BODY_BYTES,
+        key_hashes: dict[str, str] | None = None,
+        limiter: RateLimiter | None = None,
+        from_env: bool = True,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        if from_env and key_hashes is None:
+            key_hashes, limiter = _access_from_env()
+        self.key_hashes = key_hashes
+        self.limiter = limiter
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] not in API_ROUTES:
             return await self.app(scope, receive, send)
+        if self.key_hashes is not None:
+            key = _presented_key(scope["headers"])
+            name = self.key_hashes.get(hash_key(key)) if key else None
+            if name is None:
+                return await _reject(
+                    send,
+                    401,
+                    "missing or unknown API key: send Authorization: Bearer <key>",
+                    [(b"www-authenticate", b'Bearer realm="taxi_fare_service"')],
+                )
+            if self.limiter is not None:
+                wait = self.limiter.take(name)
+                if wait > 0:
+                    return await _reject(
+                        send,
+                        429,
+                        f"rate limit of {self.limiter.rate:g} requests/s for this key exceeded: retry later",
+                        [(b"retry-after", str(max(1, round(wait + 0.5))).encode())],
+                    )
         content_type = b""
         length = None
         for name, value in scope["headers"]:
@@ -160,8 +269,11 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return wrapped
 
 
-async def _reject(send: Callable, status: int, message: str) -> None:
+async def _reject(
+    send: Callable, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     response = JSONResponse({"error": message}, status_code=status)
+    response.raw_headers.extend(headers or [])
     await response({"type": "http"}, None, send)  # type: ignore[arg-type]
 
 
@@ -319,7 +431,10 @@ class FareService:
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
-        """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``."""
+        """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``.
+
+        The body is validated by :func:`taxi_platform.lib.quotes.check_batch` (see ``_CheckedBatchInput``):
+        length first, at most 20 errors listed."""
         quotes = batch.quotes
         check_services(quotes, self.services, batch=True)
         columns = quotes_to_columns(quotes)
@@ -339,4 +454,22 @@ class FareService:
         )
 
 
+class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type: ignore[name-defined,misc]
+    """BentoML's generated input model of ``/predict_batch`` (same OpenAPI schema), parsed by
+    :func:`check_batch` instead of pydantic's one pass over every quote: the batch length is checked before any
+    quote is validated, and a bad batch lists at most 20 errors and a count."""
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> Any:
+        body = await request.body()
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise ValidationError.from_exception_data(
+                "QuoteBatch", [{"type": "json_invalid", "loc": (), "input": None, "ctx": {"error": str(exc)}}]
+            ) from None
+        return cls(check_batch(data))
+
+
+FareService.apis["predict_batch"].input_spec = _CheckedBatchInput
 FareService.add_asgi_middleware(GuardMiddleware)

@@ -236,6 +236,15 @@ class FarePrediction(BaseModel):
     fare_amount: float = Field(
         description="Predicted metered fare (fare_amount, before tips/tolls/surcharges)."
     )
+    fare_low: float | None = Field(
+        default=None,
+        description="Low end of the quoted fare range: the model's calibrated range (by default 80 % of trips of "
+        "this kind — service, distance band, airport or not — fall inside fare_low..fare_high). null when the "
+        "served model version has no calibrated range (versions trained before ranges existed).",
+    )
+    fare_high: float | None = Field(
+        default=None, description="High end of the quoted fare range (see fare_low); null without a range."
+    )
     currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
     model_version: str = Field(description="Registered version of taxi_fare_model that priced the quote.")
 
@@ -247,6 +256,14 @@ class BatchPrediction(BaseModel):
 
     predictions: list[float] = Field(
         description="fare_amount per quote, in the order of the request's quotes."
+    )
+    fare_low: list[float] | None = Field(
+        default=None,
+        description="Low end of each quote's calibrated fare range, in the order of predictions; null when the "
+        "served model version has no calibrated range.",
+    )
+    fare_high: list[float] | None = Field(
+        default=None, description="High end of each quote's fare range, in the order of predictions; null without."
     )
     currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
     model_version: str = Field(description="Registered version of taxi_fare_model that priced the quotes.")
@@ -281,6 +298,94 @@ def parse_quote(data: Any) -> Quote:
 def parse_batch(data: Any) -> QuoteBatch:
     """Validate a ``{"quotes": [...]}`` batch; raises :class:`QuoteError` with every problem."""
     return _parse(QuoteBatch, data, "quote batch")
+
+
+MAX_LISTED_ERRORS = 20
+_CHECK_CHUNK = 256  # quotes validated per call; checking stops at the chunk that brings MAX_LISTED_ERRORS errors
+
+
+def _line_errors(errors: Sequence[dict[str, Any]], offset: int = 0) -> list[dict[str, Any]]:
+    """``ValidationError.errors()`` entries, back in the form ``from_exception_data`` takes (index shifted)."""
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if offset and len(loc) >= 2 and loc[0] == "quotes" and isinstance(loc[1], int):
+            loc = ("quotes", loc[1] + offset, *loc[2:])
+        line: dict[str, Any] = {"type": err["type"], "loc": loc, "input": err.get("input")}
+        if err.get("ctx"):
+            line["ctx"] = err["ctx"]
+        out.append(line)
+    return out
+
+
+def _batch_error(errors: list[dict[str, Any]]) -> ValidationError:
+    return ValidationError.from_exception_data("QuoteBatch", errors)  # type: ignore[arg-type]
+
+
+def check_batch(data: Any) -> QuoteBatch:
+    """Validate a decoded ``{"quotes": [...]}`` batch cheaply, for a server that must stay responsive.
+
+    Unlike :func:`parse_batch` it raises pydantic's ``ValidationError`` (a 400 in the service), and:
+
+    * the batch length is checked before any quote is looked at (a 60,000-quote batch costs a ``len``);
+    * quotes are validated in chunks of 256 and checking stops at the chunk that brings the
+      :data:`MAX_LISTED_ERRORS`-th error: at most 20 errors are listed, followed by one ``loc=["quotes"]`` entry
+      that counts the errors found and the quotes left unchecked (so a batch of 10,000 bad quotes answers in
+      milliseconds with a small body, not 10,000 error objects).
+    """
+    if not isinstance(data, dict) or set(data) != {"quotes"} or not isinstance(data["quotes"], list):
+        try:
+            return QuoteBatch.model_validate(data)  # the wrong shape: pydantic's own (short) error list
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if len(errors) <= MAX_LISTED_ERRORS:
+                raise
+            raise _batch_error(_line_errors(errors[:MAX_LISTED_ERRORS])) from None
+    items = data["quotes"]
+    if len(items) > MAX_BATCH_SIZE:
+        raise _batch_error(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("quotes",),
+                    "input": None,
+                    "ctx": {"field_type": "List", "max_length": MAX_BATCH_SIZE, "actual_length": len(items)},
+                }
+            ]
+        )
+    if len(items) <= _CHECK_CHUNK:
+        try:
+            return QuoteBatch.model_validate(data)
+        except ValidationError as exc:
+            if exc.error_count() <= MAX_LISTED_ERRORS:
+                raise
+            errors, found, checked = exc.errors(include_url=False), exc.error_count(), len(items)
+    else:
+        quotes: list[Quote] = []
+        errors, found, checked = [], 0, 0
+        for start in range(0, len(items), _CHECK_CHUNK):
+            chunk = items[start : start + _CHECK_CHUNK]
+            try:
+                quotes.extend(QuoteBatch.model_validate({"quotes": chunk}).quotes)
+            except ValidationError as exc:
+                found += exc.error_count()
+                if len(errors) < MAX_LISTED_ERRORS:
+                    errors += _line_errors(exc.errors(include_url=False), start)
+            checked = start + len(chunk)
+            if found >= MAX_LISTED_ERRORS:
+                break
+        if not found:
+            return QuoteBatch.model_construct(quotes=quotes)
+        if found <= MAX_LISTED_ERRORS and checked == len(items):
+            raise _batch_error(errors)
+    summary = (
+        f"{found:,} errors in quotes 0..{checked - 1}, the first {MAX_LISTED_ERRORS} listed"
+        + (f"; the other {len(items) - checked:,} quotes were not checked" if checked < len(items) else "")
+        + ": fix these and send the batch again"
+    )
+    listed = _line_errors(errors[:MAX_LISTED_ERRORS])
+    listed.append({"type": "value_error", "loc": ("quotes",), "input": None, "ctx": {"error": ValueError(summary)}})
+    raise _batch_error(listed)
 
 
 def check_services(quotes: Sequence[Quote], trained: Sequence[str], batch: bool = False) -> None:

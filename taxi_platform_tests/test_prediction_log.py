@@ -8,6 +8,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxi_platform.lib import prediction_log as P
 from taxi_platform.lib.quotes import EXAMPLE_QUOTE, parse_quote, quotes_to_columns
@@ -147,3 +149,39 @@ def test_duckdb_reads_the_log_one_row_per_quote(tmp_path):
             FROM read_json('{tmp_path}/predictions-*.jsonl') ORDER BY request_id, fare_amount"""
     ).fetchall()
     assert rows == [("a", 132, 70.0), ("b", 1, 10.0), ("b", 1, 11.0), ("b", 1, 12.0)]
+
+
+# --- entries below the log sink's size limit (Cloud Logging: 256 KB per entry) -------------------------------
+
+CLOUD_LOGGING_ENTRY_LIMIT = 256 * 1024
+
+
+def test_a_10000_quote_batch_is_split_below_the_sink_limit_and_nothing_is_lost(tmp_path):
+    zones = [1 + i % 263 for i in range(10_000)]
+    cols = quotes_to_columns([parse_quote({**EXAMPLE_QUOTE, "pickup_zone": z}) for z in zones])
+    fares = [round(10 + i / 100, 2) for i in range(10_000)]
+    with P.PredictionLog(tmp_path) as log:
+        log.record("predict_batch", "big", "7", cols, fares)
+    lines = [line for path in tmp_path.glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) >= 2
+    assert all(len(line.encode()) + 1 <= P.MAX_LINE_BYTES < CLOUD_LOGGING_ENTRY_LIMIT for line in lines)
+    parts = [json.loads(line) for line in lines]
+    assert [p["part"] for p in parts] == list(range(len(parts))) and {p["parts"] for p in parts} == {len(parts)}
+    rows = list(P.read_prediction_log(tmp_path))
+    assert [r["index"] for r in rows] == list(range(10_000))
+    assert [r["pickup_zone"] for r in rows] == zones
+    assert [r["fare_amount"] for r in rows] == fares
+    assert {r["request_id"] for r in rows} == {"big"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 400), max_bytes=st.integers(1_000, 20_000))
+def test_split_lines_fit_and_explode_to_every_quote_in_order(n, max_bytes):
+    cols = _columns(n)
+    fares = [float(i) for i in range(n)]
+    text = P.format_record(0.0, "predict_batch", "r", "7", cols, fares, max_bytes=max_bytes)
+    lines = text.splitlines(keepends=True)
+    assert all(len(line.encode()) <= max_bytes for line in lines)
+    rows = [row for line in lines for row in P.explode(json.loads(line))]
+    assert [r["index"] for r in rows] == list(range(n))
+    assert [r["fare_amount"] for r in rows] == fares

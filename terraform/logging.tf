@@ -1,5 +1,5 @@
-# Route the fare service's structured prediction logs (one JSON line per prediction on stdout,
-# parsed by Cloud Logging into jsonPayload) to the predictions bucket, for monitoring and for
+# Route the fare service's structured prediction logs (JSON lines on stdout, one per request or, above
+# ~4,000 quotes, per part of at most 200,000 bytes, below the 256 KB entry limit; parsed into jsonPayload) to the predictions bucket, for monitoring and for
 # building the next training window from served traffic.
 
 resource "google_logging_project_sink" "predictions" {

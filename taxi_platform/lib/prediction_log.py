@@ -8,7 +8,10 @@ and UTC day, so several workers never interleave partial lines) and/or to stdout
 collectors).
 
 One line per request, the quotes as columns (a 1,000-quote batch is one line, formatted by the C JSON
-encoder; per-quote objects cost a quarter of the batch endpoint's throughput)::
+encoder; per-quote objects cost a quarter of the batch endpoint's throughput). A line never exceeds
+:data:`MAX_LINE_BYTES` (200,000 bytes, below Cloud Logging's 256 KB per entry, with room for the metadata the
+agent adds): a bigger request — about 4,000 quotes and up — is split into several lines with ``part`` (0, 1, …),
+``parts`` and ``offset`` (the request index of the line's first quote); together they hold every quote::
 
     {"ts": "2024-03-05T13:15:00.123Z", "request_id": "…", "endpoint": "predict_batch", "model_version": "3",
      "count": 2, "pickup_datetime": ["2024-03-05T08:15:00", …], "pickup_zone": [132, …],
@@ -43,6 +46,7 @@ ENV_SINKS = "TAXI_PREDICTION_LOG"
 SINK_CHOICES = ("file", "stdout", "both", "off")
 FILE_PREFIX = "predictions-"
 QUOTE_FIELDS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
+MAX_LINE_BYTES = 200_000
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class PredictionLog:
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.dropped = 0  # requests
-        self.written = 0  # requests (lines)
+        self.written = 0  # requests (a split request is several lines)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # C put: no lock/condition on the hot path
         self._file: IO[str] | None = None
         self._file_day: str | None = None
@@ -188,32 +192,56 @@ def format_record(
     model_version: str,
     quotes: Mapping[str, np.ndarray] | Sequence[Any],
     fares: Sequence[float],
+    max_bytes: int = MAX_LINE_BYTES,
 ) -> str:
-    """One request as one JSON line (ending in a newline).
+    """One request as JSON lines (each ending in a newline): one line, or several of at most ``max_bytes``.
 
     ``quotes`` is either the model's dict of arrays or a sequence of quote objects with the quote fields as
     attributes (``pickup_datetime`` a ``datetime``); either is converted here, in the writer thread.
     """
     cols = _columns(quotes)
-    record = {
+    head = {
         "ts": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "request_id": request_id,
         "endpoint": endpoint,
         "model_version": model_version,
-        "count": len(fares),
-        **{name: cols[name] for name in QUOTE_FIELDS},
-        "fare_amount": list(fares),
     }
-    return json.dumps(record, separators=(",", ":")) + "\n"
+    values = {**{name: cols[name] for name in QUOTE_FIELDS}, "fare_amount": list(fares)}
+    line = json.dumps({**head, "count": len(fares), **values}, separators=(",", ":")) + "\n"
+    if len(line.encode("utf-8")) <= max_bytes or len(fares) <= 1:
+        return line
+    # Split into equal parts, each small enough (halving the size of a part until every line fits).
+    size = max(1, len(fares) * max_bytes * 9 // (10 * len(line.encode("utf-8"))))
+    while True:
+        starts = range(0, len(fares), size)
+        lines = [
+            json.dumps(
+                {
+                    **head,
+                    "part": k,
+                    "parts": len(starts),
+                    "offset": start,
+                    "count": len(values["fare_amount"][start : start + size]),
+                    **{name: column[start : start + size] for name, column in values.items()},
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+            for k, start in enumerate(starts)
+        ]
+        if size == 1 or all(len(part.encode("utf-8")) <= max_bytes for part in lines):
+            return "".join(lines)
+        size = max(1, size // 2)
 
 
 def explode(record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """The per-quote records of one logged request."""
+    """The per-quote records of one logged line (a request, or one ``part`` of a split request)."""
     head = {k: record[k] for k in ("ts", "request_id", "endpoint", "model_version")}
+    offset = int(record.get("offset", 0))
     for i in range(int(record["count"])):
         yield {
             **head,
-            "index": i,
+            "index": offset + i,
             **{name: record[name][i] for name in QUOTE_FIELDS},
             "fare_amount": record["fare_amount"][i],
         }

@@ -4,7 +4,7 @@ shows the TLC as late (WARN) after 45 days without a new file, and a missed rele
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -17,7 +17,7 @@ from dagster._daemon.freshness import FreshnessDaemon
 from taxi_platform.defs.ingest import RAW_TRIPS
 from taxi_platform_tests.dagster_services import REPO_ROOT
 
-PUBLISHED = datetime(2024, 5, 20, 12, 0, tzinfo=timezone.utc)
+PUBLISHED = datetime(2024, 5, 20, 12, 0, tzinfo=UTC)
 
 
 def test_the_repo_instance_evaluates_freshness_policies():

@@ -33,7 +33,10 @@ from taxi_platform.lib.releases import (
 )
 from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform.lib.tlc import ProbeResult
-from taxi_platform_tests import mirror_fixtures
+from taxi_platform_tests import mirror_fixtures, release_sensor
+from taxi_platform_tests.release_sensor import tick
+
+instance = release_sensor.instance  # the shared fixture
 
 server = mirror_fixtures.server
 mirror = mirror_fixtures.mirror
@@ -231,23 +234,6 @@ def mirror_root(tmp_path_factory):
         root, [date(2024, 1, 1), date(2024, 2, 1)], rows_per_month={"yellow": 300, "green": 60}, seed=5
     )
     return root
-
-
-@pytest.fixture
-def instance():
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
-def tick(instance: dg.DagsterInstance, base_url: str, cursor: str | None = None) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        resources={
-            "tlc": TlcSourceResource(base_url=base_url, services=["yellow", "green"], connect_timeout=2)
-        },
-    )
-    return automation.tlc_release_sensor(context)
 
 
 def launch(instance, mirror, lake_root, request: dg.RunRequest) -> dg.ExecuteInProcessResult:

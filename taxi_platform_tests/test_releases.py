@@ -11,7 +11,6 @@ import dagster as dg
 import pytest
 
 from taxi_platform.defs import automation
-from taxi_platform.defs.resources import TlcSourceResource
 from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.releases import (
     CURSOR_FORMAT,
@@ -25,6 +24,10 @@ from taxi_platform.lib.releases import (
 from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform.lib.tlc import ProbeResult, probe
 from taxi_platform.settings import SettingsError
+from taxi_platform_tests import release_sensor
+from taxi_platform_tests.release_sensor import tick
+
+instance = release_sensor.instance  # the shared fixture
 
 SERVICES = ("green", "yellow")
 LM = datetime(2024, 3, 20, 12, 0, tzinfo=UTC)
@@ -218,23 +221,6 @@ def mirror(tmp_path):
     write_sample_mirror(root, MONTHS, rows_per_month={"yellow": 300, "green": 60}, seed=3)
     with MirrorServer(root) as server:
         yield server
-
-
-@pytest.fixture
-def instance():
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
-
-
-def tick(instance: dg.DagsterInstance, base_url: str, cursor: str | None = None) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        resources={
-            "tlc": TlcSourceResource(base_url=base_url, services=["yellow", "green"], connect_timeout=2)
-        },
-    )
-    return automation.tlc_release_sensor(context)
 
 
 def trip_path(service: str, month: str) -> str:

@@ -157,7 +157,21 @@ def follow_upstream() -> dg.AutomationCondition:
     )
 
 
-class EarlierDepPartitionMaterialized(dg.AutomationCondition):
+class _StatelessCondition(dg.AutomationCondition):
+    """A Python automation condition that keeps no cursor and carries an optional label."""
+
+    def __init__(self, label: str | None = None) -> None:
+        self._label = label
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def get_label(self) -> str | None:
+        return self._label
+
+
+class EarlierDepPartitionMaterialized(_StatelessCondition):
     """True for a partition ``M`` when at least one partition of ``dep`` that ``M`` depends on (through the
     asset's partition mapping) and that lies before ``M`` is materialised.
 
@@ -167,8 +181,8 @@ class EarlierDepPartitionMaterialized(dg.AutomationCondition):
     """
 
     def __init__(self, dep: dg.AssetKey, label: str | None = None) -> None:
+        super().__init__(label)
         self._dep = dep
-        self._label = label
 
     @property
     def name(self) -> str:
@@ -179,13 +193,6 @@ class EarlierDepPartitionMaterialized(dg.AutomationCondition):
         return (
             f"An earlier partition of {self._dep.to_user_string()} this partition depends on is materialised"
         )
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    def get_label(self) -> str | None:
-        return self._label
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         candidates = context.candidate_subset
@@ -224,16 +231,13 @@ def champion_recorded(instance: dg.DagsterInstance, limit: int = 50) -> bool:
     return False
 
 
-class ChampionRecorded(dg.AutomationCondition):
+class ChampionRecorded(_StatelessCondition):
     """True for every partition once a ``fare_model`` run recorded a champion (:func:`champion_recorded`).
 
     Read from the Dagster instance, not from MLflow: the automation sensor ticks every 30 s and must not
     depend on the tracking server. A champion registered outside Dagster is therefore not seen until a
     fare_model run records one; ``drift_report`` still fails clearly if the registry has none.
     """
-
-    def __init__(self, label: str | None = None) -> None:
-        self._label = label
 
     @property
     def name(self) -> str:
@@ -242,13 +246,6 @@ class ChampionRecorded(dg.AutomationCondition):
     @property
     def description(self) -> str:
         return "A fare_model materialisation recorded a champion"
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    def get_label(self) -> str | None:
-        return self._label
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         candidates = context.candidate_subset

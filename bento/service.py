@@ -468,7 +468,9 @@ class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type:
             raise ValidationError.from_exception_data(
                 "QuoteBatch", [{"type": "json_invalid", "loc": (), "input": None, "ctx": {"error": str(exc)}}]
             ) from None
-        return cls(check_batch(data))
+        batch = check_batch(data)
+        # The generated class is QuoteBatch with BentoML's IO mixin: wrap the validated quotes without revalidating.
+        return cls.model_construct(quotes=batch.quotes)
 
 
 FareService.apis["predict_batch"].input_spec = _CheckedBatchInput

@@ -214,6 +214,11 @@ def test_api_keys_are_required_on_the_prediction_routes_only(server):
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert requests.post(f"{url}/predict_batch", json={"quotes": []}, timeout=10).status_code == 401
     assert requests.post(f"{url}/predict", json=EXAMPLE_QUOTE, headers={"X-API-Key": keys[1]}, timeout=10).ok
+    batch = requests.post(
+        f"{url}/predict_batch", json={"quotes": [EXAMPLE_QUOTE] * MAX_BATCH_SIZE}, headers=_auth(keys[1]), timeout=30
+    )
+    assert batch.status_code == 200, batch.text
+    assert len(batch.json()["predictions"]) == MAX_BATCH_SIZE
     for path in ("/livez", "/readyz", "/metrics"):
         assert requests.get(f"{url}{path}", timeout=10).status_code == 200, path
 

@@ -43,11 +43,14 @@ def test_workflow_parses_and_pins_every_action(name: str):
     assert doc["on"] and doc["jobs"]
     for job in doc["jobs"].values():
         assert job.get("timeout-minutes"), "every job has a timeout"
+    text = (WORKFLOWS / name).read_text()
     for step in steps(doc):
         if "uses" in step:
             action, _, ref = step["uses"].partition("@")
-            assert re.fullmatch(r"v\d+(\.\d+){0,2}|[0-9a-f]{40}", ref), (
-                f"{action} is not pinned: @{ref or '?'}"
+            # A tag can be moved to other code; a commit SHA cannot. The comment keeps the release readable.
+            assert re.fullmatch(r"[0-9a-f]{40}", ref), f"{action} is not pinned by commit SHA: @{ref or '?'}"
+            assert re.search(rf"{re.escape(step['uses'])} # v\d+\.\d+\.\d+\n", text), (
+                f"{action}@{ref}: say which release the SHA is (`# vX.Y.Z`)"
             )
 
 

@@ -2,9 +2,11 @@
 
 Endpoints (DESIGN.md "service"):
 
-- ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "currency", "model_version"}``.
-- ``POST /predict_batch`` — ``{"quotes": [...]}`` (≤ 10,000) → ``{"predictions": [...], "currency",
-  "model_version"}``, fares in request order, priced in one vectorised call.
+- ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "fare_low", "fare_high", "currency",
+  "model_version"}``; ``fare_low``..``fare_high`` is the model's calibrated fare range (null for a model version
+  without one).
+- ``POST /predict_batch`` — ``{"quotes": [...]}`` (≤ 10,000) → ``{"predictions": [...], "fare_low": [...],
+  "fare_high": [...], "currency", "model_version"}``, fares in request order, priced in one vectorised call.
 - ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (OpenAPI) — BentoML's own.
 
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
@@ -404,10 +406,17 @@ class FareService:
         return self._price_columns(quotes_to_columns(quotes))
 
     def _price_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        fares = self.model.predict_quotes(columns)
+        """``(n, 3)``: fare, fare_low, fare_high per quote (NaN ranges for a model without calibrated ranges)."""
+        if hasattr(self.model, "predict_ranges"):
+            fares, low, high, _ = self.model.predict_ranges(columns)
+        else:  # a version logged before fare ranges ships its own, older model code
+            fares, low, high = self.model.predict_quotes(columns), None, None
         if not np.isfinite(fares).all():
             raise bentoml.exceptions.InternalServerError("the model returned a non-finite fare")
-        return fares
+        if low is None:
+            nan = np.full(len(fares), np.nan)
+            return np.stack([fares, nan, nan], axis=1)
+        return np.stack([fares, low, high], axis=1)
 
     def _log(self, endpoint: str, request_id: str, quotes: Any, fares: list[float]) -> None:
         if self.prediction_log.enabled:
@@ -420,13 +429,19 @@ class FareService:
     async def predict(self, quote: Quote, /, ctx: bentoml.Context) -> FarePrediction:
         """Price one quote. The body is the quote itself (flat JSON)."""
         check_services([quote], self.services)
-        fare = round(float(await self.batcher.submit(quote)), 2)
+        fare, low, high = (await self.batcher.submit(quote)).tolist()
+        fare = round(fare, 2)
         request_id = _request_id(ctx, self._ids, self._id_prefix)
         ctx.response.headers["X-Request-ID"] = request_id
         QUOTES_PRICED.labels(endpoint="predict").inc()
         self._log("predict", request_id, [quote], [fare])
+        ranged = low == low  # NaN: the model has no calibrated range
         return FarePrediction.model_construct(
-            fare_amount=fare, currency=CURRENCY, model_version=self.model_version
+            fare_amount=fare,
+            fare_low=round(low, 2) if ranged else None,
+            fare_high=round(high, 2) if ranged else None,
+            currency=CURRENCY,
+            model_version=self.model_version,
         )
 
     @bentoml.api(route="/predict_batch")
@@ -439,18 +454,24 @@ class FareService:
         check_services(quotes, self.services, batch=True)
         columns = quotes_to_columns(quotes)
         if not quotes:
-            fares: list[float] = []
+            priced = np.zeros((0, 3))
         elif len(quotes) >= LARGE_BATCH:
-            fares = round_fares(await asyncio.to_thread(self._price_columns, columns))
+            priced = await asyncio.to_thread(self._price_columns, columns)
         else:
-            fares = round_fares(self._price_columns(columns))
+            priced = self._price_columns(columns)
+        fares = round_fares(priced[:, 0])
+        ranged = getattr(self.model, "intervals", None) is not None  # else the model has no ranges
         request_id = _request_id(ctx, self._ids, self._id_prefix)
         ctx.response.headers["X-Request-ID"] = request_id
         QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
         if quotes:
             self._log("predict_batch", request_id, columns, fares)
         return BatchPrediction.model_construct(
-            predictions=fares, currency=CURRENCY, model_version=self.model_version
+            predictions=fares,
+            fare_low=round_fares(priced[:, 1]) if ranged else None,
+            fare_high=round_fares(priced[:, 2]) if ranged else None,
+            currency=CURRENCY,
+            model_version=self.model_version,
         )
 
 

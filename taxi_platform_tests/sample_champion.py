@@ -92,7 +92,8 @@ def train_sample_champion(
     )
     family = result.best_family
     model = FareQuoteModel(
-        result.models[family], result.pair_stats, zones, family, info={"data_source": "synthetic"}
+        result.models[family], result.pair_stats, zones, family, info={"data_source": "synthetic"},
+        intervals=result.intervals,
     )
 
     mlflow.set_tracking_uri(tracking_uri)

@@ -152,7 +152,9 @@ def test_single_quotes_match_the_pyfunc_over_raw_http(served, expected):
         resp = post(served, "/predict", q)
         assert resp.status_code == 200, resp.text
         body = resp.json()
+        low, high = body.pop("fare_low"), body.pop("fare_high")
         assert body == {"fare_amount": fare, "currency": "USD", "model_version": served.champion.version}
+        assert 3.0 <= low <= fare <= high and high > low  # the calibrated fare range
         assert resp.headers["content-type"] == "application/json"
 
 
@@ -164,8 +166,11 @@ def test_sync_client_single_and_batch(served, expected):
         assert client.is_ready()
         single = client.predict(quotes[0])
         batch = client.predict_batch({"quotes": quotes})
+    ranges = {k: (single.pop(k), batch.pop(k)) for k in ("fare_low", "fare_high")}
     assert single == {"fare_amount": fares[0], "currency": "USD", "model_version": served.champion.version}
     assert batch == {"predictions": fares, "currency": "USD", "model_version": served.champion.version}
+    assert ranges["fare_low"][0] == ranges["fare_low"][1][0] and ranges["fare_high"][0] == ranges["fare_high"][1][0]
+    assert all(lo <= f <= hi for lo, f, hi in zip(ranges["fare_low"][1], fares, ranges["fare_high"][1], strict=True))
 
 
 def test_batch_equals_singles_in_order(served, expected):
@@ -173,6 +178,10 @@ def test_batch_equals_singles_in_order(served, expected):
     singles = [post(served, "/predict", q).json()["fare_amount"] for q in reversed(quotes)]
     batch = post(served, "/predict_batch", {"quotes": list(reversed(quotes))}).json()["predictions"]
     assert batch == singles == list(reversed(fares))
+    single_ranges = [post(served, "/predict", q).json() for q in quotes[:5]]
+    batch_body = post(served, "/predict_batch", {"quotes": quotes[:5]}).json()
+    assert batch_body["fare_low"] == [b["fare_low"] for b in single_ranges]
+    assert batch_body["fare_high"] == [b["fare_high"] for b in single_ranges]
     big = post(served, "/predict_batch", {"quotes": quotes * 60}).json()["predictions"]  # 2400: threaded path
     assert big == fares * 60
     assert post(served, "/predict_batch", {"quotes": []}).json()["predictions"] == []
@@ -233,7 +242,10 @@ def test_openapi_documents_the_contract(served):
     batch = spec["paths"]["/predict_batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["quotes"]["maxItems"] == MAX_BATCH_SIZE
     out = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert set(out["properties"]) == {"fare_amount", "currency", "model_version"}
+    assert set(out["properties"]) == {"fare_amount", "fare_low", "fare_high", "currency", "model_version"}
+    assert "calibrated range" in out["properties"]["fare_low"]["description"]
+    batch_out = spec["paths"]["/predict_batch"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"predictions", "fare_low", "fare_high"} <= set(batch_out["properties"])
 
 
 # --- bad input: 4xx with the reason, never 5xx -----------------------------------------------------------------

@@ -6,6 +6,8 @@ resource "google_project_service" "apis" {
     "container.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
+    "iap.googleapis.com",
+    "binaryauthorization.googleapis.com",
     "logging.googleapis.com",
     "secretmanager.googleapis.com",
     "servicenetworking.googleapis.com",

@@ -1,7 +1,9 @@
 # GitHub Actions deploys without any service account key: the workflow's OIDC token is exchanged
 # through Workload Identity Federation for a short-lived token of the deployer service account.
-# Only workflows of var.github_repository, on the refs allowed by var.github_deploy_ref_condition,
-# are accepted.
+# Only one workflow is accepted: var.github_deploy_workflow of var.github_repository, run from that
+# same ref (the workflow file cannot come from another branch), on a ref allowed by
+# var.github_deploy_ref_condition, in the GitHub environment var.github_environment (whose protection
+# rules, e.g. required reviewers, GitHub enforces before the job gets a token).
 
 resource "google_iam_workload_identity_pool" "github" {
   workload_identity_pool_id = "${local.name}-github"
@@ -12,17 +14,26 @@ resource "google_iam_workload_identity_pool" "github" {
 }
 
 resource "google_iam_workload_identity_pool_provider" "github" {
+  # checkov:skip=CKV_GCP_125:the condition pins sub to repo:<var.github_repository>:environment:<var.github_environment>, plus repository, workflow_ref and ref; checkov cannot resolve var.github_repository (no default; validated as owner/name) so it cannot see the org/repo form
   workload_identity_pool_id          = google_iam_workload_identity_pool.github.workload_identity_pool_id
   workload_identity_pool_provider_id = "github-actions"
   display_name                       = "GitHub Actions OIDC"
 
   attribute_mapping = {
-    "google.subject"       = "assertion.sub"
-    "attribute.repository" = "assertion.repository"
-    "attribute.ref"        = "assertion.ref"
-    "attribute.actor"      = "assertion.actor"
+    "google.subject"         = "assertion.sub"
+    "attribute.repository"   = "assertion.repository"
+    "attribute.ref"          = "assertion.ref"
+    "attribute.actor"        = "assertion.actor"
+    "attribute.workflow_ref" = "assertion.workflow_ref"
+    "attribute.environment"  = "assertion.environment"
   }
-  attribute_condition = "assertion.repository == \"${var.github_repository}\" && (${var.github_deploy_ref_condition})"
+  attribute_condition = join(" && ", [
+    "assertion.sub == \"repo:${var.github_repository}:environment:${var.github_environment}\"",
+    "assertion.repository == \"${var.github_repository}\"",
+    "assertion.environment == \"${var.github_environment}\"",
+    "assertion.workflow_ref == \"${var.github_repository}/${var.github_deploy_workflow}@\" + assertion.ref",
+    "(${var.github_deploy_ref_condition})",
+  ])
 
   oidc {
     issuer_uri = "https://token.actions.githubusercontent.com"
@@ -37,7 +48,8 @@ resource "google_service_account" "deployer" {
 resource "google_service_account_iam_member" "deployer_github" {
   service_account_id = google_service_account.deployer.name
   role               = "roles/iam.workloadIdentityUser"
-  member             = "principalSet://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/attribute.repository/${var.github_repository}"
+  # Exactly the subject of the deploy job (repository + environment), not every token of the repository.
+  member = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/subject/repo:${var.github_repository}:environment:${var.github_environment}"
 }
 
 # Push images to our repository only.
@@ -48,9 +60,21 @@ resource "google_artifact_registry_repository_iam_member" "deployer_push" {
   member     = "serviceAccount:${google_service_account.deployer.email}"
 }
 
-# Update Deployments, watch rollouts and port-forward (smoke test, MLflow) in the cluster.
+# Reach the cluster and nothing more: fetch its endpoint and connect through the DNS-based endpoint.
+# No container.* permission on Kubernetes objects is granted in IAM (roles/container.developer would
+# let the workflow create pods in the dagster namespace and so act as the lake's writer through
+# Workload Identity). What the deployer may do inside the cluster is Kubernetes RBAC:
+# deploy/k8s/platform/deployer-rbac.yaml, scoped to the fare-service namespace (plus a port-forward
+# to MLflow to read the champion).
+resource "google_project_iam_custom_role" "deployer_gke" {
+  role_id     = replace("${local.name}_gke_connect", "-", "_")
+  title       = "GKE connect only (${local.name} deployer)"
+  description = "Get the cluster and connect to its DNS endpoint; Kubernetes RBAC decides the rest."
+  permissions = ["container.clusters.get", "container.clusters.connect"]
+}
+
 resource "google_project_iam_member" "deployer_gke" {
   project = var.project_id
-  role    = "roles/container.developer"
+  role    = google_project_iam_custom_role.deployer_gke.id
   member  = "serviceAccount:${google_service_account.deployer.email}"
 }

@@ -69,3 +69,18 @@ resource "google_secret_manager_secret_iam_member" "db_password" {
 # The fare service needs no Google API at all: the model is baked into its image and its prediction
 # logs go to stdout, which GKE ships to Cloud Logging. Its service account exists so the pods have a
 # dedicated identity (and so any future grant is explicit and reviewable), but it holds no roles.
+
+# -- people: the Dagster UI and MLflow behind Identity-Aware Proxy ------------------------------------
+
+# The Dagster UI (whose GraphQL API launches runs with the lake's write access) and MLflow are reachable
+# only through the GKE Gateway in deploy/k8s/platform, whose backends have IAP turned on. These
+# principals pass IAP; everyone else gets Google's 403 before a request reaches a pod.
+resource "google_iap_web_iam_member" "tools_users" {
+  for_each = toset(var.iap_members)
+
+  project = var.project_id
+  role    = "roles/iap.httpsResourceAccessor"
+  member  = each.value
+
+  depends_on = [google_project_service.apis]
+}

@@ -17,6 +17,13 @@ resource "google_compute_subnetwork" "gke" {
   ip_cidr_range            = var.subnet_cidr
   private_ip_google_access = true
 
+  # Flow logs: who talked to whom inside the VPC, for incident review (sampled, all metadata).
+  log_config {
+    aggregation_interval = "INTERVAL_5_SEC"
+    flow_sampling        = 0.5
+    metadata             = "INCLUDE_ALL_METADATA"
+  }
+
   secondary_ip_range {
     range_name    = "pods"
     ip_cidr_range = var.pods_cidr
@@ -61,4 +68,24 @@ resource "google_service_networking_connection" "private_services" {
   network                 = google_compute_network.vpc.id
   service                 = "servicenetworking.googleapis.com"
   reserved_peering_ranges = [google_compute_global_address.private_services.name]
+}
+
+# Explicit, logged deny of all ingress at the lowest priority, so the VPC's intent is written down and
+# denied attempts show in the firewall logs. GKE adds the allow rules it needs (control plane to nodes,
+# load-balancer health checks) at higher priority.
+resource "google_compute_firewall" "deny_all_ingress" {
+  name      = "${local.name}-deny-all-ingress"
+  network   = google_compute_network.vpc.id
+  direction = "INGRESS"
+  priority  = 65534
+
+  source_ranges = ["0.0.0.0/0"]
+
+  deny {
+    protocol = "all"
+  }
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
 }

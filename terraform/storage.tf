@@ -13,6 +13,12 @@ resource "google_storage_bucket" "lake" {
   force_destroy               = false
   labels                      = local.labels
 
+  # Who read or wrote which object, kept in the access-log bucket below.
+  logging {
+    log_bucket        = google_storage_bucket.access_logs.name
+    log_object_prefix = "lake/"
+  }
+
   versioning {
     enabled = true
   }
@@ -59,6 +65,12 @@ resource "google_storage_bucket" "mlflow_artifacts" {
   force_destroy               = false
   labels                      = local.labels
 
+  # Who read or wrote which object, kept in the access-log bucket below.
+  logging {
+    log_bucket        = google_storage_bucket.access_logs.name
+    log_object_prefix = "mlflow_artifacts/"
+  }
+
   versioning {
     enabled = true
   }
@@ -85,6 +97,12 @@ resource "google_storage_bucket" "predictions" {
   public_access_prevention    = "enforced"
   force_destroy               = false
   labels                      = local.labels
+
+  # Who read or wrote which object, kept in the access-log bucket below.
+  logging {
+    log_bucket        = google_storage_bucket.access_logs.name
+    log_object_prefix = "predictions/"
+  }
 
   versioning {
     enabled = true
@@ -119,4 +137,47 @@ resource "google_storage_bucket" "predictions" {
   }
 
   depends_on = [google_project_service.apis]
+}
+
+# Usage and storage logs of the three buckets above (Cloud Storage writes them as the
+# cloud-storage-analytics group, which gets create-only access).
+resource "google_storage_bucket" "access_logs" {
+  # checkov:skip=CKV_GCP_62:this is the access-log bucket itself; logging its own access would log the log writes
+  name                        = "${var.project_id}-${local.name}-access-logs"
+  location                    = var.region
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+  labels                      = local.labels
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 90
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 7
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket_iam_member" "access_logs_writer" {
+  bucket = google_storage_bucket.access_logs.name
+  role   = "roles/storage.objectCreator"
+  member = "group:cloud-storage-analytics@google.com"
 }

@@ -295,10 +295,65 @@ variable "github_repository" {
 variable "github_deploy_ref_condition" {
   description = "CEL condition on the GitHub OIDC token's ref that may deploy (default: the main branch and tags)."
   type        = string
-  default     = "assertion.ref == \"refs/heads/main\" || assertion.ref.startsWith(\"refs/tags/\")"
+  default     = "assertion.ref == \"refs/heads/main\" || assertion.ref.startsWith(\"refs/tags/v\")"
 
   validation {
     condition     = strcontains(var.github_deploy_ref_condition, "assertion.ref")
     error_message = "github_deploy_ref_condition must constrain assertion.ref."
+  }
+}
+
+variable "github_deploy_workflow" {
+  description = "Path of the only workflow that may deploy (its OIDC workflow_ref must be <repository>/<this path>@<ref>)."
+  type        = string
+  default     = ".github/workflows/deploy.yml"
+
+  validation {
+    condition     = can(regex("^\\.github/workflows/[A-Za-z0-9_.-]+\\.ya?ml$", var.github_deploy_workflow))
+    error_message = "github_deploy_workflow must be a path like .github/workflows/deploy.yml."
+  }
+}
+
+variable "github_environment" {
+  description = "GitHub environment the deploy job runs in (its OIDC subject is repo:<repository>:environment:<this>); give it required reviewers and a branch/tag rule."
+  type        = string
+  default     = "production"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.-]+$", var.github_environment))
+    error_message = "github_environment must be a plain GitHub environment name."
+  }
+}
+
+variable "binary_authorization" {
+  description = "Enforce Binary Authorization on the cluster: only images from this project's Artifact Registry repository (and Google's system images) may run."
+  type        = bool
+  default     = true
+
+  validation {
+    condition     = contains([true, false], var.binary_authorization)
+    error_message = "binary_authorization must be true or false."
+  }
+}
+
+variable "gke_security_group" {
+  description = "Google Group (gke-security-groups@<your domain>) whose member groups may appear in Kubernetes RBAC; empty for none (needs Google Workspace or Cloud Identity)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.gke_security_group == "" || startswith(var.gke_security_group, "gke-security-groups@")
+    error_message = "gke_security_group must be empty or gke-security-groups@<domain>."
+  }
+}
+
+variable "iap_members" {
+  description = "Principals (group:…, user:…) allowed through Identity-Aware Proxy to the Dagster UI and MLflow on the GKE Gateway."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.iap_members : can(regex("^(user|group|domain|serviceAccount):", m))])
+    error_message = "iap_members entries must start with user:, group:, domain: or serviceAccount:."
   }
 }

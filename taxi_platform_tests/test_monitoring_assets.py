@@ -258,6 +258,8 @@ def test_trend_plots_every_reported_month(platform):
     assert md["plot_path"] == platform["lake"].path("drift_report", "trend.png")
     assert png.startswith(b"\x89PNG")
     assert md["plot"].startswith("![MAE and drift share by month](data:image/png;base64,")
+    # coverage beside MAE: the table and the latest figure come from the reports
+    assert "| range coverage |" in md["history"] and md["latest_range_coverage"] < 0.75
     history = md["history"]
     assert "| 2024-04 |" in history and "| 2024-05 |" in history
     assert "FAIL" in history and "fare_amount" in history
@@ -381,3 +383,33 @@ def test_retrain_cursor_round_trips_and_survives_garbage():
     assert monitoring.RetrainCursor.parse(cursor.to_json()) == cursor
     assert monitoring.RetrainCursor.parse("not json") == monitoring.RetrainCursor()
     assert monitoring.RetrainCursor.parse(None).last_id == 0
+
+
+def test_stable_month_reports_fare_range_coverage_near_nominal(platform):
+    result = platform["stable"]
+    md = _metadata(result)
+    check = _checks(result)["fare_range_coverage"]
+    assert check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["evaluated"].value is True
+    assert md["range_nominal_coverage"] == 0.8  # fare_model's default, read from the version's tags
+    assert abs(md["range_coverage"] - 0.8) <= 0.05
+    assert md["range_mean_width"] > 0
+    doc = json.loads(Path(report_paths(platform["lake"], STABLE_KEY)[1]).read_text())
+    ranges = doc["ranges"]
+    assert ranges["nominal"] == 0.8 and ranges["coverage"] == pytest.approx(md["range_coverage"], abs=1e-4)
+    assert ranges["rows"] == md["dagster/row_count"]
+    # per band: rows add up to the month's scored rows, each band has its own coverage and width
+    assert sum(b["rows"] for b in ranges["bands"].values()) == ranges["rows"]
+    assert "yellow/<1mi/city" in ranges["bands"] and "| yellow/<1mi/city |" in md["range_coverage_by_band"]
+    widths = {k: b["mean_width"] for k, b in ranges["bands"].items()}
+    assert widths["yellow/<1mi/city"] < max(widths.values())
+    assert doc["checks"]["fare_range_coverage"]["passed"] is True
+
+
+def test_fare_increase_month_warns_on_fare_range_coverage(platform):
+    check = _checks(platform["fare_up"])["fare_range_coverage"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["coverage_gap_points"].value < -5
+    assert "Furthest bands" in check.description
+    md = _metadata(platform["fare_up"])
+    assert md["range_coverage"] < 0.75

@@ -9,9 +9,12 @@
 
   - ``drift_share_below_threshold`` (WARN) -- the share of drifted columns stays below the threshold;
   - ``mae_not_degraded`` (ERROR) -- the month's MAE is at most ``max_mae_degradation`` above the champion's
-    validation MAE.
+    validation MAE;
+  - ``fare_range_coverage`` (WARN) -- the share of the month's fares inside the champion's quoted range
+    (``fare_low..fare_high``) is within 5 points of the nominal coverage it was calibrated for; the report
+    holds the coverage and mean width overall and per band.
 
-* ``monitoring_trend`` (unpartitioned) plots MAE and drift share across every reported month
+* ``monitoring_trend`` (unpartitioned) plots MAE, fare-range coverage and drift share across every reported month
   (``drift_report/trend.png``) and shows the history as a table in its metadata.
 
 * ``retrain_on_mae_degradation`` (sensor) requests a ``fare_model`` run for the newest reported month when its
@@ -34,15 +37,18 @@ from taxi_platform.defs.metadata import parquet_data_source
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource
 from taxi_platform.lib.drift import (
+    COVERAGE_CHECK,
     DRIFT_CHECK,
     MAE_CHECK,
     DriftConfig,
     DriftInputError,
     DriftSummary,
+    coverage_check,
     drift_check,
     mae_check,
     month_label,
     month_row_count,
+    range_coverage,
     report_document,
     report_paths,
     run_drift_report,
@@ -128,6 +134,7 @@ class ChampionInfo:
     family: str | None
     alias_version: str  # the version holding the champion alias when the report ran
     note: str = ""
+    interval_coverage: float | None = None  # nominal coverage of its fare ranges (None: no ranges)
 
     @property
     def pinned_uri(self) -> str:
@@ -145,6 +152,7 @@ class ChampionInfo:
             "validation_month": self.validation_month,
             "family": self.family,
             "note": self.note,
+            "interval_coverage": self.interval_coverage,
         }
 
 
@@ -206,6 +214,7 @@ def _version_info(client, mv, alias_version: str, note: str = "") -> ChampionInf
     raw_mae = _first((version_tags, metrics, run_tags), VALIDATION_MAE_KEYS)
     validation_month = _first((version_tags, run_tags, params), ("validation_month", "val_month"))
     family = _first((version_tags, run_tags, params), ("family", "best_family", "model_family"))
+    nominal = _first((version_tags, params), ("interval_coverage",))
     return ChampionInfo(
         version=str(mv.version),
         run_id=str(mv.run_id or ""),
@@ -215,6 +224,7 @@ def _version_info(client, mv, alias_version: str, note: str = "") -> ChampionInf
         family=str(family) if family else None,
         alias_version=alias_version,
         note=note,
+        interval_coverage=float(nominal) if nominal not in (None, "") else None,
     )
 
 
@@ -298,6 +308,14 @@ def _column_table(summary: DriftSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _band_table(coverage: dict, nominal: float | None) -> str:
+    lines = ["| band | trips | coverage | vs nominal | mean width |", "|---|---|---|---|---|"]
+    for band, b in sorted(coverage.get("bands", {}).items()):
+        gap = f"{100 * (b['coverage'] - nominal):+.1f} pts" if nominal is not None else "–"
+        lines.append(f"| {band} | {b['rows']:,} | {b['coverage']:.1%} | {gap} | ${b['mean_width']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _check_result(outcome) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=outcome.name,
@@ -337,6 +355,13 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
                 partitions_def=monthly_partitions,
                 description="The champion's MAE on the month is at most 25 % (configurable) above its validation "
                 "MAE. A failure on the newest month triggers fare_model retraining (retrain_on_mae_degradation).",
+            ),
+            dg.AssetCheckSpec(
+                COVERAGE_CHECK,
+                asset=DRIFT_REPORT,
+                partitions_def=monthly_partitions,
+                description="The share of the month's fares inside the champion's quoted range (fare_low..fare_high) "
+                "is within 5 points of the nominal coverage (default 80 %) it was calibrated for. Warns.",
             ),
         ]
 
@@ -403,21 +428,25 @@ def drift_report(
     except DriftInputError as exc:
         raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
 
+    coverage = range_coverage(current)
     checks = [
         drift_check(summary, settings.drift_share_threshold),
         mae_check(summary, champion.validation_mae, settings.max_mae_degradation),
+        coverage_check(month, coverage, champion.interval_coverage),
     ]
     for outcome in checks:
         outcome.metadata["champion_version"] = champion.version
         outcome.metadata["month"] = month
     data_source = _data_source(store, [key, *reference_months])
     html_path = report_paths(store, key)[0]
+    ranges = None if coverage is None else {"nominal": champion.interval_coverage, **coverage}
     document = report_document(
-        summary, checks, champion.as_dict(), reference_months, month_rows, settings, data_source, html_path
+        summary, checks, champion.as_dict(), reference_months, month_rows, settings, data_source, html_path, ranges
     )
     html_path, json_path = write_report(store, key, snapshot, document)
     context.log.info(checks[0].description)
     context.log.info(checks[1].description)
+    context.log.info(checks[2].description)
 
     quality = summary.quality or {}
     metadata = {
@@ -442,6 +471,12 @@ def drift_report(
     for name in ("mae", "rmse", "mape"):
         if quality.get(name) is not None:
             metadata[name] = dg.MetadataValue.float(round(float(quality[name]), 4))
+    if coverage is not None:
+        metadata["range_coverage"] = dg.MetadataValue.float(round(coverage["coverage"], 4))
+        metadata["range_mean_width"] = dg.MetadataValue.float(round(coverage["mean_width"], 4))
+        metadata["range_coverage_by_band"] = dg.MetadataValue.md(_band_table(coverage, champion.interval_coverage))
+    if champion.interval_coverage is not None:
+        metadata["range_nominal_coverage"] = dg.MetadataValue.float(champion.interval_coverage)
     if champion.note:
         metadata["champion_note"] = dg.MetadataValue.text(champion.note)
     if champion.validation_month:
@@ -467,7 +502,8 @@ TREND_CONDITION = (
     group_name="monitoring",
     kinds={"matplotlib", "png"},
     automation_condition=TREND_CONDITION,
-    description="MAE and drift share of every reported month, as a plot (drift_report/trend.png) and a table.",
+    description="MAE, fare-range coverage and drift share of every reported month, as a plot "
+    "(drift_report/trend.png) and a table.",
 )
 def monitoring_trend(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     from taxi_platform.lib.trend import data_uri, load_history, markdown_table, plot_trend, trend_path
@@ -498,6 +534,8 @@ def monitoring_trend(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     }
     if latest.mae is not None:
         metadata["latest_mae"] = dg.MetadataValue.float(round(latest.mae, 4))
+    if latest.coverage is not None:
+        metadata["latest_range_coverage"] = dg.MetadataValue.float(round(latest.coverage, 4))
     if problems:
         metadata["skipped_reports"] = dg.MetadataValue.json(problems)
     return dg.MaterializeResult(metadata=metadata)

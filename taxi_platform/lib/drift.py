@@ -9,6 +9,9 @@ Pure logic without Dagster or MLflow (the asset passes the champion's prediction
   the observed distance/duration, the target and the champion's prediction, plus ``RegressionPreset`` for
   the champion's quality on the month) and extracts the figures the platform uses into a
   :class:`DriftSummary`.
+- :func:`range_coverage` measures the champion's fare ranges on the month (the share of fares inside
+  ``fare_low..fare_high`` and the mean width, overall and per band) and :func:`coverage_check` warns when the
+  coverage is more than 5 points off the nominal one the ranges were calibrated for.
 - :func:`drift_check` and :func:`mae_check` turn a summary into the two asset-check outcomes, and
   :func:`write_report` publishes ``report.html`` (Evidently's interactive report) and ``report.json`` (our
   compact summary) atomically into the lake.
@@ -91,6 +94,9 @@ SMALL_SAMPLE_METHODS = {"num_method": "ks", "cat_method": "chisquare"}
 
 DRIFT_CHECK = "drift_share_below_threshold"
 MAE_CHECK = "mae_not_degraded"
+COVERAGE_CHECK = "fare_range_coverage"
+RANGE_COLUMNS = ("fare_low", "fare_high", "fare_band")  # what the pyfunc returns beside fare_amount
+COVERAGE_TOLERANCE = 0.05  # coverage_check warns beyond nominal ± 5 points
 
 
 class DriftInputError(ValueError):
@@ -261,13 +267,17 @@ def with_predictions(
     predict: Callable[[pd.DataFrame], Any],
     column_types: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """``frame`` plus a ``prediction`` column from ``predict(quotes)`` (e.g. a loaded MLflow pyfunc)."""
+    """``frame`` plus a ``prediction`` column from ``predict(quotes)`` (e.g. a loaded MLflow pyfunc), and the
+    fare range columns (``fare_low``, ``fare_high``, ``fare_band``) when the model returns them."""
     out = frame.copy()
     if len(out) == 0:
         out[PREDICTION] = np.zeros(0)
         return out
     pred = predict(quotes_from(out, column_types))
-    if hasattr(pred, "columns"):  # a DataFrame with one column (the pyfunc returns ``fare_amount``)
+    if hasattr(pred, "columns"):  # a DataFrame: ``fare_amount`` first, then the range if the model has one
+        for column in RANGE_COLUMNS:
+            if column in pred.columns:
+                out[column] = pred[column].to_numpy()
         pred = pred.iloc[:, 0]
     values = np.asarray(pred, dtype=np.float64).reshape(-1)
     if len(values) != len(out):
@@ -569,6 +579,69 @@ def mae_check(summary: DriftSummary, validation_mae: float | None, max_degradati
     )
 
 
+def range_coverage(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """Coverage of the fare ranges on the rows with a known fare: overall and per band, with mean widths.
+
+    ``None`` when the frame has no ranges (the scored model version has none)."""
+    from taxi_platform.lib.intervals import coverage_summary
+
+    if any(c not in frame.columns for c in ("fare_low", "fare_high")) or frame["fare_low"].isna().all():
+        return None
+    known = frame[frame[TARGET].notna()]
+    bands = known["fare_band"].to_numpy() if "fare_band" in known.columns else None
+    return coverage_summary(known[TARGET], known["fare_low"], known["fare_high"], bands)
+
+
+def coverage_check(
+    month: str,
+    coverage: Mapping[str, Any] | None,
+    nominal: float | None,
+    tolerance: float = COVERAGE_TOLERANCE,
+) -> CheckOutcome:
+    """Warns when the share of the month's fares inside their quoted range is more than ``tolerance`` off the
+    nominal coverage the ranges were calibrated for (and when it cannot tell: no ranges, or no nominal)."""
+    base = {"nominal": nominal, "tolerance": tolerance}
+    if coverage is None or coverage.get("coverage") is None:
+        return CheckOutcome(
+            COVERAGE_CHECK,
+            False,
+            "WARN",
+            f"cannot evaluate: the scored model version returns no fare range on {month} (trained before ranges "
+            "existed: retrain it)",
+            {**base, "evaluated": False},
+        )
+    if nominal is None:
+        return CheckOutcome(
+            COVERAGE_CHECK,
+            False,
+            "WARN",
+            "cannot evaluate: the model version records no nominal coverage (tag interval_coverage)",
+            {**base, "coverage": _round(coverage["coverage"]), "evaluated": False},
+        )
+    share = float(coverage["coverage"])
+    gap = share - nominal
+    passed = abs(gap) <= tolerance
+    worst = sorted(coverage.get("bands", {}).items(), key=lambda kv: -abs(kv[1]["coverage"] - nominal))[:3]
+    return CheckOutcome(
+        COVERAGE_CHECK,
+        passed,
+        "WARN",
+        (
+            f"{share:.1%} of {month}'s fares fell inside their quoted range (nominal {nominal:.0%}, "
+            f"{100 * gap:+.1f} points; allowed ±{100 * tolerance:.0f}), mean width ${coverage['mean_width']:.2f}"
+            + ("" if passed else ". Furthest bands: " + ", ".join(f"{k} {v['coverage']:.0%}" for k, v in worst))
+        ),
+        {
+            **base,
+            "coverage": _round(share),
+            "coverage_gap_points": round(100 * gap, 2),
+            "mean_width": _round(coverage["mean_width"]),
+            "rows": int(coverage["rows"]),
+            "evaluated": True,
+        },
+    )
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -591,8 +664,9 @@ def report_document(
     config: DriftConfig,
     data_source: str,
     html_path: str,
+    ranges: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The compact ``report.json`` document."""
+    """The compact ``report.json`` document (``ranges``: the fare-range coverage section, if measured)."""
     from importlib.metadata import version
 
     return {
@@ -623,6 +697,7 @@ def report_document(
         },
         "quality": summary.quality,
         "reference_quality": summary.reference_quality,
+        "ranges": dict(ranges) if ranges is not None else None,
         "checks": {
             c.name: {"passed": c.passed, "severity": c.severity, "description": c.description, **c.metadata}
             for c in checks

@@ -1,4 +1,5 @@
-"""History of the monthly drift reports: MAE and drift share per month, as a PNG plot and a Markdown table.
+"""History of the monthly drift reports: MAE, fare-range coverage and drift share per month, as a PNG plot and a
+Markdown table.
 
 Reads every ``drift_report/month=YYYY-MM/report.json`` in the lake (the compact documents written by
 :mod:`taxi_platform.lib.drift`), so the history covers exactly the months that were reported, whichever
@@ -31,6 +32,10 @@ class TrendPoint:
     champion_version: str | None
     mae_check_passed: bool | None
     drift_check_passed: bool | None
+    coverage: float | None = None  # share of the month's fares inside their quoted range
+    nominal_coverage: float | None = None
+    range_width: float | None = None  # mean width of the ranges ($)
+    coverage_check_passed: bool | None = None
 
 
 def trend_path(lake: Lake) -> str:
@@ -44,6 +49,8 @@ def point_from_report(doc: dict) -> TrendPoint:
     mae_check = checks.get("mae_not_degraded") or {}
     drift_check = checks.get("drift_share_below_threshold") or {}
     champion = doc.get("champion") or {}
+    ranges = doc.get("ranges") or {}
+    coverage_check = checks.get("fare_range_coverage") or {}
     validation_mae = champion.get("validation_mae")
     if validation_mae is None:
         validation_mae = mae_check.get("validation_mae")
@@ -62,6 +69,10 @@ def point_from_report(doc: dict) -> TrendPoint:
         champion_version=None if champion.get("version") is None else str(champion.get("version")),
         mae_check_passed=mae_check.get("passed"),
         drift_check_passed=drift_check.get("passed"),
+        coverage=ranges.get("coverage"),
+        nominal_coverage=ranges.get("nominal", coverage_check.get("nominal")),
+        range_width=ranges.get("mean_width"),
+        coverage_check_passed=coverage_check.get("passed") if coverage_check.get("evaluated", True) else None,
     )
 
 
@@ -84,8 +95,9 @@ def load_history(lake: Lake) -> tuple[list[TrendPoint], list[str]]:
 
 
 def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: monthly monitoring") -> bytes:
-    """A PNG: MAE per month (failing months in red) against the champion's validation MAE and its allowed limit,
-    and the share of drifted columns per month against its threshold."""
+    """A PNG: MAE per month (failing months in red) against the champion's validation MAE and its allowed limit;
+    beside it the share of fares inside their quoted range against the nominal coverage (±5 points shaded,
+    months off it in red); and the share of drifted columns per month against its threshold."""
     if not points:
         raise ValueError("no drift reports to plot: materialise drift_report for at least one month")
     import matplotlib
@@ -95,8 +107,8 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
 
     months = [p.month for p in points]
     x = list(range(len(points)))
-    fig, (ax_mae, ax_drift) = plt.subplots(
-        2, 1, figsize=(9, 5.5), sharex=True, dpi=90, gridspec_kw={"height_ratios": [3, 2]}
+    fig, (ax_mae, ax_cov, ax_drift) = plt.subplots(
+        3, 1, figsize=(9, 7.5), sharex=True, dpi=90, gridspec_kw={"height_ratios": [3, 2, 2]}
     )
     try:
         mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
@@ -141,6 +153,8 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
         ax_mae.grid(alpha=0.3)
         ax_mae.legend(loc="upper left", fontsize=8)
 
+        _plot_coverage(ax_cov, x, points)
+
         colors = ["#d62728" if p.drift_check_passed is False else "#9467bd" for p in points]
         bars = ax_drift.bar(
             x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns"
@@ -169,6 +183,35 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
     return buffer.getvalue()
 
 
+def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:
+    cov = [(i, p) for i, p in zip(x, points, strict=True) if p.coverage is not None]
+    nominal = [(i, p.nominal_coverage) for i, p in zip(x, points, strict=True) if p.nominal_coverage is not None]
+    if nominal:
+        xs, ys = [n[0] for n in nominal], [n[1] for n in nominal]
+        ax.step(xs, ys, where="mid", color="#2ca02c", linestyle="--", label="nominal coverage")
+        ax.fill_between(
+            xs, [y - 0.05 for y in ys], [y + 0.05 for y in ys], step="mid", color="#2ca02c", alpha=0.12,
+            label="±5 points",
+        )
+    if cov:
+        ax.plot([c[0] for c in cov], [c[1].coverage for c in cov], color="#17becf", marker="o",
+                label="fares inside the quoted range")
+        bad = [(i, p.coverage) for i, p in cov if p.coverage_check_passed is False]
+        if bad:
+            ax.scatter([b[0] for b in bad], [b[1] for b in bad], color="#d62728", zorder=3, s=60,
+                       label="fare_range_coverage warned")
+        for i, p in cov:
+            if p.range_width is not None:
+                ax.annotate(f"${p.range_width:.2f}", (i, p.coverage), textcoords="offset points", xytext=(0, -12),
+                            ha="center", fontsize=7, color="#555555")
+    else:
+        ax.text(0.5, 0.5, "no fare ranges reported", transform=ax.transAxes, ha="center", color="#7f7f7f")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("range coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -184,8 +227,9 @@ def _mark(passed: bool | None) -> str:
 def markdown_table(points: Sequence[TrendPoint]) -> str:
     """One row per month: MAE, validation MAE, change, drift share, drifted columns, check results, champion."""
     lines = [
-        "| month | MAE | validation MAE | change | drift share | drifted columns | mae check | drift check | champion |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| month | MAE | validation MAE | change | range coverage | range width | drift share | drifted columns "
+        "| mae check | coverage check | drift check | champion |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         change = (
@@ -193,8 +237,9 @@ def markdown_table(points: Sequence[TrendPoint]) -> str:
         )
         lines.append(
             f"| {p.month} | {_fmt(p.mae, '${:.2f}')} | {_fmt(p.validation_mae, '${:.2f}')} | "
-            f"{_fmt(change, '{:+.1%}')} | {p.drift_share:.0%} | {', '.join(p.drifted_columns) or '–'} | "
-            f"{_mark(p.mae_check_passed)} | {_mark(p.drift_check_passed)} | "
+            f"{_fmt(change, '{:+.1%}')} | {_fmt(p.coverage, '{:.1%}')} | {_fmt(p.range_width, '${:.2f}')} | "
+            f"{p.drift_share:.0%} | {', '.join(p.drifted_columns) or '–'} | "
+            f"{_mark(p.mae_check_passed)} | {_mark(p.coverage_check_passed)} | {_mark(p.drift_check_passed)} | "
             f"{'v' + p.champion_version if p.champion_version else '–'} |"
         )
     return "\n".join(lines) + "\n"

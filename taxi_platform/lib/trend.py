@@ -209,7 +209,8 @@ def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("range coverage")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
 
 
 def data_uri(png: bytes) -> str:

@@ -1,0 +1,282 @@
+"""Served quotes against realised trips: the prediction log as a lake dataset, and each month's quote accuracy.
+
+- :func:`read_log` reads the fare service's prediction log — the local JSON-lines files
+  (``predictions-YYYY-MM-DD-<pid>.jsonl``) or what the Cloud Logging sink writes to the predictions bucket (one
+  ``LogEntry`` per line, the record under ``jsonPayload``), local or ``gs://`` — including requests split into
+  several lines (``part``/``offset``), one row per priced quote.
+- :func:`served_quotes_table` keeps the quotes whose **pickup** falls in a month: ``served_quotes/month=YYYY-MM``
+  is partitioned by the quoted pickup month, not by when the quote was served.
+- :func:`quote_accuracy` compares them with the month's realised trips (``trip_features``) in the same cell —
+  service, pickup zone, drop-off zone, pickup hour of day: quote-weighted MAE and bias against the cell's
+  realised mean and median fare, the share of the cell's realised fares inside each quote's range, and the cells
+  with the largest error. Quotes whose cell had no realised trip are counted (``unmatched_quotes``), as are quotes
+  without a range.
+
+The log records the fare each quote got, not its range (the log format predates ranges); the range is a pure
+function of the quote and the model version that priced it, so :func:`add_ranges` re-prices the quotes with that
+version and records how many re-priced fares differ from the logged ones (they should not).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.prediction_log import explode
+from taxi_platform.lib.sql import sql_literal
+
+TABLE = "served_quotes"
+ACCURACY_TABLE = "served_quote_accuracy"
+ACCURACY_NAME = "report.json"
+CELL = ("service", "pickup_zone", "dropoff_zone", "pickup_hour")
+WORST_CELLS = 10
+
+SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("ms")),
+        ("request_id", pa.string()),
+        ("endpoint", pa.string()),
+        ("model_version", pa.string()),
+        ("index", pa.int64()),
+        ("pickup_datetime", pa.timestamp("s")),
+        ("pickup_zone", pa.int32()),
+        ("dropoff_zone", pa.int32()),
+        ("passenger_count", pa.int32()),
+        ("service", pa.string()),
+        ("pickup_hour", pa.int32()),
+        ("fare_amount", pa.float64()),
+        ("fare_low", pa.float64()),
+        ("fare_high", pa.float64()),
+    ]
+)
+
+
+# -- reading the log ------------------------------------------------------------------------------------
+def log_files(source: str) -> list[str]:
+    """The prediction-log files under ``source`` (a local directory or a ``gs://`` prefix), sorted."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source)
+    if not fs.exists(root):
+        return []
+    found = [p for p in fs.find(root) if p.rsplit("/", 1)[-1].endswith((".jsonl", ".json"))]
+    found = [p for p in found if not p.rsplit("/", 1)[-1].startswith(".")]
+    protocol = source.split("://", 1)[0] + "://" if "://" in source else ""
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
+
+
+def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        obj = json.loads(line)
+        if isinstance(obj, dict) and isinstance(obj.get("jsonPayload"), dict):  # Cloud Logging LogEntry
+            obj = obj["jsonPayload"]
+        if isinstance(obj, dict) and "count" in obj and "fare_amount" in obj:
+            yield obj
+
+
+def read_log(source: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every priced quote in the log under ``source`` (one flat dict each) and reading statistics.
+
+    A line delivered twice (a retried log shipment) is counted once: quotes are keyed by request id, model
+    version and index in the request. Unreadable lines are skipped and counted.
+    """
+    import fsspec
+
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, int]] = set()
+    stats = {"files": 0, "lines": 0, "unreadable_lines": 0, "duplicate_quotes": 0}
+    for path in log_files(source):
+        stats["files"] += 1
+        with fsspec.open(path, "rt", encoding="utf-8") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                stats["lines"] += 1
+                try:
+                    records = list(_records([raw]))
+                    quotes = [q for r in records for q in explode(r)]
+                except (ValueError, KeyError, TypeError, IndexError):
+                    stats["unreadable_lines"] += 1
+                    continue
+                for q in quotes:
+                    key = (str(q["request_id"]), str(q["model_version"]), int(q["index"]))
+                    if key in seen:
+                        stats["duplicate_quotes"] += 1
+                        continue
+                    seen.add(key)
+                    rows.append(q)
+    return rows, stats
+
+
+def served_quotes_table(rows: Iterable[Mapping[str, Any]], month: str) -> pa.Table:
+    """The quotes whose pickup is in ``month`` (``YYYY-MM``), typed as :data:`SCHEMA` (ranges empty)."""
+    month = month[:7]
+    picked = [r for r in rows if str(r["pickup_datetime"])[:7] == month]
+    pickup = np.array([str(r["pickup_datetime"])[:19] for r in picked], dtype="datetime64[s]")
+    ts = np.array([str(r["ts"]).rstrip("Z")[:23] for r in picked], dtype="datetime64[ms]")
+    hours = (pickup - pickup.astype("datetime64[D]")).astype("timedelta64[h]").astype(np.int32)
+    columns = {
+        "ts": ts,
+        "request_id": [str(r["request_id"]) for r in picked],
+        "endpoint": [str(r["endpoint"]) for r in picked],
+        "model_version": [str(r["model_version"]) for r in picked],
+        "index": [int(r["index"]) for r in picked],
+        "pickup_datetime": pickup,
+        "pickup_zone": [int(r["pickup_zone"]) for r in picked],
+        "dropoff_zone": [int(r["dropoff_zone"]) for r in picked],
+        "passenger_count": [int(r["passenger_count"]) for r in picked],
+        "service": [str(r["service"]) for r in picked],
+        "pickup_hour": hours,
+        "fare_amount": [float(r["fare_amount"]) for r in picked],
+        "fare_low": [None] * len(picked),
+        "fare_high": [None] * len(picked),
+    }
+    return pa.table({name: pa.array(columns[name], type=SCHEMA.field(name).type) for name in SCHEMA.names})
+
+
+def add_ranges(
+    table: pa.Table, price: Callable[[str, Any], Any | None]
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Fill ``fare_low``/``fare_high`` by re-pricing each model version's quotes with ``price(version, quotes)``.
+
+    ``price`` returns the pyfunc's output frame (``fare_amount``, ``fare_low``, ``fare_high``) or ``None`` when the
+    version cannot be loaded. Returns the table and counts: quotes per version, quotes left without a range, and
+    re-priced fares that differ from the logged ones by more than a cent.
+    """
+    frame = table.to_pandas()
+    low = np.full(len(frame), np.nan)
+    high = np.full(len(frame), np.nan)
+    stats: dict[str, Any] = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
+    for version, idx in frame.groupby("model_version").indices.items():
+        stats["versions"][str(version)] = len(idx)
+        quotes = frame.iloc[idx][["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]]
+        out = price(str(version), quotes.reset_index(drop=True))
+        if out is None or "fare_low" not in getattr(out, "columns", ()):
+            continue
+        low[idx] = np.asarray(out["fare_low"], dtype=np.float64)
+        high[idx] = np.asarray(out["fare_high"], dtype=np.float64)
+        logged = frame["fare_amount"].to_numpy()[idx]
+        stats["repriced_mismatch"] += int((np.abs(np.asarray(out["fare_amount"]) - logged) > 0.011).sum())
+    stats["without_range"] = int(np.isnan(low).sum())
+    table = table.set_column(table.schema.get_field_index("fare_low"), "fare_low", pa.array(low, mask=np.isnan(low)))
+    table = table.set_column(
+        table.schema.get_field_index("fare_high"), "fare_high", pa.array(high, mask=np.isnan(high))
+    )
+    return table, stats
+
+
+# -- accuracy against realised trips --------------------------------------------------------------------
+def _num(value: Any, digits: int = 4) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def quote_accuracy(
+    lake: Lake, quotes_glob: str, trips_glob: str, month: str, worst: int = WORST_CELLS
+) -> dict[str, Any]:
+    """Quotes served for pickups in ``month`` against the month's realised trips, cell by cell (module docstring).
+
+    Every average is over quotes (a cell weighs as many times as it was quoted). ``share_inside_range`` is, per
+    quote with a range, the share of its cell's realised fares inside ``fare_low..fare_high``, averaged over
+    those quotes.
+    """
+    cell = ", ".join(CELL)
+    con = lake.connect()
+    try:
+        con.execute(
+            f"""
+            CREATE TEMP TABLE trips AS
+            SELECT CAST(service AS VARCHAR) AS service, CAST(pickup_zone AS INTEGER) AS pickup_zone,
+                   CAST(dropoff_zone AS INTEGER) AS dropoff_zone, CAST(pickup_hour AS INTEGER) AS pickup_hour,
+                   CAST(fare_amount AS DOUBLE) AS fare
+            FROM read_parquet({sql_literal(trips_glob)}) WHERE fare_amount IS NOT NULL;
+            CREATE TEMP TABLE cells AS
+            SELECT {cell}, count(*) AS trips, avg(fare) AS mean_fare, median(fare) AS median_fare
+            FROM trips GROUP BY ALL;
+            CREATE TEMP TABLE q AS
+            SELECT row_number() OVER () AS qid, CAST(service AS VARCHAR) AS service,
+                   CAST(pickup_zone AS INTEGER) AS pickup_zone, CAST(dropoff_zone AS INTEGER) AS dropoff_zone,
+                   CAST(pickup_hour AS INTEGER) AS pickup_hour, fare_amount AS quoted, fare_low, fare_high,
+                   model_version
+            FROM read_parquet({sql_literal(quotes_glob)});
+            CREATE TEMP TABLE inside AS
+            SELECT q.qid, avg(CASE WHEN t.fare BETWEEN q.fare_low AND q.fare_high THEN 1.0 ELSE 0.0 END) AS share
+            FROM q JOIN trips t USING ({cell}) WHERE q.fare_low IS NOT NULL GROUP BY q.qid;
+            CREATE TEMP TABLE scored AS
+            SELECT q.*, c.trips, c.mean_fare, c.median_fare, i.share
+            FROM q LEFT JOIN cells c USING ({cell}) LEFT JOIN inside i USING (qid);
+            """
+        )
+        (quotes, matched, without_range, mae_mean, bias_mean, mae_median, bias_median, share, ranged) = (
+            con.execute(
+                """
+                SELECT count(*), count(trips), count(*) FILTER (WHERE fare_low IS NULL),
+                       avg(abs(quoted - mean_fare)), avg(quoted - mean_fare),
+                       avg(abs(quoted - median_fare)), avg(quoted - median_fare),
+                       avg(share), count(share)
+                FROM scored
+                """
+            ).fetchone()
+        )
+        worst_rows = con.execute(
+            f"""
+            SELECT {cell}, count(*) AS quotes, avg(quoted) AS mean_quoted, any_value(trips) AS trips,
+                   any_value(mean_fare) AS realised_mean, any_value(median_fare) AS realised_median,
+                   avg(abs(quoted - mean_fare)) AS mae, avg(quoted - mean_fare) AS bias, avg(share) AS share_inside
+            FROM scored WHERE trips IS NOT NULL GROUP BY ALL
+            ORDER BY mae DESC, quotes DESC, {cell} LIMIT {int(worst)}
+            """
+        ).fetchall()
+        versions = dict(con.execute("SELECT model_version, count(*) FROM q GROUP BY ALL ORDER BY 1").fetchall())
+        cells_quoted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cell} FROM q)").fetchone()[0]
+    finally:
+        con.close()
+    names = (*CELL, "quotes", "mean_quoted", "trips", "realised_mean", "realised_median", "mae", "bias",
+             "share_inside_range")
+    return {
+        "month": month[:7],
+        "quotes": int(quotes),
+        "matched_quotes": int(matched),
+        "unmatched_quotes": int(quotes - matched),
+        "quotes_without_range": int(without_range),
+        "quotes_scored_for_range": int(ranged),
+        "cells_quoted": int(cells_quoted),
+        "model_versions": {str(k): int(v) for k, v in versions.items()},
+        "mae_vs_realised_mean": _num(mae_mean),
+        "bias_vs_realised_mean": _num(bias_mean),
+        "mae_vs_realised_median": _num(mae_median),
+        "bias_vs_realised_median": _num(bias_median),
+        "share_inside_range": _num(share),
+        "worst_cells": [
+            {k: (_num(v) if isinstance(v, float) else v) for k, v in zip(names, row, strict=True)}
+            for row in worst_rows
+        ],
+    }
+
+
+def accuracy_line(report: Mapping[str, Any]) -> str:
+    """One sentence with the month's served-quote accuracy (for logs, the demo summary and check descriptions)."""
+    if not report.get("matched_quotes"):
+        return (
+            f"{report.get('quotes', 0)} quote(s) served for pickups in {report.get('month')}; none has a realised "
+            "trip in its cell (service, zones, hour) yet"
+        )
+    share = report.get("share_inside_range")
+    range_text = f", {share:.0%} of realised fares inside the quoted ranges" if share is not None else ""
+    return (
+        f"{report['matched_quotes']} of {report['quotes']} quotes served for {report['month']} matched realised "
+        f"trips: MAE ${report['mae_vs_realised_mean']:.2f} vs the cell mean (bias "
+        f"{report['bias_vs_realised_mean']:+.2f}), ${report['mae_vs_realised_median']:.2f} vs the median"
+        f"{range_text}; {report['unmatched_quotes']} without a realised cell"
+    )

@@ -218,14 +218,22 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
 
     deployment = one(docs, "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = env_of(container)
-    assert env["MLFLOW_DB_PASSWORD"] == {"secretKeyRef": {"name": "mlflow-db", "key": "password"}}
-    uri = env["MLFLOW_BACKEND_STORE_URI"]
-    # psycopg2 is the driver the image installs; a bare postgresql:// makes SQLAlchemy 2.1 import psycopg (3).
-    assert uri.startswith("postgresql+psycopg2://mlflow:$(MLFLOW_DB_PASSWORD)@$(MLFLOW_DB_HOST):5432/mlflow")
-    init_env = env_of(deployment["spec"]["template"]["spec"]["initContainers"][0])
-    assert init_env["MLFLOW_BACKEND_STORE_URI"] == uri
-    assert "sslmode=require" in uri
+    pod = deployment["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    # The password is a mounted Secret file, read by the start command; no secret in any env (CKV_K8S_35).
+    (secret_volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert secret_volume["secret"]["secretName"] == "mlflow-db"
+    for c in (container, init):
+        assert not any("valueFrom" in e for e in c.get("env", [])), f"{c['name']}: secret in the environment"
+        assert {"name": secret_volume["name"], "mountPath": "/etc/mlflow-db", "readOnly": True} in c["volumeMounts"]
+        script = c["command"][2]
+        # psycopg2 is the driver the image installs; a bare postgresql:// makes SQLAlchemy 2.1 import psycopg (3).
+        uri = re.search(r'MLFLOW_BACKEND_STORE_URI="([^"]+)"', script).group(1)
+        assert uri == (
+            "postgresql+psycopg2://mlflow:$(cat /etc/mlflow-db/password)@${MLFLOW_DB_HOST}:5432/mlflow?sslmode=require"
+        )
+    assert container["command"][:2] == ["sh", "-c"] and container["command"][2].endswith('exec mlflow "$@"')
+    assert pod["automountServiceAccountToken"] is False
     assert "--serve-artifacts" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
 
@@ -247,13 +255,12 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     )
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
-    policy = one(docs, "NetworkPolicy")
-    sources = [
-        p["namespaceSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for p in rule["from"]
-    ]
-    assert sources == [
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    sources = [p for rule in policies["mlflow-ingress"]["spec"]["ingress"] for p in rule["from"]]
+    assert [p["namespaceSelector"]["matchLabels"] for p in sources if "namespaceSelector" in p] == [
         {"kubernetes.io/metadata.name": terraform_defaults()["k8s_workloads"]["dagster"]["namespace"]}
     ]
+    assert {p["ipBlock"]["cidr"] for p in sources if "ipBlock" in p} == GOOGLE_FRONT_ENDS
 
 
 # -- Dagster Helm values ------------------------------------------------------------------------
@@ -408,3 +415,150 @@ def test_render_fills_the_mlflow_manifests_and_refuses_missing_values():
     missing = {k: v for k, v in RENDER_ENV.items() if k != "CLOUD_SQL_PRIVATE_IP"}
     result = render(text, **missing)
     assert result.returncode != 0 and "CLOUD_SQL_PRIVATE_IP" in result.stderr and result.stdout == ""
+
+
+# -- least privilege and network isolation (security review) -------------------------------------------------
+
+GOOGLE_FRONT_ENDS = {"35.191.0.0/16", "130.211.0.0/22"}  # Google load-balancer proxies and health checkers
+APP_NAMESPACES = ("dagster", "mlflow", "fare-service")
+DEPLOYER = "taxi-prod-deployer@PROJECT_ID.iam.gserviceaccount.com"
+
+
+def all_k8s_docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs.extend(d for d in load_docs(path) if isinstance(d, dict) and "kind" in d)
+    return docs
+
+
+def test_platform_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((K8S / "platform" / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in (K8S / "platform").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+@pytest.mark.parametrize("namespace", APP_NAMESPACES)
+def test_every_namespace_denies_all_traffic_by_default(namespace: str):
+    policies = [d for d in all_k8s_docs() if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == namespace]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    assert deny, f"namespace {namespace} has no default-deny NetworkPolicy"
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "ipBlock" in peer:
+                    assert peer["ipBlock"]["cidr"] in GOOGLE_FRONT_ENDS, (policy["metadata"]["name"], peer)
+            if not rule.get("from"):  # open to every source: only the fare service's API port
+                assert namespace == "fare-service" and rule["ports"] == [{"protocol": "TCP", "port": 3000}]
+        for rule in policy["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+                    assert rule["ports"] == [{"protocol": "TCP", "port": 443}], (policy["metadata"]["name"], rule)
+
+
+def test_fare_service_egress_is_dns_only_and_dagster_is_not_reachable_from_other_namespaces():
+    docs = all_k8s_docs()
+    fare = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "fare-service"]
+    egress_ports = {(p["protocol"], p["port"]) for d in fare for r in d["spec"].get("egress", []) for p in r["ports"]}
+    assert egress_ports == {("UDP", 53), ("TCP", 53)}
+    dagster = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "dagster"]
+    for policy in dagster:
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                assert "namespaceSelector" not in peer, f"{policy['metadata']['name']} admits another namespace"
+
+
+def test_dagster_ui_and_mlflow_only_behind_iap_no_load_balancer_services():
+    docs = all_k8s_docs()
+    assert not [d for d in docs if d["kind"] == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")]
+    assert not [d for d in docs if d["kind"] == "Ingress"], "an Ingress would bypass the IAP Gateway"
+    webserver = helm_values()["dagsterWebserver"]["service"]
+    assert webserver["type"] == "ClusterIP"
+    routes = {
+        (d["metadata"]["namespace"], ref["name"], ref["port"])
+        for d in docs
+        if d["kind"] == "HTTPRoute"
+        for rule in d["spec"]["rules"]
+        for ref in rule["backendRefs"]
+    }
+    assert routes == {("dagster", "dagster-dagster-webserver", webserver["port"]), ("mlflow", "mlflow", 5000)}
+    iap = {
+        (d["metadata"]["namespace"], d["spec"]["targetRef"]["name"])
+        for d in docs
+        if d["kind"] == "GCPBackendPolicy" and d["spec"]["default"]["iap"]["enabled"] is True
+    }
+    assert {(ns, name) for ns, name, _ in routes} <= iap, "every routed backend needs IAP"
+    (gateway,) = [d for d in docs if d["kind"] == "Gateway"]
+    assert {listener["protocol"] for listener in gateway["spec"]["listeners"]} == {"HTTPS"}
+    tf = (REPO / "terraform" / "iam.tf").read_text()
+    assert "roles/iap.httpsResourceAccessor" in tf and "var.iap_members" in tf
+
+
+def test_deployer_rbac_is_scoped_to_the_fare_service_namespace():
+    docs = all_k8s_docs()
+    bindings = [
+        d
+        for d in docs
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and any(s["kind"] == "User" and s["name"] == DEPLOYER for s in d["subjects"])
+    ]
+    assert bindings
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs if "Role" in d["kind"] and "Binding" not in d["kind"]}
+    forbidden = {"secrets", "roles", "rolebindings", "clusterroles", "clusterrolebindings", "networkpolicies", "*"}
+    granted_namespaces = set()
+    for binding in bindings:
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        role = roles[(ref["kind"], namespace if ref["kind"] == "Role" else None, ref["name"])]
+        granted_namespaces.add(namespace)
+        for rule in role["rules"]:
+            assert not forbidden & set(rule["resources"]), rule
+            assert "*" not in rule["verbs"] and "*" not in rule.get("apiGroups", [])
+            if binding["kind"] == "ClusterRoleBinding":  # cluster-wide: only the fare-service Namespace object
+                assert rule["resources"] == ["namespaces"] and rule["resourceNames"] == ["fare-service"]
+                assert set(rule["verbs"]) <= {"get", "patch"}
+            if namespace == "mlflow":  # read the champion through a port-forward, nothing else
+                assert rule["resources"] == ["pods/portforward"] or set(rule["verbs"]) <= {"get", "list"}
+            if "pods" in rule["resources"] and namespace != "fare-service":
+                assert "create" not in rule["verbs"]
+    assert granted_namespaces == {"fare-service", None, "mlflow"}
+    # terraform names the deployer <name>-deployer and grants it no Kubernetes object permission in IAM
+    tf = (REPO / "terraform" / "github_oidc.tf").read_text()
+    assert 'account_id   = "${local.name}-deployer"' in tf and "roles/container.developer\"" not in tf.split("#")[0]
+
+
+def test_fare_service_reads_api_key_hashes_from_secret_manager():
+    deployment = one(manifests("fare-service"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    keys_file = env_of(container)["TAXI_API_KEYS_FILE"]
+    (volume,) = [v for v in pod["volumes"] if "csi" in v]
+    assert volume["csi"]["driver"] == "secrets-store-gke.csi.k8s.io"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and keys_file.startswith(mount["mountPath"] + "/")
+    provider_name = volume["csi"]["volumeAttributes"]["secretProviderClass"]
+    (provider,) = [d for d in all_k8s_docs() if d["kind"] == "SecretProviderClass"]
+    assert provider["metadata"] == {**provider["metadata"], "name": provider_name, "namespace": "fare-service"}
+    (secret,) = yaml.safe_load(provider["spec"]["parameters"]["secrets"])
+    assert secret["path"] == keys_file.rsplit("/", 1)[1]
+    assert secret["resourceName"] == "projects/PROJECT_ID/secrets/taxi-prod-fare-api-keys/versions/latest"
+    tf = (REPO / "terraform" / "secrets.tf").read_text()
+    assert 'secret_id = "${local.name}-fare-api-keys"' in tf
+    assert "google_secret_manager_secret.fare_api_keys.id" in (REPO / "terraform" / "iam.tf").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.dagster", "Dockerfile.mlflow"])
+def test_dockerfiles_take_the_base_image_digest_from_a_variable(dockerfile: str):
+    text = (DEPLOY / dockerfile).read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms and all(f == "python:3.11-slim@${PYTHON_DIGEST}" for f in froms), froms
+    arg = re.search(r"^ARG PYTHON_DIGEST(=\S*)?$", text, re.M)
+    assert arg and not arg.group(1), "no default: the build must pass --build-arg PYTHON_DIGEST=sha256:<digest>"
+    assert "--build-arg PYTHON_DIGEST=\"$PYTHON_DIGEST\"" in text

@@ -513,3 +513,9 @@ def test_every_checkov_skip_is_inline_with_a_reason():
     assert len(skips) == len(set(skips)), "a check is skipped twice in one file"
     ci = (REPO / ".ci/run").read_text()
     assert "--skip-check" not in ci and ".checkov" not in ci, "no blanket skip list"
+    assert re.search(
+        r"uvx --from checkov==\d+\.\d+\.\d+ checkov -d terraform -d deploy -d \.github/workflows \\\n\s+"
+        r"--framework terraform kubernetes dockerfile github_actions --skip-download",
+        ci,
+    ), ".ci/run must scan terraform/, deploy/ and the workflows with a pinned checkov, offline"
+    assert "checkov" not in (REPO / "pyproject.toml").read_text(), "checkov runs in its own tool environment"

@@ -66,6 +66,11 @@ resource "google_container_cluster" "main" {
     evaluation_mode = var.binary_authorization ? "PROJECT_SINGLETON_POLICY_ENFORCE" : "DISABLED"
   }
 
+  # Mounts Secret Manager secrets into pods as files (the fare service's API-key hashes).
+  secret_manager_config {
+    enabled = true
+  }
+
   release_channel {
     channel = var.gke_release_channel
   }

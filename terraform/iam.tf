@@ -66,9 +66,14 @@ resource "google_secret_manager_secret_iam_member" "db_password" {
   member    = "serviceAccount:${google_service_account.workload[each.key].email}"
 }
 
-# The fare service needs no Google API at all: the model is baked into its image and its prediction
-# logs go to stdout, which GKE ships to Cloud Logging. Its service account exists so the pods have a
-# dedicated identity (and so any future grant is explicit and reviewable), but it holds no roles.
+# The fare service calls no Google API itself: the model is baked into its image and its prediction
+# logs go to stdout, which GKE ships to Cloud Logging. Its one grant: GKE's Secret Manager add-on,
+# acting as the pod's identity, may read the API-key hashes secret it mounts as a file.
+resource "google_secret_manager_secret_iam_member" "fare_api_keys" {
+  secret_id = google_secret_manager_secret.fare_api_keys.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workload["serving"].email}"
+}
 
 # -- people: the Dagster UI and MLflow behind Identity-Aware Proxy ------------------------------------
 

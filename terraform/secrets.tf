@@ -29,3 +29,17 @@ resource "google_secret_manager_secret_version" "db_password" {
   secret      = google_secret_manager_secret.db_password[each.key].id
   secret_data = random_password.db[each.key].result
 }
+
+# The fare service's API keys, as `name:<sha256 hex of the key>` lines (never the keys themselves).
+# Terraform creates the empty secret; an operator adds versions (docs/deploy.md, "Fare service API keys"),
+# and the pods mount the latest as a file (deploy/k8s/platform/fare-service-api-keys.yaml).
+resource "google_secret_manager_secret" "fare_api_keys" {
+  secret_id = "${local.name}-fare-api-keys"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}

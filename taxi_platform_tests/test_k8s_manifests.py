@@ -562,3 +562,31 @@ def test_dockerfiles_take_the_base_image_digest_from_a_variable(dockerfile: str)
     arg = re.search(r"^ARG PYTHON_DIGEST(=\S*)?$", text, re.M)
     assert arg and not arg.group(1), "no default: the build must pass --build-arg PYTHON_DIGEST=sha256:<digest>"
     assert "--build-arg PYTHON_DIGEST=\"$PYTHON_DIGEST\"" in text
+
+
+def test_render_fills_the_platform_manifests():
+    text = "---\n".join((K8S / "platform" / name).read_text() for name in sorted(os.listdir(K8S / "platform")))
+    result = render(text, **RENDER_ENV)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d and "kind" in d]
+    subjects = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
+    assert subjects == {"taxi-dev-deployer@proj-1.iam.gserviceaccount.com"}
+    (provider,) = [d for d in docs if d["kind"] == "SecretProviderClass"]
+    assert "projects/proj-1/secrets/taxi-dev-fare-api-keys/versions/latest" in provider["spec"]["parameters"]["secrets"]
+    cidrs = {
+        peer["ipBlock"]["cidr"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        for rule in d["spec"].get("egress", [])
+        for peer in rule.get("to", [])
+        if "ipBlock" in peer
+    }
+    assert "10.77.0.3/32" in cidrs  # the Cloud SQL private IP
+
+
+def test_deploy_docs_have_a_threat_model_naming_each_identity():
+    text = (REPO / "docs" / "deploy.md").read_text()
+    section = text.split("## Threat model", 1)[1].split("\n## ", 1)[0]
+    for needle in ("API key", "Identity-Aware Proxy", "<name>-dagster", "<name>-mlflow", "<name>-serving",
+                   "<name>-deployer", "deployer-rbac.yaml", "Binary Authorization", "default deny"):  # fmt: skip
+        assert needle in section, f"threat model does not mention {needle}"

@@ -17,6 +17,12 @@
 * ``monitoring_trend`` (unpartitioned) plots MAE, fare-range coverage and drift share across every reported month
   (``drift_report/trend.png``) and shows the history as a table in its metadata.
 
+* ``served_quotes`` (monthly) is the fare service's prediction log as a lake dataset partitioned by the quoted
+  **pickup** month (``served_quotes/month=YYYY-MM/part-0.parquet``), each quote with the range the serving model
+  version gave it; ``served_quote_accuracy`` (monthly) compares those quotes with the month's realised trips in the
+  same cell (service, pickup zone, drop-off zone, pickup hour) — :mod:`taxi_platform.lib.served_quotes`. Both
+  follow ``trip_features`` once a champion exists: when month M's trips arrive, M's served quotes are scored.
+
 * ``retrain_on_mae_degradation`` (sensor) requests a ``fare_model`` run for the newest reported month when its
   ``mae_not_degraded`` evaluation fails, once per evaluation, and never twice for the same month and champion
   (a retrain the promotion gate rejects would otherwise loop: retrain -> re-report -> fail -> retrain).
@@ -541,6 +547,158 @@ def monitoring_trend(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     return dg.MaterializeResult(metadata=metadata)
 
 
+# -- served quotes against realised trips ----------------------------------------------------------------
+SERVED_QUOTES = dg.AssetKey("served_quotes")
+SERVED_QUOTE_ACCURACY = dg.AssetKey("served_quote_accuracy")
+
+
+class ServedQuotesConfig(dg.Config):
+    log_path: str | None = Field(
+        default=None,
+        description="Where the fare service's prediction log is: a local directory of predictions-*.jsonl files or "
+        "the predictions bucket the Cloud Logging sink writes to (gs://bucket[/prefix]). Default: "
+        "$TAXI_DATA_DIR/predictions, where a local fare service writes it.",
+    )
+
+
+def _repricer(tracking_uri: str, log):
+    """``price(version, quotes)``: the pyfunc output of ``taxi_fare_model`` version ``version`` (None if absent)."""
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+    def price(version: str, quotes):
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+        except Exception as exc:  # a version from another registry, or deleted: its quotes keep no range
+            log.warning(f"cannot load {MODEL_NAME} v{version} to re-price its quotes' ranges: {exc}")
+            return None
+        return model.predict(quotes)
+
+    return price
+
+
+@dg.asset(
+    key=SERVED_QUOTES,
+    partitions_def=monthly_partitions,
+    deps=["trip_features"],
+    group_name="monitoring",
+    kinds={"parquet", "duckdb"},
+    automation_condition=drift_report_condition(),
+    description="Fare quotes the service priced for pickups in the month, from the prediction log (local JSONL or "
+    "the Cloud Logging sink's bucket), each with its fare range: served_quotes/month=YYYY-MM/part-0.parquet.",
+)
+def served_quotes(
+    context: dg.AssetExecutionContext,
+    config: ServedQuotesConfig,
+    lake: LakeResource,
+    model_registry: ModelRegistryResource,
+) -> dg.MaterializeResult:
+    import pyarrow.parquet as pq
+
+    from taxi_platform.lib.served_quotes import TABLE, add_ranges, read_log, served_quotes_table
+
+    store = lake.lake()
+    month = month_label(context.partition_key)
+    source = config.log_path or str(load_settings().data_dir / "predictions")
+    rows, stats = read_log(source)
+    table = served_quotes_table(rows, month)
+    context.log.info(
+        f"{len(rows):,} priced quotes in {stats['files']} log file(s) under {source}; {table.num_rows:,} for "
+        f"pickups in {month}"
+    )
+    ranges: dict = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
+    if table.num_rows:
+        table, ranges = add_ranges(table, _repricer(model_registry.resolved_uri(), context.log))
+    dest = store.partition_path(TABLE, context.partition_key)
+    with store.staged_file(dest, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(table.num_rows),
+            "log_path": dg.MetadataValue.text(source),
+            "log_files": dg.MetadataValue.int(stats["files"]),
+            "log_quotes": dg.MetadataValue.int(len(rows)),
+            "unreadable_lines": dg.MetadataValue.int(stats["unreadable_lines"]),
+            "duplicate_quotes": dg.MetadataValue.int(stats["duplicate_quotes"]),
+            "model_versions": dg.MetadataValue.json(ranges["versions"]),
+            "quotes_without_range": dg.MetadataValue.int(ranges["without_range"]),
+            "repriced_mismatch": dg.MetadataValue.int(ranges["repriced_mismatch"]),
+            "path": dg.MetadataValue.path(dest),
+        }
+    )
+
+
+def _worst_cells_table(cells: list[dict]) -> str:
+    lines = [
+        "| service | pickup | dropoff | hour | quotes | mean quoted | trips | realised mean | median | MAE | bias | in range |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        share = "–" if c["share_inside_range"] is None else f"{c['share_inside_range']:.0%}"
+        lines.append(
+            f"| {c['service']} | {c['pickup_zone']} | {c['dropoff_zone']} | {c['pickup_hour']} | {c['quotes']} | "
+            f"${c['mean_quoted']:.2f} | {c['trips']} | ${c['realised_mean']:.2f} | ${c['realised_median']:.2f} | "
+            f"${c['mae']:.2f} | {c['bias']:+.2f} | {share} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dg.asset(
+    key=SERVED_QUOTE_ACCURACY,
+    partitions_def=monthly_partitions,
+    deps=[SERVED_QUOTES, "trip_features"],
+    group_name="monitoring",
+    kinds={"duckdb", "json"},
+    automation_condition=drift_report_condition(),
+    description="The month's served quotes against its realised trips in the same cell (service, pickup zone, "
+    "drop-off zone, pickup hour): quote-weighted MAE and bias vs the cell's realised mean and median, share of "
+    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell. "
+    "served_quote_accuracy/month=YYYY-MM/report.json.",
+)
+def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    from taxi_platform.lib.served_quotes import (
+        ACCURACY_NAME,
+        ACCURACY_TABLE,
+        TABLE,
+        accuracy_line,
+        quote_accuracy,
+    )
+
+    store = lake.lake()
+    key = context.partition_key
+    month = month_label(key)
+    for table, what in ((TABLE, "served_quotes"), ("trip_features", "trip_features")):
+        if not store.exists(store.partition_dir(table, key)):
+            raise dg.Failure(
+                description=f"No {what} partition for {month}: materialise {what} for this month first.",
+                allow_retries=False,
+            )
+    report = quote_accuracy(store, store.partition_glob(TABLE, key), store.partition_glob("trip_features", key), month)
+    line = accuracy_line(report)
+    context.log.info(line)
+    dest = store.partition_path(ACCURACY_TABLE, key, ACCURACY_NAME)
+    store.write_bytes(dest, json.dumps(report, indent=1).encode("utf-8"))
+    metadata = {
+        "dagster/row_count": dg.MetadataValue.int(report["quotes"]),
+        "summary": dg.MetadataValue.text(line),
+        "quotes": dg.MetadataValue.int(report["quotes"]),
+        "matched_quotes": dg.MetadataValue.int(report["matched_quotes"]),
+        "unmatched_quotes": dg.MetadataValue.int(report["unmatched_quotes"]),
+        "quotes_without_range": dg.MetadataValue.int(report["quotes_without_range"]),
+        "model_versions": dg.MetadataValue.json(report["model_versions"]),
+        "worst_cells": dg.MetadataValue.md(_worst_cells_table(report["worst_cells"])),
+        "json_path": dg.MetadataValue.path(dest),
+    }
+    for name in ("mae_vs_realised_mean", "bias_vs_realised_mean", "mae_vs_realised_median",
+                 "bias_vs_realised_median", "share_inside_range"):
+        if report[name] is not None:
+            metadata[name] = dg.MetadataValue.float(report[name])
+    return dg.MaterializeResult(metadata=metadata)
+
+
 # -- retraining sensor -----------------------------------------------------------------------------------
 @dataclass
 class RetrainCursor:
@@ -679,7 +837,7 @@ def retrain_on_mae_degradation(context: dg.SensorEvaluationContext) -> dg.Sensor
     return dg.SensorResult(run_requests=requests, cursor=new_cursor.to_json())
 
 
-assets = [drift_report, monitoring_trend]
+assets = [drift_report, monitoring_trend, served_quotes, served_quote_accuracy]
 asset_checks: list = []
 resources = {"model_registry": ModelRegistryResource()}
 sensors = [retrain_on_mae_degradation]

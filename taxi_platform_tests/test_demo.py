@@ -77,8 +77,25 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
     assert str(service["model_version"]) == str(champion.version)
     assert Path(service["dockerfile"]).is_file()
     response = service["quote"]["response"]
-    assert response["currency"] == "USD" and str(response["model_version"]) == str(champion.version)
+    # The quote was answered before 2024-03 arrived, by the champion of the earlier months; the Bento was rebuilt
+    # for the champion trained once 2024-03 was in (if it was promoted).
+    assert response["currency"] == "USD" and str(response["model_version"]) == report["served"]["model_version"]
+    assert response["fare_low"] <= response["fare_amount"] <= response["fare_high"]
     assert response["fare_amount"] > 3.0
+    assert report["model"]["2024-02"]["model_version"] == int(response["model_version"]) or str(
+        report["model"]["2024-02"]["model_version"]) == str(response["model_version"])
+
+    # A few hundred quotes for 2024-03 were served before its trips arrived, then scored against them.
+    served = report["served"]
+    assert served["month"] == "2024-03" and served["sent"] == 300
+    accuracy = served["accuracy"]
+    assert accuracy["quotes"] == 301  # the 300 + the test quote (pickup 2024-03-05)
+    assert accuracy["matched_quotes"] + accuracy["unmatched_quotes"] == 301 and accuracy["matched_quotes"] > 100
+    assert accuracy["quotes_without_range"] == 0 and 0 < accuracy["share_inside_range"] <= 1
+    doc = json.loads((lake / "served_quote_accuracy" / "month=2024-03" / "report.json").read_text())
+    assert doc["mae_vs_realised_mean"] == pytest.approx(accuracy["mae_vs_realised_mean"])
+    assert doc["model_versions"] == {str(response["model_version"]): 301}
+    assert "Served quotes (2024-03" in proc.stdout and "matched realised trips" in proc.stdout
 
     # The runs are in the Dagster instance under the data dir, where `dagster dev` will show them.
     assert (data_dir / "dagster_home" / "dagster.yaml").is_file()

@@ -3,6 +3,11 @@
 Every stage runs for real: the mirror is served over loopback HTTP, assets are materialised through the Dagster
 instance under ``DAGSTER_HOME`` (so the runs show up in ``dagster dev`` afterwards), the model is logged and
 registered in MLflow, drift reports are written, a Bento is built and served, and one quote is sent to it.
+
+The last month arrives late, as TLC months do: the Bento built from the champion of the earlier months is served
+first and prices a few hundred quotes for pickups in the last month (the riders of the month before, a month
+later); then the last month's trips are ingested, the model retrains, and ``served_quote_accuracy`` scores the
+quotes that were served against the trips that were realised.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from taxi_platform.commands.demo_summary import DemoReport, render_summary
 
 DEFAULT_MONTHS = "2024-01:2024-04"
+SERVED_QUOTES = 300  # quotes for the last month sent before its trips arrive
+QUOTE_BATCH = 100
 console = Console()
 
 
@@ -141,40 +148,46 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
     resources = dict(defs.resources or {})
     available = {k.to_user_string() for a in assets for k in getattr(a, "keys", [])}
     stages: list[tuple[str, int, Callable[[], None]]] = []
+    # With three months or more, the last one arrives after the service has quoted it (see the module docstring).
+    late = keys[-1] if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve else None
+    early = keys[:-1] if late else keys
+
+    def ingest_month(key: str) -> None:
+        result = _materialize(assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance,
+                              resources, key)
+        raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
+        report.rows[key[:7]] = {
+            "raw": raw.get("dagster/row_count"),
+            "cleaned": cleaned.get("dagster/row_count"),
+            "rejected": cleaned.get("rejected_rows"),
+            "features": _meta(result, "trip_features").get("dagster/row_count"),
+        }
 
     def ingest() -> None:
         _materialize(assets + checks, ["taxi_zones"], instance, resources, None)
-        for key in keys:
-            result = _materialize(assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance,
-                                  resources, key)
-            raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
-            report.rows[key[:7]] = {
-                "raw": raw.get("dagster/row_count"),
-                "cleaned": cleaned.get("dagster/row_count"),
-                "rejected": cleaned.get("rejected_rows"),
-                "features": _meta(result, "trip_features").get("dagster/row_count"),
-            }
+        for key in early:
+            ingest_month(key)
             progress.advance(task)
 
-    stages.append(("Ingest + clean + features", len(keys), ingest))
+    stages.append(("Ingest + clean + features", len(early), ingest))
 
     if "fare_model" in available:
         def model() -> None:
-            for key in keys[1:]:
+            for key in early[1:]:
                 result = _materialize(assets + checks, ["fare_model"], instance, resources, key)
                 report.model[key[:7]] = _meta(result, "fare_model")
                 progress.advance(task)
 
-        stages.append(("Train + register model", len(keys) - 1, model))
+        stages.append(("Train + register model", len(early) - 1, model))
 
     if "drift_report" in available:
         def drift() -> None:
-            for key in keys[1:]:
+            for key in early[1:]:
                 result = _materialize(assets + checks, ["drift_report"], instance, resources, key)
                 report.drift[key[:7]] = _meta(result, "drift_report")
                 progress.advance(task)
 
-        stages.append(("Drift + quality reports", len(keys) - 1, drift))
+        stages.append(("Drift + quality reports", len(early) - 1, drift))
 
     if "fare_service" in available:
         def bento() -> None:
@@ -182,10 +195,36 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
             report.service.update(_meta(result, "fare_service"))
             progress.advance(task)
             if not args.skip_serve:
-                report.service["quote"] = _quote_from_bento()
+                quotes = _late_month_quotes(early[-1], late) if late else []
+                report.service["quote"], sent = _quote_from_bento(quotes)
+                if late:
+                    report.served = {"month": late[:7], "sent": sent,
+                                     "model_version": report.service["quote"]["response"]["model_version"]}
             progress.advance(task)
 
         stages.append(("Build + serve Bento", 2, bento))
+
+    if late:
+        def arrives() -> None:
+            ingest_month(late)
+            progress.advance(task)
+            result = _materialize(assets + checks, ["fare_model"], instance, resources, late)
+            report.model[late[:7]] = _meta(result, "fare_model")
+            progress.advance(task)
+            result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
+            report.drift[late[:7]] = _meta(result, "drift_report")
+            progress.advance(task)
+            result = _materialize(assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources,
+                                  late)
+            report.served.update({"dataset": _meta(result, "served_quotes"),
+                                  "accuracy": _meta(result, "served_quote_accuracy")})
+            progress.advance(task)
+            if report.model[late[:7]].get("promoted") and "fare_service" in available:
+                result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
+                report.service.update(_meta(result, "fare_service"))  # the Bento of the new champion
+            progress.advance(task)
+
+        stages.append((f"{late[:7]} arrives: ingest, retrain, score served quotes", 5, arrives))
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
@@ -202,8 +241,47 @@ DEMO_QUOTE = {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132, "dro
               "passenger_count": 1, "service": "yellow"}
 
 
-def _quote_from_bento(timeout: float = 180.0) -> dict:
-    """Start the built Bento with ``taxi-platform serve`` on a free loopback port, send one quote, stop it."""
+def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: int = 0) -> list[dict]:
+    """``n`` quotes for pickups in month ``late``: trips of month ``previous`` (service, zones, hour of day, day of
+    month up to the 28th) asked for again a month later — riders quoting before the month's trips are published.
+    The trips come from cells (service, zones, hour) ridden at least twice in ``previous``: the demo's months are
+    small, and a once-ridden cell rarely has a realised trip to compare with a month later."""
+    import duckdb
+
+    from taxi_platform.settings import load_settings
+
+    glob = f"{load_settings().lake_root.rstrip('/')}/trip_features/month={previous[:7]}/*.parquet"
+    rows = duckdb.sql(
+        f"SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count, service FROM ("
+        f"  SELECT * EXCLUDE (service), CAST(service AS VARCHAR) AS service, count(*) OVER (PARTITION BY service, pickup_zone, "
+        f"  dropoff_zone, pickup_hour) AS cell_trips FROM read_parquet('{glob}')) "
+        f"WHERE cell_trips >= 2 ORDER BY hash(pickup_datetime, pickup_zone, dropoff_zone, {int(seed)}) LIMIT {n}"
+    ).fetchall()
+    year, month = int(late[:4]), int(late[5:7])
+    return [
+        {
+            "pickup_datetime": t.replace(year=year, month=month, day=min(t.day, 28)).isoformat(timespec="seconds"),
+            "pickup_zone": int(pu),
+            "dropoff_zone": int(do),
+            "passenger_count": int(min(max(pax, 0), 9)),
+            "service": str(service),
+        }
+        for t, pu, do, pax, service in rows
+    ]
+
+
+def _archive_prediction_log() -> None:
+    """Move an earlier run's prediction log aside, so this run's served-quote figures count this run's quotes."""
+    log_dir = Path(os.environ["TAXI_DATA_DIR"]) / "predictions"
+    if log_dir.is_dir() and any(log_dir.iterdir()):
+        dest = log_dir.with_name(f"predictions.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        log_dir.rename(dest)
+        console.print(f"earlier prediction log moved to {dest}")
+
+
+def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) -> tuple[dict, int]:
+    """Start the built Bento with ``taxi-platform serve`` on a free loopback port, send one quote (and ``quotes`` in
+    batches, logged by the service like any traffic), stop it. Returns the one quote's exchange and quotes sent."""
     import signal
     import subprocess
     import sys
@@ -213,6 +291,8 @@ def _quote_from_bento(timeout: float = 180.0) -> dict:
     from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 
     port = free_port()
+    if quotes:
+        _archive_prediction_log()
     log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen([sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
@@ -230,7 +310,14 @@ def _quote_from_bento(timeout: float = 180.0) -> dict:
         response = requests.post(f"{base}/predict", json=DEMO_QUOTE, timeout=10)
         if response.status_code != 200:
             raise DemoError(f"POST /predict answered {response.status_code}: {response.text[:300]}")
-        return {"request": DEMO_QUOTE, "response": response.json(), "url": f"{base}/predict"}
+        sent = 0
+        for start in range(0, len(quotes or []), QUOTE_BATCH):
+            batch = requests.post(f"{base}/predict_batch", json={"quotes": quotes[start:start + QUOTE_BATCH]},
+                                  timeout=30)
+            if batch.status_code != 200:
+                raise DemoError(f"POST /predict_batch answered {batch.status_code}: {batch.text[:300]}")
+            sent += len(batch.json()["predictions"])
+        return {"request": DEMO_QUOTE, "response": response.json(), "url": f"{base}/predict"}, sent
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

@@ -21,6 +21,7 @@ class DemoReport:
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)
     service: dict[str, Any] = field(default_factory=dict)
+    served: dict[str, Any] = field(default_factory=dict)  # quotes served for the last month before it arrived
     timings: dict[str, float] = field(default_factory=dict)
     missing_stages: list[str] = field(default_factory=list)
 
@@ -67,6 +68,10 @@ def render_summary(console: Console, report: DemoReport) -> None:
         quote = report.service.get("quote")
         if quote:
             console.print(f"Test quote → {quote}")
+    accuracy = report.served.get("accuracy")
+    if accuracy:
+        console.print(f"Served quotes ({report.served['month']}, priced by v{report.served['model_version']} before "
+                      f"its trips arrived): {accuracy.get('summary')}")
     if report.missing_stages:
         console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
     console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))

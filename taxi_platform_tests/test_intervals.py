@@ -69,20 +69,23 @@ def test_conformal_quantile_covers_at_least_nominal_on_its_calibration_set(n, co
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), min_group=st.integers(1, 300))
-def test_small_bands_fall_back_to_the_global_width_and_ranges_contain_the_fare(seed, min_group):
+def test_small_bands_fall_back_to_their_group_then_the_global_width_and_ranges_contain_the_fare(seed, min_group):
     rng = np.random.default_rng(seed)
     n = 2_000
-    bands = rng.choice([0, 3, 7, 19], size=n, p=[0.6, 0.3, 0.08, 0.02])
+    bands = rng.choice([0, 3, 7, 13, 19], size=n, p=[0.55, 0.3, 0.08, 0.05, 0.02])  # 3 and 13: same group
     y_pred = rng.uniform(3, 80, n)
     y_true = y_pred + rng.normal(0, 1 + bands, n)  # wider noise in higher bands
     iv = calibrate(y_true, y_pred, bands, coverage=0.8, min_group=min_group, floor=3.0)
     counts = np.bincount(bands, minlength=N_BANDS)
+    scores = np.abs(y_true - y_pred)
     for band in range(N_BANDS):
-        if counts[band] < min_group:
-            assert iv.half_width[band] == iv.global_half_width
+        group = bands % 10 == band % 10  # same distance band and airport flag, either service
+        if counts[band] >= min_group:
+            assert iv.half_width[band] == conformal_quantile(scores[bands == band], 0.8)
+        elif group.sum() >= min_group:
+            assert iv.half_width[band] == conformal_quantile(scores[group], 0.8)
         else:
-            own = conformal_quantile(np.abs(y_true - y_pred)[bands == band], 0.8)
-            assert iv.half_width[band] == own
+            assert iv.half_width[band] == iv.global_half_width
     low, high = iv.ranges(y_pred, bands)
     assert (low <= y_pred).all() and (y_pred <= high).all() and (low >= 3.0).all()
 

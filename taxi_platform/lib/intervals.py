@@ -4,9 +4,10 @@ A quote's range is ``fare ± q[band]``, where ``band`` is what makes a fare unce
 service, the zone pair's typical distance (five bands) and whether the trip touches an airport — and
 ``q[band]`` is the conformal quantile of the absolute residuals ``|fare - prediction|`` of the validation
 month's trips in that band (group-wise, "Mondrian" split conformal). The validation month is a month the model
-never trained on, so the ranges are calibrated out of time. Bands with fewer than ``min_group`` calibration
-trips use the quantile of all residuals. With exchangeable months each band's range covers at least the
-nominal share of trips (and at most ``nominal + 1/(n+1)``).
+never trained on, so the ranges are calibrated out of time. A band with fewer than ``min_group`` calibration
+trips uses the quantile of its distance band and airport flag over both services (distance and airports drive a
+fare's spread), and if that group is small too, the quantile of all residuals. With exchangeable months each
+band with its own quantile covers at least the nominal share of its trips (and at most ``nominal + 2/n``).
 
 numpy only (this module ships with the model as code): the band of a quote comes from the model's own design
 matrix (:data:`taxi_platform.lib.training.MATRIX_COLUMNS`), so serving adds two lookups per quote.
@@ -76,6 +77,11 @@ def bands_from_matrix(X: np.ndarray) -> np.ndarray:
     band *= _N_AIR
     band += airport
     return band
+
+
+def parent_of(bands: np.ndarray) -> np.ndarray:
+    """The fallback group of each band: its distance band and airport flag, over both services."""
+    return np.asarray(bands, dtype=np.int64) % (_N_DIST * _N_AIR)
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -159,9 +165,17 @@ def calibrate(
             f"{math.ceil(1 / (1 - coverage))}"
         )
     counts = np.bincount(bands, minlength=N_BANDS)
+    parents = parent_of(bands)
+    parent_counts = np.bincount(parents, minlength=_N_DIST * _N_AIR)
     half = []
     for band in range(N_BANDS):
-        q = conformal_quantile(scores[bands == band], coverage) if counts[band] >= min_group else overall
+        parent = band % (_N_DIST * _N_AIR)
+        if counts[band] >= min_group:
+            q = conformal_quantile(scores[bands == band], coverage)
+        elif parent_counts[parent] >= min_group:
+            q = conformal_quantile(scores[parents == parent], coverage)
+        else:
+            q = overall
         half.append(float(q if math.isfinite(q) else overall))
     return FareIntervals(
         coverage=float(coverage),

@@ -25,6 +25,7 @@ docs/deploy.md ("What is proven before a deploy") lists what this covers and wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -131,16 +132,31 @@ class Places:
     pg_port: int
 
 
-def fill(value: str, places: Places, pod: str) -> str:
+def pod_mounts(c: dict, pod: str, places: Places, files: dict[str, dict[str, str]] | None = None) -> dict[str, Path]:
+    """A container's volumeMounts as local folders (``<root>/<pod>/<volume>``), with ``files`` written into
+    them (a Secret's keys); the image's own ``/tmp`` when no volume is mounted there."""
+    mounts: dict[str, Path] = {}
+    for m in c.get("volumeMounts", []):
+        local = places.root / pod / m["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for name, content in (files or {}).get(m["name"], {}).items():
+            (local / name).write_text(content)
+        mounts[m["mountPath"]] = local
+    mounts.setdefault("/tmp", places.root / pod / "tmp")
+    return mounts
+
+
+def fill(value: str, places: Places, pod: str, mounts: dict[str, Path] | None = None) -> str:
     """Fill a deploy-file value: placeholders (as deploy/render.sh and docs/deploy.md fill them), cluster
-    service URLs to loopback, a pod's /tmp to its own folder."""
+    service URLs to loopback, the pod's mount paths (``/tmp``, Secret volumes) to its local folders."""
     value = value.replace("PROJECT_ID", places.project).replace("CLOUD_SQL_PRIVATE_IP", places.pg_host)
     if value.startswith("http://") and ".svc.cluster.local" in value:
         assert "mlflow.mlflow.svc" in value, f"unknown cluster service in {value}"
         value = places.mlflow_url
-    if value.startswith("/tmp"):
-        value = str(places.root / pod / value.removeprefix("/").removeprefix("tmp").lstrip("/"))
-    return value
+    mounts = mounts or {"/tmp": places.root / pod / "tmp"}
+    pattern = "|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True))
+    # One pass, so a local folder (itself under /tmp) is never rewritten again.
+    return re.sub(rf"(?<![\w/.-])({pattern})(?=/|$|[^\w.-])", lambda m: str(mounts[m.group(1)]), value)
 
 
 def base_env(venv: Path, home: Path) -> dict[str, str]:
@@ -357,35 +373,41 @@ class Stage:
 
 
 def start_mlflow(venv: Path, root: Path, places: Places, pg: PostgresServer, emulator: GCSEmulator) -> ManagedProcess:
-    """``mlflow server`` as ``deploy/k8s/mlflow`` runs it: init container ``db upgrade``, then the container's args."""
-    password = "mlflow-" + pg.password
+    """``mlflow server`` as ``deploy/k8s/mlflow`` runs it: the init container's ``db upgrade``, then the
+    container's command and args, the password in a mounted Secret file, the ConfigMap from ``config.env``."""
+    password = "mlflow" + pg.password
     pg._psql(f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'")
     pg._psql("CREATE DATABASE mlflow OWNER mlflow")
-    configmap = {k: fill(v, places, "mlflow") for k, v in config_env(MLFLOW_K8S / "config.env").items()}
-    bucket = urlsplit(configmap["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
-    emulator.create_bucket(bucket)
-    secrets = {"MLFLOW_DB_PASSWORD": password}
+    (doc,) = [d for d in k8s_docs(MLFLOW_K8S) if d["kind"] == "Deployment"]
+    secret_volumes = [v["name"] for v in doc["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert len(secret_volumes) == 1, secret_volumes
 
-    def pod_env(c: dict, pod: str) -> dict[str, str]:
-        env = {**base_env(venv, root / pod / "home"), **configmap, **emulator.env()}
-        env.update({k: fill(v, places, pod) for k, v in k8s_env(c, secrets, configmap).items()})
-        # Cloud SQL listens on 5432 with TLS; the loopback server on a free port without it.
-        uri = urlsplit(env["MLFLOW_BACKEND_STORE_URI"])
-        assert uri.port == 5432 and "sslmode=require" in uri.query, uri
-        netloc = uri.netloc.rsplit(":", 1)[0] + f":{places.pg_port}"
-        env["MLFLOW_BACKEND_STORE_URI"] = urlunsplit(uri._replace(netloc=netloc, query="sslmode=disable"))
+    def pod(c: dict, name: str) -> tuple[list[str], dict[str, str]]:
+        (mount,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == secret_volumes[0]]
+        (key,) = set(re.findall(rf"{re.escape(mount)}/([\w.-]+)", " ".join(c["command"])))
+        mounts = pod_mounts(c, name, places, {secret_volumes[0]: {key: password}})
+        configmap = {k: fill(v, places, name, mounts) for k, v in config_env(MLFLOW_K8S / "config.env").items()}
+        env = {**base_env(venv, root / "pods" / name / "home"), **configmap, **emulator.env()}
+        env.update({k: fill(v, places, name, mounts) for k, v in k8s_env(c, {}, configmap).items()})
         Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-        return env
+        argv = [fill(a, places, name, mounts) for a in c["command"]]
+        # Cloud SQL listens on 5432 with TLS required; the loopback server on a free port, without TLS.
+        assert sum(":5432/" in a and "sslmode=require" in a for a in argv) == 1, argv
+        argv = [a.replace(":5432/", f":{places.pg_port}/").replace("sslmode=require", "sslmode=disable") for a in argv]
+        return argv, env
 
     init = container(MLFLOW_K8S, init=True)
-    run(init["command"], cwd=empty_dir(root / "mlflow-init-cwd"), env=pod_env(init, "mlflow-init"), timeout=300)
+    argv, env = pod(init, "mlflow-init")
+    run(argv, cwd=empty_dir(root / "mlflow-init-cwd"), env=env, timeout=300)
+    bucket = urlsplit(env["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
+    emulator.create_bucket(bucket)
     main = container(MLFLOW_K8S)
     port = urlsplit(places.mlflow_url).port
     args = [re.sub(r"^--host=.*", "--host=127.0.0.1", a) for a in main["args"]]
     args = [re.sub(r"^--port=.*", f"--port={port}", a) for a in args]
     assert "--serve-artifacts" in args and f"--port={port}" in args
-    proc = ManagedProcess("mlflow", [str(venv / "bin" / "mlflow"), *args], pod_env(main, "mlflow"),
-                          empty_dir(root / "mlflow-cwd"), root / "logs" / "mlflow.log")  # fmt: skip
+    argv, env = pod(main, "mlflow")
+    proc = ManagedProcess("mlflow", [*argv, *args], env, empty_dir(root / "mlflow-cwd"), root / "logs" / "mlflow.log")
     probe = main["readinessProbe"]["httpGet"]["path"]
     wait_until(lambda: (proc.check_alive(), requests.get(places.mlflow_url + probe, timeout=5).ok)[1],
                120, "mlflow server /health", status=proc.tail)  # fmt: skip
@@ -534,7 +556,7 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     packaged = [line for line in (REPO / "bento" / "requirements.txt").read_text().splitlines()
                 if line and not line.startswith("#")]  # fmt: skip
     # BentoML appends its own `bentoml==<version>` line: the same pin as the lock's.
-    assert sorted(set(pins)) == packaged, "the Bento installs exactly the lock's pins"
+    assert set(pins) == set(packaged), "the Bento installs exactly the lock's pins"
     stage("taxi-platform build-bento (deploy.yml's step) -> the same tag")
 
     # -- the image's Python: only the Bento's own requirements, no dependency resolution -------------------
@@ -547,8 +569,14 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
 
     # -- bentoml serve the Bento from its store, the fare-service Deployment's env and probes ---------------
     fare = container(FARE_K8S)
+    api_key = "rehearsal-" + pg.password
+    key_volume = next(m["name"] for m in fare["volumeMounts"] if "api-keys" in m["name"])
+    key_file = next(e["value"] for e in fare["env"] if e["name"] == "TAXI_API_KEYS_FILE").rsplit("/", 1)[1]
+    mounts = pod_mounts(fare, "fare-service", places,
+                        {key_volume: {key_file: f"rehearsal:{hashlib.sha256(api_key.encode()).hexdigest()}\n"}})  # fmt: skip
     serve_env = {**base_env(image_venv, root / "pods" / "fare-service" / "home"), "BENTOML_HOME": str(deploy_home)}
-    serve_env.update({e["name"]: fill(str(e["value"]), places, "fare-service") for e in fare["env"]})
+    serve_env.update({e["name"]: fill(str(e["value"]), places, "fare-service", mounts) for e in fare["env"]})
+    assert Path(serve_env["TAXI_API_KEYS_FILE"]).is_file()
     port = free_port()
     assert fare["ports"][0]["containerPort"] == 3000
     server = ManagedProcess(
@@ -567,7 +595,9 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
             resp = requests.get(url + spec["httpGet"]["path"], timeout=spec.get("timeoutSeconds", 1))
             assert resp.status_code == 200, (probe, resp.status_code, resp.text[:200])
         stage("bentoml serve: startup, readiness and liveness probes answer 200")
-        quote = requests.post(url + "/predict", json=QUOTE, timeout=30)
+        refused = requests.post(url + "/predict", json=QUOTE, timeout=30)
+        assert refused.status_code == 401, (refused.status_code, refused.text[:300])
+        quote = requests.post(url + "/predict", json=QUOTE, timeout=30, headers={"Authorization": f"Bearer {api_key}"})
         assert quote.status_code == 200, quote.text
         body = quote.json()
         assert body["model_version"] == str(champion.version) and body["currency"] == "USD"
@@ -578,9 +608,11 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
                            metrics.text, re.M)  # fmt: skip
         assert priced and float(priced.group(1)) >= 1, metrics.text[:2000]
         stage(f"priced {QUOTE['pickup_zone']}->{QUOTE['dropoff_zone']}: ${body['fare_amount']}; /metrics counts it")
-        log_lines = [json.loads(x) for x in server.tail(400).splitlines() if x.startswith('{"ts"')]
-        assert any(rec.get("endpoint") == "/predict" or rec.get("endpoint") == "predict" for rec in log_lines), (
-            "prediction records go to stdout (TAXI_PREDICTION_LOG=stdout)"
-        )
+
+        def logged() -> list[dict]:  # the writer thread flushes every 0.2 s
+            records = [json.loads(x) for x in server.tail(400).splitlines() if x.startswith('{"ts"')]
+            return [r for r in records if r["endpoint"] == "predict" and r["fare_amount"] == [body["fare_amount"]]]
+
+        wait_until(logged, 10, "the quote's record on stdout (TAXI_PREDICTION_LOG=stdout)", interval=0.2)
     finally:
         server.stop()

@@ -206,7 +206,8 @@ def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:
                             ha="center", fontsize=7, color="#555555")
     else:
         ax.text(0.5, 0.5, "no fare ranges reported", transform=ax.transAxes, ha="center", color="#7f7f7f")
-    ax.set_ylim(0, 1)
+    lowest = min([c[1].coverage for c in cov] + [n[1] - 0.05 for n in nominal] + [0.5])
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
     ax.set_ylabel("range coverage")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -12,7 +12,8 @@ Endpoints (DESIGN.md "service"):
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
 lives in :mod:`taxi_platform.lib.quotes`; a batch lists at most 20 errors and a count). Bodies over
 :data:`MAX_BODY_BYTES` (sized to the largest batch: 10,000 quotes of up to 256 bytes) get 413, non-JSON content
-types 415; a batch's length is checked before any quote is validated.
+types 415, bodies without a ``Content-Length`` (chunked uploads) 411; a batch's length is checked before any
+quote is validated.
 
 Access (off by default, for local use): ``TAXI_API_KEYS_FILE`` names a file of ``name:sha256-hex`` lines (in
 the cloud a Secret Manager secret mounted as a file); then ``/predict`` and ``/predict_batch`` need
@@ -241,41 +242,20 @@ class GuardMiddleware:
             )
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
-        if length is None:  # chunked upload: read it here (bounded), then hand the app the buffered body
-            body = bytearray()
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # client went away
-                body += message.get("body", b"")
-                if len(body) > self.max_body:
-                    return await _reject(
-                        send, 413, f"request body over {self.max_body:,} bytes: split the batch"
-                    )
-                if not message.get("more_body", False):
-                    break
-            receive = _replay(bytes(body), receive)
+        if length is None:
+            # A chunked upload of unknown size would have to be read to find out: 100 of them cost the event loop
+            # that answers /livez hundreds of milliseconds. Every HTTP client sends Content-Length for a JSON body.
+            return await _reject(send, 411, "send the JSON body with a Content-Length header (no chunked upload)")
         await self.app(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Callable) -> Callable:
-    sent = False
-
-    async def wrapped() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return wrapped
 
 
 async def _reject(
     send: Callable, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     response = JSONResponse({"error": message}, status_code=status)
-    response.raw_headers.extend(headers or [])
+    # Close the connection after answering: the body was not read, and on a kept-alive connection the server
+    # would read and discard all of it (an 8 MiB upload costs the event loop that answers /livez).
+    response.raw_headers.extend([*(headers or []), (b"connection", b"close")])
     await response({"type": "http"}, None, send)  # type: ignore[arg-type]
 
 

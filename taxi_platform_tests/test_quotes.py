@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from taxi_platform.lib import quotes as Q
 from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE, QuoteError, parse_batch, parse_quote
@@ -177,3 +180,72 @@ def test_check_services_refuses_services_the_model_never_saw():
     with pytest.raises(ValidationError) as info:
         Q.check_services([green], ("yellow",))
     assert [e["loc"] for e in info.value.errors()] == [("service",)]
+
+
+# --- check_batch: what the service uses for /predict_batch (length first, capped error list) -------------------
+
+BAD_ZONE = {**EXAMPLE_QUOTE, "pickup_zone": 999}
+
+
+def _errors(data) -> list[dict]:
+    with pytest.raises(ValidationError) as info:
+        Q.check_batch(data)
+    return info.value.errors(include_url=False, include_context=False, include_input=False)
+
+
+def test_check_batch_refuses_an_oversized_batch_before_validating_any_quote(monkeypatch):
+    validated = []
+    original = Q.QuoteBatch.model_validate
+
+    def spy(data, *args, **kwargs):
+        validated.append(len(data.get("quotes", [])) if isinstance(data, dict) else data)
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(Q.QuoteBatch, "model_validate", spy)
+    errors = _errors({"quotes": [{}] * 60_000})
+    assert validated == [], "no quote may be validated for a batch over the limit"
+    assert [e["loc"] for e in errors] == [("quotes",)]
+    assert f"at most {MAX_BATCH_SIZE}" in errors[0]["msg"] and "60000" in errors[0]["msg"]
+
+
+def test_check_batch_of_10000_bad_quotes_lists_20_errors_and_counts_the_rest():
+    errors = _errors({"quotes": [BAD_ZONE] * MAX_BATCH_SIZE})
+    assert [e["loc"] for e in errors[:20]] == [("quotes", i, "pickup_zone") for i in range(20)]
+    assert errors[-1]["loc"] == ("quotes",) and len(errors) == 21
+    assert "256 errors in quotes 0..255" in errors[-1]["msg"] and "9,744 quotes were not checked" in errors[-1]["msg"]
+    assert len(json.dumps(errors)) < 64 * 1024
+
+
+def test_check_batch_accepts_what_parse_batch_accepts():
+    data = {"quotes": [EXAMPLE_QUOTE, {**EXAMPLE_QUOTE, "service": "green"}] * 300}
+    assert Q.check_batch(data).quotes == parse_batch(data).quotes
+    assert Q.check_batch({"quotes": []}).quotes == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(0, 700),
+    bad=st.sets(st.integers(0, 699), max_size=60),
+)
+def test_check_batch_errors_are_the_first_bad_quotes_in_order(size, bad):
+    bad = sorted(i for i in bad if i < size)
+    data = {"quotes": [BAD_ZONE if i in bad else EXAMPLE_QUOTE for i in range(size)]}
+    if not bad:
+        assert len(Q.check_batch(data).quotes) == size
+        return
+    errors = _errors(data)
+    listed = [e["loc"][1] for e in errors if len(e["loc"]) == 3]
+    assert listed == bad[:20]  # the first bad quotes, in request order, never more than 20
+    if len(bad) <= 20:
+        assert len(errors) == len(bad)  # a short list is complete, no summary
+    else:
+        summary = errors[-1]["msg"]
+        assert errors[-1]["loc"] == ("quotes",) and "the first 20 listed" in summary
+        checked_to = int(summary.split("in quotes 0..")[1].split(",")[0])
+        found = int(summary.split(" errors")[0].split()[-1].replace(",", ""))
+        assert found == len([i for i in bad if i <= checked_to])  # the count covers every quote it checked
+
+
+def test_check_batch_caps_shape_errors_too():
+    errors = _errors({"quotes": [BAD_ZONE] * 30, "extra": 1})
+    assert len(errors) <= 20

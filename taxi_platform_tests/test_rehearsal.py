@@ -61,7 +61,7 @@ HELM_VALUES = DEPLOY / "helm" / "dagster-values.yaml"
 MLFLOW_K8S = DEPLOY / "k8s" / "mlflow"
 FARE_K8S = DEPLOY / "k8s" / "fare-service"
 ROWS = {"yellow": 3000, "green": 300}
-FLOW_TIMEOUT = 480.0
+FLOW_TIMEOUT = 600.0  # ~4-6 min of runs on a loaded 2-core machine
 QUOTE = {
     "pickup_datetime": "2023-03-07T08:15:00",
     "pickup_zone": 132,

@@ -278,6 +278,21 @@ class _CachedMae:
             self.fingerprints[month] = self.evaluation.fingerprint(month)
         return self.fingerprints[month]
 
+    def _cache(self, version: str, key: str, value: str, attempts: int = 3) -> None:
+        """Write a cached MAE tag. Two gates running in parallel may score the same (version, month) and
+        write the same tag at the same moment; a store that then reports a clash (SQLite's unique key on a
+        concurrent insert) is asked again. The cache only saves work: if it still fails, scoring goes on."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                self.client.set_model_version_tag(self.model_name, version, key, value)
+                return
+            except MlflowException as exc:
+                if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
     def __call__(self, model: MonthModel, month: str) -> float | None:
         fp = self.fingerprint(month)
         if fp is None:
@@ -291,7 +306,7 @@ class _CachedMae:
         quotes, y = self.samples[month]
         value = float(self.scorer(f"models:/{self.model_name}/{model.version}", quotes, y))
         # repr() round-trips the float exactly: a cached comparison decides exactly as a fresh one.
-        self.client.set_model_version_tag(self.model_name, model.version, mae_tag(month), f"{value!r}|{fp}")
+        self._cache(model.version, mae_tag(month), f"{value!r}|{fp}")
         self.known[(model.version, month)] = (value, fp)
         self.scored += 1
         return value

@@ -227,6 +227,8 @@ class GuardMiddleware:
                         f"rate limit of {self.limiter.rate:g} requests/s for this key exceeded: retry later",
                         [(b"retry-after", str(max(1, round(wait + 0.5))).encode())],
                     )
+        if scope.get("method") != "POST":
+            return await self.app(scope, receive, send)  # no body to check: the router answers (405)
         content_type = b""
         length = None
         for name, value in scope["headers"]:

@@ -57,8 +57,13 @@ print(json.dumps({"step": step, "seconds": elapsed, "cpu_seconds": cpu_s, "rows"
 
 
 def _run(step: str, raw: Path, root: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", STEP, step, str(raw), str(root)], check=True,
-                         capture_output=True, text=True, env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-c", STEP, step, str(raw), str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,9 +81,13 @@ def main() -> None:
         write_trip_file(generate_month("yellow", MONTH, args.rows, seed=1), raw)
         print(f"generated synthetic raw file ({args.rows:,} rows) in {time.perf_counter() - t:.1f}s")
     load = os.getloadavg()[0]
-    print(f"load average before the run: {load:.2f} (figures are only meaningful on an otherwise idle machine)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"raw file {raw.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows (SYNTHETIC)")
+    print(
+        f"load average before the run: {load:.2f} (figures are only meaningful on an otherwise idle machine)"
+    )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"raw file {raw.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows (SYNTHETIC)"
+    )
     results = {}
     for step in ("scan", "cleaned", "features"):
         runs = [_run(step, raw, OUT / "lake") for _ in range(args.repeat)]
@@ -86,12 +95,16 @@ def main() -> None:
         best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         results[step] = best
         rows = f"{best['rows']:,} rows" if best["rows"] is not None else ""
-        print(f"{step:>9}: {best['seconds']:.2f} s wall, {best['cpu_seconds']:.2f} s CPU, "
-              f"peak RSS {best['peak_rss_mb']:.0f} MB  {rows}")
+        print(
+            f"{step:>9}: {best['seconds']:.2f} s wall, {best['cpu_seconds']:.2f} s CPU, "
+            f"peak RSS {best['peak_rss_mb']:.0f} MB  {rows}"
+        )
     total = results["cleaned"]["seconds"] + results["features"]["seconds"]
     peak = max(results["cleaned"]["peak_rss_mb"], results["features"]["peak_rss_mb"])
-    print(f"cleaned+features: {total:.2f} s, peak RSS {peak:.0f} MB (target ≤ 2 s, ≤ 1024 MB); "
-          f"plain DuckDB scan of the raw file: {results['scan']['seconds']:.2f} s")
+    print(
+        f"cleaned+features: {total:.2f} s, peak RSS {peak:.0f} MB (target ≤ 2 s, ≤ 1024 MB); "
+        f"plain DuckDB scan of the raw file: {results['scan']['seconds']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

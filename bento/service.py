@@ -247,7 +247,9 @@ class GuardMiddleware:
         if length is None:
             # A chunked upload of unknown size would have to be read to find out: 100 of them cost the event loop
             # that answers /livez hundreds of milliseconds. Every HTTP client sends Content-Length for a JSON body.
-            return await _reject(send, 411, "send the JSON body with a Content-Length header (no chunked upload)")
+            return await _reject(
+                send, 411, "send the JSON body with a Content-Length header (no chunked upload)"
+            )
         await self.app(scope, receive, send)
 
 

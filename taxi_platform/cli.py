@@ -12,11 +12,20 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "sample-mirror": ("taxi_platform.commands.sample_mirror", "write (and optionally serve) a synthetic TLC-format mirror"),
+    "sample-mirror": (
+        "taxi_platform.commands.sample_mirror",
+        "write (and optionally serve) a synthetic TLC-format mirror",
+    ),
     "demo": ("taxi_platform.commands.demo", "run the whole platform end to end on sample data, offline"),
     "serve": ("taxi_platform.commands.serve", "serve the fare model over HTTP (BentoML) on port 3000"),
-    "ui": ("taxi_platform.commands.ui", "open the Dagster and MLflow UIs (and the drift reports) on this data"),
-    "build-bento": ("taxi_platform.commands.build_bento", "build the fare-service Bento from the MLflow champion"),
+    "ui": (
+        "taxi_platform.commands.ui",
+        "open the Dagster and MLflow UIs (and the drift reports) on this data",
+    ),
+    "build-bento": (
+        "taxi_platform.commands.build_bento",
+        "build the fare-service Bento from the MLflow champion",
+    ),
 }
 
 DESCRIPTION = """\
@@ -52,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             module = importlib.import_module(module_name)
             p = sub.add_parser(
-                name, help=summary, description=help_text(module), formatter_class=argparse.RawDescriptionHelpFormatter
+                name,
+                help=summary,
+                description=help_text(module),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
             )
             module.add_arguments(p)
             p.description = help_text(module)  # the docstring wins over a description set in add_arguments

@@ -47,7 +47,9 @@ def parse_month(value: str, variable: str = "month") -> date:
     if not 1 <= month <= 12:
         raise SettingsError(f"{variable}={value!r} has month {month:02d}: expected 01-12, e.g. 2024-03")
     if year < 2009 or year > 2100:
-        raise SettingsError(f"{variable}={value!r}: TLC trip records start in 2009; expected a year 2009-2100")
+        raise SettingsError(
+            f"{variable}={value!r}: TLC trip records start in 2009; expected a year 2009-2100"
+        )
     return date(year, month, 1)
 
 
@@ -81,9 +83,22 @@ def parse_positive_float(value: str, variable: str) -> float:
     return number
 
 
-_BYTE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6,
-               "MIB": 1 << 20, "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30, "T": 1 << 40, "TB": 10**12,
-               "TIB": 1 << 40}
+_BYTE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 10**3,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 10**6,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 10**9,
+    "GIB": 1 << 30,
+    "T": 1 << 40,
+    "TB": 10**12,
+    "TIB": 1 << 40,
+}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 

@@ -14,8 +14,14 @@ from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.sample import write_sample_mirror
 
 # One month per TLC schema era (pre-2023-02, 2023-02+, 2025-01+), plus consecutive 2024 months.
-MIRROR_MONTHS = [date(2023, 1, 1), date(2023, 6, 1), date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1),
-                 date(2025, 2, 1)]
+MIRROR_MONTHS = [
+    date(2023, 1, 1),
+    date(2023, 6, 1),
+    date(2024, 1, 1),
+    date(2024, 2, 1),
+    date(2024, 3, 1),
+    date(2025, 2, 1),
+]
 MIRROR_ROWS = {"yellow": 4000, "green": 600}
 
 

@@ -403,7 +403,14 @@ class PostgresServer:
             pwd.getpwnam("postgres")
         except KeyError:
             subprocess.run(
-                [shutil.which("useradd") or "/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+                [
+                    shutil.which("useradd") or "/usr/sbin/useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "postgres",
+                ],
                 check=True,
                 capture_output=True,
             )

@@ -90,7 +90,12 @@ class GCSEmulator:
                 log.close()
             try:
                 wait_http_ok(
-                    self.endpoint + "/", self.process, START_TIMEOUT_S, interval=0.05, request_timeout=1, any_2xx=True
+                    self.endpoint + "/",
+                    self.process,
+                    START_TIMEOUT_S,
+                    interval=0.05,
+                    request_timeout=1,
+                    any_2xx=True,
                 )
                 return self
             except NotReady as exc:

@@ -1,8 +1,8 @@
 """Fixtures for tests against one MirrorServer per module; the module defines ``mirror_root`` (what it serves).
 
-    from taxi_platform_tests import mirror_fixtures
-    server = mirror_fixtures.server
-    mirror = mirror_fixtures.mirror
+from taxi_platform_tests import mirror_fixtures
+server = mirror_fixtures.server
+mirror = mirror_fixtures.mirror
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ class MlflowServer:
         except NotReady as exc:
             self.stop()
             if exc.returncode is not None:
-                raise RuntimeError(f"mlflow server exited with {exc.returncode}:\n{self.log_tail()}") from None
+                raise RuntimeError(
+                    f"mlflow server exited with {exc.returncode}:\n{self.log_tail()}"
+                ) from None
             raise RuntimeError(
                 f"mlflow server did not answer /health within {self.startup_timeout:.0f}s:\n{self.log_tail()}"
             ) from None

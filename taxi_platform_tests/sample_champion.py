@@ -65,7 +65,12 @@ def build_sample_lake(
             raw[service] = path
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        build_features(lake, lake.partition_glob("cleaned_trips", key), load_zone_table(), lake.partition_path("trip_features", key))
+        build_features(
+            lake,
+            lake.partition_glob("cleaned_trips", key),
+            load_zone_table(),
+            lake.partition_path("trip_features", key),
+        )
     return lake
 
 
@@ -92,7 +97,11 @@ def train_sample_champion(
     )
     family = result.best_family
     model = FareQuoteModel(
-        result.models[family], result.pair_stats, zones, family, info={"data_source": "synthetic"},
+        result.models[family],
+        result.pair_stats,
+        zones,
+        family,
+        info={"data_source": "synthetic"},
         intervals=result.intervals,
     )
 

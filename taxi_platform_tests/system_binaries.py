@@ -44,7 +44,10 @@ CHROMIUM = Program(
         "/Applications/Chromium.app/Contents/MacOS/Chromium",
         "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
         str(Path.home() / ".cache/ms-playwright/chromium-*/chrome-linux/chrome"),
-        str(Path.home() / "Library/Caches/ms-playwright/chromium-*/chrome-mac/Chromium.app/Contents/MacOS/Chromium"),
+        str(
+            Path.home()
+            / "Library/Caches/ms-playwright/chromium-*/chrome-mac/Chromium.app/Contents/MacOS/Chromium"
+        ),
     ),
     how_to_get="`sudo apt-get install chromium` (Debian/Ubuntu), `brew install --cask chromium` (macOS), "
     "or `uv run playwright install chromium`",
@@ -97,10 +100,13 @@ def require(program: Program) -> str:
     path = find(program, extra)
     if path:
         return path
-    reason = f"{program.label} not found (looked on PATH for {', '.join(program.names)}): {program.how_to_get}"
+    reason = (
+        f"{program.label} not found (looked on PATH for {', '.join(program.names)}): {program.how_to_get}"
+    )
     if in_ci():
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
+
 
 TERRAFORM = Program(
     label="Terraform (for `terraform fmt -check`)",

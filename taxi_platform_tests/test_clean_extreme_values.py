@@ -53,16 +53,18 @@ def good_row(era: SchemaEra, month: date) -> dict[str, Any]:
             row[f.name] = 1.0
         elif pa.types.is_integer(f.type):
             row[f.name] = 1
-    row.update({
-        f"{prefix}_pickup_datetime": _us(pickup),
-        f"{prefix}_dropoff_datetime": _us(pickup) + 25 * 60 * 1_000_000,
-        "store_and_fwd_flag": "N",
-        "PULocationID": 161,
-        "DOLocationID": 236,
-        "trip_distance": 3.2,
-        "fare_amount": 18.4,
-        "total_amount": 23.4,
-    })
+    row.update(
+        {
+            f"{prefix}_pickup_datetime": _us(pickup),
+            f"{prefix}_dropoff_datetime": _us(pickup) + 25 * 60 * 1_000_000,
+            "store_and_fwd_flag": "N",
+            "PULocationID": 161,
+            "DOLocationID": 236,
+            "trip_distance": 3.2,
+            "fare_amount": 18.4,
+            "total_amount": 23.4,
+        }
+    )
     return row
 
 
@@ -136,7 +138,7 @@ def test_2019_double_passenger_count_200_nan_inf_negative_are_rejected_not_fatal
     the month with a DOUBLE→INT8 conversion error; NaN/±inf did the same; a negative count was kept."""
     era, month = ERA["yellow-pre-2023-02"], date(2019, 3, 1)
     rows = [
-        {},                                          # kept
+        {},  # kept
         {"passenger_count": 200.0},
         {"passenger_count": math.nan},
         {"passenger_count": math.inf},
@@ -144,7 +146,7 @@ def test_2019_double_passenger_count_200_nan_inf_negative_are_rejected_not_fatal
         {"passenger_count": -1.0},
         {"passenger_count": 1.5},
         {"passenger_count": None, "fare_amount": 9.0},  # missing: kept, imputed as 1
-        {"passenger_count": 0.0, "fare_amount": 7.0},   # zero passengers: kept as today
+        {"passenger_count": 0.0, "fare_amount": 7.0},  # zero passengers: kept as today
         {"RatecodeID": 1.5},
         {"RatecodeID": math.nan},
     ]
@@ -179,23 +181,23 @@ def test_each_reason_counted_under_its_own_name_in_every_era(tmp_path, era_name)
         ({"PULocationID": None}, "unknown_zone"),
         ({"RatecodeID": 7.0 if floats else 7}, "unknown_rate_code"),
         ({"RatecodeID": 0.0 if floats else 0}, "unknown_rate_code"),
-        ({"RatecodeID": 99.0 if floats else 99, "fare_amount": 31.0}, None),   # 99 = unknown: kept
-        ({"RatecodeID": None, "fare_amount": 32.0}, None),                     # missing: kept
+        ({"RatecodeID": 99.0 if floats else 99, "fare_amount": 31.0}, None),  # 99 = unknown: kept
+        ({"RatecodeID": None, "fare_amount": 32.0}, None),  # missing: kept
         ({"payment_type": 7}, "unknown_payment_type"),
         ({"payment_type": -3}, "unknown_payment_type"),
-        ({"payment_type": 0, "fare_amount": 33.0}, None),                      # 0 = flex fare: kept
+        ({"payment_type": 0, "fare_amount": 33.0}, None),  # 0 = flex fare: kept
         ({"VendorID": 0}, "invalid_vendor_id"),
         ({"VendorID": 2**31 - 1}, "invalid_vendor_id"),
         ({"passenger_count": -2.0 if floats else -2}, "negative_passenger_count"),
         ({"passenger_count": 10.0 if floats else 10}, "passenger_count_over_9"),
-        ({"passenger_count": None, "fare_amount": 34.0}, None),                # imputed as 1
+        ({"passenger_count": None, "fare_amount": 34.0}, None),  # imputed as 1
         ({"tip_amount": math.nan}, "non_finite_number"),
         ({"total_amount": -math.inf}, "non_finite_number"),
         ({"trip_distance": math.inf}, "non_finite_number"),
         ({"fare_amount": math.nan}, "non_finite_number"),
-        ({"congestion_surcharge": 1e308, "fare_amount": 35.0}, None),          # huge but finite: kept
-        ({f"{prefix}_pickup_datetime": INT64_MAX}, "pickup_outside_month"),    # +infinity in DuckDB
-        ({f"{prefix}_pickup_datetime": INT64_MIN}, "pickup_outside_month"),    # 290309 BC
+        ({"congestion_surcharge": 1e308, "fare_amount": 35.0}, None),  # huge but finite: kept
+        ({f"{prefix}_pickup_datetime": INT64_MAX}, "pickup_outside_month"),  # +infinity in DuckDB
+        ({f"{prefix}_pickup_datetime": INT64_MIN}, "pickup_outside_month"),  # 290309 BC
         ({f"{prefix}_pickup_datetime": _us(datetime(1, 1, 1))}, "pickup_outside_month"),
         ({f"{prefix}_dropoff_datetime": INT64_MAX}, "duration_over_5h"),
         ({f"{prefix}_dropoff_datetime": INT64_MIN}, "dropoff_not_after_pickup"),
@@ -243,15 +245,44 @@ def test_double_zone_ids_with_fractions_are_not_in_the_lookup(tmp_path):
 # Property: arbitrary extreme values in every column of every era
 # ----------------------------------------------------------------------------------------------------------
 EXTREME_FLOATS = [
-    math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 0.5, 1.5, 2.5, 1.0, 2.0, 6.0, 7.0, 9.0, 10.0, 99.0, 200.0,
-    200.5, 263.0, 264.0, 265.0, 266.0, 1000.5, 99999.0, 2.0**31, 2.0**63, 1e308, -1e308, 5e-324,
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    -1.0,
+    0.5,
+    1.5,
+    2.5,
+    1.0,
+    2.0,
+    6.0,
+    7.0,
+    9.0,
+    10.0,
+    99.0,
+    200.0,
+    200.5,
+    263.0,
+    264.0,
+    265.0,
+    266.0,
+    1000.5,
+    99999.0,
+    2.0**31,
+    2.0**63,
+    1e308,
+    -1e308,
+    5e-324,
 ]
 EXTREME_INTS = [0, -1, 1, 2, 5, 6, 7, 9, 10, 99, 100, 263, 264, 265, 266, 99999]
 
 
 def _value(f: pa.Field, month: date) -> st.SearchStrategy:
     if pa.types.is_floating(f.type):
-        return st.one_of(st.none(), st.sampled_from(EXTREME_FLOATS), st.floats(allow_nan=True, allow_infinity=True))
+        return st.one_of(
+            st.none(), st.sampled_from(EXTREME_FLOATS), st.floats(allow_nan=True, allow_infinity=True)
+        )
     if pa.types.is_integer(f.type):
         low, high = -(2 ** (f.type.bit_width - 1)), 2 ** (f.type.bit_width - 1) - 1
         return st.one_of(st.none(), st.sampled_from([*EXTREME_INTS, low, high]), st.integers(low, high))
@@ -260,7 +291,7 @@ def _value(f: pa.Field, month: date) -> st.SearchStrategy:
         return st.one_of(
             st.none(),
             st.sampled_from([INT64_MIN, INT64_MIN + 1, INT64_MAX, INT64_MAX - 1, 0, start - 1, start]),
-            st.integers(start - 40 * 86400 * 10**6, start + 40 * 86400 * 10**6),   # around the month
+            st.integers(start - 40 * 86400 * 10**6, start + 40 * 86400 * 10**6),  # around the month
             st.integers(start - 50 * 365 * 86400 * 10**6, start + 50 * 365 * 86400 * 10**6),  # decades away
             st.integers(INT64_MIN, INT64_MAX),
         )
@@ -301,15 +332,19 @@ def test_extreme_values_in_every_column_never_fail_and_kept_rows_obey_every_rule
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(yellow=raw_rows(ERA["yellow-pre-2023-02"], date(2024, 3, 1)), green=raw_rows(ERA["green-2023-02"],
-                                                                                      date(2024, 3, 1)))
+@given(
+    yellow=raw_rows(ERA["yellow-pre-2023-02"], date(2024, 3, 1)),
+    green=raw_rows(ERA["green-2023-02"], date(2024, 3, 1)),
+)
 def test_mixed_eras_in_one_month_yellow_doubles_with_green_integers(yellow, green):
     """A month whose yellow file has the older double-typed layout and whose green file the newer integer one."""
     month = date(2024, 3, 1)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "y").mkdir()
-        files = {"yellow": write_raw(Path(tmp) / "y", ERA["yellow-pre-2023-02"], month, yellow),
-                 "green": write_raw(Path(tmp), ERA["green-2023-02"], month, green)}
+        files = {
+            "yellow": write_raw(Path(tmp) / "y", ERA["yellow-pre-2023-02"], month, yellow),
+            "green": write_raw(Path(tmp), ERA["green-2023-02"], month, green),
+        }
         lake, result = _clean(Path(tmp), files, month)
         assert result.rows_in == {"yellow": len(yellow), "green": len(green)}
         assert_lake_partition_sound(lake, month, result, len(yellow) + len(green))
@@ -329,7 +364,9 @@ def test_unreadable_column_type_fails_naming_column_and_era(tmp_path):
     with pytest.raises(SchemaMismatchError) as err:
         clean_month(lake, {"yellow": str(path)}, month, lake.partition_path("cleaned_trips", "2019-03-01"))
     text = str(err.value)
-    assert "'fare_amount'" in text and "yellow-pre-2023-02" in text and "numeric" in text and "2019-03" in text
+    assert (
+        "'fare_amount'" in text and "yellow-pre-2023-02" in text and "numeric" in text and "2019-03" in text
+    )
     assert not (tmp_path / "lake" / "cleaned_trips").exists()
 
 
@@ -365,7 +402,10 @@ def _materialize_cleaned(root: Path, partition: str) -> dg.ExecuteInProcessResul
     return dg.materialize(
         [cleaned_trips],
         partition_key=partition,
-        resources={"lake": LakeResource(root=str(root)), "tlc": TlcSourceResource(services=["yellow", "green"])},
+        resources={
+            "lake": LakeResource(root=str(root)),
+            "tlc": TlcSourceResource(services=["yellow", "green"]),
+        },
         raise_on_error=False,
     )
 
@@ -376,15 +416,26 @@ def test_dagster_cleaned_trips_materialises_a_month_of_extreme_values_and_report
     month, key = date(2024, 3, 1), "2024-03-01"
     lake = Lake(str(tmp_path / "lake"))
     yellow_rows = [
-        {}, {"fare_amount": 12.0}, {"passenger_count": None, "fare_amount": 14.0},
-        {"passenger_count": 200.0}, {"passenger_count": math.nan}, {"passenger_count": -1.0},
-        {"passenger_count": 2.5}, {"PULocationID": 0}, {"DOLocationID": 99999}, {"PULocationID": 264},
-        {"RatecodeID": 42.0}, {"payment_type": 9}, {"tip_amount": math.inf},
+        {},
+        {"fare_amount": 12.0},
+        {"passenger_count": None, "fare_amount": 14.0},
+        {"passenger_count": 200.0},
+        {"passenger_count": math.nan},
+        {"passenger_count": -1.0},
+        {"passenger_count": 2.5},
+        {"PULocationID": 0},
+        {"DOLocationID": 99999},
+        {"PULocationID": 264},
+        {"RatecodeID": 42.0},
+        {"payment_type": 9},
+        {"tip_amount": math.inf},
         {"tpep_pickup_datetime": _us(datetime(1970, 1, 1))},
     ]
     green_rows = [{}, {"fare_amount": 20.0}, {"PULocationID": 99999}, {"passenger_count": 12}]
-    for service, era, rows in (("yellow", ERA["yellow-pre-2023-02"], yellow_rows),
-                               ("green", ERA["green-2023-02"], green_rows)):
+    for service, era, rows in (
+        ("yellow", ERA["yellow-pre-2023-02"], yellow_rows),
+        ("green", ERA["green-2023-02"], green_rows),
+    ):
         dest = Path(lake.raw_trips_path(service, key))
         dest.parent.mkdir(parents=True)
         pq.write_table(raw_table(era, month, rows), dest)
@@ -409,8 +460,11 @@ def test_dagster_cleaned_trips_materialises_a_month_of_extreme_values_and_report
     assert meta["passenger_count_imputed"] == 1
     assert meta["dagster/row_count"] == 5
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"kept_ratio_above_threshold": False, "no_nulls_in_key_columns": True,
-                      "pickups_inside_month": True}
+    assert checks == {
+        "kept_ratio_above_threshold": False,
+        "no_nulls_in_key_columns": True,
+        "pickups_inside_month": True,
+    }
 
 
 def test_dagster_cleaned_trips_fails_on_unreadable_schema_with_column_and_era(tmp_path):

@@ -58,25 +58,33 @@ def _write(tmp_path, name, table) -> str:
 
 def test_every_rejection_rule_counted_once_and_duplicates_collapsed(tmp_path):
     month = date(2024, 3, 1)
-    yellow = _rows("yellow", month, [
-        {},                                                   # kept
-        {},                                                   # exact duplicate of the first
-        {"pu": "2024-02-28 23:00:00", "do": "2024-02-28 23:20:00"},  # pickup outside month
-        {"do": "2024-03-05 08:00:00"},                        # dropoff before pickup
-        {"dist": 0.0},                                        # zero distance
-        {"fare": -12.0},                                      # negative fare
-        {"pul": 264},                                         # unknown zone
-        {"dol": 265},                                         # outside NYC
-        {"pax": None, "fare": 22.0},                          # null passenger count: kept, imputed as 1
-        {"do": "2024-03-05 15:00:00"},                        # duration over 5 h
-        {"dist": 900.0, "do": "2024-03-05 12:00:00"},         # absurd distance
-        {"dist": 60.0, "do": "2024-03-05 08:25:00"},          # 360 mph
-    ])
+    yellow = _rows(
+        "yellow",
+        month,
+        [
+            {},  # kept
+            {},  # exact duplicate of the first
+            {"pu": "2024-02-28 23:00:00", "do": "2024-02-28 23:20:00"},  # pickup outside month
+            {"do": "2024-03-05 08:00:00"},  # dropoff before pickup
+            {"dist": 0.0},  # zero distance
+            {"fare": -12.0},  # negative fare
+            {"pul": 264},  # unknown zone
+            {"dol": 265},  # outside NYC
+            {"pax": None, "fare": 22.0},  # null passenger count: kept, imputed as 1
+            {"do": "2024-03-05 15:00:00"},  # duration over 5 h
+            {"dist": 900.0, "do": "2024-03-05 12:00:00"},  # absurd distance
+            {"dist": 60.0, "do": "2024-03-05 08:25:00"},  # 360 mph
+        ],
+    )
     green = _rows("green", month, [{"fare": 11.0, "pul": 74, "dol": 75}])
     lake = Lake(str(tmp_path / "lake"))
     dest = lake.partition_path("cleaned_trips", "2024-03-01")
-    result = clean_month(lake, {"yellow": _write(tmp_path, "y.parquet", yellow),
-                                "green": _write(tmp_path, "g.parquet", green)}, month, dest)
+    result = clean_month(
+        lake,
+        {"yellow": _write(tmp_path, "y.parquet", yellow), "green": _write(tmp_path, "g.parquet", green)},
+        month,
+        dest,
+    )
     assert result.rows_in == {"yellow": 12, "green": 1}
     assert result.rejected == {
         "distance_over_200mi": 1,
@@ -126,8 +134,9 @@ def test_every_schema_era_maps_to_the_same_unified_types(tmp_path, service, mont
     result = clean_month(lake, {service: path}, month, dest)
     assert result.rows_out == 1 and not result.rejected
     cleaned = pq.read_schema(dest)
-    assert [str(cleaned.field(c).type) for c in ("pickup_zone", "passenger_count", "ratecode_id", "vendor_id")] \
-        == ["int32", "int8", "int32", "int32"]
+    assert [
+        str(cleaned.field(c).type) for c in ("pickup_zone", "passenger_count", "ratecode_id", "vendor_id")
+    ] == ["int32", "int8", "int32", "int32"]
 
 
 def test_unknown_extra_column_is_ignored_and_rerun_is_identical(tmp_path):
@@ -143,7 +152,9 @@ def test_unknown_extra_column_is_ignored_and_rerun_is_identical(tmp_path):
     second = pq.read_table(dest).sort_by("fare_amount")
     assert first.equals(second)
     assert first.num_rows == 2
-    assert [p.name for p in (tmp_path / "lake" / "cleaned_trips" / "month=2024-03").iterdir()] == ["part-0.parquet"]
+    assert [p.name for p in (tmp_path / "lake" / "cleaned_trips" / "month=2024-03").iterdir()] == [
+        "part-0.parquet"
+    ]
 
 
 def test_failed_write_leaves_previous_partition(tmp_path):
@@ -165,17 +176,28 @@ def test_duplicate_groups_near_duplicates_and_rejected_copies(tmp_path):
     """Three copies count twice; a row differing only in a column cleaned_trips drops is no duplicate;
     copies of a rejected row count once under their reason and otherwise as duplicates."""
     month = date(2024, 3, 1)
-    raw = _rows("yellow", month, [
-        {}, {}, {},                                 # one trip, three identical copies
-        {"fare": -5.0}, {"fare": -5.0},             # a rejected trip and its copy
-        {"fare": 40.0, "dist": 12.0},               # the near-duplicate pair below
-        {"fare": 40.0, "dist": 12.0},
-        {"pax": None, "fare": 9.0}, {"pax": None, "fare": 9.0},  # imputed passenger count, duplicated
-    ])
+    raw = _rows(
+        "yellow",
+        month,
+        [
+            {},
+            {},
+            {},  # one trip, three identical copies
+            {"fare": -5.0},
+            {"fare": -5.0},  # a rejected trip and its copy
+            {"fare": 40.0, "dist": 12.0},  # the near-duplicate pair below
+            {"fare": 40.0, "dist": 12.0},
+            {"pax": None, "fare": 9.0},
+            {"pax": None, "fare": 9.0},  # imputed passenger count, duplicated
+        ],
+    )
     flags = ["N"] * raw.num_rows
     flags[6] = "Y"  # differs from row 5 only in store_and_fwd_flag, which cleaned_trips does not keep
-    raw = raw.set_column(raw.schema.get_field_index("store_and_fwd_flag"), "store_and_fwd_flag",
-                         pa.array(flags, raw.schema.field("store_and_fwd_flag").type))
+    raw = raw.set_column(
+        raw.schema.get_field_index("store_and_fwd_flag"),
+        "store_and_fwd_flag",
+        pa.array(flags, raw.schema.field("store_and_fwd_flag").type),
+    )
     lake = Lake(str(tmp_path / "lake"))
     dest = lake.partition_path("cleaned_trips", "2024-03-01")
     result = clean_month(lake, {"yellow": _write(tmp_path, "raw.parquet", raw)}, month, dest)

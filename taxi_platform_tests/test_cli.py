@@ -26,7 +26,9 @@ def test_top_level_help_is_for_users_and_lists_every_command():
 
 @pytest.mark.parametrize("command", ["demo", "sample-mirror", "serve", "ui"])
 def test_each_command_has_a_user_facing_help(command):
-    out = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [*CLI, command, "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     description = out.split("\n\n")[1]
     assert description[:1].isupper(), out  # a sentence, not "``taxi-platform x``: ..."
     assert "``" not in out and "**" not in out
@@ -64,7 +66,9 @@ def test_ui_starts_dagster_mlflow_and_the_report_server_and_stops_them_on_ctrl_c
             f"http://127.0.0.1:{ports['reports']}/drift_report/month=2024-03/report.html", timeout=10
         )
         assert page.status_code == 200 and "drift 2024-03" in page.text
-        assert (data / "dagster_home" / "dagster.yaml").is_file()  # the project's instance, not a throw-away one
+        assert (
+            data / "dagster_home" / "dagster.yaml"
+        ).is_file()  # the project's instance, not a throw-away one
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=90) == 0
     finally:

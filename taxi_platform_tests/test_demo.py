@@ -21,13 +21,37 @@ pytestmark = pytest.mark.timeout(900)
 def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
     data_dir = tmp_path / "data"
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DAGSTER_HOME", "TLC_BASE_URL", "TAXI_LAKE_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DAGSTER_HOME",
+            "TLC_BASE_URL",
+            "TAXI_LAKE_ROOT",
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_REGISTRY_URI",
+        )
+    }
     env["TAXI_DATA_DIR"] = str(data_dir)
     proc = subprocess.run(
-        [sys.executable, "-m", "taxi_platform.cli", "demo", "--months", "2024-01:2024-03",
-         "--rows-per-month", "4000", "--json", str(summary)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840,
+        [
+            sys.executable,
+            "-m",
+            "taxi_platform.cli",
+            "demo",
+            "--months",
+            "2024-01:2024-03",
+            "--rows-per-month",
+            "4000",
+            "--json",
+            str(summary),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "SYNTHETIC" in proc.stdout
@@ -57,7 +81,9 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
     versions = {m["model_version"] for m in report["model"].values()}
-    assert {str(v) for v in versions} == {str(v.version) for v in client.search_model_versions("name='taxi_fare_model'")}
+    assert {str(v) for v in versions} == {
+        str(v.version) for v in client.search_model_versions("name='taxi_fare_model'")
+    }
     for m in report["model"].values():
         run = client.get_run(m["mlflow_run_id"])
         assert m["boosted_mae"] > 0 and m["naive_mae"] > 0
@@ -79,18 +105,23 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
     response = service["quote"]["response"]
     # The quote was answered before 2024-03 arrived, by the champion of the earlier months; the Bento was rebuilt
     # for the champion trained once 2024-03 was in (if it was promoted).
-    assert response["currency"] == "USD" and str(response["model_version"]) == report["served"]["model_version"]
+    assert (
+        response["currency"] == "USD" and str(response["model_version"]) == report["served"]["model_version"]
+    )
     assert response["fare_low"] <= response["fare_amount"] <= response["fare_high"]
     assert response["fare_amount"] > 3.0
     assert report["model"]["2024-02"]["model_version"] == int(response["model_version"]) or str(
-        report["model"]["2024-02"]["model_version"]) == str(response["model_version"])
+        report["model"]["2024-02"]["model_version"]
+    ) == str(response["model_version"])
 
     # A few hundred quotes for 2024-03 were served before its trips arrived, then scored against them.
     served = report["served"]
     assert served["month"] == "2024-03" and served["sent"] == 300
     accuracy = served["accuracy"]
     assert accuracy["quotes"] == 301  # the 300 + the test quote (pickup 2024-03-05)
-    assert accuracy["matched_quotes"] + accuracy["unmatched_quotes"] == 301 and accuracy["matched_quotes"] > 100
+    assert (
+        accuracy["matched_quotes"] + accuracy["unmatched_quotes"] == 301 and accuracy["matched_quotes"] > 100
+    )
     assert accuracy["quotes_without_range"] == 0 and 0 < accuracy["share_inside_range"] <= 1
     doc = json.loads((lake / "served_quote_accuracy" / "month=2024-03" / "report.json").read_text())
     assert doc["mae_vs_realised_mean"] == pytest.approx(accuracy["mae_vs_realised_mean"])

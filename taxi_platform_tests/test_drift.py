@@ -58,7 +58,12 @@ def build_feature_lake(
             raw[service] = path
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        build_features(lake, lake.partition_glob("cleaned_trips", key), load_zone_table(), lake.partition_path("trip_features", key))
+        build_features(
+            lake,
+            lake.partition_glob("cleaned_trips", key),
+            load_zone_table(),
+            lake.partition_path("trip_features", key),
+        )
     return lake
 
 
@@ -443,16 +448,20 @@ def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_
 def test_range_coverage_and_its_check_by_hand():
     import pandas as pd
 
-    frame = pd.DataFrame({
-        "fare_amount": [10.0, 20.0, 30.0, 40.0, None],
-        "fare_low": [9.0, 21.0, 25.0, 30.0, 1.0],
-        "fare_high": [11.0, 25.0, 35.0, 50.0, 2.0],
-        "fare_band": ["a", "a", "b", "b", "b"],
-    })
+    frame = pd.DataFrame(
+        {
+            "fare_amount": [10.0, 20.0, 30.0, 40.0, None],
+            "fare_low": [9.0, 21.0, 25.0, 30.0, 1.0],
+            "fare_high": [11.0, 25.0, 35.0, 50.0, 2.0],
+            "fare_band": ["a", "a", "b", "b", "b"],
+        }
+    )
     cov = drift.range_coverage(frame)
     assert cov["rows"] == 4 and cov["coverage"] == 0.75 and cov["mean_width"] == (2 + 4 + 10 + 20) / 4
-    assert cov["bands"] == {"a": {"rows": 2, "coverage": 0.5, "mean_width": 3.0},
-                            "b": {"rows": 2, "coverage": 1.0, "mean_width": 15.0}}
+    assert cov["bands"] == {
+        "a": {"rows": 2, "coverage": 0.5, "mean_width": 3.0},
+        "b": {"rows": 2, "coverage": 1.0, "mean_width": 15.0},
+    }
     ok = drift.coverage_check("2024-04", cov, 0.78)
     assert ok.passed and ok.severity == "WARN" and ok.metadata["coverage_gap_points"] == -3.0
     warn = drift.coverage_check("2024-04", cov, 0.85)
@@ -465,12 +474,20 @@ def test_range_coverage_and_its_check_by_hand():
 def test_trend_reads_coverage_from_reports():
     from taxi_platform.lib.trend import markdown_table, plot_trend, point_from_report
 
-    doc = {"month": "2024-04", "drift": {"share": 0.1, "threshold": 0.5}, "quality": {"mae": 2.0},
-           "ranges": {"nominal": 0.8, "coverage": 0.71, "mean_width": 9.5},
-           "checks": {"fare_range_coverage": {"passed": False, "evaluated": True, "nominal": 0.8}}}
+    doc = {
+        "month": "2024-04",
+        "drift": {"share": 0.1, "threshold": 0.5},
+        "quality": {"mae": 2.0},
+        "ranges": {"nominal": 0.8, "coverage": 0.71, "mean_width": 9.5},
+        "checks": {"fare_range_coverage": {"passed": False, "evaluated": True, "nominal": 0.8}},
+    }
     point = point_from_report(doc)
     assert (point.coverage, point.nominal_coverage, point.range_width, point.coverage_check_passed) == (
-        0.71, 0.8, 9.5, False)
+        0.71,
+        0.8,
+        9.5,
+        False,
+    )
     old = point_from_report({k: v for k, v in doc.items() if k not in ("ranges", "checks")})
     assert old.coverage is None and old.coverage_check_passed is None  # reports written before ranges
     assert "| 71.0% | $9.50 |" in markdown_table([point])

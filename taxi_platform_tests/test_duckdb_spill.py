@@ -110,7 +110,9 @@ def test_connect_takes_the_temp_directory_and_memory_limit_from_settings(tmp_pat
     lake = Lake(str(tmp_path / "lake"))
     first, second = lake.connect(), lake.connect()
     try:
-        dirs = [Path(c.execute("SELECT current_setting('temp_directory')").fetchone()[0]) for c in (first, second)]
+        dirs = [
+            Path(c.execute("SELECT current_setting('temp_directory')").fetchone()[0]) for c in (first, second)
+        ]
         limits = {c.execute("SELECT current_setting('memory_limit')").fetchone()[0] for c in (first, second)}
     finally:
         first.close()
@@ -134,7 +136,9 @@ def test_bad_memory_limit_names_the_variable(tmp_path, monkeypatch):
 
 
 def test_spill_directories_of_dead_processes_are_removed(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(done.stdout)  # that process has exited
     root = tmp_path / "duckdb_tmp"
     stale = root / f"{dead_pid}-abc"

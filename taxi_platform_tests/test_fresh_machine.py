@@ -17,7 +17,10 @@ import pytest
 from taxi_platform_tests.dagster_services import REPO_ROOT, PostgresServer
 from taxi_platform_tests.system_binaries import HIDE_SYSTEM_DIRS_ENV
 
-NEEDS_SYSTEM_PROGRAMS = ["taxi_platform_tests/test_ui_browser.py", "taxi_platform_tests/test_terraform.py::test_terraform_fmt_check"]
+NEEDS_SYSTEM_PROGRAMS = [
+    "taxi_platform_tests/test_ui_browser.py",
+    "taxi_platform_tests/test_terraform.py::test_terraform_fmt_check",
+]
 
 
 def fresh_laptop_env(ci: bool) -> dict[str, str]:
@@ -55,7 +58,9 @@ def test_under_ci_a_missing_system_program_fails():
 
 
 def test_postgres_server_comes_from_the_package_index_on_a_fresh_laptop(tmp_path, monkeypatch):
-    pytest.importorskip("pgserver", reason="pgserver has no wheel for this platform: install PostgreSQL instead")
+    pytest.importorskip(
+        "pgserver", reason="pgserver has no wheel for this platform: install PostgreSQL instead"
+    )
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     monkeypatch.setenv(HIDE_SYSTEM_DIRS_ENV, "1")
     with PostgresServer(tmp_path) as pg:

@@ -30,17 +30,20 @@ def _rows(result: dg.ExecuteInProcessResult, key: str) -> int:
 def test_chain_on_gcs_lake(gcs_lake_root, gcs_env, sample_mirror, tmp_path):
     resources = _resources(gcs_lake_root, sample_mirror.url)
     assert dg.materialize([taxi_zones], resources=resources).success
-    result = dg.materialize([raw_trips, cleaned_trips, trip_features], partition_key="2024-01-01",
-                            resources=resources)
+    result = dg.materialize(
+        [raw_trips, cleaned_trips, trip_features], partition_key="2024-01-01", resources=resources
+    )
     assert result.success
     lake = Lake(gcs_lake_root)
-    bucket, _, prefix = gcs_lake_root[len("gs://"):].partition("/")
+    bucket, _, prefix = gcs_lake_root[len("gs://") :].partition("/")
     names = set(gcs_env.object_names(bucket, prefix))
-    for expected in ("taxi_zones/taxi_zone_lookup.csv",
-                     "raw_trips/service=yellow/month=2024-01/yellow_tripdata_2024-01.parquet",
-                     "raw_trips/service=green/month=2024-01/green_tripdata_2024-01.parquet",
-                     "cleaned_trips/month=2024-01/part-0.parquet",
-                     "trip_features/month=2024-01/part-0.parquet"):
+    for expected in (
+        "taxi_zones/taxi_zone_lookup.csv",
+        "raw_trips/service=yellow/month=2024-01/yellow_tripdata_2024-01.parquet",
+        "raw_trips/service=green/month=2024-01/green_tripdata_2024-01.parquet",
+        "cleaned_trips/month=2024-01/part-0.parquet",
+        "trip_features/month=2024-01/part-0.parquet",
+    ):
         assert f"{prefix}/{expected}".lstrip("/") in names, (expected, sorted(names))
     # Raw files are byte-identical to the source.
     source = (sample_mirror.root / "trip-data" / "yellow_tripdata_2024-01.parquet").read_bytes()
@@ -48,12 +51,16 @@ def test_chain_on_gcs_lake(gcs_lake_root, gcs_env, sample_mirror, tmp_path):
     # The features file read back from GCS has the rows the metadata reports.
     local = tmp_path / "features.parquet"
     local.write_bytes(lake.read_bytes(lake.partition_path("trip_features", "2024-01-01")))
-    assert pq.read_metadata(local).num_rows == _rows(result, "trip_features") == _rows(result, "cleaned_trips")
+    assert (
+        pq.read_metadata(local).num_rows == _rows(result, "trip_features") == _rows(result, "cleaned_trips")
+    )
     assert lake.partitions("cleaned_trips") == ["2024-01"]
 
     # Re-materialising replaces each partition object in place: same rows, no extra objects.
     before = sorted(n for n in gcs_env.object_names(bucket, prefix) if not n.endswith(".tmp"))
-    again = dg.materialize([raw_trips, cleaned_trips, trip_features], partition_key="2024-01-01", resources=resources)
+    again = dg.materialize(
+        [raw_trips, cleaned_trips, trip_features], partition_key="2024-01-01", resources=resources
+    )
     assert again.success and _rows(again, "trip_features") == _rows(result, "trip_features")
     after = sorted(gcs_env.object_names(bucket, prefix))
     assert after == before

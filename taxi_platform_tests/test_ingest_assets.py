@@ -311,5 +311,7 @@ def test_a_month_is_published_as_one_unit_when_a_move_fails(mirror, lake_root, m
     assert not result.success
     assert "Input/output error" in _failure_description(result)
     assert len(first) >= 2  # one file had been moved into place before the other failed
-    assert {s: _raw_file(lake_root, s, JAN).read_bytes() for s in old} == old  # both previous files, not a mix
+    assert {
+        s: _raw_file(lake_root, s, JAN).read_bytes() for s in old
+    } == old  # both previous files, not a mix
     assert len(_files(lake_root)) == 2  # no staged files or backups left behind

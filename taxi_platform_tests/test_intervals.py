@@ -29,16 +29,20 @@ from taxi_platform.lib.zones import load_zone_table
 from taxi_platform_tests.test_training import write_feature_months
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05")
-CONFIG = TrainConfig(sample_rows=30_000, validation_rows=15_000, min_pair_count=3, boosted_max_iter=60,
-                     families=("boosted",))
+CONFIG = TrainConfig(
+    sample_rows=30_000, validation_rows=15_000, min_pair_count=3, boosted_max_iter=60, families=("boosted",)
+)
 
 
 @pytest.fixture(scope="module")
 def stable(tmp_path_factory):
-    lake = write_feature_months(tmp_path_factory.mktemp("stable"), months=MONTHS, rows=20_000, green_rows=3_000)
+    lake = write_feature_months(
+        tmp_path_factory.mktemp("stable"), months=MONTHS, rows=20_000, green_rows=3_000
+    )
     result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), CONFIG)
-    model = FareQuoteModel(result.models["boosted"], result.pair_stats, load_zone_table(), "boosted",
-                           intervals=result.intervals)
+    model = FareQuoteModel(
+        result.models["boosted"], result.pair_stats, load_zone_table(), "boosted", intervals=result.intervals
+    )
     return lake, result, model
 
 
@@ -69,7 +73,9 @@ def test_conformal_quantile_covers_at_least_nominal_on_its_calibration_set(n, co
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), min_group=st.integers(1, 300))
-def test_small_bands_fall_back_to_their_group_then_the_global_width_and_ranges_contain_the_fare(seed, min_group):
+def test_small_bands_fall_back_to_their_group_then_the_global_width_and_ranges_contain_the_fare(
+    seed, min_group
+):
     rng = np.random.default_rng(seed)
     n = 2_000
     bands = rng.choice([0, 3, 7, 13, 19], size=n, p=[0.55, 0.3, 0.08, 0.05, 0.02])  # 3 and 13: same group
@@ -126,7 +132,10 @@ def test_coverage_within_3_points_of_nominal_on_stable_months(stable, month):
 def test_coverage_falls_when_fares_rise_mid_stream(tmp_path, stable):
     _, _, model = stable
     raised = write_feature_months(
-        tmp_path / "raised", months=("2024-04",), rows=20_000, green_rows=3_000,
+        tmp_path / "raised",
+        months=("2024-04",),
+        rows=20_000,
+        green_rows=3_000,
         profile=SampleProfile.fare_increase(date(2024, 4, 1), 1.3),
     )
     summary = _coverage_on(raised, model, "2024-04")
@@ -135,8 +144,13 @@ def test_coverage_falls_when_fares_rise_mid_stream(tmp_path, stable):
 
 def test_configured_coverage_changes_the_width(stable):
     lake, result, _ = stable
-    wide = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(),
-                        TrainConfig(**{**CONFIG.__dict__, "interval_coverage": 0.95}))
+    wide = train_window(
+        lake,
+        MONTHS[:2],
+        MONTHS[2],
+        load_zone_table(),
+        TrainConfig(**{**CONFIG.__dict__, "interval_coverage": 0.95}),
+    )
     assert wide.intervals.global_half_width > result.intervals.global_half_width
 
 

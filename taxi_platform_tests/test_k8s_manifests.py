@@ -225,7 +225,9 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     assert secret_volume["secret"]["secretName"] == "mlflow-db"
     for c in (container, init):
         assert not any("valueFrom" in e for e in c.get("env", [])), f"{c['name']}: secret in the environment"
-        assert {"name": secret_volume["name"], "mountPath": "/etc/mlflow-db", "readOnly": True} in c["volumeMounts"]
+        assert {"name": secret_volume["name"], "mountPath": "/etc/mlflow-db", "readOnly": True} in c[
+            "volumeMounts"
+        ]
         script = c["command"][2]
         # psycopg2 is the driver the image installs; a bare postgresql:// makes SQLAlchemy 2.1 import psycopg (3).
         uri = re.search(r'MLFLOW_BACKEND_STORE_URI="([^"]+)"', script).group(1)
@@ -440,7 +442,9 @@ def test_platform_kustomization_lists_every_manifest():
 
 @pytest.mark.parametrize("namespace", APP_NAMESPACES)
 def test_every_namespace_denies_all_traffic_by_default(namespace: str):
-    policies = [d for d in all_k8s_docs() if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == namespace]
+    policies = [
+        d for d in all_k8s_docs() if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == namespace
+    ]
     deny = [
         p
         for p in policies
@@ -460,24 +464,33 @@ def test_every_namespace_denies_all_traffic_by_default(namespace: str):
         for rule in policy["spec"].get("egress", []):
             for peer in rule.get("to", []):
                 if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
-                    assert rule["ports"] == [{"protocol": "TCP", "port": 443}], (policy["metadata"]["name"], rule)
+                    assert rule["ports"] == [{"protocol": "TCP", "port": 443}], (
+                        policy["metadata"]["name"],
+                        rule,
+                    )
 
 
 def test_fare_service_egress_is_dns_only_and_dagster_is_not_reachable_from_other_namespaces():
     docs = all_k8s_docs()
     fare = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "fare-service"]
-    egress_ports = {(p["protocol"], p["port"]) for d in fare for r in d["spec"].get("egress", []) for p in r["ports"]}
+    egress_ports = {
+        (p["protocol"], p["port"]) for d in fare for r in d["spec"].get("egress", []) for p in r["ports"]
+    }
     assert egress_ports == {("UDP", 53), ("TCP", 53)}
     dagster = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "dagster"]
     for policy in dagster:
         for rule in policy["spec"].get("ingress", []):
             for peer in rule["from"]:
-                assert "namespaceSelector" not in peer, f"{policy['metadata']['name']} admits another namespace"
+                assert "namespaceSelector" not in peer, (
+                    f"{policy['metadata']['name']} admits another namespace"
+                )
 
 
 def test_dagster_ui_and_mlflow_only_behind_iap_no_load_balancer_services():
     docs = all_k8s_docs()
-    assert not [d for d in docs if d["kind"] == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")]
+    assert not [
+        d for d in docs if d["kind"] == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")
+    ]
     assert not [d for d in docs if d["kind"] == "Ingress"], "an Ingress would bypass the IAP Gateway"
     webserver = helm_values()["dagsterWebserver"]["service"]
     assert webserver["type"] == "ClusterIP"
@@ -510,8 +523,20 @@ def test_deployer_rbac_is_scoped_to_the_fare_service_namespace():
         and any(s["kind"] == "User" and s["name"] == DEPLOYER for s in d["subjects"])
     ]
     assert bindings
-    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs if "Role" in d["kind"] and "Binding" not in d["kind"]}
-    forbidden = {"secrets", "roles", "rolebindings", "clusterroles", "clusterrolebindings", "networkpolicies", "*"}
+    roles = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+        for d in docs
+        if "Role" in d["kind"] and "Binding" not in d["kind"]
+    }
+    forbidden = {
+        "secrets",
+        "roles",
+        "rolebindings",
+        "clusterroles",
+        "clusterrolebindings",
+        "networkpolicies",
+        "*",
+    }
     granted_namespaces = set()
     for binding in bindings:
         ref = binding["roleRef"]
@@ -521,7 +546,9 @@ def test_deployer_rbac_is_scoped_to_the_fare_service_namespace():
         for rule in role["rules"]:
             assert not forbidden & set(rule["resources"]), rule
             assert "*" not in rule["verbs"] and "*" not in rule.get("apiGroups", [])
-            if binding["kind"] == "ClusterRoleBinding":  # cluster-wide: only the fare-service Namespace object
+            if (
+                binding["kind"] == "ClusterRoleBinding"
+            ):  # cluster-wide: only the fare-service Namespace object
                 assert rule["resources"] == ["namespaces"] and rule["resourceNames"] == ["fare-service"]
                 assert set(rule["verbs"]) <= {"get", "patch"}
             if namespace == "mlflow":  # read the champion through a port-forward, nothing else
@@ -531,7 +558,10 @@ def test_deployer_rbac_is_scoped_to_the_fare_service_namespace():
     assert granted_namespaces == {"fare-service", None, "mlflow"}
     # terraform names the deployer <name>-deployer and grants it no Kubernetes object permission in IAM
     tf = (REPO / "terraform" / "github_oidc.tf").read_text()
-    assert 'account_id   = "${local.name}-deployer"' in tf and "roles/container.developer\"" not in tf.split("#")[0]
+    assert (
+        'account_id   = "${local.name}-deployer"' in tf
+        and 'roles/container.developer"' not in tf.split("#")[0]
+    )
 
 
 def test_fare_service_reads_api_key_hashes_from_secret_manager():
@@ -545,7 +575,11 @@ def test_fare_service_reads_api_key_hashes_from_secret_manager():
     assert mount["readOnly"] is True and keys_file.startswith(mount["mountPath"] + "/")
     provider_name = volume["csi"]["volumeAttributes"]["secretProviderClass"]
     (provider,) = [d for d in all_k8s_docs() if d["kind"] == "SecretProviderClass"]
-    assert provider["metadata"] == {**provider["metadata"], "name": provider_name, "namespace": "fare-service"}
+    assert provider["metadata"] == {
+        **provider["metadata"],
+        "name": provider_name,
+        "namespace": "fare-service",
+    }
     (secret,) = yaml.safe_load(provider["spec"]["parameters"]["secrets"])
     assert secret["path"] == keys_file.rsplit("/", 1)[1]
     assert secret["resourceName"] == "projects/PROJECT_ID/secrets/taxi-prod-fare-api-keys/versions/latest"
@@ -560,19 +594,26 @@ def test_dockerfiles_take_the_base_image_digest_from_a_variable(dockerfile: str)
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert froms and all(f == "python:3.11-slim@${PYTHON_DIGEST}" for f in froms), froms
     arg = re.search(r"^ARG PYTHON_DIGEST(=\S*)?$", text, re.M)
-    assert arg and not arg.group(1), "no default: the build must pass --build-arg PYTHON_DIGEST=sha256:<digest>"
-    assert "--build-arg PYTHON_DIGEST=\"$PYTHON_DIGEST\"" in text
+    assert arg and not arg.group(1), (
+        "no default: the build must pass --build-arg PYTHON_DIGEST=sha256:<digest>"
+    )
+    assert '--build-arg PYTHON_DIGEST="$PYTHON_DIGEST"' in text
 
 
 def test_render_fills_the_platform_manifests():
-    text = "---\n".join((K8S / "platform" / name).read_text() for name in sorted(os.listdir(K8S / "platform")))
+    text = "---\n".join(
+        (K8S / "platform" / name).read_text() for name in sorted(os.listdir(K8S / "platform"))
+    )
     result = render(text, **RENDER_ENV)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d and "kind" in d]
     subjects = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
     assert subjects == {"taxi-dev-deployer@proj-1.iam.gserviceaccount.com"}
     (provider,) = [d for d in docs if d["kind"] == "SecretProviderClass"]
-    assert "projects/proj-1/secrets/taxi-dev-fare-api-keys/versions/latest" in provider["spec"]["parameters"]["secrets"]
+    assert (
+        "projects/proj-1/secrets/taxi-dev-fare-api-keys/versions/latest"
+        in provider["spec"]["parameters"]["secrets"]
+    )
     cidrs = {
         peer["ipBlock"]["cidr"]
         for d in docs

@@ -40,7 +40,9 @@ def test_staged_files_publish_every_file_and_leave_nothing_else(tmp_path):
     _stage(lake, [b"yellow v1", b"green v1"])
     _stage(lake, [b"yellow v2", b"green v2"])
     assert [Path(d).read_bytes() for d in _dests(lake)] == [b"yellow v2", b"green v2"]
-    assert _all_files(tmp_path / "lake") == sorted(str(Path(d).relative_to(tmp_path / "lake")) for d in _dests(lake))
+    assert _all_files(tmp_path / "lake") == sorted(
+        str(Path(d).relative_to(tmp_path / "lake")) for d in _dests(lake)
+    )
     assert all(oct(Path(d).stat().st_mode)[-3:] == "644" for d in _dests(lake))
 
 

@@ -12,8 +12,11 @@ from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 
 def test_ready_server_passes():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/", proc, timeout=30, interval=0.1)
     finally:

@@ -227,7 +227,9 @@ def test_fault_trickle(server, mirror_root):
         assert r.headers["Content-Length"] == str(len(body))
         received = r.content
     assert received == body
-    assert headers_after < 0.3 and time.monotonic() - started >= 0.38  # headers at once, then 5 pieces 0.1 s apart
+    assert (
+        headers_after < 0.3 and time.monotonic() - started >= 0.38
+    )  # headers at once, then 5 pieces 0.1 s apart
 
 
 def test_bad_fault_specs_are_rejected(server):

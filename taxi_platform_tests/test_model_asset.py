@@ -151,8 +151,12 @@ def test_fare_model_logs_registers_and_gates_against_a_real_mlflow_server(featur
     assert [s["validation_month"] for s in m2["gate_replay"]] == ["2024-03", "2024-04"]
     champion_after_second = aliases(client)["champion"]
     version_tags = client.get_model_version(MODEL_NAME, "2").tags
-    assert version_tags["promoted"] == str(as_good).lower() and version_tags["gate_reason"] == m2["gate_reason"]
-    mae_tag, fingerprint = version_tags["mae.2024-04"].split("|")  # the cached gate MAE and its data fingerprint
+    assert (
+        version_tags["promoted"] == str(as_good).lower() and version_tags["gate_reason"] == m2["gate_reason"]
+    )
+    mae_tag, fingerprint = version_tags["mae.2024-04"].split(
+        "|"
+    )  # the cached gate MAE and its data fingerprint
     assert float(mae_tag) == pytest.approx(m2["gate_challenger_mae"], abs=1e-5)
     assert fingerprint == LakeEvaluation(feature_lake, rows=100_000).fingerprint("2024-04")
 
@@ -173,7 +177,9 @@ def test_a_backfilled_older_month_never_retakes_champion_after_a_fare_increase(t
     May's beats March's on May in the replay, but its data ends before June's: it is registered, never champion."""
     months = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05", "2024-06")
     profile = SampleProfile.fare_increase(date(2024, 4, 1), 1.5)
-    lake = write_feature_months(tmp_path_factory.mktemp("increase"), months=months, rows=12_000, profile=profile)
+    lake = write_feature_months(
+        tmp_path_factory.mktemp("increase"), months=months, rows=12_000, profile=profile
+    )
     instance = dg.DagsterInstance.ephemeral()
     june = run(lake, "2024-06-01", instance=instance)
     assert june.success, failure_text(june)
@@ -182,7 +188,11 @@ def test_a_backfilled_older_month_never_retakes_champion_after_a_fare_increase(t
     march = run(lake, "2024-03-01", instance=instance)
     assert march.success, failure_text(march)
     m = metadata(march)
-    assert m["promoted"] is False and m["champion_version"] == "1" and m["champion_validation_month"] == "2024-06"
+    assert (
+        m["promoted"] is False
+        and m["champion_version"] == "1"
+        and m["champion_validation_month"] == "2024-06"
+    )
     assert "trained on data ending 2024-02, before champion v1 (2024-06)'s (2024-05)" in m["gate_reason"]
     assert m["champion_age_months"] == 0 and m["champion_age_vs_partition_months"] == -3
     # the replay compared June's model with March's on June, a month neither trained on; June's is far better

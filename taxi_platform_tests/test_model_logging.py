@@ -76,10 +76,26 @@ def test_logged_as_models_from_code_without_a_pickling_warning(model, tracking):
     got = loaded.predict(input_example())["fare_amount"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     inner = loaded.unwrap_python_model()  # what the Bento calls
-    np.testing.assert_allclose(inner.predict_quotes({"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
-                                                     "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}),
-                               model.predict_quotes({"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
-                                                     "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}))
+    np.testing.assert_allclose(
+        inner.predict_quotes(
+            {
+                "pickup_datetime": "2024-03-05T08:15:00",
+                "pickup_zone": 132,
+                "dropoff_zone": 230,
+                "passenger_count": 1,
+                "service": "yellow",
+            }
+        ),
+        model.predict_quotes(
+            {
+                "pickup_datetime": "2024-03-05T08:15:00",
+                "pickup_zone": 132,
+                "dropoff_zone": 230,
+                "passenger_count": 1,
+                "service": "yellow",
+            }
+        ),
+    )
 
 
 def test_model_loads_where_taxi_platform_is_not_importable(model, tracking, tmp_path):

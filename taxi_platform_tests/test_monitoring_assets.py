@@ -431,37 +431,74 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
         f"SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count, CAST(service AS VARCHAR) AS service "
         f"FROM read_parquet('{lake.partition_glob('trip_features', STABLE_KEY)}') ORDER BY pickup_datetime LIMIT 300"
     ).df()
-    ridden = {tuple(r) for r in duckdb.sql(
-        f"SELECT DISTINCT pickup_zone, dropoff_zone FROM read_parquet('{lake.partition_glob('trip_features', STABLE_KEY)}') "
-        "WHERE pickup_hour = 4 AND CAST(service AS VARCHAR) = 'green'").fetchall()}
-    nobody = next(z for z in range(3, 263) if (z, z) not in ridden)  # a green trip within zone z at 4 am: none
-    extra = pd.DataFrame({"pickup_datetime": pd.to_datetime(["2024-04-02 04:00", "2024-05-03 10:00"]),
-                          "pickup_zone": [nobody, 100], "dropoff_zone": [nobody, 200], "passenger_count": [1, 1],
-                          "service": ["green", "yellow"]})
+    ridden = {
+        tuple(r)
+        for r in duckdb.sql(
+            f"SELECT DISTINCT pickup_zone, dropoff_zone FROM read_parquet('{lake.partition_glob('trip_features', STABLE_KEY)}') "
+            "WHERE pickup_hour = 4 AND CAST(service AS VARCHAR) = 'green'"
+        ).fetchall()
+    }
+    nobody = next(
+        z for z in range(3, 263) if (z, z) not in ridden
+    )  # a green trip within zone z at 4 am: none
+    extra = pd.DataFrame(
+        {
+            "pickup_datetime": pd.to_datetime(["2024-04-02 04:00", "2024-05-03 10:00"]),
+            "pickup_zone": [nobody, 100],
+            "dropoff_zone": [nobody, 200],
+            "passenger_count": [1, 1],
+            "service": ["green", "yellow"],
+        }
+    )
     quotes = pd.concat([trips, extra], ignore_index=True)
     quotes["pickup_datetime"] = quotes["pickup_datetime"].dt.floor("s")
     from taxi_platform.defs.monitoring import _predictor
 
     predict, _ = _predictor(platform["tracking_uri"], f"models:/{MODEL_NAME}/{platform['version']}")
-    priced = predict(quotes.astype({"pickup_zone": "int64", "dropoff_zone": "int64", "passenger_count": "int64"}))
+    priced = predict(
+        quotes.astype({"pickup_zone": "int64", "dropoff_zone": "int64", "passenger_count": "int64"})
+    )
     columns = {c: quotes[c].to_numpy() for c in quotes.columns}
     columns["pickup_datetime"] = quotes["pickup_datetime"].to_numpy().astype("datetime64[s]")
     fares = np.round(priced["fare_amount"].to_numpy(), 2).tolist()
     log_dir = tmp_path / "predictions"
     with PredictionLog(log_dir) as plog:
-        plog.record("predict_batch", "req-1", platform["version"], {k: v[:200] for k, v in columns.items()}, fares[:200])
-        plog.record("predict_batch", "req-2", platform["version"], {k: v[200:] for k, v in columns.items()}, fares[200:])
+        plog.record(
+            "predict_batch",
+            "req-1",
+            platform["version"],
+            {k: v[:200] for k, v in columns.items()},
+            fares[:200],
+        )
+        plog.record(
+            "predict_batch",
+            "req-2",
+            platform["version"],
+            {k: v[200:] for k, v in columns.items()},
+            fares[200:],
+        )
 
     config = {"ops": {"served_quotes": {"config": {"log_path": str(log_dir)}}}}
-    result = dg.materialize([monitoring.served_quotes, monitoring.served_quote_accuracy], partition_key=STABLE_KEY,
-                            instance=platform["instance"], resources=platform["resources"], run_config=config)
+    result = dg.materialize(
+        [monitoring.served_quotes, monitoring.served_quote_accuracy],
+        partition_key=STABLE_KEY,
+        instance=platform["instance"],
+        resources=platform["resources"],
+        run_config=config,
+    )
     assert result.success
     served = _metadata(result, monitoring.SERVED_QUOTES)
     assert served["dagster/row_count"] == len(quotes) - 1  # the May pickup belongs to May's partition
     assert served["log_quotes"] == len(quotes) and served["repriced_mismatch"] == 0
-    assert served["quotes_without_range"] == 0 and served["model_versions"] == {platform["version"]: len(quotes) - 1}
-    table = duckdb.sql(f"SELECT * FROM read_parquet('{lake.partition_glob('served_quotes', STABLE_KEY)}')").df()
-    assert (table["fare_low"] <= table["fare_amount"]).all() and (table["fare_amount"] <= table["fare_high"]).all()
+    assert served["quotes_without_range"] == 0 and served["model_versions"] == {
+        platform["version"]: len(quotes) - 1
+    }
+    table = duckdb.sql(
+        f"SELECT * FROM read_parquet('{lake.partition_glob('served_quotes', STABLE_KEY)}')"
+    ).df()
+    assert (table["fare_low"] <= table["fare_amount"]).all() and (
+        table["fare_amount"] <= table["fare_high"]
+    ).all()
 
     accuracy = _metadata(result, monitoring.SERVED_QUOTE_ACCURACY)
     assert accuracy["quotes"] == len(quotes) - 1
@@ -469,6 +506,10 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
     assert 0 < accuracy["mae_vs_realised_mean"] < 10 and 0 < accuracy["share_inside_range"] <= 1
     assert "| service | pickup |" in accuracy["worst_cells"]
     doc = json.loads(Path(accuracy["json_path"]).read_text())
-    assert doc == quote_accuracy(lake, lake.partition_glob("served_quotes", STABLE_KEY),
-                                 lake.partition_glob("trip_features", STABLE_KEY), "2024-04")
+    assert doc == quote_accuracy(
+        lake,
+        lake.partition_glob("served_quotes", STABLE_KEY),
+        lake.partition_glob("trip_features", STABLE_KEY),
+        "2024-04",
+    )
     assert doc["worst_cells"][0]["mae"] >= doc["worst_cells"][-1]["mae"]

@@ -16,7 +16,10 @@ SCHEMA = pa.schema([("fare_amount", pa.float64()), ("pickup_zone", pa.int32())])
 
 def _batch(start: int, n: int) -> pa.RecordBatch:
     return pa.record_batch(
-        [pa.array([float(i) for i in range(start, start + n)]), pa.array([1 + i % 263 for i in range(n)], pa.int32())],
+        [
+            pa.array([float(i) for i in range(start, start + n)]),
+            pa.array([1 + i % 263 for i in range(n)], pa.int32()),
+        ],
         schema=SCHEMA,
     )
 
@@ -37,7 +40,9 @@ def _rows(lake: Lake) -> list[float]:
 def test_large_partition_is_split_into_equal_parts_and_replaced_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(parquet_sink, "SPLIT_AFTER_ROWS", 100)
     lake = Lake(str(tmp_path / "lake"))
-    _write(lake, [_batch(i * 50, 50) for i in range(10)])  # 100 rows in part-0, then the smaller part takes each
+    _write(
+        lake, [_batch(i * 50, 50) for i in range(10)]
+    )  # 100 rows in part-0, then the smaller part takes each
     month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
     sizes = {p.name: pq.read_metadata(p).num_rows for p in month_dir.iterdir()}
     assert sizes == {"part-0.parquet": 250, "part-1.parquet": 250}

@@ -27,8 +27,9 @@ def _materialize(env, partition: str, assets=None, raise_on_error: bool = True) 
     zones_csv = env.lake.zones_csv_path()
     if not os.path.exists(zones_csv):
         dg.materialize([taxi_zones], resources=env.resources())
-    return dg.materialize(assets or CHAIN, partition_key=partition, resources=env.resources(),
-                          raise_on_error=raise_on_error)
+    return dg.materialize(
+        assets or CHAIN, partition_key=partition, resources=env.resources(), raise_on_error=raise_on_error
+    )
 
 
 def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
@@ -53,8 +54,14 @@ def test_month_flows_through_the_chain(platform_env):
     assert cleaned["rows_in"] == {"yellow": 4000, "green": 600}
     rejected = cleaned["rejected_by_reason"]
     # The generator plants each kind of dirt; every one must be caught and counted.
-    for reason in ("exact_duplicate", "pickup_outside_month", "non_positive_fare", "non_positive_distance",
-                   "unknown_zone", "dropoff_not_after_pickup"):
+    for reason in (
+        "exact_duplicate",
+        "pickup_outside_month",
+        "non_positive_fare",
+        "non_positive_distance",
+        "unknown_zone",
+        "dropoff_not_after_pickup",
+    ):
         assert rejected.get(reason, 0) > 0, (reason, rejected)
     assert cleaned["dagster/row_count"] + sum(rejected.values()) == 4600
     assert cleaned["data_source"] == "synthetic"
@@ -67,8 +74,10 @@ def test_month_flows_through_the_chain(platform_env):
     assert _count(features_path) == features["dagster/row_count"] == cleaned["dagster/row_count"]
     assert tuple(pq.read_schema(cleaned_path).names) == CLEANED_COLUMNS
     assert tuple(pq.read_schema(features_path).names) == FEATURE_TABLE_COLUMNS
-    assert set(FEATURE_COLUMNS) <= set(features["dagster/column_schema"].columns[i].name
-                                       for i in range(len(features["dagster/column_schema"].columns)))
+    assert set(FEATURE_COLUMNS) <= set(
+        features["dagster/column_schema"].columns[i].name
+        for i in range(len(features["dagster/column_schema"].columns))
+    )
     bad = duckdb.sql(
         f"""SELECT count(*) FILTER (WHERE pickup_datetime < '2024-01-01' OR pickup_datetime >= '2024-02-01'),
                    count(*) FILTER (WHERE fare_amount <= 0 OR trip_distance <= 0),
@@ -85,7 +94,9 @@ def test_month_flows_through_the_chain(platform_env):
     assert "preview" in cleaned and "| service |" in cleaned["preview"]
 
 
-@pytest.mark.parametrize("partition,era_has_cbd", [("2023-01-01", False), ("2023-06-01", False), ("2025-02-01", True)])
+@pytest.mark.parametrize(
+    "partition,era_has_cbd", [("2023-01-01", False), ("2023-06-01", False), ("2025-02-01", True)]
+)
 def test_every_schema_era(platform_env, partition, era_has_cbd):
     result = _materialize(platform_env, partition)
     assert result.success
@@ -102,10 +113,14 @@ def test_rematerialising_gives_identical_rows_and_no_duplicates(platform_env):
     _materialize(platform_env, "2024-02-01")
     lake = platform_env.lake
     order = "ORDER BY ALL"
-    first = duckdb.sql(f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}")
+    first = duckdb.sql(
+        f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}"
+    )
     first_rows = first.fetchall()
     _materialize(platform_env, "2024-02-01")
-    again = duckdb.sql(f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}")
+    again = duckdb.sql(
+        f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}"
+    )
     assert again.fetchall() == first_rows
     for table in ("cleaned_trips", "trip_features"):
         files = os.listdir(os.path.join(lake.root, table, "month=2024-02"))
@@ -118,7 +133,9 @@ def test_month_not_on_source_fails_clearly_and_writes_nothing(platform_env):
     failure = next(e for e in result.all_events if e.is_step_failure)
     text = str(failure.event_specific_data.error)
     assert "not published" in text.lower()
-    assert not os.path.exists(os.path.join(platform_env.lake.root, "raw_trips", "service=yellow", "month=2024-06"))
+    assert not os.path.exists(
+        os.path.join(platform_env.lake.root, "raw_trips", "service=yellow", "month=2024-06")
+    )
     assert not os.path.exists(os.path.join(platform_env.lake.root, "cleaned_trips", "month=2024-06"))
 
 
@@ -157,7 +174,10 @@ _CHILD = textwrap.dedent(
 def _child(env, partition: str, mode: str = "normal") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", _CHILD, partition, env.lake.root, env.mirror.url, mode],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
     )
 
 
@@ -188,9 +208,13 @@ def test_run_killed_mid_write_leaves_previous_partition_intact(platform_env):
     assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
     # Whatever the killed run left behind is a hidden staging directory that table globs never read.
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.root}/cleaned_trips/month=*/*.parquet')").fetchall()[0][0]
+    n = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{lake.root}/cleaned_trips/month=*/*.parquet')"
+    ).fetchall()[0][0]
     assert n == _count(str(path))
     assert [p.name for p in path.parent.iterdir()] == ["part-0.parquet"]
     leftovers = [p for p in path.parent.parent.iterdir() if p.name != "month=2024-01"]
-    assert leftovers and all(p.name.startswith(".month=2024-01.") and p.name.endswith(".tmp") for p in leftovers)
+    assert leftovers and all(
+        p.name.startswith(".month=2024-01.") and p.name.endswith(".tmp") for p in leftovers
+    )
     assert all(q.name.startswith("part-") for p in leftovers for q in p.iterdir())  # the unpublished parts

@@ -166,7 +166,9 @@ def test_a_10000_quote_batch_is_split_below_the_sink_limit_and_nothing_is_lost(t
     assert len(lines) >= 2
     assert all(len(line.encode()) + 1 <= P.MAX_LINE_BYTES < CLOUD_LOGGING_ENTRY_LIMIT for line in lines)
     parts = [json.loads(line) for line in lines]
-    assert [p["part"] for p in parts] == list(range(len(parts))) and {p["parts"] for p in parts} == {len(parts)}
+    assert [p["part"] for p in parts] == list(range(len(parts))) and {p["parts"] for p in parts} == {
+        len(parts)
+    }
     rows = list(P.read_prediction_log(tmp_path))
     assert [r["index"] for r in rows] == list(range(10_000))
     assert [r["pickup_zone"] for r in rows] == zones

@@ -85,7 +85,9 @@ def store(tmp_path_factory, lake):
     uris = {}
     with mlflow.start_run(experiment_id=experiment):
         for key, level in levels.items():
-            info = mlflow.pyfunc.log_model(name=f"level_{key}", python_model=LevelFare(level), pip_requirements=[])
+            info = mlflow.pyfunc.log_model(
+                name=f"level_{key}", python_model=LevelFare(level), pip_requirements=[]
+            )
             uris[key] = info.model_uri
     yield {"client": client, "uris": uris, "levels": levels}
     mlflow.set_tracking_uri(previous)
@@ -156,7 +158,11 @@ def test_chronological_run_follows_the_rule_and_scores_each_pair_once(store, lak
     # each later month costs two scorings (challenger and champion on the new month), every other pair is cached
     assert [d.scored_pairs for d in decisions] == [0, 2, 2, 2, 2]
     again = gate(store, lake, name, last.challenger_version)
-    assert again.scored_pairs == 0 and again.cached_pairs == 8 and again.champion_version == last.champion_version
+    assert (
+        again.scored_pairs == 0
+        and again.cached_pairs == 8
+        and again.champion_version == last.champion_version
+    )
     tags = store["client"].get_model_version(name, last.challenger_version).tags
     value, fingerprint = tags[mae_tag("2024-06")].split("|")
     assert float(value) == last.challenger_mae and fingerprint == LakeEvaluation(lake).fingerprint("2024-06")
@@ -180,8 +186,14 @@ def test_any_run_order_ends_with_the_chronological_champion(store, lake, name, o
         # after June, every older month's model is registered but never promoted, and says why
         for d in decisions[1:]:
             assert not d.promoted and d.champion_validation_month == "2024-06"
-            assert "before champion v1 (2024-06)'s (2024-05): registered, never promoted" in d.reason, d.reason
-            assert d.champion_age_vs_partition_months == months_between("2024-06", d.challenger_validation_month) < 0
+            assert "before champion v1 (2024-06)'s (2024-05): registered, never promoted" in d.reason, (
+                d.reason
+            )
+            assert (
+                d.champion_age_vs_partition_months
+                == months_between("2024-06", d.challenger_validation_month)
+                < 0
+            )
             assert d.champion_age_months == 0
 
 
@@ -241,11 +253,15 @@ def test_failed_checks_never_promote_and_supersede_nothing(store, lake, name):
     june = gate(store, lake, name, register(store, name, "2024-06"))
     assert june.promoted
     # a failed re-run of June leaves June's good version in place
-    rerun = gate(store, lake, name, register(store, name, "2024-06", checks_failed="fare_grows_with_distance"))
+    rerun = gate(
+        store, lake, name, register(store, name, "2024-06", checks_failed="fare_grows_with_distance")
+    )
     assert not rerun.promoted and rerun.champion_version == june.challenger_version
     # a failed version is never champion even when it is the only one
     lone = f"{name}_lone"
-    only = gate(store, lake, lone, register(store, lone, "2024-06", checks_failed="no_nan_or_negative_predictions"))
+    only = gate(
+        store, lake, lone, register(store, lone, "2024-06", checks_failed="no_nan_or_negative_predictions")
+    )
     assert not only.promoted and only.champion_version is None
     assert {k: str(v) for k, v in store["client"].get_registered_model(lone).aliases.items()} == {
         "challenger": only.challenger_version
@@ -260,7 +276,9 @@ def test_a_republished_old_month_ends_where_a_chronological_run_would(store, lak
     write_feature_months(tmp_path / "may", months=("2024-05",), rows=ROWS, seed=7,
                          profile=SampleProfile.fare_increase(date(2024, 4, 1), 1.5))  # fmt: skip
     shutil.rmtree(own.partition_dir("trip_features", "2024-05"))
-    shutil.copytree(f"{tmp_path}/may/trip_features/month=2024-05", own.partition_dir("trip_features", "2024-05"))
+    shutil.copytree(
+        f"{tmp_path}/may/trip_features/month=2024-05", own.partition_dir("trip_features", "2024-05")
+    )
     rerun = gate(store, own, name, register(store, name, "2024-05", model="bad"))
     levels = {**store["levels"], "2024-05": store["levels"]["bad"]}
     assert rerun.champion_validation_month == expected_champion(own, levels, MODEL_MONTHS) == "2024-06"
@@ -272,9 +290,7 @@ def test_a_republished_old_month_ends_where_a_chronological_run_would(store, lak
     for month in MODEL_MONTHS:
         gate(store, own, fresh, register(store, fresh, month, model="bad" if month == "2024-05" else None))
     assert champion_month(store, fresh) == champion_month(store, name)
-    assert [s["outcome"] for s in rerun.steps] == [
-        s["outcome"] for s in gate(store, own, fresh, "5").steps
-    ]
+    assert [s["outcome"] for s in rerun.steps] == [s["outcome"] for s in gate(store, own, fresh, "5").steps]
 
 
 def write_copy(lake, tmp_path):
@@ -299,14 +315,18 @@ def test_a_gate_overtaken_by_a_newer_version_replays_again(store, lake, name):
         return mae_of(uri, quotes, y)
 
     result = {}
-    a = threading.Thread(target=lambda: result.setdefault("a", gate(store, lake, name, a_version, scorer=slow_scorer)))
+    a = threading.Thread(
+        target=lambda: result.setdefault("a", gate(store, lake, name, a_version, scorer=slow_scorer))
+    )
     a.start()
     assert paused.wait(120)
     b = gate(store, lake, name, register(store, name, "2024-06"))
     assert b.promoted and champion_month(store, name) == "2024-06"
     resumed.set()
     a.join(120)
-    assert champion_month(store, name) == "2024-06"  # A's stale first replay chose May, its second replay June
+    assert (
+        champion_month(store, name) == "2024-06"
+    )  # A's stale first replay chose May, its second replay June
     assert result["a"].replays == 2 and result["a"].champion_validation_month == "2024-06"
     assert not result["a"].promoted
 

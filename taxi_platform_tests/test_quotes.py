@@ -212,7 +212,10 @@ def test_check_batch_of_10000_bad_quotes_lists_20_errors_and_counts_the_rest():
     errors = _errors({"quotes": [BAD_ZONE] * MAX_BATCH_SIZE})
     assert [e["loc"] for e in errors[:20]] == [("quotes", i, "pickup_zone") for i in range(20)]
     assert errors[-1]["loc"] == ("quotes",) and len(errors) == 21
-    assert "256 errors in quotes 0..255" in errors[-1]["msg"] and "9,744 quotes were not checked" in errors[-1]["msg"]
+    assert (
+        "256 errors in quotes 0..255" in errors[-1]["msg"]
+        and "9,744 quotes were not checked" in errors[-1]["msg"]
+    )
     assert len(json.dumps(errors)) < 64 * 1024
 
 

@@ -72,7 +72,11 @@ def register(
     checks_failed: str = "",
 ) -> str:
     """Log and register ``model`` with the version tags ``fare_model`` sets (the gate reads them)."""
-    tags = {"train_months": ",".join(train_months), "validation_month": validation_month, "checks_failed": checks_failed}
+    tags = {
+        "train_months": ",".join(train_months),
+        "validation_month": validation_month,
+        "checks_failed": checks_failed,
+    }
     with mlflow.start_run():
         info = log_fare_model(model, registered_model_name=name, tags=tags)
     version = str(info.registered_model_version)
@@ -119,7 +123,8 @@ def test_gate_keeps_a_worse_fresher_model_and_promotes_an_as_good_one(trained, r
     evaluation = LakeEvaluation(lake, rows=5_000)
     april_quotes, april_y = evaluation.sample(MONTHS[3])
     linear_mae, boosted_mae = (
-        float(np.mean(np.abs(models[f].predict_quotes(april_quotes) - april_y))) for f in ("linear", "boosted")
+        float(np.mean(np.abs(models[f].predict_quotes(april_quotes) - april_y)))
+        for f in ("linear", "boosted")
     )
     assert linear_mae > boosted_mae * 1.01
 
@@ -139,8 +144,13 @@ def test_gate_keeps_a_worse_fresher_model_and_promotes_an_as_good_one(trained, r
     # April re-run with the boosted model: it supersedes v2 and, exactly as good and fresher, replaces v1
     v3 = register(models["boosted"], name, MONTHS[3])
     third = gate_challenger(registry, name, v3, evaluation)
-    assert third.promoted and third.challenger_mae == third.champion_mae == pytest.approx(boosted_mae, rel=1e-9)
-    assert third.previous_champion_version == v1 and aliases(registry, name) == {"champion": v3, "challenger": v3}
+    assert third.promoted and third.challenger_mae == third.champion_mae == pytest.approx(
+        boosted_mae, rel=1e-9
+    )
+    assert third.previous_champion_version == v1 and aliases(registry, name) == {
+        "champion": v3,
+        "challenger": v3,
+    }
     assert third.scored_pairs == 1 and third.cached_pairs == 1  # v1 on April was scored by the second gate
 
     # a later April version that failed its checks supersedes nothing and is never champion

@@ -104,7 +104,9 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 
 def config_env(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
+    )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -132,7 +134,9 @@ class Places:
     pg_port: int
 
 
-def pod_mounts(c: dict, pod: str, places: Places, files: dict[str, dict[str, str]] | None = None) -> dict[str, Path]:
+def pod_mounts(
+    c: dict, pod: str, places: Places, files: dict[str, dict[str, str]] | None = None
+) -> dict[str, Path]:
     """A container's volumeMounts as local folders (``<root>/<pod>/<volume>``), with ``files`` written into
     them (a Secret's keys); the image's own ``/tmp`` when no volume is mounted there."""
     mounts: dict[str, Path] = {}
@@ -187,7 +191,9 @@ def uv() -> str:
 
 def run(cmd: list[str], **kw) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 600), **kw)
-    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    )
     return done.stdout
 
 
@@ -242,7 +248,9 @@ def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(a
     out = json.loads(run([str(artifacts.venv / "bin" / "python"), "-c", code], cwd=cwd,
                          env=base_env(artifacts.venv, tmp_path / "home")))  # fmt: skip
     assert out["package"].startswith(str(artifacts.venv)), "the package came from the checkout, not the wheel"
-    assert (Path(out["home"]) / "dagster.yaml").read_bytes() == (DEPLOY / "dagster-postgres.yaml").read_bytes()
+    assert (Path(out["home"]) / "dagster.yaml").read_bytes() == (
+        DEPLOY / "dagster-postgres.yaml"
+    ).read_bytes()
     assert out["pins"] > 50
     assert "bento/service.py" in out["ctx"] and "taxi_platform/lib/fare_pyfunc.py" in out["ctx"]
     assert not [p for p in out["ctx"] if "_runtime" in p]
@@ -252,7 +260,9 @@ def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(a
 class WheelDagster(DagsterServices):
     """``dagster api grpc`` + ``dagster-webserver`` + ``dagster-daemon`` from the wheel's venv, in empty dirs."""
 
-    def __init__(self, venv: Path, code_env: dict, service_env: dict, root: Path, location: str, grpc_args: list):
+    def __init__(
+        self, venv: Path, code_env: dict, service_env: dict, root: Path, location: str, grpc_args: list
+    ):
         super().__init__(service_env, root / "logs", cwd=empty_dir(root / "webserver-cwd"))
         self.venv = venv
         self.code_env = code_env
@@ -348,7 +358,8 @@ class WheelDagster(DagsterServices):
         return [
             f"{e.get('stepKey') or 'run'}: {(e.get('error') or {}).get('message') or e.get('message')}"
             for e in events
-            if e.get("level") == "ERROR" or e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
+            if e.get("level") == "ERROR"
+            or e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
         ]
 
 
@@ -372,7 +383,9 @@ class Stage:
         self.last = now
 
 
-def start_mlflow(venv: Path, root: Path, places: Places, pg: PostgresServer, emulator: GCSEmulator) -> ManagedProcess:
+def start_mlflow(
+    venv: Path, root: Path, places: Places, pg: PostgresServer, emulator: GCSEmulator
+) -> ManagedProcess:
     """``mlflow server`` as ``deploy/k8s/mlflow`` runs it: the init container's ``db upgrade``, then the
     container's command and args, the password in a mounted Secret file, the ConfigMap from ``config.env``."""
     password = "mlflow" + pg.password
@@ -386,14 +399,19 @@ def start_mlflow(venv: Path, root: Path, places: Places, pg: PostgresServer, emu
         (mount,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == secret_volumes[0]]
         (key,) = set(re.findall(rf"{re.escape(mount)}/([\w.-]+)", " ".join(c["command"])))
         mounts = pod_mounts(c, name, places, {secret_volumes[0]: {key: password}})
-        configmap = {k: fill(v, places, name, mounts) for k, v in config_env(MLFLOW_K8S / "config.env").items()}
+        configmap = {
+            k: fill(v, places, name, mounts) for k, v in config_env(MLFLOW_K8S / "config.env").items()
+        }
         env = {**base_env(venv, root / "pods" / name / "home"), **configmap, **emulator.env()}
         env.update({k: fill(v, places, name, mounts) for k, v in k8s_env(c, {}, configmap).items()})
         Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
         argv = [fill(a, places, name, mounts) for a in c["command"]]
         # Cloud SQL listens on 5432 with TLS required; the loopback server on a free port, without TLS.
         assert sum(":5432/" in a and "sslmode=require" in a for a in argv) == 1, argv
-        argv = [a.replace(":5432/", f":{places.pg_port}/").replace("sslmode=require", "sslmode=disable") for a in argv]
+        argv = [
+            a.replace(":5432/", f":{places.pg_port}/").replace("sslmode=require", "sslmode=disable")
+            for a in argv
+        ]
         return argv, env
 
     init = container(MLFLOW_K8S, init=True)
@@ -407,7 +425,9 @@ def start_mlflow(venv: Path, root: Path, places: Places, pg: PostgresServer, emu
     args = [re.sub(r"^--port=.*", f"--port={port}", a) for a in args]
     assert "--serve-artifacts" in args and f"--port={port}" in args
     argv, env = pod(main, "mlflow")
-    proc = ManagedProcess("mlflow", [*argv, *args], env, empty_dir(root / "mlflow-cwd"), root / "logs" / "mlflow.log")
+    proc = ManagedProcess(
+        "mlflow", [*argv, *args], env, empty_dir(root / "mlflow-cwd"), root / "logs" / "mlflow.log"
+    )
     probe = main["readinessProbe"]["httpGet"]["path"]
     wait_until(lambda: (proc.check_alive(), requests.get(places.mlflow_url + probe, timeout=5).ok)[1],
                120, "mlflow server /health", status=proc.tail)  # fmt: skip
@@ -474,7 +494,9 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     (image_bin / "uv").symlink_to(uv_bin)
     base["PATH"] = service_env["PATH"] = f"{venv / 'bin'}:{image_bin}:/usr/bin:/bin"
     code_env = dict(service_env)
-    code_env.update({k: fill(v, places, "run") for k, v in image_env.items() if k not in ("PATH", "DAGSTER_HOME")})
+    code_env.update(
+        {k: fill(v, places, "run") for k, v in image_env.items() if k not in ("PATH", "DAGSTER_HOME")}
+    )
     code_env.update({e["name"]: fill(str(e["value"]), places, "run") for e in deployment["env"]})
     code_env.update(emulator.env())  # the emulator stands in for GCS; Workload Identity for credentials
     code_env.update(
@@ -499,7 +521,9 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
             failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
             if failed:
                 detail = {r["runId"]: svc.failure_messages(r["runId"]) for r in failed}
-                raise AssertionError(f"run(s) failed: {json.dumps(detail, indent=1)[:6000]}\n{svc.tail_logs()}")
+                raise AssertionError(
+                    f"run(s) failed: {json.dumps(detail, indent=1)[:6000]}\n{svc.tail_logs()}"
+                )
             busy = [r for r in runs if r["status"] not in ("SUCCESS",)]
             services = svc.materializations("fare_service")
             drift = svc.materializations("drift_report")
@@ -548,7 +572,9 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
                   "MLFLOW_TRACKING_URI": places.mlflow_url, "PATH": base["PATH"]}  # fmt: skip
     info = json.loads(run([str(venv / "bin" / "taxi-platform"), "build-bento", "--json"],
                           cwd=empty_dir(root / "deploy-runner" / "cwd"), env=deploy_env, timeout=900))  # fmt: skip
-    assert info["tag"] == latest["bento_tag"], "deploy.yml builds the Bento the asset built (champion, code, pins)"
+    assert info["tag"] == latest["bento_tag"], (
+        "deploy.yml builds the Bento the asset built (champion, code, pins)"
+    )
     assert info["model_version"] == str(champion.version) and info["model_overrides"] == []
     bento_dir = Path(info["path"])
     pins = [line for line in (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
@@ -574,7 +600,10 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     key_file = next(e["value"] for e in fare["env"] if e["name"] == "TAXI_API_KEYS_FILE").rsplit("/", 1)[1]
     mounts = pod_mounts(fare, "fare-service", places,
                         {key_volume: {key_file: f"rehearsal:{hashlib.sha256(api_key.encode()).hexdigest()}\n"}})  # fmt: skip
-    serve_env = {**base_env(image_venv, root / "pods" / "fare-service" / "home"), "BENTOML_HOME": str(deploy_home)}
+    serve_env = {
+        **base_env(image_venv, root / "pods" / "fare-service" / "home"),
+        "BENTOML_HOME": str(deploy_home),
+    }
     serve_env.update({e["name"]: fill(str(e["value"]), places, "fare-service", mounts) for e in fare["env"]})
     assert Path(serve_env["TAXI_API_KEYS_FILE"]).is_file()
     port = free_port()
@@ -597,7 +626,9 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
         stage("bentoml serve: startup, readiness and liveness probes answer 200")
         refused = requests.post(url + "/predict", json=QUOTE, timeout=30)
         assert refused.status_code == 401, (refused.status_code, refused.text[:300])
-        quote = requests.post(url + "/predict", json=QUOTE, timeout=30, headers={"Authorization": f"Bearer {api_key}"})
+        quote = requests.post(
+            url + "/predict", json=QUOTE, timeout=30, headers={"Authorization": f"Bearer {api_key}"}
+        )
         assert quote.status_code == 200, quote.text
         body = quote.json()
         assert body["model_version"] == str(champion.version) and body["currency"] == "USD"
@@ -607,11 +638,15 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
         priced = re.search(r'^taxi_fare_quotes_priced_total\{[^}]*endpoint="predict"[^}]*\} (\S+)$',
                            metrics.text, re.M)  # fmt: skip
         assert priced and float(priced.group(1)) >= 1, metrics.text[:2000]
-        stage(f"priced {QUOTE['pickup_zone']}->{QUOTE['dropoff_zone']}: ${body['fare_amount']}; /metrics counts it")
+        stage(
+            f"priced {QUOTE['pickup_zone']}->{QUOTE['dropoff_zone']}: ${body['fare_amount']}; /metrics counts it"
+        )
 
         def logged() -> list[dict]:  # the writer thread flushes every 0.2 s
             records = [json.loads(x) for x in server.tail(400).splitlines() if x.startswith('{"ts"')]
-            return [r for r in records if r["endpoint"] == "predict" and r["fare_amount"] == [body["fare_amount"]]]
+            return [
+                r for r in records if r["endpoint"] == "predict" and r["fare_amount"] == [body["fare_amount"]]
+            ]
 
         wait_until(logged, 10, "the quote's record on stdout (TAXI_PREDICTION_LOG=stdout)", interval=0.2)
     finally:

@@ -59,8 +59,15 @@ def write_log(directory: Path) -> int:
     """Quote 0 alone; quotes 1-5 as one batch split into parts; quote 0's line again as a Cloud Logging entry."""
     directory.mkdir(parents=True, exist_ok=True)
     single = format_record(1709626500.0, "predict", "r-1", "7", _columns(QUOTES[:1]), [QUOTES[0][4]])
-    batch = format_record(1709626501.0, "predict_batch", "r-2", "7", _columns(QUOTES[1:]), [q[4] for q in QUOTES[1:]],
-                          max_bytes=400)
+    batch = format_record(
+        1709626501.0,
+        "predict_batch",
+        "r-2",
+        "7",
+        _columns(QUOTES[1:]),
+        [q[4] for q in QUOTES[1:]],
+        max_bytes=400,
+    )
     assert batch.count("\n") > 1 and '"part":1' in batch  # really split
     (directory / "predictions-2024-03-05-11.jsonl").write_text(single + batch)
     sink = directory / "fare-service" / "2024" / "03" / "05"
@@ -73,24 +80,35 @@ def write_log(directory: Path) -> int:
 def _price(version, quotes: pd.DataFrame) -> pd.DataFrame:
     """The ranges the model version gave these quotes (looked up from QUOTES, keyed by pickup and zones)."""
     by_key = {(np.datetime64(q[0], "s"), q[1], q[2]): q for q in QUOTES}
-    rows = [by_key[(np.datetime64(t, "s"), pu, do)] for t, pu, do in
-            zip(quotes["pickup_datetime"], quotes["pickup_zone"], quotes["dropoff_zone"], strict=True)]
-    return pd.DataFrame({
-        "fare_amount": [r[4] for r in rows],
-        "fare_low": [r[5][0] if r[5] else np.nan for r in rows],
-        "fare_high": [r[5][1] if r[5] else np.nan for r in rows],
-    })
+    rows = [
+        by_key[(np.datetime64(t, "s"), pu, do)]
+        for t, pu, do in zip(
+            quotes["pickup_datetime"], quotes["pickup_zone"], quotes["dropoff_zone"], strict=True
+        )
+    ]
+    return pd.DataFrame(
+        {
+            "fare_amount": [r[4] for r in rows],
+            "fare_low": [r[5][0] if r[5] else np.nan for r in rows],
+            "fare_high": [r[5][1] if r[5] else np.nan for r in rows],
+        }
+    )
 
 
 def write_trips(path: Path) -> None:
     rows = [(*cell, fare) for cell, fares in TRIPS.items() for fare in fares]
-    pq.write_table(pa.table({
-        "service": pa.array([r[0] for r in rows]).dictionary_encode(),
-        "pickup_zone": pa.array([r[1] for r in rows], pa.int32()),
-        "dropoff_zone": pa.array([r[2] for r in rows], pa.int32()),
-        "pickup_hour": pa.array([r[3] for r in rows], pa.int8()),
-        "fare_amount": pa.array([r[4] for r in rows]),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "service": pa.array([r[0] for r in rows]).dictionary_encode(),
+                "pickup_zone": pa.array([r[1] for r in rows], pa.int32()),
+                "dropoff_zone": pa.array([r[2] for r in rows], pa.int32()),
+                "pickup_hour": pa.array([r[3] for r in rows], pa.int8()),
+                "fare_amount": pa.array([r[4] for r in rows]),
+            }
+        ),
+        path,
+    )
 
 
 def test_log_becomes_the_month_partition_with_every_quote_once(tmp_path):
@@ -98,7 +116,9 @@ def test_log_becomes_the_month_partition_with_every_quote_once(tmp_path):
     rows, stats = read_log(str(tmp_path / "log"))
     assert stats == {"files": 2, "lines": lines, "unreadable_lines": 1, "duplicate_quotes": 1}
     assert len(rows) == len(QUOTES)  # split parts joined, the sink's copy of line 1 counted once
-    assert sorted((r["request_id"], r["index"]) for r in rows) == [("r-1", 0)] + [("r-2", i) for i in range(5)]
+    assert sorted((r["request_id"], r["index"]) for r in rows) == [("r-1", 0)] + [
+        ("r-2", i) for i in range(5)
+    ]
     march = served_quotes_table(rows, "2024-03")
     assert march.num_rows == 5 and served_quotes_table(rows, "2024-04").num_rows == 1
     assert march.column("pickup_hour").to_pylist() == [8, 8, 9, 8, 3]
@@ -111,8 +131,9 @@ def test_accuracy_matches_a_hand_computation(tmp_path):
     assert stats == {"versions": {"7": 5}, "without_range": 1, "repriced_mismatch": 0}
     pq.write_table(table, tmp_path / "quotes.parquet")
     write_trips(tmp_path / "trips.parquet")
-    report = quote_accuracy(Lake(str(tmp_path)), str(tmp_path / "quotes.parquet"), str(tmp_path / "trips.parquet"),
-                            "2024-03")
+    report = quote_accuracy(
+        Lake(str(tmp_path)), str(tmp_path / "quotes.parquet"), str(tmp_path / "trips.parquet"), "2024-03"
+    )
     assert report["quotes"] == 5 and report["matched_quotes"] == 4 and report["unmatched_quotes"] == 1
     assert report["quotes_without_range"] == 1 and report["quotes_scored_for_range"] == 3
     assert report["cells_quoted"] == 4 and report["model_versions"] == {"7": 5}
@@ -122,7 +143,9 @@ def test_accuracy_matches_a_hand_computation(tmp_path):
     assert report["mae_vs_realised_median"] == pytest.approx((1 + 4 + 2 + 1) / 4)
     assert report["bias_vs_realised_median"] == pytest.approx((1 + 4 - 2 + 1) / 4)
     assert report["share_inside_range"] == pytest.approx((1 / 3 + 1 + 1 / 2) / 3, abs=1e-4)
-    worst = [(c["pickup_zone"], c["dropoff_zone"], c["quotes"], c["mae"], c["bias"]) for c in report["worst_cells"]]
+    worst = [
+        (c["pickup_zone"], c["dropoff_zone"], c["quotes"], c["mae"], c["bias"]) for c in report["worst_cells"]
+    ]
     assert worst == [(100, 201, 1, 2.0, -2.0), (100, 200, 2, 1.5, 0.5), (50, 60, 1, 1.0, 1.0)]
     assert report["worst_cells"][1]["realised_median"] == 12.0 and report["worst_cells"][1]["trips"] == 3
     line = accuracy_line(report)
@@ -138,16 +161,40 @@ def test_accuracy_matches_a_hand_computation(tmp_path):
 def test_one_cell_figures_equal_numpy(tmp_path_factory, fares, quoted):
     """Any realised fares and quotes in one cell: the report's figures are the plain numpy ones."""
     d = tmp_path_factory.mktemp("cell")
-    pq.write_table(pa.table({"service": ["yellow"] * len(fares), "pickup_zone": [4] * len(fares),
-                             "dropoff_zone": [5] * len(fares), "pickup_hour": [7] * len(fares),
-                             "fare_amount": fares}), d / "trips.parquet")
-    rows = [{"ts": "2024-03-01T00:00:00.000Z", "request_id": f"r{i}", "endpoint": "predict", "model_version": "1",
-             "index": 0, "pickup_datetime": "2024-03-02T07:30:00", "pickup_zone": 4, "dropoff_zone": 5,
-             "passenger_count": 1, "service": "yellow", "fare_amount": q} for i, (q, _) in enumerate(quoted)]
+    pq.write_table(
+        pa.table(
+            {
+                "service": ["yellow"] * len(fares),
+                "pickup_zone": [4] * len(fares),
+                "dropoff_zone": [5] * len(fares),
+                "pickup_hour": [7] * len(fares),
+                "fare_amount": fares,
+            }
+        ),
+        d / "trips.parquet",
+    )
+    rows = [
+        {
+            "ts": "2024-03-01T00:00:00.000Z",
+            "request_id": f"r{i}",
+            "endpoint": "predict",
+            "model_version": "1",
+            "index": 0,
+            "pickup_datetime": "2024-03-02T07:30:00",
+            "pickup_zone": 4,
+            "dropoff_zone": 5,
+            "passenger_count": 1,
+            "service": "yellow",
+            "fare_amount": q,
+        }
+        for i, (q, _) in enumerate(quoted)
+    ]
     table = served_quotes_table(rows, "2024-03")
     half = np.array([h for _, h in quoted])
     q = np.array([f for f, _ in quoted])
-    table = table.set_column(12, "fare_low", pa.array(q - half)).set_column(13, "fare_high", pa.array(q + half))
+    table = table.set_column(12, "fare_low", pa.array(q - half)).set_column(
+        13, "fare_high", pa.array(q + half)
+    )
     pq.write_table(table, d / "quotes.parquet")
     report = quote_accuracy(Lake(str(d)), str(d / "quotes.parquet"), str(d / "trips.parquet"), "2024-03")
     y = np.array(fares)

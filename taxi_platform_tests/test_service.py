@@ -75,7 +75,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     except NotReady as exc:
         if exc.returncode is not None:
             raise RuntimeError(f"server exited with {exc.returncode}:\n{log.read_text()[-4000:]}") from None
-        raise RuntimeError(f"{url}/readyz not ready after {READY_TIMEOUT}s:\n{log.read_text()[-4000:]}") from None
+        raise RuntimeError(
+            f"{url}/readyz not ready after {READY_TIMEOUT}s:\n{log.read_text()[-4000:]}"
+        ) from None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -169,8 +171,13 @@ def test_sync_client_single_and_batch(served, expected):
     ranges = {k: (single.pop(k), batch.pop(k)) for k in ("fare_low", "fare_high")}
     assert single == {"fare_amount": fares[0], "currency": "USD", "model_version": served.champion.version}
     assert batch == {"predictions": fares, "currency": "USD", "model_version": served.champion.version}
-    assert ranges["fare_low"][0] == ranges["fare_low"][1][0] and ranges["fare_high"][0] == ranges["fare_high"][1][0]
-    assert all(lo <= f <= hi for lo, f, hi in zip(ranges["fare_low"][1], fares, ranges["fare_high"][1], strict=True))
+    assert (
+        ranges["fare_low"][0] == ranges["fare_low"][1][0]
+        and ranges["fare_high"][0] == ranges["fare_high"][1][0]
+    )
+    assert all(
+        lo <= f <= hi for lo, f, hi in zip(ranges["fare_low"][1], fares, ranges["fare_high"][1], strict=True)
+    )
 
 
 def test_batch_equals_singles_in_order(served, expected):
@@ -244,7 +251,9 @@ def test_openapi_documents_the_contract(served):
     out = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert set(out["properties"]) == {"fare_amount", "fare_low", "fare_high", "currency", "model_version"}
     assert "calibrated range" in out["properties"]["fare_low"]["description"]
-    batch_out = spec["paths"]["/predict_batch"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    batch_out = spec["paths"]["/predict_batch"]["post"]["responses"]["200"]["content"]["application/json"][
+        "schema"
+    ]
     assert {"predictions", "fare_low", "fare_high"} <= set(batch_out["properties"])
 
 

@@ -218,7 +218,9 @@ def test_60000_quote_batch_is_refused_fast(server, item):
     timings = []
     for _ in range(3):
         start = time.perf_counter()
-        resp = requests.post(f"{url}/predict_batch", data=body, headers=_auth(keys[LOAD_KEYS + 1]), timeout=30)
+        resp = requests.post(
+            f"{url}/predict_batch", data=body, headers=_auth(keys[LOAD_KEYS + 1]), timeout=30
+        )
         timings.append((time.perf_counter() - start) * 1000)
         time.sleep(1 / RATE)
     if item:  # 7 MiB: over the body limit, refused from its Content-Length
@@ -239,7 +241,10 @@ def test_api_keys_are_required_on_the_prediction_routes_only(server):
     assert requests.post(f"{url}/predict_batch", json={"quotes": []}, timeout=10).status_code == 401
     assert requests.post(f"{url}/predict", json=EXAMPLE_QUOTE, headers={"X-API-Key": keys[1]}, timeout=10).ok
     batch = requests.post(
-        f"{url}/predict_batch", json={"quotes": [EXAMPLE_QUOTE] * MAX_BATCH_SIZE}, headers=_auth(keys[1]), timeout=30
+        f"{url}/predict_batch",
+        json={"quotes": [EXAMPLE_QUOTE] * MAX_BATCH_SIZE},
+        headers=_auth(keys[1]),
+        timeout=30,
     )
     assert batch.status_code == 200, batch.text
     assert len(batch.json()["predictions"]) == MAX_BATCH_SIZE

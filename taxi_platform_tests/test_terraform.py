@@ -438,7 +438,9 @@ def _resource(rtype: str, name: str) -> dict[str, Any]:
 
 
 def test_deployer_has_no_project_wide_kubernetes_role_only_connect():
-    grants = [b for t, _, b in all_resources() if t == "google_project_iam_member" and "deployer" in b["member"]]
+    grants = [
+        b for t, _, b in all_resources() if t == "google_project_iam_member" and "deployer" in b["member"]
+    ]
     assert grants, "the deployer needs a grant to reach the cluster"
     for grant in grants:
         assert grant["role"] not in CLUSTER_WIDE_CONTAINER_ROLES, grant
@@ -463,7 +465,9 @@ def test_github_oidc_condition_pins_repository_workflow_ref_and_environment():
     assert binding["member"].startswith("principal://") and binding["member"].endswith(
         "/subject/repo:${var.github_repository}:environment:${var.github_environment}"
     ), "only the deploy job's subject may impersonate the deployer, not every token of the repository"
-    variables = {k: v for doc in parsed().values() for entry in blocks(doc, "variable") for k, v in entry.items()}
+    variables = {
+        k: v for doc in parsed().values() for entry in blocks(doc, "variable") for k, v in entry.items()
+    }
     assert variables["github_deploy_workflow"]["default"] == ".github/workflows/deploy.yml"
     assert variables["github_environment"]["default"] == "production"
     # the environment is the one the deploy job declares
@@ -490,7 +494,10 @@ def test_audit_logging_flow_logs_firewall_and_bucket_access_logs():
     }
     assert flags["cloudsql.enable_pgaudit"] == "on" and flags["log_connections"] == "on"
     assert flags["log_min_error_statement"] == "error" and flags["log_statement"] == "ddl"
-    assert first(_resource("google_compute_subnetwork", "gke")["log_config"])["metadata"] == "INCLUDE_ALL_METADATA"
+    assert (
+        first(_resource("google_compute_subnetwork", "gke")["log_config"])["metadata"]
+        == "INCLUDE_ALL_METADATA"
+    )
     deny = _resource("google_compute_firewall", "deny_all_ingress")
     assert deny["direction"] == "INGRESS" and first(deny["deny"])["protocol"] == "all" and "allow" not in deny
     for name in ("lake", "mlflow_artifacts", "predictions"):

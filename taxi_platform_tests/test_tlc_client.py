@@ -392,7 +392,9 @@ def test_a_content_length_over_the_cap_is_refused_before_downloading(mirror, mir
     size = (mirror_root / "trip-data" / f"yellow_tripdata_{JAN:%Y-%m}.parquet").stat().st_size
     dest = tmp_path / "y.parquet"
     with pytest.raises(TooLargeError) as err:
-        download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=3, max_bytes=size - 1, **FAST)
+        download(
+            mirror.url + _path("yellow", JAN), dest, service="yellow", retries=3, max_bytes=size - 1, **FAST
+        )
     assert f"announces {size} bytes" in str(err.value) and "TAXI_DOWNLOAD_MAX_BYTES" in str(err.value)
     assert not err.value.transient
     assert mirror.request_count(_path("yellow", JAN), "GET") == 1
@@ -407,8 +409,14 @@ def test_a_body_growing_past_the_cap_is_aborted(mirror, mirror_root, tmp_path):
     mirror.set_fault(_path("yellow", JAN), ("headers", {"Content-Length": None, "Connection": "close"}))
     size = (mirror_root / "trip-data" / f"yellow_tripdata_{JAN:%Y-%m}.parquet").stat().st_size
     with pytest.raises(TooLargeError, match=f"sent more than the {size // 2} byte limit") as err:
-        download(mirror.url + _path("yellow", JAN), tmp_path / "y.parquet", service="yellow", retries=3,
-                 max_bytes=size // 2, **FAST)
+        download(
+            mirror.url + _path("yellow", JAN),
+            tmp_path / "y.parquet",
+            service="yellow",
+            retries=3,
+            max_bytes=size // 2,
+            **FAST,
+        )
     assert not err.value.transient
     assert mirror.request_count(_path("yellow", JAN), "GET") == 1
     assert _leftovers(tmp_path) == []
@@ -426,8 +434,9 @@ def test_a_body_that_differs_from_its_md5_etag_is_retried_as_corruption(mirror, 
     assert mirror.request_count(_path("yellow", JAN), "GET") == 3
     assert _leftovers(tmp_path) == []
     # a mirror whose ETags are not MD5s can turn the check off
-    result = download(mirror.url + _path("yellow", JAN), dest, service="yellow", retries=0, verify_md5=False,
-                      **FAST)
+    result = download(
+        mirror.url + _path("yellow", JAN), dest, service="yellow", retries=0, verify_md5=False, **FAST
+    )
     assert result.etag == wrong
 
 
@@ -435,7 +444,9 @@ def test_a_body_that_differs_from_its_md5_etag_is_retried_as_corruption(mirror, 
 def test_weak_multipart_and_other_etags_are_not_compared(mirror, tmp_path, etag):
     wrong = hashlib.md5(b"some other content").hexdigest()
     mirror.set_fault(_path("green", JAN), ("headers", {"ETag": etag.format(md5=wrong)}))
-    result = download(mirror.url + _path("green", JAN), tmp_path / "g.parquet", service="green", retries=0, **FAST)
+    result = download(
+        mirror.url + _path("green", JAN), tmp_path / "g.parquet", service="green", retries=0, **FAST
+    )
     assert result.attempts == 1
 
 
@@ -457,15 +468,23 @@ def _self_signed_context(directory: Path) -> ssl.SSLContext:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
         .sign(key, hashes.SHA256())
     )
     (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
@@ -504,10 +523,16 @@ def test_an_untrusted_certificate_is_not_retried(untrusted_https, tmp_path):
     dest = tmp_path / "out" / "y.parquet"
     started = time.monotonic()
     with pytest.raises(TlsError) as err:
-        download(trip_url(base, "yellow", JAN), dest, service="yellow", retries=3, timeout=(2.0, 5.0), backoff=1.0)
+        download(
+            trip_url(base, "yellow", JAN), dest, service="yellow", retries=3, timeout=(2.0, 5.0), backoff=1.0
+        )
     assert time.monotonic() - started < 1.0  # no backoff wait: not retried
     message = str(err.value)
-    assert "TLS connection to" in message and "CERTIFICATE_VERIFY_FAILED" in message and "not retrying" in message
+    assert (
+        "TLS connection to" in message
+        and "CERTIFICATE_VERIFY_FAILED" in message
+        and "not retrying" in message
+    )
     assert not err.value.transient and err.value.attempts == 1
     assert len(handshakes) == 1
     assert _leftovers(tmp_path / "out") == []
@@ -516,7 +541,9 @@ def test_an_untrusted_certificate_is_not_retried(untrusted_https, tmp_path):
 def test_tls_to_a_plain_http_port_is_not_retried(mirror, tmp_path):
     https_url = mirror.url.replace("http://", "https://") + _path("green", JAN)
     with pytest.raises(TlsError) as err:
-        download(https_url, tmp_path / "g.parquet", service="green", retries=3, timeout=(2.0, 5.0), backoff=1.0)
+        download(
+            https_url, tmp_path / "g.parquet", service="green", retries=3, timeout=(2.0, 5.0), backoff=1.0
+        )
     assert not err.value.transient and err.value.attempts == 1
 
 
@@ -524,7 +551,13 @@ def test_a_server_that_never_answers_is_cut_off_at_the_deadline(mirror, tmp_path
     mirror.set_fault(_path("green", JAN), ("delay", 3.0))  # headers only after 3 s; the read timeout is 5 s
     started = time.monotonic()
     with pytest.raises(DownloadError, match="did not finish within its 0.5 s deadline") as err:
-        download(mirror.url + _path("green", JAN), tmp_path / "g.parquet", service="green", retries=3, deadline=0.5,
-                 **FAST)
+        download(
+            mirror.url + _path("green", JAN),
+            tmp_path / "g.parquet",
+            service="green",
+            retries=3,
+            deadline=0.5,
+            **FAST,
+        )
     assert time.monotonic() - started < 1.5
     assert err.value.transient and err.value.attempts == 1

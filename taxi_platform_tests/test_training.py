@@ -40,12 +40,12 @@ ROWS = 20_000
 SMALL = TrainConfig(sample_rows=30_000, validation_rows=10_000, min_pair_count=3, boosted_max_iter=60)
 
 
-
 def _part_files(lake, months) -> list[str]:
     """Every Parquet part of the months' trip_features partitions (pyarrow does not expand globs)."""
     import glob
 
     return [f for pattern in feature_paths(lake, months) for f in sorted(glob.glob(pattern))]
+
 
 def write_feature_months(
     root: Path,
@@ -70,7 +70,9 @@ def write_feature_months(
                 raw[service] = str(path)
         cleaned = lake.partition_path("cleaned_trips", key)
         clean_month(lake, raw, month, cleaned, data_source="synthetic")
-        build_features(lake, lake.partition_glob("cleaned_trips", key), zones, lake.partition_path("trip_features", key))
+        build_features(
+            lake, lake.partition_glob("cleaned_trips", key), zones, lake.partition_path("trip_features", key)
+        )
     return lake
 
 

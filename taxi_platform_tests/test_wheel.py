@@ -44,7 +44,9 @@ def test_bento_requirements_are_the_lock_closure_and_what_this_venv_runs():
     )
     names = {p.split("==")[0] for p in pins}
     assert {"bentoml", "mlflow", "scikit-learn", "numpy", "pandas", "joblib", "starlette"} <= names
-    assert not {"dagster", "duckdb", "evidently", "gcsfs"} & names, "the serving image does not carry the pipeline"
+    assert not {"dagster", "duckdb", "evidently", "gcsfs"} & names, (
+        "the serving image does not carry the pipeline"
+    )
     # The test venv is synced from the lock: every pin is the version installed here.
     for pin in pins:
         name, version = pin.split("==")
@@ -55,12 +57,11 @@ def test_lock_closure_follows_markers_forks_and_extras_of_the_real_lock():
     text = (REPO / "uv.lock").read_text()
     on_311 = dict(p.split("==") for p in bento_build.lock_requirements(text, ["pandas"], LINUX_311))
     on_313 = dict(
-        p.split("==") for p in bento_build.lock_requirements(text, ["pandas"], bento_build.target_environment("3.13"))
+        p.split("==")
+        for p in bento_build.lock_requirements(text, ["pandas"], bento_build.target_environment("3.13"))
     )
     lock = tomllib.loads(text)
-    numpys = {
-        p["version"]: p.get("resolution-markers") for p in lock["package"] if p["name"] == "numpy"
-    }
+    numpys = {p["version"]: p.get("resolution-markers") for p in lock["package"] if p["name"] == "numpy"}
     assert len(numpys) == 2, "the lock forks numpy on the Python version"
     assert on_311["numpy"] != on_313["numpy"] and {on_311["numpy"], on_313["numpy"]} == set(numpys)
     click = dict(p.split("==") for p in bento_build.lock_requirements(text, ["click"], LINUX_311))
@@ -87,7 +88,10 @@ def _lock(packages: dict[str, list[dict]], optional: dict[str, dict[str, list[di
 def test_lock_closure_takes_extras_and_skips_other_platforms():
     text = _lock(
         {
-            "app": [{"name": "web", "extra": ["fast"]}, {"name": "winonly", "marker": "sys_platform == 'win32'"}],
+            "app": [
+                {"name": "web", "extra": ["fast"]},
+                {"name": "winonly", "marker": "sys_platform == 'win32'"},
+            ],
             "web": [],
             "speedups": [],
             "winonly": [],
@@ -95,7 +99,11 @@ def test_lock_closure_takes_extras_and_skips_other_platforms():
         },
         optional={"web": {"fast": [{"name": "speedups"}]}},
     )
-    assert bento_build.lock_requirements(text, ["app"], LINUX_311) == ["app==1.0", "speedups==1.0", "web==1.0"]
+    assert bento_build.lock_requirements(text, ["app"], LINUX_311) == [
+        "app==1.0",
+        "speedups==1.0",
+        "web==1.0",
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -114,7 +122,9 @@ def test_lock_closure_is_the_set_reachable_from_the_roots(case):
         if node not in reachable:
             reachable.add(node)
             todo.extend(graph[node])
-    assert bento_build.lock_requirements(text, [names[root]], LINUX_311) == sorted(f"{r}==1.0" for r in reachable)
+    assert bento_build.lock_requirements(text, [names[root]], LINUX_311) == sorted(
+        f"{r}==1.0" for r in reachable
+    )
 
 
 def test_a_built_wheel_carries_the_runtime_files_and_runs_from_an_empty_directory(tmp_path):
@@ -160,7 +170,9 @@ def test_build_bento_command_says_there_is_no_champion_yet(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
-    assert "no taxi_fare_model@champion" in done.stderr and "materialise the `fare_model` asset" in done.stderr
+    assert (
+        "no taxi_fare_model@champion" in done.stderr and "materialise the `fare_model` asset" in done.stderr
+    )
     helped = subprocess.run([sys.executable, "-m", "taxi_platform.cli", "build-bento", "--help"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert helped.returncode == 0 and "Build the fare-service Bento from the MLflow champion" in helped.stdout

@@ -35,8 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking/registry URI (default MLFLOW_TRACKING_URI)"
     )
-    parser.add_argument("--json", action="store_true", help="print the build as one JSON object instead of the tag")
-    parser.add_argument("--import-timeout", type=float, default=600.0, help="seconds for importing the champion")
+    parser.add_argument(
+        "--json", action="store_true", help="print the build as one JSON object instead of the tag"
+    )
+    parser.add_argument(
+        "--import-timeout", type=float, default=600.0, help="seconds for importing the champion"
+    )
     parser.add_argument("--build-timeout", type=float, default=900.0, help="seconds for `bentoml build`")
 
 

@@ -37,17 +37,31 @@ class DemoError(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--months", default=DEFAULT_MONTHS,
-                        help=f"month range YYYY-MM:YYYY-MM (default {DEFAULT_MONTHS}; the first month only trains)")
-    parser.add_argument("--rows-per-month", type=int, default=20_000,
-                        help="mean synthetic yellow trips per month, green gets a tenth (default 20000); "
-                        "volume and dirt vary by month (days, weekdays, season) as in real TLC files")
-    parser.add_argument("--source", choices=("sample", "tlc"), default="sample",
-                        help="sample: a synthetic mirror served on loopback (offline, default); tlc: the real TLC CDN")
+    parser.add_argument(
+        "--months",
+        default=DEFAULT_MONTHS,
+        help=f"month range YYYY-MM:YYYY-MM (default {DEFAULT_MONTHS}; the first month only trains)",
+    )
+    parser.add_argument(
+        "--rows-per-month",
+        type=int,
+        default=20_000,
+        help="mean synthetic yellow trips per month, green gets a tenth (default 20000); "
+        "volume and dirt vary by month (days, weekdays, season) as in real TLC files",
+    )
+    parser.add_argument(
+        "--source",
+        choices=("sample", "tlc"),
+        default="sample",
+        help="sample: a synthetic mirror served on loopback (offline, default); tlc: the real TLC CDN",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    parser.add_argument("--skip-serve", action="store_true",
-                        help="build the Bento but do not start it for the test quote")
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the summary as JSON to this file")
+    parser.add_argument(
+        "--skip-serve", action="store_true", help="build the Bento but do not start it for the test quote"
+    )
+    parser.add_argument(
+        "--json", dest="json_path", default=None, help="also write the summary as JSON to this file"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +81,13 @@ def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iter
     from taxi_platform.lib.mirror import MirrorServer
     from taxi_platform.lib.sample import write_sample_mirror
 
-    write_sample_mirror(root, months, rows_per_month={"yellow": rows, "green": max(rows // 10, 100)}, seed=seed,
-                        monthly_variation=True)
+    write_sample_mirror(
+        root,
+        months,
+        rows_per_month={"yellow": rows, "green": max(rows // 10, 100)},
+        seed=seed,
+        monthly_variation=True,
+    )
     with MirrorServer(root) as server:
         yield server.url
 
@@ -77,9 +96,16 @@ def _materialize(assets: list, selection: list[str], instance, resources: dict, 
     import dagster as dg
 
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-    result = dg.materialize(assets, selection=selection, partition_key=partition_key, instance=instance,
-                            resources=resources, raise_on_error=False, run_config=quiet,
-                            tags={"taxi_platform/source": "demo"})
+    result = dg.materialize(
+        assets,
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config=quiet,
+        tags={"taxi_platform/source": "demo"},
+    )
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         detail = failures[0].event_specific_data.error.message.strip() if failures else "unknown error"
@@ -102,22 +128,35 @@ def run_demo(args: argparse.Namespace) -> DemoReport:
     except ValueError as exc:
         raise DemoError(f"--months {args.months!r}: {exc}") from exc
     if len(months) < 2:
-        raise DemoError("--months needs at least two months: the model trains on earlier months and validates on later ones")
+        raise DemoError(
+            "--months needs at least two months: the model trains on earlier months and validates on later ones"
+        )
     settings = load_settings()
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TAXI_DATA_DIR", str(data_dir))
     dagster_home = _ensure_dagster_home(data_dir)
     keys = [f"{m:%Y-%m}-01" for m in months]
-    report = DemoReport(months=[k[:7] for k in keys], data_source="synthetic" if args.source == "sample" else "tlc",
-                        data_dir=str(data_dir), dagster_home=str(dagster_home), lake_root=settings.lake_root,
-                        mlflow_uri=settings.mlflow_tracking_uri)
-    console.print(f"[bold]taxi_platform demo[/] — months {report.months[0]}..{report.months[-1]}, data dir {data_dir}")
+    report = DemoReport(
+        months=[k[:7] for k in keys],
+        data_source="synthetic" if args.source == "sample" else "tlc",
+        data_dir=str(data_dir),
+        dagster_home=str(dagster_home),
+        lake_root=settings.lake_root,
+        mlflow_uri=settings.mlflow_tracking_uri,
+    )
+    console.print(
+        f"[bold]taxi_platform demo[/] — months {report.months[0]}..{report.months[-1]}, data dir {data_dir}"
+    )
     if args.source == "sample":
-        console.print("[yellow]Source: SYNTHETIC sample data[/] in TLC format, served on a loopback port (no network).")
+        console.print(
+            "[yellow]Source: SYNTHETIC sample data[/] in TLC format, served on a loopback port (no network)."
+        )
     with contextlib.ExitStack() as stack:
         if args.source == "sample":
-            url = stack.enter_context(_sample_source(data_dir / "sample_mirror", months, args.rows_per_month, args.seed))
+            url = stack.enter_context(
+                _sample_source(data_dir / "sample_mirror", months, args.rows_per_month, args.seed)
+            )
         else:
             url = settings.tlc_base_url
         os.environ["TLC_BASE_URL"] = url
@@ -149,12 +188,15 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
     available = {k.to_user_string() for a in assets for k in getattr(a, "keys", [])}
     stages: list[tuple[str, int, Callable[[], None]]] = []
     # With three months or more, the last one arrives after the service has quoted it (see the module docstring).
-    late = keys[-1] if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve else None
+    late = (
+        keys[-1] if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve else None
+    )
     early = keys[:-1] if late else keys
 
     def ingest_month(key: str) -> None:
-        result = _materialize(assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance,
-                              resources, key)
+        result = _materialize(
+            assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance, resources, key
+        )
         raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
         report.rows[key[:7]] = {
             "raw": raw.get("dagster/row_count"),
@@ -172,6 +214,7 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
     stages.append(("Ingest + clean + features", len(early), ingest))
 
     if "fare_model" in available:
+
         def model() -> None:
             for key in early[1:]:
                 result = _materialize(assets + checks, ["fare_model"], instance, resources, key)
@@ -181,6 +224,7 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
         stages.append(("Train + register model", len(early) - 1, model))
 
     if "drift_report" in available:
+
         def drift() -> None:
             for key in early[1:]:
                 result = _materialize(assets + checks, ["drift_report"], instance, resources, key)
@@ -190,6 +234,7 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
         stages.append(("Drift + quality reports", len(early) - 1, drift))
 
     if "fare_service" in available:
+
         def bento() -> None:
             result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
             report.service.update(_meta(result, "fare_service"))
@@ -198,13 +243,17 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
                 quotes = _late_month_quotes(early[-1], late) if late else []
                 report.service["quote"], sent = _quote_from_bento(quotes)
                 if late:
-                    report.served = {"month": late[:7], "sent": sent,
-                                     "model_version": report.service["quote"]["response"]["model_version"]}
+                    report.served = {
+                        "month": late[:7],
+                        "sent": sent,
+                        "model_version": report.service["quote"]["response"]["model_version"],
+                    }
             progress.advance(task)
 
         stages.append(("Build + serve Bento", 2, bento))
 
     if late:
+
         def arrives() -> None:
             ingest_month(late)
             progress.advance(task)
@@ -214,10 +263,15 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
             result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
             report.drift[late[:7]] = _meta(result, "drift_report")
             progress.advance(task)
-            result = _materialize(assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources,
-                                  late)
-            report.served.update({"dataset": _meta(result, "served_quotes"),
-                                  "accuracy": _meta(result, "served_quote_accuracy")})
+            result = _materialize(
+                assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources, late
+            )
+            report.served.update(
+                {
+                    "dataset": _meta(result, "served_quotes"),
+                    "accuracy": _meta(result, "served_quote_accuracy"),
+                }
+            )
             progress.advance(task)
             if report.model[late[:7]].get("promoted") and "fare_service" in available:
                 result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
@@ -226,8 +280,14 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
 
         stages.append((f"{late[:7]} arrives: ingest, retrain, score served quotes", 5, arrives))
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         for name, total, fn in stages:
             task = progress.add_task(name, total=total)
             start = time.perf_counter()
@@ -237,8 +297,13 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
     report.missing_stages = missing
 
 
-DEMO_QUOTE = {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132, "dropoff_zone": 230,
-              "passenger_count": 1, "service": "yellow"}
+DEMO_QUOTE = {
+    "pickup_datetime": "2024-03-05T08:15:00",
+    "pickup_zone": 132,
+    "dropoff_zone": 230,
+    "passenger_count": 1,
+    "service": "yellow",
+}
 
 
 def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: int = 0) -> list[dict]:
@@ -260,7 +325,9 @@ def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: i
     year, month = int(late[:4]), int(late[5:7])
     return [
         {
-            "pickup_datetime": t.replace(year=year, month=month, day=min(t.day, 28)).isoformat(timespec="seconds"),
+            "pickup_datetime": t.replace(year=year, month=month, day=min(t.day, 28)).isoformat(
+                timespec="seconds"
+            ),
             "pickup_zone": int(pu),
             "dropoff_zone": int(do),
             "passenger_count": int(min(max(pax, 0), 9)),
@@ -295,8 +362,12 @@ def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) 
         _archive_prediction_log()
     log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -312,8 +383,9 @@ def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) 
             raise DemoError(f"POST /predict answered {response.status_code}: {response.text[:300]}")
         sent = 0
         for start in range(0, len(quotes or []), QUOTE_BATCH):
-            batch = requests.post(f"{base}/predict_batch", json={"quotes": quotes[start:start + QUOTE_BATCH]},
-                                  timeout=30)
+            batch = requests.post(
+                f"{base}/predict_batch", json={"quotes": quotes[start : start + QUOTE_BATCH]}, timeout=30
+            )
             if batch.status_code != 200:
                 raise DemoError(f"POST /predict_batch answered {batch.status_code}: {batch.text[:300]}")
             sent += len(batch.json()["predictions"])

@@ -44,25 +44,40 @@ def render_summary(console: Console, report: DemoReport) -> None:
         table.add_column(col, justify="right")
     for month, rows in report.rows.items():
         drift = report.drift.get(month, {})
-        table.add_row(month, _num(rows.get("raw")), _num(rows.get("cleaned")), _num(rows.get("rejected")),
-                      _num(rows.get("features")), _num(drift.get("drift_share"), "{:.0%}"),
-                      _num(drift.get("mae"), "${:.2f}"))
+        table.add_row(
+            month,
+            _num(rows.get("raw")),
+            _num(rows.get("cleaned")),
+            _num(rows.get("rejected")),
+            _num(rows.get("features")),
+            _num(drift.get("drift_share"), "{:.0%}"),
+            _num(drift.get("mae"), "${:.2f}"),
+        )
     console.print(table)
     if report.model:
         mt = Table(title="Model (validation month = the partition; trained on the months before)")
         for col in ("month", "version", "boosted MAE", "linear MAE", "naive MAE", "promoted"):
             mt.add_column(col, justify="right")
         for month, m in report.model.items():
-            mt.add_row(month, _num(m.get("model_version"), "{}"), _num(m.get("boosted_mae"), "${:.2f}"),
-                       _num(m.get("linear_mae"), "${:.2f}"), _num(m.get("naive_mae"), "${:.2f}"),
-                       _num(m.get("promoted"), "{}"))
+            mt.add_row(
+                month,
+                _num(m.get("model_version"), "{}"),
+                _num(m.get("boosted_mae"), "${:.2f}"),
+                _num(m.get("linear_mae"), "${:.2f}"),
+                _num(m.get("naive_mae"), "${:.2f}"),
+                _num(m.get("promoted"), "{}"),
+            )
         console.print(mt)
     console.print(f"Lake: {report.lake_root}")
-    console.print(f"MLflow: {report.mlflow_uri}  → UI: uv run mlflow ui --backend-store-uri {report.mlflow_uri}")
+    console.print(
+        f"MLflow: {report.mlflow_uri}  → UI: uv run mlflow ui --backend-store-uri {report.mlflow_uri}"
+    )
     reports = [d.get("html_path") for d in report.drift.values() if d.get("html_path")]
     if reports:
         console.print(f"Drift reports (open in a browser): {reports[-1]}")
-    console.print(f"Dagster UI (runs from this demo included): DAGSTER_HOME={report.dagster_home} uv run dagster dev")
+    console.print(
+        f"Dagster UI (runs from this demo included): DAGSTER_HOME={report.dagster_home} uv run dagster dev"
+    )
     if report.service:
         console.print(f"Bento: {report.service.get('bento_tag', '?')}; serve it: uv run taxi-platform serve")
         quote = report.service.get("quote")
@@ -70,8 +85,10 @@ def render_summary(console: Console, report: DemoReport) -> None:
             console.print(f"Test quote → {quote}")
     accuracy = report.served.get("accuracy")
     if accuracy:
-        console.print(f"Served quotes ({report.served['month']}, priced by v{report.served['model_version']} before "
-                      f"its trips arrived): {accuracy.get('summary')}")
+        console.print(
+            f"Served quotes ({report.served['month']}, priced by v{report.served['model_version']} before "
+            f"its trips arrived): {accuracy.get('summary')}"
+        )
     if report.missing_stages:
         console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
     console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))

@@ -36,10 +36,17 @@ READY_TIMEOUT = 180.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--dagster-port", type=int, default=DAGSTER_PORT, help=f"Dagster UI port ({DAGSTER_PORT})")
-    parser.add_argument("--mlflow-port", type=int, default=MLFLOW_PORT, help=f"MLflow UI port ({MLFLOW_PORT})")
     parser.add_argument(
-        "--reports-port", type=int, default=REPORTS_PORT, help=f"port serving the lake's reports ({REPORTS_PORT})"
+        "--dagster-port", type=int, default=DAGSTER_PORT, help=f"Dagster UI port ({DAGSTER_PORT})"
+    )
+    parser.add_argument(
+        "--mlflow-port", type=int, default=MLFLOW_PORT, help=f"MLflow UI port ({MLFLOW_PORT})"
+    )
+    parser.add_argument(
+        "--reports-port",
+        type=int,
+        default=REPORTS_PORT,
+        help=f"port serving the lake's reports ({REPORTS_PORT})",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="do not start the MLflow UI")
 
@@ -99,7 +106,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         dagster = _start(
             "Dagster UI",
-            [tool("dagster"), "dev", "-m", "taxi_platform.definitions", "-h", host, "-p", str(args.dagster_port)],
+            [
+                tool("dagster"),
+                "dev",
+                "-m",
+                "taxi_platform.definitions",
+                "-h",
+                host,
+                "-p",
+                str(args.dagster_port),
+            ],
             env,
         )
         procs.append(dagster)
@@ -111,7 +127,16 @@ def run(args: argparse.Namespace) -> int:
         elif not args.no_mlflow:
             mlflow = _start(
                 "MLflow UI",
-                [tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(args.mlflow_port)],
+                [
+                    tool("mlflow"),
+                    "ui",
+                    "--backend-store-uri",
+                    uri,
+                    "--host",
+                    host,
+                    "--port",
+                    str(args.mlflow_port),
+                ],
                 env,
             )
             procs.append(mlflow)

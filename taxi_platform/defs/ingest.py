@@ -187,7 +187,9 @@ def _service_metadata(result: DownloadResult) -> dict[str, object]:
 
 # The TLC publishes one month about every 30 days (7-8 weeks after it ends). No new raw_trips for 45 days: the
 # TLC is late (WARN in the UI's asset health); 75 days: a release was missed (FAIL). Evaluated by the daemon.
-RAW_TRIPS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=75), warn_window=timedelta(days=45))
+RAW_TRIPS_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=75), warn_window=timedelta(days=45)
+)
 
 
 @dg.asset(

@@ -130,7 +130,9 @@ class FareModelConfig(dg.Config):
         "on the validation month (0.8 = 80 % of trips inside their range).",
     )
     interval_min_group: int = Field(
-        default=100, ge=1, description="Validation trips a band needs for its own range width (else the global one)."
+        default=100,
+        ge=1,
+        description="Validation trips a band needs for its own range width (else the global one).",
     )
 
 
@@ -493,7 +495,10 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         "gate_tolerance": str(decision.tolerance),
     }
     mlflow.set_tags(gate_tags)
-    gate_metrics = {"gate_challenger_mae": decision.challenger_mae, "gate_champion_mae": decision.champion_mae}
+    gate_metrics = {
+        "gate_challenger_mae": decision.challenger_mae,
+        "gate_champion_mae": decision.champion_mae,
+    }
     mlflow.log_metrics({k: float(v) for k, v in gate_metrics.items() if v is not None})
     for key, value in gate_tags.items():
         client.set_model_version_tag(MODEL_NAME, version, key, value)
@@ -510,7 +515,9 @@ def _train_and_register(context, config, store, month, train_months, missing, ml
         "gate_reason": decision.reason,
         "champion_version": decision.champion_version or "",
         "champion_validation_month": decision.champion_validation_month or "",
-        "champion_age_months": decision.champion_age_months if decision.champion_age_months is not None else -1,
+        "champion_age_months": decision.champion_age_months
+        if decision.champion_age_months is not None
+        else -1,
         "champion_age_vs_partition_months": (
             decision.champion_age_vs_partition_months
             if decision.champion_age_vs_partition_months is not None

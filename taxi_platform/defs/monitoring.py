@@ -447,7 +447,15 @@ def drift_report(
     html_path = report_paths(store, key)[0]
     ranges = None if coverage is None else {"nominal": champion.interval_coverage, **coverage}
     document = report_document(
-        summary, checks, champion.as_dict(), reference_months, month_rows, settings, data_source, html_path, ranges
+        summary,
+        checks,
+        champion.as_dict(),
+        reference_months,
+        month_rows,
+        settings,
+        data_source,
+        html_path,
+        ranges,
     )
     html_path, json_path = write_report(store, key, snapshot, document)
     context.log.info(checks[0].description)
@@ -480,7 +488,9 @@ def drift_report(
     if coverage is not None:
         metadata["range_coverage"] = dg.MetadataValue.float(round(coverage["coverage"], 4))
         metadata["range_mean_width"] = dg.MetadataValue.float(round(coverage["mean_width"], 4))
-        metadata["range_coverage_by_band"] = dg.MetadataValue.md(_band_table(coverage, champion.interval_coverage))
+        metadata["range_coverage_by_band"] = dg.MetadataValue.md(
+            _band_table(coverage, champion.interval_coverage)
+        )
     if champion.interval_coverage is not None:
         metadata["range_nominal_coverage"] = dg.MetadataValue.float(champion.interval_coverage)
     if champion.note:
@@ -676,7 +686,9 @@ def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource)
                 description=f"No {what} partition for {month}: materialise {what} for this month first.",
                 allow_retries=False,
             )
-    report = quote_accuracy(store, store.partition_glob(TABLE, key), store.partition_glob("trip_features", key), month)
+    report = quote_accuracy(
+        store, store.partition_glob(TABLE, key), store.partition_glob("trip_features", key), month
+    )
     line = accuracy_line(report)
     context.log.info(line)
     dest = store.partition_path(ACCURACY_TABLE, key, ACCURACY_NAME)
@@ -692,8 +704,13 @@ def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource)
         "worst_cells": dg.MetadataValue.md(_worst_cells_table(report["worst_cells"])),
         "json_path": dg.MetadataValue.path(dest),
     }
-    for name in ("mae_vs_realised_mean", "bias_vs_realised_mean", "mae_vs_realised_median",
-                 "bias_vs_realised_median", "share_inside_range"):
+    for name in (
+        "mae_vs_realised_mean",
+        "bias_vs_realised_mean",
+        "mae_vs_realised_median",
+        "bias_vs_realised_median",
+        "share_inside_range",
+    ):
         if report[name] is not None:
             metadata[name] = dg.MetadataValue.float(report[name])
     return dg.MaterializeResult(metadata=metadata)

@@ -282,10 +282,16 @@ def lock_requirements(lock_text: str, roots: Iterable[str], environment: Mapping
                 continue
             seen.add(key)
             pinned[name] = pkg["version"]
-            deps = pkg.get("dependencies", []) if not extra else pkg.get("optional-dependencies", {}).get(extra, [])
+            deps = (
+                pkg.get("dependencies", [])
+                if not extra
+                else pkg.get("optional-dependencies", {}).get(extra, [])
+            )
             for dep in deps:
                 if applies(dep.get("marker")):
-                    stack.append((pick(normalize(dep["name"]), dep.get("version")), tuple(dep.get("extra", []))))
+                    stack.append(
+                        (pick(normalize(dep["name"]), dep.get("version")), tuple(dep.get("extra", [])))
+                    )
     return [f"{name}=={version}" for name, version in sorted(pinned.items())]
 
 
@@ -294,7 +300,9 @@ def bento_lock_requirements(lock_path: Path) -> list[str]:
     config = bentofile_config()
     roots = list((config.get("python") or {}).get("packages") or [])
     python_version = str((config.get("docker") or {}).get("python_version") or "3.11")
-    return lock_requirements(Path(lock_path).read_text(encoding="utf-8"), roots, target_environment(python_version))
+    return lock_requirements(
+        Path(lock_path).read_text(encoding="utf-8"), roots, target_environment(python_version)
+    )
 
 
 REQUIREMENTS_HEADER = (
@@ -373,7 +381,9 @@ def bentoml_env(
     env.setdefault("OMP_NUM_THREADS", "1")
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-        env["MLFLOW_REGISTRY_URI"] = tracking_uri  # never a registry some earlier mlflow.set_registry_uri exported
+        env["MLFLOW_REGISTRY_URI"] = (
+            tracking_uri  # never a registry some earlier mlflow.set_registry_uri exported
+        )
     return env
 
 
@@ -444,7 +454,9 @@ def _pin(packages: list[str], requirements: list[str]) -> tuple[list[str], list[
 
     Also returns the model pins that replaced a different one (the model was trained with other versions).
     """
-    pins = {requirement_name(r): r.strip() for r in requirements if r.strip() and not r.startswith(("#", "-"))}
+    pins = {
+        requirement_name(r): r.strip() for r in requirements if r.strip() and not r.startswith(("#", "-"))
+    }
     out, overrides = [], []
     for p in packages:
         new = pins.pop(requirement_name(p), p)

@@ -629,7 +629,11 @@ def coverage_check(
         (
             f"{share:.1%} of {month}'s fares fell inside their quoted range (nominal {nominal:.0%}, "
             f"{100 * gap:+.1f} points; allowed ±{100 * tolerance:.0f}), mean width ${coverage['mean_width']:.2f}"
-            + ("" if passed else ". Furthest bands: " + ", ".join(f"{k} {v['coverage']:.0%}" for k, v in worst))
+            + (
+                ""
+                if passed
+                else ". Furthest bands: " + ", ".join(f"{k} {v['coverage']:.0%}" for k, v in worst)
+            )
         ),
         {
             **base,

@@ -59,9 +59,16 @@ def spill_directory(temp_root: str) -> str:
         root.mkdir(parents=True, exist_ok=True)
         for entry in root.iterdir():
             pid_text = entry.name.split("-", 1)[0]
-            if entry.is_dir() and pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+            if (
+                entry.is_dir()
+                and pid_text.isdigit()
+                and int(pid_text) != os.getpid()
+                and not _pid_alive(int(pid_text))
+            ):
                 shutil.rmtree(entry, ignore_errors=True)
-    except OSError:  # an unwritable data dir only matters once DuckDB spills, and then DuckDB names the directory
+    except (
+        OSError
+    ):  # an unwritable data dir only matters once DuckDB spills, and then DuckDB names the directory
         pass
     return str(root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
@@ -93,7 +100,9 @@ class Lake:
     def raw_trips_path(self, service: str, partition_key: str) -> str:
         """Where ``raw_trips`` keeps the TLC file of one service and month, byte for byte."""
         month = partition_key[:7]
-        return self.path("raw_trips", f"service={service}", month_dir(partition_key), f"{service}_tripdata_{month}.parquet")
+        return self.path(
+            "raw_trips", f"service={service}", month_dir(partition_key), f"{service}_tripdata_{month}.parquet"
+        )
 
     def zones_csv_path(self) -> str:
         return self.path("taxi_zones", "taxi_zone_lookup.csv")
@@ -339,7 +348,9 @@ class Lake:
             self.fs.rm(path, recursive=True)
 
     # -- DuckDB ----------------------------------------------------------------------------
-    def connect(self, threads: int | None = None, memory_limit: str | None = None, temp_root: str | None = None):
+    def connect(
+        self, threads: int | None = None, memory_limit: str | None = None, temp_root: str | None = None
+    ):
         """A fresh in-process DuckDB connection that can read this lake.
 
         DuckDB spills sorts, joins and aggregates that outgrow ``memory_limit`` (default: ``TAXI_DUCKDB_MEMORY_LIMIT``,

@@ -22,7 +22,9 @@ class NotReady(RuntimeError):
         self.returncode = returncode
         self.timeout = timeout
         self.last_error = last_error
-        reason = f"exited with code {returncode}" if returncode is not None else f"not ready after {timeout:.0f}s"
+        reason = (
+            f"exited with code {returncode}" if returncode is not None else f"not ready after {timeout:.0f}s"
+        )
         super().__init__(f"{url}: {reason}" + (f" (last error: {last_error})" if last_error else ""))
 
 

@@ -55,7 +55,9 @@ class _PartWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.rows = 0  # rows handed to this part
-        self.thread = threading.Thread(target=self._run, name=f"parquet-{os.path.basename(path)}", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"parquet-{os.path.basename(path)}", daemon=True
+        )
         self.thread.start()
 
     def _run(self) -> None:
@@ -108,7 +110,9 @@ class ParquetSink:
 
     def __enter__(self) -> ParquetSink:
         staging = self._staged.__enter__()
-        self._writers = [_PartWriter(os.path.join(staging, part_name(i)), self.schema) for i in range(self.parts)]
+        self._writers = [
+            _PartWriter(os.path.join(staging, part_name(i)), self.schema) for i in range(self.parts)
+        ]
         return self
 
     def put(self, batch: pa.RecordBatch) -> None:
@@ -117,7 +121,11 @@ class ParquetSink:
                 raise w.error
         if batch.num_rows:
             # the part with the fewest rows so far takes the batch, so the parts end up the same size
-            target = min(self._writers, key=lambda w: w.rows) if self.rows >= SPLIT_AFTER_ROWS else self._writers[0]
+            target = (
+                min(self._writers, key=lambda w: w.rows)
+                if self.rows >= SPLIT_AFTER_ROWS
+                else self._writers[0]
+            )
             target.queue.put(batch.replace_schema_metadata(self.schema.metadata))
             target.rows += batch.num_rows
             self.rows += batch.num_rows

@@ -263,7 +263,8 @@ class BatchPrediction(BaseModel):
         "served model version has no calibrated range.",
     )
     fare_high: list[float] | None = Field(
-        default=None, description="High end of each quote's fare range, in the order of predictions; null without."
+        default=None,
+        description="High end of each quote's fare range, in the order of predictions; null without.",
     )
     currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
     model_version: str = Field(description="Registered version of taxi_fare_model that priced the quotes.")
@@ -301,7 +302,9 @@ def parse_batch(data: Any) -> QuoteBatch:
 
 
 MAX_LISTED_ERRORS = 20
-_CHECK_CHUNK = 256  # quotes validated per call; checking stops at the chunk that brings MAX_LISTED_ERRORS errors
+_CHECK_CHUNK = (
+    256  # quotes validated per call; checking stops at the chunk that brings MAX_LISTED_ERRORS errors
+)
 
 
 def _line_errors(errors: Sequence[dict[str, Any]], offset: int = 0) -> list[dict[str, Any]]:
@@ -384,7 +387,9 @@ def check_batch(data: Any) -> QuoteBatch:
         + ": fix these and send the batch again"
     )
     listed = _line_errors(errors[:MAX_LISTED_ERRORS])
-    listed.append({"type": "value_error", "loc": ("quotes",), "input": None, "ctx": {"error": ValueError(summary)}})
+    listed.append(
+        {"type": "value_error", "loc": ("quotes",), "input": None, "ctx": {"error": ValueError(summary)}}
+    )
     raise _batch_error(listed)
 
 

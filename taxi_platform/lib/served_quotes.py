@@ -143,9 +143,7 @@ def served_quotes_table(rows: Iterable[Mapping[str, Any]], month: str) -> pa.Tab
     return pa.table({name: pa.array(columns[name], type=SCHEMA.field(name).type) for name in SCHEMA.names})
 
 
-def add_ranges(
-    table: pa.Table, price: Callable[[str, Any], Any | None]
-) -> tuple[pa.Table, dict[str, Any]]:
+def add_ranges(table: pa.Table, price: Callable[[str, Any], Any | None]) -> tuple[pa.Table, dict[str, Any]]:
     """Fill ``fare_low``/``fare_high`` by re-pricing each model version's quotes with ``price(version, quotes)``.
 
     ``price`` returns the pyfunc's output frame (``fare_amount``, ``fare_low``, ``fare_high``) or ``None`` when the
@@ -158,7 +156,9 @@ def add_ranges(
     stats: dict[str, Any] = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
     for version, idx in frame.groupby("model_version").indices.items():
         stats["versions"][str(version)] = len(idx)
-        quotes = frame.iloc[idx][["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]]
+        quotes = frame.iloc[idx][
+            ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
+        ]
         out = price(str(version), quotes.reset_index(drop=True))
         if out is None or "fare_low" not in getattr(out, "columns", ()):
             continue
@@ -167,7 +167,9 @@ def add_ranges(
         logged = frame["fare_amount"].to_numpy()[idx]
         stats["repriced_mismatch"] += int((np.abs(np.asarray(out["fare_amount"]) - logged) > 0.011).sum())
     stats["without_range"] = int(np.isnan(low).sum())
-    table = table.set_column(table.schema.get_field_index("fare_low"), "fare_low", pa.array(low, mask=np.isnan(low)))
+    table = table.set_column(
+        table.schema.get_field_index("fare_low"), "fare_low", pa.array(low, mask=np.isnan(low))
+    )
     table = table.set_column(
         table.schema.get_field_index("fare_high"), "fare_high", pa.array(high, mask=np.isnan(high))
     )
@@ -238,12 +240,23 @@ def quote_accuracy(
             ORDER BY mae DESC, quotes DESC, {cell} LIMIT {int(worst)}
             """
         ).fetchall()
-        versions = dict(con.execute("SELECT model_version, count(*) FROM q GROUP BY ALL ORDER BY 1").fetchall())
+        versions = dict(
+            con.execute("SELECT model_version, count(*) FROM q GROUP BY ALL ORDER BY 1").fetchall()
+        )
         cells_quoted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cell} FROM q)").fetchone()[0]
     finally:
         con.close()
-    names = (*CELL, "quotes", "mean_quoted", "trips", "realised_mean", "realised_median", "mae", "bias",
-             "share_inside_range")
+    names = (
+        *CELL,
+        "quotes",
+        "mean_quoted",
+        "trips",
+        "realised_mean",
+        "realised_median",
+        "mae",
+        "bias",
+        "share_inside_range",
+    )
     return {
         "month": month[:7],
         "quotes": int(quotes),

@@ -360,7 +360,9 @@ def _get_once(
     except (requests.exceptions.SSLError, ssl.SSLError) as exc:
         raise _tls_error(url, exc) from exc
     except requests.Timeout as exc:
-        if deadline is not None and time.monotonic() >= deadline - 0.05:  # the timeout was shortened to the deadline
+        if (
+            deadline is not None and time.monotonic() >= deadline - 0.05
+        ):  # the timeout was shortened to the deadline
             raise _DeadlineExceeded("waiting for the response") from exc
         raise _TransientError(f"timed out connecting or waiting for the response ({exc})") from exc
     except requests.ConnectionError as exc:

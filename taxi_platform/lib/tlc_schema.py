@@ -82,7 +82,12 @@ ERA_2023_02 = date(2023, 2, 1)
 ERA_2025_01 = date(2025, 1, 1)
 
 ERAS: tuple[SchemaEra, ...] = (
-    SchemaEra("yellow-pre-2023-02", "yellow", date(2009, 1, 1), _yellow(pa.int64(), pa.float64(), "airport_fee", False)),
+    SchemaEra(
+        "yellow-pre-2023-02",
+        "yellow",
+        date(2009, 1, 1),
+        _yellow(pa.int64(), pa.float64(), "airport_fee", False),
+    ),
     SchemaEra("yellow-2023-02", "yellow", ERA_2023_02, _yellow(pa.int32(), pa.int64(), "Airport_fee", False)),
     SchemaEra("yellow-2025-01", "yellow", ERA_2025_01, _yellow(pa.int32(), pa.int64(), "Airport_fee", True)),
     SchemaEra("green-pre-2023-02", "green", date(2009, 1, 1), _green(pa.int64(), pa.float64(), False)),
@@ -93,12 +98,24 @@ ERAS: tuple[SchemaEra, ...] = (
 # Columns the cleaning SQL needs, per service. A file missing one of these is rejected with its name.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "yellow": (
-        "tpep_pickup_datetime", "tpep_dropoff_datetime", "passenger_count", "trip_distance",
-        "PULocationID", "DOLocationID", "fare_amount", "total_amount",
+        "tpep_pickup_datetime",
+        "tpep_dropoff_datetime",
+        "passenger_count",
+        "trip_distance",
+        "PULocationID",
+        "DOLocationID",
+        "fare_amount",
+        "total_amount",
     ),
     "green": (
-        "lpep_pickup_datetime", "lpep_dropoff_datetime", "passenger_count", "trip_distance",
-        "PULocationID", "DOLocationID", "fare_amount", "total_amount",
+        "lpep_pickup_datetime",
+        "lpep_dropoff_datetime",
+        "passenger_count",
+        "trip_distance",
+        "PULocationID",
+        "DOLocationID",
+        "fare_amount",
+        "total_amount",
     ),
 }
 

@@ -93,7 +93,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.interval_coverage < 1:
-            raise ValueError(f"interval_coverage={self.interval_coverage}: expected a share in (0, 1), e.g. 0.8")
+            raise ValueError(
+                f"interval_coverage={self.interval_coverage}: expected a share in (0, 1), e.g. 0.8"
+            )
         if self.interval_min_group < 1:
             raise ValueError(f"interval_min_group={self.interval_min_group}: expected at least 1")
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -124,7 +126,9 @@ class TrainingResult:
     training: pa.Table  # the fitted training sample
     fit_seconds: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    intervals: FareIntervals | None = None  # the best family's fare ranges, calibrated on the validation month
+    intervals: FareIntervals | None = (
+        None  # the best family's fare ranges, calibrated on the validation month
+    )
 
     @property
     def best_metrics(self) -> dict[str, float]:

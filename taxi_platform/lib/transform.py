@@ -123,9 +123,20 @@ SOURCE_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", *(dst for ds
 
 # Numbers the cleaned table keeps: NaN/±inf in any of them rejects the row (non_finite_number).
 _KEPT_NUMBERS = (
-    "trip_distance", "fare_amount", "total_amount", "tip_amount", "tolls_amount", "congestion_surcharge",
-    "airport_fee", "cbd_congestion_fee", "passenger_count", "pickup_zone", "dropoff_zone", "vendor_id",
-    "ratecode_id", "payment_type",
+    "trip_distance",
+    "fare_amount",
+    "total_amount",
+    "tip_amount",
+    "tolls_amount",
+    "congestion_surcharge",
+    "airport_fee",
+    "cbd_congestion_fee",
+    "passenger_count",
+    "pickup_zone",
+    "dropoff_zone",
+    "vendor_id",
+    "ratecode_id",
+    "payment_type",
 )
 
 # Allowed values of the whole-number columns besides the zones: (column, lowest, highest, SQL test for a
@@ -162,7 +173,9 @@ def classify_select(
 
     def fraction(*columns: str) -> str:
         tests = [
-            f"{c} <> trunc({c})" for c in columns if floating(c) or (c in types and pa.types.is_decimal(types[c]))
+            f"{c} <> trunc({c})"
+            for c in columns
+            if floating(c) or (c in types and pa.types.is_decimal(types[c]))
         ]
         return " OR ".join(tests) or "false"
 
@@ -197,8 +210,11 @@ def integer_bounds(con, path: str, schema: pa.Schema) -> dict[str, tuple[int, in
     Only columns whose every row group carries both statistics are listed.
     """
     unified_name = {src.lower(): dst for src, (dst, _) in _COMMON.items()}
-    wanted = {f.name: unified_name[f.name.lower()] for f in schema
-              if f.name.lower() in unified_name and pa.types.is_integer(f.type)}
+    wanted = {
+        f.name: unified_name[f.name.lower()]
+        for f in schema
+        if f.name.lower() in unified_name and pa.types.is_integer(f.type)
+    }
     if not wanted:
         return {}
     rows = con.execute(
@@ -206,7 +222,11 @@ def integer_bounds(con, path: str, schema: pa.Schema) -> dict[str, tuple[int, in
         " bool_and(TRY_CAST(stats_min_value AS HUGEINT) IS NOT NULL AND TRY_CAST(stats_max_value AS HUGEINT) IS NOT"
         f" NULL) FROM parquet_metadata({sql_literal(path)}) GROUP BY ALL"
     ).fetchall()
-    return {wanted[name]: (int(low), int(high)) for name, low, high, complete in rows if name in wanted and complete}
+    return {
+        wanted[name]: (int(low), int(high))
+        for name, low, high, complete in rows
+        if name in wanted and complete
+    }
 
 
 def month_bounds(month: date) -> tuple[str, str]:
@@ -283,7 +303,9 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 
 # service → its index in SERVICES, as SQL (a CASE on the per-file constant costs nothing per row)
-_SERVICE_CODE = "CASE service " + " ".join(f"WHEN {sql_literal(v)} THEN {i}" for i, v in enumerate(SERVICES)) + " END"
+_SERVICE_CODE = (
+    "CASE service " + " ".join(f"WHEN {sql_literal(v)} THEN {i}" for i, v in enumerate(SERVICES)) + " END"
+)
 
 
 class _Tally:
@@ -342,12 +364,16 @@ def clean_month(
         classifies = []
         rows_in: dict[str, int] = {}
         for service, path in sorted(raw_files.items()):
-            schema = con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
+            schema = (
+                con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
+            )
             try:
                 check_readable(service, schema)
             except SchemaMismatchError as exc:
                 raise SchemaMismatchError(f"cannot clean {month:%Y-%m} from {path}: {exc}") from None
-            classifies.append(classify_select(service, path, schema, month, integer_bounds(con, path, schema)))
+            classifies.append(
+                classify_select(service, path, schema, month, integer_bounds(con, path, schema))
+            )
             rows_in[service] = con.execute(
                 f"SELECT count(*) FROM read_parquet({sql_literal(path)})"
             ).fetchall()[0][0]
@@ -357,7 +383,9 @@ def clean_month(
             # Exact duplicates agree on every source column, not only on the cleaned ones: a rejected row's
             # cleaned columns are not meaningful, and the cleaned schema drops or rewrites some source columns.
             load_sql("cleaned_rows").format(
-                reasons=_sql_list(REJECT_REASONS), service_code=_SERVICE_CODE, source_columns=", ".join(SOURCE_COLUMNS)
+                reasons=_sql_list(REJECT_REASONS),
+                service_code=_SERVICE_CODE,
+                source_columns=", ".join(SOURCE_COLUMNS),
             )
         ).to_arrow_reader(131_072)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
@@ -429,7 +457,10 @@ def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int
 
 def _feature_batch(batch: pa.RecordBatch, zones: ZoneTable) -> pa.RecordBatch:
     feats = compute_features(
-        {c: batch.column(c) for c in ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")},
+        {
+            c: batch.column(c)
+            for c in ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
+        },
         zones,
     )
     columns = [batch.column("pickup_datetime"), batch.column("pickup_zone"), batch.column("dropoff_zone")]

@@ -185,25 +185,50 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
 
 def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:
     cov = [(i, p) for i, p in zip(x, points, strict=True) if p.coverage is not None]
-    nominal = [(i, p.nominal_coverage) for i, p in zip(x, points, strict=True) if p.nominal_coverage is not None]
+    nominal = [
+        (i, p.nominal_coverage) for i, p in zip(x, points, strict=True) if p.nominal_coverage is not None
+    ]
     if nominal:
         xs, ys = [n[0] for n in nominal], [n[1] for n in nominal]
         ax.step(xs, ys, where="mid", color="#2ca02c", linestyle="--", label="nominal coverage")
         ax.fill_between(
-            xs, [y - 0.05 for y in ys], [y + 0.05 for y in ys], step="mid", color="#2ca02c", alpha=0.12,
+            xs,
+            [y - 0.05 for y in ys],
+            [y + 0.05 for y in ys],
+            step="mid",
+            color="#2ca02c",
+            alpha=0.12,
             label="±5 points",
         )
     if cov:
-        ax.plot([c[0] for c in cov], [c[1].coverage for c in cov], color="#17becf", marker="o",
-                label="fares inside the quoted range")
+        ax.plot(
+            [c[0] for c in cov],
+            [c[1].coverage for c in cov],
+            color="#17becf",
+            marker="o",
+            label="fares inside the quoted range",
+        )
         bad = [(i, p.coverage) for i, p in cov if p.coverage_check_passed is False]
         if bad:
-            ax.scatter([b[0] for b in bad], [b[1] for b in bad], color="#d62728", zorder=3, s=60,
-                       label="fare_range_coverage warned")
+            ax.scatter(
+                [b[0] for b in bad],
+                [b[1] for b in bad],
+                color="#d62728",
+                zorder=3,
+                s=60,
+                label="fare_range_coverage warned",
+            )
         for i, p in cov:
             if p.range_width is not None:
-                ax.annotate(f"${p.range_width:.2f}", (i, p.coverage), textcoords="offset points", xytext=(0, -12),
-                            ha="center", fontsize=7, color="#555555")
+                ax.annotate(
+                    f"${p.range_width:.2f}",
+                    (i, p.coverage),
+                    textcoords="offset points",
+                    xytext=(0, -12),
+                    ha="center",
+                    fontsize=7,
+                    color="#555555",
+                )
     else:
         ax.text(0.5, 0.5, "no fare ranges reported", transform=ax.transAxes, ha="center", color="#7f7f7f")
     lowest = min([c[1].coverage for c in cov] + [n[1] - 0.05 for n in nominal] + [0.5])

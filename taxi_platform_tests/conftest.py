@@ -80,3 +80,23 @@ def platform_env(tmp_path, sample_mirror, monkeypatch) -> PlatformEnv:
     (tmp_path / "dagster_home").mkdir()
     sample_mirror.server.clear_faults()
     return PlatformEnv(data_dir=data_dir, lake=Lake(str(data_dir / "lake")), mirror=sample_mirror)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow SQLite store (tracking + registry) under ``tmp_path`` as MLflow's global URI, with an
+    experiment whose artifacts live there too; restored (and any run left open ended) after the test."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(uri).create_experiment("t", (tmp_path / "a").as_uri()))
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)

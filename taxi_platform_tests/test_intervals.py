@@ -155,18 +155,6 @@ def test_configured_coverage_changes_the_width(stable):
 
 
 # -- the registered pyfunc -----------------------------------------------------------------------------
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("intervals")
-    yield uri
-    mlflow.set_tracking_uri(previous)
-
-
 def test_pyfunc_returns_ranges_and_old_models_without_them_still_load(stable, tracking):
     _, result, model = stable
     quotes = quotes_frame(result.validation.slice(0, 200))

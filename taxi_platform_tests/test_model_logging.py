@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from taxi_platform.lib.fare_pyfunc import STATE_ARTIFACT, FareQuoteModel, input_example, log_fare_model
 from taxi_platform.lib.training import train_window
@@ -29,21 +28,6 @@ def model(tmp_path_factory) -> FareQuoteModel:
     lake = write_feature_months(tmp_path_factory.mktemp("lake"), months=MONTHS[:3])
     result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), SMALL)
     return FareQuoteModel(result.models["boosted"], result.pair_stats, load_zone_table(), "boosted")
-
-
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment(experiment_id=MlflowClient(uri).create_experiment("t", (tmp_path / "a").as_uri()))
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
 
 
 class _Records(logging.Handler):

@@ -80,6 +80,22 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
         ) from None
 
 
+def start_server(env: dict[str, str], port: int, cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`taxi-platform serve` with one worker on 127.0.0.1:port, in its own process group, output to ``log``."""
+    env = {k: v for k, v in env.items() if k != "BENTOML_CONFIG_OPTIONS"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taxi_platform.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--workers", "1"],
+            env=env,
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
@@ -108,18 +124,7 @@ def served(tmp_path_factory) -> Served:
         "MLFLOW_TRACKING_URI": champion.tracking_uri,
         "TAXI_PREDICTION_LOG": "file",
     }
-    env.pop("BENTOML_CONFIG_OPTIONS", None)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taxi_platform.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--workers", "1"],
-            env=env,
-            cwd=work,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(env, port, work, log)
     try:
         _wait_ready(url, proc, log)
         yield Served(url=url, champion=champion, data_dir=data_dir, bento_tag=build.tag, log=log)

@@ -11,8 +11,6 @@ import json
 import multiprocessing
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,7 @@ from taxi_platform.lib import bento_build
 from taxi_platform.lib.loopback import free_port
 from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
 from taxi_platform_tests.sample_champion import ensure_sample_champion
-from taxi_platform_tests.test_service import _stop, _wait_ready
+from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -71,18 +69,7 @@ def server(tmp_path_factory):
         "TAXI_RATE_LIMIT": str(RATE),
         "TAXI_RATE_BURST": str(RATE),
     }
-    env.pop("BENTOML_CONFIG_OPTIONS", None)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taxi_platform.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--workers", "1"],
-            env=env,
-            cwd=work,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(env, port, work, log)
     try:
         _wait_ready(url, proc, log)
         yield url, list(keys.values()), proc

@@ -96,27 +96,17 @@ ERAS: tuple[SchemaEra, ...] = (
 )
 
 # Columns the cleaning SQL needs, per service. A file missing one of these is rejected with its name.
+_REQUIRED_TRIP_COLUMNS = (
+    "passenger_count",
+    "trip_distance",
+    "PULocationID",
+    "DOLocationID",
+    "fare_amount",
+    "total_amount",
+)
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "yellow": (
-        "tpep_pickup_datetime",
-        "tpep_dropoff_datetime",
-        "passenger_count",
-        "trip_distance",
-        "PULocationID",
-        "DOLocationID",
-        "fare_amount",
-        "total_amount",
-    ),
-    "green": (
-        "lpep_pickup_datetime",
-        "lpep_dropoff_datetime",
-        "passenger_count",
-        "trip_distance",
-        "PULocationID",
-        "DOLocationID",
-        "fare_amount",
-        "total_amount",
-    ),
+    "yellow": ("tpep_pickup_datetime", "tpep_dropoff_datetime", *_REQUIRED_TRIP_COLUMNS),
+    "green": ("lpep_pickup_datetime", "lpep_dropoff_datetime", *_REQUIRED_TRIP_COLUMNS),
 }
 
 

@@ -1,7 +1,7 @@
 """``taxi-platform demo``: the whole platform end to end, offline, on a synthetic TLC mirror.
 
 Every stage runs for real: the mirror is served over loopback HTTP, assets are materialised through the Dagster
-instance under ``DAGSTER_HOME`` (so the runs show up in ``dagster dev`` afterwards), the model is logged and
+instance under ``DAGSTER_HOME`` (so the runs show up in ``taxi-platform ui`` afterwards), the model is logged and
 registered in MLflow, drift reports are written, a Bento is built and served, and one quote is sent to it.
 
 The last month arrives late, as TLC months do: the Bento built from the champion of the earlier months is served

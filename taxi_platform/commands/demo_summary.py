@@ -69,14 +69,13 @@ def render_summary(console: Console, report: DemoReport) -> None:
             )
         console.print(mt)
     console.print(f"Lake: {report.lake_root}")
-    console.print(
-        f"MLflow: {report.mlflow_uri}  → UI: uv run mlflow ui --backend-store-uri {report.mlflow_uri}"
-    )
+    console.print(f"MLflow: {report.mlflow_uri}")
     reports = [d.get("html_path") for d in report.drift.values() if d.get("html_path")]
     if reports:
         console.print(f"Drift reports (open in a browser): {reports[-1]}")
     console.print(
-        f"Dagster UI (runs from this demo included): DAGSTER_HOME={report.dagster_home} uv run dagster dev"
+        f"Open the UIs (Dagster with this demo's runs, MLflow, the drift reports): "
+        f"TAXI_DATA_DIR={report.data_dir} uv run taxi-platform ui"
     )
     if report.service:
         console.print(f"Bento: {report.service.get('bento_tag', '?')}; serve it: uv run taxi-platform serve")

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 from taxi_platform.lib import bento_build
-from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
 from taxi_platform.lib.quotes import KNOWN_ZONES
 from taxi_platform.settings import load_settings
 

@@ -1,6 +1,6 @@
 """Benchmark: walk-forward training of the fare model on yellow-sized months.
 
-Generates synthetic TLC months (``lib/sample.py``), runs them through the platform's own cleaning and feature
+Generates synthetic TLC months (``devtools/sample.py``), runs them through the platform's own cleaning and feature
 code (``lib/transform.py``) into a throw-away lake, then trains with the ``fare_model`` asset's default config
 on a 3-month window and scores the next month. Prints training wall time, peak RSS, and MAE of the boosted
 model, the linear baseline and the naive per-pair median.
@@ -29,8 +29,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from taxi_platform.devtools.sample import generate_month, write_trip_file
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sample import generate_month, write_trip_file
 from taxi_platform.lib.training import TrainConfig, train_window
 from taxi_platform.lib.transform import build_features, clean_month
 from taxi_platform.lib.zones import load_zone_table

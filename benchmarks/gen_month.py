@@ -13,7 +13,7 @@ import resource
 import time
 from pathlib import Path
 
-from taxi_platform.lib.sample import generate_month, trip_file_name, write_trip_file
+from taxi_platform.devtools.sample import generate_month, trip_file_name, write_trip_file
 from taxi_platform.settings import parse_month
 
 

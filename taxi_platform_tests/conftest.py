@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.mirror import MirrorServer
-from taxi_platform.lib.sample import write_sample_mirror
 
 # One month per TLC schema era (pre-2023-02, 2023-02+, 2025-01+), plus consecutive 2024 months.
 MIRROR_MONTHS = [

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
-from taxi_platform.lib.loopback import free_port
+from taxi_platform.devtools.loopback import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO_ROOT / "workspace.yaml"

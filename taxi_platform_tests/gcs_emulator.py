@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
+from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 
 PROJECT = "taxi-platform-test"
 START_TIMEOUT_S = 20.0

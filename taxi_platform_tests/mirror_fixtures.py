@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from taxi_platform.lib.mirror import MirrorServer
+from taxi_platform.devtools.mirror import MirrorServer
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
+from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 
 STARTUP_TIMEOUT_S = 90.0
 

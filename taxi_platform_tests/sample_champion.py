@@ -49,7 +49,7 @@ def build_sample_lake(
     lake_root: Path, months=(*TRAIN_MONTHS, VALIDATION_MONTH), rows=None, seed: int = 11
 ) -> Lake:
     """``trip_features`` for ``months`` of synthetic yellow+green trips under ``lake_root``."""
-    from taxi_platform.lib.sample import generate_month, write_trip_file
+    from taxi_platform.devtools.sample import generate_month, write_trip_file
     from taxi_platform.lib.transform import build_features, clean_month
     from taxi_platform.lib.zones import load_zone_table
 

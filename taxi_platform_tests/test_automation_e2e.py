@@ -27,11 +27,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from taxi_platform.lib.instance import POSTGRES_DAGSTER_YAML, REPO_DAGSTER_YAML, ensure_dagster_home
+from taxi_platform.devtools.instance import POSTGRES_DAGSTER_YAML, REPO_DAGSTER_YAML, ensure_dagster_home
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.mirror import MirrorServer
 from taxi_platform.lib.releases import ReleaseCursor
-from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform_tests.dagster_services import DagsterServices, PostgresServer, patched_environ, wait_until
 
 ASSETS = ["taxi_zones", "raw_trips", "cleaned_trips", "trip_features"]

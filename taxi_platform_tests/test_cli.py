@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from taxi_platform.lib.loopback import free_port, wait_http_ok
+from taxi_platform.devtools.loopback import free_port, wait_http_ok
 
 CLI = [sys.executable, "-m", "taxi_platform.cli"]
 

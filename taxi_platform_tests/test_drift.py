@@ -36,7 +36,7 @@ def build_feature_lake(
     root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5
 ):
     """``trip_features`` for ``months`` via the platform's transform; fares × 1.4 from ``fare_increase_from`` on."""
-    from taxi_platform.lib.sample import SampleProfile, generate_month, write_trip_file
+    from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
     from taxi_platform.lib.transform import build_features, clean_month
     from taxi_platform.lib.zones import load_zone_table
 

@@ -16,8 +16,8 @@ import pytest
 from taxi_platform.defs import ingest
 from taxi_platform.defs.ingest import raw_schema_recognised, raw_trips, taxi_zones
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.mirror import MirrorServer
-from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
 from taxi_platform_tests import mirror_fixtures
 
 ROWS = {"yellow": 400, "green": 150}

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taxi_platform.devtools.sample import SampleProfile
 from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
 from taxi_platform.lib.intervals import (
     BAND_LABELS,
@@ -23,7 +24,6 @@ from taxi_platform.lib.intervals import (
     conformal_quantile,
     coverage_summary,
 )
-from taxi_platform.lib.sample import SampleProfile
 from taxi_platform.lib.training import TrainConfig, load_window, quotes_frame, train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform_tests.test_training import write_feature_months

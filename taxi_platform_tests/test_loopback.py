@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
+from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 
 
 def test_ready_server_passes():

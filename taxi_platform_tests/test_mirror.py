@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from taxi_platform.lib.mirror import MirrorServer
-from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
 
 YELLOW = "/trip-data/yellow_tripdata_2024-01.parquet"
 ZONES = "/misc/taxi_zone_lookup.csv"

@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 
 from taxi_platform.defs.model import fare_model, mlflow_tracking_resource, training_window
 from taxi_platform.defs.resources import LakeResource
+from taxi_platform.devtools.sample import SampleProfile
 from taxi_platform.lib.registry import LakeEvaluation
-from taxi_platform.lib.sample import SampleProfile
 from taxi_platform.settings import MODEL_NAME
 from taxi_platform_tests.mlflow_server import mlflow_server  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from taxi_platform.devtools.sample import SampleProfile
 from taxi_platform.lib.registry import (
     KEPT,
     OLDER_TRAINING,
@@ -35,7 +36,6 @@ from taxi_platform.lib.registry import (
     months_between,
     replay,
 )
-from taxi_platform.lib.sample import SampleProfile
 from taxi_platform_tests.test_training import write_feature_months
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05", "2024-06")

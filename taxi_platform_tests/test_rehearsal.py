@@ -42,9 +42,9 @@ import pytest
 import requests
 import yaml
 
-from taxi_platform.lib.loopback import free_port
-from taxi_platform.lib.mirror import MirrorServer
-from taxi_platform.lib.sample import write_sample_mirror
+from taxi_platform.devtools.loopback import free_port
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform_tests.dagster_services import (
     DagsterServices,
     ManagedProcess,
@@ -236,7 +236,7 @@ def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(a
     """Today's main stops here: no Dagster instance config at …/site-packages/dagster.yaml."""
     code = (
         "import json, taxi_platform\n"
-        "from taxi_platform.lib.instance import ensure_dagster_home\n"
+        "from taxi_platform.devtools.instance import ensure_dagster_home\n"
         "from taxi_platform.lib.bento_build import locked_requirements, stage_build_context\n"
         "from pathlib import Path\n"
         "home = ensure_dagster_home(Path('data'), postgres=True)\n"
@@ -480,7 +480,7 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     assert (pg_env["DAGSTER_PG_USER"], pg_env["DAGSTER_PG_DB"]) == (pg.user, pg.db_name)
     home = run(
         [str(venv / "bin" / "python"), "-c",
-         "import sys; from taxi_platform.lib.instance import ensure_dagster_home; "
+         "import sys; from taxi_platform.devtools.instance import ensure_dagster_home; "
          "print(ensure_dagster_home(sys.argv[1], postgres=True))", str(dagster_home.parent / "instance")],
         cwd=empty_dir(root / "install-cwd"), env=base,
     ).strip()  # fmt: skip

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from taxi_platform.defs import automation
 from taxi_platform.defs.ingest import raw_trips
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.instance import ensure_dagster_home
+from taxi_platform.devtools.instance import ensure_dagster_home
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.lib.releases import (
     Attempts,
     ReleaseCursor,
@@ -31,7 +32,6 @@ from taxi_platform.lib.releases import (
     decide,
     run_key,
 )
-from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform.lib.tlc import ProbeResult
 from taxi_platform_tests import mirror_fixtures, release_sensor
 from taxi_platform_tests.release_sensor import tick

@@ -11,7 +11,8 @@ import dagster as dg
 import pytest
 
 from taxi_platform.defs import automation
-from taxi_platform.lib.mirror import MirrorServer
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.lib.releases import (
     CURSOR_FORMAT,
     ReleaseCursor,
@@ -21,7 +22,6 @@ from taxi_platform.lib.releases import (
     version_from_metadata,
     version_token,
 )
-from taxi_platform.lib.sample import write_sample_mirror
 from taxi_platform.lib.tlc import ProbeResult, probe
 from taxi_platform.settings import SettingsError
 from taxi_platform_tests import release_sensor

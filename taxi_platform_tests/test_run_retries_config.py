@@ -13,7 +13,7 @@ import yaml
 from dagster._core.storage.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 from dagster._core.utils import make_new_run_id
 
-from taxi_platform.lib.instance import POSTGRES_DAGSTER_YAML, REPO_DAGSTER_YAML, ensure_dagster_home
+from taxi_platform.devtools.instance import POSTGRES_DAGSTER_YAML, REPO_DAGSTER_YAML, ensure_dagster_home
 
 HELM_VALUES = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "dagster-values.yaml"
 

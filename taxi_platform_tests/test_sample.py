@@ -17,10 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform import cli
-from taxi_platform.lib import tlc_schema
-from taxi_platform.lib.features import BOROUGHS
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sample import (
+from taxi_platform.devtools.sample import (
     CBD_ZONES,
     DEFAULT_ROWS_PER_MONTH,
     DirtRates,
@@ -33,6 +30,9 @@ from taxi_platform.lib.sample import (
     write_trip_file,
     zone_geography,
 )
+from taxi_platform.lib import tlc_schema
+from taxi_platform.lib.features import BOROUGHS
+from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.transform import clean_month
 from taxi_platform.lib.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sample import generate_month, write_sample_mirror, write_trip_file
 from taxi_platform.lib.tlc import (
     DownloadError,
     NotParquetError,

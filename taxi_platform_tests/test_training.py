@@ -1,6 +1,6 @@
 """Pure training logic: pair statistics, sampling, design matrix, metrics, compiled predictors, behavioural check.
 
-Feature months are made the way the platform makes them: synthetic TLC files (``lib/sample.py``) cleaned and
+Feature months are made the way the platform makes them: synthetic TLC files (``devtools/sample.py``) cleaned and
 featurised by ``lib/transform.py`` into a temporary lake. ``write_feature_months`` is shared with the
 registry and asset tests.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
 from taxi_platform.lib.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, compute_pair_stats, resolve
-from taxi_platform.lib.sample import SampleProfile, generate_month, write_trip_file
 from taxi_platform.lib.training import (
     MATRIX_COLUMNS,
     MIN_FARE,

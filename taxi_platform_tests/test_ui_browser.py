@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from taxi_platform.lib.instance import ensure_dagster_home
-from taxi_platform.lib.mirror import MirrorServer
-from taxi_platform.lib.sample import write_sample_mirror
+from taxi_platform.devtools.instance import ensure_dagster_home
+from taxi_platform.devtools.mirror import MirrorServer
+from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform_tests.dagster_services import REPO_ROOT, DagsterServices
 from taxi_platform_tests.system_binaries import CHROMIUM, require
 

@@ -146,7 +146,7 @@ def test_a_built_wheel_carries_the_runtime_files_and_runs_from_an_empty_director
                    env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
     (tmp_path / "empty").mkdir()
     code = (
-        "from taxi_platform.lib.instance import ensure_dagster_home\n"
+        "from taxi_platform.devtools.instance import ensure_dagster_home\n"
         "from taxi_platform.lib.package_files import runtime_file\n"
         "print(ensure_dagster_home('data'), runtime_file('bento/service.py'))\n"
     )

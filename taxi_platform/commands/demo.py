@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iterator[str]:
-    from taxi_platform.lib.mirror import MirrorServer
-    from taxi_platform.lib.sample import write_sample_mirror
+    from taxi_platform.devtools.mirror import MirrorServer
+    from taxi_platform.devtools.sample import write_sample_mirror
 
     write_sample_mirror(
         root,
@@ -120,7 +120,7 @@ def _meta(result, key: str) -> dict:
 
 
 def run_demo(args: argparse.Namespace) -> DemoReport:
-    from taxi_platform.lib.sample import parse_month_range
+    from taxi_platform.devtools.sample import parse_month_range
     from taxi_platform.settings import load_settings
 
     try:
@@ -169,7 +169,7 @@ def _ensure_dagster_home(data_dir: Path) -> Path:
         home = Path(os.environ["DAGSTER_HOME"])
         home.mkdir(parents=True, exist_ok=True)
     else:
-        from taxi_platform.lib.instance import ensure_dagster_home
+        from taxi_platform.devtools.instance import ensure_dagster_home
 
         home = ensure_dagster_home(data_dir)
     os.environ["DAGSTER_HOME"] = str(home)
@@ -355,7 +355,7 @@ def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) 
 
     import requests
 
-    from taxi_platform.lib.loopback import NotReady, free_port, wait_http_ok
+    from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 
     port = free_port()
     if quotes:

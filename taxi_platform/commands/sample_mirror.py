@@ -86,7 +86,7 @@ def _human_size(size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from taxi_platform.lib.sample import DirtRates, SampleProfile, parse_month_range, write_sample_mirror
+    from taxi_platform.devtools.sample import DirtRates, SampleProfile, parse_month_range, write_sample_mirror
     from taxi_platform.settings import parse_month, parse_services
 
     try:
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(root: Path, host: str, port: int) -> int:
-    from taxi_platform.lib.mirror import MirrorServer
+    from taxi_platform.devtools.mirror import MirrorServer
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt

@@ -11,7 +11,7 @@ has them too; their one home in the repository is ``dagster.yaml`` and ``deploy/
 
 :func:`ensure_dagster_home` lays one out under the data dir::
 
-    export DAGSTER_HOME="$(python -c 'from taxi_platform.lib.instance import ensure_dagster_home; print(ensure_dagster_home())')"
+    export DAGSTER_HOME="$(python -c 'from taxi_platform.devtools.instance import ensure_dagster_home; print(ensure_dagster_home())')"
     dagster dev
 """
 

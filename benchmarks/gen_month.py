@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from taxi_platform.devtools.sample import generate_month, trip_file_name, write_trip_file
-from taxi_platform.settings import parse_month
+from taxi_platform.lib.months import parse_month
 
 
 def main(argv: list[str] | None = None) -> int:

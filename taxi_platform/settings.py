@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from taxi_platform.lib.months import MonthError, parse_month
+
 DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
 DEFAULT_START_MONTH = "2023-01"
 DEFAULT_SERVICES = ("yellow", "green")
@@ -28,29 +30,9 @@ DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
 DEFAULT_REPORTS_URL = "http://127.0.0.1:3002"
 DUCKDB_TEMP_SUBDIR = "duckdb_tmp"
 
-_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
-
 
 class SettingsError(ValueError):
     """A setting read from the environment has a bad value."""
-
-
-def parse_month(value: str, variable: str = "month") -> date:
-    """Parse ``YYYY-MM`` (or a partition key ``YYYY-MM-01``) into the first day of that month."""
-    text = value.strip()
-    if re.fullmatch(r"\d{4}-\d{2}-01", text):
-        text = text[:7]
-    match = _MONTH_RE.match(text)
-    if not match:
-        raise SettingsError(f"{variable}={value!r} is not a month: expected YYYY-MM, e.g. 2024-03")
-    year, month = int(match.group(1)), int(match.group(2))
-    if not 1 <= month <= 12:
-        raise SettingsError(f"{variable}={value!r} has month {month:02d}: expected 01-12, e.g. 2024-03")
-    if year < 2009 or year > 2100:
-        raise SettingsError(
-            f"{variable}={value!r}: TLC trip records start in 2009; expected a year 2009-2100"
-        )
-    return date(year, month, 1)
 
 
 def parse_services(value: str) -> tuple[str, ...]:
@@ -202,7 +184,10 @@ class Settings:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read and validate settings from ``env`` (default: ``os.environ``)."""
     env = dict(os.environ if env is None else env)
-    start_month = parse_month(env.get("TAXI_START_MONTH", DEFAULT_START_MONTH), "TAXI_START_MONTH")
+    try:
+        start_month = parse_month(env.get("TAXI_START_MONTH", DEFAULT_START_MONTH), "TAXI_START_MONTH")
+    except MonthError as exc:
+        raise SettingsError(str(exc)) from exc
     base_url = _parse_base_url(env.get("TLC_BASE_URL", DEFAULT_TLC_BASE_URL))
     services = parse_services(env.get("TAXI_SERVICES", ",".join(DEFAULT_SERVICES)))
     data_dir = Path(env.get("TAXI_DATA_DIR", ".data")).expanduser().absolute()

@@ -370,14 +370,6 @@ def test_definitions_load_with_monitoring_and_stay_light():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_training_window_formats_are_understood():
-    assert monitoring.parse_months("2024-01,2024-02") == ("2024-01", "2024-02")
-    assert monitoring.parse_months('["2024-01-01", "2024-02"]') == ("2024-01", "2024-02")
-    assert monitoring.parse_months("2023-11..2024-02") == ("2023-11", "2023-12", "2024-01", "2024-02")
-    with pytest.raises(ValueError, match="not a month"):
-        monitoring.parse_months("January")
-
-
 def test_retrain_cursor_round_trips_and_survives_garbage():
     cursor = monitoring.RetrainCursor(last_id=42, requested=("retrain:2024-05:champion-v3",))
     assert monitoring.RetrainCursor.parse(cursor.to_json()) == cursor

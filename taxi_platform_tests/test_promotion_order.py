@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from taxi_platform.devtools.sample import SampleProfile
+from taxi_platform.lib.months import months_between
 from taxi_platform.lib.registry import (
     KEPT,
     OLDER_TRAINING,
@@ -33,7 +34,6 @@ from taxi_platform.lib.registry import (
     gate_challenger,
     mae_of,
     mae_tag,
-    months_between,
     replay,
 )
 from taxi_platform_tests.test_training import write_feature_months

@@ -25,7 +25,6 @@ from taxi_platform.devtools.sample import (
     generate_month,
     month_dirt,
     month_rows,
-    parse_month_range,
     write_sample_mirror,
     write_trip_file,
     zone_geography,
@@ -33,6 +32,7 @@ from taxi_platform.devtools.sample import (
 from taxi_platform.lib import tlc_schema
 from taxi_platform.lib.features import BOROUGHS
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.months import parse_months
 from taxi_platform.lib.transform import clean_month
 from taxi_platform.lib.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
 
@@ -477,22 +477,22 @@ def test_varied_mirror_months_differ_in_volume_and_dirt(tmp_path):
 
 # -- the mirror on disk and the CLI --------------------------------------------------------------------------
 def test_parse_month_range():
-    assert parse_month_range("2024-01:2024-03") == [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)]
-    assert parse_month_range("2023-12:2024-01") == [date(2023, 12, 1), date(2024, 1, 1)]
-    assert parse_month_range("2024-05") == [date(2024, 5, 1)]
-    assert parse_month_range("2024-05, 2024-01:2024-02,2024-05") == [
+    assert parse_months("2024-01:2024-03") == [date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)]
+    assert parse_months("2023-12:2024-01") == [date(2023, 12, 1), date(2024, 1, 1)]
+    assert parse_months("2024-05") == [date(2024, 5, 1)]
+    assert parse_months("2024-05, 2024-01:2024-02,2024-05") == [
         date(2024, 1, 1),
         date(2024, 2, 1),
         date(2024, 5, 1),
     ]
     with pytest.raises(ValueError, match="ends before it starts"):
-        parse_month_range("2024-06:2024-01")
+        parse_months("2024-06:2024-01")
     with pytest.raises(ValueError, match="expected 01-12"):
-        parse_month_range("2024-13")
+        parse_months("2024-13")
     with pytest.raises(ValueError, match="not YYYY-MM"):
-        parse_month_range("March")
+        parse_months("March")
     with pytest.raises(ValueError, match="empty"):
-        parse_month_range(" , ")
+        parse_months(" , ")
 
 
 def test_write_sample_mirror_layout_and_idempotence(tmp_path):

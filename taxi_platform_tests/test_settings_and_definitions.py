@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.settings import SettingsError, load_settings, parse_month
+from taxi_platform.lib.months import parse_month
+from taxi_platform.settings import SettingsError, load_settings
 
 DESIGN_ASSET_KEYS = {
     "taxi_zones",

@@ -120,11 +120,11 @@ def _meta(result, key: str) -> dict:
 
 
 def run_demo(args: argparse.Namespace) -> DemoReport:
-    from taxi_platform.devtools.sample import parse_month_range
+    from taxi_platform.lib.months import parse_months
     from taxi_platform.settings import load_settings
 
     try:
-        months = parse_month_range(args.months)
+        months = parse_months(args.months)
     except ValueError as exc:
         raise DemoError(f"--months {args.months!r}: {exc}") from exc
     if len(months) < 2:

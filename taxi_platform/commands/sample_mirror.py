@@ -86,11 +86,12 @@ def _human_size(size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from taxi_platform.devtools.sample import DirtRates, SampleProfile, parse_month_range, write_sample_mirror
-    from taxi_platform.settings import parse_month, parse_services
+    from taxi_platform.devtools.sample import DirtRates, SampleProfile, write_sample_mirror
+    from taxi_platform.lib.months import parse_month, parse_months
+    from taxi_platform.settings import parse_services
 
     try:
-        months = parse_month_range(args.months)
+        months = parse_months(args.months)
         services = parse_services(args.services)
         rows = _rows_per_month(args.rows_per_month)
         if isinstance(rows, dict):

@@ -67,6 +67,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import TlcSourceResource
+from taxi_platform.lib.months import month_label, parse_month
 from taxi_platform.lib.releases import (
     Attempts,
     ReleaseCursor,
@@ -75,12 +76,11 @@ from taxi_platform.lib.releases import (
     RunOutcome,
     attempt_run_key,
     decide,
-    month_of,
     safety_net_month,
     version_from_metadata,
 )
 from taxi_platform.lib.tlc import ProbeResult, probe, probe_many, trip_url
-from taxi_platform.settings import SettingsError, parse_month
+from taxi_platform.settings import SettingsError
 
 TAXI_ZONES = dg.AssetKey("taxi_zones")
 RAW_TRIPS = dg.AssetKey("raw_trips")
@@ -445,7 +445,7 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
         context.log.warning(warning)
     services = tlc.service_list()
     base = tlc.source_url()
-    months = [month_of(k) for k in monthly_partitions.get_partition_keys()]
+    months = [month_label(k) for k in monthly_partitions.get_partition_keys()]
     if not months:
         return dg.SensorResult(
             skip_reason="the partition set has no months yet (TAXI_START_MONTH is in the future)"
@@ -466,7 +466,7 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
         )
 
     probes = _probe_months(tlc, months, services)
-    materialized = {month_of(k) for k in context.instance.get_materialized_partitions(RAW_TRIPS)}
+    materialized = {month_label(k) for k in context.instance.get_materialized_partitions(RAW_TRIPS)}
     unknown = sorted(m for m in materialized if m not in cursor.months and m in probes)
     recorded = _recorded_versions(context.instance, unknown, services)
     decision = decide(

@@ -20,6 +20,7 @@ from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.defs.resources import resources as _shared_resources
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.months import parse_month
 from taxi_platform.lib.tlc import (
     DownloadError,
     DownloadResult,
@@ -35,7 +36,6 @@ from taxi_platform.lib.tlc import (
     zone_lookup_url,
 )
 from taxi_platform.lib.tlc_schema import SchemaMismatchError, era_for, match_schema
-from taxi_platform.settings import parse_month
 
 RAW_TRIPS = "raw_trips"
 TAXI_ZONES = "taxi_zones"

@@ -31,6 +31,7 @@ from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.metadata import parquet_data_source
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.months import shift_label
 from taxi_platform.lib.registry import DEFAULT_TOLERANCE
 from taxi_platform.settings import MODEL_NAME, load_settings
 
@@ -154,15 +155,9 @@ def _train_config(config: FareModelConfig):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _month_shift(month: str, delta: int) -> str:
-    y, m = int(month[:4]), int(month[5:7])
-    index = y * 12 + (m - 1) + delta
-    return f"{index // 12:04d}-{index % 12 + 1:02d}"
-
-
 def training_window(month: str, window_months: int, available: set[str]) -> tuple[list[str], list[str]]:
     """(present, missing) months of the ``window_months`` before ``month``, oldest first."""
-    wanted = [_month_shift(month, -k) for k in range(window_months, 0, -1)]
+    wanted = [shift_label(month, -k) for k in range(window_months, 0, -1)]
     return [m for m in wanted if m in available], [m for m in wanted if m not in available]
 
 

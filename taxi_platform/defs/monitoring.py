@@ -52,7 +52,6 @@ from taxi_platform.lib.drift import (
     coverage_check,
     drift_check,
     mae_check,
-    month_label,
     month_row_count,
     range_coverage,
     report_document,
@@ -63,6 +62,7 @@ from taxi_platform.lib.drift import (
     write_report,
 )
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.months import month_label, parse_month_labels
 from taxi_platform.settings import MODEL_NAME, load_settings
 
 DRIFT_REPORT = dg.AssetKey("drift_report")
@@ -162,25 +162,6 @@ class ChampionInfo:
         }
 
 
-def parse_months(value: str) -> tuple[str, ...]:
-    """``"2024-01,2024-02"``, ``'["2024-01", "2024-02"]'`` or ``"2024-01..2024-03"`` → ``("2024-01", ...)``."""
-    from taxi_platform.settings import parse_month
-
-    text = str(value).strip()
-    if text.startswith("["):
-        items = [str(v) for v in json.loads(text)]
-    elif ".." in text:
-        first, last = (parse_month(p.strip()) for p in text.split("..", 1))
-        items = []
-        y, m = first.year, first.month
-        while (y, m) <= (last.year, last.month):
-            items.append(f"{y:04d}-{m:02d}")
-            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-    else:
-        items = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    return tuple(parse_month(p).strftime("%Y-%m") for p in items)
-
-
 def _first(mappings, keys):
     for mapping in mappings:
         for key in keys:
@@ -211,7 +192,7 @@ def _version_info(client, mv, alias_version: str, note: str = "") -> ChampionInf
             allow_retries=False,
         )
     try:
-        months = parse_months(raw_months)
+        months = parse_month_labels(raw_months)
     except ValueError as exc:
         raise dg.Failure(
             description=f"{MODEL_NAME} version {mv.version}: cannot read its training window {raw_months!r}: {exc}",

@@ -103,3 +103,22 @@ resources: dict[str, dg.ConfigurableResource] = {
     "lake": LakeResource(),
     "tlc": TlcSourceResource(),
 }
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry: the one place the tracking URI is configured.
+
+    ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI`` (or SQLite under ``TAXI_DATA_DIR``). Reading the URI
+    starts nothing; an asset that logs runs starts dagster-mlflow's tracking through this resource.
+    """
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI or sqlite under TAXI_DATA_DIR.",
+    )
+    experiment_name: str | None = Field(
+        default=None, description="MLflow experiment for training runs. Default: from settings."
+    )
+
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or load_settings().mlflow_tracking_uri

@@ -47,7 +47,6 @@ Every file and table this module writes carries ``data_source = synthetic`` in i
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping
@@ -748,33 +747,6 @@ def _to_arrow(cols: dict[str, np.ndarray], era: tlc_schema.SchemaEra, yellow: bo
 def trip_file_name(service: str, month: date) -> str:
     """``yellow_tripdata_2024-03.parquet`` — the TLC's file name."""
     return f"{service}_tripdata_{month:%Y-%m}.parquet"
-
-
-def parse_month_range(text: str) -> list[date]:
-    """``"2024-01:2024-06"`` (inclusive), ``"2024-03"``, or comma-separated items of either → sorted months."""
-    from taxi_platform.settings import parse_month
-
-    months: set[date] = set()
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"months={text!r} is empty: expected e.g. 2024-01:2024-06 or 2024-03")
-    for item in items:
-        if ":" in item:
-            first_text, _, last_text = item.partition(":")
-            first, last = parse_month(first_text, "months"), parse_month(last_text, "months")
-            if last < first:
-                raise ValueError(
-                    f"months={item!r} ends before it starts: expected FIRST:LAST, e.g. 2024-01:2024-06"
-                )
-            current = first
-            while current <= last:
-                months.add(current)
-                current = date(current.year + current.month // 12, current.month % 12 + 1, 1)
-        elif re.fullmatch(r"\s*\d{4}-\d{2}(-01)?\s*", item):
-            months.add(parse_month(item, "months"))
-        else:
-            raise ValueError(f"months item {item!r} is not YYYY-MM or YYYY-MM:YYYY-MM, e.g. 2024-01:2024-06")
-    return sorted(months)
 
 
 def _atomic_write(dest: Path, write) -> None:

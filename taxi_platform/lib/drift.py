@@ -174,10 +174,6 @@ class CheckOutcome:
 
 
 # -- reading the lake ------------------------------------------------------------------------------------
-def month_label(partition_key: str) -> str:
-    return partition_key[:7]
-
-
 def missing_months(lake: Lake, months: Sequence[str]) -> list[str]:
     """Months (``YYYY-MM``) whose ``trip_features`` partition is not in the lake."""
     return [m[:7] for m in months if not lake.exists(lake.partition_path(TABLE, m))]

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from taxi_platform.lib.months import months_between
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -338,12 +340,6 @@ class GateDecision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def months_between(earlier: str, later: str) -> int:
-    """Whole months from ``earlier`` to ``later`` (``YYYY-MM``), negative if ``later`` is before."""
-    a, b = int(earlier[:4]) * 12 + int(earlier[5:7]), int(later[:4]) * 12 + int(later[5:7])
-    return b - a
 
 
 def _is_http(uri: str) -> bool:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal
 
+from taxi_platform.lib.months import month_label, shift_label
 from taxi_platform.lib.tlc import ProbeResult, parse_http_date
 
 CURSOR_FORMAT = 2
@@ -98,18 +99,9 @@ def version_from_metadata(
     return None
 
 
-def month_of(partition_key: str) -> str:
-    """``YYYY-MM`` of a partition key ``YYYY-MM-01`` (or of ``YYYY-MM`` itself)."""
-    month = partition_key[:7]
-    if not _MONTH_KEY.match(month):
-        raise ValueError(f"{partition_key!r} is not a monthly partition key (expected YYYY-MM-01)")
-    return month
-
-
 def safety_net_month(today: date, lag_months: int = 2) -> str:
     """``YYYY-MM`` of the month ``lag_months`` before ``today``'s month (the safety-net schedule's target)."""
-    index = today.year * 12 + (today.month - 1) - lag_months
-    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+    return shift_label(today.replace(day=1), -lag_months)
 
 
 def run_key(month: str, versions: Mapping[str, str]) -> str:
@@ -434,7 +426,7 @@ def decide(
     services = tuple(sorted(set(services)))
     if not services:
         raise ValueError("no services configured: expected e.g. ('yellow', 'green')")
-    done = {month_of(m) for m in materialized}
+    done = {month_label(m) for m in materialized}
     recorded = recorded_versions or {}
     next_months: dict[str, dict[str, str]] = {m: dict(v) for m, v in cursor.months.items()}
     requests: list[ReleaseRequest] = []

@@ -22,6 +22,7 @@ from taxi_platform.lib.features import (
     compute_features,
 )
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.months import shift_month
 from taxi_platform.lib.parquet_sink import ParquetSink
 from taxi_platform.lib.sql import load_sql, sql_literal
 from taxi_platform.lib.tlc_schema import SchemaMismatchError, check_readable
@@ -231,7 +232,7 @@ def integer_bounds(con, path: str, schema: pa.Schema) -> dict[str, tuple[int, in
 
 def month_bounds(month: date) -> tuple[str, str]:
     """First instant of ``month`` and of the next month, as SQL timestamp text."""
-    nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+    nxt = shift_month(month, 1)
     return f"{month.isoformat()} 00:00:00", f"{nxt.isoformat()} 00:00:00"
 
 

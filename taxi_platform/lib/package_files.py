@@ -1,4 +1,4 @@
-"""Files the runtime needs beyond Python modules: the Bento's service and build config, the instance templates.
+"""Files the runtime needs beyond Python modules: the Bento's service and build config, the instance templates, the dg project config.
 
 Each file has one home in the repository (``bento/``, ``dagster.yaml``, ``deploy/dagster-postgres.yaml``);
 the wheel carries a copy under ``taxi_platform/_runtime/`` (``[tool.hatch.build.targets.wheel.force-include]``
@@ -22,6 +22,7 @@ RUNTIME_FILES: dict[str, str] = {
     "bento/service.py": "bento/service.py",
     "bento/bentofile.yaml": "bento/bentofile.yaml",
     "bento/requirements.txt": "bento/requirements.txt",
+    "pyproject.toml": "pyproject.toml",  # [tool.dg]: where load_from_defs_folder finds the defs module
 }
 
 

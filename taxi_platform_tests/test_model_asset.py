@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from taxi_platform.defs.model import fare_model, mlflow_tracking_resource, training_window
-from taxi_platform.defs.resources import LakeResource
+from taxi_platform.defs.model import fare_model
+from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.sample import SampleProfile
+from taxi_platform.lib.model_run import training_window
 from taxi_platform.lib.registry import LakeEvaluation
 from taxi_platform.settings import MODEL_NAME
 from taxi_platform_tests.mlflow_server import mlflow_server  # noqa: F401 - fixture
@@ -53,11 +54,11 @@ def env(tmp_path, monkeypatch):
     mlflow.set_registry_uri(previous)
 
 
-def run(lake, partition: str, mlflow_resource=mlflow_tracking_resource, instance=None, **config):
+def run(lake, partition: str, mlflow_resource: MlflowResource | None = None, instance=None, **config):
     return dg.materialize(
         [fare_model],
         partition_key=partition,
-        resources={"lake": LakeResource(root=lake.root), "mlflow": mlflow_resource},
+        resources={"lake": LakeResource(root=lake.root), "mlflow": mlflow_resource or MlflowResource()},
         run_config={"ops": {"fare_model": {"config": {**SMALL_CONFIG, **config}}}},
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -93,7 +94,7 @@ def test_training_window_uses_the_months_before_the_partition():
 
 
 def test_fare_model_logs_registers_and_gates_against_a_real_mlflow_server(feature_lake, mlflow_server, env):  # noqa: F811
-    resource = mlflow_tracking_resource.configured({"mlflow_tracking_uri": mlflow_server.url})
+    resource = MlflowResource(tracking_uri=mlflow_server.url)
     instance = dg.DagsterInstance.ephemeral()
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
 

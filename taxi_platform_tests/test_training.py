@@ -319,6 +319,11 @@ def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
 
 
 def test_asset_config_defaults_are_the_training_defaults():
-    from taxi_platform.defs.model import FareModelConfig, _train_config
+    from taxi_platform.defs.model import FareModelConfig
+    from taxi_platform.lib.model_run import train_config_from
 
-    assert _train_config(FareModelConfig()) == TrainConfig()
+    assert train_config_from(FareModelConfig().model_dump()) == TrainConfig()
+    custom = FareModelConfig(families=["linear"], threads=2, sample_rows=5_000, window_months=6)
+    assert train_config_from(custom.model_dump()) == TrainConfig(
+        families=("linear",), threads=2, sample_rows=5_000
+    )

@@ -1,15 +1,20 @@
 """Dagster resources shared by the platform's assets.
 
-Both resources are cheap to construct: nothing is read from the environment, opened or connected
+All resources are cheap to construct: nothing is read from the environment, opened or connected
 until an asset asks for it, so definitions load fast and the same resources work in a local run,
 in ``dagster dev`` and in a Kubernetes run pod (where settings come from that pod's environment).
 """
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
 
 from taxi_platform.lib.lake import Lake
-from taxi_platform.settings import load_settings, parse_services
+from taxi_platform.lib.tracking import TrackedRun
+from taxi_platform.settings import MODEL_NAME, load_settings, parse_services
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -99,17 +104,12 @@ class TlcSourceResource(dg.ConfigurableResource):
         }
 
 
-resources: dict[str, dg.ConfigurableResource] = {
-    "lake": LakeResource(),
-    "tlc": TlcSourceResource(),
-}
-
-
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry: the one place the tracking URI is configured.
 
-    ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI`` (or SQLite under ``TAXI_DATA_DIR``). Reading the URI
-    starts nothing; an asset that logs runs starts dagster-mlflow's tracking through this resource.
+    ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI`` (or SQLite under ``TAXI_DATA_DIR``), read at run time.
+    Reading the URI starts nothing and imports nothing heavy; only :meth:`start_tracking` opens an MLflow run,
+    so assets that merely read the registry share this resource without creating runs.
     """
 
     tracking_uri: str | None = Field(
@@ -117,8 +117,63 @@ class MlflowResource(dg.ConfigurableResource):
         description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI or sqlite under TAXI_DATA_DIR.",
     )
     experiment_name: str | None = Field(
-        default=None, description="MLflow experiment for training runs. Default: from settings."
+        default=None, description=f"MLflow experiment for training runs. Default: {MODEL_NAME}."
     )
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or load_settings().mlflow_tracking_uri
+
+    def resolved_experiment(self) -> str:
+        return self.experiment_name or MODEL_NAME
+
+    @contextmanager
+    def start_tracking(self) -> Iterator[TrackedRun]:
+        """Open (or resume) this Dagster run's MLflow run through dagster-mlflow's ``mlflow_tracking``.
+
+        dagster-mlflow sets the experiment and starts the run tagged ``dagster_run_id``; on exit it ends the run
+        FAILED/KILLED only if an error is propagating, so the caller ends it on success (its job hook
+        ``end_mlflow_on_run_finished`` is not used: asset jobs never run it, and it would end runs early). An
+        unreachable server fails here, before any work. ``mlflow.set_tracking_uri`` also exports
+        ``MLFLOW_TRACKING_URI`` to subprocesses, which is why only a training run calls this.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-mlflow is marked beta
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # it reads InitResourceContext.dagster_run/run_id
+            import mlflow
+            from dagster_mlflow import mlflow_tracking
+
+            from taxi_platform.lib.registry import ensure_reachable
+            from taxi_platform.lib.tracking import ensure_local_experiment
+
+            uri = self.resolved_uri()
+            experiment = self.resolved_experiment()
+            ensure_reachable(uri)
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            ensure_local_experiment(uri, experiment, load_settings().data_dir / "mlartifacts")
+            run_context = self.get_resource_context().replace_config(
+                {"experiment_name": experiment, "mlflow_tracking_uri": uri}
+            )
+            session = mlflow_tracking.resource_fn(run_context)
+            next(session)
+        try:
+            active = mlflow.active_run()
+            yield TrackedRun(
+                run_id=active.info.run_id,
+                experiment_id=active.info.experiment_id,
+                experiment_name=experiment,
+                tracking_uri=uri,
+            )
+        finally:
+            next(
+                session, None
+            )  # dagster-mlflow's teardown: ends the run FAILED/KILLED if an error propagates
+
+
+resources: dict[str, dg.ConfigurableResource] = {
+    "lake": LakeResource(),
+    "tlc": TlcSourceResource(),
+    "mlflow": MlflowResource(),
+}

@@ -1,0 +1,54 @@
+"""``fare_model``'s run config: the training sample, model families, fare ranges and the promotion gate."""
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_platform.lib.registry import DEFAULT_TOLERANCE
+
+DEFAULT_WINDOW_MONTHS = 3
+
+
+class FareModelConfig(dg.Config):
+    window_months: int = Field(
+        default=DEFAULT_WINDOW_MONTHS, ge=1, le=24, description="Months before the partition to train on."
+    )
+    sample_rows: int = Field(
+        default=1_000_000, ge=1_000, description="Training rows sampled across the window."
+    )
+    validation_rows: int = Field(
+        default=250_000, ge=100, description="Rows sampled from the partition's month."
+    )
+    seed: int = Field(default=0, description="Seed of the samples and of the boosted model.")
+    tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        ge=0.0,
+        le=1.0,
+        description="Relative MAE tolerance of the promotion gate: a fresher model replaces the champion unless "
+        "its MAE exceeds the champion's by more than this fraction (0.01 = 1 %). Replaces min_improvement.",
+    )
+    evaluation_rows: int = Field(
+        default=100_000,
+        ge=100,
+        description="Rows of a month's trip_features (the same hashed rows every time) the gate scores models on.",
+    )
+    families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
+    min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
+    boosted_max_iter: int = Field(default=100, ge=1, description="Boosting iterations (no early stopping).")
+    boosted_learning_rate: float = Field(default=0.2, gt=0.0, le=1.0, description="Boosting learning rate.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores.",
+    )
+    interval_coverage: float = Field(
+        default=0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Nominal coverage of the quoted fare range (fare_low..fare_high), conformal-calibrated per band "
+        "on the validation month (0.8 = 80 % of trips inside their range).",
+    )
+    interval_min_group: int = Field(
+        default=100,
+        ge=1,
+        description="Validation trips a band needs for its own range width (else the global one).",
+    )

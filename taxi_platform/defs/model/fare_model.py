@@ -1,0 +1,175 @@
+"""``fare_model``: walk-forward training with MLflow tracking and a gated champion/challenger registry.
+
+Partition ``M`` trains on the trailing ``window_months`` months of ``trip_features`` before ``M`` (at least
+one must exist) and validates out of time on ``M`` itself. Both model families and the naive per-pair
+median are scored on ``M``; the better family is logged with ``mlflow.pyfunc`` and registered as a new
+version of ``taxi_fare_model`` with alias ``challenger``. Who is ``champion`` is decided by the replayed gate of
+:mod:`taxi_platform.lib.registry` (the rule is in its docstring and this asset's description); a version whose
+checks failed is tagged ``checks_failed`` and never becomes champion.
+
+This module is the Dagster wiring only: it checks the partition's inputs, starts the MLflow run through the
+``mlflow`` resource (dagster-mlflow's ``mlflow_tracking``, one MLflow run per Dagster run, tagged
+``dagster_run_id``), runs the steps of :mod:`taxi_platform.lib.model_run` and reports checks and metadata. It
+ends the MLflow run itself (FINISHED, or FAILED with the reason), because dagster-mlflow only ends runs on
+failure or through a job hook that asset jobs do not use.
+"""
+
+import time
+import warnings
+
+import dagster as dg
+
+from taxi_platform.defs.automation import fare_model_condition
+from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import LakeResource, MlflowResource
+from taxi_platform.lib import model_run
+from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.tracking import TrackedRun
+
+FARE_MODEL = dg.AssetKey("fare_model")
+TRIP_FEATURES = dg.AssetKey("trip_features")
+
+
+def _window_mapping() -> dg.TimeWindowPartitionMapping:
+    """Partition M reads trip_features M-3..M (window + validation month); months before the first don't exist."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # allow_nonexistent_upstream_partitions is beta
+        return dg.TimeWindowPartitionMapping(
+            start_offset=-DEFAULT_WINDOW_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
+        )
+
+
+@dg.asset(
+    key=FARE_MODEL,
+    partitions_def=monthly_partitions,
+    deps=[dg.AssetDep(TRIP_FEATURES, partition_mapping=_window_mapping())],
+    group_name="model",
+    kinds={"mlflow", "scikitlearn", "duckdb"},
+    automation_condition=fare_model_condition(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_nan_or_negative_predictions",
+            asset=FARE_MODEL,
+            description="Served fares on the validation month are finite and at least the $3.00 initial charge, "
+            f"and at most {model_run.MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are negative.",
+        ),
+        dg.AssetCheckSpec(
+            "beats_naive_baseline",
+            asset=FARE_MODEL,
+            description="The registered family's validation MAE is below the naive per-zone-pair median fare's.",
+        ),
+        dg.AssetCheckSpec(
+            "fare_grows_with_distance",
+            asset=FARE_MODEL,
+            description="From the busiest pickup zones, farther dropoffs in the same borough are quoted higher: "
+            "the farther half is dearer in >= 80 % of (pickup zone, dropoff borough) groups and the median "
+            "Spearman correlation of typical distance and fare is >= 0.5.",
+        ),
+    ],
+    description="Fare-quote model trained on the trailing window of trip_features before the partition's month "
+    "and validated on the month itself; logged to MLflow and registered as taxi_fare_model (alias challenger).\n\n"
+    "Promotion rule: a month's model is the latest version registered for its validation month; versions that "
+    "failed their checks are never champion. The champion is what a chronological replay of the months' models "
+    "chooses: the first month's model starts; each next month's model C is scored with the current champion H on "
+    "C's validation month (a month neither trained on, same hashed trip_features sample every time) and replaces H "
+    "unless MAE(C) > MAE(H) x (1 + tolerance) (config `tolerance`, default 1 %). A model whose training data ends "
+    "before the champion's is registered but never promoted. Every run replays the whole history, so any run "
+    "order (reversed backfill, parallel runs, a republished month) ends on the champion a chronological run "
+    "would choose; each (version, month, data fingerprint) MAE is scored once and cached as the version tag "
+    "`mae.YYYY-MM`. Metadata: promoted, gate_reason, champion_version, champion_validation_month, "
+    "champion_age_months, gate MAEs and the replay.",
+)
+def fare_model(
+    context: dg.AssetExecutionContext, config: FareModelConfig, lake: LakeResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    with mlflow.start_tracking() as run:
+        try:
+            store = lake.lake()
+            inputs = _inputs(context, config, store)
+            return _train_and_register(context, store, inputs, run)
+        except BaseException as exc:
+            _fail_run(context, run, exc)
+            raise
+
+
+def _inputs(
+    context: dg.AssetExecutionContext, config: FareModelConfig, store: Lake
+) -> model_run.ModelRunInputs:
+    """The partition's training inputs; a Failure (not retried: waiting will not help) when data is missing."""
+    month = context.partition_key[:7]
+    available = set(store.partitions("trip_features"))
+    train_months, missing = model_run.training_window(month, config.window_months, available)
+    if month not in available:
+        raise dg.Failure(
+            description=f"fare_model {month}: trip_features has no partition for {month} (the validation month) at "
+            f"{store.partition_path('trip_features', month)}. Materialise trip_features for {context.partition_key} "
+            "first.",
+            allow_retries=False,
+        )
+    if not train_months:
+        raise dg.Failure(
+            description=f"fare_model {month}: too little history. The training window needs trip_features for at "
+            f"least one of {', '.join(missing)}, and none is in the lake. Materialise trip_features for those "
+            "months first (the first month of data cannot be a fare_model partition).",
+            allow_retries=False,
+        )
+    if missing:
+        context.log.warning(
+            f"fare_model {month}: training on {len(train_months)} of {config.window_months} window months; "
+            f"trip_features missing for {', '.join(missing)}"
+        )
+    return model_run.ModelRunInputs(
+        partition=context.partition_key,
+        month=month,
+        train_months=tuple(train_months),
+        missing_months=tuple(missing),
+        data_source=model_run.data_source_label(store, [*train_months, month]),
+        train_config=model_run.train_config_from(config.model_dump()),
+        window_months=config.window_months,
+        tolerance=config.tolerance,
+        evaluation_rows=config.evaluation_rows,
+        dagster_run_id=context.run_id,
+    )
+
+
+def _fail_run(context: dg.AssetExecutionContext, run: TrackedRun, exc: BaseException) -> None:
+    """End this Dagster run's MLflow run FAILED with the reason (dagster-mlflow would leave it RUNNING)."""
+    from taxi_platform.lib.tracking import mark_failed
+
+    try:
+        mark_failed(run, str(getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"))
+    except Exception as cleanup_error:  # the original error matters more; keep it
+        context.log.warning(f"could not mark the MLflow run as failed: {cleanup_error}")
+
+
+def _train_and_register(
+    context: dg.AssetExecutionContext, store: Lake, inputs: model_run.ModelRunInputs, run: TrackedRun
+) -> dg.MaterializeResult:
+    from taxi_platform.defs.transform import load_zones
+    from taxi_platform.lib.tracking import end_all_runs
+
+    started = time.perf_counter()
+    trained = model_run.train(store, load_zones(store), inputs, log=context.log.info)
+    for name in trained.failed_checks:
+        context.log.warning(
+            f"fare_model {inputs.month}: check {name} failed; the challenger will not be promoted"
+        )
+    logged = model_run.log_training(store, inputs, trained, run)
+    version = model_run.register(inputs, trained, logged)
+    decision = model_run.gate(store, inputs, logged, version)
+    context.log.info(f"fare_model {inputs.month}: {decision.reason}")
+    end_all_runs("FINISHED")
+
+    metadata = model_run.run_summary(
+        inputs, trained, logged, version, decision, wall_seconds=time.perf_counter() - started
+    )
+    if "mlflow_run_url" in metadata:
+        metadata["mlflow_run_url"] = dg.MetadataValue.url(metadata["mlflow_run_url"])
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(check_name=c.name, passed=c.passed, metadata=c.metadata)
+            for c in trained.checks
+        ],
+    )

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import MlflowResource
 from taxi_platform.defs.serving import AFTER_FARE_MODEL, BentoStoreResource, fare_service
 from taxi_platform.lib import bento_build
 from taxi_platform.settings import MODEL_NAME
@@ -35,7 +36,10 @@ def bento_home(tmp_path_factory) -> Path:
 def materialize(home: Path, tracking_uri: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [fare_service],
-        resources={"bento_store": BentoStoreResource(bento_home=str(home), tracking_uri=tracking_uri)},
+        resources={
+            "bento_store": BentoStoreResource(bento_home=str(home)),
+            "mlflow": MlflowResource(tracking_uri=tracking_uri),
+        },
         raise_on_error=raise_on_error,
     )
 

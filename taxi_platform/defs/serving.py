@@ -1,8 +1,8 @@
 """Serving: ``fare_service``, the Bento built from the current ``champion`` of ``taxi_fare_model``.
 
-Each materialisation looks up ``taxi_fare_model@champion`` in the MLflow registry, imports that version into
-the BentoML model store (``$TAXI_DATA_DIR/bentoml`` unless the ``bento_store`` resource says otherwise) and
-runs ``bentoml build`` with ``bento/bentofile.yaml`` and the ``uv.lock`` pins, through
+Each materialisation looks up ``taxi_fare_model@champion`` in the MLflow registry of the ``mlflow`` resource,
+imports that version into the BentoML model store (``$TAXI_DATA_DIR/bentoml`` unless the ``bento_store``
+resource says otherwise) and runs ``bentoml build`` with ``bento/bentofile.yaml`` and the ``uv.lock`` pins, through
 :func:`taxi_platform.lib.bento_build.build_champion_bento`: the code ``taxi-platform build-bento`` and the deploy
 workflow run. The service and its build config ship in the wheel, so a run pod builds from its installed
 package. The Bento tag names the registry version, run and serving-code hash, so the asset follows the alias:
@@ -24,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.defs.resources import MlflowResource
 from taxi_platform.lib import bento_build
 from taxi_platform.settings import load_settings
 
@@ -39,22 +40,16 @@ AFTER_FARE_MODEL = (
 
 
 class BentoStoreResource(dg.ConfigurableResource):
-    """Where Bentos are built and which MLflow registry the champion comes from."""
+    """Where Bentos are built and how long importing and building may take (the registry is ``mlflow``'s)."""
 
     bento_home: str | None = Field(
         default=None, description="BentoML home (model and Bento store). Default: $TAXI_DATA_DIR/bentoml."
-    )
-    tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking/registry URI. Default: MLFLOW_TRACKING_URI (settings)."
     )
     import_timeout: float = Field(default=600.0, description="Seconds allowed for importing the champion.")
     build_timeout: float = Field(default=900.0, description="Seconds allowed for `bentoml build`.")
 
     def home(self) -> Path:
         return Path(self.bento_home) if self.bento_home else load_settings().bento_home
-
-    def mlflow_uri(self) -> str:
-        return self.tracking_uri or load_settings().mlflow_tracking_uri
 
 
 @dg.asset(
@@ -79,9 +74,11 @@ class BentoStoreResource(dg.ConfigurableResource):
     "current champion of taxi_fare_model, built with `bentoml build` into $TAXI_DATA_DIR/bentoml. Same champion "
     "and code: no rebuild.",
 )
-def fare_service(context: dg.AssetExecutionContext, bento_store: BentoStoreResource) -> dg.MaterializeResult:
+def fare_service(
+    context: dg.AssetExecutionContext, bento_store: BentoStoreResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     home = bento_store.home()
-    uri = bento_store.mlflow_uri()
+    uri = mlflow.resolved_uri()
     try:  # the same code as `taxi-platform build-bento` (and so as the deploy workflow)
         champion, imported, build = bento_build.build_champion_bento(
             home, uri, import_timeout=bento_store.import_timeout, build_timeout=bento_store.build_timeout

@@ -1,13 +1,14 @@
 """BentoML fare-quote service: the registered ``champion`` of ``taxi_fare_model`` over HTTP.
 
-Endpoints (DESIGN.md "service"):
+Endpoints:
 
 - ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "fare_low", "fare_high", "currency",
   "model_version"}``; ``fare_low``..``fare_high`` is the model's calibrated fare range (null for a model version
   without one).
 - ``POST /predict_batch`` — ``{"quotes": [...]}`` (≤ 10,000) → ``{"predictions": [...], "fare_low": [...],
   "fare_high": [...], "currency", "model_version"}``, fares in request order, priced in one vectorised call.
-- ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (OpenAPI) — BentoML's own.
+- ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (the OpenAPI spec) and ``/``
+  (Swagger UI over that spec) — BentoML's own.
 
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
 lives in :mod:`taxi_platform.lib.quotes`; a batch lists at most 20 errors and a count). Bodies over
@@ -68,7 +69,6 @@ from taxi_platform.lib.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
     MAX_BATCH_SIZE,
-    SERVICES,
     BatchPrediction,
     FarePrediction,
     Quote,
@@ -78,6 +78,7 @@ from taxi_platform.lib.quotes import (
     quotes_to_columns,
     round_fares,
 )
+from taxi_platform.lib.tlc_schema import SERVICES
 from taxi_platform.settings import MODEL_NAME, load_settings
 
 ARGS = bentoml.use_arguments()

@@ -60,12 +60,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taxi_platform.lib import tlc_schema
+from taxi_platform.lib.tlc_schema import SERVICES
 from taxi_platform.lib.zones import ZONE_CSV_NAME, load_zone_records, zone_csv_bytes
 
 SYNTHETIC_METADATA: dict[bytes, bytes] = {b"data_source": b"synthetic"}
 DEFAULT_ROWS_PER_MONTH: dict[str, int] = {"yellow": 20_000, "green": 2_000}
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
-SERVICES = ("yellow", "green")
 
 _SERVICE_CODE = {"yellow": 1, "green": 2}
 _US = 1_000_000

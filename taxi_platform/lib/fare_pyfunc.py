@@ -35,7 +35,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from taxi_platform.lib.features import MAX_ZONE_ID, QUOTE_COLUMNS, SERVICES, ZoneTable, compute_feature_arrays
+from taxi_platform.lib.features import (
+    MAX_ZONE_ID,
+    QUOTE_COLUMNS,
+    SERVICES,
+    QuoteError,
+    ZoneTable,
+    compute_feature_arrays,
+)
 from taxi_platform.lib.intervals import BAND_LABELS, FareIntervals, bands_from_matrix
 from taxi_platform.lib.pair_stats import PairStats
 from taxi_platform.lib.training import MIN_FARE, build_matrix, linear_codes
@@ -49,16 +56,13 @@ MODEL_CODE_MODULES = (
     "lib/training.py",
     "lib/fare_pyfunc.py",
     "lib/sql/__init__.py",
+    "lib/tlc_schema.py",
 )
 MODEL_CODE_SCRIPT = Path(__file__).with_name("fare_model_code.py")
 STATE_ARTIFACT = "fare_state"
 STATE_FORMAT = 1  # bump when the state's keys change; load_context refuses formats it does not know
 FAST_PATH_MAX_ROWS = 48  # compiled walk beats scikit-learn below ~64 rows (measured)
 MAX_PASSENGERS = 9
-
-
-class QuoteError(ValueError):
-    """A quote cannot be priced (missing column, unknown zone or service, bad timestamp)."""
 
 
 # -- compiled predictors (numpy only) --------------------------------------------------------------------

@@ -11,19 +11,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-SERVICES = ("yellow", "green")
+from taxi_platform.lib.tlc_schema import SERVICES
+
 BOROUGHS = ("Bronx", "Brooklyn", "EWR", "Manhattan", "Queens", "Staten Island", "Unknown")
 AIRPORT_ZONES = {1: "EWR", 132: "JFK", 138: "LGA"}
 JFK_ZONE = 132
 MAX_ZONE_ID = 265
 UNKNOWN_ZONES = (264, 265)
 
-# Quote columns a caller must provide (DESIGN.md service contract).
+# Quote columns a caller of the fare service (and of the registered model) must provide.
 QUOTE_COLUMNS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
+
+
+class QuoteError(ValueError):
+    """A quote cannot be priced: a request failed validation, or the model got a column, zone, service or
+    time it cannot use. ``str(error)`` says what is wrong; ``errors`` holds per-field details when known.
+
+    Defined here, next to :data:`QUOTE_COLUMNS`, because the model's own code (shipped with every model
+    version) raises it too; :mod:`taxi_platform.lib.quotes` and :mod:`taxi_platform.lib.fare_pyfunc`
+    re-export it.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
 
 # Output columns, in order. Categorical ones are dictionary-encoded strings with fixed categories.
 FEATURE_COLUMNS = (
@@ -63,16 +80,6 @@ class ZoneTable:
                 if zones is not None:
                     names[loc] = str(zones[i])
         return cls(borough_code=code, names=tuple(names))
-
-    @classmethod
-    def from_csv(cls, path) -> ZoneTable:
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return cls.from_records(
-            [r["LocationID"] for r in rows], [r["Borough"] for r in rows], [r["Zone"] for r in rows]
-        )
 
     @property
     def known_ids(self) -> np.ndarray:

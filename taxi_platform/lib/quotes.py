@@ -38,7 +38,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from taxi_platform.lib.features import SERVICES, UNKNOWN_ZONES
+from taxi_platform.lib.features import UNKNOWN_ZONES, QuoteError
+from taxi_platform.lib.tlc_schema import SERVICES
 from taxi_platform.lib.zones import load_zone_records
 
 EARLIEST_PICKUP = datetime(2009, 1, 1)
@@ -61,14 +62,6 @@ EXAMPLE_QUOTE: dict[str, Any] = {
 _ZONE_RECORDS = {r.location_id: r for r in load_zone_records()}
 KNOWN_ZONES: frozenset[int] = frozenset(z for z in _ZONE_RECORDS if z not in UNKNOWN_ZONES)
 MIN_ZONE, MAX_ZONE = min(KNOWN_ZONES), max(KNOWN_ZONES)
-
-
-class QuoteError(ValueError):
-    """A quote failed validation; ``str(error)`` lists every problem, one per field."""
-
-    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None):
-        super().__init__(message)
-        self.errors = errors or []
 
 
 def latest_pickup(now: datetime | None = None) -> datetime:
@@ -202,7 +195,7 @@ Service = Annotated[
 
 
 class Quote(BaseModel):
-    """One fare quote request (DESIGN.md service contract). Unknown fields are rejected."""
+    """One fare quote request of the fare service. Unknown fields are rejected."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, title="Quote", json_schema_extra={"example": EXAMPLE_QUOTE}

@@ -14,6 +14,9 @@ import pyarrow as pa
 
 TS = pa.timestamp("us")
 
+# The TLC services this platform ingests. The order is the service's code in the model's features (yellow=0).
+SERVICES = ("yellow", "green")
+
 
 @dataclass(frozen=True)
 class SchemaEra:
@@ -21,6 +24,15 @@ class SchemaEra:
     service: str
     first_month: date  # inclusive
     schema: pa.Schema
+
+
+def _amounts(*names: str) -> list[tuple[str, pa.DataType]]:
+    return [(name, pa.float64()) for name in names]
+
+
+def _schema(fields: list[tuple[str, pa.DataType]], cbd: bool) -> pa.Schema:
+    """``fields``, plus the congestion-relief-zone toll column the TLC added in 2025-01 when ``cbd``."""
+    return pa.schema(fields + _amounts("cbd_congestion_fee") if cbd else fields)
 
 
 def _yellow(ids: pa.DataType, count: pa.DataType, airport_col: str, cbd: bool) -> pa.Schema:
@@ -35,19 +47,10 @@ def _yellow(ids: pa.DataType, count: pa.DataType, airport_col: str, cbd: bool) -
         ("PULocationID", ids),
         ("DOLocationID", ids),
         ("payment_type", pa.int64()),
-        ("fare_amount", pa.float64()),
-        ("extra", pa.float64()),
-        ("mta_tax", pa.float64()),
-        ("tip_amount", pa.float64()),
-        ("tolls_amount", pa.float64()),
-        ("improvement_surcharge", pa.float64()),
-        ("total_amount", pa.float64()),
-        ("congestion_surcharge", pa.float64()),
-        (airport_col, pa.float64()),
+        *_amounts("fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount", "improvement_surcharge"),
+        *_amounts("total_amount", "congestion_surcharge", airport_col),
     ]
-    if cbd:
-        fields.append(("cbd_congestion_fee", pa.float64()))
-    return pa.schema(fields)
+    return _schema(fields, cbd)
 
 
 def _green(ids: pa.DataType, count: pa.DataType, cbd: bool) -> pa.Schema:
@@ -61,21 +64,13 @@ def _green(ids: pa.DataType, count: pa.DataType, cbd: bool) -> pa.Schema:
         ("DOLocationID", ids),
         ("passenger_count", count),
         ("trip_distance", pa.float64()),
-        ("fare_amount", pa.float64()),
-        ("extra", pa.float64()),
-        ("mta_tax", pa.float64()),
-        ("tip_amount", pa.float64()),
-        ("tolls_amount", pa.float64()),
-        ("ehail_fee", pa.float64()),
-        ("improvement_surcharge", pa.float64()),
-        ("total_amount", pa.float64()),
+        *_amounts("fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount", "ehail_fee"),
+        *_amounts("improvement_surcharge", "total_amount"),
         ("payment_type", count),
         ("trip_type", count),
         ("congestion_surcharge", pa.float64()),
     ]
-    if cbd:
-        fields.append(("cbd_congestion_fee", pa.float64()))
-    return pa.schema(fields)
+    return _schema(fields, cbd)
 
 
 ERA_2023_02 = date(2023, 2, 1)

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from taxi_platform.lib.features import (
     CATEGORICAL_FEATURES,
     FEATURE_COLUMNS,
-    SERVICES,
     ZoneTable,
     compute_features,
 )
@@ -25,7 +24,7 @@ from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
 from taxi_platform.lib.parquet_sink import ParquetSink
 from taxi_platform.lib.sql import load_sql, sql_literal
-from taxi_platform.lib.tlc_schema import SchemaMismatchError, check_readable
+from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
 
 # Source column (per service) → unified name and DuckDB type. Missing optional columns become NULL.

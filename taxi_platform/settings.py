@@ -1,4 +1,4 @@
-"""Platform settings, read from environment variables (see DESIGN.md "Interfaces").
+"""Platform settings, read from environment variables.
 
 One place validates every setting, so a bad value fails early with a message that says which
 variable is wrong and what a good value looks like.
@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from taxi_platform.lib.months import MonthError, parse_month
+from taxi_platform.lib.tlc_schema import SERVICES
 
 DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
 DEFAULT_START_MONTH = "2023-01"
-DEFAULT_SERVICES = ("yellow", "green")
-KNOWN_SERVICES = ("yellow", "green")
+KNOWN_SERVICES = SERVICES  # the TLC's yellow and green taxis; TAXI_SERVICES picks a subset
+DEFAULT_SERVICES = SERVICES
 MODEL_NAME = "taxi_fare_model"
 # The biggest TLC yellow/green file is ~0.2 GiB (yellow 2015-2016 months); 2 GiB leaves a wide margin for later
 # months and still stops a runaway body from filling the disk.
@@ -129,6 +131,95 @@ def load_duckdb_settings(env: dict[str, str] | None = None) -> DuckDBSettings:
     return DuckDBSettings(temp_root=data_dir / DUCKDB_TEMP_SUBDIR, memory_limit=limit)
 
 
+AUTOMATION_STATUSES = ("running", "stopped")
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """How the release sensor, the safety-net schedule and the automation sensor run.
+
+    ==================================== ================================================================
+    ``TAXI_SENSOR_INTERVAL_SECONDS``     release sensor minimum interval (default 3600)
+    ``TAXI_SENSOR_MAX_RUNS_PER_TICK``    cap on months requested per tick, oldest first (default 24)
+    ``TAXI_SENSOR_RETRY_ATTEMPTS``       runs per month and file version, the first included, before the
+                                         release sensor gives up on a failing month (default 4; 1: no
+                                         retries)
+    ``TAXI_SENSOR_RETRY_BACKOFF_SECONDS`` wait after a month's first failed run; doubles per failure, at
+                                         most a day (default: the sensor interval)
+    ``TAXI_AUTOMATION_DEFAULT_STATUS``   ``running`` or ``stopped`` (default): initial state of the release
+                                         sensor and the schedule; toggling them in the UI overrides it
+    ``TAXI_AUTOMATION_INTERVAL_SECONDS`` automation-condition sensor interval (default 30)
+    ``TAXI_AUTOMATION_GROUPS``           asset groups the automation sensor evaluates, comma-separated
+                                         (default, empty or ``*``: all)
+    ==================================== ================================================================
+    """
+
+    sensor_interval_seconds: int = 3600
+    sensor_max_runs_per_tick: int = 24
+    retry_attempts: int = 4
+    retry_backoff_seconds: int = 3600
+    default_status: str = "stopped"
+    automation_interval_seconds: int = 30
+    automation_groups: tuple[str, ...] | None = None  # None: every asset
+
+    @property
+    def max_backoff_seconds(self) -> float:
+        """Backoff cap: a day, or the configured first backoff if that is longer."""
+        return max(86400.0, float(self.retry_backoff_seconds))
+
+
+def parse_whole_number(value: str, variable: str, example: int, minimum: int = 1) -> int:
+    """A whole number of seconds or runs, at least ``minimum``."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise SettingsError(
+            f"{variable}={value!r} is not a whole number of seconds/runs, e.g. {example}"
+        ) from None
+    if number < minimum:
+        raise SettingsError(f"{variable}={value!r} is below the minimum {minimum}")
+    return number
+
+
+def parse_groups(value: str) -> tuple[str, ...] | None:
+    """``ingest, transform`` → ``("ingest", "transform")``; empty or ``*`` → None (every group)."""
+    value = value.strip()
+    if value in ("", "*"):
+        return None
+    return tuple(dict.fromkeys(g.strip() for g in value.split(",") if g.strip()))
+
+
+def parse_status(value: str, variable: str = "TAXI_AUTOMATION_DEFAULT_STATUS") -> str:
+    status = value.strip().lower()
+    if status not in AUTOMATION_STATUSES:
+        raise SettingsError(f"{variable}={value!r}: expected 'running' or 'stopped'")
+    return status
+
+
+def load_automation_settings(env: Mapping[str, str] | None = None) -> AutomationSettings:
+    """Only the automation settings (read when the definitions load); an unset or empty variable takes
+    its default."""
+    env = os.environ if env is None else env
+    defaults = AutomationSettings()
+
+    def number(variable: str, default: int) -> int:
+        raw = env.get(variable, "").strip()
+        return parse_whole_number(raw, variable, example=default) if raw else default
+
+    interval = number("TAXI_SENSOR_INTERVAL_SECONDS", defaults.sensor_interval_seconds)
+    return AutomationSettings(
+        sensor_interval_seconds=interval,
+        sensor_max_runs_per_tick=number("TAXI_SENSOR_MAX_RUNS_PER_TICK", defaults.sensor_max_runs_per_tick),
+        retry_attempts=number("TAXI_SENSOR_RETRY_ATTEMPTS", defaults.retry_attempts),
+        retry_backoff_seconds=number("TAXI_SENSOR_RETRY_BACKOFF_SECONDS", interval),
+        default_status=parse_status(env.get("TAXI_AUTOMATION_DEFAULT_STATUS") or defaults.default_status),
+        automation_interval_seconds=number(
+            "TAXI_AUTOMATION_INTERVAL_SECONDS", defaults.automation_interval_seconds
+        ),
+        automation_groups=parse_groups(env.get("TAXI_AUTOMATION_GROUPS", "")),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     start_month: date
@@ -141,6 +232,7 @@ class Settings:
     download_deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS
     duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
     reports_url: str = DEFAULT_REPORTS_URL
+    automation: AutomationSettings = field(default_factory=AutomationSettings)
 
     def browser_url(self, path: str, lake_root: str | None = None) -> str:
         """An address a browser opens for a file of the lake (a report, a plot); ``lake_root`` defaults to
@@ -217,4 +309,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         download_deadline_seconds=deadline,
         duckdb_memory_limit=duckdb.memory_limit,
         reports_url=reports_url,
+        automation=load_automation_settings(env),
     )

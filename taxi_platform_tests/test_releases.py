@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from taxi_platform.lib.releases import (
     version_token,
 )
 from taxi_platform.lib.tlc import ProbeResult, probe
-from taxi_platform.settings import SettingsError
+from taxi_platform.settings import AutomationSettings, SettingsError, load_automation_settings, load_settings
 from taxi_platform_tests import release_sensor
 from taxi_platform_tests.release_sensor import tick
 
@@ -195,20 +197,90 @@ def test_safety_net_targets_the_month_two_months_back():
     assert safety_net_month(date(2026, 3, 1), lag_months=0) == "2026-03"
 
 
-def test_bad_automation_settings_say_which_variable(monkeypatch):
-    monkeypatch.setenv("TAXI_SENSOR_INTERVAL_SECONDS", "hourly")
-    with pytest.raises(SettingsError, match="TAXI_SENSOR_INTERVAL_SECONDS='hourly'"):
-        automation._int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum=1)
-    monkeypatch.setenv("TAXI_SENSOR_INTERVAL_SECONDS", "0")
-    with pytest.raises(SettingsError, match="below the minimum 1"):
-        automation._int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum=1)
-    monkeypatch.setenv("TAXI_AUTOMATION_GROUPS", " ingest, transform,ingest ")
-    assert automation._groups_env("TAXI_AUTOMATION_GROUPS") == ("ingest", "transform")
-    monkeypatch.setenv("TAXI_AUTOMATION_GROUPS", "*")
-    assert automation._groups_env("TAXI_AUTOMATION_GROUPS") is None
-    monkeypatch.setenv("TAXI_AUTOMATION_DEFAULT_STATUS", "on")
-    with pytest.raises(SettingsError, match="'running' or 'stopped'"):
-        automation._status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
+def test_automation_settings_defaults_and_overrides():
+    defaults = load_automation_settings({})
+    assert defaults == AutomationSettings()
+    assert (defaults.sensor_interval_seconds, defaults.sensor_max_runs_per_tick) == (3600, 24)
+    assert (defaults.retry_attempts, defaults.retry_backoff_seconds, defaults.max_backoff_seconds) == (
+        4,
+        3600,
+        86400,
+    )
+    assert (defaults.default_status, defaults.automation_interval_seconds) == ("stopped", 30)
+    assert defaults.automation_groups is None
+    custom = load_automation_settings(
+        {
+            "TAXI_SENSOR_INTERVAL_SECONDS": " 120 ",
+            "TAXI_SENSOR_MAX_RUNS_PER_TICK": "3",
+            "TAXI_SENSOR_RETRY_ATTEMPTS": "1",
+            "TAXI_AUTOMATION_DEFAULT_STATUS": "Running",
+            "TAXI_AUTOMATION_INTERVAL_SECONDS": "5",
+            "TAXI_AUTOMATION_GROUPS": " ingest, transform,ingest ",
+        }
+    )
+    assert custom.sensor_interval_seconds == 120 and custom.retry_backoff_seconds == 120  # backoff follows
+    assert (custom.sensor_max_runs_per_tick, custom.retry_attempts, custom.automation_interval_seconds) == (
+        3,
+        1,
+        5,
+    )
+    assert custom.default_status == "running" and custom.automation_groups == ("ingest", "transform")
+    assert load_automation_settings({"TAXI_AUTOMATION_GROUPS": "*"}).automation_groups is None
+    assert (
+        load_automation_settings({"TAXI_SENSOR_RETRY_BACKOFF_SECONDS": "90000"}).max_backoff_seconds == 90000
+    )
+    assert load_settings({"TAXI_SENSOR_MAX_RUNS_PER_TICK": "7"}).automation.sensor_max_runs_per_tick == 7
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        (
+            {"TAXI_SENSOR_INTERVAL_SECONDS": "hourly"},
+            "TAXI_SENSOR_INTERVAL_SECONDS='hourly' is not a whole number",
+        ),
+        ({"TAXI_SENSOR_INTERVAL_SECONDS": "0"}, "TAXI_SENSOR_INTERVAL_SECONDS='0' is below the minimum 1"),
+        ({"TAXI_SENSOR_RETRY_ATTEMPTS": "2.5"}, "TAXI_SENSOR_RETRY_ATTEMPTS='2.5' is not a whole number"),
+        (
+            {"TAXI_AUTOMATION_DEFAULT_STATUS": "on"},
+            "TAXI_AUTOMATION_DEFAULT_STATUS='on': expected 'running' or",
+        ),
+    ],
+)
+def test_bad_automation_settings_say_which_variable(env, message):
+    with pytest.raises(SettingsError) as err:
+        load_automation_settings(env)
+    assert message in str(err.value)
+    with pytest.raises(SettingsError):
+        load_settings(env)  # the full settings validate them too
+
+
+def test_automation_definitions_follow_the_settings():
+    code = (
+        "from taxi_platform.defs import automation as a\n"
+        "s = a.tlc_release_sensor\n"
+        "print(s.minimum_interval_seconds, s.default_status.value, a.tlc_monthly_safety_net.default_status.value,"
+        " a.taxi_automation_sensor.minimum_interval_seconds, a.RETRY_POLICY.backoff_seconds)\n"
+    )
+    env = {
+        **os.environ,
+        "TAXI_SENSOR_INTERVAL_SECONDS": "120",
+        "TAXI_AUTOMATION_DEFAULT_STATUS": "running",
+        "TAXI_AUTOMATION_INTERVAL_SECONDS": "7",
+    }
+    env.pop("TAXI_SENSOR_RETRY_BACKOFF_SECONDS", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["120", "RUNNING", "RUNNING", "7", "120"]
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "TAXI_AUTOMATION_INTERVAL_SECONDS": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "SettingsError: TAXI_AUTOMATION_INTERVAL_SECONDS='soon' is not a whole number" in bad.stderr
 
 
 # -- the sensor against a real mirror ----------------------------------------------------------------

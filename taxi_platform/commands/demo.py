@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from taxi_platform.commands.demo_summary import DemoReport, render_summary
+from taxi_platform.lib.run_tags import SOURCE_TAG
 
 DEFAULT_MONTHS = "2024-01:2024-04"
 SERVED_QUOTES = 300  # quotes for the last month sent before its trips arrive
@@ -104,7 +105,7 @@ def _materialize(assets: list, selection: list[str], instance, resources: dict, 
         resources=resources,
         raise_on_error=False,
         run_config=quiet,
-        tags={"taxi_platform/source": "demo"},
+        tags={SOURCE_TAG: "demo"},
     )
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]

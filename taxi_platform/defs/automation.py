@@ -37,27 +37,13 @@
   Stages must not define their own automation-condition sensors: this one targets every asset (or the
   groups in ``TAXI_AUTOMATION_GROUPS``).
 
-Settings (environment, read when the definitions load):
-
-==================================== =====================================================================
-``TAXI_SENSOR_INTERVAL_SECONDS``     release sensor minimum interval (default 3600)
-``TAXI_SENSOR_MAX_RUNS_PER_TICK``    cap on months requested per tick, oldest first (default 24)
-``TAXI_SENSOR_RETRY_ATTEMPTS``       runs per month and file version, the first included, before the
-                                     release sensor gives up on a failing month (default 4; 1: no retries)
-``TAXI_SENSOR_RETRY_BACKOFF_SECONDS`` wait after a month's first failed run; doubles per failure, at most
-                                     a day (default: the sensor interval)
-``TAXI_AUTOMATION_DEFAULT_STATUS``   ``running`` or ``stopped`` (default): initial state of the release
-                                     sensor and the schedule; toggling them in the UI overrides it
-``TAXI_AUTOMATION_INTERVAL_SECONDS`` automation-condition sensor interval (default 30)
-``TAXI_AUTOMATION_GROUPS``           asset groups the automation sensor evaluates, comma-separated
-                                     (default: all). ``ingest,transform`` keeps a dev instance from training
-                                     models and building Bentos whenever features change; assets left out
-                                     keep their conditions, evaluated only if Dagster's default automation
-                                     sensor is switched on in the UI
-==================================== =====================================================================
+Settings: ``TAXI_SENSOR_*`` and ``TAXI_AUTOMATION_*``, read and validated by
+:func:`taxi_platform.settings.load_automation_settings` when the definitions load (the table of variables
+and defaults is on :class:`taxi_platform.settings.AutomationSettings`). ``TAXI_AUTOMATION_GROUPS=ingest,transform``
+keeps a dev instance from training models and building Bentos whenever features change; assets left out keep
+their conditions, evaluated only if Dagster's default automation sensor is switched on in the UI.
 """
 
-import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -79,8 +65,9 @@ from taxi_platform.lib.releases import (
     safety_net_month,
     version_from_metadata,
 )
+from taxi_platform.lib.run_tags import ATTEMPT_TAG, CHANGED_SERVICES_TAG, MONTH_TAG, RELEASE_TAG
 from taxi_platform.lib.tlc import ProbeResult, probe, probe_many, trip_url
-from taxi_platform.settings import SettingsError
+from taxi_platform.settings import load_automation_settings
 
 TAXI_ZONES = dg.AssetKey("taxi_zones")
 RAW_TRIPS = dg.AssetKey("raw_trips")
@@ -97,47 +84,17 @@ SAFETY_NET_LAG_MONTHS = 2
 PROBE_READ_TIMEOUT = 15.0  # a HEAD answer carries no body; don't wait a download's read timeout for it
 
 
-# -- settings ----------------------------------------------------------------------------------------
-def _int_env(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number of seconds/runs, e.g. {default}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} is below the minimum {minimum}")
-    return value
-
-
-def _groups_env(name: str) -> tuple[str, ...] | None:
-    raw = os.environ.get(name, "").strip()
-    if raw in ("", "*"):
-        return None
-    return tuple(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
-
-
-def _status_env(name: str) -> dg.DefaultSensorStatus:
-    raw = os.environ.get(name, "stopped").strip().lower()
-    if raw not in ("running", "stopped"):
-        raise SettingsError(f"{name}={raw!r}: expected 'running' or 'stopped'")
-    return dg.DefaultSensorStatus.RUNNING if raw == "running" else dg.DefaultSensorStatus.STOPPED
-
-
-SENSOR_INTERVAL_SECONDS = _int_env("TAXI_SENSOR_INTERVAL_SECONDS", 3600, minimum=1)
-SENSOR_MAX_RUNS_PER_TICK = _int_env("TAXI_SENSOR_MAX_RUNS_PER_TICK", 24, minimum=1)
-AUTOMATION_INTERVAL_SECONDS = _int_env("TAXI_AUTOMATION_INTERVAL_SECONDS", 30, minimum=1)
-DEFAULT_STATUS = _status_env("TAXI_AUTOMATION_DEFAULT_STATUS")
-AUTOMATION_GROUPS = _groups_env("TAXI_AUTOMATION_GROUPS")
-SENSOR_RETRY_ATTEMPTS = _int_env("TAXI_SENSOR_RETRY_ATTEMPTS", 4, minimum=1)
-SENSOR_RETRY_BACKOFF_SECONDS = _int_env(
-    "TAXI_SENSOR_RETRY_BACKOFF_SECONDS", SENSOR_INTERVAL_SECONDS, minimum=1
-)
+# -- settings (read once, when the definitions load: the sensors' intervals and default status need them) --
+SETTINGS = load_automation_settings()
+SENSOR_INTERVAL_SECONDS = SETTINGS.sensor_interval_seconds
+SENSOR_MAX_RUNS_PER_TICK = SETTINGS.sensor_max_runs_per_tick
+AUTOMATION_INTERVAL_SECONDS = SETTINGS.automation_interval_seconds
+AUTOMATION_GROUPS = SETTINGS.automation_groups
+DEFAULT_STATUS = dg.DefaultSensorStatus(SETTINGS.default_status.upper())
 RETRY_POLICY = RetryPolicy(
-    max_attempts=SENSOR_RETRY_ATTEMPTS,
-    backoff_seconds=SENSOR_RETRY_BACKOFF_SECONDS,
-    max_backoff_seconds=max(86400.0, SENSOR_RETRY_BACKOFF_SECONDS),
+    max_attempts=SETTINGS.retry_attempts,
+    backoff_seconds=SETTINGS.retry_backoff_seconds,
+    max_backoff_seconds=SETTINGS.max_backoff_seconds,
 )
 
 
@@ -488,10 +445,10 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
             partition_key=r.partition_key,
             asset_selection=selection,
             tags={
-                "taxi/month": r.month,
-                "taxi/release": r.reason,
-                "taxi/attempt": str(r.attempt),
-                **({"taxi/changed_services": ",".join(r.changed_services)} if r.changed_services else {}),
+                MONTH_TAG: r.month,
+                RELEASE_TAG: r.reason,
+                ATTEMPT_TAG: str(r.attempt),
+                **({CHANGED_SERVICES_TAG: ",".join(r.changed_services)} if r.changed_services else {}),
             },
         )
         for r in decision.requests
@@ -528,7 +485,7 @@ def tlc_monthly_safety_net(context: dg.ScheduleEvaluationContext) -> dg.RunReque
         run_key=f"safety-net:{month}",
         partition_key=key,
         asset_selection=_selection(context.instance),
-        tags={"taxi/month": month, "taxi/release": "safety-net"},
+        tags={MONTH_TAG: month, RELEASE_TAG: "safety-net"},
     )
 
 

@@ -123,7 +123,15 @@ def test_taxi_zones_writes_csv_and_parquet(mirror, mirror_root, lake_root):
         "Zone",
         "service_zone",
     ]
-    assert "| 1 | EWR | Newark Airport | EWR |" in md["preview"].value
+    preview = md["preview"]
+    assert [c.name for c in preview.schema.columns] == ["LocationID", "Borough", "Zone", "service_zone"]
+    assert len(preview.records) == 10
+    assert preview.records[0].data == {
+        "LocationID": 1,
+        "Borough": "EWR",
+        "Zone": "Newark Airport",
+        "service_zone": "EWR",
+    }
     assert md["url"].value == mirror.url + "/misc/taxi_zone_lookup.csv"
     assert _files(lake_root) == ["taxi_zones/taxi_zone_lookup.csv", "taxi_zones/zones.parquet"]
 

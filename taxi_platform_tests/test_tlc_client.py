@@ -30,17 +30,16 @@ from taxi_platform.lib.tlc import (
     TlsError,
     TooLargeError,
     UnexpectedSchemaError,
-    ZoneLookupError,
     download,
     fetch,
     parse_http_date,
-    parse_zone_lookup,
     plain_md5_etag,
     probe,
     probe_many,
     trip_url,
     zone_lookup_url,
 )
+from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
 from taxi_platform_tests import mirror_fixtures
 
 ROWS = 300

@@ -26,16 +26,15 @@ from taxi_platform.lib.tlc import (
     DownloadResult,
     NotPublishedError,
     ProbeResult,
-    ZoneLookupError,
     download_to,
     fetch,
     not_published_message,
-    parse_zone_lookup,
     probe_many,
     trip_url,
     zone_lookup_url,
 )
 from taxi_platform.lib.tlc_schema import SchemaMismatchError, era_for, match_schema
+from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
 
 RAW_TRIPS = "raw_trips"
 TAXI_ZONES = "taxi_zones"
@@ -49,18 +48,14 @@ def raw_trip_path(lake: Lake, service: str, month: date) -> str:
     return lake.raw_trips_path(service, f"{month:%Y-%m-01}")
 
 
-def _markdown_table(table: pa.Table, limit: int = 10) -> str:
-    names = table.column_names
-    rows = table.slice(0, limit).to_pylist()
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for row in rows:
-        cells = ["" if row[n] is None else str(row[n]).replace("|", "\\|") for n in names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _preview(table: pa.Table, limit: int = 10) -> dg.TableMetadataValue:
+    """The first ``limit`` rows as a table the UI renders (values are ints and strings)."""
+    records = [dg.TableRecord(row) for row in table.slice(0, limit).to_pylist()]
+    return dg.MetadataValue.table(records=records, schema=_column_schema(table.schema))
 
 
 def _timestamp_or_text(parsed, raw: str | None) -> dg.MetadataValue:
@@ -119,7 +114,7 @@ def taxi_zones(
         metadata={
             "dagster/row_count": table.num_rows,
             "dagster/column_schema": _column_schema(table.schema),
-            "preview": dg.MetadataValue.md(_markdown_table(table)),
+            "preview": _preview(table),
             "url": dg.MetadataValue.url(url),
             "sha256": fetched.sha256,
             "size": fetched.size,

@@ -16,6 +16,7 @@ from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
 from taxi_platform.lib.tlc_schema import SchemaMismatchError
 from taxi_platform.lib.transform import REJECT_REASON_RULES, build_features, clean_month, month_bounds
+from taxi_platform.lib.zones import ZoneLookupError, parse_zone_records, zone_table
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80
@@ -27,18 +28,15 @@ def _month(context: dg.AssetExecutionContext) -> date:
 
 def load_zones(lake: Lake) -> ZoneTable:
     """The zone table from the ``taxi_zones`` asset's CSV in the lake."""
-    import csv
-    import io
-
     path = lake.zones_csv_path()
     if not lake.exists(path):
         raise dg.Failure(
             description=f"No zone lookup at {path}: materialise the `taxi_zones` asset first.",
         )
-    rows = list(csv.DictReader(io.StringIO(lake.read_bytes(path).decode("utf-8"))))
-    return ZoneTable.from_records(
-        [r["LocationID"] for r in rows], [r["Borough"] for r in rows], [r["Zone"] for r in rows]
-    )
+    try:
+        return zone_table(parse_zone_records(lake.read_bytes(path), source=path))
+    except ZoneLookupError as exc:
+        raise dg.Failure(description=f"{exc}. Re-materialise the `taxi_zones` asset.") from exc
 
 
 @dg.asset(

@@ -15,7 +15,6 @@ month yet. Anything that is not a Parquet trip file raises :class:`DownloadError
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import logging
@@ -49,8 +48,6 @@ DEFAULT_BACKOFF = 2.0  # seconds before the first retry; doubles each time
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "taxi-platform/0.1 (+python-requests)"
 
-ZONE_LOOKUP_HEADER = ("LocationID", "Borough", "Zone", "service_zone")
-MIN_ZONE_ROWS = 200
 MAX_ZONE_CSV_BYTES = 5 << 20
 
 # 404 is the plain answer for a missing file; CloudFront in front of S3 answers 403 for a missing key.
@@ -103,10 +100,6 @@ class NotParquetError(DownloadError):
 
 class UnexpectedSchemaError(DownloadError):
     """The Parquet file lacks a column the platform requires for its service."""
-
-
-class ZoneLookupError(TlcError):
-    """The zone lookup CSV does not have the expected header or enough rows."""
 
 
 class _TransientError(Exception):
@@ -801,65 +794,4 @@ def fetch(
         last_modified_raw=fetched.last_modified_raw,
         content_type=fetched.content_type,
         attempts=attempts,
-    )
-
-
-ZONE_SCHEMA = pa.schema(
-    [
-        ("LocationID", pa.int32()),
-        ("Borough", pa.string()),
-        ("Zone", pa.string()),
-        ("service_zone", pa.string()),
-    ]
-)
-
-
-def parse_zone_lookup(
-    content: bytes, *, source: str = "zone lookup", min_rows: int = MIN_ZONE_ROWS
-) -> pa.Table:
-    """Validate and parse ``taxi_zone_lookup.csv`` into a table with :data:`ZONE_SCHEMA`.
-
-    Raises :class:`ZoneLookupError` when the header is not ``LocationID,Borough,Zone,service_zone``,
-    a LocationID is not a unique integer, or there are fewer than ``min_rows`` zones.
-    """
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ZoneLookupError(
-            f"{source} is not UTF-8 text ({exc}); expected the TLC zone lookup CSV"
-        ) from exc
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != ZONE_LOOKUP_HEADER:
-        shown = ",".join(header) if header else text[:80]
-        raise ZoneLookupError(
-            f"{source} has header {shown!r}; expected {','.join(ZONE_LOOKUP_HEADER)!r}. "
-            "Check that TLC_BASE_URL serves the TLC misc/taxi_zone_lookup.csv."
-        )
-    ids: list[int] = []
-    cols: list[list[str | None]] = [[], [], []]
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(ZONE_LOOKUP_HEADER):
-            raise ZoneLookupError(f"{source} line {line_no} has {len(row)} fields, expected 4: {row!r}")
-        try:
-            ids.append(int(row[0]))
-        except ValueError as exc:
-            raise ZoneLookupError(
-                f"{source} line {line_no}: LocationID {row[0]!r} is not an integer"
-            ) from exc
-        for i in range(3):
-            value = row[i + 1].strip()
-            cols[i].append(value or None)
-    if len(ids) < min_rows:
-        raise ZoneLookupError(
-            f"{source} has {len(ids)} zones; expected at least {min_rows} (the TLC lists 265)"
-        )
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise ZoneLookupError(f"{source} repeats LocationID(s) {dupes[:10]}")
-    return pa.table(
-        [pa.array(ids, pa.int32()), pa.array(cols[0]), pa.array(cols[1]), pa.array(cols[2])],
-        schema=ZONE_SCHEMA,
     )

@@ -24,6 +24,10 @@ longer matches and the pair is scored again. Evaluation samples are deterministi
 
 Before touching the registry the gate checks that it is reachable; if not it raises
 :class:`RegistryUnavailableError` naming ``MLFLOW_TRACKING_URI`` and moves no alias.
+
+This module is also where the champion is looked up: :func:`champion_version` (the version behind the alias, for
+serving) and :func:`load_champion` (the version that served a given month, for monitoring), plus loading a
+registered version as a predictor.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from taxi_platform.lib.months import months_between
+from taxi_platform.lib.months import month_label, months_between, parse_month_labels
+from taxi_platform.settings import MODEL_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -59,6 +64,14 @@ NO_DATA = "no_evaluation_data"
 
 class RegistryUnavailableError(RuntimeError):
     """The MLflow tracking/registry server cannot be reached."""
+
+
+class NoChampionError(LookupError):
+    """No version holds the champion alias (or the model is not registered yet)."""
+
+
+class ChampionTagsError(ValueError):
+    """A version lacks (or garbles) the tags fare_model sets, so it cannot be scored like a month's model."""
 
 
 # -- the registry's month models -------------------------------------------------------------------------
@@ -534,3 +547,249 @@ def _decision(
         cached_pairs=cached,
         steps=[asdict(s) for s in steps],
     )
+
+
+# -- champion lookup -------------------------------------------------------------------------------------
+# The version tags fare_model sets on every version it registers (defs/model.py); monitoring reads exactly these.
+TRAIN_MONTHS_TAG = "train_months"
+VALIDATION_MONTH_TAG = "validation_month"
+VALIDATION_MAE_TAG = "validation_mae"
+FAMILY_TAG = "family"
+INTERVAL_COVERAGE_TAG = "interval_coverage"
+PROMOTED_TAG = "promoted"
+DATA_SOURCE_TAG = "data_source"
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered version as serving and monitoring load it: its pinned URI, training run and tags."""
+
+    name: str
+    version: str
+    run_id: str  # '' when the version was registered without a run
+    source: str  # the artifact location MLflow recorded
+    tags: Mapping[str, str]
+
+    @property
+    def pinned_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _registered(client, mv) -> RegisteredVersion:
+    tags = dict(mv.tags or {})
+    if mv.run_id and DATA_SOURCE_TAG not in tags:
+        # A version registered outside fare_model (a sample champion) records its data source on its run only.
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run_tags = client.get_run(mv.run_id).data.tags
+        except MlflowException:
+            run_tags = {}
+        if DATA_SOURCE_TAG in run_tags:
+            tags[DATA_SOURCE_TAG] = run_tags[DATA_SOURCE_TAG]
+    return RegisteredVersion(
+        name=str(mv.name),
+        version=str(mv.version),
+        run_id=str(mv.run_id or ""),
+        source=str(mv.source),
+        tags=tags,
+    )
+
+
+def _no_champion(model_name: str, tracking_uri: str) -> NoChampionError:
+    return NoChampionError(
+        f"no champion registered yet ({model_name}@{CHAMPION} is not in the MLflow registry at {tracking_uri}): "
+        "materialise fare_model first (or run `taxi-platform demo`) so a version is registered and promoted"
+    )
+
+
+def champion_version(tracking_uri: str, model_name: str = MODEL_NAME) -> RegisteredVersion:
+    """The version holding the ``champion`` alias; :class:`NoChampionError` when there is none yet."""
+    client = _client(tracking_uri)
+    mv = current_champion(client, model_name)
+    if mv is None:
+        raise _no_champion(model_name, tracking_uri)
+    return _registered(client, mv)
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The version a month is scored with, and what fare_model recorded about it."""
+
+    name: str
+    version: str
+    run_id: str
+    train_months: tuple[str, ...]
+    validation_mae: float | None
+    validation_month: str | None
+    family: str | None
+    alias_version: str  # the version holding the champion alias at lookup time
+    note: str = ""  # why a version other than the alias holder was chosen
+    interval_coverage: float | None = None  # nominal coverage of its fare ranges (None: no ranges)
+
+    @property
+    def pinned_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "uri": self.pinned_uri,
+            "champion_alias_version": self.alias_version,
+            "train_months": list(self.train_months),
+            "validation_mae": self.validation_mae,
+            "validation_month": self.validation_month,
+            "family": self.family,
+            "note": self.note,
+            "interval_coverage": self.interval_coverage,
+        }
+
+
+def _tag(tags: Mapping[str, str], key: str) -> str | None:
+    value = tags.get(key)
+    return None if value in (None, "") else str(value)
+
+
+def _number(registered: RegisteredVersion, key: str) -> float | None:
+    value = _tag(registered.tags, key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ChampionTagsError(
+            f"{registered.name} version {registered.version}: tag {key}={value!r} is not a number"
+        ) from None
+
+
+def _validation_month(tags: Mapping[str, str]) -> str | None:
+    value = _tag(tags, VALIDATION_MONTH_TAG)
+    return month_label(value) if value else None
+
+
+def describe_version(registered: RegisteredVersion, alias_version: str, note: str = "") -> ChampionInfo:
+    """What fare_model's version tags say about ``registered``; :class:`ChampionTagsError` without a window."""
+    raw_months = _tag(registered.tags, TRAIN_MONTHS_TAG)
+    if raw_months is None:
+        raise ChampionTagsError(
+            f"{registered.name} version {registered.version} records no training window: expected the version tag "
+            f"{TRAIN_MONTHS_TAG!r} (e.g. '2024-01,2024-02'), which fare_model sets. Re-register it by materialising "
+            "fare_model."
+        )
+    try:
+        months = parse_month_labels(raw_months, TRAIN_MONTHS_TAG)
+        validation_month = _validation_month(registered.tags)
+    except ValueError as exc:
+        raise ChampionTagsError(f"{registered.name} version {registered.version}: {exc}") from None
+    return ChampionInfo(
+        name=registered.name,
+        version=registered.version,
+        run_id=registered.run_id,
+        train_months=months,
+        validation_mae=_number(registered, VALIDATION_MAE_TAG),
+        validation_month=validation_month,
+        family=_tag(registered.tags, FAMILY_TAG),
+        alias_version=alias_version,
+        note=note,
+        interval_coverage=_number(registered, INTERVAL_COVERAGE_TAG),
+    )
+
+
+def load_champion(tracking_uri: str, month: str | None = None, model_name: str = MODEL_NAME) -> ChampionInfo:
+    """The version to score ``month`` with: the one that was serving during that month.
+
+    That is the champion when it was validated on an earlier month (the usual case). fare_model for month M
+    validates on M itself, so once it has run the champion may have been chosen *on* M, and scoring it on M would
+    compare M's MAE with itself. Then the newest version the gate promoted with a validation month before M (the
+    champion before it) is scored, and :attr:`ChampionInfo.note` says so; without one, the champion is scored
+    anyway and the note says its MAE is not out of time.
+
+    Raises :class:`NoChampionError` before the first champion and :class:`ChampionTagsError` when the chosen
+    version does not record its training window.
+    """
+    client = _client(tracking_uri)
+    champion = current_champion(client, model_name)
+    if champion is None:
+        raise _no_champion(model_name, tracking_uri)
+    alias_version = str(champion.version)
+    validated = _validation_month(dict(champion.tags or {}))
+    wanted = month_label(month) if month else None
+    if wanted is None or validated is None or validated < wanted:
+        return describe_version(_registered(client, champion), alias_version)
+    earlier = [
+        (served, mv)
+        for mv in _list_versions(client, model_name)
+        if str((mv.tags or {}).get(PROMOTED_TAG, "")).lower() == "true"
+        and (served := _validation_month(dict(mv.tags or {}))) is not None
+        and served < wanted
+    ]
+    if earlier:
+        _, chosen = max(earlier, key=lambda pair: (pair[0], int(pair[1].version)))
+        note = (
+            f"champion v{alias_version} was validated on {validated}, not before {wanted}; scored v{chosen.version}, "
+            f"the newest version promoted with a validation month before {wanted} (the one serving during {wanted})"
+        )
+        return describe_version(_registered(client, chosen), alias_version, note)
+    note = (
+        f"champion v{alias_version} was validated on {validated} and no earlier promoted version exists: "
+        f"its MAE on {wanted} is not an out-of-time figure"
+    )
+    return describe_version(_registered(client, champion), alias_version, note)
+
+
+# -- registered versions as predictors -------------------------------------------------------------------
+def _use_registry(tracking_uri: str) -> None:
+    # mlflow.pyfunc.load_model resolves models:/ URIs through MLflow's global URIs, hence both setters.
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def load_predictor(
+    tracking_uri: str, model_uri: str
+) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], dict[str, str]]:
+    """``(predict, quote column types)`` of the pyfunc at ``model_uri``.
+
+    The types come from the model's signature, so quotes are typed the way that version expects.
+    """
+    import mlflow.pyfunc
+
+    _use_registry(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    schema = model.metadata.get_input_schema()
+    types: dict[str, str] = {}
+    if schema is not None and schema.has_input_names():
+        types = {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+    return model.predict, types
+
+
+def version_pricer(
+    tracking_uri: str, warn: Callable[[str], None], model_name: str = MODEL_NAME
+) -> Callable[[str, pd.DataFrame], pd.DataFrame | None]:
+    """``price(version, quotes)``: the pyfunc output of ``model_name`` version ``version``, None if it won't load.
+
+    A logged quote may name a version from another registry or one since deleted; its quote then keeps no
+    range (``warn`` says why) instead of failing the month.
+    """
+    import mlflow.pyfunc
+
+    _use_registry(tracking_uri)
+
+    def price(version: str, quotes: pd.DataFrame) -> pd.DataFrame | None:
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+        except Exception as exc:
+            warn(f"cannot load {model_name} v{version} to re-price its quotes' ranges: {exc}")
+            return None
+        return model.predict(quotes)
+
+    return price

@@ -397,10 +397,12 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
     png = trend.plot_trend(points)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert trend.data_uri(png).startswith("data:image/png;base64,iVBOR")
-    table = trend.markdown_table(points)
-    assert table.count("\n") == 2 + len(points)
-    assert f"| {FARE_UP} | ${points[1].mae:.2f} |" in table
-    assert "FAIL" in table and "fare_amount" in table and "v3" in table
+    rows = trend.history_rows(points)
+    assert [row["month"] for row in rows] == [STABLE, FARE_UP]
+    assert all(list(row) == list(trend.HISTORY_COLUMNS) for row in rows)
+    assert rows[1]["mae"] == round(points[1].mae, 2) and rows[1]["mae_check"] == "FAIL"
+    assert rows[0]["mae_check"] == "pass" and rows[1]["drifted_columns"] == "fare_amount"
+    assert rows[1]["champion"] == "v3" and rows[1]["mae_change_pct"] > 25
     with pytest.raises(ValueError, match="materialise drift_report"):
         trend.plot_trend([])
 
@@ -472,7 +474,7 @@ def test_range_coverage_and_its_check_by_hand():
 
 
 def test_trend_reads_coverage_from_reports():
-    from taxi_platform.lib.trend import markdown_table, plot_trend, point_from_report
+    from taxi_platform.lib.trend import history_rows, plot_trend, point_from_report
 
     doc = {
         "month": "2024-04",
@@ -490,5 +492,8 @@ def test_trend_reads_coverage_from_reports():
     )
     old = point_from_report({k: v for k, v in doc.items() if k not in ("ranges", "checks")})
     assert old.coverage is None and old.coverage_check_passed is None  # reports written before ranges
-    assert "| 71.0% | $9.50 |" in markdown_table([point])
+    (row,) = history_rows([point])
+    assert (row["range_coverage_pct"], row["range_width"], row["coverage_check"]) == (71.0, 9.5, "FAIL")
+    (old_row,) = history_rows([old])
+    assert old_row["range_coverage_pct"] is None and old_row["coverage_check"] is None
     assert plot_trend([old, point]).startswith(b"\x89PNG")

@@ -1,7 +1,9 @@
-"""Helpers that turn a Parquet partition into Dagster metadata: row count, column schema, preview."""
+"""Helpers that turn lake data into Dagster metadata: a partition's row count, schema and preview; rows as a table."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -13,6 +15,37 @@ from taxi_platform.lib.sql import sql_literal
 def parquet_data_source(lake: Lake, path: str) -> str:
     """``synthetic`` when the file carries the sample generator's label, else ``tlc``."""
     return lake.data_source(path) or "tlc"
+
+
+def data_sources(lake: Lake, table: str, months: Sequence[str]) -> str:
+    """The distinct data sources of ``table``'s partitions for ``months``, comma-joined (``synthetic,tlc``)."""
+    return ",".join(sorted({parquet_data_source(lake, lake.partition_path(table, m)) for m in months}))
+
+
+def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
+    """``rows`` as a Dagster table: typed, sortable columns in the UI rather than Markdown text.
+
+    ``columns`` maps each column to its type (``string``, ``int``, ``float`` or ``bool``) in display order; a
+    row's missing keys are empty cells.
+    """
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind) for name, kind in columns.items()])
+    records = [
+        dg.TableRecord({name: _cell(row.get(name), kind) for name, kind in columns.items()}) for row in rows
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def _cell(value: Any, kind: str) -> str | int | float | bool | None:
+    # TableRecord takes plain scalars only: numpy numbers become Python ones, NaN an empty cell, the rest text.
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int) and kind == "int":
+        return value
+    if isinstance(value, int | float) and kind in ("float", "int"):
+        return None if math.isnan(value) else float(value)
+    return str(value)
 
 
 def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, Any]:

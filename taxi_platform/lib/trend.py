@@ -1,5 +1,5 @@
-"""History of the monthly drift reports: MAE, fare-range coverage and drift share per month, as a PNG plot and a
-Markdown table.
+"""History of the monthly drift reports: MAE, fare-range coverage and drift share per month, as a PNG plot and
+table rows.
 
 Reads every ``drift_report/month=YYYY-MM/report.json`` in the lake (the compact documents written by
 :mod:`taxi_platform.lib.drift`), so the history covers exactly the months that were reported, whichever
@@ -243,30 +243,53 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _fmt(value: float | None, pattern: str) -> str:
-    return "–" if value is None else pattern.format(value)
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
-def _mark(passed: bool | None) -> str:
-    return {True: "pass", False: "FAIL", None: "–"}[passed]
+def _mark(passed: bool | None) -> str | None:
+    return {True: "pass", False: "FAIL", None: None}[passed]
 
 
-def markdown_table(points: Sequence[TrendPoint]) -> str:
-    """One row per month: MAE, validation MAE, change, drift share, drifted columns, check results, champion."""
-    lines = [
-        "| month | MAE | validation MAE | change | range coverage | range width | drift share | drifted columns "
-        "| mae check | coverage check | drift check | champion |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+# The history table's columns and their types (string, int, float, bool), in display order.
+HISTORY_COLUMNS = {
+    "month": "string",
+    "mae": "float",
+    "validation_mae": "float",
+    "mae_change_pct": "float",
+    "range_coverage_pct": "float",
+    "range_width": "float",
+    "drift_share_pct": "float",
+    "drifted_columns": "string",
+    "mae_check": "string",
+    "coverage_check": "string",
+    "drift_check": "string",
+    "champion": "string",
+}
+
+
+def history_rows(points: Sequence[TrendPoint]) -> list[dict[str, str | float | None]]:
+    """One row per month (keys :data:`HISTORY_COLUMNS`): MAE against the champion's validation MAE, range
+    coverage and width, drift share and columns, the three checks' results and the champion that was scored."""
+    rows: list[dict[str, str | float | None]] = []
     for p in points:
         change = (
             (p.mae - p.validation_mae) / p.validation_mae if p.mae is not None and p.validation_mae else None
         )
-        lines.append(
-            f"| {p.month} | {_fmt(p.mae, '${:.2f}')} | {_fmt(p.validation_mae, '${:.2f}')} | "
-            f"{_fmt(change, '{:+.1%}')} | {_fmt(p.coverage, '{:.1%}')} | {_fmt(p.range_width, '${:.2f}')} | "
-            f"{p.drift_share:.0%} | {', '.join(p.drifted_columns) or '–'} | "
-            f"{_mark(p.mae_check_passed)} | {_mark(p.coverage_check_passed)} | {_mark(p.drift_check_passed)} | "
-            f"{'v' + p.champion_version if p.champion_version else '–'} |"
+        rows.append(
+            {
+                "month": p.month,
+                "mae": _round(p.mae, 2),
+                "validation_mae": _round(p.validation_mae, 2),
+                "mae_change_pct": None if change is None else round(100 * change, 1),
+                "range_coverage_pct": None if p.coverage is None else round(100 * p.coverage, 1),
+                "range_width": _round(p.range_width, 2),
+                "drift_share_pct": round(100 * p.drift_share, 1),
+                "drifted_columns": ", ".join(p.drifted_columns) or None,
+                "mae_check": _mark(p.mae_check_passed),
+                "coverage_check": _mark(p.coverage_check_passed),
+                "drift_check": _mark(p.drift_check_passed),
+                "champion": f"v{p.champion_version}" if p.champion_version else None,
+            }
         )
-    return "\n".join(lines) + "\n"
+    return rows

@@ -17,8 +17,14 @@ import pytest
 from test_drift import TRAIN, build_feature_lake
 
 from taxi_platform.defs import monitoring
-from taxi_platform.defs.resources import LakeResource
+from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
+from taxi_platform.defs.monitoring.monitoring_trend import MONITORING_TREND
+from taxi_platform.defs.monitoring.served_quotes import SERVED_QUOTE_ACCURACY, SERVED_QUOTES
+from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.drift import report_paths
+from taxi_platform.lib.registry import load_predictor
+from taxi_platform.lib.retraining import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG
+from taxi_platform.lib.run_tags import RETRAIN_REASON_TAG
 from taxi_platform.settings import MODEL_NAME
 
 STABLE_KEY = "2024-04-01"
@@ -73,18 +79,20 @@ def register_version(
     return version
 
 
+def table_rows(value) -> list[dict]:
+    """The records of a table metadata value, as plain dicts."""
+    return [dict(record.data) for record in value.records]
+
+
 def train_champion(lake, tracking_uri: str, instance) -> dict:
     """Materialise the real ``fare_model`` for 2024-03 (trains on 2024-01/02); it becomes the first champion."""
-    from taxi_platform.defs.model import fare_model, mlflow_tracking_resource
+    from taxi_platform.defs.model import fare_model
 
     result = dg.materialize(
         [fare_model],
         partition_key="2024-03-01",
         instance=instance,
-        resources={
-            "lake": LakeResource(root=lake.root),
-            "mlflow": mlflow_tracking_resource.configured({"mlflow_tracking_uri": tracking_uri}),
-        },
+        resources={"lake": LakeResource(root=lake.root), "mlflow": MlflowResource(tracking_uri=tracking_uri)},
         run_config={"ops": {"fare_model": {"config": FARE_MODEL_CONFIG}}},
     )
     (materialization,) = result.asset_materializations_for_node("fare_model")
@@ -118,7 +126,7 @@ def platform(tmp_path_factory):
         validation_mae = trained["boosted_mae"]
         resources = {
             "lake": LakeResource(root=lake.root),
-            "model_registry": monitoring.ModelRegistryResource(tracking_uri=tracking_uri),
+            "mlflow": MlflowResource(tracking_uri=tracking_uri),
         }
 
         def report(key: str, run_config=RUN_CONFIG, **kwargs):
@@ -161,7 +169,7 @@ def platform(tmp_path_factory):
     mlflow.set_registry_uri(previous_uri)
 
 
-def _metadata(result, key=monitoring.DRIFT_REPORT):
+def _metadata(result, key=DRIFT_REPORT):
     (materialization,) = result.asset_materializations_for_node(key.path[-1])
     return {k: v.value for k, v in materialization.metadata.items()}
 
@@ -216,6 +224,9 @@ def test_fare_increase_month_fails_the_mae_check(platform):
     assert md["mae_change_pct"] == pytest.approx(100 * mae.metadata["mae_change"].value, abs=0.1)
     assert "fare_amount" in md["drifted_columns"]
     assert checks["drift_share_below_threshold"].passed  # one column of seventeen
+    columns = {row["column"]: row for row in table_rows(md["column_drift"])}
+    assert columns["fare_amount"]["drifted"] is True and columns["fare_amount"]["score"] is not None
+    assert sorted(c for c, row in columns.items() if row["drifted"]) == sorted(md["drifted_columns"])
     doc = json.loads(Path(report_paths(platform["lake"], FARE_UP_KEY)[1]).read_text())
     assert doc["checks"]["mae_not_degraded"]["passed"] is False
     assert doc["quality"]["mae"] == pytest.approx(md["mae"], abs=1e-4)
@@ -231,9 +242,12 @@ def test_sensor_requests_fare_model_for_the_failing_month_once(platform):
     (request,) = platform["sensor_after_fare_up"].run_requests
     assert request.partition_key == FARE_UP_KEY
     assert request.asset_selection == [dg.AssetKey("fare_model")]
-    reason = request.tags[monitoring.RETRAIN_REASON_TAG]
+    reason = request.tags[RETRAIN_REASON_TAG]
     change = _checks(platform["fare_up"])["mae_not_degraded"].metadata["mae_change_pct"].value
     assert reason == f"mae_not_degraded failed: MAE {change:+.1f}% vs validation"
+    assert RETRAIN_REASON_TAG == "taxi/retrain_reason"
+    assert request.tags[RETRAIN_MONTH_TAG] == "2024-05"
+    assert request.tags[RETRAIN_CHAMPION_TAG] == platform["version"]
     assert request.run_key == f"retrain:2024-05:champion-v{platform['version']}"
     # the same evaluation is never acted on twice
     again = platform["sensor_again"]
@@ -251,7 +265,7 @@ def test_trend_plots_every_reported_month(platform):
         [monitoring.monitoring_trend], instance=platform["instance"], resources=platform["resources"]
     )
     assert result.success
-    md = _metadata(result, monitoring.MONITORING_TREND)
+    md = _metadata(result, MONITORING_TREND)
     assert md["months"] == 2 and md["dagster/row_count"] == 2
     assert md["first_month"] == "2024-04" and md["latest_month"] == "2024-05"
     png = Path(md["plot_path"]).read_bytes()
@@ -259,10 +273,13 @@ def test_trend_plots_every_reported_month(platform):
     assert png.startswith(b"\x89PNG")
     assert md["plot"].startswith("![MAE and drift share by month](data:image/png;base64,")
     # coverage beside MAE: the table and the latest figure come from the reports
-    assert "| range coverage |" in md["history"] and md["latest_range_coverage"] < 0.75
-    history = md["history"]
-    assert "| 2024-04 |" in history and "| 2024-05 |" in history
-    assert "FAIL" in history and "fare_amount" in history
+    history = table_rows(md["history"])
+    assert [row["month"] for row in history] == ["2024-04", "2024-05"]
+    assert md["latest_range_coverage"] < 0.75
+    assert history[1]["range_coverage_pct"] == pytest.approx(100 * md["latest_range_coverage"], abs=0.1)
+    assert history[0]["mae_check"] == "pass" and history[1]["mae_check"] == "FAIL"
+    assert "fare_amount" in history[1]["drifted_columns"]
+    assert history[1]["champion"] == f"v{platform['version']}"
     assert md["latest_mae"] == pytest.approx(_metadata(platform["fare_up_rerun"])["mae"], abs=1e-4)
 
 
@@ -314,7 +331,7 @@ def test_champion_validated_on_the_month_is_not_used_to_score_it(platform, tmp_p
 def test_no_champion_fails_with_what_to_do(platform, tmp_path):
     resources = {
         "lake": platform["resources"]["lake"],
-        "model_registry": monitoring.ModelRegistryResource(tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}"),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}"),
     }
     before = sorted(
         p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir()
@@ -370,13 +387,6 @@ def test_definitions_load_with_monitoring_and_stay_light():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_retrain_cursor_round_trips_and_survives_garbage():
-    cursor = monitoring.RetrainCursor(last_id=42, requested=("retrain:2024-05:champion-v3",))
-    assert monitoring.RetrainCursor.parse(cursor.to_json()) == cursor
-    assert monitoring.RetrainCursor.parse("not json") == monitoring.RetrainCursor()
-    assert monitoring.RetrainCursor.parse(None).last_id == 0
-
-
 def test_stable_month_reports_fare_range_coverage_near_nominal(platform):
     result = platform["stable"]
     md = _metadata(result)
@@ -392,7 +402,12 @@ def test_stable_month_reports_fare_range_coverage_near_nominal(platform):
     assert ranges["rows"] == md["dagster/row_count"]
     # per band: rows add up to the month's scored rows, each band has its own coverage and width
     assert sum(b["rows"] for b in ranges["bands"].values()) == ranges["rows"]
-    assert "yellow/<1mi/city" in ranges["bands"] and "| yellow/<1mi/city |" in md["range_coverage_by_band"]
+    bands = {row["band"]: row for row in table_rows(md["range_coverage_by_band"])}
+    assert set(bands) == set(ranges["bands"]) and "yellow/<1mi/city" in bands
+    for band, row in bands.items():
+        assert row["trips"] == ranges["bands"][band]["rows"]
+        assert row["coverage_pct"] == pytest.approx(100 * ranges["bands"][band]["coverage"], abs=0.05)
+        assert row["vs_nominal_pts"] == pytest.approx(row["coverage_pct"] - 80, abs=0.1)
     widths = {k: b["mean_width"] for k, b in ranges["bands"].items()}
     assert widths["yellow/<1mi/city"] < max(widths.values())
     assert doc["checks"]["fare_range_coverage"]["passed"] is True
@@ -444,9 +459,7 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
     )
     quotes = pd.concat([trips, extra], ignore_index=True)
     quotes["pickup_datetime"] = quotes["pickup_datetime"].dt.floor("s")
-    from taxi_platform.defs.monitoring import _predictor
-
-    predict, _ = _predictor(platform["tracking_uri"], f"models:/{MODEL_NAME}/{platform['version']}")
+    predict, _ = load_predictor(platform["tracking_uri"], f"models:/{MODEL_NAME}/{platform['version']}")
     priced = predict(
         quotes.astype({"pickup_zone": "int64", "dropoff_zone": "int64", "passenger_count": "int64"})
     )
@@ -479,7 +492,7 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
         run_config=config,
     )
     assert result.success
-    served = _metadata(result, monitoring.SERVED_QUOTES)
+    served = _metadata(result, SERVED_QUOTES)
     assert served["dagster/row_count"] == len(quotes) - 1  # the May pickup belongs to May's partition
     assert served["log_quotes"] == len(quotes) and served["repriced_mismatch"] == 0
     assert served["quotes_without_range"] == 0 and served["model_versions"] == {
@@ -492,12 +505,19 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
         table["fare_amount"] <= table["fare_high"]
     ).all()
 
-    accuracy = _metadata(result, monitoring.SERVED_QUOTE_ACCURACY)
+    accuracy = _metadata(result, SERVED_QUOTE_ACCURACY)
     assert accuracy["quotes"] == len(quotes) - 1
     assert accuracy["unmatched_quotes"] == 1 and accuracy["matched_quotes"] == len(quotes) - 2
     assert 0 < accuracy["mae_vs_realised_mean"] < 10 and 0 < accuracy["share_inside_range"] <= 1
-    assert "| service | pickup |" in accuracy["worst_cells"]
     doc = json.loads(Path(accuracy["json_path"]).read_text())
+    worst = table_rows(accuracy["worst_cells"])
+    assert [
+        (r["service"], r["pickup_zone"], r["dropoff_zone"], r["pickup_hour"], r["quotes"]) for r in worst
+    ] == [
+        (c["service"], c["pickup_zone"], c["dropoff_zone"], c["pickup_hour"], c["quotes"])
+        for c in doc["worst_cells"]
+    ]
+    assert worst[0]["mae"] == pytest.approx(doc["worst_cells"][0]["mae"])
     assert doc == quote_accuracy(
         lake,
         lake.partition_glob("served_quotes", STABLE_KEY),

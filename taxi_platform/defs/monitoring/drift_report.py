@@ -1,0 +1,325 @@
+"""``drift_report`` (monthly): Evidently data drift and model quality of the champion on one month, and its checks.
+
+It compares the month's ``trip_features`` and the champion's predictions on them with the champion's reference
+sample (a seeded sample of its training-window months) and scores the champion on the month. "Champion" means
+the version that served the month (:func:`taxi_platform.lib.registry.load_champion`). It writes
+``drift_report/month=YYYY-MM/report.html`` (Evidently's interactive report) and ``report.json`` (the compact
+figures) to the lake and yields three checks:
+
+- ``drift_share_below_threshold`` (WARN) -- the share of drifted columns stays below the threshold;
+- ``mae_not_degraded`` (ERROR) -- the month's MAE is at most ``max_mae_degradation`` above the champion's
+  validation MAE (a failure on the newest month sends it back to fare_model: ``retrain_on_mae_degradation``);
+- ``fare_range_coverage`` (WARN) -- the share of the month's fares inside the champion's quoted range is within
+  5 points of the nominal coverage it was calibrated for.
+
+No ``from __future__ import annotations``: Dagster inspects the ``context`` annotation at runtime. Evidently and
+MLflow are imported by the functions that use them, so loading the definitions stays fast.
+"""
+
+import warnings
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_platform.defs.automation import drift_report_condition
+from taxi_platform.defs.metadata import data_sources, records_table
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import LakeResource, MlflowResource
+from taxi_platform.lib.drift import (
+    COVERAGE_CHECK,
+    DRIFT_CHECK,
+    MAE_CHECK,
+    CheckOutcome,
+    DriftConfig,
+    DriftInputError,
+    DriftSummary,
+    coverage_check,
+    drift_check,
+    mae_check,
+    month_row_count,
+    range_coverage,
+    report_document,
+    report_paths,
+    run_drift_report,
+    sample_features,
+    with_predictions,
+    write_report,
+)
+from taxi_platform.lib.months import month_label
+from taxi_platform.lib.registry import ChampionTagsError, NoChampionError, load_champion, load_predictor
+from taxi_platform.settings import load_settings
+
+DRIFT_REPORT = dg.AssetKey("drift_report")
+MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
+
+
+class DriftReportConfig(dg.Config):
+    drift_share_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="drift_share_below_threshold warns at this share of drifted columns.",
+    )
+    max_mae_degradation: float = Field(
+        default=0.25,
+        ge=0,
+        description="mae_not_degraded fails when MAE exceeds the champion's validation MAE by more than this "
+        "fraction (0.25 = 25 %).",
+    )
+    reference_rows: int = Field(
+        default=20_000, ge=30, description="Rows sampled from the champion's training window."
+    )
+    current_rows: int = Field(
+        default=50_000, ge=30, description="Rows sampled from the month (bounded for pandas)."
+    )
+    min_rows: int = Field(default=30, ge=2, description="Fewer rows than this in the month fails the report.")
+    seed: int = Field(default=0, description="Seed of both samples.")
+
+    def drift_config(self) -> DriftConfig:
+        return DriftConfig(
+            drift_share_threshold=self.drift_share_threshold,
+            max_mae_degradation=self.max_mae_degradation,
+            reference_rows=self.reference_rows,
+            current_rows=self.current_rows,
+            min_rows=self.min_rows,
+            seed=self.seed,
+        )
+
+
+# -- metadata tables -------------------------------------------------------------------------------------
+COLUMN_DRIFT_COLUMNS = {
+    "column": "string",
+    "type": "string",
+    "method": "string",
+    "score": "float",
+    "threshold": "float",
+    "drifted": "bool",
+    "note": "string",
+}
+BAND_COLUMNS = {
+    "band": "string",
+    "trips": "int",
+    "coverage_pct": "float",
+    "vs_nominal_pts": "float",
+    "mean_width": "float",
+}
+
+
+def column_drift_table(summary: DriftSummary) -> dg.TableMetadataValue:
+    """Per column: the test Evidently ran, its score against the threshold, and whether it drifted.
+
+    All-null columns were not tested; they are listed with where they were null.
+    """
+    rows: list[dict[str, Any]] = [
+        {
+            "column": c.column,
+            "type": c.kind,
+            "method": c.method,
+            "score": round(c.score, 4),
+            "threshold": c.threshold,
+            "drifted": c.drifted,
+        }
+        for c in summary.columns.values()
+    ]
+    rows += [
+        {"column": column, "method": "not tested", "note": f"all null in {' and '.join(where)}"}
+        for column, where in summary.all_null_columns.items()
+    ]
+    return records_table(rows, COLUMN_DRIFT_COLUMNS)
+
+
+def band_table(coverage: dict[str, Any], nominal: float | None) -> dg.TableMetadataValue:
+    """Per fare band: trips, share of fares inside the quoted range (and its gap to nominal), mean range width."""
+    rows = [
+        {
+            "band": band,
+            "trips": b["rows"],
+            "coverage_pct": round(100 * b["coverage"], 1),
+            "vs_nominal_pts": None if nominal is None else round(100 * (b["coverage"] - nominal), 1),
+            "mean_width": round(b["mean_width"], 2),
+        }
+        for band, b in sorted(coverage.get("bands", {}).items())
+    ]
+    return records_table(rows, BAND_COLUMNS)
+
+
+def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.WARN if outcome.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        metadata={
+            k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
+            for k, v in outcome.metadata.items()
+            if v is not None
+        },
+    )
+
+
+# -- the asset -------------------------------------------------------------------------------------------
+def _check_specs() -> list[dg.AssetCheckSpec]:
+    # Partitioned checks (a preview feature in Dagster 1.13, hence the silenced warning): each evaluation is
+    # stored with its month, so the UI shows results per month and the retraining sensor knows which month failed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                DRIFT_CHECK,
+                asset=DRIFT_REPORT,
+                partitions_def=monthly_partitions,
+                description="The share of drifted columns (Evidently, month vs the champion's training sample) "
+                "stays below the threshold (default 50 %). Warns.",
+            ),
+            dg.AssetCheckSpec(
+                MAE_CHECK,
+                asset=DRIFT_REPORT,
+                partitions_def=monthly_partitions,
+                description="The champion's MAE on the month is at most 25 % (configurable) above its validation "
+                "MAE. A failure on the newest month triggers fare_model retraining (retrain_on_mae_degradation).",
+            ),
+            dg.AssetCheckSpec(
+                COVERAGE_CHECK,
+                asset=DRIFT_REPORT,
+                partitions_def=monthly_partitions,
+                description="The share of the month's fares inside the champion's quoted range (fare_low..fare_high) "
+                "is within 5 points of the nominal coverage (default 80 %) it was calibrated for. Warns.",
+            ),
+        ]
+
+
+CHECK_SPECS = _check_specs()
+
+
+@dg.asset(
+    key=DRIFT_REPORT,
+    partitions_def=monthly_partitions,
+    deps=["trip_features", "fare_model"],
+    group_name="monitoring",
+    kinds={"evidently", "mlflow", "html"},
+    automation_condition=drift_report_condition(),
+    check_specs=CHECK_SPECS,
+    description="Evidently data-drift and regression-quality report of the champion on one month: "
+    "drift_report/month=YYYY-MM/report.html (interactive) and report.json (figures).",
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    config: DriftReportConfig,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    store = lake.lake()
+    key = context.partition_key
+    month = month_label(key)
+    settings = config.drift_config()
+    features_path = store.partition_path("trip_features", key)
+    if not store.exists(features_path):
+        raise dg.Failure(
+            description=f"No trip_features partition for {month} at {features_path}: materialise trip_features for "
+            "this month first.",
+            allow_retries=False,
+        )
+    tracking_uri = mlflow.resolved_uri()
+    try:
+        champion = load_champion(tracking_uri, month)
+    except NoChampionError as exc:
+        raise dg.Failure(
+            description=f"{exc}; then re-run drift_report for {month}.", allow_retries=False
+        ) from None
+    except ChampionTagsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    reference_months = [f"{m}-01" for m in champion.train_months]
+    context.log.info(
+        f"{month}: scoring {champion.name} v{champion.version} (run {champion.run_id[:8]}), reference months "
+        f"{list(champion.train_months)}"
+    )
+    if champion.note:
+        context.log.warning(champion.note)
+    try:
+        predict, quote_types = load_predictor(tracking_uri, champion.pinned_uri)
+        month_rows = month_row_count(store, [key])
+        reference = with_predictions(
+            sample_features(store, reference_months, settings.reference_rows, settings.seed),
+            predict,
+            quote_types,
+        )
+        current = with_predictions(
+            sample_features(store, [key], settings.current_rows, settings.seed), predict, quote_types
+        )
+        summary, snapshot = run_drift_report(
+            current,
+            reference,
+            month,
+            settings,
+            validation_mae=champion.validation_mae,
+            metadata={"champion_version": champion.version, "model": champion.name},
+        )
+    except DriftInputError as exc:
+        raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
+
+    coverage = range_coverage(current)
+    checks = [
+        drift_check(summary, settings.drift_share_threshold),
+        mae_check(summary, champion.validation_mae, settings.max_mae_degradation),
+        coverage_check(month, coverage, champion.interval_coverage),
+    ]
+    for outcome in checks:
+        outcome.metadata["champion_version"] = champion.version
+        outcome.metadata["month"] = month
+    data_source = data_sources(store, "trip_features", [key, *reference_months])
+    html_path = report_paths(store, key)[0]
+    ranges = None if coverage is None else {"nominal": champion.interval_coverage, **coverage}
+    document = report_document(
+        summary,
+        checks,
+        champion.as_dict(),
+        reference_months,
+        month_rows,
+        settings,
+        data_source,
+        html_path,
+        ranges,
+    )
+    html_path, json_path = write_report(store, key, snapshot, document)
+    for outcome in checks:
+        context.log.info(outcome.description)
+
+    quality = summary.quality or {}
+    metadata = {
+        "drift_share": dg.MetadataValue.float(round(summary.drift_share, 4)),
+        "drifted_columns": dg.MetadataValue.json(summary.drifted_columns),
+        "n_drifted_columns": dg.MetadataValue.int(len(summary.drifted_columns)),
+        "column_drift": column_drift_table(summary),
+        "all_null_columns": dg.MetadataValue.json(summary.all_null_columns),
+        "drift_method": dg.MetadataValue.text(summary.method),
+        "champion_version": dg.MetadataValue.text(champion.version),
+        "champion_alias_version": dg.MetadataValue.text(champion.alias_version),
+        "champion_run_id": dg.MetadataValue.text(champion.run_id),
+        "reference_months": dg.MetadataValue.json(list(champion.train_months)),
+        "reference_rows": dg.MetadataValue.int(summary.reference_rows),
+        "month_rows": dg.MetadataValue.int(month_rows),
+        "dagster/row_count": dg.MetadataValue.int(summary.current_rows),
+        "html_path": dg.MetadataValue.path(html_path),
+        "html_url": dg.MetadataValue.url(load_settings().browser_url(html_path, store.root)),
+        "json_path": dg.MetadataValue.path(json_path),
+        "data_source": dg.MetadataValue.text(data_source),
+    }
+    for name in ("mae", "rmse", "mape"):
+        if quality.get(name) is not None:
+            metadata[name] = dg.MetadataValue.float(round(float(quality[name]), 4))
+    if coverage is not None:
+        metadata["range_coverage"] = dg.MetadataValue.float(round(coverage["coverage"], 4))
+        metadata["range_mean_width"] = dg.MetadataValue.float(round(coverage["mean_width"], 4))
+        metadata["range_coverage_by_band"] = band_table(coverage, champion.interval_coverage)
+    if champion.interval_coverage is not None:
+        metadata["range_nominal_coverage"] = dg.MetadataValue.float(champion.interval_coverage)
+    if champion.note:
+        metadata["champion_note"] = dg.MetadataValue.text(champion.note)
+    if champion.validation_month:
+        metadata["validation_month"] = dg.MetadataValue.text(champion.validation_month)
+    if champion.validation_mae is not None:
+        metadata["validation_mae"] = dg.MetadataValue.float(round(champion.validation_mae, 4))
+    if "mae_change_pct" in checks[1].metadata:
+        metadata["mae_change_pct"] = dg.MetadataValue.float(checks[1].metadata["mae_change_pct"])
+    return dg.MaterializeResult(metadata=metadata, check_results=[_check_result(c) for c in checks])

@@ -1,0 +1,162 @@
+"""``served_quotes`` and ``served_quote_accuracy`` (monthly): the fare service's quotes against realised trips.
+
+``served_quotes`` is the service's prediction log as a lake dataset partitioned by the quoted **pickup** month
+(``served_quotes/month=YYYY-MM/part-0.parquet``), each quote with the range the serving model version gave it;
+``served_quote_accuracy`` compares those quotes with the month's realised trips in the same cell (service, pickup
+zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.lib.served_quotes`. Both follow ``trip_features`` once a
+champion exists: when month M's trips arrive, M's served quotes are scored.
+
+No ``from __future__ import annotations``: Dagster inspects the ``context`` annotation at runtime.
+"""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_platform.defs.automation import drift_report_condition
+from taxi_platform.defs.metadata import records_table
+from taxi_platform.defs.partitions import monthly_partitions
+from taxi_platform.defs.resources import LakeResource, MlflowResource
+from taxi_platform.lib.months import month_label
+from taxi_platform.lib.registry import version_pricer
+from taxi_platform.lib.served_quotes import (
+    ACCURACY_NAME,
+    ACCURACY_TABLE,
+    TABLE,
+    accuracy_line,
+    add_ranges,
+    quote_accuracy,
+    read_log,
+    served_quotes_table,
+)
+from taxi_platform.settings import load_settings
+
+SERVED_QUOTES = dg.AssetKey("served_quotes")
+SERVED_QUOTE_ACCURACY = dg.AssetKey("served_quote_accuracy")
+
+# The worst cells of served_quote_accuracy's report, as the metadata table shows them.
+WORST_CELL_COLUMNS = {
+    "service": "string",
+    "pickup_zone": "int",
+    "dropoff_zone": "int",
+    "pickup_hour": "int",
+    "quotes": "int",
+    "mean_quoted": "float",
+    "trips": "int",
+    "realised_mean": "float",
+    "realised_median": "float",
+    "mae": "float",
+    "bias": "float",
+    "share_inside_range": "float",
+}
+
+
+class ServedQuotesConfig(dg.Config):
+    log_path: str | None = Field(
+        default=None,
+        description="Where the fare service's prediction log is: a local directory of predictions-*.jsonl files or "
+        "the predictions bucket the Cloud Logging sink writes to (gs://bucket[/prefix]). Default: "
+        "$TAXI_DATA_DIR/predictions, where a local fare service writes it.",
+    )
+
+
+@dg.asset(
+    key=SERVED_QUOTES,
+    partitions_def=monthly_partitions,
+    deps=["trip_features"],
+    group_name="monitoring",
+    kinds={"parquet", "duckdb"},
+    automation_condition=drift_report_condition(),
+    description="Fare quotes the service priced for pickups in the month, from the prediction log (local JSONL or "
+    "the Cloud Logging sink's bucket), each with its fare range: served_quotes/month=YYYY-MM/part-0.parquet.",
+)
+def served_quotes(
+    context: dg.AssetExecutionContext,
+    config: ServedQuotesConfig,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    import pyarrow.parquet as pq
+
+    store = lake.lake()
+    month = month_label(context.partition_key)
+    source = config.log_path or str(load_settings().data_dir / "predictions")
+    rows, stats = read_log(source)
+    table = served_quotes_table(rows, month)
+    context.log.info(
+        f"{len(rows):,} priced quotes in {stats['files']} log file(s) under {source}; {table.num_rows:,} for "
+        f"pickups in {month}"
+    )
+    ranges: dict = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
+    if table.num_rows:
+        table, ranges = add_ranges(table, version_pricer(mlflow.resolved_uri(), context.log.warning))
+    dest = store.partition_path(TABLE, context.partition_key)
+    with store.staged_file(dest, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(table.num_rows),
+            "log_path": dg.MetadataValue.text(source),
+            "log_files": dg.MetadataValue.int(stats["files"]),
+            "log_quotes": dg.MetadataValue.int(len(rows)),
+            "unreadable_lines": dg.MetadataValue.int(stats["unreadable_lines"]),
+            "duplicate_quotes": dg.MetadataValue.int(stats["duplicate_quotes"]),
+            "model_versions": dg.MetadataValue.json(ranges["versions"]),
+            "quotes_without_range": dg.MetadataValue.int(ranges["without_range"]),
+            "repriced_mismatch": dg.MetadataValue.int(ranges["repriced_mismatch"]),
+            "path": dg.MetadataValue.path(dest),
+        }
+    )
+
+
+@dg.asset(
+    key=SERVED_QUOTE_ACCURACY,
+    partitions_def=monthly_partitions,
+    deps=[SERVED_QUOTES, "trip_features"],
+    group_name="monitoring",
+    kinds={"duckdb", "json"},
+    automation_condition=drift_report_condition(),
+    description="The month's served quotes against its realised trips in the same cell (service, pickup zone, "
+    "drop-off zone, pickup hour): quote-weighted MAE and bias vs the cell's realised mean and median, share of "
+    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell. "
+    "served_quote_accuracy/month=YYYY-MM/report.json.",
+)
+def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    key = context.partition_key
+    month = month_label(key)
+    for table, what in ((TABLE, "served_quotes"), ("trip_features", "trip_features")):
+        if not store.exists(store.partition_dir(table, key)):
+            raise dg.Failure(
+                description=f"No {what} partition for {month}: materialise {what} for this month first.",
+                allow_retries=False,
+            )
+    report = quote_accuracy(
+        store, store.partition_glob(TABLE, key), store.partition_glob("trip_features", key), month
+    )
+    line = accuracy_line(report)
+    context.log.info(line)
+    dest = store.partition_path(ACCURACY_TABLE, key, ACCURACY_NAME)
+    store.write_bytes(dest, json.dumps(report, indent=1).encode("utf-8"))
+    metadata = {
+        "dagster/row_count": dg.MetadataValue.int(report["quotes"]),
+        "summary": dg.MetadataValue.text(line),
+        "quotes": dg.MetadataValue.int(report["quotes"]),
+        "matched_quotes": dg.MetadataValue.int(report["matched_quotes"]),
+        "unmatched_quotes": dg.MetadataValue.int(report["unmatched_quotes"]),
+        "quotes_without_range": dg.MetadataValue.int(report["quotes_without_range"]),
+        "model_versions": dg.MetadataValue.json(report["model_versions"]),
+        "worst_cells": records_table(report["worst_cells"], WORST_CELL_COLUMNS),
+        "json_path": dg.MetadataValue.path(dest),
+    }
+    for name in (
+        "mae_vs_realised_mean",
+        "bias_vs_realised_mean",
+        "mae_vs_realised_median",
+        "bias_vs_realised_median",
+        "share_inside_range",
+    ):
+        if report[name] is not None:
+            metadata[name] = dg.MetadataValue.float(report[name])
+    return dg.MaterializeResult(metadata=metadata)

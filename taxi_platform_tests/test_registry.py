@@ -15,7 +15,19 @@ import pytest
 from mlflow import MlflowClient
 
 from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
-from taxi_platform.lib.registry import LakeEvaluation, RegistryUnavailableError, gate_challenger, mae_of
+from taxi_platform.lib.registry import (
+    CHAMPION,
+    ChampionTagsError,
+    LakeEvaluation,
+    NoChampionError,
+    RegistryUnavailableError,
+    champion_version,
+    gate_challenger,
+    load_champion,
+    load_predictor,
+    mae_of,
+    version_pricer,
+)
 from taxi_platform.lib.training import quotes_frame, train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform.settings import MODEL_NAME
@@ -226,3 +238,91 @@ def test_quotes_frame_has_the_serving_contract_columns(trained):
     ]
     assert pd.api.types.is_datetime64_any_dtype(quotes["pickup_datetime"])
     assert set(quotes["service"]) <= {"yellow", "green"}
+
+
+# -- champion lookup -------------------------------------------------------------------------------------
+def register_month_model(model: FareQuoteModel, name: str, validation_month: str, **tags: str | None) -> str:
+    """Register ``model`` with the version tags fare_model sets; its run alone records the data source."""
+    months = [m for m in MONTHS if m < validation_month][-2:]
+    version_tags = {
+        "train_months": ",".join(months),
+        "validation_month": validation_month,
+        "validation_mae": "2.500000",
+        "family": model.family,
+        "interval_coverage": "0.8",
+        "promoted": "true",
+        **tags,
+    }
+    version_tags = {k: v for k, v in version_tags.items() if v is not None}
+    with mlflow.start_run(tags={"data_source": "synthetic"}):
+        info = log_fare_model(model, registered_model_name=name, tags=version_tags)
+    version = str(info.registered_model_version)
+    for key, value in version_tags.items():
+        MlflowClient().set_model_version_tag(name, version, key, value)
+    return version
+
+
+def test_champion_lookup_before_and_after_the_first_champion(trained, registry):
+    models, quotes, _ = trained
+    name, uri = "lookup_test_model", registry.tracking_uri
+    for lookup in (lambda: champion_version(uri, name), lambda: load_champion(uri, "2024-04", name)):
+        with pytest.raises(NoChampionError, match="no champion registered yet") as err:
+            lookup()
+        assert "materialise fare_model first" in str(err.value) and uri in str(err.value)
+
+    v1 = register_month_model(models["boosted"], name, "2024-03")
+    registry.set_registered_model_alias(name, CHAMPION, v1)
+    champion = champion_version(uri, name)
+    assert (champion.name, champion.version, champion.pinned_uri) == (name, v1, f"models:/{name}/{v1}")
+    assert champion.run_id == registry.get_model_version(name, v1).run_id != ""
+    assert champion.tags["train_months"] == "2024-01,2024-02"
+    assert champion.tags["data_source"] == "synthetic"  # from its run: the version has no such tag
+
+    info = load_champion(uri, "2024-04", name)
+    assert (info.version, info.alias_version, info.note) == (v1, v1, "")
+    assert info.train_months == ("2024-01", "2024-02") and info.validation_month == "2024-03"
+    assert (info.validation_mae, info.interval_coverage, info.family) == (2.5, 0.8, "boosted")
+    assert info.as_dict()["uri"] == f"models:/{name}/{v1}"
+
+    # the predictor and the re-pricer load the registered artifact; an unknown version prices nothing
+    predict, types = load_predictor(uri, info.pinned_uri)
+    assert types["pickup_zone"] == "long" and types["service"] == "string"
+    raw = quotes.head(5).copy()
+    raw["pickup_datetime"] = raw["pickup_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    raw["passenger_count"] = raw["passenger_count"].astype("int64")
+    warnings: list[str] = []
+    price = version_pricer(uri, warnings.append, name)
+    np.testing.assert_allclose(price(v1, raw)["fare_amount"], predict(raw)["fare_amount"])
+    assert price("999", raw) is None and "cannot load lookup_test_model v999" in warnings[0]
+
+
+def test_a_month_is_scored_with_the_version_that_served_it(trained, registry):
+    models, _, _ = trained
+    name, uri = "served_month_test_model", registry.tracking_uri
+    march = register_month_model(models["boosted"], name, "2024-03")
+    april = register_month_model(models["linear"], name, "2024-04")
+    registry.set_registered_model_alias(name, CHAMPION, april)
+
+    # April's champion was chosen on April: April is scored with March's model, and the note says so
+    scored = load_champion(uri, "2024-04-01", name)
+    assert (scored.version, scored.alias_version) == (march, april)
+    assert f"champion v{april} was validated on 2024-04" in scored.note and f"scored v{march}" in scored.note
+    assert load_champion(uri, "2024-05", name).version == april
+    assert load_champion(uri, None, name).version == april
+    # with no earlier promoted version, the champion is scored anyway and the note says it is not out of time
+    registry.set_model_version_tag(name, march, "promoted", "false")
+    fallback = load_champion(uri, "2024-04", name)
+    assert fallback.version == april and "not an out-of-time figure" in fallback.note
+
+
+def test_a_champion_without_its_training_window_is_a_clear_error(trained, registry):
+    models, _, _ = trained
+    name, uri = "windowless_test_model", registry.tracking_uri
+    version = register_month_model(models["boosted"], name, "2024-03", train_months=None)
+    registry.set_registered_model_alias(name, CHAMPION, version)
+    with pytest.raises(ChampionTagsError, match="records no training window") as err:
+        load_champion(uri, "2024-04", name)
+    assert "'train_months'" in str(err.value) and "materialising fare_model" in str(err.value)
+    registry.set_model_version_tag(name, version, "train_months", "2024-13")
+    with pytest.raises(ChampionTagsError, match=f"{name} version {version}"):
+        load_champion(uri, "2024-04", name)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, TypedDict, Unpack
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -319,6 +319,30 @@ class _Fetched:
     last_modified_raw: str | None
     content_type: str | None
     first_bytes: bytes
+
+    def version_fields(self) -> dict[str, object]:
+        """What the results record about the file's version: hash, size, ETag, Last-Modified, Content-Type."""
+        return {
+            "sha256": self.sha256,
+            "size": self.size,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "last_modified_raw": self.last_modified_raw,
+            "content_type": self.content_type,
+        }
+
+
+class TransferOptions(TypedDict, total=False):
+    """Keyword arguments :func:`download` passes on to :func:`download_to` (see there)."""
+
+    timeout: Timeout
+    retries: int
+    backoff: float
+    session: requests.Session | None
+    logger: logging.Logger | None
+    deadline: float | None
+    max_bytes: int | None
+    verify_md5: bool
 
 
 def _request_headers() -> dict[str, str]:
@@ -675,12 +699,7 @@ def download_to(
         url=url,
         path=str(result_path if result_path is not None else local_path),
         service=service,
-        sha256=fetched.sha256,
-        size=fetched.size,
-        etag=fetched.etag,
-        last_modified=fetched.last_modified,
-        last_modified_raw=fetched.last_modified_raw,
-        content_type=fetched.content_type,
+        **fetched.version_fields(),  # type: ignore[arg-type]
         era=matched.era,
         extra_columns=matched.extra_columns,
         missing_optional_columns=matched.missing_optional,
@@ -697,39 +716,19 @@ def download(
     service: str,
     lake: Lake | None = None,
     month: date | None = None,
-    timeout: Timeout = DEFAULT_TIMEOUT,
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF,
-    session: requests.Session | None = None,
-    logger: logging.Logger | None = None,
-    deadline: float | None = DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
-    max_bytes: int | None = DEFAULT_DOWNLOAD_MAX_BYTES,
-    verify_md5: bool = True,
+    **options: Unpack[TransferOptions],
 ) -> DownloadResult:
     """Download a TLC trip file to ``dest`` (a local path or a path in ``lake``), atomically.
 
     The file is streamed to a temporary name, verified (length, Parquet footer, schema era) and only
-    then moved into place, so ``dest`` is either the previous file or the complete new one.
+    then moved into place, so ``dest`` is either the previous file or the complete new one. ``options``
+    (timeouts, retries, limits) are :func:`download_to`'s.
     """
     dest = str(dest)
     if lake is None:
         lake = Lake(dest.rsplit("/", 1)[0] if "/" in dest else ".")
     with lake.staged_file(dest, suffix=".parquet") as tmp:
-        return download_to(
-            url,
-            tmp,
-            service=service,
-            month=month,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            session=session,
-            logger=logger,
-            result_path=dest,
-            deadline=deadline,
-            max_bytes=max_bytes,
-            verify_md5=verify_md5,
-        )
+        return download_to(url, tmp, service=service, month=month, result_path=dest, **options)
 
 
 # -- zone lookup ---------------------------------------------------------------------------------
@@ -784,14 +783,4 @@ def fetch(
         deadline_seconds=deadline,
         verify_md5=verify_md5,
     )
-    return FetchResult(
-        url=url,
-        content=buf.getvalue(),
-        sha256=fetched.sha256,
-        size=fetched.size,
-        etag=fetched.etag,
-        last_modified=fetched.last_modified,
-        last_modified_raw=fetched.last_modified_raw,
-        content_type=fetched.content_type,
-        attempts=attempts,
-    )
+    return FetchResult(url=url, content=buf.getvalue(), attempts=attempts, **fetched.version_fields())  # type: ignore[arg-type]

@@ -102,46 +102,23 @@ def run(args: argparse.Namespace) -> int:
     def on_term(signum, frame):  # SIGTERM behaves like Ctrl-C
         raise KeyboardInterrupt
 
+    def launch(name: str, argv: list[str], port: int, health_path: str) -> None:
+        """Start one UI process on ``host:port``; it counts as ready once ``health_path`` answers."""
+        proc = _start(f"{name} UI", [*argv, str(port)], env)
+        procs.append(proc)
+        urls[name] = f"http://{host}:{port}"
+        waits.append((urls[name] + health_path, proc))
+
     signal.signal(signal.SIGTERM, on_term)
     try:
-        dagster = _start(
-            "Dagster UI",
-            [
-                tool("dagster"),
-                "dev",
-                "-m",
-                "taxi_platform.definitions",
-                "-h",
-                host,
-                "-p",
-                str(args.dagster_port),
-            ],
-            env,
-        )
-        procs.append(dagster)
-        urls["Dagster"] = f"http://{host}:{args.dagster_port}"
-        waits.append((urls["Dagster"] + "/server_info", dagster))
+        dagster = [tool("dagster"), "dev", "-m", "taxi_platform.definitions", "-h", host, "-p"]
+        launch("Dagster", dagster, args.dagster_port, "/server_info")
         uri = settings.mlflow_tracking_uri
         if uri.startswith(("http://", "https://")):
             urls["MLflow"] = uri + "  (the tracking server MLFLOW_TRACKING_URI names)"
         elif not args.no_mlflow:
-            mlflow = _start(
-                "MLflow UI",
-                [
-                    tool("mlflow"),
-                    "ui",
-                    "--backend-store-uri",
-                    uri,
-                    "--host",
-                    host,
-                    "--port",
-                    str(args.mlflow_port),
-                ],
-                env,
-            )
-            procs.append(mlflow)
-            urls["MLflow"] = f"http://{host}:{args.mlflow_port}"
-            waits.append((urls["MLflow"] + "/health", mlflow))
+            mlflow = [tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port"]
+            launch("MLflow", mlflow, args.mlflow_port, "/health")
         if not settings.is_remote_lake:
             lake = Path(settings.lake_root.removeprefix("file://"))
             lake.mkdir(parents=True, exist_ok=True)

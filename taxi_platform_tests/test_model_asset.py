@@ -265,3 +265,11 @@ def test_importing_the_model_defs_stays_light():
                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
+
+
+def test_fare_model_declares_its_contract():
+    spec = next(iter(fare_model.specs))
+    assert spec.key == dg.AssetKey("fare_model") and spec.group_name == "model"
+    assert {c.name for c in fare_model.check_specs} == CHECKS
+    assert {"lake", "mlflow"} <= set(fare_model.required_resource_keys)
+    assert dg.AssetKey("trip_features") in {d.asset_key for d in spec.deps}

@@ -29,6 +29,15 @@ from taxi_platform.lib.tracking import TrackedRun
 
 FARE_MODEL = dg.AssetKey("fare_model")
 TRIP_FEATURES = dg.AssetKey("trip_features")
+CHECK_DESCRIPTIONS = {
+    "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
+    f"initial charge, and at most {model_run.MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are "
+    "negative.",
+    "beats_naive_baseline": "The registered family's validation MAE is below the naive per-zone-pair median fare's.",
+    "fare_grows_with_distance": "From the busiest pickup zones, farther dropoffs in the same borough are quoted "
+    "higher: the farther half is dearer in >= 80 % of (pickup zone, dropoff borough) groups and the median "
+    "Spearman correlation of typical distance and fare is >= 0.5.",
+}
 
 
 def _window_mapping() -> dg.TimeWindowPartitionMapping:
@@ -48,24 +57,8 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     kinds={"mlflow", "scikitlearn", "duckdb"},
     automation_condition=fare_model_condition(),
     check_specs=[
-        dg.AssetCheckSpec(
-            "no_nan_or_negative_predictions",
-            asset=FARE_MODEL,
-            description="Served fares on the validation month are finite and at least the $3.00 initial charge, "
-            f"and at most {model_run.MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are negative.",
-        ),
-        dg.AssetCheckSpec(
-            "beats_naive_baseline",
-            asset=FARE_MODEL,
-            description="The registered family's validation MAE is below the naive per-zone-pair median fare's.",
-        ),
-        dg.AssetCheckSpec(
-            "fare_grows_with_distance",
-            asset=FARE_MODEL,
-            description="From the busiest pickup zones, farther dropoffs in the same borough are quoted higher: "
-            "the farther half is dearer in >= 80 % of (pickup zone, dropoff borough) groups and the median "
-            "Spearman correlation of typical distance and fare is >= 0.5.",
-        ),
+        dg.AssetCheckSpec(name, asset=FARE_MODEL, description=CHECK_DESCRIPTIONS[name])
+        for name in model_run.CHECKS
     ],
     description="Fare-quote model trained on the trailing window of trip_features before the partition's month "
     "and validated on the month itself; logged to MLflow and registered as taxi_fare_model (alias challenger).\n\n"

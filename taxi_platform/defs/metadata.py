@@ -17,11 +17,6 @@ def parquet_data_source(lake: Lake, path: str) -> str:
     return lake.data_source(path) or "tlc"
 
 
-def data_sources(lake: Lake, table: str, months: Sequence[str]) -> str:
-    """The distinct data sources of ``table``'s partitions for ``months``, comma-joined (``synthetic,tlc``)."""
-    return ",".join(sorted({parquet_data_source(lake, lake.partition_path(table, m)) for m in months}))
-
-
 def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
     """``rows`` as a Dagster table: typed, sortable columns in the UI rather than Markdown text.
 

@@ -23,7 +23,7 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.defs.automation import drift_report_condition
-from taxi_platform.defs.metadata import data_sources, records_table
+from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.drift import (
@@ -46,6 +46,7 @@ from taxi_platform.lib.drift import (
     with_predictions,
     write_report,
 )
+from taxi_platform.lib.model_run import data_source_label
 from taxi_platform.lib.months import month_label
 from taxi_platform.lib.registry import ChampionTagsError, NoChampionError, load_champion, load_predictor
 from taxi_platform.settings import load_settings
@@ -267,7 +268,7 @@ def drift_report(
     for outcome in checks:
         outcome.metadata["champion_version"] = champion.version
         outcome.metadata["month"] = month
-    data_source = data_sources(store, "trip_features", [key, *reference_months])
+    data_source = data_source_label(store, [key, *reference_months])
     html_path = report_paths(store, key)[0]
     ranges = None if coverage is None else {"nominal": champion.interval_coverage, **coverage}
     document = report_document(

@@ -12,8 +12,13 @@ only line on stdout (progress goes to stderr), so scripts can take it directly:
     taxi-platform build-bento                         # prints e.g. taxi_fare_service:v3-1a2b3c4d-0f9e8d7c
     tag=$(taxi-platform build-bento) && bentoml containerize "$tag"
     taxi-platform build-bento --json                  # tag, path, model, requirements, rebuilt, ... as JSON
+    taxi-platform build-bento --base-image python:3.11-slim-bookworm@sha256:<digest>
 
-Exit status 1 with the reason when there is no champion or the build fails.
+``--base-image`` (default ``TAXI_BENTO_BASE_IMAGE``) is the container image's base, pinned as
+``name:tag@sha256:<64 hex>`` (anything else is refused); without it BentoML's default base image is used. The
+base image is part of the Bento's version. It must have Python 3.11 (BentoML installs no Python into it).
+
+Exit status 1 with the reason when there is no champion or the build fails, 2 for bad settings.
 """
 
 from __future__ import annotations
@@ -42,10 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--import-timeout", type=float, default=600.0, help="seconds for importing the champion"
     )
     parser.add_argument("--build-timeout", type=float, default=900.0, help="seconds for `bentoml build`")
+    parser.add_argument(
+        "--base-image",
+        default=None,
+        metavar="REF",
+        help="base of the Bento's container image, as name:tag@sha256:<64 hex> (default TAXI_BENTO_BASE_IMAGE; "
+        "unset: BentoML's default image)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.lib import bento_build
+    from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
     from taxi_platform.settings import SettingsError, load_settings
 
     try:
@@ -53,13 +66,27 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
         return 2
+    # Given on the command line, even empty, it must be valid (an unset CI variable is an error, not the
+    # default image); the environment variable counts only when non-empty.
+    base_image = args.base_image if args.base_image is not None else os.environ.get("TAXI_BENTO_BASE_IMAGE")
+    if args.base_image is not None or base_image:
+        source = "--base-image" if args.base_image is not None else "TAXI_BENTO_BASE_IMAGE"
+        try:
+            base_image = require_pinned_image(base_image or "", source)
+        except ImageRefError as exc:
+            print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
+            return 2
     home = args.bento_home or (Path(os.environ["BENTOML_HOME"]) if os.environ.get("BENTOML_HOME") else None)
     home = (home or settings.bento_home).expanduser().absolute()
     uri = args.tracking_uri or settings.mlflow_tracking_uri
     print(f"building the champion's Bento from {uri} into {home}", file=sys.stderr, flush=True)
     try:
         champion, imported, build = bento_build.build_champion_bento(
-            home, uri, import_timeout=args.import_timeout, build_timeout=args.build_timeout
+            home,
+            uri,
+            import_timeout=args.import_timeout,
+            build_timeout=args.build_timeout,
+            base_image=base_image or None,
         )
     except bento_build.ServingBuildError as exc:
         print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
@@ -75,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         info = build.as_dict()
         info.update(
+            base_image=base_image or None,
             bento_home=str(home),
             model_name=champion.name,
             model_version=champion.version,

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
 from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
 from taxi_platform.settings import MODEL_NAME
 
@@ -467,21 +468,36 @@ def _pin(packages: list[str], requirements: list[str]) -> tuple[list[str], list[
     return out + extra, overrides + extra
 
 
+def with_base_image(config: dict, base_image: str) -> dict:
+    """The bentofile ``config`` building on ``base_image`` (``name:tag@sha256:<hex>``, checked) instead of
+    BentoML's default image; ``distro``/``python_version`` go, as BentoML ignores them with a base image."""
+    try:
+        ref = require_pinned_image(base_image, "the Bento base image")
+    except ImageRefError as exc:
+        raise ServingBuildError(str(exc)) from None
+    docker = {k: v for k, v in (config.get("docker") or {}).items() if k not in ("distro", "python_version")}
+    return {**config, "docker": {**docker, "base_image": ref}}
+
+
 def build_bento(
     bento_home: Path,
     champion: Champion,
     root: Path | None = None,
     timeout: float = 900,
+    base_image: str | None = None,
 ) -> BentoBuild:
     """``bentoml build`` for the champion (already imported), unless that exact Bento exists already.
 
     ``root``: a build context holding ``bento/service.py`` and ``taxi_platform/`` (default: staged from the
-    installed package by :func:`stage_build_context`).
+    installed package by :func:`stage_build_context`). ``base_image``: the image's base, pinned by digest
+    (:func:`with_base_image`); it is part of the Bento's version, so one tag never means two bases.
     """
     import yaml
 
     mpath = model_path(bento_home, champion.store_tag)
     config = bentofile_config()
+    if base_image:
+        config = with_base_image(config, base_image)
     python = config.setdefault("python", {})
     packages = locked_requirements()
     overrides: list[str] = []
@@ -492,7 +508,8 @@ def build_bento(
     python["lock_packages"] = False  # exact pins already: the lock's closure, not a new resolution
     with tempfile.TemporaryDirectory(prefix="bento-build-") as tmp:
         context = Path(root) if root is not None else stage_build_context(Path(tmp) / "context")
-        tag = f"{BENTO_NAME}:{bento_version(champion, source_fingerprint(context, packages))}"
+        extra = [*packages, f"docker.base_image={config['docker']['base_image']}"] if base_image else packages
+        tag = f"{BENTO_NAME}:{bento_version(champion, source_fingerprint(context, extra))}"
         path = bento_path(bento_home, tag)
         built = False
         if not (path / "bento.yaml").is_file():
@@ -548,16 +565,23 @@ def bento_requirements(path: Path) -> list[str]:
 
 
 def build_champion_bento(
-    bento_home: Path, tracking_uri: str, import_timeout: float = 600, build_timeout: float = 900
+    bento_home: Path,
+    tracking_uri: str,
+    import_timeout: float = 600,
+    build_timeout: float = 900,
+    base_image: str | None = None,
 ) -> tuple[Champion, bool, BentoBuild]:
     """The whole build: look up the champion, import it into the store, build its Bento.
 
     Returns (champion, whether the model was imported now, the build). ``taxi-platform build-bento`` and the
     ``fare_service`` asset both run this.
     """
+    if base_image:
+        with_base_image({}, base_image)  # a bad reference fails before any download
     champion = champion_info(tracking_uri)
     imported = import_champion(bento_home, champion, tracking_uri, timeout=import_timeout)
-    return champion, imported, build_bento(bento_home, champion, timeout=build_timeout)
+    build = build_bento(bento_home, champion, timeout=build_timeout, base_image=base_image)
+    return champion, imported, build
 
 
 def _import_model_main(tag: str, uri: str, labels_json: str) -> int:

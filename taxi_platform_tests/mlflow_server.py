@@ -6,6 +6,10 @@
 ``mlflow_server`` is a pytest fixture (module scope) built on it. The server runs in its own process
 group with one worker; teardown terminates it (then kills it after a grace period) and the log file is
 attached to start-up errors.
+
+``MlflowServer(root, auth=BasicAuth(...))`` runs MLflow's own ``basic-auth`` app instead, as the cluster does:
+the auth config file (``basic_auth.ini``) and its sqlite user store in ``root``, the admin created on first
+start from that file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,9 +33,35 @@ def closed_port() -> int:
     return free_port()
 
 
+@dataclass(frozen=True)
+class BasicAuth:
+    """Settings of MLflow's ``basic-auth`` app (the ``[mlflow]`` section of its config file)."""
+
+    admin_username: str = "admin"
+    admin_password: str = "admin-password-for-tests"
+    default_permission: str = "READ"
+    secret_key: str = "flask-secret-key-for-tests"
+
+    def config_text(self, database_uri: str) -> str:
+        return (
+            "[mlflow]\n"
+            f"default_permission = {self.default_permission}\n"
+            f"database_uri = {database_uri}\n"
+            f"admin_username = {self.admin_username}\n"
+            f"admin_password = {self.admin_password}\n"
+        )
+
+
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT_S):
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+        auth: BasicAuth | None = None,
+    ):
         self.root = Path(root)
+        self.auth = auth
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -60,7 +91,17 @@ class MlflowServer:
             "--artifacts-destination", str(self.artifacts_dir),
         ]  # fmt: skip
         env = {**os.environ, "MLFLOW_ENABLE_ASYNC_LOGGING": "false", "GIT_PYTHON_REFRESH": "quiet"}
-        env.pop("MLFLOW_TRACKING_URI", None)
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(name, None)
+        if self.auth is not None:
+            config = self.root / "basic_auth.ini"
+            config.write_text(self.auth.config_text(f"sqlite:///{self.root / 'basic_auth.db'}"))
+            cmd += ["--app-name", "basic-auth"]
+            env.update(
+                MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=self.auth.secret_key
+            )
+            for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+                env.pop(name, None)  # they would override the config file
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process in stop()
         self._log = log
         self.proc = subprocess.Popen(

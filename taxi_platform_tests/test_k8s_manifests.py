@@ -221,8 +221,7 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     pod = deployment["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
     # The password is a mounted Secret file, read by the start command; no secret in any env (CKV_K8S_35).
-    (secret_volume,) = [v for v in pod["volumes"] if "secret" in v]
-    assert secret_volume["secret"]["secretName"] == "mlflow-db"
+    (secret_volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "mlflow-db"]
     for c in (container, init):
         assert not any("valueFrom" in e for e in c.get("env", [])), f"{c['name']}: secret in the environment"
         assert {"name": secret_volume["name"], "mountPath": "/etc/mlflow-db", "readOnly": True} in c[
@@ -230,7 +229,7 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
         ]
         script = c["command"][2]
         # psycopg2 is the driver the image installs; a bare postgresql:// makes SQLAlchemy 2.1 import psycopg (3).
-        uri = re.search(r'MLFLOW_BACKEND_STORE_URI="([^"]+)"', script).group(1)
+        uri = re.search(r'(?:MLFLOW_BACKEND_STORE_URI|db)="(postgresql[^"]+)"', script).group(1)
         assert uri == (
             "postgresql+psycopg2://mlflow:$(cat /etc/mlflow-db/password)@${MLFLOW_DB_HOST}:5432/mlflow?sslmode=require"
         )
@@ -240,7 +239,7 @@ def test_mlflow_is_internal_and_uses_cloud_sql_and_gcs():
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
 
     kustomization = yaml.safe_load((K8S / "mlflow" / "kustomization.yaml").read_text())
-    (generator,) = kustomization["configMapGenerator"]
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "mlflow-config"]
     config = dict(
         line.split("=", 1)
         for line in (K8S / "mlflow" / generator["envs"][0]).read_text().splitlines()
@@ -276,7 +275,7 @@ def test_dagster_helm_values():
     assert deployment["image"]["repository"].endswith("/taxi-platform-dagster")
     assert deployment["image"]["tag"] not in ("", "latest")
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
-    env = {e["name"]: e["value"] for e in deployment["env"]}
+    env = {e["name"]: e["value"] for e in deployment["env"] if "value" in e}
     assert env["TAXI_LAKE_ROOT"].startswith("gs://")
     assert env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
 
@@ -392,7 +391,7 @@ def test_render_fills_the_dagster_helm_values():
         "tag": "0123abcd4567",
         "pullPolicy": "IfNotPresent",
     }
-    env = {e["name"]: e["value"] for e in deployment["env"]}
+    env = {e["name"]: e["value"] for e in deployment["env"] if "value" in e}
     # The bucket names terraform/storage.tf creates: <project>-<prefix>-<environment>-lake.
     assert env["TAXI_LAKE_ROOT"] == "gs://proj-1-taxi-dev-lake/lake"
     assert env["GOOGLE_CLOUD_PROJECT"] == "proj-1"
@@ -411,6 +410,7 @@ def test_render_fills_the_mlflow_manifests_and_refuses_missing_values():
     result = render(text, **RENDER_ENV)
     assert result.returncode == 0, result.stderr
     assert "10.77.0.3" in result.stdout and "gs://proj-1-taxi-dev-mlflow/artifacts" in result.stdout
+    assert "--app-name=basic-auth" in result.stdout
     assert "europe-west1-docker.pkg.dev/proj-1/taxi-platform/mlflow:" in result.stdout
     assert "taxi-dev-mlflow@proj-1.iam.gserviceaccount.com" in result.stdout
 
@@ -631,3 +631,153 @@ def test_deploy_docs_have_a_threat_model_naming_each_identity():
     for needle in ("API key", "Identity-Aware Proxy", "<name>-dagster", "<name>-mlflow", "<name>-serving",
                    "<name>-deployer", "deployer-rbac.yaml", "Binary Authorization", "default deny"):  # fmt: skip
         assert needle in section, f"threat model does not mention {needle}"
+
+
+# -- MLflow's own authentication (basic-auth app) ---------------------------------------------------------------
+
+MLFLOW_CLIENT_SECRET = "mlflow-client"  # in the dagster namespace: Dagster's MLflow user (docs/deploy.md)
+
+
+def mlflow_auth_config() -> dict[str, str]:
+    import configparser
+
+    kustomization = yaml.safe_load((K8S / "mlflow" / "kustomization.yaml").read_text())
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "mlflow-auth-config"]
+    (name,) = generator["files"]
+    parser = configparser.ConfigParser()
+    parser.read_string((K8S / "mlflow" / name).read_text())
+    return dict(parser["mlflow"])
+
+
+def test_mlflow_runs_the_basic_auth_app_with_credentials_from_mounted_secrets():
+    deployment = one(manifests("mlflow"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert "--app-name=basic-auth" in args or args[args.index("--app-name") + 1] == "basic-auth"
+    # Admin password and CSRF key: files of the Secret mlflow-auth, read by the start command; never env.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/etc/mlflow-auth"]]["secret"]["secretName"] == "mlflow-auth"
+    assert volumes[mounts["/etc/mlflow-auth-config"]]["configMap"]["name"] == "mlflow-auth-config"
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["mountPath"].startswith("/etc/"))
+    script = container["command"][2]
+    for variable, path in (
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "/etc/mlflow-auth/admin-password"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "/etc/mlflow-auth/flask-secret-key"),
+        ("MLFLOW_AUTH_CONFIG_PATH", "/tmp/basic_auth.ini"),
+    ):
+        assert re.search(rf'{variable}="?(\$\(cat )?{re.escape(path)}', script), f"{variable} not from {path}"
+        assert variable not in env_of(container), f"{variable} must not be in the pod spec"
+    # The auth config: its user store is the same Cloud SQL database (appended at start, with the password).
+    assert "cat /etc/mlflow-auth-config/basic_auth.ini" in script
+    assert re.search(r"printf 'database_uri = %s\\n' \"\$db\"", script), script
+    config = mlflow_auth_config()
+    assert config["default_permission"] == "READ" and config["admin_username"] == "admin"
+    assert "admin_password" not in config and "database_uri" not in config, (
+        "secrets stay out of the ConfigMap"
+    )
+    # The image has the basic-auth app's dependencies.
+    assert re.search(r'"mlflow\[auth\]==\$\{MLFLOW_VERSION\}"', (DEPLOY / "Dockerfile.mlflow").read_text())
+
+
+def test_every_pod_with_mlflow_tracking_uri_signs_in_from_the_mlflow_client_secret():
+    """Every Dagster container that talks to MLflow (code server, and run pods through
+    includeConfigInLaunchedRuns) gets its MLflow user from the Secret, never a literal."""
+    values = helm_values()
+    users = values["dagster-user-deployments"]["deployments"]
+    pods: list[tuple[str, list[dict]]] = [(u["name"], u.get("env", [])) for u in users]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    pods.append(("run launcher", launcher.get("envVars", [])))
+    for app in ("fare-service", "mlflow"):
+        for doc in manifests(app):
+            if doc["kind"] == "Deployment":
+                pods.extend((f"{app}/{c['name']}", c.get("env", [])) for c in containers(doc))
+    with_uri = [(name, env) for name, env in pods if any(e.get("name") == "MLFLOW_TRACKING_URI" for e in env)]
+    assert [name for name, _ in with_uri] == ["taxi-platform"], with_uri
+    for name, env in with_uri:
+        assert users[0]["includeConfigInLaunchedRuns"]["enabled"] is True, "run pods need the same env"
+        by_name = {e["name"]: e for e in env}
+        for variable, key in (
+            ("MLFLOW_TRACKING_USERNAME", "username"),
+            ("MLFLOW_TRACKING_PASSWORD", "password"),
+        ):
+            assert variable in by_name, f"{name}: {variable} missing"
+            assert "value" not in by_name[variable], f"{name}: {variable} is a literal"
+            assert by_name[variable]["valueFrom"]["secretKeyRef"] == {
+                "name": MLFLOW_CLIENT_SECRET,
+                "key": key,
+            }
+    # No other place hard-codes MLflow credentials.
+    for path in [*K8S.rglob("*.yaml"), DEPLOY / "helm" / "dagster-values.yaml"]:
+        text = path.read_text()
+        assert not re.search(
+            r"MLFLOW_TRACKING_PASSWORD\s*[:=]\s*\S", text.replace("MLFLOW_TRACKING_PASSWORD\n", "")
+        ), path
+
+
+def test_mlflow_secrets_come_from_terraform_generated_secret_manager_secrets():
+    options = SerializationOptions(
+        with_comments=False, explicit_blocks=False, preserve_heredocs=False, strip_string_quotes=True
+    )
+    tf = {
+        p.name: hcl2.loads(p.read_text(), serialization_options=options)
+        for p in (REPO / "terraform").glob("*.tf")
+    }
+    resources = {
+        (kind, name): body
+        for doc in tf.values()
+        for block in doc.get("resource", [])
+        for kind, named in block.items()
+        for name, body in named.items()
+    }
+    locals_ = {k: v for doc in tf.values() for block in doc.get("locals", []) for k, v in block.items()}
+    assert locals_["mlflow_users"] == '${toset(["admin", "dagster", "deployer"])}'
+    secret = resources[("google_secret_manager_secret", "mlflow_user_password")]
+    assert secret["secret_id"] == "${local.name}-mlflow-${each.key}-password"
+    version = resources[("google_secret_manager_secret_version", "mlflow_user_password")]
+    assert version["secret_data"] == "${random_password.mlflow_user[each.key].result}"
+    assert resources[("random_password", "mlflow_user")]["special"] is False
+    # Who reads which password: the server its admin's, Dagster its own, the deployer its read-only user's.
+    readers = {
+        name: (body["secret_id"], body["member"])
+        for (kind, name), body in resources.items()
+        if kind == "google_secret_manager_secret_iam_member" and "mlflow" in name
+    }
+    assert readers == {
+        "mlflow_admin_password": (
+            '${google_secret_manager_secret.mlflow_user_password["admin"].id}',
+            'serviceAccount:${google_service_account.workload["mlflow"].email}',
+        ),
+        "mlflow_flask_secret_key": (
+            "${google_secret_manager_secret.mlflow_flask_secret_key.id}",
+            'serviceAccount:${google_service_account.workload["mlflow"].email}',
+        ),
+        "mlflow_dagster_password": (
+            '${google_secret_manager_secret.mlflow_user_password["dagster"].id}',
+            'serviceAccount:${google_service_account.workload["dagster"].email}',
+        ),
+        "deployer_mlflow_password": (
+            '${google_secret_manager_secret.mlflow_user_password["deployer"].id}',
+            "serviceAccount:${google_service_account.deployer.email}",
+        ),
+    }, readers
+
+
+def test_deploy_docs_create_the_mlflow_secrets_and_users_from_secret_manager():
+    text = (REPO / "docs" / "deploy.md").read_text()
+    for needle in (
+        "kubectl -n mlflow create secret generic mlflow-auth",
+        "--from-literal=admin-password=",
+        "--from-literal=flask-secret-key=",
+        f"kubectl -n dagster create secret generic {MLFLOW_CLIENT_SECRET}",
+        "${PLATFORM_NAME}-mlflow-admin-password",
+        "${PLATFORM_NAME}-mlflow-dagster-password",
+        "for user in dagster deployer",
+        "${PLATFORM_NAME}-mlflow-$user-password",
+        "/api/2.0/mlflow/users/create",
+    ):
+        assert needle in text, f"docs/deploy.md does not show {needle}"
+    section = text.split("## Threat model", 1)[1].split("\n## ", 1)[0]
+    assert "basic-auth" in section and "deployer" in section and "MLflow user" in section
+    assert "basic-auth` app is not turned on" not in section

@@ -60,6 +60,13 @@ resource "google_artifact_registry_repository_iam_member" "deployer_push" {
   member     = "serviceAccount:${google_service_account.deployer.email}"
 }
 
+# Read the champion from MLflow as the read-only MLflow user `deployer` (basic-auth): its password, no other secret.
+resource "google_secret_manager_secret_iam_member" "deployer_mlflow_password" {
+  secret_id = google_secret_manager_secret.mlflow_user_password["deployer"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.deployer.email}"
+}
+
 # Reach the cluster and nothing more: fetch its endpoint and connect through the DNS-based endpoint.
 # No container.* permission on Kubernetes objects is granted in IAM (roles/container.developer would
 # let the workflow create pods in the dagster namespace and so act as the lake's writer through

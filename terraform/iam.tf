@@ -66,6 +66,26 @@ resource "google_secret_manager_secret_iam_member" "db_password" {
   member    = "serviceAccount:${google_service_account.workload[each.key].email}"
 }
 
+# MLflow basic-auth: the server reads its admin password and CSRF key; Dagster reads its own MLflow user's
+# password. (The deployer's read-only MLflow password: github_oidc.tf.)
+resource "google_secret_manager_secret_iam_member" "mlflow_admin_password" {
+  secret_id = google_secret_manager_secret.mlflow_user_password["admin"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workload["mlflow"].email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "mlflow_flask_secret_key" {
+  secret_id = google_secret_manager_secret.mlflow_flask_secret_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workload["mlflow"].email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "mlflow_dagster_password" {
+  secret_id = google_secret_manager_secret.mlflow_user_password["dagster"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.workload["dagster"].email}"
+}
+
 # The fare service calls no Google API itself: the model is baked into its image and its prediction
 # logs go to stdout, which GKE ships to Cloud Logging. Its one grant: GKE's Secret Manager add-on,
 # acting as the pod's identity, may read the API-key hashes secret it mounts as a file.

@@ -35,5 +35,8 @@ locals {
   # One Postgres database and login per metadata store on the shared Cloud SQL instance.
   databases = toset(["dagster", "mlflow"])
 
+  # MLflow basic-auth users (secrets.tf): the server's admin, Dagster's read/write user, CI's read-only user.
+  mlflow_users = toset(["admin", "dagster", "deployer"])
+
   image_registry = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.containers.repository_id}"
 }

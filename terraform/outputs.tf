@@ -53,6 +53,16 @@ output "db_password_secrets" {
   value       = { for db, secret in google_secret_manager_secret.db_password : db => secret.secret_id }
 }
 
+output "mlflow_user_password_secrets" {
+  description = "Secret Manager secret IDs holding the MLflow basic-auth passwords, by MLflow user (admin, dagster, deployer)."
+  value       = { for user, secret in google_secret_manager_secret.mlflow_user_password : user => secret.secret_id }
+}
+
+output "mlflow_flask_secret_key_secret" {
+  description = "Secret Manager secret ID holding the CSRF key of MLflow's basic-auth app (MLFLOW_FLASK_SERVER_SECRET_KEY)."
+  value       = google_secret_manager_secret.mlflow_flask_secret_key.secret_id
+}
+
 output "workload_service_accounts" {
   description = "Google service account email per workload; annotate the Kubernetes service accounts with these (iam.gke.io/gcp-service-account)."
   value       = { for name, sa in google_service_account.workload : name => sa.email }

@@ -43,3 +43,57 @@ resource "google_secret_manager_secret" "fare_api_keys" {
 
   depends_on = [google_project_service.apis]
 }
+
+# MLflow's own authentication (`mlflow server --app-name basic-auth`): one password per MLflow user, generated
+# here like the database passwords. `admin` is created by the server on its first start (from the mounted
+# Secret mlflow-auth); `dagster` (read/write, used by the Dagster pods) and `deployer` (read-only, used by
+# .github/workflows/deploy.yml) are created once by an administrator (docs/deploy.md, "MLflow users").
+resource "random_password" "mlflow_user" {
+  for_each = local.mlflow_users
+
+  length = 32
+  # Letters and digits only: the passwords travel in HTTP basic auth headers and shell variables.
+  special = false
+}
+
+resource "google_secret_manager_secret" "mlflow_user_password" {
+  for_each = local.mlflow_users
+
+  secret_id = "${local.name}-mlflow-${each.key}-password"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "mlflow_user_password" {
+  for_each = local.mlflow_users
+
+  secret      = google_secret_manager_secret.mlflow_user_password[each.key].id
+  secret_data = random_password.mlflow_user[each.key].result
+}
+
+# The basic-auth app's CSRF key: the same in every worker and replica of the server.
+resource "random_password" "mlflow_flask_secret_key" {
+  length  = 64
+  special = false
+}
+
+resource "google_secret_manager_secret" "mlflow_flask_secret_key" {
+  secret_id = "${local.name}-mlflow-flask-secret-key"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "mlflow_flask_secret_key" {
+  secret      = google_secret_manager_secret.mlflow_flask_secret_key.id
+  secret_data = random_password.mlflow_flask_secret_key.result
+}

@@ -16,10 +16,10 @@ Load generator: ``wrk`` (Debian package ``wrk``) with a generated Lua script for
 CPU, so its figures are lower for both sides.
 
     uv run python benchmarks/bench_serving.py                    # uses $TAXI_DATA_DIR's Bento store / MLflow
-    uv run python benchmarks/bench_serving.py --workers 1 --duration 10 --rounds 1
+    uv run python benchmarks/bench_serving.py --workers 1 --duration 10 --rounds 2
 
 Targets on 2 cores: single-quote throughput ≥ 1.5× the FastAPI recipe with p99 ≤ 50 ms; batch ≥ 100k
-predictions/s. The Bento's prediction log is on (as in production) but written to a temporary directory.
+predictions/s. Every figure is the median of ``--rounds`` (5) rounds, printed with its min-max. The Bento's prediction log is on (as in production) but written to a temporary directory.
 Results go to ``benchmarks/out/serving-<timestamp>.json``. The machine's load (``/proc/loadavg``) is recorded
 before and after: other work on the machine lowers every figure.
 """
@@ -256,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers for both servers (default 2)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement (default 15)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating rounds; the median is reported with min-max (default 5)",
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-connections", type=int, default=8)
@@ -369,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     load_after = loadavg()
 
     def summary(runs: list[LoadResult], per_request: int = 1) -> dict:
+        rps = [r.rps for r in runs]
         return {
-            "rps": statistics.median(r.rps for r in runs),
+            "rps": statistics.median(rps),
+            "rps_min": min(rps),
+            "rps_max": max(rps),
+            "p99_ms_min": min(r.p99_ms for r in runs),
+            "p99_ms_max": max(r.p99_ms for r in runs),
             "p50_ms": statistics.median(r.p50_ms for r in runs),
             "p99_ms": statistics.median(r.p99_ms for r in runs),
             "predictions_per_s": statistics.median(r.rps for r in runs) * per_request,
@@ -419,15 +429,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nBento {tag} (model version {model_version}), {args.workers} worker(s) each, {os.cpu_count()} CPUs, "
           f"loadgen {args.loadgen}; load average before {load_before}, after {load_after}")  # fmt: skip
+    print(f"median of {args.rounds} rounds (min-max)")
     print(
-        f"{'server':10s} {'single req/s':>13s} {'p50 ms':>8s} {'p99 ms':>8s} {'batch pred/s':>14s} {'batch p99 ms':>13s}"
+        f"{'server':10s} {'single req/s':>24s} {'p50 ms':>8s} {'p99 ms':>20s} {'batch pred/s':>26s} "
+        f"{'batch p99 ms':>13s}"
     )
     for name, res in report["results"].items():
         s, b = res["single"], res["batch"]
-        print(
-            f"{name:10s} {s['rps']:13.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} "
-            f"{b['predictions_per_s']:14.0f} {b['p99_ms']:13.1f}"
-        )
+        n = args.batch_size
+        single = f"{s['rps']:.1f} ({s['rps_min']:.0f}-{s['rps_max']:.0f})"
+        p99 = f"{s['p99_ms']:.1f} ({s['p99_ms_min']:.1f}-{s['p99_ms_max']:.1f})"
+        batch = f"{b['predictions_per_s']:.0f} ({b['rps_min'] * n:.0f}-{b['rps_max'] * n:.0f})"
+        print(f"{name:10s} {single:>24s} {s['p50_ms']:8.1f} {p99:>20s} {batch:>26s} {b['p99_ms']:13.1f}")
     if agreement is not None:
         print(f"fares agree between the two servers: max |difference| = {agreement:.4f} USD")
     for name, ok in checks.items():

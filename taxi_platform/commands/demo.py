@@ -116,8 +116,16 @@ def _materialize(assets: list, selection: list[str], instance, resources: dict, 
 
 
 def _meta(result, key: str) -> dict:
+    """The latest materialisation's metadata as plain values (tables as lists of row dicts), for the JSON report."""
+    import dagster as dg
+
+    def plain(value):
+        if isinstance(value, dg.TableMetadataValue):
+            return [record.data for record in value.records]
+        return getattr(value, "value", value)
+
     mats = result.asset_materializations_for_node(key)
-    return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()} if mats else {}
+    return {k: plain(v) for k, v in mats[-1].metadata.items()} if mats else {}
 
 
 def run_demo(args: argparse.Namespace) -> DemoReport:
@@ -214,25 +222,20 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
 
     stages.append(("Ingest + clean + features", len(early), ingest))
 
+    def monthly(asset: str, into: dict[str, dict]) -> Callable[[], None]:
+        """A stage materialising ``asset`` for every early month but the first (which has no history)."""
+
+        def stage() -> None:
+            for key in early[1:]:
+                into[key[:7]] = _meta(_materialize(assets + checks, [asset], instance, resources, key), asset)
+                progress.advance(task)
+
+        return stage
+
     if "fare_model" in available:
-
-        def model() -> None:
-            for key in early[1:]:
-                result = _materialize(assets + checks, ["fare_model"], instance, resources, key)
-                report.model[key[:7]] = _meta(result, "fare_model")
-                progress.advance(task)
-
-        stages.append(("Train + register model", len(early) - 1, model))
-
+        stages.append(("Train + register model", len(early) - 1, monthly("fare_model", report.model)))
     if "drift_report" in available:
-
-        def drift() -> None:
-            for key in early[1:]:
-                result = _materialize(assets + checks, ["drift_report"], instance, resources, key)
-                report.drift[key[:7]] = _meta(result, "drift_report")
-                progress.advance(task)
-
-        stages.append(("Drift + quality reports", len(early) - 1, drift))
+        stages.append(("Drift + quality reports", len(early) - 1, monthly("drift_report", report.drift)))
 
     if "fare_service" in available:
 

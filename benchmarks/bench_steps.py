@@ -292,7 +292,7 @@ def scenario_transform(work: Path, rows: int, repeat: int, timeout: float, libra
             lib_runs = [bench_transform._run(step, trip, work / "library-lake") for _ in range(repeat)]
             lib[step] = {
                 "seconds": spread(r["seconds"] for r in lib_runs),
-                "peak_rss_mib": spread(r["peak_rss_mib"] for r in lib_runs),
+                "peak_rss_mib": spread(r["peak_rss_mb"] for r in lib_runs),
             }
         lib["total_s_median"] = round(
             lib["cleaned"]["seconds"]["median"] + lib["features"]["seconds"]["median"], 3

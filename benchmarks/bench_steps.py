@@ -66,7 +66,9 @@ TARGETS = {
 SETUP = r"""
 import sys
 import dagster as dg
-from taxi_platform.definitions import defs
+from taxi_platform.definitions import build_definitions
+
+defs = build_definitions()
 
 months = sys.argv[1].split(",")
 instance = dg.DagsterInstance.get()

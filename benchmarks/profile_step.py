@@ -85,7 +85,9 @@ def profile_step(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     import dagster as dg
 
-    from taxi_platform.definitions import defs
+    from taxi_platform.definitions import build_definitions
+
+    defs = build_definitions()
 
     imported = time.perf_counter() - t0
     assets = list(defs.assets or []) + list(defs.asset_checks or [])

@@ -1,44 +1,48 @@
-"""The platform's Dagster definitions: every stage's assets, checks, resources, sensors and schedules.
+"""The platform's Dagster definitions: everything defined under ``taxi_platform/defs/``.
 
-Each ``taxi_platform.defs.<stage>`` module exports ``assets``, ``asset_checks`` and ``resources`` (and, where it
-has them, ``sensors``, ``schedules`` and ``jobs``); this module only assembles them, in data-flow order.
+``dg.load_from_defs_folder`` imports every module there and collects what it defines, so an asset, check,
+sensor or schedule cannot be left out by forgetting a list; resources come from ``defs/resources.py``. The
+``[tool.dg]`` table it reads ships in the wheel, so an installed package loads the same way as the checkout.
 """
 
 from __future__ import annotations
 
-import importlib
+import warnings
+from collections.abc import Iterable
+from typing import TypeVar
 
 import dagster as dg
 
-STAGES = ("ingest", "transform", "model", "monitoring", "serving", "automation")
+from taxi_platform.lib.package_files import runtime_file
+
+T = TypeVar("T")
 
 
-def build_definitions(stages: tuple[str, ...] = STAGES) -> dg.Definitions:
-    assets: list = []
-    checks: list = []
-    resources: dict = {}
-    sensors: list = []
-    schedules: list = []
-    jobs: list = []
-    for stage in ("resources", *stages):
-        module = importlib.import_module(f"taxi_platform.defs.{stage}")
-        assets += list(getattr(module, "assets", []))
-        checks += list(getattr(module, "asset_checks", []))
-        resources.update(getattr(module, "resources", {}))
-        sensors += list(getattr(module, "sensors", []))
-        schedules += list(getattr(module, "schedules", []))
-        jobs += list(getattr(module, "jobs", []))
+def _unique(items: Iterable[T] | None) -> list[T]:
+    """A package's ``__init__`` re-exports its modules' definitions, so the loader finds those objects twice."""
+    return list({id(item): item for item in items or []}.values())
+
+
+def build_definitions() -> dg.Definitions:
+    """Load ``taxi_platform.defs`` and link every asset to its source file and line in the UI."""
+    loaded = dg.load_from_defs_folder(path_within_project=runtime_file("pyproject.toml").parent)
+    assets = _unique(loaded.assets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # source-code references are beta in Dagster 1.13
+        assets = dg.with_source_code_references(assets)
     return dg.Definitions(
+        assets=assets,
+        asset_checks=_unique(loaded.asset_checks),
+        sensors=_unique(loaded.sensors),
+        schedules=_unique(loaded.schedules),
+        jobs=_unique(loaded.jobs),
+        resources=loaded.resources,
         # One process per run, not per step: a month's steps depend on each other, and a fresh Python process
         # per step cost 7-14 s on 2 cores. Runs (months) still execute in parallel, up to the run queue's limit.
         executor=dg.in_process_executor,
-        assets=assets,
-        asset_checks=checks,
-        resources=resources,
-        sensors=sensors,
-        schedules=schedules,
-        jobs=jobs,
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from taxi_platform.definitions import defs
+from taxi_platform.definitions import build_definitions
 from taxi_platform.defs import automation
 from taxi_platform.defs.partitions import monthly_partitions
+
+defs = build_definitions()
 
 FIRST = monthly_partitions.get_partition_keys()[0]
 SECOND, THIRD = monthly_partitions.get_partition_keys()[1:3]

@@ -72,7 +72,9 @@ def test_ensure_dagster_home_keeps_an_edited_config_and_explains_a_missing_one(t
 
 
 def test_definitions_wire_sensors_schedule_pools_retries_and_backfill_policies():
-    from taxi_platform.definitions import defs
+    from taxi_platform.definitions import build_definitions
+
+    defs = build_definitions()
 
     repo = defs.get_repository_def()
     sensors = {s.name: s for s in repo.sensor_defs}

@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.defs import ingest
 from taxi_platform.defs.ingest import raw_schema_recognised, raw_trips, taxi_zones
-from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+from taxi_platform.defs.resources import RESOURCES, LakeResource, TlcSourceResource
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
 from taxi_platform_tests import mirror_fixtures
@@ -90,7 +89,9 @@ def _raw_file(lake_root: Path, service: str, month: date) -> Path:
 
 
 def test_definitions_load_with_pool_retry_policy_and_partitions():
-    defs = dg.Definitions(assets=ingest.assets, asset_checks=ingest.asset_checks, resources=ingest.resources)
+    defs = dg.Definitions(
+        assets=[taxi_zones, raw_trips], asset_checks=[raw_schema_recognised], resources=RESOURCES
+    )
     assert defs.resolve_asset_graph().get_all_asset_keys() >= {
         dg.AssetKey("taxi_zones"),
         dg.AssetKey("raw_trips"),

@@ -375,8 +375,8 @@ def test_definitions_load_with_monitoring_and_stay_light():
     import sys
 
     code = (
-        "import sys; from taxi_platform.definitions import build_definitions, STAGES; "
-        "d = build_definitions(tuple(dict.fromkeys((*STAGES, 'monitoring')))); "
+        "import sys; from taxi_platform.definitions import build_definitions; "
+        "d = build_definitions(); "
         "r = d.get_repository_def(); r.get_sensor_def('retrain_on_mae_degradation'); "
         "keys = {k.to_user_string() for k in r.asset_graph.get_all_asset_keys()}; "
         "assert {'drift_report', 'monitoring_trend'} <= keys, keys; "

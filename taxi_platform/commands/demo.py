@@ -188,7 +188,9 @@ def _ensure_dagster_home(data_dir: Path) -> Path:
 def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, url: str) -> None:
     import dagster as dg
 
-    from taxi_platform.definitions import defs
+    from taxi_platform.definitions import build_definitions
+
+    defs = build_definitions()
 
     instance = dg.DagsterInstance.get()
     assets = list(defs.assets or [])

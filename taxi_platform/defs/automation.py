@@ -51,6 +51,7 @@ from collections.abc import Iterable, Mapping
 import dagster as dg
 from dagster._core.storage.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
+from taxi_platform.defs.keys import CLEANED_TRIPS, FARE_MODEL, RAW_TRIPS, TAXI_ZONES, TRIP_FEATURES
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import TlcSourceResource
 from taxi_platform.lib.months import month_label, parse_month
@@ -69,11 +70,6 @@ from taxi_platform.lib.run_tags import ATTEMPT_TAG, CHANGED_SERVICES_TAG, MONTH_
 from taxi_platform.lib.tlc import ProbeResult, probe, probe_many, trip_url
 from taxi_platform.settings import load_automation_settings
 
-TAXI_ZONES = dg.AssetKey("taxi_zones")
-RAW_TRIPS = dg.AssetKey("raw_trips")
-CLEANED_TRIPS = dg.AssetKey("cleaned_trips")
-TRIP_FEATURES = dg.AssetKey("trip_features")
-FARE_MODEL = dg.AssetKey("fare_model")
 MONTHLY_TARGET = (RAW_TRIPS, CLEANED_TRIPS, TRIP_FEATURES)
 
 RELEASE_SENSOR_NAME = "tlc_release_sensor"
@@ -509,11 +505,6 @@ with warnings.catch_warnings():
         ),
     )
 
-assets: list = []
-asset_checks: list = []
-resources: dict = {}
-sensors = [tlc_release_sensor, taxi_automation_sensor]
-schedules = [tlc_monthly_safety_net]
 
 __all__ = [
     "AUTOMATION_SENSOR_NAME",
@@ -525,8 +516,6 @@ __all__ = [
     "drift_report_condition",
     "fare_model_condition",
     "follow_upstream",
-    "schedules",
-    "sensors",
     "taxi_automation_sensor",
     "tlc_monthly_safety_net",
     "tlc_release_sensor",

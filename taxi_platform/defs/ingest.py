@@ -16,9 +16,9 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from taxi_platform.defs.keys import RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.defs.resources import resources as _shared_resources
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import parse_month
 from taxi_platform.lib.tlc import (
@@ -36,8 +36,7 @@ from taxi_platform.lib.tlc import (
 from taxi_platform.lib.tlc_schema import SchemaMismatchError, era_for, match_schema
 from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
 
-RAW_TRIPS = "raw_trips"
-TAXI_ZONES = "taxi_zones"
+RAW_TABLE = "raw_trips"  # the lake table raw_trips writes
 
 INGEST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 TLC_POOL = "tlc_downloads"
@@ -150,7 +149,7 @@ def _remove_empty_dirs(lk: Lake, dests: list[str]) -> None:
     """After a failed run, drop directories staging created for a partition that never got its files."""
     if lk.is_remote:
         return  # object stores have no empty directories
-    stop = os.path.abspath(lk.path(RAW_TRIPS))
+    stop = os.path.abspath(lk.path(RAW_TABLE))
     for dest in dests:
         directory = os.path.dirname(os.path.abspath(dest))
         while directory.startswith(stop) and os.path.isdir(directory):
@@ -291,7 +290,7 @@ def raw_trips(
 def _months_in_lake(lk: Lake, services: tuple[str, ...]) -> list[date]:
     months: set[date] = set()
     for service in services:
-        for name in lk.listdir(lk.path(RAW_TRIPS, f"service={service}")):
+        for name in lk.listdir(lk.path(RAW_TABLE, f"service={service}")):
             if name.startswith("month="):
                 try:
                     months.add(parse_month(name[len("month=") :]))
@@ -370,18 +369,11 @@ def raw_schema_recognised(
     )
 
 
-assets = [taxi_zones, raw_trips]
-asset_checks = [raw_schema_recognised]
-resources = dict(_shared_resources)
-
 __all__ = [
     "INGEST_RETRY_POLICY",
     "TLC_POOL",
-    "asset_checks",
-    "assets",
     "raw_schema_recognised",
     "raw_trip_path",
     "raw_trips",
-    "resources",
     "taxi_zones",
 ]

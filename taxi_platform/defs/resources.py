@@ -8,6 +8,7 @@ in ``dagster dev`` and in a Kubernetes run pod (where settings come from that po
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -172,8 +173,28 @@ class MlflowResource(dg.ConfigurableResource):
             )  # dagster-mlflow's teardown: ends the run FAILED/KILLED if an error propagates
 
 
-resources: dict[str, dg.ConfigurableResource] = {
+class BentoStoreResource(dg.ConfigurableResource):
+    """Where Bentos are built and how long importing and building may take (the registry is ``mlflow``'s)."""
+
+    bento_home: str | None = Field(
+        default=None, description="BentoML home (model and Bento store). Default: $TAXI_DATA_DIR/bentoml."
+    )
+    import_timeout: float = Field(default=600.0, description="Seconds allowed for importing the champion.")
+    build_timeout: float = Field(default=900.0, description="Seconds allowed for `bentoml build`.")
+
+    def home(self) -> Path:
+        return Path(self.bento_home) if self.bento_home else load_settings().bento_home
+
+
+RESOURCES: dict[str, dg.ConfigurableResource] = {
     "lake": LakeResource(),
     "tlc": TlcSourceResource(),
     "mlflow": MlflowResource(),
+    "bento_store": BentoStoreResource(),
 }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """Every resource, by the key the assets name (load_from_defs_folder picks this up)."""
+    return dg.Definitions(resources=RESOURCES)

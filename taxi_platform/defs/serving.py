@@ -19,17 +19,11 @@ run). A ``fare_model`` run that did not move the alias costs one registry lookup
 ``rebuilt = false``.
 """
 
-from pathlib import Path
-
 import dagster as dg
-from pydantic import Field
 
-from taxi_platform.defs.resources import MlflowResource
+from taxi_platform.defs.keys import FARE_MODEL, FARE_SERVICE
+from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
 from taxi_platform.lib import bento_build
-from taxi_platform.settings import load_settings
-
-FARE_SERVICE = "fare_service"
-FARE_MODEL = dg.AssetKey("fare_model")
 
 AFTER_FARE_MODEL = (
     (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
@@ -37,19 +31,6 @@ AFTER_FARE_MODEL = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("after fare_model updates (any partition), none in progress")
-
-
-class BentoStoreResource(dg.ConfigurableResource):
-    """Where Bentos are built and how long importing and building may take (the registry is ``mlflow``'s)."""
-
-    bento_home: str | None = Field(
-        default=None, description="BentoML home (model and Bento store). Default: $TAXI_DATA_DIR/bentoml."
-    )
-    import_timeout: float = Field(default=600.0, description="Seconds allowed for importing the champion.")
-    build_timeout: float = Field(default=900.0, description="Seconds allowed for `bentoml build`.")
-
-    def home(self) -> Path:
-        return Path(self.bento_home) if self.bento_home else load_settings().bento_home
 
 
 @dg.asset(
@@ -129,8 +110,3 @@ def fare_service(
             ),
         ],
     )
-
-
-assets = [fare_service]
-asset_checks: list = []
-resources = {"bento_store": BentoStoreResource()}

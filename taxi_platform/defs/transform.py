@@ -8,6 +8,7 @@ from datetime import date
 import dagster as dg
 
 from taxi_platform.defs.automation import follow_upstream
+from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.metadata import parquet_data_source, table_metadata
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
@@ -41,24 +42,24 @@ def load_zones(lake: Lake) -> ZoneTable:
 
 @dg.asset(
     partitions_def=monthly_partitions,
-    deps=["raw_trips"],
+    deps=[RAW_TRIPS],
     group_name="transform",
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
     check_specs=[
         dg.AssetCheckSpec(
             "kept_ratio_above_threshold",
-            asset="cleaned_trips",
+            asset=CLEANED_TRIPS,
             description=f"At least {MIN_KEPT_RATIO:.0%} of raw rows survive cleaning (warns).",
         ),
         dg.AssetCheckSpec(
             "no_nulls_in_key_columns",
-            asset="cleaned_trips",
+            asset=CLEANED_TRIPS,
             description=f"No NULLs in {', '.join(KEY_COLUMNS)}.",
         ),
         dg.AssetCheckSpec(
             "pickups_inside_month",
-            asset="cleaned_trips",
+            asset=CLEANED_TRIPS,
             description="Every pickup lies inside the partition's month.",
         ),
     ],
@@ -149,7 +150,7 @@ def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> l
 
 @dg.asset(
     partitions_def=monthly_partitions,
-    deps=["cleaned_trips", "taxi_zones"],
+    deps=[CLEANED_TRIPS, TAXI_ZONES],
     group_name="transform",
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
@@ -174,7 +175,3 @@ def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
             "data_source": parquet_data_source(store, dest),
         }
     )
-
-
-assets = [cleaned_trips, trip_features]
-asset_checks: list = []

@@ -20,6 +20,7 @@ import warnings
 import dagster as dg
 
 from taxi_platform.defs.automation import fare_model_condition
+from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -27,8 +28,6 @@ from taxi_platform.lib import model_run
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tracking import TrackedRun
 
-FARE_MODEL = dg.AssetKey("fare_model")
-TRIP_FEATURES = dg.AssetKey("trip_features")
 CHECK_DESCRIPTIONS = {
     "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
     f"initial charge, and at most {model_run.MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are "

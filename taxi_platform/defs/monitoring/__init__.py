@@ -6,7 +6,7 @@
 - :mod:`.retraining` -- the sensor that sends the newest month back to fare_model when its MAE check fails.
 
 The champion lookup, the retraining decision and the report figures live in ``taxi_platform.lib``; these modules
-only wire them into Dagster. The MLflow registry comes from the ``mlflow`` resource the model stage registers.
+only wire them into Dagster. The MLflow registry comes from the ``mlflow`` resource.
 """
 
 from taxi_platform.defs.monitoring.drift_report import (
@@ -31,11 +31,6 @@ from taxi_platform.defs.monitoring.served_quotes import (
     served_quotes,
 )
 
-assets = [drift_report, monitoring_trend, served_quotes, served_quote_accuracy]
-asset_checks: list = []
-resources: dict = {}
-sensors = [retrain_on_mae_degradation]
-
 __all__ = [
     "CHECK_SPECS",
     "DRIFT_REPORT",
@@ -48,14 +43,10 @@ __all__ = [
     "TREND_CONDITION",
     "DriftReportConfig",
     "ServedQuotesConfig",
-    "asset_checks",
-    "assets",
     "drift_report",
     "mae_evaluations",
     "monitoring_trend",
-    "resources",
     "retrain_on_mae_degradation",
-    "sensors",
     "served_quote_accuracy",
     "served_quotes",
 ]

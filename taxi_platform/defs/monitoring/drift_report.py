@@ -23,6 +23,7 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.defs.automation import drift_report_condition
+from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -51,7 +52,6 @@ from taxi_platform.lib.months import month_label
 from taxi_platform.lib.registry import ChampionTagsError, NoChampionError, load_champion, load_predictor
 from taxi_platform.settings import load_settings
 
-DRIFT_REPORT = dg.AssetKey("drift_report")
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
 
 
@@ -196,7 +196,7 @@ CHECK_SPECS = _check_specs()
 @dg.asset(
     key=DRIFT_REPORT,
     partitions_def=monthly_partitions,
-    deps=["trip_features", "fare_model"],
+    deps=[TRIP_FEATURES, FARE_MODEL],
     group_name="monitoring",
     kinds={"evidently", "mlflow", "html"},
     automation_condition=drift_report_condition(),

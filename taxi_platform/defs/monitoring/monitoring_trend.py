@@ -9,6 +9,7 @@ imported by :mod:`taxi_platform.lib.trend` only when plotting.
 
 import dagster as dg
 
+from taxi_platform.defs.keys import MONITORING_TREND
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
 from taxi_platform.defs.resources import LakeResource
@@ -21,8 +22,6 @@ from taxi_platform.lib.trend import (
     trend_path,
 )
 from taxi_platform.settings import load_settings
-
-MONITORING_TREND = dg.AssetKey("monitoring_trend")
 
 TREND_CONDITION = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()

@@ -12,11 +12,11 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from taxi_platform.defs.automation import DEFAULT_STATUS
+from taxi_platform.defs.keys import FARE_MODEL
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT, MAE_CHECK_KEY
 from taxi_platform.lib.retraining import MaeEvaluation, RetrainCursor, decide
 from taxi_platform.lib.run_tags import RETRAIN_REASON_TAG
 
-FARE_MODEL = dg.AssetKey("fare_model")
 RETRAIN_SENSOR_NAME = "retrain_on_mae_degradation"
 _DONE = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 

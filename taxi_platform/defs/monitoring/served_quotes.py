@@ -15,6 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.defs.automation import drift_report_condition
+from taxi_platform.defs.keys import SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -31,9 +32,6 @@ from taxi_platform.lib.served_quotes import (
     served_quotes_table,
 )
 from taxi_platform.settings import load_settings
-
-SERVED_QUOTES = dg.AssetKey("served_quotes")
-SERVED_QUOTE_ACCURACY = dg.AssetKey("served_quote_accuracy")
 
 # The worst cells of served_quote_accuracy's report, as the metadata table shows them.
 WORST_CELL_COLUMNS = {
@@ -64,7 +62,7 @@ class ServedQuotesConfig(dg.Config):
 @dg.asset(
     key=SERVED_QUOTES,
     partitions_def=monthly_partitions,
-    deps=["trip_features"],
+    deps=[TRIP_FEATURES],
     group_name="monitoring",
     kinds={"parquet", "duckdb"},
     automation_condition=drift_report_condition(),

@@ -110,17 +110,29 @@ def config_env(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def k8s_env(c: dict, secrets: dict[str, str], known: dict[str, str]) -> dict[str, str]:
-    """A container's ``env`` list: values, secrets by name, ``$(VAR)`` references expanded in order."""
+def k8s_env(c: dict, secrets: dict[str, dict[str, str]], known: dict[str, str]) -> dict[str, str]:
+    """A container's ``env`` list: values, ``valueFrom.secretKeyRef`` from ``secrets`` (Secret name -> key ->
+    value), ``$(VAR)`` references expanded in order."""
     env = dict(known)
     out: dict[str, str] = {}
     for item in c.get("env", []):
         if "value" in item:
             value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(item["value"]))
         else:
-            value = secrets[item["name"]]
+            ref = item["valueFrom"]["secretKeyRef"]
+            value = secrets[ref["name"]][ref["key"]]
         env[item["name"]] = out[item["name"]] = value
     return out
+
+
+def kustomize_configmaps(folder: Path) -> dict[str, dict[str, str]]:
+    """The ``files`` ConfigMaps of a kustomization's configMapGenerator: name -> file name -> content."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    return {
+        g["name"]: {Path(f).name: (folder / f).read_text() for f in g["files"]}
+        for g in kustomization.get("configMapGenerator", [])
+        if "files" in g
+    }
 
 
 @dataclass
@@ -383,22 +395,46 @@ class Stage:
         self.last = now
 
 
+@dataclass
+class MlflowUsers:
+    """MLflow basic-auth users as docs/deploy.md ("MLflow users") sets them up: name -> password."""
+
+    admin: tuple[str, str]
+    dagster: tuple[str, str]
+    deployer: tuple[str, str]
+
+
 def start_mlflow(
     venv: Path, root: Path, places: Places, pg: PostgresServer, emulator: GCSEmulator
-) -> ManagedProcess:
+) -> tuple[ManagedProcess, MlflowUsers]:
     """``mlflow server`` as ``deploy/k8s/mlflow`` runs it: the init container's ``db upgrade``, then the
-    container's command and args, the password in a mounted Secret file, the ConfigMap from ``config.env``."""
+    container's command and args (MLflow's basic-auth app), the Secrets and ConfigMaps as mounted files, the
+    ConfigMap from ``config.env``; then the admin creates the ``dagster`` and ``deployer`` users."""
     password = "mlflow" + pg.password
     pg._psql(f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'")
     pg._psql("CREATE DATABASE mlflow OWNER mlflow")
+    # The image installs mlflow[auth] (deploy/Dockerfile.mlflow): the basic-auth app needs its extra.
+    version = run([str(venv / "bin" / "python"), "-c", "import mlflow; print(mlflow.__version__)"],
+                  cwd=root, env=uv_env()).strip()  # fmt: skip
+    run([uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), f"mlflow[auth]=={version}"],
+        cwd=root, env=uv_env())  # fmt: skip
+    users = MlflowUsers(admin=("admin", "admin-" + pg.password), dagster=("dagster", "dagster-" + pg.password),
+                        deployer=("deployer", "deployer-" + pg.password))  # fmt: skip
+    # The Secrets docs/deploy.md creates from Secret Manager, and the kustomize ConfigMaps, by name.
+    secrets = {
+        "mlflow-db": {"password": password},
+        "mlflow-auth": {"admin-password": users.admin[1], "flask-secret-key": "csrf-" + pg.password},
+    }
+    configmaps = kustomize_configmaps(MLFLOW_K8S)
     (doc,) = [d for d in k8s_docs(MLFLOW_K8S) if d["kind"] == "Deployment"]
-    secret_volumes = [v["name"] for v in doc["spec"]["template"]["spec"]["volumes"] if "secret" in v]
-    assert len(secret_volumes) == 1, secret_volumes
+    volume_files = {
+        v["name"]: secrets[v["secret"]["secretName"]] if "secret" in v else configmaps[v["configMap"]["name"]]
+        for v in doc["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v or "configMap" in v
+    }
 
     def pod(c: dict, name: str) -> tuple[list[str], dict[str, str]]:
-        (mount,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == secret_volumes[0]]
-        (key,) = set(re.findall(rf"{re.escape(mount)}/([\w.-]+)", " ".join(c["command"])))
-        mounts = pod_mounts(c, name, places, {secret_volumes[0]: {key: password}})
+        mounts = pod_mounts(c, name, places, volume_files)
         configmap = {
             k: fill(v, places, name, mounts) for k, v in config_env(MLFLOW_K8S / "config.env").items()
         }
@@ -431,7 +467,13 @@ def start_mlflow(
     probe = main["readinessProbe"]["httpGet"]["path"]
     wait_until(lambda: (proc.check_alive(), requests.get(places.mlflow_url + probe, timeout=5).ok)[1],
                120, "mlflow server /health", status=proc.tail)  # fmt: skip
-    return proc
+    api = places.mlflow_url + "/api/2.0/mlflow"
+    assert requests.get(f"{api}/experiments/search", params={"max_results": 1}, timeout=10).status_code == 401
+    for user, user_password in (users.dagster, users.deployer):
+        r = requests.post(f"{api}/users/create", json={"username": user, "password": user_password},
+                          auth=users.admin, timeout=30)  # fmt: skip
+        assert r.ok, (r.status_code, r.text)
+    return proc, users
 
 
 def test_production_rehearsal_from_the_built_artifacts(artifacts, tmp_path_factory):
@@ -455,17 +497,20 @@ def test_production_rehearsal_from_the_built_artifacts(artifacts, tmp_path_facto
         ):
             places = Places(root=root / "pods", project=PROJECT, mlflow_url=f"http://127.0.0.1:{free_port()}",
                             pg_host="127.0.0.1", pg_port=pg.port)  # fmt: skip
-            mlflow = start_mlflow(venv, root, places, pg, emulator)
+            mlflow, users = start_mlflow(venv, root, places, pg, emulator)
             try:
-                stage("postgres, GCS emulator, mlflow server (db upgrade, then serve)")
-                _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage)
+                stage("postgres, GCS emulator, mlflow server (db upgrade, then serve with basic-auth)")
+                _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage,
+                          users)  # fmt: skip
             finally:
                 mlflow.stop()
     finally:
         emulator.stop()
 
 
-def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage) -> None:
+def _rehearse(
+    uv_bin, venv, root, places, pg, emulator, mirror, deployment, values, months, stage, users
+) -> None:
     # -- Dagster: instance config from the wheel, env from the Dockerfile + Helm values ------------------
     dagster_home = root / "pods" / "dagster-home"
     base = base_env(venv, root / "pods" / "dagster-home-user")
@@ -497,7 +542,10 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     code_env.update(
         {k: fill(v, places, "run") for k, v in image_env.items() if k not in ("PATH", "DAGSTER_HOME")}
     )
-    code_env.update({e["name"]: fill(str(e["value"]), places, "run") for e in deployment["env"]})
+    # The Secret mlflow-client (docs/deploy.md): Dagster's own MLflow user.
+    client_secret = {"mlflow-client": {"username": users.dagster[0], "password": users.dagster[1]}}
+    code_env.update({k: fill(v, places, "run") for k, v in k8s_env(deployment, client_secret, {}).items()})
+    assert (code_env["MLFLOW_TRACKING_USERNAME"], code_env["MLFLOW_TRACKING_PASSWORD"]) == users.dagster
     code_env.update(emulator.env())  # the emulator stands in for GCS; Workload Identity for credentials
     code_env.update(
         TLC_BASE_URL=mirror.url,  # production reads the TLC CDN (the default)
@@ -549,8 +597,12 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
     latest = entries(state["fare_service"][0])
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=places.mlflow_url, registry_uri=places.mlflow_url)
-    champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = users.deployer
+    try:
+        client = MlflowClient(tracking_uri=places.mlflow_url, registry_uri=places.mlflow_url)
+        champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     assert latest["model_version"] == str(champion.version)
     assert latest["rebuilt"] is True or len(state["fare_service"]) > 1
     bucket = urlsplit(code_env["TAXI_LAKE_ROOT"]).netloc
@@ -568,8 +620,10 @@ def _rehearse(uv_bin, venv, root, places, pg, emulator, mirror, deployment, valu
 
     # -- deploy.yml: `taxi-platform build-bento` with the same wheel, from an empty dir ---------------------
     deploy_home = root / "deploy-runner" / "bentoml"
+    # deploy.yml signs in as the read-only MLflow user `deployer` (password from Secret Manager).
     deploy_env = {**base_env(venv, root / "deploy-runner" / "home"), "BENTOML_HOME": str(deploy_home),
-                  "MLFLOW_TRACKING_URI": places.mlflow_url, "PATH": base["PATH"]}  # fmt: skip
+                  "MLFLOW_TRACKING_URI": places.mlflow_url, "PATH": base["PATH"],
+                  "MLFLOW_TRACKING_USERNAME": users.deployer[0], "MLFLOW_TRACKING_PASSWORD": users.deployer[1]}  # fmt: skip
     info = json.loads(run([str(venv / "bin" / "taxi-platform"), "build-bento", "--json"],
                           cwd=empty_dir(root / "deploy-runner" / "cwd"), env=deploy_env, timeout=900))  # fmt: skip
     assert info["tag"] == latest["bento_tag"], (

@@ -25,8 +25,6 @@ from taxi_platform.settings import MODEL_NAME
 from taxi_platform_tests.mlflow_server import BasicAuth, MlflowServer
 from taxi_platform_tests.sample_champion import Champion, train_in_subprocess
 
-pytest.importorskip("flask_wtf", reason="mlflow server --app-name basic-auth needs mlflow[auth] (Flask-WTF)")
-
 pytestmark = pytest.mark.slow
 
 AUTH = BasicAuth(admin_username="admin", admin_password="admin-pw-for-tests-0123", default_permission="READ")

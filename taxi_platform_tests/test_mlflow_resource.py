@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -82,7 +83,11 @@ def test_start_tracking_opens_one_run_per_dagster_run_with_local_artifacts(data_
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     ok = dg.materialize([_tracking_asset(fail=False)], resources={"mlflow": MlflowResource()})
+    # set_tracking_uri/set_experiment exported this run's store and experiment; a later subprocess must not
+    # inherit them (it would log into another store's experiment id).
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == before
     failed = dg.materialize(
         [_tracking_asset(fail=True)], resources={"mlflow": MlflowResource()}, raise_on_error=False
     )

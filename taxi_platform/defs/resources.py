@@ -5,6 +5,7 @@ until an asset asks for it, so definitions load fast and the same resources work
 in ``dagster dev`` and in a Kubernetes run pod (where settings come from that pod's environment).
 """
 
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,10 @@ class MlflowResource(dg.ConfigurableResource):
         unreachable server fails here, before any work. ``mlflow.set_tracking_uri`` also exports
         ``MLFLOW_TRACKING_URI`` to subprocesses, which is why only a training run calls this.
         """
+        # mlflow.set_tracking_uri / set_experiment export MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID: put the
+        # environment back afterwards, so a later subprocess of this process (a Bento build, another run's
+        # store) does not inherit this run's store and experiment.
+        saved_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-mlflow is marked beta
             warnings.simplefilter(
@@ -168,9 +173,14 @@ class MlflowResource(dg.ConfigurableResource):
                 tracking_uri=uri,
             )
         finally:
-            next(
-                session, None
-            )  # dagster-mlflow's teardown: ends the run FAILED/KILLED if an error propagates
+            try:
+                next(
+                    session, None
+                )  # dagster-mlflow's teardown: ends the run FAILED/KILLED if an error propagates
+            finally:
+                for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved_env]:
+                    del os.environ[key]
+                os.environ.update(saved_env)
 
 
 class BentoStoreResource(dg.ConfigurableResource):

@@ -10,13 +10,20 @@ import dagster as dg
 from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.metadata import parquet_data_source, table_metadata
+from taxi_platform.defs.owners import DATA_PLATFORM, TRANSFORM_TAGS
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.features import ZoneTable
+from taxi_platform.lib.features import FEATURES_VERSION, ZoneTable
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
 from taxi_platform.lib.tlc_schema import SchemaMismatchError
-from taxi_platform.lib.transform import REJECT_REASON_RULES, build_features, clean_month, month_bounds
+from taxi_platform.lib.transform import (
+    CLEANING_VERSION,
+    REJECT_REASON_RULES,
+    build_features,
+    clean_month,
+    month_bounds,
+)
 from taxi_platform.lib.zones import ZoneLookupError, parse_zone_records, zone_table
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
@@ -44,6 +51,9 @@ def load_zones(lake: Lake) -> ZoneTable:
     partitions_def=monthly_partitions,
     deps=[RAW_TRIPS],
     group_name="transform",
+    owners=DATA_PLATFORM,
+    tags=TRANSFORM_TAGS,
+    code_version=CLEANING_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
     check_specs=[
@@ -152,6 +162,9 @@ def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> l
     partitions_def=monthly_partitions,
     deps=[CLEANED_TRIPS, TAXI_ZONES],
     group_name="transform",
+    owners=DATA_PLATFORM,
+    tags=TRANSFORM_TAGS,
+    code_version=FEATURES_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
     description="Per-trip features known before the ride (lib/features.py, shared with serving) plus the target "

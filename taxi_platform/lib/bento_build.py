@@ -43,11 +43,11 @@ from pathlib import Path
 
 from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
 from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
+from taxi_platform.lib.registry import CHAMPION, NoChampionError, champion_version
 from taxi_platform.settings import MODEL_NAME
 
 BENTO_NAME = "taxi_fare_service"
 SERVICE_NAME = "taxi_fare_service"  # the @bentoml.service name (BentoML config key)
-CHAMPION_ALIAS = "champion"
 BENTOFILE = Path("bento") / "bentofile.yaml"
 SOURCE_GLOBS = ("bento/*.py", "bento/bentofile.yaml", "taxi_platform/**/*.py", "taxi_platform/data/*.csv")
 DOCKERFILE = Path("env") / "docker" / "Dockerfile"
@@ -113,33 +113,23 @@ class BentoBuild:
 # --- champion -----------------------------------------------------------------------------------------------
 
 
-def champion_info(tracking_uri: str, name: str = MODEL_NAME, alias: str = CHAMPION_ALIAS) -> Champion:
-    """The model version behind ``name@alias``; :class:`ServingBuildError` if there is none yet."""
-    from mlflow import MlflowClient
+def champion_info(tracking_uri: str, name: str = MODEL_NAME) -> Champion:
+    """The model version behind ``name@champion``; :class:`ServingBuildError` if there is none yet."""
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
+        registered = champion_version(tracking_uri, name)
+    except (NoChampionError, MlflowException) as exc:
         raise ServingBuildError(
-            f"no {name}@{alias} in the MLflow registry at {tracking_uri}: materialise the `fare_model` asset "
-            f"(or run `taxi-platform demo`) so a model version is registered and promoted first ({exc.message})"
+            f"no {name}@{CHAMPION} in the MLflow registry at {tracking_uri}: materialise the `fare_model` asset "
+            f"(or run `taxi-platform demo`) so a model version is registered and promoted first ({exc})"
         ) from None
-    tags = dict(mv.tags or {})
-    if mv.run_id and "data_source" not in tags:  # the training run says whether the data was synthetic
-        try:
-            run_tags = client.get_run(mv.run_id).data.tags
-        except MlflowException:
-            run_tags = {}
-        if "data_source" in run_tags:
-            tags["data_source"] = run_tags["data_source"]
     return Champion(
-        name=name,
-        version=str(mv.version),
-        run_id=str(mv.run_id or "norun"),
-        source=str(mv.source),
-        tags=tags,
+        name=registered.name,
+        version=registered.version,
+        run_id=registered.run_id or "norun",
+        source=registered.source,
+        tags=registered.tags,
     )
 
 
@@ -427,7 +417,7 @@ def import_champion(bento_home: Path, champion: Champion, tracking_uri: str, tim
         "registered_model": champion.name,
         "model_version": champion.version,
         "run_id": champion.run_id,
-        "alias": CHAMPION_ALIAS,
+        "alias": CHAMPION,
     }
     if "data_source" in champion.tags:
         labels["data_source"] = str(champion.tags["data_source"])

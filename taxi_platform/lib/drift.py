@@ -52,6 +52,8 @@ from taxi_platform.lib.features import QUOTE_COLUMNS
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import hashed_rows, sql_literal
 
+REPORT_VERSION = "1"  # bump when the report's figures or checks change (SCHEMA_VERSION: its JSON layout)
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 

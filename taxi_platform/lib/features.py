@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from taxi_platform.lib.tlc_schema import SERVICES
 
+FEATURES_VERSION = "1"  # bump when a feature definition changes
+
 BOROUGHS = ("Bronx", "Brooklyn", "EWR", "Manhattan", "Queens", "Staten Island", "Unknown")
 AIRPORT_ZONES = {1: "EWR", 132: "JFK", 138: "LGA"}
 JFK_ZONE = 132

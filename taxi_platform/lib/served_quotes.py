@@ -31,6 +31,8 @@ from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.prediction_log import explode
 from taxi_platform.lib.sql import sql_literal
 
+SCORING_VERSION = "1"  # bump when served quotes are matched or scored differently
+
 TABLE = "served_quotes"
 ACCURACY_TABLE = "served_quote_accuracy"
 ACCURACY_NAME = "report.json"

@@ -45,6 +45,8 @@ from taxi_platform.lib.intervals import (
 from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
 from taxi_platform.lib.sql import hashed_rows, sql_literal
 
+TRAINING_VERSION = "1"  # bump when the model family, matrix or fitting changes
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 

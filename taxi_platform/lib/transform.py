@@ -27,6 +27,8 @@ from taxi_platform.lib.sql import load_sql, sql_literal
 from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
 
+CLEANING_VERSION = "2"  # bump when a cleaning rule changes which rows are kept or how they are typed
+
 # Source column (per service) → unified name and DuckDB type. Missing optional columns become NULL.
 # Every number is read as DOUBLE whatever its era's type (int32/int64/double): nothing is narrowed before
 # sql/cleaned_trips.sql has checked it (finite, integral, in range); sql/cleaned_rows.sql narrows the kept rows.

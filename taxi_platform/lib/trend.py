@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from taxi_platform.lib.drift import JSON_NAME, REPORT_TABLE
 from taxi_platform.lib.lake import Lake
 
+TREND_VERSION = "1"  # bump when the trend's figures change
+
 TREND_NAME = "trend.png"
 
 

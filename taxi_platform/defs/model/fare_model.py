@@ -22,11 +22,13 @@ import dagster as dg
 from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
+from taxi_platform.defs.owners import ML, MODEL_TAGS
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib import model_run
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tracking import TrackedRun
+from taxi_platform.lib.training import TRAINING_VERSION
 
 CHECK_DESCRIPTIONS = {
     "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
@@ -53,6 +55,9 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     partitions_def=monthly_partitions,
     deps=[dg.AssetDep(TRIP_FEATURES, partition_mapping=_window_mapping())],
     group_name="model",
+    owners=ML,
+    tags=MODEL_TAGS,
+    code_version=TRAINING_VERSION,
     kinds={"mlflow", "scikitlearn", "duckdb"},
     automation_condition=fare_model_condition(),
     check_specs=[

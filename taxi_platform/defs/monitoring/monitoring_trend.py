@@ -12,9 +12,11 @@ import dagster as dg
 from taxi_platform.defs.keys import MONITORING_TREND
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
+from taxi_platform.defs.owners import ML, MONITORING_TAGS
 from taxi_platform.defs.resources import LakeResource
 from taxi_platform.lib.trend import (
     HISTORY_COLUMNS,
+    TREND_VERSION,
     data_uri,
     history_rows,
     load_history,
@@ -34,6 +36,9 @@ TREND_CONDITION = (
     key=MONITORING_TREND,
     deps=[DRIFT_REPORT],
     group_name="monitoring",
+    owners=ML,
+    tags=MONITORING_TAGS,
+    code_version=TREND_VERSION,
     kinds={"matplotlib", "png"},
     automation_condition=TREND_CONDITION,
     description="MAE, fare-range coverage and drift share of every reported month, as a plot "

@@ -17,6 +17,7 @@ from pydantic import Field
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
+from taxi_platform.defs.owners import ML, MONITORING_TAGS
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.months import month_label
@@ -24,6 +25,7 @@ from taxi_platform.lib.registry import version_pricer
 from taxi_platform.lib.served_quotes import (
     ACCURACY_NAME,
     ACCURACY_TABLE,
+    SCORING_VERSION,
     TABLE,
     accuracy_line,
     add_ranges,
@@ -64,6 +66,9 @@ class ServedQuotesConfig(dg.Config):
     partitions_def=monthly_partitions,
     deps=[TRIP_FEATURES],
     group_name="monitoring",
+    owners=ML,
+    tags=MONITORING_TAGS,
+    code_version=SCORING_VERSION,
     kinds={"parquet", "duckdb"},
     automation_condition=drift_report_condition(),
     description="Fare quotes the service priced for pickups in the month, from the prediction log (local JSONL or "
@@ -113,6 +118,9 @@ def served_quotes(
     partitions_def=monthly_partitions,
     deps=[SERVED_QUOTES, "trip_features"],
     group_name="monitoring",
+    owners=ML,
+    tags=MONITORING_TAGS,
+    code_version=SCORING_VERSION,
     kinds={"duckdb", "json"},
     automation_condition=drift_report_condition(),
     description="The month's served quotes against its realised trips in the same cell (service, pickup zone, "

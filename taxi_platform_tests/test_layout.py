@@ -1,0 +1,105 @@
+"""The code's layout rules: pipeline code never imports the dev tools, lib/ never imports Dagster, and the
+README's layout table names paths that exist."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "taxi_platform"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _pipeline_modules() -> list[Path]:
+    files = [*sorted((PACKAGE / "lib").rglob("*.py")), *sorted((PACKAGE / "defs").rglob("*.py"))]
+    files += [PACKAGE / "definitions.py", PACKAGE / "settings.py", ROOT / "bento" / "service.py"]
+    return files
+
+
+@pytest.mark.parametrize("path", _pipeline_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_pipeline_code_never_imports_devtools(path: Path):
+    devtools = sorted(name for name in _imports(path) if name.startswith("taxi_platform.devtools"))
+    assert not devtools, f"{path.relative_to(ROOT)} imports dev tools {devtools}: move what it needs to lib/"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "lib").rglob("*.py")), ids=lambda p: p.name)
+def test_lib_is_free_of_dagster(path: Path):
+    dagster = sorted(n for n in _imports(path) if n == "dagster" or n.startswith(("dagster.", "dagster_")))
+    assert not dagster, f"{path.relative_to(ROOT)} imports {dagster}: Dagster wiring belongs in defs/"
+
+
+def test_readme_layout_table_matches_the_tree():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    paths = re.findall(r"^\| `([^`]+)`", section, flags=re.M)
+    assert len(paths) >= 8, section
+    missing = [p for p in paths if not (ROOT / p.rstrip("/")).exists()]
+    assert not missing, f"README layout names paths that do not exist: {missing}"
+    top = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))} - {"data"}
+    listed = {Path(p).parts[1] for p in paths if p.startswith("taxi_platform/") and len(Path(p).parts) > 1}
+    assert top <= listed, f"taxi_platform/ folders missing from the README layout: {sorted(top - listed)}"
+
+
+def _definitions():
+    from taxi_platform.definitions import build_definitions
+
+    return build_definitions()
+
+
+def test_every_asset_defined_under_defs_is_loaded():
+    """load_from_defs_folder picks up whatever a defs module defines: nothing can be left out of a list."""
+    import importlib
+    import pkgutil
+
+    import dagster as dg
+
+    import taxi_platform.defs as defs_pkg
+
+    defined: set[dg.AssetKey] = set()
+    for info in pkgutil.walk_packages(defs_pkg.__path__, prefix="taxi_platform.defs."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, dg.AssetsDefinition):
+                defined |= set(value.keys)
+    loaded = _definitions().resolve_asset_graph().get_all_asset_keys()
+    assert len(defined) >= 10, defined
+    assert defined == set(loaded), (
+        f"defined but not loaded: {defined - set(loaded)}; loaded only: {set(loaded) - defined}"
+    )
+
+
+def test_assets_carry_owners_domain_code_version_and_source_links():
+    graph = _definitions().resolve_asset_graph()
+    versioned = {"cleaned_trips", "trip_features", "fare_model", "drift_report"}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        name = key.to_user_string()
+        assert node.owners and all(o.startswith("team:") for o in node.owners), (name, node.owners)
+        assert node.tags.get("domain") in {"ingest", "transform", "model", "monitoring", "serving"}, (
+            name,
+            node.tags,
+        )
+        if name in versioned:
+            assert node.code_version, f"{name} has no code_version"
+        refs = node.metadata["dagster/code_references"].code_references
+        assert refs, name
+        for ref in refs:
+            path = Path(ref.file_path)
+            assert path.is_file() and path.is_relative_to(PACKAGE / "defs"), (name, ref.file_path)
+            line = path.read_text().splitlines()[ref.line_number - 1]
+            assert "def " in line or "@" in line, (name, ref.line_number, line)

@@ -32,7 +32,12 @@ from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.releases import ReleaseCursor
-from taxi_platform_tests.dagster_services import DagsterServices, PostgresServer, patched_environ, wait_until
+from taxi_platform_tests.support.dagster_services import (
+    DagsterServices,
+    PostgresServer,
+    patched_environ,
+    wait_until,
+)
 
 ASSETS = ["taxi_zones", "raw_trips", "cleaned_trips", "trip_features"]
 MONTHLY = ["raw_trips", "cleaned_trips", "trip_features"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform_tests.dagster_services import REPO_ROOT, PostgresServer
-from taxi_platform_tests.system_binaries import HIDE_SYSTEM_DIRS_ENV
+from taxi_platform_tests.support.dagster_services import REPO_ROOT, PostgresServer
+from taxi_platform_tests.support.system_binaries import HIDE_SYSTEM_DIRS_ENV
 
 NEEDS_SYSTEM_PROGRAMS = [
     "taxi_platform_tests/test_ui_browser.py",

@@ -17,8 +17,8 @@ from taxi_platform.lib.gcs import (
     split_gcs_url,
 )
 from taxi_platform.lib.lake import Lake
-from taxi_platform_tests import gcs_emulator as emulator
-from taxi_platform_tests.gcs_emulator import GCSEmulator
+from taxi_platform_tests.support import gcs_emulator as emulator
+from taxi_platform_tests.support.gcs_emulator import GCSEmulator
 
 # The emulator fixtures (a conftest.py may import them the same way).
 gcs_emulator = emulator.gcs_emulator

@@ -17,7 +17,7 @@ from taxi_platform.defs.ingest import raw_schema_recognised, raw_trips, taxi_zon
 from taxi_platform.defs.resources import RESOURCES, LakeResource, TlcSourceResource
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
-from taxi_platform_tests import mirror_fixtures
+from taxi_platform_tests.support import mirror_fixtures
 
 ROWS = {"yellow": 400, "green": 150}
 JAN, FEB = date(2024, 1, 1), date(2024, 2, 1)

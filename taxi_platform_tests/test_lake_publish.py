@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.lib.lake import Lake
-from taxi_platform_tests import gcs_emulator as emulator
+from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator
 gcs_env = emulator.gcs_env

@@ -22,8 +22,8 @@ import requests
 from taxi_platform.lib import bento_build
 from taxi_platform.lib.registry import current_champion
 from taxi_platform.settings import MODEL_NAME
-from taxi_platform_tests.mlflow_server import BasicAuth, MlflowServer
-from taxi_platform_tests.sample_champion import Champion, train_in_subprocess
+from taxi_platform_tests.support.mlflow_server import BasicAuth, MlflowServer
+from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess
 
 pytestmark = pytest.mark.slow
 

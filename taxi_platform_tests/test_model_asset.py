@@ -25,7 +25,7 @@ from taxi_platform.devtools.sample import SampleProfile
 from taxi_platform.lib.model_run import training_window
 from taxi_platform.lib.registry import LakeEvaluation
 from taxi_platform.settings import MODEL_NAME
-from taxi_platform_tests.mlflow_server import mlflow_server  # noqa: F401 - fixture
+from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months
 
 SMALL_CONFIG = {"sample_rows": 20_000, "validation_rows": 5_000, "min_pair_count": 3, "boosted_max_iter": 60}

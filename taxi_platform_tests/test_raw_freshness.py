@@ -15,7 +15,7 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.freshness import FreshnessDaemon
 
 from taxi_platform.defs.ingest import RAW_TRIPS
-from taxi_platform_tests.dagster_services import REPO_ROOT
+from taxi_platform_tests.support.dagster_services import REPO_ROOT
 
 PUBLISHED = datetime(2024, 5, 20, 12, 0, tzinfo=UTC)
 

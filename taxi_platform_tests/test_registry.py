@@ -31,7 +31,7 @@ from taxi_platform.lib.registry import (
 from taxi_platform.lib.training import quotes_frame, train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform.settings import MODEL_NAME
-from taxi_platform_tests.mlflow_server import closed_port
+from taxi_platform_tests.support.mlflow_server import closed_port
 from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
 
 

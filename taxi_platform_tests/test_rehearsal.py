@@ -45,13 +45,13 @@ import yaml
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform_tests.dagster_services import (
+from taxi_platform_tests.support.dagster_services import (
     DagsterServices,
     ManagedProcess,
     PostgresServer,
     wait_until,
 )
-from taxi_platform_tests.gcs_emulator import PROJECT, GCSEmulator
+from taxi_platform_tests.support.gcs_emulator import PROJECT, GCSEmulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

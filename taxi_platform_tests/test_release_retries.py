@@ -33,8 +33,8 @@ from taxi_platform.lib.releases import (
     run_key,
 )
 from taxi_platform.lib.tlc import ProbeResult
-from taxi_platform_tests import mirror_fixtures, release_sensor
-from taxi_platform_tests.release_sensor import tick
+from taxi_platform_tests.support import mirror_fixtures, release_sensor
+from taxi_platform_tests.support.release_sensor import tick
 
 instance = release_sensor.instance  # the shared fixture
 

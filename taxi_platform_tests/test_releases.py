@@ -26,8 +26,8 @@ from taxi_platform.lib.releases import (
 )
 from taxi_platform.lib.tlc import ProbeResult, probe
 from taxi_platform.settings import AutomationSettings, SettingsError, load_automation_settings, load_settings
-from taxi_platform_tests import release_sensor
-from taxi_platform_tests.release_sensor import tick
+from taxi_platform_tests.support import release_sensor
+from taxi_platform_tests.support.release_sensor import tick
 
 instance = release_sensor.instance  # the shared fixture
 

@@ -17,7 +17,7 @@ import hcl2
 import pytest
 from hcl2.utils import SerializationOptions
 
-from taxi_platform_tests.system_binaries import TERRAFORM, require
+from taxi_platform_tests.support.system_binaries import TERRAFORM, require
 
 REPO = Path(__file__).resolve().parents[1]
 TF_DIR = REPO / "terraform"

@@ -40,7 +40,7 @@ from taxi_platform.lib.tlc import (
     zone_lookup_url,
 )
 from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
-from taxi_platform_tests import mirror_fixtures
+from taxi_platform_tests.support import mirror_fixtures
 
 ROWS = 300
 FAST = {"timeout": (2.0, 5.0), "backoff": 0.01}

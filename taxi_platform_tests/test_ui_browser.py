@@ -18,8 +18,8 @@ import pytest
 from taxi_platform.devtools.instance import ensure_dagster_home
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform_tests.dagster_services import REPO_ROOT, DagsterServices
-from taxi_platform_tests.system_binaries import CHROMIUM, require
+from taxi_platform_tests.support.dagster_services import REPO_ROOT, DagsterServices
+from taxi_platform_tests.support.system_binaries import CHROMIUM, require
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

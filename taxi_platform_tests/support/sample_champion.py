@@ -8,8 +8,8 @@ Training runs in a subprocess (:func:`ensure_sample_champion`) so MLflow's proce
 active experiment never leak into the test session; the result is cached under the session's base temp
 directory and shared by the test modules that need a champion (copy the registry before changing it).
 
-    python taxi_platform_tests/sample_champion.py DATA_DIR [TRACKING_URI]
-    python taxi_platform_tests/sample_champion.py --predict TRACKING_URI MODEL_URI QUOTES_JSON OUT_JSON
+    python taxi_platform_tests/support/sample_champion.py DATA_DIR [TRACKING_URI]
+    python taxi_platform_tests/support/sample_champion.py --predict TRACKING_URI MODEL_URI QUOTES_JSON OUT_JSON
 """
 
 from __future__ import annotations

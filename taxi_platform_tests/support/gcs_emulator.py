@@ -7,7 +7,7 @@ so a killed test run leaves nothing behind.
 
 Use in a test module or ``conftest.py``::
 
-    from taxi_platform_tests.gcs_emulator import gcs_emulator, gcs_env, gcs_lake_root  # noqa: F401
+    from taxi_platform_tests.support.gcs_emulator import gcs_emulator, gcs_env, gcs_lake_root  # noqa: F401
 
 * ``gcs_emulator`` (session): the running :class:`GCSEmulator`.
 * ``gcs_env`` (function): sets ``STORAGE_EMULATOR_HOST``, ``GOOGLE_CLOUD_PROJECT`` and

@@ -1,6 +1,6 @@
 """Fixtures for tests against one MirrorServer per module; the module defines ``mirror_root`` (what it serves).
 
-from taxi_platform_tests import mirror_fixtures
+from taxi_platform_tests.support import mirror_fixtures
 server = mirror_fixtures.server
 mirror = mirror_fixtures.mirror
 """

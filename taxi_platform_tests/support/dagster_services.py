@@ -372,7 +372,7 @@ def postgres_bindir() -> Path:
 
     Skips the calling test (fails under ``CI=true``) with how to get a server when there is none.
     """
-    from taxi_platform_tests.system_binaries import POSTGRES_INITDB, require
+    from taxi_platform_tests.support.system_binaries import POSTGRES_INITDB, require
 
     return Path(os.path.realpath(require(POSTGRES_INITDB))).parent
 

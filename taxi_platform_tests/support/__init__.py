@@ -1,0 +1,1 @@
+"""Servers and fixtures the tests start: Dagster services, Postgres, the GCS emulator, MLflow, the TLC mirror."""

@@ -550,7 +550,7 @@ def _decision(
 
 
 # -- champion lookup -------------------------------------------------------------------------------------
-# The version tags fare_model sets on every version it registers (defs/model.py); monitoring reads exactly these.
+# The version tags fare_model sets on every version it registers (defs/model/); monitoring reads exactly these.
 TRAIN_MONTHS_TAG = "train_months"
 VALIDATION_MONTH_TAG = "validation_month"
 VALIDATION_MAE_TAG = "validation_mae"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taxi_platform.defs.keys import RAW_TRIPS, TAXI_ZONES
-from taxi_platform.defs.owners import DATA_PLATFORM, INGEST_TAGS
+from taxi_platform.defs.owners import INGEST
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.lake import Lake
@@ -71,9 +71,7 @@ def _failure(exc: Exception, *, allow_retries: bool, suffix: str) -> dg.Failure:
 # -- taxi_zones --------------------------------------------------------------------------------------
 @dg.asset(
     key=TAXI_ZONES,
-    group_name="ingest",
-    owners=DATA_PLATFORM,
-    tags=INGEST_TAGS,
+    **INGEST,
     kinds={"csv", "parquet"},
     description="TLC taxi zone lookup (LocationID -> Borough, Zone, service_zone), as published, plus a typed Parquet copy.",
     retry_policy=INGEST_RETRY_POLICY,
@@ -192,9 +190,7 @@ RAW_TRIPS_FRESHNESS = dg.FreshnessPolicy.time_window(
 @dg.asset(
     key=RAW_TRIPS,
     partitions_def=monthly_partitions,
-    group_name="ingest",
-    owners=DATA_PLATFORM,
-    tags=INGEST_TAGS,
+    **INGEST,
     kinds={"parquet", "python"},
     description=(
         "The TLC monthly trip files, one per configured service, byte for byte as published "

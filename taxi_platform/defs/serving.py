@@ -22,7 +22,7 @@ run). A ``fare_model`` run that did not move the alias costs one registry lookup
 import dagster as dg
 
 from taxi_platform.defs.keys import FARE_MODEL, FARE_SERVICE
-from taxi_platform.defs.owners import ML, SERVING_TAGS
+from taxi_platform.defs.owners import SERVING
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
 from taxi_platform.lib import bento_build
 
@@ -37,9 +37,7 @@ AFTER_FARE_MODEL = (
 @dg.asset(
     key=FARE_SERVICE,
     deps=[FARE_MODEL],
-    group_name="serving",
-    owners=ML,
-    tags=SERVING_TAGS,
+    **SERVING,
     kinds={"bentoml", "mlflow"},
     automation_condition=AFTER_FARE_MODEL,
     check_specs=[

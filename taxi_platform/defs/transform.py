@@ -10,7 +10,7 @@ import dagster as dg
 from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.metadata import parquet_data_source, table_metadata
-from taxi_platform.defs.owners import DATA_PLATFORM, TRANSFORM_TAGS
+from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.features import FEATURES_VERSION, ZoneTable
@@ -50,9 +50,7 @@ def load_zones(lake: Lake) -> ZoneTable:
 @dg.asset(
     partitions_def=monthly_partitions,
     deps=[RAW_TRIPS],
-    group_name="transform",
-    owners=DATA_PLATFORM,
-    tags=TRANSFORM_TAGS,
+    **TRANSFORM,
     code_version=CLEANING_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
@@ -161,9 +159,7 @@ def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> l
 @dg.asset(
     partitions_def=monthly_partitions,
     deps=[CLEANED_TRIPS, TAXI_ZONES],
-    group_name="transform",
-    owners=DATA_PLATFORM,
-    tags=TRANSFORM_TAGS,
+    **TRANSFORM,
     code_version=FEATURES_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),

@@ -22,7 +22,7 @@ import dagster as dg
 from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
-from taxi_platform.defs.owners import ML, MODEL_TAGS
+from taxi_platform.defs.owners import MODEL
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib import model_run
@@ -54,9 +54,7 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     key=FARE_MODEL,
     partitions_def=monthly_partitions,
     deps=[dg.AssetDep(TRIP_FEATURES, partition_mapping=_window_mapping())],
-    group_name="model",
-    owners=ML,
-    tags=MODEL_TAGS,
+    **MODEL,
     code_version=TRAINING_VERSION,
     kinds={"mlflow", "scikitlearn", "duckdb"},
     automation_condition=fare_model_condition(),

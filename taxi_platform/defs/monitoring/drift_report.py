@@ -25,7 +25,7 @@ from pydantic import Field
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
-from taxi_platform.defs.owners import ML, MONITORING_TAGS
+from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.drift import (
@@ -199,9 +199,7 @@ CHECK_SPECS = _check_specs()
     key=DRIFT_REPORT,
     partitions_def=monthly_partitions,
     deps=[TRIP_FEATURES, FARE_MODEL],
-    group_name="monitoring",
-    owners=ML,
-    tags=MONITORING_TAGS,
+    **MONITORING,
     code_version=REPORT_VERSION,
     kinds={"evidently", "mlflow", "html"},
     automation_condition=drift_report_condition(),

@@ -12,7 +12,7 @@ import dagster as dg
 from taxi_platform.defs.keys import MONITORING_TREND
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
-from taxi_platform.defs.owners import ML, MONITORING_TAGS
+from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.resources import LakeResource
 from taxi_platform.lib.trend import (
     HISTORY_COLUMNS,
@@ -35,9 +35,7 @@ TREND_CONDITION = (
 @dg.asset(
     key=MONITORING_TREND,
     deps=[DRIFT_REPORT],
-    group_name="monitoring",
-    owners=ML,
-    tags=MONITORING_TAGS,
+    **MONITORING,
     code_version=TREND_VERSION,
     kinds={"matplotlib", "png"},
     automation_condition=TREND_CONDITION,

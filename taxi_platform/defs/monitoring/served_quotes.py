@@ -17,7 +17,7 @@ from pydantic import Field
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
-from taxi_platform.defs.owners import ML, MONITORING_TAGS
+from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.months import month_label
@@ -65,9 +65,7 @@ class ServedQuotesConfig(dg.Config):
     key=SERVED_QUOTES,
     partitions_def=monthly_partitions,
     deps=[TRIP_FEATURES],
-    group_name="monitoring",
-    owners=ML,
-    tags=MONITORING_TAGS,
+    **MONITORING,
     code_version=SCORING_VERSION,
     kinds={"parquet", "duckdb"},
     automation_condition=drift_report_condition(),
@@ -117,9 +115,7 @@ def served_quotes(
     key=SERVED_QUOTE_ACCURACY,
     partitions_def=monthly_partitions,
     deps=[SERVED_QUOTES, "trip_features"],
-    group_name="monitoring",
-    owners=ML,
-    tags=MONITORING_TAGS,
+    **MONITORING,
     code_version=SCORING_VERSION,
     kinds={"duckdb", "json"},
     automation_condition=drift_report_condition(),

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -310,26 +310,24 @@ def probe_many(
 
 
 # -- streaming GET with retries ------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Fetched:
+@dataclass(frozen=True, kw_only=True)
+class FileVersion:
+    """What identifies a file's version: hash, size, ETag, Last-Modified (parsed and as sent), Content-Type."""
+
     sha256: str
     size: int
     etag: str | None
     last_modified: datetime | None
     last_modified_raw: str | None
     content_type: str | None
-    first_bytes: bytes
 
     def version_fields(self) -> dict[str, object]:
-        """What the results record about the file's version: hash, size, ETag, Last-Modified, Content-Type."""
-        return {
-            "sha256": self.sha256,
-            "size": self.size,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
-            "last_modified_raw": self.last_modified_raw,
-            "content_type": self.content_type,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(FileVersion)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fetched(FileVersion):
+    first_bytes: bytes
 
 
 class TransferOptions(TypedDict, total=False):
@@ -556,19 +554,13 @@ def _get_with_retries(
 
 
 # -- trip file download --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DownloadResult:
+@dataclass(frozen=True, kw_only=True)
+class DownloadResult(FileVersion):
     """A verified TLC trip file and what we know about it."""
 
     url: str
     path: str
     service: str
-    sha256: str
-    size: int
-    etag: str | None
-    last_modified: datetime | None
-    last_modified_raw: str | None
-    content_type: str | None
     era: str
     extra_columns: tuple[str, ...]
     missing_optional_columns: tuple[str, ...]
@@ -732,18 +724,12 @@ def download(
 
 
 # -- zone lookup ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FetchResult:
+@dataclass(frozen=True, kw_only=True)
+class FetchResult(FileVersion):
     """A small file fetched into memory."""
 
     url: str
     content: bytes
-    sha256: str
-    size: int
-    etag: str | None
-    last_modified: datetime | None
-    last_modified_raw: str | None
-    content_type: str | None
     attempts: int
 
 

@@ -130,26 +130,23 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
                 s=60,
                 label="mae_not_degraded failed",
             )
-        val = [(i, p.validation_mae) for i, p in zip(x, points, strict=True) if p.validation_mae is not None]
-        if val:
-            ax_mae.step(
-                [v[0] for v in val],
-                [v[1] for v in val],
-                where="mid",
-                color="#2ca02c",
-                linestyle="--",
-                label="champion validation MAE",
-            )
-        lim = [(i, p.mae_limit) for i, p in zip(x, points, strict=True) if p.mae_limit is not None]
-        if lim:
-            ax_mae.step(
-                [v[0] for v in lim],
-                [v[1] for v in lim],
-                where="mid",
-                color="#ff7f0e",
-                linestyle=":",
-                label="allowed MAE",
-            )
+        reference_lines = (
+            ("validation_mae", "#2ca02c", "--", "champion validation MAE"),
+            ("mae_limit", "#ff7f0e", ":", "allowed MAE"),
+        )
+        for attr, color, style, label in reference_lines:
+            line = [
+                (i, getattr(p, attr)) for i, p in zip(x, points, strict=True) if getattr(p, attr) is not None
+            ]
+            if line:
+                ax_mae.step(
+                    [v[0] for v in line],
+                    [v[1] for v in line],
+                    where="mid",
+                    color=color,
+                    linestyle=style,
+                    label=label,
+                )
         ax_mae.set_ylabel("MAE ($)")
         ax_mae.set_title(title)
         ax_mae.grid(alpha=0.3)

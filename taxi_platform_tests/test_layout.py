@@ -103,3 +103,21 @@ def test_assets_carry_owners_domain_code_version_and_source_links():
             assert path.is_file() and path.is_relative_to(PACKAGE / "defs"), (name, ref.file_path)
             line = path.read_text().splitlines()[ref.line_number - 1]
             assert "def " in line or "@" in line, (name, ref.line_number, line)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "defs").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+)
+def test_defs_modules_hold_only_dagster_wiring(path: Path):
+    """A function in defs/ touches Dagster (dg, a context, an instance or a resource); the rest belongs in lib/."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    pure = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            segment = ast.get_source_segment(source, node) or ""
+            if not any(word in segment for word in ("dg.", "context", "instance", "Resource")):
+                pure.append(node.name)
+    assert not pure, (
+        f"{path.relative_to(ROOT)} holds logic that runs without Dagster: {pure} (move it to lib/)"
+    )

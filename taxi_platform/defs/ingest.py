@@ -9,7 +9,6 @@ the ETag's MD5 where the ETag is one.
 """
 
 import hashlib
-import os
 from datetime import date, timedelta
 
 import dagster as dg
@@ -20,8 +19,7 @@ from taxi_platform.defs.keys import RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.owners import INGEST
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.months import parse_month
+from taxi_platform.lib.months import parse_month, partition_key
 from taxi_platform.lib.tlc import (
     DownloadError,
     DownloadResult,
@@ -41,11 +39,6 @@ RAW_TABLE = "raw_trips"  # the lake table raw_trips writes
 
 INGEST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 TLC_POOL = "tlc_downloads"
-
-
-def raw_trip_path(lake: Lake, service: str, month: date) -> str:
-    """``raw_trips/service={service}/month=YYYY-MM/{service}_tripdata_YYYY-MM.parquet`` in ``lake``."""
-    return lake.raw_trips_path(service, f"{month:%Y-%m-01}")
 
 
 def _column_schema(schema: pa.Schema) -> dg.TableSchema:
@@ -146,23 +139,6 @@ def _check_published(month: date, probes: dict[str, ProbeResult]) -> None:
         )
 
 
-def _remove_empty_dirs(lk: Lake, dests: list[str]) -> None:
-    """After a failed run, drop directories staging created for a partition that never got its files."""
-    if lk.is_remote:
-        return  # object stores have no empty directories
-    stop = os.path.abspath(lk.path(RAW_TABLE))
-    for dest in dests:
-        directory = os.path.dirname(os.path.abspath(dest))
-        while directory.startswith(stop) and os.path.isdir(directory):
-            try:
-                os.rmdir(directory)  # only succeeds when empty
-            except OSError:
-                break
-            if directory == stop:
-                break
-            directory = os.path.dirname(directory)
-
-
 def _service_metadata(result: DownloadResult) -> dict[str, object]:
     s = result.service
     return {
@@ -232,7 +208,7 @@ def raw_trips(
     try:
         # Stage every service's file first; publish them as one unit (all new or all previous files) only when all
         # have downloaded and verified.
-        dests = [raw_trip_path(lk, service, month) for service in services]
+        dests = [lk.raw_trips_path(service, partition_key(month)) for service in services]
         with lk.staged_files(dests, suffix=".parquet") as tmps:
             for service, dest, tmp in zip(services, dests, tmps, strict=True):
                 result = download_to(
@@ -254,17 +230,17 @@ def raw_trips(
                     )
                 results.append(result)
     except NotPublishedError as exc:
-        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
+        lk.remove_empty_dirs([lk.raw_trips_path(s, partition_key(month)) for s in services], RAW_TABLE)
         raise _failure(exc, allow_retries=False, suffix="Nothing was written for this partition.") from exc
     except DownloadError as exc:
-        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
+        lk.remove_empty_dirs([lk.raw_trips_path(s, partition_key(month)) for s in services], RAW_TABLE)
         raise _failure(
             exc,
             allow_retries=exc.transient and tlc.step_retries,
             suffix=f"Nothing was written; any earlier files for {month:%Y-%m} are unchanged.",
         ) from exc
     except OSError as exc:  # staging or publishing in the lake failed (disk full, permissions, I/O)
-        _remove_empty_dirs(lk, [raw_trip_path(lk, s, month) for s in services])
+        lk.remove_empty_dirs([lk.raw_trips_path(s, partition_key(month)) for s in services], RAW_TABLE)
         raise dg.Failure(
             description=(
                 f"writing the {month:%Y-%m} trip files to the lake failed ({exc}). The month's files are published "
@@ -288,23 +264,6 @@ def raw_trips(
 
 
 # -- checks ------------------------------------------------------------------------------------------
-def _months_in_lake(lk: Lake, services: tuple[str, ...]) -> list[date]:
-    months: set[date] = set()
-    for service in services:
-        for name in lk.listdir(lk.path(RAW_TABLE, f"service={service}")):
-            if name.startswith("month="):
-                try:
-                    months.add(parse_month(name[len("month=") :]))
-                except ValueError:
-                    continue
-    return sorted(months)
-
-
-def _read_schema(lk: Lake, path: str) -> pa.Schema:
-    with lk.fs.open(path, "rb") as fh:
-        return pq.ParquetFile(fh).schema_arrow
-
-
 @dg.asset_check(
     asset=raw_trips,
     name="raw_schema_recognised",
@@ -321,19 +280,19 @@ def raw_schema_recognised(
     if context.has_partition_key:
         months = [parse_month(context.partition_key, "partition key")]
     else:
-        months = _months_in_lake(lk, services)
+        months = sorted({parse_month(m) for service in services for m in lk.raw_trip_months(service)})
     errors: list[str] = []
     warnings: list[str] = []
     files: dict[str, dict[str, object]] = {}
     for month in months:
         for service in services:
-            path = raw_trip_path(lk, service, month)
+            path = lk.raw_trips_path(service, partition_key(month))
             label = f"{service} {month:%Y-%m}"
             if not lk.exists(path):
                 errors.append(f"{label}: file missing at {path}")
                 continue
             try:
-                matched = match_schema(service, _read_schema(lk, path))
+                matched = match_schema(service, lk.parquet_schema(path))
             except SchemaMismatchError as exc:
                 errors.append(f"{label}: {exc}")
                 continue
@@ -374,7 +333,6 @@ __all__ = [
     "INGEST_RETRY_POLICY",
     "TLC_POOL",
     "raw_schema_recognised",
-    "raw_trip_path",
     "raw_trips",
     "taxi_zones",
 ]

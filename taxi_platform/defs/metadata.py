@@ -12,11 +12,6 @@ from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
 
 
-def parquet_data_source(lake: Lake, path: str) -> str:
-    """``synthetic`` when the file carries the sample generator's label, else ``tlc``."""
-    return lake.data_source(path) or "tlc"
-
-
 def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
     """``rows`` as a Dagster table: typed, sortable columns in the UI rather than Markdown text.
 

@@ -4,18 +4,11 @@ An asset takes its stage's attributes in one piece (``@dg.asset(**TRANSFORM, ...
 change in one place.
 """
 
-from typing import Any
-
 DATA_PLATFORM = ["team:data-platform"]  # ingestion and the lake's cleaned and feature tables
 ML = ["team:ml"]  # the fare model, its monitoring and its service
 
-
-def _stage(name: str, owners: list[str]) -> dict[str, Any]:
-    return {"group_name": name, "owners": owners, "tags": {"domain": name}}
-
-
-INGEST = _stage("ingest", DATA_PLATFORM)
-TRANSFORM = _stage("transform", DATA_PLATFORM)
-MODEL = _stage("model", ML)
-MONITORING = _stage("monitoring", ML)
-SERVING = _stage("serving", ML)
+INGEST = {"group_name": "ingest", "owners": DATA_PLATFORM, "tags": {"domain": "ingest"}}
+TRANSFORM = {"group_name": "transform", "owners": DATA_PLATFORM, "tags": {"domain": "transform"}}
+MODEL = {"group_name": "model", "owners": ML, "tags": {"domain": "model"}}
+MONITORING = {"group_name": "monitoring", "owners": ML, "tags": {"domain": "monitoring"}}
+SERVING = {"group_name": "serving", "owners": ML, "tags": {"domain": "serving"}}

@@ -9,7 +9,7 @@ import dagster as dg
 
 from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
-from taxi_platform.defs.metadata import parquet_data_source, table_metadata
+from taxi_platform.defs.metadata import table_metadata
 from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
@@ -95,7 +95,7 @@ def cleaned_trips(
             )
         raw_files[service] = path
     dest = store.partition_path("cleaned_trips", context.partition_key)
-    sources = sorted({parquet_data_source(store, p) for p in raw_files.values()})
+    sources = sorted({store.source_label(p) for p in raw_files.values()})
     try:
         result = clean_month(store, raw_files, month, dest, data_source=",".join(sources))
     except SchemaMismatchError as exc:
@@ -181,6 +181,6 @@ def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
     return dg.MaterializeResult(
         metadata={
             **table_metadata(store, store.partition_glob("trip_features", context.partition_key)),
-            "data_source": parquet_data_source(store, dest),
+            "data_source": store.source_label(dest),
         }
     )

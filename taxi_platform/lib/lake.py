@@ -104,6 +104,43 @@ class Lake:
             "raw_trips", f"service={service}", month_dir(partition_key), f"{service}_tripdata_{month}.parquet"
         )
 
+    def raw_trip_months(self, service: str) -> list[str]:
+        """``YYYY-MM`` of every month ``raw_trips`` holds a directory for, for one service, oldest first."""
+        from taxi_platform.lib.months import MonthError, month_label
+
+        months = set()
+        for name in self.listdir(self.path("raw_trips", f"service={service}")):
+            if name.startswith("month="):
+                try:
+                    months.add(month_label(name[len("month=") :]))
+                except MonthError:
+                    continue  # not a partition directory
+        return sorted(months)
+
+    def remove_empty_dirs(self, paths: Sequence[str], table: str) -> None:
+        """Drop the directories above ``paths`` (up to ``table``'s root) that are empty: what staging created for
+        files that never arrived. Object stores have no empty directories."""
+        if self.is_remote:
+            return
+        stop = os.path.abspath(self.path(table))
+        for path in paths:
+            directory = os.path.dirname(os.path.abspath(path))
+            while directory.startswith(stop) and os.path.isdir(directory):
+                try:
+                    os.rmdir(directory)  # only succeeds when empty
+                except OSError:
+                    break
+                if directory == stop:
+                    break
+                directory = os.path.dirname(directory)
+
+    def parquet_schema(self, path: str):
+        """The Arrow schema of a Parquet file, from its footer."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(path, "rb") as fh:
+            return pq.ParquetFile(fh).schema_arrow
+
     def zones_csv_path(self) -> str:
         return self.path("taxi_zones", "taxi_zone_lookup.csv")
 
@@ -377,6 +414,10 @@ class Lake:
         if self.is_remote:
             con.register_filesystem(self.fs)
         return con
+
+    def source_label(self, path: str) -> str:
+        """``synthetic`` for the sample generator's files, ``tlc`` for everything else (real TLC data)."""
+        return self.data_source(path) or "tlc"
 
     def data_source(self, path: str, con=None) -> str | None:
         """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any.

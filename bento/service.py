@@ -26,6 +26,8 @@ Built for speed on small machines:
 
 - ``async`` endpoints that price in the event loop (no thread hop), through the model's numpy fast path
   ``FareQuoteModel.predict_quotes`` on arrays — no pandas DataFrame per request;
+- a batch of plain quotes is validated a column at a time and never becomes ``Quote`` objects
+  (:func:`taxi_platform.lib.quotes.check_batch`): its columns go straight to the model and the prediction log;
 - concurrent single quotes that arrive in the same event-loop turn are priced together in one model call
   (:class:`QuoteBatcher`; an idle server adds no wait, a busy one amortises the per-call model overhead);
 - prediction logging is a queue put; a background thread writes the JSON lines

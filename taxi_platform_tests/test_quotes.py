@@ -252,3 +252,103 @@ def test_check_batch_errors_are_the_first_bad_quotes_in_order(size, bad):
 def test_check_batch_caps_shape_errors_too():
     errors = _errors({"quotes": [BAD_ZONE] * 30, "extra": 1})
     assert len(errors) <= 20
+
+
+# --- check_batch's column fast path: same answers as pydantic, quote for quote --------------------------------
+
+VALID_VARIANTS = [
+    quote(),
+    quote(pickup_datetime="2024-03-05 23:59:59", pickup_zone=1, dropoff_zone=263, service="green"),
+    quote(pickup_datetime="2009-01-01T00:00:00", passenger_count=0),
+    quote(pickup_datetime="2024-02-29T12:00:00", passenger_count=9),
+    # valid, but not the plain form the columns take: the whole batch goes through pydantic, same result
+    quote(pickup_datetime="2024-03-05T13:15:00Z"),
+    quote(pickup_datetime="2024-03-05T08:15:00.250"),
+    quote(pickup_datetime=" 2024-03-05T08:15:00 "),
+    quote(pickup_datetime="2024-03-05T08:15"),
+    quote(pickup_datetime="2024-03-05X08:15:00"),  # fromisoformat takes any separator character
+]
+
+
+@pytest.mark.parametrize("odd", VALID_VARIANTS)
+def test_check_batch_fast_path_gives_the_quotes_and_columns_pydantic_gives(odd):
+    data = {"quotes": [EXAMPLE_QUOTE, quote(service="green", pickup_zone=7)] * 40 + [odd]}
+    fast, slow = Q.check_batch(data).quotes, parse_batch(data).quotes
+    assert len(fast) == len(slow) == 81
+    assert fast == slow  # Quote objects, index by index
+    assert fast[-3:] == slow[-3:] and fast[80] == slow[80]
+    cols, expected = Q.quotes_to_columns(fast), Q.quotes_to_columns(slow)
+    for name, column in expected.items():
+        assert cols[name].dtype == column.dtype and cols[name].tolist() == column.tolist(), name
+
+
+def test_check_batch_fast_path_holds_plain_batches_as_columns():
+    data = {"quotes": [EXAMPLE_QUOTE] * 100}
+    quotes = Q.check_batch(data).quotes
+    assert isinstance(quotes, Q.QuoteColumns)  # no Quote object per quote
+    assert Q.quotes_to_columns(quotes) is quotes.columns
+    assert quotes[99] == parse_quote(EXAMPLE_QUOTE) and len(quotes[10:20]) == 10
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pickup_zone": True},
+        {"pickup_zone": 132.0},
+        {"pickup_zone": "132"},
+        {"pickup_zone": 264},
+        {"pickup_zone": 0},
+        {"pickup_zone": -1},
+        {"dropoff_zone": 2**70},
+        {"passenger_count": 10},
+        {"passenger_count": False},
+        {"service": "blue"},
+        {"service": None},
+        {"pickup_datetime": "2024-02-30T08:15:00"},
+        {"pickup_datetime": "2024-03-05T24:00:00"},
+        {"pickup_datetime": "2008-12-31T23:59:59"},
+        {"pickup_datetime": "2999-01-01T00:00:00"},
+        {"pickup_datetime": "2024-03-05"},
+        {"pickup_datetime": 1709626500},
+        {"passengers": 1},
+    ],
+)
+def test_check_batch_fast_path_words_errors_as_pydantic_does(bad):
+    odd = {**EXAMPLE_QUOTE, **bad}
+    if "passengers" in bad:
+        del odd["passenger_count"]
+    data = {"quotes": [EXAMPLE_QUOTE] * 50 + [odd] + [EXAMPLE_QUOTE] * 50}
+    with pytest.raises(ValidationError) as fast:
+        Q.check_batch(data)
+    with pytest.raises(ValidationError) as slow:
+        Q.QuoteBatch.model_validate(data)
+    assert fast.value.errors(include_url=False, include_context=False) == slow.value.errors(
+        include_url=False, include_context=False
+    )
+    assert all(e["loc"][:2] == ("quotes", 50) for e in fast.value.errors())
+
+
+@pytest.mark.parametrize("item", [None, [1, 2], "quote", {**EXAMPLE_QUOTE, "extra": 1}])
+def test_check_batch_fast_path_leaves_odd_items_to_pydantic(item):
+    data = {"quotes": [EXAMPLE_QUOTE] * 40 + [item]}
+    with pytest.raises(ValidationError) as fast:
+        Q.check_batch(data)
+    with pytest.raises(ValidationError) as slow:
+        Q.QuoteBatch.model_validate(data)
+    assert fast.value.errors(include_url=False, include_context=False) == slow.value.errors(
+        include_url=False, include_context=False
+    )
+
+
+def test_check_services_on_columns_names_the_same_quotes():
+    data = {"quotes": [EXAMPLE_QUOTE, quote(service="green")] * 30}
+    columns, objects = Q.check_batch(data).quotes, parse_batch(data).quotes
+    assert isinstance(columns, Q.QuoteColumns)
+    errors = []
+    for quotes in (columns, objects):
+        with pytest.raises(ValidationError) as info:
+            Q.check_services(quotes, ("yellow",), batch=True)
+        errors.append(info.value.errors(include_url=False, include_context=False))
+    assert errors[0] == errors[1]
+    assert [e["loc"] for e in errors[0]] == [("quotes", i, "service") for i in range(1, 40, 2)]
+    Q.check_services(columns, ("yellow", "green"), batch=True)

@@ -207,11 +207,12 @@ def format_record(
         "model_version": model_version,
     }
     values = {**{name: cols[name] for name in QUOTE_FIELDS}, "fare_amount": list(fares)}
+    # json.dumps escapes every non-ASCII character (ensure_ascii), so a line's length is its size in bytes.
     line = json.dumps({**head, "count": len(fares), **values}, separators=(",", ":")) + "\n"
-    if len(line.encode("utf-8")) <= max_bytes or len(fares) <= 1:
+    if len(line) <= max_bytes or len(fares) <= 1:
         return line
     # Split into equal parts, each small enough (halving the size of a part until every line fits).
-    size = max(1, len(fares) * max_bytes * 9 // (10 * len(line.encode("utf-8"))))
+    size = max(1, len(fares) * max_bytes * 9 // (10 * len(line)))
     while True:
         starts = range(0, len(fares), size)
         lines = [
@@ -229,7 +230,7 @@ def format_record(
             + "\n"
             for k, start in enumerate(starts)
         ]
-        if size == 1 or all(len(part.encode("utf-8")) <= max_bytes for part in lines):
+        if size == 1 or all(len(part) <= max_bytes for part in lines):
             return "".join(lines)
         size = max(1, size // 2)
 

@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from taxi_platform.lib.lake import Lake
+from taxi_platform.lib.parquet_sink import WrittenTable
 from taxi_platform.lib.sql import sql_literal
 
 
@@ -39,7 +41,8 @@ def _cell(value: Any, kind: str) -> str | int | float | bool | None:
 
 
 def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, Any]:
-    """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path (file or glob of parts)."""
+    """``dagster/row_count``, ``dagster/column_schema``, a Markdown preview and the path (file or glob of parts),
+    read from the Parquet at ``path``. A step that wrote the table itself uses :func:`written_table_metadata`."""
     con = lake.connect()
     try:
         rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(path)})").fetchone()[0]
@@ -49,16 +52,66 @@ def table_metadata(lake: Lake, path: str, preview_rows: int = 5) -> dict[str, An
         ).fetchall()
     finally:
         con.close()
-    names = [d[0] for d in described]
-    schema = dg.TableSchema(columns=[dg.TableColumn(name=d[0], type=str(d[1])) for d in described])
+    return _table_metadata(int(rows), [(d[0], str(d[1])) for d in described], sample, path)
+
+
+def written_table_metadata(written: WrittenTable, path: str) -> dict[str, Any]:
+    """The keys of :func:`table_metadata` from what the writer saw (row count, schema, first rows): nothing is
+    read back. Column types are named as DuckDB names them when it reads the file."""
+    # Readers of the partition glob also see its Hive keys (``month``) as text columns, as table_metadata does.
+    hive = [
+        tuple(part.split("=", 1))
+        for part in path.split("/")[:-1]
+        if "=" in part and part.split("=", 1)[0] not in written.schema.names
+    ]
+    columns = [(f.name, duckdb_type_name(f.type)) for f in written.schema] + [(k, "VARCHAR") for k, _ in hive]
+    preview = written.preview
+    rows = [] if preview is None else preview.to_pylist()
+    sample = [(*row.values(), *(v for _, v in hive)) for row in rows]
+    return _table_metadata(written.rows, columns, sample, path)
+
+
+def _table_metadata(
+    rows: int, columns: Sequence[tuple[str, str]], sample: Sequence[Sequence[Any]], path: str
+) -> dict[str, Any]:
+    names = [name for name, _ in columns]
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind) for name, kind in columns])
     header = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
     body = "".join("| " + " | ".join(_fmt(v) for v in r) + " |\n" for r in sample)
     return {
-        "dagster/row_count": dg.MetadataValue.int(int(rows)),
+        "dagster/row_count": dg.MetadataValue.int(rows),
         "dagster/column_schema": schema,
         "preview": dg.MetadataValue.md(header + body),
         "path": dg.MetadataValue.path(path),
     }
+
+
+_DUCKDB_TYPES = {
+    "bool": "BOOLEAN",
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "uint8": "UTINYINT",
+    "uint16": "USMALLINT",
+    "uint32": "UINTEGER",
+    "uint64": "UBIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "string": "VARCHAR",
+    "large_string": "VARCHAR",
+    "date32[day]": "DATE",
+}
+
+
+def duckdb_type_name(arrow_type: pa.DataType) -> str:
+    """The type DuckDB reports (``DESCRIBE``) for a Parquet column written from ``arrow_type``: dictionary
+    columns read as their values' type, naive timestamps as ``TIMESTAMP``; others fall back to Arrow's name."""
+    if pa.types.is_dictionary(arrow_type):
+        return duckdb_type_name(arrow_type.value_type)
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
+    return _DUCKDB_TYPES.get(str(arrow_type), str(arrow_type).upper())
 
 
 def _fmt(value: Any) -> str:

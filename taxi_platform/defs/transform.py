@@ -9,20 +9,19 @@ import dagster as dg
 
 from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
-from taxi_platform.defs.metadata import table_metadata
+from taxi_platform.defs.metadata import written_table_metadata
 from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.lib.features import FEATURES_VERSION, ZoneTable
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sql import sql_literal
 from taxi_platform.lib.tlc_schema import SchemaMismatchError
 from taxi_platform.lib.transform import (
     CLEANING_VERSION,
     REJECT_REASON_RULES,
-    build_features,
+    CleanResult,
     clean_month,
-    month_bounds,
+    write_features,
 )
 from taxi_platform.lib.zones import ZoneLookupError, parse_zone_records, zone_table
 
@@ -95,47 +94,36 @@ def cleaned_trips(
             )
         raw_files[service] = path
     dest = store.partition_path("cleaned_trips", context.partition_key)
-    sources = sorted({store.source_label(p) for p in raw_files.values()})
     try:
-        result = clean_month(store, raw_files, month, dest, data_source=",".join(sources))
+        # data_source=None: the raw files' labels, read on the step's one DuckDB connection
+        result = clean_month(store, raw_files, month, dest, data_source=None)
     except SchemaMismatchError as exc:
         raise dg.Failure(description=str(exc)) from exc
     context.log.info(
         f"{month:%Y-%m}: kept {result.rows_out:,} of {result.total_in:,} rows; rejected {result.rejected}"
     )
+    # Metadata and checks come from what the step wrote (the writer's tallies), not from reading it back.
     parts = store.partition_glob("cleaned_trips", context.partition_key)
-    checks = _cleaned_checks(store, parts, month, result.kept_ratio)
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(store, parts),
+            **written_table_metadata(result.written, parts),
             "rows_in": dg.MetadataValue.json(result.rows_in),
             "rows_out_by_service": dg.MetadataValue.json(result.rows_out_by_service),
             "rejected_by_reason": dg.MetadataValue.json(result.rejected),
             "rejected_rows": dg.MetadataValue.int(sum(result.rejected.values())),
             "passenger_count_imputed": dg.MetadataValue.int(result.passenger_count_imputed),
             "kept_ratio": dg.MetadataValue.float(round(result.kept_ratio, 4)),
-            "data_source": dg.MetadataValue.text(",".join(sources)),
+            "data_source": dg.MetadataValue.text(result.data_source),
         },
-        check_results=checks,
+        check_results=_cleaned_checks(result),
     )
 
 
-def _cleaned_checks(store: Lake, path: str, month: date, kept_ratio: float) -> list[dg.AssetCheckResult]:
-    start, end = month_bounds(month)
-    con = store.connect()
-    try:
-        null_counts = con.execute(
-            "SELECT "
-            + ", ".join(f"count(*) FILTER (WHERE {c} IS NULL)" for c in KEY_COLUMNS)
-            + f" FROM read_parquet({sql_literal(path)})"
-        ).fetchone()
-        outside = con.execute(
-            f"SELECT count(*) FROM read_parquet({sql_literal(path)}) "
-            f"WHERE pickup_datetime < TIMESTAMP '{start}' OR pickup_datetime >= TIMESTAMP '{end}'"
-        ).fetchone()[0]
-    finally:
-        con.close()
-    nulls = {c: int(n) for c, n in zip(KEY_COLUMNS, null_counts, strict=True) if n}
+def _cleaned_checks(result: CleanResult) -> list[dg.AssetCheckResult]:
+    """The checks on the rows written, from the writer's NULL counts and pickup range (see ``clean_month``)."""
+    kept_ratio = result.kept_ratio
+    nulls = {c: int(result.written.null_counts[c]) for c in KEY_COLUMNS if result.written.null_counts[c]}
+    outside = result.pickups_outside_month
     return [
         dg.AssetCheckResult(
             check_name="kept_ratio_above_threshold",
@@ -176,11 +164,13 @@ def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
         )
     zones = load_zones(store)
     dest = store.partition_path("trip_features", context.partition_key)
-    rows = build_features(store, store.partition_glob("cleaned_trips", context.partition_key), zones, dest)
-    context.log.info(f"{context.partition_key[:7]}: wrote {rows:,} feature rows")
+    result = write_features(store, store.partition_glob("cleaned_trips", context.partition_key), zones, dest)
+    context.log.info(f"{context.partition_key[:7]}: wrote {result.rows:,} feature rows")
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(store, store.partition_glob("trip_features", context.partition_key)),
-            "data_source": store.source_label(dest),
+            **written_table_metadata(
+                result.written, store.partition_glob("trip_features", context.partition_key)
+            ),
+            "data_source": result.data_source or "tlc",  # what Lake.source_label reads from the file
         }
     )

@@ -50,14 +50,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def spill_directory(temp_root: str) -> str:
+_SWEPT: set[str] = set()  # spill roots this process has already cleaned
+
+
+def spill_directory(temp_root: str, sweep: bool = True) -> str:
     """A fresh spill directory path for one DuckDB connection under ``temp_root`` (created lazily by DuckDB).
 
-    ``temp_root`` is created; subdirectories left behind by processes that no longer run are removed."""
+    ``temp_root`` is created; with ``sweep``, subdirectories left behind by processes that no longer run are
+    removed."""
     root = Path(temp_root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for entry in root.iterdir():
+        for entry in root.iterdir() if sweep else ():
             pid_text = entry.name.split("-", 1)[0]
             if (
                 entry.is_dir()
@@ -395,7 +399,7 @@ class Lake:
         unprivileged user cannot create; every connection here spills into a directory of its own under ``temp_root``
         (default ``$TAXI_DATA_DIR/duckdb_tmp``), named ``<pid>-<random>``. DuckDB creates that directory only when it
         spills and removes it when the connection closes; directories left by killed processes are removed by the
-        next connection.
+        first connection a process opens under that root.
         """
         import duckdb
 
@@ -403,14 +407,18 @@ class Lake:
 
         settings = load_duckdb_settings()
         limit = parse_memory_limit(memory_limit, "memory_limit") if memory_limit else settings.memory_limit
+        root = temp_root or str(settings.temp_root)
+        # Directories of dead processes are swept once per process and root, not on every connection: a step
+        # opens connections in a loop and the spill root can hold many entries.
         config = {
             "memory_limit": limit,
-            "temp_directory": spill_directory(temp_root or str(settings.temp_root)),
+            "temp_directory": spill_directory(root, sweep=root not in _SWEPT),
             "preserve_insertion_order": False,
         }
         if threads:
             config["threads"] = int(threads)
         con = duckdb.connect(":memory:", config=config)
+        _SWEPT.add(root)
         if self.is_remote:
             con.register_filesystem(self.fs)
         return con

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taxi_platform.lib.lake import Lake, part_name
@@ -83,6 +85,17 @@ class _PartWriter:
         self.thread.join()
 
 
+@dataclass(frozen=True)
+class WrittenTable:
+    """A written partition described from the batches that went in (no Parquet is read back)."""
+
+    rows: int
+    schema: pa.Schema
+    null_counts: dict[str, int]
+    ranges: dict[str, tuple | None] = field(default_factory=dict)
+    preview: pa.Table | None = None
+
+
 class ParquetSink:
     """Write record batches as the Parquet parts of one partition; publish them only if everything succeeded.
 
@@ -99,6 +112,8 @@ class ParquetSink:
         schema: pa.Schema,
         metadata: Mapping[str, str],
         parts: int | None = None,
+        ranges: Sequence[str] = (),
+        preview_rows: int = 5,
     ) -> None:
         self.schema = schema.with_metadata(
             {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
@@ -107,6 +122,13 @@ class ParquetSink:
         self._staged = lake.staged_partition(dest.rsplit("/", 1)[0])
         self._writers: list[_PartWriter] = []
         self.rows = 0
+        # What the step reports about its output, tallied from the batches it writes rather than read back:
+        # NULLs per column, (min, max) of the ``ranges`` columns (None until a non-null value arrives) and
+        # the first ``preview_rows`` rows (those of part-0's start).
+        self.null_counts = dict.fromkeys(schema.names, 0)
+        self.ranges: dict[str, tuple | None] = dict.fromkeys(ranges)
+        self._preview_rows = preview_rows
+        self._preview: list[pa.RecordBatch] = []
 
     def __enter__(self) -> ParquetSink:
         staging = self._staged.__enter__()
@@ -126,9 +148,33 @@ class ParquetSink:
                 if self.rows >= SPLIT_AFTER_ROWS
                 else self._writers[0]
             )
+            self._profile(batch)
             target.queue.put(batch.replace_schema_metadata(self.schema.metadata))
             target.rows += batch.num_rows
             self.rows += batch.num_rows
+
+    def _profile(self, batch: pa.RecordBatch) -> None:
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            self.null_counts[name] += column.null_count
+        for name, current in self.ranges.items():
+            low, high = pc.min_max(batch.column(name)).values()
+            if low.is_valid:
+                low, high = low.as_py(), high.as_py()
+                self.ranges[name] = (
+                    (low, high) if current is None else (min(current[0], low), max(current[1], high))
+                )
+        if self.rows < self._preview_rows:
+            self._preview.append(batch.slice(0, self._preview_rows - self.rows))
+
+    def summary(self) -> WrittenTable:
+        """What this sink wrote: rows, schema, NULLs per column, tracked ranges and the first rows."""
+        return WrittenTable(
+            rows=self.rows,
+            schema=self.schema,
+            null_counts=dict(self.null_counts),
+            ranges=dict(self.ranges),
+            preview=pa.Table.from_batches(self._preview, self.schema),
+        )
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None and self.rows == 0:  # an empty partition is still one readable file

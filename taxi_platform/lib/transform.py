@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ from taxi_platform.lib.features import (
 )
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
-from taxi_platform.lib.parquet_sink import ParquetSink
+from taxi_platform.lib.parquet_sink import ParquetSink, WrittenTable
 from taxi_platform.lib.sql import load_sql, sql_literal
 from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
@@ -90,6 +90,10 @@ class CleanResult:
     rejected: dict[str, int] = field(default_factory=dict)
     passenger_count_imputed: int = 0
     rows_out_by_service: dict[str, int] = field(default_factory=dict)
+    # the rows written (schema, NULLs per column, pickup range, first rows), as the writer saw them
+    written: WrittenTable | None = None
+    pickups_outside_month: int = 0  # written rows whose pickup lies outside the month (the rules leave none)
+    data_source: str = "tlc"
 
     @property
     def total_in(self) -> int:
@@ -326,7 +330,7 @@ class _Tally:
         code = 0 if reason is None else REJECT_REASONS.index(reason) + 1
         self.counts[code * 4 + SERVICES.index(service) * 2 + int(imputed)] -= rows
 
-    def result(self, rows_in: dict[str, int], duplicates: int) -> CleanResult:
+    def result(self, rows_in: dict[str, int], duplicates: int, **extra) -> CleanResult:
         table = self.counts.reshape(len(REJECT_REASONS) + 1, 2, 2)
         rejected = {r: int(table[i + 1].sum()) for i, r in enumerate(REJECT_REASONS) if table[i + 1].sum()}
         if duplicates:
@@ -338,11 +342,12 @@ class _Tally:
             rejected=dict(sorted(rejected.items())),
             passenger_count_imputed=int(table[0, :, 1].sum()),
             rows_out_by_service=by_service,
+            **extra,
         )
 
 
 def clean_month(
-    lake: Lake, raw_files: Mapping[str, str], month: date, dest: str, data_source: str = "tlc"
+    lake: Lake, raw_files: Mapping[str, str], month: date, dest: str, data_source: str | None = "tlc"
 ) -> CleanResult:
     """Unify, de-duplicate and validate one month of raw files; write the kept rows to ``dest`` atomically.
 
@@ -355,6 +360,11 @@ def clean_month(
     No row value can fail the call: every number is read wide and checked (finite, whole, in range) before the
     kept rows are narrowed; a bad value rejects its row under its own reason (:data:`REJECT_REASONS`). Only a file
     the cleaning cannot read raises :class:`SchemaMismatchError`, naming the column and the file's schema era.
+
+    ``data_source`` is written into the Parquet metadata; ``None`` takes it from the raw files (their labels,
+    :meth:`Lake.source_label`, sorted and comma-joined). The result also describes the written rows
+    (:class:`WrittenTable`) and how many of them have a pickup outside the month, so a caller can report and
+    check the partition without reading it again.
     """
     if not raw_files:
         raise ValueError("clean_month needs at least one raw file")
@@ -365,6 +375,8 @@ def clean_month(
     try:
         classifies = []
         rows_in: dict[str, int] = {}
+        if data_source is None:
+            data_source = ",".join(sorted({lake.data_source(p, con) or "tlc" for p in raw_files.values()}))
         for service, path in sorted(raw_files.items()):
             schema = (
                 con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
@@ -393,7 +405,9 @@ def clean_month(
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
         tally = _Tally()
         candidates: list[pa.RecordBatch] = []
-        with ParquetSink(lake, dest, schema, {"data_source": data_source}) as sink:
+        with ParquetSink(
+            lake, dest, schema, {"data_source": data_source}, ranges=("pickup_datetime",)
+        ) as sink:
             for batch in reader:
                 tally.add(batch.column("_tally"))
                 flag = batch.column("_candidate")
@@ -405,11 +419,32 @@ def clean_month(
                     batch = batch.filter(keep)
                 sink.put(batch.select(CLEANED_COLUMNS))
             copies = _resolve_duplicates(con, pa.Table.from_batches(candidates, reader.schema), sink)
+        written = sink.summary()
+        outside = _pickups_outside(con, lake, dest, month, written.ranges["pickup_datetime"])
     finally:
         con.close()
     for reason, service, imputed, rows in copies:
         tally.subtract(reason, service, imputed, rows)
-    return tally.result(rows_in, duplicates=sum(c[-1] for c in copies))
+    return tally.result(
+        rows_in,
+        duplicates=sum(c[-1] for c in copies),
+        written=written,
+        pickups_outside_month=outside,
+        data_source=data_source,
+    )
+
+
+def _pickups_outside(con, lake: Lake, dest: str, month: date, pickup_range: tuple | None) -> int:
+    """Written rows with a pickup outside ``month``: none when the writer's pickup range lies inside it (the
+    rules reject every other row), else counted in the published partition."""
+    start, end = (datetime.fromisoformat(b) for b in month_bounds(month))
+    if pickup_range is None or (start <= pickup_range[0] and pickup_range[1] < end):
+        return 0
+    parts = dest.rsplit("/", 1)[0] + "/*.parquet"
+    return con.execute(
+        f"SELECT count(*) FROM read_parquet({sql_literal(parts)}) "
+        f"WHERE pickup_datetime < TIMESTAMP '{start}' OR pickup_datetime >= TIMESTAMP '{end}'"
+    ).fetchone()[0]
 
 
 def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tuple]:
@@ -431,7 +466,24 @@ def _resolve_duplicates(con, candidates: pa.Table, sink: ParquetSink) -> list[tu
     ).fetchall()
 
 
+@dataclass(frozen=True)
+class FeaturesResult:
+    data_source: str | None  # the cleaned partition's ``data_source`` metadata, copied to the features
+    written: WrittenTable
+
+    @property
+    def rows(self) -> int:
+        return self.written.rows
+
+
 def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int:
+    """Apply the shared feature definition to a cleaned month; write ``trip_features`` to ``dest`` atomically.
+
+    Returns the rows written; :func:`write_features` also describes them."""
+    return write_features(lake, cleaned, zones, dest).rows
+
+
+def write_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> FeaturesResult:
     """Apply the shared feature definition to a cleaned month; write ``trip_features`` to ``dest`` atomically.
 
     ``cleaned`` is the cleaned partition's glob (:meth:`Lake.partition_glob`); ``dest`` the features
@@ -454,7 +506,7 @@ def build_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> int
                 sink.put(_feature_batch(batch, zones))
     finally:
         con.close()
-    return sink.rows
+    return FeaturesResult(data_source=data_source, written=sink.summary())
 
 
 def _feature_batch(batch: pa.RecordBatch, zones: ZoneTable) -> pa.RecordBatch:

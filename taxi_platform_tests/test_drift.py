@@ -7,6 +7,7 @@ on the training months (the trainer's linear family: quick) and its predictions 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import date
 from pathlib import Path
@@ -136,6 +137,54 @@ def test_sample_is_bounded_seeded_and_typed(setup):
     # both training months are represented
     months = a["pickup_datetime"].dt.strftime("%Y-%m")
     assert set(months) == set(TRAIN)
+
+
+def _resplit(lake: Lake, month: str, dest: Lake, parts: int, seed: int) -> None:
+    """Rewrite ``month``'s trip_features into ``parts`` part files of shuffled rows (same trips, new layout)."""
+    import duckdb
+
+    src = lake.partition_glob("trip_features", f"{month}-01")
+    out = Path(dest.partition_path("trip_features", f"{month}-01")).parent
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"SELECT setseed({seed / 10})")
+        con.execute(f"CREATE TABLE t AS SELECT *, random() AS _r FROM read_parquet('{src}')")
+        n = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        size = -(-n // parts)
+        for i in range(parts):
+            con.execute(
+                f"COPY (SELECT * EXCLUDE (_r) FROM t ORDER BY _r LIMIT {size} OFFSET {i * size}) "
+                f"TO '{out / f'part-{i}.parquet'}' (FORMAT parquet)"
+            )
+    finally:
+        con.close()
+
+
+def test_sample_and_drift_figures_do_not_depend_on_part_files(setup, tmp_path):
+    """The same trips split into other part files, in another order, give the same sample and drift figures
+    (the transform writes parts in parallel, so their split differs between materialisations)."""
+    lakes = []
+    for i, parts in enumerate((1, 3)):
+        dest = Lake(str(tmp_path / f"lake{i}"))
+        for month in (*TRAIN, STABLE):
+            _resplit(setup["lake"], month, dest, parts, seed=i + 1)
+        lakes.append(dest)
+    samples = [drift.sample_features(lake, TRAIN, 2000, seed=3) for lake in lakes]
+    assert len(samples[0]) == 2000
+    assert samples[0].equals(samples[1])
+    assert drift.sample_features(setup["lake"], TRAIN, 2000, seed=3).equals(samples[0])
+    summaries = []
+    for lake in lakes:
+        reference = drift.with_predictions(drift.sample_features(lake, TRAIN, 2000, seed=3), setup["predict"])
+        current = drift.with_predictions(
+            drift.sample_features(lake, [STABLE], 2000, seed=3), setup["predict"]
+        )
+        summaries.append(drift.run_drift_report(current, reference, STABLE, CONFIG)[0])
+    a, b = summaries
+    assert a.drift_share == b.drift_share
+    assert {c: d.score for c, d in a.columns.items()} == {c: d.score for c, d in b.columns.items()}
+    assert a.quality == b.quality
 
 
 def test_sample_of_a_missing_month_says_what_to_materialise(setup):
@@ -270,6 +319,29 @@ def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setu
     assert loaded["evidently"]["metrics"]  # Evidently's own figures travel along
     # atomic publish: no temporary files left next to the reports
     assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
+
+
+def test_skipped_value_drift_plots_leave_figures_and_html_unchanged(setup):
+    """The per-column plots run_drift_report skips never reached the HTML: with them drawn, the figures and the
+    rendered report are the same (up to Evidently's random ids and timestamps)."""
+    import re
+
+    current = _current(setup, STABLE, 1500)
+    reference = setup["reference"].head(1500)
+    summary, snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG)
+    with pytest.MonkeyPatch.context() as patch:  # draw them, as Evidently does by default
+        patch.setattr(drift, "_without_value_drift_widgets", contextlib.nullcontext)
+        full_summary, full_snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG)
+
+    def normal(html: str) -> str:
+        return re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|"
+                      r"\d{4}-\d\d-\d\dT[\d:.]+", "X", html)  # fmt: skip
+
+    assert summary.columns == full_summary.columns
+    assert summary.drift_share == full_summary.drift_share
+    html = snapshot.get_html_str(as_iframe=False)
+    assert normal(html) == normal(full_snapshot.get_html_str(as_iframe=False))
+    assert "Value Drift for column fare_amount" in html
 
 
 def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):

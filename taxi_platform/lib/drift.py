@@ -2,9 +2,9 @@
 
 Pure logic without Dagster or MLflow (the asset passes the champion's predictions in as a callable):
 
-- :func:`sample_features` draws a bounded, seeded sample of ``trip_features`` months with DuckDB (the
-  lowest ``hashed_rows`` hashes (month, part file, row number, seed) win, so the sample is the same on every run and
-  memory stays flat however big the months are).
+- :func:`sample_features` draws a bounded, seeded sample of ``trip_features`` months with DuckDB (the rows
+  with the lowest hash of their own values and the seed win, so the sample is the same on every run, however
+  the months were split into part files, and memory stays flat however big the months are).
 - :func:`run_drift_report` runs an Evidently 0.7 ``Report`` (``DataDriftPreset`` over the pre-trip features,
   the observed distance/duration, the target and the champion's prediction, plus ``RegressionPreset`` for
   the champion's quality on the month) and extracts the figures the platform uses into a
@@ -40,7 +40,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +51,7 @@ import numpy as np
 
 from taxi_platform.lib.features import QUOTE_COLUMNS
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sql import hashed_rows, sql_literal
+from taxi_platform.lib.sql import sql_literal
 
 REPORT_VERSION = "1"  # bump when the report's figures or checks change (SCHEMA_VERSION: its JSON layout)
 
@@ -90,6 +91,8 @@ DRIFT_COLUMNS = (*CATEGORICAL_COLUMNS, *NUMERICAL_COLUMNS)
 # Columns read from trip_features (the prediction is added by the caller).
 SAMPLE_COLUMNS = tuple(dict.fromkeys((*QUOTE_COLUMNS, *CATEGORICAL_COLUMNS, *NUMERICAL_COLUMNS[:-1])))
 _STRING_COLUMNS = ("service", "pickup_borough", "dropoff_borough")
+# What identifies a trip for sampling: the quote and what was observed (every other column derives from these).
+SAMPLE_KEY_COLUMNS = (*QUOTE_COLUMNS, "trip_distance", "trip_duration_min", TARGET)
 
 SMALL_SAMPLE_ROWS = 1000
 SMALL_SAMPLE_METHODS = {"num_method": "ks", "cat_method": "chisquare"}
@@ -198,9 +201,12 @@ def month_row_count(lake: Lake, months: Sequence[str]) -> int:
 def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0) -> pd.DataFrame:
     """A bounded, seeded sample (at most ``rows``) of ``trip_features`` over ``months`` as a DataFrame.
 
-    Membership is decided by :func:`taxi_platform.lib.sql.hashed_rows`' hash (lowest hashes win), so the sample is
-    identical for the same files and seed, and each month is represented in proportion to its size.
-    Categorical columns come back as plain strings.
+    Membership and order are decided by a hash of each row's trip columns (:data:`SAMPLE_KEY_COLUMNS`) and
+    the seed, lowest first. The hash sees only the row's values, never its part file or position in it (the
+    transform writes parts in parallel, so those change between materialisations of the same data): the same
+    trips and seed give the same sample in the same order, and each month is represented in proportion to
+    its size. Rows with equal keys are equal in every sampled column (the rest derive from the quote), so
+    ties cannot change the result. Categorical columns come back as plain strings.
     """
     if not months:
         raise DriftInputError("sample_features needs at least one month")
@@ -210,8 +216,12 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
             f"trip_features has no partition for {absent}: materialise trip_features for those months first"
         )
     cols = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" if c in _STRING_COLUMNS else c for c in SAMPLE_COLUMNS)
-    union = " UNION ALL ".join(hashed_rows(m, lake.partition_glob(TABLE, m), cols, seed) for m in months)
-    query = f"SELECT * EXCLUDE (_h) FROM ({union}) ORDER BY _h LIMIT {int(rows)}"
+    files = "[" + ", ".join(sql_literal(lake.partition_glob(TABLE, m)) for m in months) + "]"
+    key = ", ".join(SAMPLE_KEY_COLUMNS)
+    query = (
+        f"SELECT {cols} FROM read_parquet({files}, hive_partitioning = false) "
+        f"ORDER BY hash({int(seed)}, {key}), {key} LIMIT {int(rows)}"
+    )
     con = lake.connect()
     try:
         frame = con.sql(query).df()
@@ -345,6 +355,27 @@ def build_report(
     return Report(items, include_tests=True)
 
 
+@contextmanager
+def _without_value_drift_widgets() -> Iterator[None]:
+    """Skip the plots Evidently renders for every ``ValueDrift`` while it computes the score.
+
+    ``DataDriftPreset`` draws its section from the legacy drift table and ignores its child metrics' widgets, so
+    those plots (about a fifth of ``Report.run``) never reach the HTML; the scores, tests and the rendered report
+    are unchanged (``test_drift`` compares both). Where Evidently has no such method, nothing is skipped.
+    """
+    from evidently.metrics.column_statistics import ValueDriftCalculation
+
+    original = ValueDriftCalculation.__dict__.get("_render")
+    if original is None:
+        yield
+        return
+    ValueDriftCalculation._render = lambda self, result, options, color_options: []
+    try:
+        yield
+    finally:
+        ValueDriftCalculation._render = original
+
+
 def run_drift_report(
     current: pd.DataFrame,
     reference: pd.DataFrame,
@@ -406,13 +437,14 @@ def run_drift_report(
         # Evidently's error-by-target-bin plot computes R² per bin; bins with a single trip make scikit-learn
         # warn "R^2 score is not well-defined". The report's own figures are unaffected.
         warnings.filterwarnings("ignore", message="R\\^2 score is not well-defined")
-        snapshot = report.run(
-            Dataset.from_pandas(current[keep], data_definition=definition),
-            Dataset.from_pandas(reference[keep], data_definition=definition),
-            metadata={"month": month, **dict(metadata or {})},
-            tags=["taxi_platform", "drift_report", month],
-            name=f"drift_report {month}",
-        )
+        with _without_value_drift_widgets():
+            snapshot = report.run(
+                Dataset.from_pandas(current[keep], data_definition=definition),
+                Dataset.from_pandas(reference[keep], data_definition=definition),
+                metadata={"month": month, **dict(metadata or {})},
+                tags=["taxi_platform", "drift_report", month],
+                name=f"drift_report {month}",
+            )
     summary = summarize(
         snapshot.dict(),
         month=month,

@@ -14,7 +14,7 @@ from dagster._core.test_utils import create_test_daemon_workspace_context, freez
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.freshness import FreshnessDaemon
 
-from taxi_platform.defs.ingest import RAW_TRIPS
+from taxi_platform.defs.keys import RAW_TRIPS
 from taxi_platform_tests.support.dagster_services import REPO_ROOT
 
 PUBLISHED = datetime(2024, 5, 20, 12, 0, tzinfo=UTC)
@@ -41,5 +41,5 @@ def test_raw_trips_turns_warn_then_fail_when_no_new_tlc_file_arrives(tmp_path, d
         with create_test_daemon_workspace_context(target, instance) as context:
             with freeze_time(PUBLISHED + timedelta(days=days_later)):
                 asyncio.run(FreshnessDaemon()._evaluate_assets(workspace_process_context=context))
-        records = instance.get_freshness_state_records([dg.AssetKey(RAW_TRIPS)])
-        assert records[dg.AssetKey(RAW_TRIPS)].freshness_state == state
+        records = instance.get_freshness_state_records([RAW_TRIPS])
+        assert records[RAW_TRIPS].freshness_state == state

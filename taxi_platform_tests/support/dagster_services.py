@@ -26,7 +26,7 @@ import requests
 
 from taxi_platform.devtools.loopback import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = REPO_ROOT / "workspace.yaml"
 T = TypeVar("T")
 

@@ -7,9 +7,16 @@ artifacts out of the working directory. ``mlflow`` is imported inside the functi
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+    from mlflow.data.pandas_dataset import PandasDataset
 
 REMOTE_SCHEMES = ("http://", "https://", "databricks")
 
@@ -29,20 +36,91 @@ def is_local_store(tracking_uri: str) -> bool:
     return not tracking_uri.startswith(REMOTE_SCHEMES)
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other stores and in-memory databases."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = tracking_uri[len(prefix) :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextmanager
+def store_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock, across processes, while a local SQLite store is first opened.
+
+    MLflow's SQL store creates its tables (and indexes) when it finds them missing, without a transaction that
+    covers them all: two runs opening the same fresh database at once both create, and one fails with
+    ``No such index: 'index_jobs_function_status_creation_time'``. The lock file sits next to the database,
+    so every process using that store agrees on it; other stores need no lock.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_local_experiment(tracking_uri: str, experiment_name: str, artifacts_dir: Path) -> None:
     """Create ``experiment_name`` with its artifacts under ``artifacts_dir`` when a local store lacks it.
 
     Left to MLflow, a local store's artifacts land in ``./mlruns`` of whatever directory the run started in.
-    Tracking servers choose their own artifact location, so they are left alone.
+    Tracking servers choose their own artifact location, so they are left alone. The store's tables (tracking
+    and registry) are created here, under :func:`store_init_lock`, so parallel first runs do not race; MLflow
+    caches the opened store per URI, so later clients in this process reuse it.
     """
     if not is_local_store(tracking_uri):
         return
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri)
-    if client.get_experiment_by_name(experiment_name) is None:
-        artifacts_dir.mkdir(parents=True, exist_ok=True)
-        client.create_experiment(experiment_name, artifact_location=artifacts_dir.as_uri())
+    with store_init_lock(tracking_uri):
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        client.search_registered_models(max_results=1)  # opens the registry store while the lock is held
+        if client.get_experiment_by_name(experiment_name) is None:
+            artifacts_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                client.create_experiment(experiment_name, artifact_location=artifacts_dir.as_uri())
+            except MlflowException:
+                # another process (outside the lock: a file store) created it first; that one is as good
+                if client.get_experiment_by_name(experiment_name) is None:
+                    raise
+
+
+def dataset_from_arrow(
+    table: pa.Table, source: str, name: str, digest: str, targets: str | None = None, schema_rows: int = 1000
+) -> PandasDataset:
+    """An MLflow dataset of ``table`` (name, source, digest, schema, profile) without profiling every row.
+
+    ``mlflow.data.from_pandas`` infers the schema by inspecting every value, which costs more than training on
+    a sample month. Column types depend only on the Arrow types here, so the first ``schema_rows`` rows give
+    the same types; whether a column is required comes from the Arrow null counts of the whole table, so the
+    schema equals a full inference. The digest is the caller's (a fingerprint of the data files).
+    """
+    import warnings
+
+    import mlflow.data
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.utils import _infer_schema
+
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways", integer-column hints
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            table.to_pandas(), source=source, name=name, digest=digest, targets=targets
+        )
+        head = _infer_schema(table.slice(0, schema_rows).to_pandas())
+    specs = []
+    for spec in head.inputs:
+        nulls = table.column(spec.name).null_count if spec.name in table.column_names else 0
+        specs.append(ColSpec(spec.type, spec.name, required=nulls == 0))
+    dataset.__dict__["schema"] = Schema(specs)  # PandasDataset.schema is a cached_property: pre-fill it
+    return dataset
 
 
 def resume(run: TrackedRun) -> Any:

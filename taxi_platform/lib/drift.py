@@ -206,7 +206,7 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
     transform writes parts in parallel, so those change between materialisations of the same data): the same
     trips and seed give the same sample in the same order, and each month is represented in proportion to
     its size. Rows with equal keys are equal in every sampled column (the rest derive from the quote), so
-    ties cannot change the result. Categorical columns come back as plain strings.
+    ties cannot change the result (and distinct trips practically never share a 64-bit hash). Categorical columns come back as plain strings.
     """
     if not months:
         raise DriftInputError("sample_features needs at least one month")
@@ -220,7 +220,7 @@ def sample_features(lake: Lake, months: Sequence[str], rows: int, seed: int = 0)
     key = ", ".join(SAMPLE_KEY_COLUMNS)
     query = (
         f"SELECT {cols} FROM read_parquet({files}, hive_partitioning = false) "
-        f"ORDER BY hash({int(seed)}, {key}), {key} LIMIT {int(rows)}"
+        f"ORDER BY hash({int(seed)}, {key}) LIMIT {int(rows)}"
     )
     con = lake.connect()
     try:

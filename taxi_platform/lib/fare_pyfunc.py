@@ -181,7 +181,7 @@ class CompiledForest:
     def predict_trees(self, X: np.ndarray) -> np.ndarray:
         """scikit-learn's own tree walk (its Cython predictors, in its order of summation, so the very same
         numbers as ``est.predict``) on X encoded here: skips the estimator's input checks and its
-        ColumnTransformer, a sixth of its predict time on a batch of quotes."""
+        ColumnTransformer, ~13 % of its predict time on a batch of quotes (profiled)."""
         X = np.asarray(X, dtype=np.float64)
         encoded = np.empty((X.shape[0], self.n_features), dtype=np.float64)
         self._encode(encoded, X)

@@ -303,6 +303,7 @@ class WheelDagster(DagsterServices):
                  "--port", str(self.grpc_port)],
                 self.code_env, empty_dir(self.root / "code-server-cwd"), self.log_dir / "code-server.log",
             )  # fmt: skip
+            self._wait_code_server()
             self._start_daemon()
             self.webserver = ManagedProcess(
                 "dagster-webserver",
@@ -313,6 +314,20 @@ class WheelDagster(DagsterServices):
             self.stop()
             raise
         return self
+
+    def _wait_code_server(self, timeout: float = 240) -> None:
+        """Start the webserver and daemon once the code server answers, as Kubernetes readiness probes do: a
+        webserver that asks first records the location as unreachable until it reloads."""
+
+        def healthy() -> bool:
+            self.code_server.check_alive()
+            probe = subprocess.run(
+                [self.bin("dagster"), "api", "grpc-health-check", "--port", str(self.grpc_port)],
+                env=self.code_env, cwd=self.cwd, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            return probe.returncode == 0
+
+        wait_until(healthy, timeout, "the code server to answer its gRPC health check", interval=1.0)
 
     def _start_daemon(self) -> None:
         self.daemon = ManagedProcess(

@@ -301,22 +301,15 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
 
     lake_table = lake.path(TABLE)
-    training_ds = dataset_from_arrow(
-        result.training,
-        source=lake_table,
-        name=f"{TABLE}[{train_months[0]}..{train_months[-1]}] sample",
-        digest=window_fp,
-        targets="fare_amount",
-    )
-    validation_ds = dataset_from_arrow(
-        result.validation,
-        source=lake_table,
-        name=f"{TABLE}[{month}] sample",
-        digest=validation_fp,
-        targets="fare_amount",
-    )
-    mlflow.log_input(training_ds, context="training")
-    mlflow.log_input(validation_ds, context="validation")
+    datasets = {
+        "training": (result.training, f"{TABLE}[{train_months[0]}..{train_months[-1]}] sample", window_fp),
+        "validation": (result.validation, f"{TABLE}[{month}] sample", validation_fp),
+    }
+    for context, (table, name, digest) in datasets.items():
+        dataset = dataset_from_arrow(
+            table, source=lake_table, name=name, digest=digest, targets="fare_amount"
+        )
+        mlflow.log_input(dataset, context=context)
 
     for family in inputs.train_config.families:
         with mlflow.start_run(run_name=f"{family} {month}", nested=True):

@@ -80,14 +80,7 @@ class DriftReportConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of both samples.")
 
     def drift_config(self) -> DriftConfig:
-        return DriftConfig(
-            drift_share_threshold=self.drift_share_threshold,
-            max_mae_degradation=self.max_mae_degradation,
-            reference_rows=self.reference_rows,
-            current_rows=self.current_rows,
-            min_rows=self.min_rows,
-            seed=self.seed,
-        )
+        return DriftConfig(**self.model_dump())  # the same fields, validated again by DriftConfig
 
 
 # -- metadata tables -------------------------------------------------------------------------------------

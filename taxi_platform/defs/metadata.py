@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
-import pyarrow as pa
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.parquet_sink import WrittenTable
-from taxi_platform.lib.sql import sql_literal
+from taxi_platform.lib.sql import duckdb_type_name, sql_literal
 
 
 def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
@@ -84,34 +83,6 @@ def _table_metadata(
         "preview": dg.MetadataValue.md(header + body),
         "path": dg.MetadataValue.path(path),
     }
-
-
-_DUCKDB_TYPES = {
-    "bool": "BOOLEAN",
-    "int8": "TINYINT",
-    "int16": "SMALLINT",
-    "int32": "INTEGER",
-    "int64": "BIGINT",
-    "uint8": "UTINYINT",
-    "uint16": "USMALLINT",
-    "uint32": "UINTEGER",
-    "uint64": "UBIGINT",
-    "float": "FLOAT",
-    "double": "DOUBLE",
-    "string": "VARCHAR",
-    "large_string": "VARCHAR",
-    "date32[day]": "DATE",
-}
-
-
-def duckdb_type_name(arrow_type: pa.DataType) -> str:
-    """The type DuckDB reports (``DESCRIBE``) for a Parquet column written from ``arrow_type``: dictionary
-    columns read as their values' type, naive timestamps as ``TIMESTAMP``; others fall back to Arrow's name."""
-    if pa.types.is_dictionary(arrow_type):
-        return duckdb_type_name(arrow_type.value_type)
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
-    return _DUCKDB_TYPES.get(str(arrow_type), str(arrow_type).upper())
 
 
 def _fmt(value: Any) -> str:

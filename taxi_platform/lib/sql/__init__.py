@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+import pyarrow as pa
+
 
 def load_sql(name: str) -> str:
     return files(__package__).joinpath(f"{name}.sql").read_text(encoding="utf-8")
@@ -25,3 +27,31 @@ def hashed_rows(month: str, files: str, columns: str, seed: int) -> str:
         f"AS _h FROM read_parquet({sql_literal(files)}, file_row_number = true, filename = true, "
         "hive_partitioning = false)"
     )
+
+
+_DUCKDB_TYPES = {
+    "bool": "BOOLEAN",
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "uint8": "UTINYINT",
+    "uint16": "USMALLINT",
+    "uint32": "UINTEGER",
+    "uint64": "UBIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "string": "VARCHAR",
+    "large_string": "VARCHAR",
+    "date32[day]": "DATE",
+}
+
+
+def duckdb_type_name(arrow_type: pa.DataType) -> str:
+    """The type DuckDB reports (``DESCRIBE``) for a Parquet column written from ``arrow_type``: dictionary
+    columns read as their values' type, naive timestamps as ``TIMESTAMP``; others fall back to Arrow's name."""
+    if pa.types.is_dictionary(arrow_type):
+        return duckdb_type_name(arrow_type.value_type)
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
+    return _DUCKDB_TYPES.get(str(arrow_type), str(arrow_type).upper())

@@ -10,7 +10,7 @@ import dagster as dg
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.parquet_sink import WrittenTable
-from taxi_platform.lib.sql import duckdb_type_name, sql_literal
+from taxi_platform.lib.sql import duckdb_type_name, sql_literal, table_cell_kind
 
 
 def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
@@ -73,19 +73,12 @@ def written_table_metadata(written: WrittenTable, path: str) -> dict[str, Any]:
 def _table_metadata(
     rows: int, columns: Sequence[tuple[str, str]], sample: Sequence[Sequence[Any]], path: str
 ) -> dict[str, Any]:
-    names = [name for name, _ in columns]
     schema = dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind) for name, kind in columns])
-    header = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) for v in r) + " |\n" for r in sample)
+    kinds = {name: table_cell_kind(kind) for name, kind in columns}
+    preview = records_table([dict(zip(kinds, row, strict=True)) for row in sample], kinds)
     return {
         "dagster/row_count": dg.MetadataValue.int(rows),
         "dagster/column_schema": schema,
-        "preview": dg.MetadataValue.md(header + body),
+        "preview": preview,
         "path": dg.MetadataValue.path(path),
     }
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)

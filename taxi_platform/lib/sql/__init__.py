@@ -55,3 +55,15 @@ def duckdb_type_name(arrow_type: pa.DataType) -> str:
     if pa.types.is_timestamp(arrow_type):
         return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
     return _DUCKDB_TYPES.get(str(arrow_type), str(arrow_type).upper())
+
+
+def table_cell_kind(duckdb_type: str) -> str:
+    """The table-cell kind for a DuckDB column type: numbers stay sortable numbers, the rest is text."""
+    name = duckdb_type.upper()
+    if name in ("BOOLEAN", "BOOL"):
+        return "bool"
+    if name.endswith("INT") or name in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT"):
+        return "int"
+    if name in ("DOUBLE", "FLOAT", "REAL") or name.startswith("DECIMAL"):
+        return "float"
+    return "string"

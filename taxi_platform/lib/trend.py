@@ -40,6 +40,14 @@ class TrendPoint:
     coverage_check_passed: bool | None = None
 
 
+def _mark_failed(ax, points: list[tuple[int, float]], label: str) -> None:
+    """Red dots on the months whose check failed or warned (nothing when none did)."""
+    if points:
+        ax.scatter(
+            [p[0] for p in points], [p[1] for p in points], color="#d62728", zorder=3, s=60, label=label
+        )
+
+
 def trend_path(lake: Lake) -> str:
     return lake.path(REPORT_TABLE, TREND_NAME)
 
@@ -121,15 +129,7 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
             for i, p in zip(x, points, strict=True)
             if p.mae is not None and p.mae_check_passed is False
         ]
-        if bad:
-            ax_mae.scatter(
-                [b[0] for b in bad],
-                [b[1] for b in bad],
-                color="#d62728",
-                zorder=3,
-                s=60,
-                label="mae_not_degraded failed",
-            )
+        _mark_failed(ax_mae, bad, "mae_not_degraded failed")
         reference_lines = (
             ("validation_mae", "#2ca02c", "--", "champion validation MAE"),
             ("mae_limit", "#ff7f0e", ":", "allowed MAE"),
@@ -208,15 +208,7 @@ def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:
             label="fares inside the quoted range",
         )
         bad = [(i, p.coverage) for i, p in cov if p.coverage_check_passed is False]
-        if bad:
-            ax.scatter(
-                [b[0] for b in bad],
-                [b[1] for b in bad],
-                color="#d62728",
-                zorder=3,
-                s=60,
-                label="fare_range_coverage warned",
-            )
+        _mark_failed(ax, bad, "fare_range_coverage warned")
         for i, p in cov:
             if p.range_width is not None:
                 ax.annotate(

@@ -23,8 +23,7 @@ from taxi_platform.defs.monitoring.served_quotes import SERVED_QUOTE_ACCURACY, S
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.drift import report_paths
 from taxi_platform.lib.registry import load_predictor
-from taxi_platform.lib.retraining import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG
-from taxi_platform.lib.run_tags import RETRAIN_REASON_TAG
+from taxi_platform.lib.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
 from taxi_platform.settings import MODEL_NAME
 
 STABLE_KEY = "2024-04-01"

@@ -423,9 +423,9 @@ class Lake:
             con.register_filesystem(self.fs)
         return con
 
-    def source_label(self, path: str) -> str:
+    def source_label(self, path: str, con=None) -> str:
         """``synthetic`` for the sample generator's files, ``tlc`` for everything else (real TLC data)."""
-        return self.data_source(path) or "tlc"
+        return self.data_source(path, con) or "tlc"
 
     def data_source(self, path: str, con=None) -> str | None:
         """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any.

@@ -70,7 +70,7 @@ def data_source_label(lake: Lake, months: Iterable[str]) -> str:
 
     A model trained on sample data must say so wherever it is served or reported.
     """
-    sources = {lake.data_source(lake.partition_path(TABLE, m)) or "tlc" for m in months}
+    sources = {lake.source_label(lake.partition_path(TABLE, m)) for m in months}
     return ",".join(sorted(sources))
 
 

@@ -20,11 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from taxi_platform.lib.months import month_label
-from taxi_platform.lib.run_tags import RETRAIN_REASON_TAG, TAG_PREFIX
+from taxi_platform.lib.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
 
-# Tags on the fare_model runs the sensor requests, beside RETRAIN_REASON_TAG (why).
-RETRAIN_MONTH_TAG = f"{TAG_PREFIX}retrain_month"
-RETRAIN_CHAMPION_TAG = f"{TAG_PREFIX}retrain_champion_version"
 CURSOR_KEEP = 200  # run keys remembered; older months are long past retraining
 
 

@@ -9,3 +9,5 @@ ATTEMPT_TAG = f"{TAG_PREFIX}attempt"  # the release sensor's attempt number for 
 CHANGED_SERVICES_TAG = f"{TAG_PREFIX}changed_services"  # services whose file is new or republished
 SOURCE_TAG = f"{TAG_PREFIX}source"  # what launched a run outside the sensors, e.g. "demo"
 RETRAIN_REASON_TAG = f"{TAG_PREFIX}retrain_reason"  # why a retraining run was requested
+RETRAIN_MONTH_TAG = f"{TAG_PREFIX}retrain_month"  # the month whose MAE check failed
+RETRAIN_CHAMPION_TAG = f"{TAG_PREFIX}retrain_champion_version"  # the champion that failed it

@@ -376,7 +376,7 @@ def clean_month(
         classifies = []
         rows_in: dict[str, int] = {}
         if data_source is None:
-            data_source = ",".join(sorted({lake.data_source(p, con) or "tlc" for p in raw_files.values()}))
+            data_source = ",".join(sorted({lake.source_label(p, con) for p in raw_files.values()}))
         for service, path in sorted(raw_files.items()):
             schema = (
                 con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
 from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
-from taxi_platform.lib.registry import CHAMPION, NoChampionError, champion_version
+from taxi_platform.lib.registry import CHAMPION, NoChampionError, RegisteredVersion, champion_version
 from taxi_platform.settings import MODEL_NAME
 
 BENTO_NAME = "taxi_fare_service"
@@ -71,14 +71,8 @@ class ServingBuildError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Champion:
-    """The registry version the ``champion`` alias points at."""
-
-    name: str
-    version: str
-    run_id: str
-    source: str
-    tags: Mapping[str, str]
+class Champion(RegisteredVersion):
+    """The registry version the ``champion`` alias points at, as the Bento store names it."""
 
     @property
     def store_version(self) -> str:
@@ -87,10 +81,6 @@ class Champion:
     @property
     def store_tag(self) -> str:
         return f"{self.name}:{self.store_version}"
-
-    @property
-    def pinned_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -124,13 +114,7 @@ def champion_info(tracking_uri: str, name: str = MODEL_NAME) -> Champion:
             f"no {name}@{CHAMPION} in the MLflow registry at {tracking_uri}: materialise the `fare_model` asset "
             f"(or run `taxi-platform demo`) so a model version is registered and promoted first ({exc})"
         ) from None
-    return Champion(
-        name=registered.name,
-        version=registered.version,
-        run_id=registered.run_id or "norun",
-        source=registered.source,
-        tags=registered.tags,
-    )
+    return Champion(**{**asdict(registered), "run_id": registered.run_id or "norun"})
 
 
 # --- paths and fingerprints -----------------------------------------------------------------------------------

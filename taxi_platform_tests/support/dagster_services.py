@@ -8,6 +8,7 @@ wait is bounded and says what it was waiting for when it gives up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import secrets
@@ -417,8 +418,44 @@ class PostgresServer:
         self._os_user = "postgres"
         return {"user": "postgres", "group": pwd.getpwnam("postgres").pw_gid}
 
+    def _bindir_for(self, as_user: dict[str, Any]) -> Path:
+        """A bindir the cluster's OS user can run. A checkout in a 0700 directory (``mktemp -d``) hides the
+        ``pgserver`` wheel's copy from the ``postgres`` user: its install (relocatable) is then copied once to a
+        world-readable place under the temp dir."""
+        if not as_user:
+            return self.bindir
+        try:
+            probe = [str(self.bindir / "initdb"), "--version"]
+            subprocess.run(probe, check=True, capture_output=True, timeout=60, **as_user)
+            return self.bindir
+        except (PermissionError, subprocess.CalledProcessError):
+            pass
+        # The wheel's binaries find their shared libraries through an RPATH into the package's sibling
+        # ``<package>.libs``: stage both with the same layout.
+        install = self.bindir.parent
+        root = install.parents[1]
+        rel = install.relative_to(root)
+        staged = (
+            Path(tempfile.gettempdir())
+            / f"taxi-pginstall-{hashlib.sha256(str(install).encode()).hexdigest()[:12]}"
+        )
+        if not (staged / rel / self.bindir.name / "initdb").exists():
+            work = Path(tempfile.mkdtemp(prefix=f"{staged.name}.", dir=staged.parent))
+            try:
+                tree = work / "tree"
+                shutil.copytree(install, tree / rel, symlinks=True)
+                for libs in root.glob(f"{rel.parts[0]}.libs"):
+                    shutil.copytree(libs, tree / libs.name, symlinks=True)
+                tree.chmod(0o755)
+                with contextlib.suppress(OSError):  # another process staged it first
+                    os.replace(tree, staged)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return staged / rel / self.bindir.name
+
     def __enter__(self) -> PostgresServer:
         as_user = self._run_as()
+        self.bindir = self._bindir_for(as_user)
         # /tmp, not pytest's tmp_path: the postgres user cannot enter root's 0700 pytest directories.
         self.base = Path(tempfile.mkdtemp(prefix="taxi-pg-"))
         data, sock = self.base / "data", self.base / "sock"

@@ -524,3 +524,45 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
         "2024-04",
     )
     assert doc["worst_cells"][0]["mae"] >= doc["worst_cells"][-1]["mae"]
+
+
+def test_a_ranged_run_reports_each_month_with_its_own_checks(platform):
+    """What the backfill daemon launches for drift_report's policy: one run, two months, the same figures and
+    per-month check evaluations as one run per month, which the retraining sensor reads by month."""
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [monitoring.drift_report],
+        tags={
+            "dagster/asset_partition_range_start": STABLE_KEY,
+            "dagster/asset_partition_range_end": FARE_UP_KEY,
+        },
+        instance=instance,
+        resources=platform["resources"],
+        run_config=RUN_CONFIG,
+    )
+    assert result.success
+    by_month = {
+        m.partition: {k: v.value for k, v in m.metadata.items()}
+        for m in result.asset_materializations_for_node("drift_report")
+    }
+    assert sorted(by_month) == [STABLE_KEY, FARE_UP_KEY]
+    for key, single in ((STABLE_KEY, platform["stable"]), (FARE_UP_KEY, platform["fare_up"])):
+        expected = _metadata(single)
+        for name in (
+            "drift_share",
+            "drifted_columns",
+            "mae",
+            "rmse",
+            "champion_version",
+            "month_rows",
+            "html_path",
+        ):
+            assert by_month[key][name] == expected[name], (key, name)
+    evaluations = {(e.partition, e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations[(STABLE_KEY, "mae_not_degraded")] is True
+    assert evaluations[(FARE_UP_KEY, "mae_not_degraded")] is False
+    assert len(evaluations) == 6
+    # the retraining sensor finds the failing month in the ranged run's evaluations
+    sensed = monitoring.retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=None))
+    (request,) = sensed.run_requests
+    assert request.partition_key == FARE_UP_KEY

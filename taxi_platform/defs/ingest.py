@@ -16,9 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taxi_platform.defs.keys import RAW_TRIPS, TAXI_ZONES
+from taxi_platform.defs.month_ranges import (
+    SMALL_MONTHS_PER_RUN,
+    MonthOutcome,
+    materialize_months,
+    months_per_run,
+)
 from taxi_platform.defs.owners import INGEST
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import parse_month, partition_key
 from taxi_platform.lib.tlc import (
     DownloadError,
@@ -176,14 +183,19 @@ RAW_TRIPS_FRESHNESS = dg.FreshnessPolicy.time_window(
     pool=TLC_POOL,
     code_version="1",
     freshness_policy=RAW_TRIPS_FRESHNESS,
+    backfill_policy=months_per_run(SMALL_MONTHS_PER_RUN),
 )
-def raw_trips(
-    context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
-) -> dg.MaterializeResult:
-    month = parse_month(context.partition_key, "partition key")
+def raw_trips(context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource):
+    lk = lake.lake()
+    return materialize_months(context, lambda key: _download_month(context, lk, tlc, key))
+
+
+def _download_month(
+    context: dg.AssetExecutionContext, lk: Lake, tlc: TlcSourceResource, key: str
+) -> MonthOutcome:
+    month = parse_month(key, "partition key")
     services = tlc.service_list()
     base_url = tlc.source_url()
-    lk = lake.lake()
     urls = {s: trip_url(base_url, s, month) for s in services}
 
     probes = dict(
@@ -260,7 +272,7 @@ def raw_trips(
     for result in results:
         metadata.update(_service_metadata(result))
     version = hashlib.sha256("".join(f"{r.service}:{r.sha256};" for r in results).encode()).hexdigest()
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+    return MonthOutcome(metadata=metadata, data_version=version)
 
 
 # -- checks ------------------------------------------------------------------------------------------

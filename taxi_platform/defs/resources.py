@@ -129,8 +129,11 @@ class MlflowResource(dg.ConfigurableResource):
         return self.experiment_name or MODEL_NAME
 
     @contextmanager
-    def start_tracking(self) -> Iterator[TrackedRun]:
+    def start_tracking(self, new_run_name: str | None = None) -> Iterator[TrackedRun]:
         """Open (or resume) this Dagster run's MLflow run through dagster-mlflow's ``mlflow_tracking``.
+
+        ``new_run_name`` opens a new MLflow run of that name instead (still tagged ``dagster_run_id``): a Dagster run
+        that trains several months (a ranged backfill run) logs each month to its own MLflow run.
 
         dagster-mlflow sets the experiment and starts the run tagged ``dagster_run_id``; on exit it ends the run
         FAILED/KILLED only if an error is propagating, so the caller ends it on success (its job hook
@@ -159,9 +162,12 @@ class MlflowResource(dg.ConfigurableResource):
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             ensure_local_experiment(uri, experiment, load_settings().data_dir / "mlartifacts")
-            run_context = self.get_resource_context().replace_config(
-                {"experiment_name": experiment, "mlflow_tracking_uri": uri}
-            )
+            config = {"experiment_name": experiment, "mlflow_tracking_uri": uri}
+            if new_run_name is not None:
+                experiment_id = mlflow.set_experiment(experiment).experiment_id
+                created = mlflow.MlflowClient(uri).create_run(experiment_id, run_name=new_run_name)
+                config["mlflow_run_id"] = created.info.run_id  # dagster-mlflow resumes it and adds its tags
+            run_context = self.get_resource_context().replace_config(config)
             session = mlflow_tracking.resource_fn(run_context)
             next(session)
         try:

@@ -10,6 +10,12 @@ import dagster as dg
 from taxi_platform.defs.automation import follow_upstream
 from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.metadata import written_table_metadata
+from taxi_platform.defs.month_ranges import (
+    SMALL_MONTHS_PER_RUN,
+    MonthOutcome,
+    materialize_months,
+    months_per_run,
+)
 from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
@@ -27,10 +33,6 @@ from taxi_platform.lib.zones import ZoneLookupError, parse_zone_records, zone_ta
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80
-
-
-def _month(context: dg.AssetExecutionContext) -> date:
-    return date.fromisoformat(context.partition_key)
 
 
 def load_zones(lake: Lake) -> ZoneTable:
@@ -53,6 +55,7 @@ def load_zones(lake: Lake) -> ZoneTable:
     code_version=CLEANING_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
+    backfill_policy=months_per_run(SMALL_MONTHS_PER_RUN),
     check_specs=[
         dg.AssetCheckSpec(
             "kept_ratio_above_threshold",
@@ -79,21 +82,24 @@ def load_zones(lake: Lake) -> ZoneTable:
     "The step fails only on a file it cannot read (a required column missing, or a column of a type it cannot "
     "read, e.g. fares stored as text); the message names the column and the file's schema era.",
 )
-def cleaned_trips(
-    context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource
-) -> dg.MaterializeResult:
+def cleaned_trips(context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource):
     store = lake.lake()
-    month = _month(context)
+    services = tlc.service_list()
+    return materialize_months(context, lambda key: _clean(context, store, services, key))
+
+
+def _clean(context: dg.AssetExecutionContext, store: Lake, services: list[str], key: str) -> MonthOutcome:
+    month = date.fromisoformat(key)
     raw_files = {}
-    for service in tlc.service_list():
-        path = store.raw_trips_path(service, context.partition_key)
+    for service in services:
+        path = store.raw_trips_path(service, key)
         if not store.exists(path):
             raise dg.Failure(
                 description=f"raw_trips has no {service} file for {month:%Y-%m} ({path}): "
-                f"materialise raw_trips for partition {context.partition_key} first.",
+                f"materialise raw_trips for partition {key} first.",
             )
         raw_files[service] = path
-    dest = store.partition_path("cleaned_trips", context.partition_key)
+    dest = store.partition_path("cleaned_trips", key)
     try:
         # data_source=None: the raw files' labels, read on the step's one DuckDB connection
         result = clean_month(store, raw_files, month, dest, data_source=None)
@@ -103,8 +109,8 @@ def cleaned_trips(
         f"{month:%Y-%m}: kept {result.rows_out:,} of {result.total_in:,} rows; rejected {result.rejected}"
     )
     # Metadata and checks come from what the step wrote (the writer's tallies), not from reading it back.
-    parts = store.partition_glob("cleaned_trips", context.partition_key)
-    return dg.MaterializeResult(
+    parts = store.partition_glob("cleaned_trips", key)
+    return MonthOutcome(
         metadata={
             **written_table_metadata(result.written, parts),
             "rows_in": dg.MetadataValue.json(result.rows_in),
@@ -115,7 +121,7 @@ def cleaned_trips(
             "kept_ratio": dg.MetadataValue.float(round(result.kept_ratio, 4)),
             "data_source": dg.MetadataValue.text(result.data_source),
         },
-        check_results=_cleaned_checks(result),
+        checks=_cleaned_checks(result),
     )
 
 
@@ -151,26 +157,29 @@ def _cleaned_checks(result: CleanResult) -> list[dg.AssetCheckResult]:
     code_version=FEATURES_VERSION,
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
+    backfill_policy=months_per_run(SMALL_MONTHS_PER_RUN),
     description="Per-trip features known before the ride (lib/features.py, shared with serving) plus the target "
     "fare_amount and observed distance/duration. Lake: trip_features/month=YYYY-MM/.",
 )
-def trip_features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+def trip_features(context: dg.AssetExecutionContext, lake: LakeResource):
     store = lake.lake()
-    source = store.partition_path("cleaned_trips", context.partition_key)
+    zones = load_zones(store)
+    return materialize_months(context, lambda key: _features(context, store, zones, key))
+
+
+def _features(context: dg.AssetExecutionContext, store: Lake, zones: ZoneTable, key: str) -> MonthOutcome:
+    source = store.partition_path("cleaned_trips", key)
     if not store.exists(source):
         raise dg.Failure(
-            description=f"No cleaned_trips partition for {context.partition_key} at {source}: "
+            description=f"No cleaned_trips partition for {key} at {source}: "
             "materialise cleaned_trips for this month first."
         )
-    zones = load_zones(store)
-    dest = store.partition_path("trip_features", context.partition_key)
-    result = write_features(store, store.partition_glob("cleaned_trips", context.partition_key), zones, dest)
-    context.log.info(f"{context.partition_key[:7]}: wrote {result.rows:,} feature rows")
-    return dg.MaterializeResult(
+    dest = store.partition_path("trip_features", key)
+    result = write_features(store, store.partition_glob("cleaned_trips", key), zones, dest)
+    context.log.info(f"{key[:7]}: wrote {result.rows:,} feature rows")
+    return MonthOutcome(
         metadata={
-            **written_table_metadata(
-                result.written, store.partition_glob("trip_features", context.partition_key)
-            ),
+            **written_table_metadata(result.written, store.partition_glob("trip_features", key)),
             "data_source": result.data_source or "tlc",  # what Lake.source_label reads from the file
         }
     )

@@ -22,6 +22,12 @@ import dagster as dg
 from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
+from taxi_platform.defs.month_ranges import (
+    MODEL_MONTHS_PER_RUN,
+    MonthOutcome,
+    materialize_months,
+    months_per_run,
+)
 from taxi_platform.defs.owners import MODEL
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -58,6 +64,7 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     code_version=TRAINING_VERSION,
     kinds={"mlflow", "scikitlearn", "duckdb"},
     automation_condition=fare_model_condition(),
+    backfill_policy=months_per_run(MODEL_MONTHS_PER_RUN),
     check_specs=[
         dg.AssetCheckSpec(name, asset=FARE_MODEL, description=CHECK_DESCRIPTIONS[name])
         for name in model_run.CHECKS
@@ -77,11 +84,26 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
 )
 def fare_model(
     context: dg.AssetExecutionContext, config: FareModelConfig, lake: LakeResource, mlflow: MlflowResource
-) -> dg.MaterializeResult:
-    with mlflow.start_tracking() as run:
+):
+    store = lake.lake()
+    # One month: dagster-mlflow's run for this Dagster run. Several (a ranged backfill run): one MLflow run each.
+    ranged = not context.has_partition_key
+    return materialize_months(
+        context, lambda key: _fare_month(context, config, store, mlflow, key, new_run=ranged)
+    )
+
+
+def _fare_month(
+    context: dg.AssetExecutionContext,
+    config: FareModelConfig,
+    store: Lake,
+    mlflow: MlflowResource,
+    key: str,
+    new_run: bool,
+) -> MonthOutcome:
+    with mlflow.start_tracking(new_run_name=f"fare_model {key[:7]}" if new_run else None) as run:
         try:
-            store = lake.lake()
-            inputs = _inputs(context, config, store)
+            inputs = _inputs(context, key, config, store)
             return _train_and_register(context, store, inputs, run)
         except BaseException as exc:
             _fail_run(context, run, exc)
@@ -89,16 +111,16 @@ def fare_model(
 
 
 def _inputs(
-    context: dg.AssetExecutionContext, config: FareModelConfig, store: Lake
+    context: dg.AssetExecutionContext, key: str, config: FareModelConfig, store: Lake
 ) -> model_run.ModelRunInputs:
     """The partition's training inputs; a Failure (not retried: waiting will not help) when data is missing."""
-    month = context.partition_key[:7]
+    month = key[:7]
     available = set(store.partitions("trip_features"))
     train_months, missing = model_run.training_window(month, config.window_months, available)
     if month not in available:
         raise dg.Failure(
             description=f"fare_model {month}: trip_features has no partition for {month} (the validation month) at "
-            f"{store.partition_path('trip_features', month)}. Materialise trip_features for {context.partition_key} "
+            f"{store.partition_path('trip_features', month)}. Materialise trip_features for {key} "
             "first.",
             allow_retries=False,
         )
@@ -115,7 +137,7 @@ def _inputs(
             f"trip_features missing for {', '.join(missing)}"
         )
     return model_run.ModelRunInputs(
-        partition=context.partition_key,
+        partition=key,
         month=month,
         train_months=tuple(train_months),
         missing_months=tuple(missing),
@@ -140,7 +162,7 @@ def _fail_run(context: dg.AssetExecutionContext, run: TrackedRun, exc: BaseExcep
 
 def _train_and_register(
     context: dg.AssetExecutionContext, store: Lake, inputs: model_run.ModelRunInputs, run: TrackedRun
-) -> dg.MaterializeResult:
+) -> MonthOutcome:
     from taxi_platform.defs.transform import load_zones
     from taxi_platform.lib.tracking import end_all_runs
 
@@ -161,9 +183,9 @@ def _train_and_register(
     )
     if "mlflow_run_url" in metadata:
         metadata["mlflow_run_url"] = dg.MetadataValue.url(metadata["mlflow_run_url"])
-    return dg.MaterializeResult(
+    return MonthOutcome(
         metadata=metadata,
-        check_results=[
+        checks=[
             dg.AssetCheckResult(check_name=c.name, passed=c.passed, metadata=c.metadata)
             for c in trained.checks
         ],

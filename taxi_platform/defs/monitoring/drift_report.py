@@ -25,6 +25,12 @@ from pydantic import Field
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
+from taxi_platform.defs.month_ranges import (
+    MODEL_MONTHS_PER_RUN,
+    MonthOutcome,
+    materialize_months,
+    months_per_run,
+)
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -49,6 +55,7 @@ from taxi_platform.lib.drift import (
     with_predictions,
     write_report,
 )
+from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.model_run import data_source_label
 from taxi_platform.lib.months import month_label
 from taxi_platform.lib.registry import ChampionTagsError, NoChampionError, load_champion, load_predictor
@@ -196,6 +203,7 @@ CHECK_SPECS = _check_specs()
     code_version=REPORT_VERSION,
     kinds={"evidently", "mlflow", "html"},
     automation_condition=drift_report_condition(),
+    backfill_policy=months_per_run(MODEL_MONTHS_PER_RUN),
     check_specs=CHECK_SPECS,
     description="Evidently data-drift and regression-quality report of the champion on one month: "
     "drift_report/month=YYYY-MM/report.html (interactive) and report.json (figures).",
@@ -205,11 +213,17 @@ def drift_report(
     config: DriftReportConfig,
     lake: LakeResource,
     mlflow: MlflowResource,
-) -> dg.MaterializeResult:
+):
     store = lake.lake()
-    key = context.partition_key
-    month = month_label(key)
     settings = config.drift_config()
+    tracking_uri = mlflow.resolved_uri()
+    return materialize_months(context, lambda key: _report_month(context, settings, store, tracking_uri, key))
+
+
+def _report_month(
+    context: dg.AssetExecutionContext, settings: DriftConfig, store: Lake, tracking_uri: str, key: str
+) -> MonthOutcome:
+    month = month_label(key)
     features_path = store.partition_path("trip_features", key)
     if not store.exists(features_path):
         raise dg.Failure(
@@ -217,7 +231,6 @@ def drift_report(
             "this month first.",
             allow_retries=False,
         )
-    tracking_uri = mlflow.resolved_uri()
     try:
         champion = load_champion(tracking_uri, month)
     except NoChampionError as exc:
@@ -319,4 +332,4 @@ def drift_report(
         metadata["validation_mae"] = dg.MetadataValue.float(round(champion.validation_mae, 4))
     if "mae_change_pct" in checks[1].metadata:
         metadata["mae_change_pct"] = dg.MetadataValue.float(checks[1].metadata["mae_change_pct"])
-    return dg.MaterializeResult(metadata=metadata, check_results=[_check_result(c) for c in checks])
+    return MonthOutcome(metadata=metadata, checks=[_check_result(c) for c in checks])

@@ -317,6 +317,17 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def import_report_modules() -> None:
+    """Import everything :func:`run_drift_report` needs from Evidently (its slowest part on a cold process).
+
+    :class:`taxi_platform.lib.drift_worker.EvidentlyWorker` calls it at start, while its parent reads MLflow.
+    """
+    import evidently  # noqa: F401
+    import evidently.metrics.column_statistics  # noqa: F401
+    import evidently.presets  # noqa: F401
+    import evidently.tests  # noqa: F401
+
+
 def build_report(
     drift_columns: Sequence[str],
     drift_share_threshold: float,

@@ -1,0 +1,153 @@
+"""One step's drift reports: :class:`DriftReporter` reports months one at a time with what it already loaded.
+
+Created once per ``drift_report`` step (first thing in the step), it starts an
+:class:`~taxi_platform.lib.drift_worker.EvidentlyWorker` (Evidently imports in a child process on the other core
+while this process reads the MLflow registry, loads the champion and predicts) and keeps, for the step's
+lifetime, the champion looked up per month, the loaded models by version and the reference sample (with
+predictions) per version, so a ranged run pays for each of them once. :meth:`DriftReporter.report` returns a
+:class:`MonthReport`: the figures, the champion, the month's sample and a snapshot whose ``save_html`` the
+existing :func:`taxi_platform.lib.drift.write_report` publishes.
+
+Errors are the ones the asset already maps to failures: :class:`~taxi_platform.lib.registry.NoChampionError`,
+:class:`~taxi_platform.lib.registry.ChampionTagsError` and :class:`~taxi_platform.lib.drift.DriftInputError`
+(raised in the worker, it arrives with its type and message); anything else from the worker is a
+:class:`~taxi_platform.lib.drift_worker.DriftWorkerError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taxi_platform.lib.drift import (
+    DriftConfig,
+    DriftSummary,
+    month_row_count,
+    range_coverage,
+    run_drift_report,
+    sample_features,
+    with_predictions,
+)
+from taxi_platform.lib.drift_worker import EvidentlyWorker
+from taxi_platform.lib.months import month_label
+from taxi_platform.lib.registry import ChampionInfo, load_champion, load_predictor
+from taxi_platform.settings import MODEL_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from taxi_platform.lib.lake import Lake
+
+
+@dataclass
+class MonthReport:
+    """What one month's report produced; the asset turns it into checks, ``report.json`` and metadata."""
+
+    partition_key: str
+    month: str  # YYYY-MM
+    champion: ChampionInfo
+    reference_months: list[str]  # partition keys (YYYY-MM-01) of the champion's training window
+    month_rows: int
+    summary: DriftSummary
+    snapshot: Any  # has save_html(path): hand it to write_report before reporting the next month
+    current: pd.DataFrame  # the month's sample with predictions (and fare ranges)
+    coverage: dict[str, Any] | None  # range_coverage(current)
+
+
+class DriftReporter:
+    """Reports months of ``trip_features`` against their champion; use as a context manager (ends the worker).
+
+    ``in_process=True`` runs Evidently in this process (no child): the same figures, for callers that cannot
+    start processes.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        tracking_uri: str,
+        config: DriftConfig | None = None,
+        model_name: str = MODEL_NAME,
+        in_process: bool = False,
+    ) -> None:
+        self.lake, self.tracking_uri, self.model_name = lake, tracking_uri, model_name
+        self.config = config or DriftConfig()
+        self.worker: EvidentlyWorker | None = None if in_process else EvidentlyWorker()
+        self._champions: dict[str, ChampionInfo] = {}
+        self._predictors: dict[str, tuple[Callable[[pd.DataFrame], Any], dict[str, str]]] = {}
+        self._references: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
+
+    # -- caches ----------------------------------------------------------------------------------------------
+    def champion(self, partition_key: str) -> ChampionInfo:
+        """The version that served the month (:func:`~taxi_platform.lib.registry.load_champion`), once per month."""
+        month = month_label(partition_key)
+        if month not in self._champions:
+            self._champions[month] = load_champion(self.tracking_uri, month, self.model_name)
+        return self._champions[month]
+
+    def predictor(self, champion: ChampionInfo) -> tuple[Callable[[pd.DataFrame], Any], dict[str, str]]:
+        """``(predict, quote types)`` of the champion's version, loaded once per version."""
+        if champion.version not in self._predictors:
+            self._predictors[champion.version] = load_predictor(self.tracking_uri, champion.pinned_uri)
+        return self._predictors[champion.version]
+
+    def reference(self, champion: ChampionInfo) -> pd.DataFrame:
+        """The champion's training-window sample with its predictions, once per version and window."""
+        key = (champion.version, tuple(champion.train_months))
+        if key not in self._references:
+            predict, types = self.predictor(champion)
+            months = [f"{m}-01" for m in champion.train_months]
+            sample = sample_features(self.lake, months, self.config.reference_rows, self.config.seed)
+            self._references[key] = with_predictions(sample, predict, types)
+        return self._references[key]
+
+    # -- one month -------------------------------------------------------------------------------------------
+    def report(self, partition_key: str, metadata: Mapping[str, str] | None = None) -> MonthReport:
+        """Sample the month, predict it with its champion, and run the Evidently report (in the worker)."""
+        month = month_label(partition_key)
+        champion = self.champion(partition_key)
+        predict, types = self.predictor(champion)
+        month_rows = month_row_count(self.lake, [partition_key])
+        reference = self.reference(champion)
+        current = with_predictions(
+            sample_features(self.lake, [partition_key], self.config.current_rows, self.config.seed),
+            predict,
+            types,
+        )
+        arguments = {
+            "current": current,
+            "reference": reference,
+            "config": self.config,
+            "validation_mae": champion.validation_mae,
+            "metadata": {
+                "champion_version": champion.version,
+                "model": champion.name,
+                **dict(metadata or {}),
+            },
+        }
+        if self.worker is None:
+            summary, snapshot = run_drift_report(month=month, **arguments)
+        else:
+            summary, snapshot = self.worker.run_report(month, **arguments)
+        return MonthReport(
+            partition_key=partition_key,
+            month=month,
+            champion=champion,
+            reference_months=[f"{m}-01" for m in champion.train_months],
+            month_rows=month_rows,
+            summary=summary,
+            snapshot=snapshot,
+            current=current,
+            coverage=range_coverage(current),
+        )
+
+    def close(self) -> None:
+        """End the worker (idempotent)."""
+        if self.worker is not None:
+            self.worker.close()
+
+    def __enter__(self) -> DriftReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""The Evidently worker process (lib/drift_worker.py): the same figures and HTML as an in-process report, errors
+that say what went wrong, and a child that ends with its parent's session."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from taxi_platform.lib import drift
+from taxi_platform.lib.drift_worker import DriftWorkerError, EvidentlyWorker
+from taxi_platform.lib.lake import Lake
+from taxi_platform_tests.test_drift import STABLE, TRAIN, VALIDATION, build_feature_lake, fit_model
+
+CONFIG = drift.DriftConfig(reference_rows=1500, current_rows=1500)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker_lake")
+    lake = build_feature_lake(root, months=(*TRAIN, VALIDATION, STABLE), rows={"yellow": 1500, "green": 200})
+    model, validation_mae = fit_model(lake)
+
+    def predict(quotes):
+        return model.predict(None, quotes)
+
+    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, CONFIG.reference_rows), predict)
+    current = drift.with_predictions(drift.sample_features(lake, [STABLE], CONFIG.current_rows), predict)
+    return current, reference, validation_mae
+
+
+def _normal(html: str) -> str:
+    """HTML without Evidently's random ids and timestamps, numbers to 9 significant digits."""
+    html = re.sub(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|\d{4}-\d\d-\d\dT[\d:.]+",
+        "X",
+        html,
+    )
+    return re.sub(r"\d+\.\d{10,}(e-?\d+)?", lambda m: f"{float(m.group()):.9g}", html)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
+
+
+def test_worker_gives_the_in_process_figures_and_html_then_ends(frames, tmp_path):
+    current, reference, validation_mae = frames
+    local, local_snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG, validation_mae)
+    with EvidentlyWorker() as worker:
+        pid = worker.pid
+        assert _alive(pid)
+        remote, snapshot = worker.run_report(
+            STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
+        )
+        html_path = tmp_path / "report.html"
+        snapshot.save_html(str(html_path))
+    assert worker.returncode() == 0  # closing the session ends the child
+    assert not _alive(pid)
+
+    # same tests and verdicts; scores agree to rounding (a categorical distance sums in hash order, which
+    # differs between interpreters)
+    assert remote.columns.keys() == local.columns.keys()
+    for column, figures in local.columns.items():
+        other = remote.columns[column]
+        assert (other.method, other.threshold, other.drifted) == (
+            figures.method,
+            figures.threshold,
+            figures.drifted,
+        )
+        assert other.score == pytest.approx(figures.score, rel=1e-9, abs=1e-12)
+    assert remote.drift_share == local.drift_share
+    assert remote.drifted_columns == local.drifted_columns
+    assert remote.quality == local.quality
+    assert remote.evidently["quality"] == pytest.approx(local.evidently["quality"], rel=1e-9)
+    html = html_path.read_text(encoding="utf-8")
+    assert _normal(html) == _normal(local_snapshot.get_html_str(as_iframe=False))
+
+
+def test_errors_in_the_worker_surface_with_their_reason_and_the_worker_keeps_serving(frames, tmp_path):
+    current, reference, validation_mae = frames
+    with EvidentlyWorker() as worker:
+        # the asset's own input error keeps its type and message
+        with pytest.raises(drift.DriftInputError, match="has 5 rows: a drift test needs at least 30"):
+            worker.run_report(STABLE, current=current.head(5), reference=reference, config=CONFIG)
+        _, snapshot = worker.run_report(STABLE, current=current, reference=reference, config=CONFIG)
+        # anything else names the month, the child's exception and its traceback
+        with pytest.raises(
+            DriftWorkerError, match=r"(?s)for 2024-04 failed.*FileNotFoundError.*worker traceback"
+        ):
+            snapshot.save_html(str(tmp_path / "missing" / "report.html"))
+        summary, _ = worker.run_report(
+            STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
+        )
+        assert summary.n_tested == len(drift.DRIFT_COLUMNS)
+
+
+def test_a_replaced_snapshot_cannot_be_saved(frames, tmp_path):
+    current, reference, _ = frames
+    with EvidentlyWorker() as worker:
+        _, first = worker.run_report(STABLE, current=current, reference=reference, config=CONFIG)
+        _, second = worker.run_report(STABLE, current=current, reference=reference, config=CONFIG)
+        with pytest.raises(DriftWorkerError, match="replaced by a later report"):
+            first.save_html(str(tmp_path / "old.html"))
+        second.save_html(str(tmp_path / "new.html"))
+        assert (tmp_path / "new.html").stat().st_size > 100_000
+
+
+def test_a_dead_worker_is_a_clear_error():
+    with EvidentlyWorker() as worker:
+        with pytest.raises(DriftWorkerError, match=r"exited with code 3 while asked to crash"):
+            worker.request("crash", "2024-04", code=3)
+        with pytest.raises(DriftWorkerError, match="closed"):
+            worker.run_report(STABLE)
+
+
+def test_write_report_publishes_the_worker_snapshot(frames, tmp_path):
+    current, reference, validation_mae = frames
+    lake = Lake(str(tmp_path / "lake"))
+    with EvidentlyWorker() as worker:
+        summary, snapshot = worker.run_report(
+            STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
+        )
+        checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, validation_mae, 0.25)]
+        doc = drift.report_document(
+            summary,
+            checks,
+            {"version": "1"},
+            [f"{m}-01" for m in TRAIN],
+            len(current),
+            CONFIG,
+            "synthetic",
+            "",
+        )
+        html_path, json_path = drift.write_report(lake, f"{STABLE}-01", snapshot, doc)
+    html = Path(html_path).read_text(encoding="utf-8")
+    assert "Share of Drifted Columns" in html and "Mean Absolute Error" in html
+    assert drift.read_report(lake, f"{STABLE}-01")["drift"]["share"] == pytest.approx(summary.drift_share)
+    assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]

@@ -22,11 +22,12 @@ from taxi_platform.lib.features import (
 )
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
-from taxi_platform.lib.parquet_sink import ParquetSink, WrittenTable
+from taxi_platform.lib.parquet_sink import WRITE_POOL, ParquetSink, WrittenTable
 from taxi_platform.lib.sql import load_sql, sql_literal
 from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
 
+BATCH_ROWS = 131_072
 CLEANING_VERSION = "2"  # bump when a cleaning rule changes which rows are kept or how they are typed
 
 # Source column (per service) → unified name and DuckDB type. Missing optional columns become NULL.
@@ -392,7 +393,7 @@ def clean_month(
                 f"SELECT count(*) FROM read_parquet({sql_literal(path)})"
             ).fetchall()[0][0]
         con.execute("CREATE OR REPLACE TEMP VIEW classified AS " + " UNION ALL ".join(classifies))
-        con.execute("CREATE OR REPLACE TEMP TABLE dup_keys AS " + load_sql("cleaned_dup_keys"))
+        con.register("dup_keys", pa.table({"_key": _repeated(con.execute(load_sql("cleaned_dup_keys")))}))
         reader = con.sql(
             # Exact duplicates agree on every source column, not only on the cleaned ones: a rejected row's
             # cleaned columns are not meaningful, and the cleaned schema drops or rewrites some source columns.
@@ -401,7 +402,7 @@ def clean_month(
                 service_code=_SERVICE_CODE,
                 source_columns=", ".join(SOURCE_COLUMNS),
             )
-        ).to_arrow_reader(131_072)
+        ).to_arrow_reader(BATCH_ROWS)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
         tally = _Tally()
         candidates: list[pa.RecordBatch] = []
@@ -415,9 +416,10 @@ def clean_month(
                 if flag.true_count:
                     candidates.append(batch.filter(flag))
                     keep = pc.and_(keep, pc.invert(flag))
+                kept = batch.select(CLEANED_COLUMNS)  # before filtering: the other columns need no copy
                 if keep.true_count < batch.num_rows:
-                    batch = batch.filter(keep)
-                sink.put(batch.select(CLEANED_COLUMNS))
+                    kept = pc.filter(kept, keep, memory_pool=WRITE_POOL)
+                sink.put(kept)
             copies = _resolve_duplicates(con, pa.Table.from_batches(candidates, reader.schema), sink)
         written = sink.summary()
         outside = _pickups_outside(con, lake, dest, month, written.ranges["pickup_datetime"])
@@ -432,6 +434,12 @@ def clean_month(
         pickups_outside_month=outside,
         data_source=data_source,
     )
+
+
+def _repeated(result) -> np.ndarray:
+    """The distinct values that occur more than once in the one column of a DuckDB ``result``."""
+    keys = np.sort(next(iter(result.fetchnumpy().values())))
+    return np.unique(keys[1:][keys[1:] == keys[:-1]])
 
 
 def _pickups_outside(con, lake: Lake, dest: str, month: date, pickup_range: tuple | None) -> int:
@@ -499,7 +507,7 @@ def write_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> Fea
                        CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,
                        fare_amount, trip_distance, trip_duration_min
                 FROM read_parquet({sql_literal(cleaned)})"""
-        ).to_arrow_reader(131_072)
+        ).to_arrow_reader(BATCH_ROWS)
         metadata = {"data_source": data_source} if data_source else {}
         with ParquetSink(lake, dest, _features_schema(reader.schema), metadata) as sink:
             for batch in reader:

@@ -1,3 +1,4 @@
--- Duplicate candidates: every _key (a cheap fingerprint of a few columns) that occurs more than once.
--- Exact duplicates share their _key; the few rows whose _key is not unique are compared exactly later.
-SELECT _key FROM classified GROUP BY _key HAVING count(*) > 1
+-- Every row's _key (a 32-bit fingerprint of a few columns), for the caller to find the repeated ones: exact
+-- duplicates share their _key, and the few rows whose _key is not unique are compared exactly later. Sorting the
+-- keys in numpy takes about half the CPU of a GROUP BY over millions of distinct keys.
+SELECT _key FROM classified

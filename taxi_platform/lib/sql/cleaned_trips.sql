@@ -10,8 +10,9 @@
 --     {vendor_invalid}: a value outside the column's codes or range.
 -- Each of the last group is "false" where the file cannot hold such a value: an integer column has no NaN and
 -- no fraction, and an integer column whose Parquet statistics lie inside the allowed range has nothing to check.
--- _key is a cheap fingerprint of a few columns: exact duplicates share it, so rows whose _key is unique
--- (nearly all) cannot be duplicates and the exact comparison runs on the few others only.
+-- _key is a cheap 32-bit fingerprint of a few columns: exact duplicates share it, so rows whose _key is unique
+-- (nearly all) cannot be duplicates and the exact comparison runs on the few others only (including the rows that
+-- share a _key by chance).
 SELECT
     *,
     CASE
@@ -45,5 +46,5 @@ SELECT
         WHEN {vendor_invalid} THEN 'invalid_vendor_id'
         ELSE NULL
     END AS reject_reason,
-    hash(service, pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount) AS _key
+    (hash(service, pickup_datetime, dropoff_datetime, pickup_zone, dropoff_zone, fare_amount) >> 32)::UINTEGER AS _key
 FROM {source}

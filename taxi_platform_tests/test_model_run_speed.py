@@ -76,8 +76,12 @@ def test_gate_scorer_loads_each_version_once_and_scores_as_mae_of(lake, tracking
     uri = f"models:/scorer_test/{info.registered_model_version}"
     quotes = input_example()
     rng = np.random.default_rng(0)
-    scorer = GateScorer(threads=1)
+    scorer = GateScorer(threads=1, registry_uri=tracking)
     for _ in range(2):
         y = rng.uniform(5, 60, len(quotes))
         assert scorer(uri, quotes, y) == mae_of(uri, quotes, y)
-    assert list(scorer.models) == [uri]
+    # loaded once per process: the next month's gate (a new scorer, same registry) reuses it
+    loaded = scorer.model(uri)
+    assert GateScorer(threads=1, registry_uri=tracking).model(uri) is loaded
+    # the same URI in another registry is another model
+    assert GateScorer(threads=1, registry_uri=tracking + "-other").model(uri) is not loaded

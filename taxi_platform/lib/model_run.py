@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -371,23 +372,41 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
 
 
 # -- gate ------------------------------------------------------------------------------------------------
+_LOADED_MODELS: OrderedDict[tuple[str, str], Any] = OrderedDict()
+LOADED_MODELS_KEPT = 8
+"""Registered versions kept loaded per process: a ranged fare_model run gates month after month against the same
+champion and recent challengers; a registered version's model never changes."""
+
+
 class GateScorer:
     """The gate's scorer: MAE of the registered model at a ``models:/`` URI on raw quotes, as
-    :func:`taxi_platform.lib.registry.mae_of` computes it, with each URI loaded once per gate (a champion is
-    scored on several months when a replay meets uncached pairs) and predictions on ``threads`` OpenMP threads.
+    :func:`taxi_platform.lib.registry.mae_of` computes it, with predictions on ``threads`` OpenMP threads.
+
+    Each (registry, URI) is loaded once per process and kept (the last :data:`LOADED_MODELS_KEPT`): a replay scores a
+    champion on several months, and the months of a ranged run meet the same versions again.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, registry_uri: str = "") -> None:
         self.threads = threads
-        self.models: dict[str, Any] = {}
+        self.registry_uri = registry_uri
+
+    def model(self, model_uri: str) -> Any:
+        import mlflow.pyfunc
+
+        key = (self.registry_uri, model_uri)
+        model = _LOADED_MODELS.get(key)
+        if model is None:
+            model = _LOADED_MODELS[key] = mlflow.pyfunc.load_model(model_uri)
+            while len(_LOADED_MODELS) > LOADED_MODELS_KEPT:
+                _LOADED_MODELS.popitem(last=False)
+        else:
+            _LOADED_MODELS.move_to_end(key)
+        return model
 
     def __call__(self, model_uri: str, quotes: Any, y_true: Any) -> float:
-        import mlflow.pyfunc
         import numpy as np
 
-        model = self.models.get(model_uri)
-        if model is None:
-            model = self.models[model_uri] = mlflow.pyfunc.load_model(model_uri)
+        model = self.model(model_uri)
         with openmp_threads(self.threads):
             pred = np.asarray(model.predict(quotes)["fare_amount"], dtype=np.float64)
         return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
@@ -401,7 +420,9 @@ def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) ->
 
     uri = logged.run.tracking_uri
     client = _client(uri)
-    scorer = GateScorer(small_data_threads(inputs.train_config.threads, inputs.evaluation_rows))
+    scorer = GateScorer(
+        small_data_threads(inputs.train_config.threads, inputs.evaluation_rows), registry_uri=uri
+    )
     decision = gate_challenger(
         client,
         MODEL_NAME,

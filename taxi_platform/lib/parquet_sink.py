@@ -36,16 +36,21 @@ def writer_options(schema: pa.Schema) -> dict:
 
     pyarrow's writer needs about half the CPU of DuckDB's COPY for these tables, and snappy is the fastest codec
     that every Parquet reader supports. Timestamps are written plain and uncompressed: snappy spends more CPU on
-    them than on any other column and shrinks them by only a third. Every other column is dictionary-encoded
-    (amounts, distances and codes repeat a lot; a column chunk whose dictionary outgrows pyarrow's 1 MB page falls
-    back to plain encoding), which makes the files about a third smaller and leaves snappy less to compress. Min/max
+    them than on any other column and shrinks them by only a third. The other columns wider than a byte are
+    dictionary-encoded (amounts, distances, zones and codes repeat a lot; a column chunk whose dictionary outgrows
+    pyarrow's 1 MB page falls back to plain encoding), which makes the files about a third smaller and leaves snappy
+    less to compress; one-byte flags and counts are cheaper to compress as they are. Min/max
     statistics are kept for the columns readers filter on (time, zones, service), which saves ~15 % of the
     encoding CPU.
     """
     timestamps = {f.name for f in schema if pa.types.is_timestamp(f.type)}
     return {
         "compression": {f.name: "none" if f.name in timestamps else "snappy" for f in schema},
-        "use_dictionary": [f.name for f in schema if f.name not in timestamps],
+        "use_dictionary": [
+            f.name
+            for f in schema
+            if f.name not in timestamps and not (pa.types.is_integer(f.type) and f.type.bit_width == 8)
+        ],
         "write_statistics": [c for c in _WRITE_STATISTICS if c in schema.names],
     }
 

@@ -18,7 +18,11 @@ from mlflow import MlflowClient
 
 from taxi_platform.defs.ingest import raw_trips, taxi_zones
 from taxi_platform.defs.model import fare_model
-from taxi_platform.defs.month_ranges import MODEL_MONTHS_PER_RUN, SMALL_MONTHS_PER_RUN
+from taxi_platform.defs.month_ranges import (
+    DRIFT_MONTHS_PER_RUN,
+    FARE_MODEL_MONTHS_PER_RUN,
+    SMALL_MONTHS_PER_RUN,
+)
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.defs.transform import cleaned_trips, trip_features
 from taxi_platform.lib.lake import Lake
@@ -58,12 +62,12 @@ def test_monthly_assets_declare_their_backfill_policy():
         (raw_trips, SMALL_MONTHS_PER_RUN),
         (cleaned_trips, SMALL_MONTHS_PER_RUN),
         (trip_features, SMALL_MONTHS_PER_RUN),
-        (fare_model, MODEL_MONTHS_PER_RUN),
+        (fare_model, FARE_MODEL_MONTHS_PER_RUN),
     ]:
         assert asset.backfill_policy == dg.BackfillPolicy.multi_run(per_run), asset.key
     from taxi_platform.defs.monitoring.drift_report import drift_report
 
-    assert drift_report.backfill_policy == dg.BackfillPolicy.multi_run(MODEL_MONTHS_PER_RUN)
+    assert drift_report.backfill_policy == dg.BackfillPolicy.multi_run(DRIFT_MONTHS_PER_RUN)
 
 
 def test_a_ranged_run_writes_and_reports_what_month_by_month_runs_do(platform_env, tmp_path):

@@ -23,7 +23,7 @@ from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
 from taxi_platform.defs.month_ranges import (
-    MODEL_MONTHS_PER_RUN,
+    FARE_MODEL_MONTHS_PER_RUN,
     MonthOutcome,
     materialize_months,
     months_per_run,
@@ -64,7 +64,7 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     code_version=TRAINING_VERSION,
     kinds={"mlflow", "scikitlearn", "duckdb"},
     automation_condition=fare_model_condition(),
-    backfill_policy=months_per_run(MODEL_MONTHS_PER_RUN),
+    backfill_policy=months_per_run(FARE_MODEL_MONTHS_PER_RUN),
     check_specs=[
         dg.AssetCheckSpec(name, asset=FARE_MODEL, description=CHECK_DESCRIPTIONS[name])
         for name in model_run.CHECKS

@@ -26,7 +26,7 @@ from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.month_ranges import (
-    MODEL_MONTHS_PER_RUN,
+    DRIFT_MONTHS_PER_RUN,
     MonthOutcome,
     materialize_months,
     months_per_run,
@@ -203,7 +203,7 @@ CHECK_SPECS = _check_specs()
     code_version=REPORT_VERSION,
     kinds={"evidently", "mlflow", "html"},
     automation_condition=drift_report_condition(),
-    backfill_policy=months_per_run(MODEL_MONTHS_PER_RUN),
+    backfill_policy=months_per_run(DRIFT_MONTHS_PER_RUN),
     check_specs=CHECK_SPECS,
     description="Evidently data-drift and regression-quality report of the champion on one month: "
     "drift_report/month=YYYY-MM/report.html (interactive) and report.json (figures).",

@@ -129,3 +129,35 @@ def test_a_rerun_writes_the_same_rows_and_tallies(month, tmp_path):
     a, b = rows(lake), rows(other)
     assert a.schema.equals(b.schema, check_metadata=True)
     assert a.equals(b)
+
+
+def test_features_read_the_cleaned_parts_of_a_remote_lake(month):
+    """write_features opens the parts through the lake's filesystem (fsspec's memory filesystem stands in for GCS;
+    test_gcs_chain covers the emulator) and keeps the cleaned partition's data_source."""
+    import fsspec
+
+    local, _, result = month
+    fs = fsspec.filesystem("memory")
+    lake = Lake("memory://features-test", filesystem=fs)
+    for i, (path,) in enumerate(_parts(local, "cleaned_trips")):
+        fs.pipe(
+            lake.partition_path("cleaned_trips", "2024-03-01", f"part-{i}.parquet"), open(path, "rb").read()
+        )
+    written = write_features(
+        lake,
+        lake.partition_glob("cleaned_trips", "2024-03-01"),
+        load_zone_table(),
+        lake.partition_path("trip_features", "2024-03-01"),
+    )
+    assert (written.rows, written.data_source) == (result.rows_out, result.data_source) == (300_000, "tlc")
+    with fs.open(lake.partition_path("trip_features", "2024-03-01"), "rb") as fh:
+        table = pq.read_table(fh)
+    assert table.num_rows == result.rows_out
+    assert table.schema.metadata[b"data_source"] == b"tlc"
+
+
+def test_features_of_a_missing_partition_name_the_glob(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    glob = lake.partition_glob("cleaned_trips", "2024-03-01")
+    with pytest.raises(FileNotFoundError, match="no Parquet files match"):
+        write_features(lake, glob, load_zone_table(), lake.partition_path("trip_features", "2024-03-01"))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -29,6 +30,18 @@ _DONE = object()
 # default, mimalloc, hands the freed pages of every batch back to the kernel, which zeroes them again for the
 # next one (about a tenth of the transform's CPU).
 WRITE_POOL = pa.system_memory_pool()
+
+
+@contextmanager
+def default_pool(pool: pa.MemoryPool = WRITE_POOL) -> Iterator[None]:
+    """Make ``pool`` pyarrow's default memory pool inside the block, for the allocations no pyarrow call lets one
+    choose (the Parquet reader's). The setting is process-wide: meant for a step's own process."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def writer_options(schema: pa.Schema) -> dict:

@@ -6,13 +6,16 @@ one Parquet file atomically, so partitions can run in parallel processes without
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from taxi_platform.lib.features import (
     CATEGORICAL_FEATURES,
@@ -22,7 +25,7 @@ from taxi_platform.lib.features import (
 )
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
-from taxi_platform.lib.parquet_sink import WRITE_POOL, ParquetSink, WrittenTable
+from taxi_platform.lib.parquet_sink import WRITE_POOL, ParquetSink, WrittenTable, default_pool
 from taxi_platform.lib.sql import load_sql, sql_literal
 from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
@@ -497,24 +500,51 @@ def write_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> Fea
     ``cleaned`` is the cleaned partition's glob (:meth:`Lake.partition_glob`); ``dest`` the features
     partition's first part (:meth:`Lake.partition_path`).
 
-    Streams: DuckDB decodes the next batch while the previous one is featurised and the writer thread encodes.
+    Streams: pyarrow decodes the next batch while the previous one is featurised and the writer threads encode.
+    pyarrow rather than DuckDB reads the parts: it decodes straight into Arrow and hands ``service`` over as the
+    dictionary it is stored as, in about half the CPU of a DuckDB scan plus its Arrow export.
     """
-    con = lake.connect()
-    try:
-        data_source = lake.data_source(cleaned, con)
-        reader = con.sql(
-            f"""SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count,
-                       CAST(service AS ENUM({", ".join(sql_literal(s) for s in SERVICES)})) AS service,
-                       fare_amount, trip_distance, trip_duration_min
-                FROM read_parquet({sql_literal(cleaned)})"""
-        ).to_arrow_reader(BATCH_ROWS)
+    with ExitStack() as stack:
+        stack.enter_context(default_pool())
+        parts = [
+            stack.enter_context(pq.ParquetFile(src, read_dictionary=["service"]))
+            for src in _parts(lake, cleaned, stack)
+        ]
+        source = parts[0].schema_arrow
+        data_source = (source.metadata or {}).get(b"data_source")
+        data_source = data_source.decode() if data_source is not None else None
         metadata = {"data_source": data_source} if data_source else {}
-        with ParquetSink(lake, dest, _features_schema(reader.schema), metadata) as sink:
-            for batch in reader:
-                sink.put(_feature_batch(batch, zones))
-    finally:
-        con.close()
+        with ParquetSink(lake, dest, _features_schema(source), metadata) as sink:
+            for part in parts:
+                for batch in part.iter_batches(BATCH_ROWS, columns=list(_FEATURE_INPUTS)):
+                    unknown = set(batch.column("service").dictionary.to_pylist()) - set(SERVICES)
+                    if unknown:
+                        raise ValueError(f"{cleaned}: service {sorted(unknown)} is none of {list(SERVICES)}")
+                    sink.put(_feature_batch(batch, zones))
     return FeaturesResult(data_source=data_source, written=sink.summary())
+
+
+# cleaned_trips columns that trip_features reads
+_FEATURE_INPUTS = (
+    "pickup_datetime",
+    "pickup_zone",
+    "dropoff_zone",
+    "passenger_count",
+    "service",
+    *TARGET_COLUMNS,
+)
+
+
+def _parts(lake: Lake, pattern: str, stack: ExitStack) -> list:
+    """The Parquet files matching ``pattern`` in name order: local paths, or open files of a remote lake."""
+    if lake.is_remote:
+        found = sorted(lake.fs.glob(pattern))
+        sources = [stack.enter_context(lake.fs.open(p, "rb")) for p in found]
+    else:
+        sources = found = sorted(glob.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no Parquet files match {pattern}")
+    return sources
 
 
 def _feature_batch(batch: pa.RecordBatch, zones: ZoneTable) -> pa.RecordBatch:

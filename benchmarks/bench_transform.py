@@ -5,6 +5,10 @@ executor runs it), beside a plain DuckDB full scan of the same raw file. The raw
 (taxi_platform.devtools.sample), generated once into benchmarks/out/.
 
     uv run python benchmarks/bench_transform.py [--rows 3000000]
+
+On a shared machine, compare two versions interleaved (A, B, A, B, ...) rather than one after the other:
+``--compare DIR`` also runs every step from the source tree at DIR (a checkout of another commit, e.g. from
+``git worktree add``; it goes first on ``PYTHONPATH``), with a lake of its own, and prints both.
 """
 
 from __future__ import annotations
@@ -57,15 +61,32 @@ print(json.dumps({"step": step, "seconds": elapsed, "cpu_seconds": cpu_s, "rows"
 """
 
 
-def _run(step: str, raw: Path, root: Path) -> dict:
-    out = subprocess.run(
+def _run(step: str, raw: Path, root: Path, tree: Path | None = None) -> dict:
+    env = {**os.environ}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run(  # not run from the checkout, whose taxi_platform would come before PYTHONPATH's
         [sys.executable, "-c", STEP, step, str(raw), str(root)],
+        cwd=OUT,
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ},
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summary(runs: list[dict]) -> dict:
+    walls = sorted(r["seconds"] for r in runs)
+    cpus = sorted(r["cpu_seconds"] for r in runs)
+    return {
+        **runs[0],
+        "seconds": statistics.median(walls),
+        "cpu_seconds": statistics.median(cpus),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "walls": walls,
+        "cpus": cpus,
+    }
 
 
 def main() -> None:
@@ -73,6 +94,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3_000_000)
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per step; the median is reported, with min-max"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="another source tree to run interleaved with this one (A/B), e.g. a worktree of the base commit",
     )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
@@ -91,30 +118,34 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"raw file {raw.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows (SYNTHETIC)"
     )
-    results = {}
+    # (label, source tree or None for this one, lake); with --compare the versions alternate within each step
+    versions = [("this tree", None, OUT / "lake")]
+    if args.compare is not None:
+        versions.insert(0, (f"--compare {args.compare}", args.compare.resolve(), OUT / "lake-compare"))
+    results: dict[str, dict] = {}
     for step in ("scan", "cleaned", "features"):
-        runs = [_run(step, raw, OUT / "lake") for _ in range(args.repeat)]
-        walls = sorted(r["seconds"] for r in runs)
-        cpus = sorted(r["cpu_seconds"] for r in runs)
-        median = {
-            **runs[0],
-            "seconds": statistics.median(walls),
-            "cpu_seconds": statistics.median(cpus),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        }
-        results[step] = median
-        rows = f"{median['rows']:,} rows" if median["rows"] is not None else ""
+        runs: dict[str, list[dict]] = {label: [] for label, _, _ in versions}
+        for i in range(args.repeat):
+            for label, tree, lake in versions if i % 2 == 0 else versions[::-1]:
+                runs[label].append(_run(step, raw, lake, tree))
+        for label, _, _ in versions:
+            median = results.setdefault(label, {})[step] = _summary(runs[label])
+            walls, cpus = median["walls"], median["cpus"]
+            rows = f"{median['rows']:,} rows" if median["rows"] is not None else ""
+            print(
+                f"{step:>9}: {median['seconds']:.2f} s wall ({walls[0]:.2f}-{walls[-1]:.2f}), "
+                f"{median['cpu_seconds']:.2f} s CPU ({cpus[0]:.2f}-{cpus[-1]:.2f}), "
+                f"peak RSS {median['peak_rss_mb']:.0f} MB  {rows}  [median of {len(walls)}]"
+                + (f"  {label}" if len(versions) > 1 else "")
+            )
+    for label, by_step in results.items():
+        total = by_step["cleaned"]["seconds"] + by_step["features"]["seconds"]
+        peak = max(by_step["cleaned"]["peak_rss_mb"], by_step["features"]["peak_rss_mb"])
         print(
-            f"{step:>9}: {median['seconds']:.2f} s wall ({walls[0]:.2f}-{walls[-1]:.2f}), "
-            f"{median['cpu_seconds']:.2f} s CPU ({cpus[0]:.2f}-{cpus[-1]:.2f}), "
-            f"peak RSS {median['peak_rss_mb']:.0f} MB  {rows}  [median of {len(runs)}]"
+            f"cleaned+features (medians): {total:.2f} s, peak RSS {peak:.0f} MB (target ≤ 2 s, ≤ 1024 MB); "
+            f"plain DuckDB scan of the raw file: {by_step['scan']['seconds']:.2f} s"
+            + (f"  {label}" if len(versions) > 1 else "")
         )
-    total = results["cleaned"]["seconds"] + results["features"]["seconds"]
-    peak = max(results["cleaned"]["peak_rss_mb"], results["features"]["peak_rss_mb"])
-    print(
-        f"cleaned+features (medians): {total:.2f} s, peak RSS {peak:.0f} MB (target ≤ 2 s, ≤ 1024 MB); "
-        f"plain DuckDB scan of the raw file: {results['scan']['seconds']:.2f} s"
-    )
 
 
 if __name__ == "__main__":

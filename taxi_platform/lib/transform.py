@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -440,9 +441,16 @@ def clean_month(
 
 
 def _repeated(result) -> np.ndarray:
-    """The distinct values that occur more than once in the one column of a DuckDB ``result``."""
-    keys = np.sort(next(iter(result.fetchnumpy().values())))
-    return np.unique(keys[1:][keys[1:] == keys[:-1]])
+    """The distinct values that occur more than once in the one (unsigned 32-bit) column of a DuckDB ``result``.
+
+    The keys are split by their top bit and the halves sorted on two threads (numpy releases the GIL): equal keys
+    land in the same half, and nothing else runs while the rows wait for this.
+    """
+    keys = next(iter(result.fetchnumpy().values()))
+    high = keys >= np.uint32(1 << 31)
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(np.sort, (keys[high], keys[~high])))
+    return np.concatenate([np.unique(h[1:][h[1:] == h[:-1]]) for h in halves])
 
 
 def _pickups_outside(con, lake: Lake, dest: str, month: date, pickup_range: tuple | None) -> int:

@@ -1,7 +1,7 @@
-"""Month transforms on DuckDB: raw TLC files → ``cleaned_trips`` → ``trip_features``.
+"""Month transforms: raw TLC files → ``cleaned_trips`` (DuckDB) → ``trip_features`` (pyarrow and numpy).
 
-Each call opens its own in-process DuckDB connection (via :meth:`Lake.connect`), reads Parquet and writes
-one Parquet file atomically, so partitions can run in parallel processes without sharing a database file.
+Each call reads Parquet with its own in-process DuckDB connection (via :meth:`Lake.connect`) or pyarrow reader and
+publishes one partition atomically, so partitions can run in parallel processes without sharing a database file.
 """
 
 from __future__ import annotations
@@ -544,7 +544,7 @@ _FEATURE_INPUTS = (
 
 
 def _parts(lake: Lake, pattern: str, stack: ExitStack) -> list:
-    """The Parquet files matching ``pattern`` in name order: local paths, or open files of a remote lake."""
+    """The Parquet files matching ``pattern``, sorted: local paths, or open files of a remote lake."""
     if lake.is_remote:
         found = sorted(lake.fs.glob(pattern))
         sources = [stack.enter_context(lake.fs.open(p, "rb")) for p in found]

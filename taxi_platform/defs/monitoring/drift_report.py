@@ -46,19 +46,15 @@ from taxi_platform.lib.drift import (
     coverage_check,
     drift_check,
     mae_check,
-    month_row_count,
-    range_coverage,
     report_document,
     report_paths,
-    run_drift_report,
-    sample_features,
-    with_predictions,
     write_report,
 )
+from taxi_platform.lib.drift_session import DriftReporter
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.model_run import data_source_label
 from taxi_platform.lib.months import month_label
-from taxi_platform.lib.registry import ChampionTagsError, NoChampionError, load_champion, load_predictor
+from taxi_platform.lib.registry import ChampionTagsError, NoChampionError
 from taxi_platform.settings import load_settings
 
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
@@ -216,12 +212,20 @@ def drift_report(
 ):
     store = lake.lake()
     settings = config.drift_config()
-    tracking_uri = mlflow.resolved_uri()
-    return materialize_months(context, lambda key: _report_month(context, settings, store, tracking_uri, key))
+    # One reporter per step: its Evidently worker starts importing now, while the parent reads MLflow and the
+    # lake; in a ranged run it also keeps each champion's model and reference sample for the next months.
+    with DriftReporter(store, mlflow.resolved_uri(), settings) as reporter:
+        outcome = materialize_months(
+            context, lambda key: _report_month(context, settings, store, reporter, key)
+        )
+        if isinstance(outcome, dg.MaterializeResult):
+            yield outcome
+        else:
+            yield from outcome
 
 
 def _report_month(
-    context: dg.AssetExecutionContext, settings: DriftConfig, store: Lake, tracking_uri: str, key: str
+    context: dg.AssetExecutionContext, settings: DriftConfig, store: Lake, reporter: DriftReporter, key: str
 ) -> MonthOutcome:
     month = month_label(key)
     features_path = store.partition_path("trip_features", key)
@@ -232,7 +236,7 @@ def _report_month(
             allow_retries=False,
         )
     try:
-        champion = load_champion(tracking_uri, month)
+        champion = reporter.champion(key)
     except NoChampionError as exc:
         raise dg.Failure(
             description=f"{exc}; then re-run drift_report for {month}.", allow_retries=False
@@ -247,28 +251,16 @@ def _report_month(
     if champion.note:
         context.log.warning(champion.note)
     try:
-        predict, quote_types = load_predictor(tracking_uri, champion.pinned_uri)
-        month_rows = month_row_count(store, [key])
-        reference = with_predictions(
-            sample_features(store, reference_months, settings.reference_rows, settings.seed),
-            predict,
-            quote_types,
-        )
-        current = with_predictions(
-            sample_features(store, [key], settings.current_rows, settings.seed), predict, quote_types
-        )
-        summary, snapshot = run_drift_report(
-            current,
-            reference,
-            month,
-            settings,
-            validation_mae=champion.validation_mae,
-            metadata={"champion_version": champion.version, "model": champion.name},
-        )
+        result = reporter.report(key)
     except DriftInputError as exc:
         raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
 
-    coverage = range_coverage(current)
+    summary, snapshot, month_rows, coverage = (
+        result.summary,
+        result.snapshot,
+        result.month_rows,
+        result.coverage,
+    )
     checks = [
         drift_check(summary, settings.drift_share_threshold),
         mae_check(summary, champion.validation_mae, settings.max_mae_degradation),

@@ -30,6 +30,7 @@ from taxi_platform.lib.drift import (
     with_predictions,
 )
 from taxi_platform.lib.drift_worker import EvidentlyWorker
+from taxi_platform.lib.model_run import openmp_threads, small_data_threads
 from taxi_platform.lib.months import month_label
 from taxi_platform.lib.registry import ChampionInfo, load_champion, load_predictor
 from taxi_platform.settings import MODEL_NAME
@@ -98,7 +99,7 @@ class DriftReporter:
             predict, types = self.predictor(champion)
             months = [f"{m}-01" for m in champion.train_months]
             sample = sample_features(self.lake, months, self.config.reference_rows, self.config.seed)
-            self._references[key] = with_predictions(sample, predict, types)
+            self._references[key] = _predicted(sample, predict, types)
         return self._references[key]
 
     # -- one month -------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ class DriftReporter:
         predict, types = self.predictor(champion)
         month_rows = month_row_count(self.lake, [partition_key])
         reference = self.reference(champion)
-        current = with_predictions(
+        current = _predicted(
             sample_features(self.lake, [partition_key], self.config.current_rows, self.config.seed),
             predict,
             types,
@@ -151,3 +152,12 @@ class DriftReporter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _predicted(
+    sample: pd.DataFrame, predict: Callable[[pd.DataFrame], Any], types: dict[str, str]
+) -> pd.DataFrame:
+    """:func:`~taxi_platform.lib.drift.with_predictions`, on one OpenMP thread for a small sample: the worker is busy
+    on the other core, and a second thread spinning at every tree would slow both."""
+    with openmp_threads(small_data_threads(None, len(sample))):
+        return with_predictions(sample, predict, types)

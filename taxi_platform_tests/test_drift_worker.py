@@ -143,3 +143,52 @@ def test_write_report_publishes_the_worker_snapshot(frames, tmp_path):
     assert "Share of Drifted Columns" in html and "Mean Absolute Error" in html
     assert drift.read_report(lake, f"{STABLE}-01")["drift"]["share"] == pytest.approx(summary.drift_share)
     assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
+
+
+FORKED_WORKER = """
+import pickle, sys
+from taxi_platform.lib.drift_worker import EvidentlyWorker
+current, reference, validation_mae, config, month, html = pickle.load(open(sys.argv[1], "rb"))
+with EvidentlyWorker() as worker:
+    summary, snapshot = worker.run_report(
+        month, current=current, reference=reference, config=config, validation_mae=validation_mae
+    )
+    snapshot.save_html(html)
+    start, pid = worker.start, worker.pid
+pickle.dump((start, pid, worker.returncode(), summary), open(sys.argv[2], "wb"))
+"""
+
+
+def test_a_process_without_scikit_learn_forks_the_worker_with_the_same_figures(frames, tmp_path):
+    """A run worker that starts with drift_report has not loaded scikit-learn: the worker is a fork of it (no
+    second interpreter to start) and reports what a fresh interpreter does; this process has, so it spawns."""
+    import pickle
+    import subprocess
+    import sys
+
+    from taxi_platform.lib.drift_worker import fork_is_safe
+
+    current, reference, validation_mae = frames
+    assert "sklearn" in sys.modules and not fork_is_safe()
+    with EvidentlyWorker() as spawned:
+        assert spawned.start == "spawn"
+        local, _ = spawned.run_report(
+            STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
+        )
+    inputs, outputs, html = tmp_path / "in.pkl", tmp_path / "out.pkl", tmp_path / "report.html"
+    inputs.write_bytes(pickle.dumps((current, reference, validation_mae, CONFIG, STABLE, str(html))))
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_WORKER)
+    subprocess.run([sys.executable, str(script), str(inputs), str(outputs)], check=True, timeout=300)
+    start, pid, returncode, remote = pickle.loads(outputs.read_bytes())
+    assert start == "fork" and returncode == 0 and not _alive(pid)
+    assert remote.drifted_columns == local.drifted_columns and remote.drift_share == local.drift_share
+    assert remote.quality == local.quality
+    for column, figures in local.columns.items():
+        assert remote.columns[column].score == pytest.approx(figures.score, rel=1e-9, abs=1e-12)
+    assert "Share of Drifted Columns" in html.read_text(encoding="utf-8")
+
+
+def test_the_start_method_is_checked():
+    with pytest.raises(ValueError, match="start must be auto, fork or spawn"):
+        EvidentlyWorker(start="thread")

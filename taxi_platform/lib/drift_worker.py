@@ -2,12 +2,19 @@
 
 Importing Evidently costs about as much CPU as everything the report does before it (the MLflow registry, the
 champion's load and predictions), and neither needs the other until the two frames exist. :class:`EvidentlyWorker`
-starts ``python -m taxi_platform.lib.drift_worker`` (a fresh interpreter: the caller, a Dagster step, has
-threads, so it must not fork) as soon as it is created; the child imports Evidently on the second core, then
-serves requests over a socket: ``run`` (:func:`taxi_platform.lib.drift.run_drift_report` on the frames it is
-sent; the summary comes back, the snapshot stays in the child) and ``html`` (the snapshot's HTML into a path
-the parent chose). One worker serves any number of months; it keeps only the latest snapshot (a report's plots
-are large), so save a month's HTML before reporting the next.
+starts the child as soon as it is created; the child imports Evidently on the second core, then serves requests
+over a socket: ``run`` (:func:`taxi_platform.lib.drift.run_drift_report` on the frames it is sent; the summary
+comes back, the snapshot stays in the child) and ``html`` (the snapshot's HTML into a path the parent chose). One
+worker serves any number of months; it keeps only the latest snapshot (a report's plots are large), so save a
+month's HTML before reporting the next.
+
+How the child starts: a fork of the caller while that is safe, else ``python -m taxi_platform.lib.drift_worker``
+(a fresh interpreter). A fork inherits pandas, NumPy and pyarrow already imported (about a second less before
+the child is ready), and is safe while no OpenMP runtime is loaded: the child only imports and runs Evidently,
+never touches the parent's files or connections, and leaves with ``os._exit``. A process that has loaded
+scikit-learn (whose OpenMP pool a forked child must not use) gets the fresh interpreter; that is the case when
+an earlier step of the same process trained or predicted, as in a test or the demo, never in a run worker that
+starts with ``drift_report``.
 
 Errors travel back as the exception raised in the child: a :class:`~taxi_platform.lib.drift.DriftInputError`
 keeps its type and message; anything else becomes :class:`DriftWorkerError` with the child's traceback. A
@@ -19,9 +26,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,19 +58,14 @@ class RemoteSnapshot:
 class EvidentlyWorker:
     """The child process; created once per step, it starts importing Evidently at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: str = "auto") -> None:
+        """``start``: "fork", "spawn" (a fresh interpreter) or "auto" (fork when :func:`fork_is_safe`)."""
+        if start not in ("auto", "fork", "spawn"):
+            raise ValueError(f"start must be auto, fork or spawn, not {start!r}")
+        self.start = "fork" if start == "fork" or (start == "auto" and fork_is_safe()) else "spawn"
         parent, child = socket.socketpair()
-        root = str(Path(__file__).resolve().parents[2])  # the directory holding the taxi_platform package
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "taxi_platform.lib.drift_worker", str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-                close_fds=True,
-            )
+            self._proc = _fork(parent, child) if self.start == "fork" else _spawn(child)
         finally:
             child.close()
         self._conn = Connection(parent.detach())
@@ -122,6 +126,71 @@ class EvidentlyWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fork_is_safe() -> bool:
+    """Whether this process may fork the worker: a POSIX fork, and no OpenMP runtime loaded (see the module doc)."""
+    return hasattr(os, "fork") and "sklearn" not in sys.modules
+
+
+def _spawn(child: socket.socket) -> subprocess.Popen:
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding the taxi_platform package
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "taxi_platform.lib.drift_worker", str(child.fileno())],
+        pass_fds=(child.fileno(),),
+        stdin=subprocess.DEVNULL,
+        env=env,
+        close_fds=True,
+    )
+
+
+class _ForkedChild:
+    """The forked worker, with the part of :class:`subprocess.Popen`'s interface the worker uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"drift worker (pid {self.pid})", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _fork(parent: socket.socket, child: socket.socket) -> _ForkedChild:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: serve, then leave without running the parent's exit handlers or finalizers
+        code = 1
+        try:
+            parent.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)  # not the step's handlers
+            code = serve(Connection(child.detach()))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return _ForkedChild(pid)
 
 
 # -- the child -------------------------------------------------------------------------------------------

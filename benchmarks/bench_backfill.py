@@ -363,7 +363,7 @@ def launch_delay(option: str, seed: int, repeat: int) -> float:
         return float(option)
     import random
 
-    return round(random.Random(seed * 1000 + repeat).uniform(0, DAEMON_CYCLE_S), 1)
+    return round(random.Random(f"{seed}:{repeat}").uniform(0, DAEMON_CYCLE_S), 1)  # (small int seeds collide)
 
 
 def run_once(args: argparse.Namespace, repeat: int = 0) -> dict:

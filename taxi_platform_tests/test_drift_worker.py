@@ -192,3 +192,18 @@ def test_a_process_without_scikit_learn_forks_the_worker_with_the_same_figures(f
 def test_the_start_method_is_checked():
     with pytest.raises(ValueError, match="start must be auto, fork or spawn"):
         EvidentlyWorker(start="thread")
+
+
+def test_the_reporter_forks_a_worker_only_where_that_saves_time(tmp_path):
+    """This process has scikit-learn loaded (a fork is unsafe), so the reporter runs Evidently in process: a fresh
+    interpreter would import for longer than Evidently takes here. Asked for a worker, it still starts one."""
+    from taxi_platform.lib.drift_session import DriftReporter
+
+    lake = Lake(str(tmp_path / "lake"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with DriftReporter(lake, uri) as reporter:
+        assert reporter.worker is None
+    with DriftReporter(lake, uri, in_process=False) as reporter:
+        assert reporter.worker is not None and reporter.worker.start == "spawn"
+        pid = reporter.worker.pid
+    assert not _alive(pid)

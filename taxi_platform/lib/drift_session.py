@@ -29,7 +29,7 @@ from taxi_platform.lib.drift import (
     sample_features,
     with_predictions,
 )
-from taxi_platform.lib.drift_worker import EvidentlyWorker
+from taxi_platform.lib.drift_worker import EvidentlyWorker, fork_is_safe
 from taxi_platform.lib.model_run import openmp_threads, small_data_threads
 from taxi_platform.lib.months import month_label
 from taxi_platform.lib.registry import ChampionInfo, load_champion, load_predictor
@@ -59,8 +59,10 @@ class MonthReport:
 class DriftReporter:
     """Reports months of ``trip_features`` against their champion; use as a context manager (ends the worker).
 
-    ``in_process=True`` runs Evidently in this process (no child): the same figures, for callers that cannot
-    start processes.
+    ``in_process``: True runs Evidently in this process (no child; the same figures), False always starts the
+    worker, None (default) starts it only where it can fork (a run worker that begins with this step): a fresh
+    interpreter would spend ~4.5 s importing, more than a process that already trained or predicted (the demo, a
+    test) spends importing Evidently itself.
     """
 
     def __init__(
@@ -69,10 +71,12 @@ class DriftReporter:
         tracking_uri: str,
         config: DriftConfig | None = None,
         model_name: str = MODEL_NAME,
-        in_process: bool = False,
+        in_process: bool | None = None,
     ) -> None:
         self.lake, self.tracking_uri, self.model_name = lake, tracking_uri, model_name
         self.config = config or DriftConfig()
+        if in_process is None:
+            in_process = not fork_is_safe()
         self.worker: EvidentlyWorker | None = None if in_process else EvidentlyWorker()
         self._champions: dict[str, ChampionInfo] = {}
         self._predictors: dict[str, tuple[Callable[[pd.DataFrame], Any], dict[str, str]]] = {}

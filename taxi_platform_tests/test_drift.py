@@ -86,6 +86,20 @@ def fit_model(lake: Lake):
     return model, result.metrics["linear"]["mae"]
 
 
+def report_frames(root: Path, config: drift.DriftConfig):
+    """A small lake (train, validation and a stable month), a model fitted on it, and the stable month's and the
+    reference's samples with that model's predictions: ``(current, reference, validation_mae)``."""
+    lake = build_feature_lake(root, months=(*TRAIN, VALIDATION, STABLE), rows={"yellow": 1500, "green": 200})
+    model, validation_mae = fit_model(lake)
+
+    def predict(quotes):
+        return model.predict(None, quotes)
+
+    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, config.reference_rows), predict)
+    current = drift.with_predictions(drift.sample_features(lake, [STABLE], config.current_rows), predict)
+    return current, reference, validation_mae
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     lake = build_feature_lake(tmp_path_factory.mktemp("drift_lake"))

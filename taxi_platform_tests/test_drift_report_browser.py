@@ -9,7 +9,7 @@ import pytest
 from taxi_platform.lib import drift
 from taxi_platform.lib.lake import Lake
 from taxi_platform_tests.support.system_binaries import CHROMIUM, require
-from taxi_platform_tests.test_drift import STABLE, TRAIN, VALIDATION, build_feature_lake, fit_model
+from taxi_platform_tests.test_drift import STABLE, TRAIN, report_frames
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -33,14 +33,7 @@ TEST_NAMES = ("Share of Drifted Columns", "Value Drift for column fare_amount", 
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_lake")
-    lake = build_feature_lake(root, months=(*TRAIN, VALIDATION, STABLE), rows={"yellow": 1500, "green": 200})
-    model, validation_mae = fit_model(lake)
-
-    def predict(quotes):
-        return model.predict(None, quotes)
-
-    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, CONFIG.reference_rows), predict)
-    current = drift.with_predictions(drift.sample_features(lake, [STABLE], CONFIG.current_rows), predict)
+    current, reference, validation_mae = report_frames(root, CONFIG)
     summary, snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG, validation_mae)
     checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, validation_mae, 0.25)]
     doc = drift.report_document(

@@ -12,23 +12,14 @@ import pytest
 from taxi_platform.lib import drift
 from taxi_platform.lib.drift_worker import DriftWorkerError, EvidentlyWorker
 from taxi_platform.lib.lake import Lake
-from taxi_platform_tests.test_drift import STABLE, TRAIN, VALIDATION, build_feature_lake, fit_model
+from taxi_platform_tests.test_drift import STABLE, TRAIN, report_frames
 
 CONFIG = drift.DriftConfig(reference_rows=1500, current_rows=1500)
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("worker_lake")
-    lake = build_feature_lake(root, months=(*TRAIN, VALIDATION, STABLE), rows={"yellow": 1500, "green": 200})
-    model, validation_mae = fit_model(lake)
-
-    def predict(quotes):
-        return model.predict(None, quotes)
-
-    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, CONFIG.reference_rows), predict)
-    current = drift.with_predictions(drift.sample_features(lake, [STABLE], CONFIG.current_rows), predict)
-    return current, reference, validation_mae
+    return report_frames(tmp_path_factory.mktemp("worker_lake"), CONFIG)
 
 
 def _normal(html: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -27,7 +26,7 @@ from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.defs.transform import cleaned_trips, trip_features
 from taxi_platform.lib.lake import Lake
 from taxi_platform.settings import MODEL_NAME
-from taxi_platform_tests.test_model_asset import SMALL_CONFIG
+from taxi_platform_tests.test_model_asset import SMALL_CONFIG, env  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -162,22 +161,7 @@ def test_a_failed_month_fails_the_step_but_keeps_the_months_that_worked(platform
     assert not lake.exists(lake.raw_trips_path("yellow", "2024-04-01"))
 
 
-@pytest.fixture
-def mlflow_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    previous = mlflow.get_tracking_uri()
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
-
-
-def test_a_ranged_fare_model_run_logs_each_month_and_picks_the_chronological_champion(tmp_path, mlflow_env):
+def test_a_ranged_fare_model_run_logs_each_month_and_picks_the_chronological_champion(tmp_path, env):  # noqa: F811
     lake = write_feature_months(tmp_path / "lake", months=("2024-01", "2024-02", "2024-03", "2024-04"))
     keys = ["2024-02-01", "2024-03-01", "2024-04-01"]
     outcome = {}

@@ -59,11 +59,15 @@ class MonthOutcome:
 
 def materialize_months(
     context: dg.AssetExecutionContext, run_month: Callable[[str], MonthOutcome]
-) -> dg.MaterializeResult | Iterator[Any]:
-    """Run ``run_month`` for the step's month, or for each month of its range (see the module docstring)."""
+) -> Iterator[Any]:
+    """The step's events: ``run_month`` for its month, or for each month of its range (see the module docstring).
+
+    An asset returns (or yields from) this generator.
+    """
     if context.has_partition_key:
-        return run_month(context.partition_key).result()
-    return _ranged(context, run_month)
+        yield run_month(context.partition_key).result()
+    else:
+        yield from _ranged(context, run_month)
 
 
 def _ranged(context: dg.AssetExecutionContext, run_month: Callable[[str], MonthOutcome]) -> Iterator[Any]:

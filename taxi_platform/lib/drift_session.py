@@ -1,11 +1,12 @@
 """One step's drift reports: :class:`DriftReporter` reports months one at a time with what it already loaded.
 
 Created once per ``drift_report`` step (first thing in the step), it starts an
-:class:`~taxi_platform.lib.drift_worker.EvidentlyWorker` (Evidently imports in a child process on the other core
-while this process reads the MLflow registry, loads the champion and predicts) and keeps, for the step's
+:class:`~taxi_platform.lib.drift_worker.EvidentlyWorker` where the process can fork it (Evidently imports in a
+child process on the other core while this process reads the MLflow registry, loads the champion and predicts;
+elsewhere Evidently runs in this process) and keeps, for the step's
 lifetime, the champion looked up per month, the loaded models by version and the reference sample (with
 predictions) per version, so a ranged run pays for each of them once. :meth:`DriftReporter.report` returns a
-:class:`MonthReport`: the figures, the champion, the month's sample and a snapshot whose ``save_html`` the
+:class:`MonthReport`: the figures, the reference months, the fare-range coverage and a snapshot whose ``save_html`` the
 existing :func:`taxi_platform.lib.drift.write_report` publishes.
 
 Errors are the ones the asset already maps to failures: :class:`~taxi_platform.lib.registry.NoChampionError`,
@@ -45,15 +46,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class MonthReport:
     """What one month's report produced; the asset turns it into checks, ``report.json`` and metadata."""
 
-    partition_key: str
-    month: str  # YYYY-MM
-    champion: ChampionInfo
     reference_months: list[str]  # partition keys (YYYY-MM-01) of the champion's training window
     month_rows: int
     summary: DriftSummary
     snapshot: Any  # has save_html(path): hand it to write_report before reporting the next month
-    current: pd.DataFrame  # the month's sample with predictions (and fare ranges)
-    coverage: dict[str, Any] | None  # range_coverage(current)
+    coverage: dict[str, Any] | None  # range_coverage of the month's sample with predictions
 
 
 class DriftReporter:
@@ -101,8 +98,9 @@ class DriftReporter:
         key = (champion.version, tuple(champion.train_months))
         if key not in self._references:
             predict, types = self.predictor(champion)
-            months = [f"{m}-01" for m in champion.train_months]
-            sample = sample_features(self.lake, months, self.config.reference_rows, self.config.seed)
+            sample = sample_features(
+                self.lake, _window_keys(champion), self.config.reference_rows, self.config.seed
+            )
             self._references[key] = _predicted(sample, predict, types)
         return self._references[key]
 
@@ -135,14 +133,10 @@ class DriftReporter:
         else:
             summary, snapshot = self.worker.run_report(month, **arguments)
         return MonthReport(
-            partition_key=partition_key,
-            month=month,
-            champion=champion,
-            reference_months=[f"{m}-01" for m in champion.train_months],
+            reference_months=_window_keys(champion),
             month_rows=month_rows,
             summary=summary,
             snapshot=snapshot,
-            current=current,
             coverage=range_coverage(current),
         )
 
@@ -165,3 +159,8 @@ def _predicted(
     on the other core, and a second thread spinning at every tree would slow both."""
     with openmp_threads(small_data_threads(None, len(sample))):
         return with_predictions(sample, predict, types)
+
+
+def _window_keys(champion: ChampionInfo) -> list[str]:
+    """The partition keys of the champion's training window: its reference months."""
+    return [f"{m}-01" for m in champion.train_months]

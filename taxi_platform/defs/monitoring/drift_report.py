@@ -215,13 +215,9 @@ def drift_report(
     # One reporter per step: its Evidently worker starts importing now, while the parent reads MLflow and the
     # lake; in a ranged run it also keeps each champion's model and reference sample for the next months.
     with DriftReporter(store, mlflow.resolved_uri(), settings) as reporter:
-        outcome = materialize_months(
+        yield from materialize_months(
             context, lambda key: _report_month(context, settings, store, reporter, key)
         )
-        if isinstance(outcome, dg.MaterializeResult):
-            yield outcome
-        else:
-            yield from outcome
 
 
 def _report_month(
@@ -243,7 +239,6 @@ def _report_month(
         ) from None
     except ChampionTagsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    reference_months = [f"{m}-01" for m in champion.train_months]
     context.log.info(
         f"{month}: scoring {champion.name} v{champion.version} (run {champion.run_id[:8]}), reference months "
         f"{list(champion.train_months)}"
@@ -261,6 +256,7 @@ def _report_month(
         result.month_rows,
         result.coverage,
     )
+    reference_months = result.reference_months
     checks = [
         drift_check(summary, settings.drift_share_threshold),
         mae_check(summary, champion.validation_mae, settings.max_mae_degradation),

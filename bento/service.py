@@ -64,8 +64,11 @@ from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-# Import everything from taxi_platform before the MLflow model is loaded: loading puts the model's own
-# copy of a few taxi_platform modules (its code_paths) at the front of sys.path.
+from taxi_platform.fare_model.features import SERVICES
+
+# The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.lib.model_loading), never
+# these modules: they only validate requests and log quotes.
+from taxi_platform.lib.model_loading import load_version
 from taxi_platform.lib.prediction_log import PredictionLog, sinks_from_env
 from taxi_platform.lib.quotes import (
     CURRENCY,
@@ -80,7 +83,6 @@ from taxi_platform.lib.quotes import (
     quotes_to_columns,
     round_fares,
 )
-from taxi_platform.lib.tlc_schema import SERVICES
 from taxi_platform.settings import MODEL_NAME, load_settings
 
 ARGS = bentoml.use_arguments()
@@ -354,7 +356,9 @@ class FareService:
         stored: bentoml.Model = self.model_ref
         self.model_tag = str(stored.tag)
         self.model_version = _model_version(stored)
-        self.pyfunc = bentoml.mlflow.load_model(stored)
+        self.pyfunc = load_version(
+            stored.path_of("mlflow_model")
+        )  # the version's own code, whatever is installed
         self.model = self.pyfunc.unwrap_python_model()
         # A model may record the services it was trained on; quotes for others are refused (400), not guessed.
         self.services = tuple(getattr(self.model, "info", {}).get("services") or SERVICES)

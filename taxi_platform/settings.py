@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from taxi_platform.fare_model.features import SERVICES
 from taxi_platform.lib.months import MonthError, parse_month
-from taxi_platform.lib.tlc_schema import SERVICES
 
 DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
 DEFAULT_START_MONTH = "2023-01"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from taxi_platform.fare_model.features import FEATURE_COLUMNS
 from taxi_platform.lib import drift
-from taxi_platform.lib.features import FEATURE_COLUMNS
 from taxi_platform.lib.lake import Lake
 from taxi_platform_tests.support import gcs_emulator as emulator
 
@@ -70,7 +70,7 @@ def build_feature_lake(
 
 def fit_model(lake: Lake):
     """The trainer's linear family on TRAIN, validated on VALIDATION: ``(model, validation_mae)``."""
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lib.training import TrainConfig, train_window
     from taxi_platform.lib.zones import load_zone_table
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from taxi_platform.lib.fare_pyfunc import FAST_PATH_MAX_ROWS, CompiledForest, FareQuoteModel
+from taxi_platform.fare_model.compiled import CompiledForest
+from taxi_platform.fare_model.pyfunc import FAST_PATH_MAX_ROWS, FareQuoteModel
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from taxi_platform.lib.features import FEATURE_COLUMNS, compute_feature_arrays
+from taxi_platform.fare_model.features import FEATURE_COLUMNS, compute_feature_arrays
 from taxi_platform.lib.zones import load_zone_table
 
 QUOTES = {

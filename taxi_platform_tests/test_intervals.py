@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.devtools.sample import SampleProfile
-from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
-from taxi_platform.lib.intervals import (
+from taxi_platform.fare_model.intervals import (
     BAND_LABELS,
     N_BANDS,
     bands_from_matrix,
@@ -24,6 +23,8 @@ from taxi_platform.lib.intervals import (
     conformal_quantile,
     coverage_summary,
 )
+from taxi_platform.fare_model.pyfunc import FareQuoteModel
+from taxi_platform.lib.model_package import log_fare_model
 from taxi_platform.lib.training import TrainConfig, load_window, quotes_frame, train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform_tests.test_training import write_feature_months

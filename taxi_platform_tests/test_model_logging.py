@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from taxi_platform.lib.fare_pyfunc import STATE_ARTIFACT, FareQuoteModel, input_example, log_fare_model
+from taxi_platform.fare_model.pyfunc import STATE_ARTIFACT, FareQuoteModel, input_example
+from taxi_platform.lib.model_package import log_fare_model
 from taxi_platform.lib.training import train_window
 from taxi_platform.lib.zones import load_zone_table
 from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
@@ -96,7 +97,8 @@ def test_model_loads_where_taxi_platform_is_not_importable(model, tracking, tmp_
         m = mlflow.pyfunc.load_model({local!r})
         print(float(m.predict(pd.DataFrame([{{"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132,
               "dropoff_zone": 230, "passenger_count": 1, "service": "yellow"}}]))["fare_amount"].iloc[0]))
-        print(sys.modules["taxi_platform"].__file__)
+        print(sys.modules[type(m.unwrap_python_model()).__module__].__file__)
+        assert "taxi_platform" not in sys.modules, "the model imported taxi_platform"
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -106,22 +108,3 @@ def test_model_loads_where_taxi_platform_is_not_importable(model, tracking, tmp_
     fare, module_file = done.stdout.split()[-2:]
     assert float(fare) >= 3.0
     assert module_file.startswith(local), module_file  # the model's own copy of the code, not the checkout
-
-
-def test_a_version_logged_the_old_way_still_loads(model, tracking):
-    """Versions registered before models-from-code carry a cloudpickled python_model; they keep loading."""
-    from taxi_platform.lib import fare_pyfunc
-
-    with mlflow.start_run(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as tmp:
-            code = fare_pyfunc.stage_model_code(Path(tmp))
-            info = mlflow.pyfunc.log_model(name="model", python_model=model, code_paths=[str(code)],
-                                           registered_model_name="fare_code_test")  # fmt: skip
-    loaded = mlflow.pyfunc.load_model(info.model_uri)
-    quotes = pd.DataFrame(input_example())
-    expected = model.predict_quotes({c: quotes[c].to_numpy() for c in quotes.columns})
-    np.testing.assert_allclose(loaded.predict(quotes)["fare_amount"].to_numpy(), expected, rtol=1e-9)

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from taxi_platform.lib.fare_pyfunc import FareQuoteModel, input_example, log_fare_model
+from taxi_platform.fare_model.pyfunc import FareQuoteModel, input_example
+from taxi_platform.lib.model_package import log_fare_model
 from taxi_platform.lib.model_run import GateScorer, openmp_threads, small_data_threads
 from taxi_platform.lib.registry import mae_of
 from taxi_platform.lib.tracking import dataset_from_arrow

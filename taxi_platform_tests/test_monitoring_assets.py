@@ -51,7 +51,7 @@ def register_version(
     import mlflow
     from mlflow import MlflowClient
 
-    from taxi_platform.lib.fare_pyfunc import log_fare_model
+    from taxi_platform.lib.model_package import log_fare_model
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if client.get_experiment_by_name("monitoring_tests") is None:

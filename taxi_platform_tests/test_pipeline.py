@@ -17,7 +17,7 @@ import pytest
 
 from taxi_platform.defs.ingest import raw_trips, taxi_zones
 from taxi_platform.defs.transform import cleaned_trips, trip_features
-from taxi_platform.lib.features import FEATURE_COLUMNS
+from taxi_platform.fare_model.features import FEATURE_COLUMNS
 from taxi_platform.lib.transform import CLEANED_COLUMNS, FEATURE_TABLE_COLUMNS
 
 CHAIN = [raw_trips, cleaned_trips, trip_features]

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
+from taxi_platform.fare_model.pyfunc import FareQuoteModel
+from taxi_platform.lib.model_package import log_fare_model
 from taxi_platform.lib.registry import (
     CHAMPION,
     ChampionTagsError,
@@ -210,7 +211,7 @@ def test_registered_model_loads_where_taxi_platform_is_not_installed(trained, re
         sys.meta_path.insert(0, Block())
         import mlflow, pandas as pd
         model = mlflow.pyfunc.load_model("models:/portable_test_model/{version}")
-        import taxi_platform.lib.features as f
+        import taxi_platform.fare_model.features as f
         quotes = pd.read_json({str(sample_path)!r}, orient="records", dtype={{"pickup_datetime": str}})
         print(json.dumps({{"features": f.__file__, "dagster": "dagster" in sys.modules,
                           "fares": model.predict(quotes)["fare_amount"].tolist()}}))

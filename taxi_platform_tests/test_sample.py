@@ -29,8 +29,8 @@ from taxi_platform.devtools.sample import (
     write_trip_file,
     zone_geography,
 )
+from taxi_platform.fare_model.features import BOROUGHS
 from taxi_platform.lib import tlc_schema
-from taxi_platform.lib.features import BOROUGHS
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import parse_months
 from taxi_platform.lib.transform import clean_month

@@ -17,14 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
-from taxi_platform.lib.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
+from taxi_platform.fare_model.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
+from taxi_platform.fare_model.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, resolve
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, compute_pair_stats, resolve
+from taxi_platform.lib.pair_stats_sql import compute_pair_stats
+from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matrix
 from taxi_platform.lib.training import (
-    MATRIX_COLUMNS,
-    MIN_FARE,
     TrainConfig,
-    build_matrix,
     fare_grows_with_distance,
     feature_paths,
     load_window,
@@ -214,7 +213,8 @@ def test_train_window_scores_families_and_naive_out_of_time(trained):
 
 # -- the serving model -----------------------------------------------------------------------------------
 def test_compiled_predictors_match_sklearn(trained):
-    from taxi_platform.lib.fare_pyfunc import FAST_PATH_MAX_ROWS, FareQuoteModel, compile_predictor
+    from taxi_platform.fare_model.compiled import compile_predictor
+    from taxi_platform.fare_model.pyfunc import FAST_PATH_MAX_ROWS, FareQuoteModel
 
     X = build_matrix(trained.validation, trained.pair_stats)[:500]
     for family, est in trained.models.items():
@@ -239,7 +239,8 @@ def test_compiled_predictors_match_sklearn(trained):
 
 
 def test_fare_model_prices_quotes_and_rejects_bad_ones(trained):
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel, QuoteError
+    from taxi_platform.fare_model.features import QuoteError
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
 
     model = FareQuoteModel(trained.models["boosted"], trained.pair_stats, load_zone_table(), "boosted")
     one = {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 161, "dropoff_zone": 236,
@@ -279,7 +280,7 @@ def test_fare_model_prices_quotes_and_rejects_bad_ones(trained):
 def test_fare_grows_with_distance_passes_for_real_model_and_fails_when_distance_is_ignored(trained):
     from dataclasses import replace
 
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
 
     zones = load_zone_table()
     model = FareQuoteModel(trained.models["boosted"], trained.pair_stats, zones, "boosted")
@@ -303,7 +304,8 @@ def test_fare_grows_with_distance_passes_for_real_model_and_fails_when_distance_
 
 
 def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
-    from taxi_platform.lib.training import COL, LINEAR_WIDTH, MATRIX_COLUMNS, linear_design
+    from taxi_platform.fare_model.matrix import COL, LINEAR_WIDTH, MATRIX_COLUMNS
+    from taxi_platform.lib.training import linear_design
 
     X = np.zeros((2, len(MATRIX_COLUMNS)))
     X[:, COL["pickup_zone"]] = [161, 132]

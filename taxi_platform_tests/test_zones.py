@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from taxi_platform.defs.transform import load_zones
-from taxi_platform.lib.features import BOROUGHS
+from taxi_platform.fare_model.features import BOROUGHS
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.zones import (
     ZONE_SCHEMA,

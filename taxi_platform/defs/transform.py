@@ -19,7 +19,7 @@ from taxi_platform.defs.month_ranges import (
 from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.features import FEATURES_VERSION, ZoneTable
+from taxi_platform.fare_model.features import FEATURES_VERSION, ZoneTable
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tlc_schema import SchemaMismatchError
 from taxi_platform.lib.transform import (

@@ -59,8 +59,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from taxi_platform.fare_model.features import SERVICES
 from taxi_platform.lib import tlc_schema
-from taxi_platform.lib.tlc_schema import SERVICES
 from taxi_platform.lib.zones import ZONE_CSV_NAME, load_zone_records, zone_csv_bytes
 
 SYNTHETIC_METADATA: dict[bytes, bytes] = {b"data_source": b"synthetic"}

@@ -40,6 +40,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
 from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
@@ -93,6 +94,9 @@ class BentoBuild:
     dockerfile: Path
     built: bool  # False: a Bento for this champion and source already existed
     requirements: list[str] = field(default_factory=list)  # the Bento's env/python/requirements.txt
+    model_code: dict[str, Any] = field(
+        default_factory=dict
+    )  # verify_version: probes re-priced, code built with
     model_overrides: list[str] = field(default_factory=list)  # model pins that differ from the lock's
 
     def as_dict(self) -> dict:
@@ -469,6 +473,7 @@ def build_bento(
     import yaml
 
     mpath = model_path(bento_home, champion.store_tag)
+    code = verify_stored_model(mpath, champion.store_tag)
     config = bentofile_config()
     if base_image:
         config = with_base_image(config, base_image)
@@ -526,7 +531,22 @@ def build_bento(
         built=built,
         requirements=bento_requirements(path),
         model_overrides=overrides,
+        model_code=code,
     )
+
+
+def verify_stored_model(mpath: Path, label: str) -> dict[str, Any]:
+    """Load the stored model with its own code (as the service will) and re-price its probe quotes; a version
+    that prices differently here is refused (:class:`ServingBuildError` naming what it was built with)."""
+    from taxi_platform.lib.model_loading import VersionMismatchError, load_version, verify_version
+
+    if not (mpath / "mlflow_model" / "MLmodel").is_file():
+        return {}  # not imported: build_bento says so
+    local = str(mpath / "mlflow_model")
+    try:
+        return verify_version(load_version(local), local, label)
+    except VersionMismatchError as exc:
+        raise ServingBuildError(str(exc)) from None
 
 
 def bento_requirements(path: Path) -> list[str]:

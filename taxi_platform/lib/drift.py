@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from taxi_platform.lib.features import QUOTE_COLUMNS
+from taxi_platform.fare_model.features import QUOTE_COLUMNS
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
 
@@ -624,7 +624,7 @@ def range_coverage(frame: pd.DataFrame) -> dict[str, Any] | None:
     """Coverage of the fare ranges on the rows with a known fare: overall and per band, with mean widths.
 
     ``None`` when the frame has no ranges (the scored model version has none)."""
-    from taxi_platform.lib.intervals import coverage_summary
+    from taxi_platform.fare_model.intervals import coverage_summary
 
     if any(c not in frame.columns for c in ("fare_low", "fare_high")) or frame["fare_low"].isna().all():
         return None

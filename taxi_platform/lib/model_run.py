@@ -20,8 +20,8 @@ from taxi_platform.lib.months import shift_label
 from taxi_platform.settings import MODEL_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel
-    from taxi_platform.lib.features import ZoneTable
+    from taxi_platform.fare_model.features import ZoneTable
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lib.lake import Lake
     from taxi_platform.lib.registry import GateDecision
     from taxi_platform.lib.tracking import TrackedRun
@@ -139,8 +139,8 @@ def _train(
 ) -> TrainedModel:
     import numpy as np
 
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel
-    from taxi_platform.lib.intervals import bands_from_matrix
+    from taxi_platform.fare_model.intervals import bands_from_matrix
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lib.training import fare_grows_with_distance, quotes_frame, train_window
 
     result = train_window(lake, inputs.train_months, inputs.month, zones, inputs.train_config, log=log)
@@ -348,7 +348,8 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
 
     Returns the version. A version whose checks failed says so in ``checks_failed``: the gate never promotes it.
     """
-    from taxi_platform.lib.fare_pyfunc import log_fare_model
+    from taxi_platform.lib.model_package import log_fare_model
+    from taxi_platform.lib.training import TRAINING_VERSION
 
     config = inputs.train_config
     tags = {
@@ -363,9 +364,12 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
         "checks_failed": ",".join(trained.failed_checks),
         "interval_coverage": f"{config.interval_coverage:g}" if trained.result.intervals is not None else "",
     }
-    info = log_fare_model(trained.model, registered_model_name=MODEL_NAME, tags=tags)
+    info = log_fare_model(trained.model, MODEL_NAME, TRAINING_VERSION, tags=tags)
     version = str(info.registered_model_version)
     client = _client(logged.run.tracking_uri)
+    tags.update(
+        info.metadata or {}
+    )  # the code it was built with: fare_model_code, features/training/state versions
     for key, value in tags.items():  # the logged model's tags are not the registered version's
         client.set_model_version_tag(MODEL_NAME, version, key, value)
     return version
@@ -391,12 +395,12 @@ class GateScorer:
         self.registry_uri = registry_uri
 
     def model(self, model_uri: str) -> Any:
-        import mlflow.pyfunc
+        from taxi_platform.lib.model_loading import load_version
 
         key = (self.registry_uri, model_uri)
         model = _LOADED_MODELS.get(key)
         if model is None:
-            model = _LOADED_MODELS[key] = mlflow.pyfunc.load_model(model_uri)
+            model = _LOADED_MODELS[key] = load_version(model_uri)
             while len(_LOADED_MODELS) > LOADED_MODELS_KEPT:
                 _LOADED_MODELS.popitem(last=False)
         else:

@@ -38,8 +38,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from taxi_platform.lib.features import UNKNOWN_ZONES, QuoteError
-from taxi_platform.lib.tlc_schema import SERVICES
+from taxi_platform.fare_model.features import SERVICES, UNKNOWN_ZONES, QuoteError
 from taxi_platform.lib.zones import load_zone_records
 
 EARLIEST_PICKUP = datetime(2009, 1, 1)

@@ -269,10 +269,10 @@ def parse_mae_tag(value: str | None) -> tuple[float, str] | None:
 
 
 def mae_of(model_uri: str, quotes, y_true: Sequence[float] | np.ndarray) -> float:
-    """MAE of the pyfunc model at ``model_uri`` on raw ``quotes`` (a DataFrame)."""
-    import mlflow.pyfunc
+    """MAE of the registered model at ``model_uri`` (loaded with its own code) on raw ``quotes`` (a DataFrame)."""
+    from taxi_platform.lib.model_loading import predict_frame
 
-    pred = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(quotes)["fare_amount"], dtype=np.float64)
+    pred = predict_frame(model_uri, quotes)
     return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
 
 
@@ -757,16 +757,16 @@ def _use_registry(tracking_uri: str) -> None:
 def load_predictor(
     tracking_uri: str, model_uri: str
 ) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], dict[str, str]]:
-    """``(predict, quote column types)`` of the pyfunc at ``model_uri``.
+    """``(predict, quote column types)`` of the registered model at ``model_uri``, loaded with its own code.
 
     The types come from the model's signature, so quotes are typed the way that version expects. MLflow's
     check of the model's pip requirements against this environment is skipped: it only warns, and reading
     every installed distribution's metadata for it took a third of the load.
     """
-    import mlflow.pyfunc
+    from taxi_platform.lib.model_loading import load_version
 
     _use_registry(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+    model = load_version(model_uri)
     schema = model.metadata.get_input_schema()
     types: dict[str, str] = {}
     if schema is not None and schema.has_input_names():
@@ -782,13 +782,13 @@ def version_pricer(
     A logged quote may name a version from another registry or one since deleted; its quote then keeps no
     range (``warn`` says why) instead of failing the month.
     """
-    import mlflow.pyfunc
+    from taxi_platform.lib.model_loading import load_version
 
     _use_registry(tracking_uri)
 
     def price(version: str, quotes: pd.DataFrame) -> pd.DataFrame | None:
         try:
-            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+            model = load_version(f"models:/{model_name}/{version}")
         except Exception as exc:
             warn(f"cannot load {model_name} v{version} to re-price its quotes' ranges: {exc}")
             return None

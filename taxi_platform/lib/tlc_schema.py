@@ -14,9 +14,6 @@ import pyarrow as pa
 
 TS = pa.timestamp("us")
 
-# The TLC services this platform ingests. The order is the service's code in the model's features (yellow=0).
-SERVICES = ("yellow", "green")
-
 
 @dataclass(frozen=True)
 class SchemaEra:

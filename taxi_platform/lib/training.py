@@ -1,12 +1,12 @@
 """Walk-forward training of the fare model: sample a window, build the design matrix, fit, score out of time.
 
-Pure functions without Dagster or MLflow. scikit-learn is imported inside the functions that fit models, so
-the fare model's serving code (which imports :func:`build_matrix`) stays light.
+Pure functions without Dagster or MLflow; scikit-learn is imported inside the functions that fit models. What a
+registered version runs (features, matrix, pair statistics, ranges, the pyfunc) is the ``fare_model`` package.
 
 - :func:`load_window` draws a bounded, seeded sample of ``trip_features`` rows across months with DuckDB
   (a hash of (month, row number, seed) decides membership, so the sample is identical on every run and
   memory stays flat however many rows the window holds).
-- :func:`build_matrix` turns feature columns plus the training window's :class:`PairStats` into the numeric
+- :func:`~taxi_platform.fare_model.matrix.build_matrix` turns feature columns plus the training window's :class:`PairStats` into the numeric
   matrix both model families use.
 - :func:`train_window` fits the families, scores them and the naive per-pair median baseline on the
   validation month, and returns everything the asset logs.
@@ -25,24 +25,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from taxi_platform.lib.features import (
+from taxi_platform.fare_model.features import (
     BOROUGHS,
     CATEGORICAL_FEATURES,
     FEATURE_COLUMNS,
     JFK_ZONE,
-    MAX_ZONE_ID,
     QUOTE_COLUMNS,
-    SERVICES,
     ZoneTable,
 )
-from taxi_platform.lib.intervals import (
+from taxi_platform.fare_model.intervals import (
     DEFAULT_COVERAGE,
     DEFAULT_MIN_GROUP,
     FareIntervals,
     bands_from_matrix,
     calibrate,
 )
-from taxi_platform.lib.pair_stats import LEVEL_PAIR, PairStats, compute_pair_stats
+from taxi_platform.fare_model.matrix import (
+    CATEGORICAL_INDICES,
+    LINEAR_WIDTH,
+    MIN_FARE,
+    as_numpy,
+    build_matrix,
+    linear_codes,
+)
+from taxi_platform.fare_model.pair_stats import LEVEL_PAIR, PairStats
+from taxi_platform.lib.pair_stats_sql import compute_pair_stats
 from taxi_platform.lib.sql import hashed_rows, sql_literal
 
 TRAINING_VERSION = "1"  # bump when the model family, matrix or fitting changes
@@ -55,14 +62,9 @@ if TYPE_CHECKING:  # pragma: no cover
 TABLE = "trip_features"
 TARGET = "fare_amount"
 FAMILIES = ("linear", "boosted")
-MIN_FARE = 3.00  # TLC initial charge since Dec 2022: no metered fare is lower
 MAPE_MIN_FARE = 1.00  # MAPE ignores fares below $1 (near-zero denominators)
 SMALL_FIT_ROWS = 250_000
 
-PAIR_COLUMNS = ("typical_distance", "typical_duration", "log_typical_distance")
-MATRIX_COLUMNS = (*FEATURE_COLUMNS, "pickup_zone", "dropoff_zone", *PAIR_COLUMNS)
-COL = {name: i for i, name in enumerate(MATRIX_COLUMNS)}
-CATEGORICAL_INDICES = tuple(COL[c] for c in CATEGORICAL_FEATURES)
 
 # Columns load_window reads: the quote, the stored features and the target.
 SAMPLE_COLUMNS = ("pickup_datetime", "pickup_zone", "dropoff_zone", *FEATURE_COLUMNS, TARGET)
@@ -222,96 +224,6 @@ def partition_fingerprint(lake: Lake, months: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-# -- design matrix ---------------------------------------------------------------------------------------
-def _as_numpy(col) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if isinstance(col, pa.Array):
-        return col.to_numpy(zero_copy_only=False)
-    if hasattr(col, "to_numpy"):
-        return col.to_numpy()
-    return np.asarray(col)
-
-
-def category_codes(col, categories: Sequence[str]) -> np.ndarray:
-    """int8 codes into ``categories`` from dictionary/string arrow arrays, pandas, numpy strings or codes."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if isinstance(col, pa.Array):
-        if not pa.types.is_dictionary(col.type):
-            if pa.types.is_integer(col.type):
-                return col.to_numpy(zero_copy_only=False).astype(np.int8)
-            col = col.cast(pa.string()).dictionary_encode()
-        lookup = np.array(
-            [categories.index(v) if v in categories else -1 for v in col.dictionary.to_pylist()] + [-1]
-        )
-        idx = col.indices.fill_null(len(lookup) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
-        codes = lookup[idx]
-    else:
-        arr = _as_numpy(col)
-        if arr.dtype.kind in "iu":
-            return arr.astype(np.int8)
-        uniques, inverse = np.unique(arr.astype(str), return_inverse=True)
-        lookup = np.array([categories.index(v) if v in categories else -1 for v in uniques])
-        codes = lookup[inverse] if len(uniques) else np.zeros(0, dtype=np.int64)
-    if (codes < 0).any():
-        bad = sorted({str(v) for v in np.asarray(_as_numpy(col))[codes < 0][:5]})
-        raise ValueError(f"unknown categories {bad}: expected one of {list(categories)}")
-    return codes.astype(np.int8)
-
-
-def build_matrix(features: Mapping[str, Any] | pa.Table, pair_stats: PairStats) -> np.ndarray:
-    """float64 matrix with columns ``MATRIX_COLUMNS``: the shared features, the zones and pair statistics.
-
-    ``features`` holds ``FEATURE_COLUMNS`` (categoricals as codes, strings or dictionary arrays, as produced
-    by ``compute_feature_arrays``/``compute_features`` or read from ``trip_features``) plus ``pickup_zone``
-    and ``dropoff_zone``.
-    """
-    get = features.column if isinstance(features, pa.Table) else features.__getitem__
-    pu = _as_numpy(get("pickup_zone")).astype(np.int64)
-    do = _as_numpy(get("dropoff_zone")).astype(np.int64)
-    n = len(pu)
-    X = np.empty((n, len(MATRIX_COLUMNS)), dtype=np.float64)
-    for name in FEATURE_COLUMNS:
-        col = get(name)
-        X[:, COL[name]] = (
-            category_codes(col, CATEGORICAL_FEATURES[name])
-            if name in CATEGORICAL_FEATURES
-            else _as_numpy(col)
-        )
-    X[:, COL["pickup_zone"]] = pu
-    X[:, COL["dropoff_zone"]] = do
-    typical = pair_stats.lookup(pu, do)
-    X[:, COL["typical_distance"]] = typical["distance"]
-    X[:, COL["typical_duration"]] = typical["duration"]
-    X[:, COL["log_typical_distance"]] = np.log1p(typical["distance"])
-    return X
-
-
-# -- model families --------------------------------------------------------------------------------------
-# The linear baseline is the common course recipe (DictVectorizer over the location IDs → LinearRegression)
-# adapted to quoting before the ride: the recipe's numeric input, trip_distance, is only known afterwards, so
-# what is left is one-hot pickup zone, dropoff zone, pickup hour and service. It gets none of this project's
-# pair statistics; those, and the interactions a linear model cannot express, are what the boosted family adds.
-_LINEAR_ONE_HOT = (
-    ("pickup_zone", MAX_ZONE_ID + 1),
-    ("dropoff_zone", MAX_ZONE_ID + 1),
-    ("pickup_hour", 24),
-    ("service", len(SERVICES)),
-)
-LINEAR_WIDTH = sum(k for _, k in _LINEAR_ONE_HOT)
-
-
-def linear_codes(X: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` column indices of the linear baseline's one-hot inputs (out-of-range codes are clipped)."""
-    out = np.empty((X.shape[0], len(_LINEAR_ONE_HOT)), dtype=np.int64)
-    offset = 0
-    for j, (name, k) in enumerate(_LINEAR_ONE_HOT):
-        out[:, j] = offset + np.clip(X[:, COL[name]].astype(np.int64), 0, k - 1)
-        offset += k
-    return out
-
-
 def linear_design(X: np.ndarray):
     """The linear baseline's inputs as a sparse one-hot matrix (``LINEAR_WIDTH`` columns, 4 ones per row)."""
     from scipy import sparse
@@ -371,7 +283,7 @@ def regression_metrics(y_true, y_pred, mape_min_fare: float = MAPE_MIN_FARE) -> 
 def naive_predictions(features: Mapping[str, Any] | pa.Table, pair_stats: PairStats) -> np.ndarray:
     """The naive baseline: the training window's median fare of the quote's zone pair (with fallbacks)."""
     get = features.column if isinstance(features, pa.Table) else features.__getitem__
-    return pair_stats.lookup(_as_numpy(get("pickup_zone")), _as_numpy(get("dropoff_zone")))["fare"]
+    return pair_stats.lookup(as_numpy(get("pickup_zone")), as_numpy(get("dropoff_zone")))["fare"]
 
 
 # -- walk-forward training -------------------------------------------------------------------------------
@@ -416,9 +328,9 @@ def train_window(
 
     t = time.perf_counter()
     X_train = build_matrix(train, pair_stats)
-    y_train = _as_numpy(train.column(TARGET)).astype(np.float64)
+    y_train = as_numpy(train.column(TARGET)).astype(np.float64)
     X_val = build_matrix(val, pair_stats)
-    y_val = _as_numpy(val.column(TARGET)).astype(np.float64)
+    y_val = as_numpy(val.column(TARGET)).astype(np.float64)
     timings["matrix"] = time.perf_counter() - t
 
     from threadpoolctl import threadpool_limits

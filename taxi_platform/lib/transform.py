@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from taxi_platform.lib.features import (
+from taxi_platform.fare_model.features import (
     CATEGORICAL_FEATURES,
     FEATURE_COLUMNS,
+    SERVICES,
     ZoneTable,
     compute_features,
 )
@@ -28,7 +29,7 @@ from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
 from taxi_platform.lib.parquet_sink import WRITE_POOL, ParquetSink, WrittenTable, default_pool
 from taxi_platform.lib.sql import load_sql, sql_literal
-from taxi_platform.lib.tlc_schema import SERVICES, SchemaMismatchError, check_readable
+from taxi_platform.lib.tlc_schema import SchemaMismatchError, check_readable
 from taxi_platform.lib.zones import load_zone_records
 
 BATCH_ROWS = 131_072

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from taxi_platform.lib.features import ZoneTable
+from taxi_platform.fare_model.features import ZoneTable
 
 ZONE_CSV_NAME = "taxi_zone_lookup.csv"
 ZONE_CSV_HEADER = ("LocationID", "Borough", "Zone", "service_zone")

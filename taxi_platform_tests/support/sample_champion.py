@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
-from taxi_platform.lib.features import SERVICES
+from taxi_platform.fare_model.features import SERVICES
 from taxi_platform.lib.lake import Lake
 from taxi_platform.settings import MODEL_NAME
 
@@ -81,7 +81,8 @@ def train_sample_champion(
     import mlflow
     from mlflow import MlflowClient
 
-    from taxi_platform.lib.fare_pyfunc import FareQuoteModel, log_fare_model
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
+    from taxi_platform.lib.model_package import log_fare_model
     from taxi_platform.lib.training import TrainConfig, train_window
     from taxi_platform.lib.zones import load_zone_table
 

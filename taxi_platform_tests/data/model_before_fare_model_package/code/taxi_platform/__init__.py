@@ -1,0 +1,1 @@
+"""Fare model code shipped with the MLflow model."""

@@ -11,7 +11,6 @@ import warnings
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 

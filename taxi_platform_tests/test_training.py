@@ -18,10 +18,10 @@ import pytest
 
 from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
 from taxi_platform.fare_model.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
+from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matrix
 from taxi_platform.fare_model.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, resolve
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.pair_stats_sql import compute_pair_stats
-from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matrix
 from taxi_platform.lib.training import (
     TrainConfig,
     fare_grows_with_distance,

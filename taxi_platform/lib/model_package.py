@@ -135,7 +135,8 @@ def log_fare_model(
     tags: Mapping[str, str] | None = None,
     await_registration_for: int = 300,
 ):
-    """Log ``model`` in the active MLflow run (and register it) with its own code; returns ``ModelInfo``.
+    """Log ``model`` in the active MLflow run (and register it) with its own code; returns ``ModelInfo``. A registered
+    version is tagged with :func:`code_versions` too.
 
     ``training_version`` defaults to the installed :data:`taxi_platform.lib.training.TRAINING_VERSION`."""
     import joblib
@@ -152,7 +153,7 @@ def log_fare_model(
         # MLflow runs the script while logging (the input example): the shipped package must import from here.
         sys.path.insert(0, str(code.parent))
         try:
-            return mlflow.pyfunc.log_model(
+            info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(script),
                 artifacts={STATE_ARTIFACT: str(state), PROBE_ARTIFACT: str(probes)},
@@ -167,3 +168,8 @@ def log_fare_model(
             )
         finally:
             sys.path.remove(str(code.parent))
+    if registered_model_name and info.registered_model_version is not None:  # the version says it too
+        client = mlflow.MlflowClient()
+        for key, value in versions.items():
+            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
+    return info

@@ -171,5 +171,7 @@ def log_fare_model(
     if registered_model_name and info.registered_model_version is not None:  # the version says it too
         client = mlflow.MlflowClient()
         for key, value in versions.items():
-            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
+            client.set_model_version_tag(
+                registered_model_name, str(info.registered_model_version), key, value
+            )
     return info

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taxi_platform.lib.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
 from taxi_platform.lib.months import shift_label
 from taxi_platform.settings import MODEL_NAME
 
@@ -89,6 +90,8 @@ class ModelRunInputs:
     tolerance: float  # the promotion gate's relative MAE tolerance
     evaluation_rows: int  # rows per month the gate scores models on
     dagster_run_id: str
+    slice_tolerance: float | None = DEFAULT_SLICE_TOLERANCE  # None: no slice rule
+    slice_min_support: int = DEFAULT_MIN_SUPPORT
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -407,12 +410,17 @@ class GateScorer:
             _LOADED_MODELS.move_to_end(key)
         return model
 
-    def __call__(self, model_uri: str, quotes: Any, y_true: Any) -> float:
+    def predictions(self, model_uri: str, quotes: Any) -> Any:
         import numpy as np
 
         model = self.model(model_uri)
         with openmp_threads(self.threads):
-            pred = np.asarray(model.predict(quotes)["fare_amount"], dtype=np.float64)
+            return np.asarray(model.predict(quotes)["fare_amount"], dtype=np.float64)
+
+    def __call__(self, model_uri: str, quotes: Any, y_true: Any) -> float:
+        import numpy as np
+
+        pred = self.predictions(model_uri, quotes)
         return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
 
 
@@ -435,6 +443,8 @@ def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) ->
         tolerance=inputs.tolerance,
         tracking_uri=uri,
         scorer=scorer,
+        slice_tolerance=inputs.slice_tolerance,
+        slice_min_support=inputs.slice_min_support,
     )
     tags = {
         "promoted": str(decision.promoted).lower(),
@@ -501,6 +511,9 @@ def run_summary(
         "gate_replays": decision.replays,
         "gate_scored_pairs": decision.scored_pairs,
         "gate_cached_pairs": decision.cached_pairs,
+        "gate_slice_tolerance": _or(decision.slice_tolerance, -1.0),
+        "gate_slice_min_support": _or(decision.slice_min_support, -1),
+        "gate_slices": decision.slice_table,
         "train_months": ",".join(inputs.train_months),
         "missing_window_months": ",".join(inputs.missing_months),
         "validation_month": inputs.month,

@@ -35,11 +35,18 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from taxi_platform.lib.gate_slices import (
+    DEFAULT_MIN_SUPPORT,
+    DEFAULT_SLICE_TOLERANCE,
+    SliceComparison,
+    SliceMaes,
+    compare,
+)
 from taxi_platform.lib.months import month_label, months_between, parse_month_labels
 from taxi_platform.settings import MODEL_NAME
 
@@ -52,6 +59,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_TOLERANCE = 0.01
 MAE_TAG_PREFIX = "mae."
+SLICES_TAG_PREFIX = "slices."
+MAX_TAG_VALUE = 5000  # MLflow's limit on a model version tag's value
 MAX_REPLAYS = 5
 
 # outcomes of one replay step
@@ -155,20 +164,42 @@ class ReplayStep:
     challenger_mae: float | None
     champion_mae: float | None
     reason: str
+    worse_slices: tuple[str, ...] = ()  # material slices where the challenger lost by more than the tolerance
 
     @property
     def champion_after(self) -> str | None:
         return self.version if self.outcome in (FIRST, PROMOTED) else self.champion_before
 
 
+@dataclass
+class SliceRule:
+    """The slice part of the gate: ``scores(model, month)`` gives a version's slice MAEs on the month."""
+
+    scores: Callable[[MonthModel, str], SliceMaes | None]
+    tolerance: float = DEFAULT_SLICE_TOLERANCE
+    min_support: int = DEFAULT_MIN_SUPPORT
+
+    def table(self, c: MonthModel, h: MonthModel, month: str) -> list[SliceComparison]:
+        cs, hs = self.scores(c, month), self.scores(h, month)
+        if cs is None or hs is None:
+            return []
+        return compare(cs, hs, self.tolerance, self.min_support)
+
+    def worse(self, c: MonthModel, h: MonthModel, month: str) -> list[SliceComparison]:
+        return [row for row in self.table(c, h, month) if row.worse]
+
+
 def replay(
     models: Iterable[MonthModel],
     mae: Callable[[MonthModel, str], float | None],
     tolerance: float = DEFAULT_TOLERANCE,
+    slices: SliceRule | None = None,
 ) -> tuple[MonthModel | None, list[ReplayStep]]:
     """Replay the months' eligible models in validation-month order; the champion and one step per model.
 
     ``mae(model, month)`` scores ``model`` on ``month``'s evaluation sample (None: the month has no data).
+    With ``slices``, a challenger within the overall tolerance is still kept out when it is worse than the champion
+    on a material slice (:mod:`taxi_platform.lib.gate_slices`).
     """
     champion: MonthModel | None = None
     steps: list[ReplayStep] = []
@@ -198,7 +229,18 @@ def replay(
             ))  # fmt: skip
             continue
         limit = h_mae * (1.0 + tolerance)
-        if c_mae > limit:
+        worse = slices.worse(c, h, month) if slices is not None and c_mae <= limit else []
+        if worse:
+            shown = "; ".join(f"{w.slice} {w.challenger_mae:.4f} vs {w.champion_mae:.4f} ({w.trips} trips)"
+                              for w in worse[:5])  # fmt: skip
+            steps.append(ReplayStep(
+                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+                f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of champion {htag}'s {h_mae:.4f}, "
+                f"but worse by more than {slices.tolerance:.2%} on {len(worse)} slice(s): {shown}; "
+                f"champion {htag} kept",
+                tuple(w.slice for w in worse),
+            ))  # fmt: skip
+        elif c_mae > limit:
             steps.append(ReplayStep(
                 c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
                 f"{tag} MAE {c_mae:.4f} on {month} is worse than champion {htag}'s {h_mae:.4f} by more than "
@@ -276,15 +318,36 @@ def mae_of(model_uri: str, quotes, y_true: Sequence[float] | np.ndarray) -> floa
     return float(np.mean(np.abs(pred - np.asarray(y_true, dtype=np.float64))))
 
 
+def slices_tag(month: str) -> str:
+    return f"{SLICES_TAG_PREFIX}{month[:7]}"
+
+
+class PyfuncScorer:
+    """The default scorer: :func:`mae_of`, and the predictions the slice rule needs."""
+
+    def __call__(self, model_uri: str, quotes: Any, y_true: Any) -> float:
+        return mae_of(model_uri, quotes, y_true)
+
+    def predictions(self, model_uri: str, quotes: Any) -> np.ndarray:
+        from taxi_platform.lib.model_loading import predict_frame
+
+        return predict_frame(model_uri, quotes)
+
+
 class _CachedMae:
     """``mae(model, month)`` for :func:`replay`: the version's ``mae.<month>`` tag if its fingerprint matches,
-    else the registered artifact scored on the month's sample (and the tag written)."""
+    else the registered artifact scored on the month's sample (and the tag written). :meth:`slices` does the
+    same for the slice MAEs (tag ``slices.<month>`` = ``"<fingerprint>|<json>"``) when the scorer can return
+    predictions (``scorer.predictions(uri, quotes)``); one prediction pass fills both."""
 
     def __init__(self, client, model_name: str, evaluation: MonthEvaluation, scorer) -> None:
         self.client, self.model_name, self.evaluation, self.scorer = client, model_name, evaluation, scorer
+        self.predictions = getattr(scorer, "predictions", None)
         self.fingerprints: dict[str, str | None] = {}
         self.samples: dict[str, tuple[Any, np.ndarray]] = {}
         self.known: dict[tuple[str, str], tuple[float, str]] = {}
+        self.known_slices: dict[tuple[str, str], tuple[SliceMaes, str]] = {}
+        self._zones = None
         self.scored = 0
         self.cached = 0
 
@@ -299,6 +362,8 @@ class _CachedMae:
         concurrent insert) is asked again. The cache only saves work: if it still fails, scoring goes on."""
         from mlflow.exceptions import MlflowException
 
+        if len(value) > MAX_TAG_VALUE:
+            return  # too many slices for one tag: scored again next time, with the same result
         for attempt in range(attempts):
             try:
                 self.client.set_model_version_tag(self.model_name, version, key, value)
@@ -308,6 +373,34 @@ class _CachedMae:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
+    def _sample(self, month: str) -> tuple[Any, np.ndarray]:
+        if month not in self.samples:
+            self.samples[month] = self.evaluation.sample(month)
+        return self.samples[month]
+
+    def _score(self, model: MonthModel, month: str, fp: str) -> float:
+        quotes, y = self._sample(month)
+        uri = f"models:/{self.model_name}/{model.version}"
+        if self.predictions is None:
+            value = float(self.scorer(uri, quotes, y))
+        else:
+            from taxi_platform.lib.gate_slices import encode, slice_maes
+
+            pred = np.asarray(self.predictions(uri, quotes), dtype=np.float64)
+            value = float(np.mean(np.abs(pred - np.asarray(y, dtype=np.float64))))
+            if self._zones is None:
+                from taxi_platform.lib.zones import load_zone_table
+
+                self._zones = load_zone_table()
+            slices = slice_maes(quotes, y, pred, self._zones)
+            self._cache(model.version, slices_tag(month), f"{fp}|{encode(slices)}")
+            self.known_slices[(model.version, month)] = (slices, fp)
+        # repr() round-trips the float exactly: a cached comparison decides exactly as a fresh one.
+        self._cache(model.version, mae_tag(month), f"{value!r}|{fp}")
+        self.known[(model.version, month)] = (value, fp)
+        self.scored += 1
+        return value
+
     def __call__(self, model: MonthModel, month: str) -> float | None:
         fp = self.fingerprint(month)
         if fp is None:
@@ -316,15 +409,31 @@ class _CachedMae:
         if hit is not None and hit[1] == fp:
             self.cached += 1
             return hit[0]
-        if month not in self.samples:
-            self.samples[month] = self.evaluation.sample(month)
-        quotes, y = self.samples[month]
-        value = float(self.scorer(f"models:/{self.model_name}/{model.version}", quotes, y))
-        # repr() round-trips the float exactly: a cached comparison decides exactly as a fresh one.
-        self._cache(model.version, mae_tag(month), f"{value!r}|{fp}")
-        self.known[(model.version, month)] = (value, fp)
-        self.scored += 1
-        return value
+        return self._score(model, month, fp)
+
+    def slices(self, model: MonthModel, month: str) -> SliceMaes | None:
+        fp = self.fingerprint(month)
+        if fp is None or self.predictions is None:
+            return None
+        hit = self.known_slices.get((model.version, month)) or _parse_slices_tag(
+            model.tags.get(slices_tag(month))
+        )
+        if hit is None or hit[1] != fp:
+            self._score(model, month, fp)
+            hit = self.known_slices[(model.version, month)]
+        return hit[0]
+
+
+def _parse_slices_tag(value: str | None) -> tuple[SliceMaes, str] | None:
+    if not value or "|" not in value:
+        return None
+    from taxi_platform.lib.gate_slices import decode
+
+    fp, text = value.split("|", 1)
+    try:
+        return decode(text), fp
+    except (ValueError, TypeError):
+        return None
 
 
 # -- the gate --------------------------------------------------------------------------------------------
@@ -350,6 +459,11 @@ class GateDecision:
     scored_pairs: int
     cached_pairs: int
     steps: list[dict[str, Any]]
+    slice_table: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # challenger vs compared champion, per slice
+    slice_tolerance: float | None = None
+    slice_min_support: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -422,7 +536,9 @@ def _set_alias(client, model_name: str, alias: str, version: str | int, attempts
             time.sleep(0.05 * (attempt + 1))
 
 
-def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
+def _settle(
+    client, model_name: str, mae, tolerance: float, max_replays: int, slices: SliceRule | None = None
+):
     """Replay and set the alias until the registry's month models stop changing under us (bounded).
 
     Why the last writer is right: every gate registers its version (with its tags) *before* it lists the
@@ -441,7 +557,7 @@ def _settle(client, model_name: str, mae, tolerance: float, max_replays: int):
         rounds += 1
         versions = registered_models(client, model_name)
         models = month_models(versions)
-        champion, steps = replay(models.values(), mae, tolerance)
+        champion, steps = replay(models.values(), mae, tolerance, slices)
         if champion is not None:
             _set_alias(client, model_name, CHAMPION, champion.version)
         after = month_models(registered_models(client, model_name))
@@ -456,14 +572,21 @@ def gate_challenger(
     evaluation: MonthEvaluation,
     tolerance: float = DEFAULT_TOLERANCE,
     tracking_uri: str | None = None,
-    scorer: Callable[[str, Any, Any], float] = mae_of,
+    scorer: Callable[[str, Any, Any], float] | None = None,
     max_replays: int = MAX_REPLAYS,
+    slice_tolerance: float | None = DEFAULT_SLICE_TOLERANCE,
+    slice_min_support: int = DEFAULT_MIN_SUPPORT,
 ) -> GateDecision:
     """Alias ``challenger_version`` as challenger, replay the months' models, and point champion at the winner.
 
     ``client`` is an ``MlflowClient``; the version must carry ``validation_month`` and ``train_months`` tags (and
     ``checks_failed`` if any check failed). Models are scored from ``models:/<name>/<version>``, the registered
     artifacts, exactly what will be served. The decision describes the challenger's fate in the replay.
+
+    Slices: with ``slice_tolerance`` set (``None`` turns the rule off) and a scorer that can return predictions
+    (the default :class:`PyfuncScorer` and ``model_run.GateScorer`` can), a challenger within the overall
+    tolerance is refused when it is worse than the champion by more than ``slice_tolerance`` on any slice with at
+    least ``slice_min_support`` evaluation trips.
     """
     from mlflow.exceptions import MlflowException
 
@@ -480,17 +603,29 @@ def gate_challenger(
             )
         _set_alias(client, model_name, CHALLENGER, version)
         before = current_champion(client, model_name)
-        mae = _CachedMae(client, model_name, evaluation, scorer)
-        versions, models, champion, steps, rounds = _settle(client, model_name, mae, tolerance, max_replays)
+        mae = _CachedMae(client, model_name, evaluation, scorer if scorer is not None else PyfuncScorer())
+        rule = None
+        if slice_tolerance is not None and mae.predictions is not None:
+            rule = SliceRule(mae.slices, slice_tolerance, slice_min_support)
+        versions, models, champion, steps, rounds = _settle(
+            client, model_name, mae, tolerance, max_replays, rule
+        )
     except MlflowException as exc:
         text = str(exc)
         if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
             raise _unavailable(uri, text[:200]) from exc
         raise
     newest = max((v.validation_month for v in versions), default=None)
-    return _decision(
+    decision = _decision(
         model_name, me, models, newest, champion, steps, before, tolerance, rounds, mae.scored, mae.cached
     )
+    mine = next((m for m in models.values() if m.version == version), None)
+    compared = models.get(next((s.champion_before_month for s in steps if s.version == version), None) or "")
+    if rule is not None and mine is not None and compared is not None:
+        table = [row.as_row() for row in rule.table(mine, compared, mine.validation_month)]
+        decision = replace(decision, slice_table=table, slice_tolerance=rule.tolerance,
+                           slice_min_support=rule.min_support)  # fmt: skip
+    return decision
 
 
 def _decision(

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.lib.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
 from taxi_platform.lib.registry import DEFAULT_TOLERANCE
 
 DEFAULT_WINDOW_MONTHS = 3
@@ -25,6 +26,17 @@ class FareModelConfig(dg.Config):
         le=1.0,
         description="Relative MAE tolerance of the promotion gate: a fresher model replaces the champion unless "
         "its MAE exceeds the champion's by more than this fraction (0.01 = 1 %). Replaces min_improvement.",
+    )
+    slice_tolerance: float | None = Field(
+        default=DEFAULT_SLICE_TOLERANCE,
+        ge=0.0,
+        le=1.0,
+        description="Relative MAE tolerance per slice (service, borough pair, airport trips, hour band): a challenger "
+        "within the overall tolerance is still refused when it is worse than the champion by more than this on any "
+        "slice with at least slice_min_support evaluation trips. null turns the slice rule off.",
+    )
+    slice_min_support: int = Field(
+        default=DEFAULT_MIN_SUPPORT, ge=1, description="Evaluation trips a slice needs to count in the gate."
     )
     evaluation_rows: int = Field(
         default=100_000,

@@ -76,7 +76,10 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     "chooses: the first month's model starts; each next month's model C is scored with the current champion H on "
     "C's validation month (a month neither trained on, same hashed trip_features sample every time) and replaces H "
     "unless MAE(C) > MAE(H) x (1 + tolerance) (config `tolerance`, default 1 %). A model whose training data ends "
-    "before the champion's is registered but never promoted. Every run replays the whole history, so any run "
+    "before the champion's is registered but never promoted. A challenger within the tolerance is still kept out "
+    "when it is worse than H by more than `slice_tolerance` (default 5 %) on any material slice — service, borough "
+    "pair, airport trips, hour band — with at least `slice_min_support` (500) evaluation trips; the `gate_slices` "
+    "metadata is the slice table. Every run replays the whole history, so any run "
     "order (reversed backfill, parallel runs, a republished month) ends on the champion a chronological run "
     "would choose; each (version, month, data fingerprint) MAE is scored once and cached as the version tag "
     "`mae.YYYY-MM`. Metadata: promoted, gate_reason, champion_version, champion_validation_month, "
@@ -147,6 +150,8 @@ def _inputs(
         tolerance=config.tolerance,
         evaluation_rows=config.evaluation_rows,
         dagster_run_id=context.run_id,
+        slice_tolerance=config.slice_tolerance,
+        slice_min_support=config.slice_min_support,
     )
 
 

@@ -67,6 +67,85 @@ def store_init_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_USER_TABLES = ("runs", "registered_models", "model_versions", "logged_models")
+
+
+def _store_state(db: Path) -> str:
+    """``complete``, ``empty-partial`` (an interrupted creation: tables missing, a migration's ``_alembic_tmp_*``
+    left, or not at MLflow's head revision, and no runs or models in it) or ``partial-with-data``."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _verify_schema
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        names = set(sqlalchemy.inspect(engine).get_table_names())
+        leftovers = any(n.startswith("_alembic_tmp_") for n in names)
+        try:
+            _verify_schema(engine)
+            at_head = "alembic_version" in names
+        except Exception:  # out of date, or no alembic_version at all
+            at_head = False
+        if at_head and not leftovers:
+            return "complete"
+        with engine.connect() as con:
+            rows = sum(
+                con.execute(sqlalchemy.text(f"SELECT count(*) FROM {t}")).scalar() or 0
+                for t in _USER_TABLES
+                if t in names
+            )
+        return "partial-with-data" if rows else "empty-partial"
+    finally:
+        engine.dispose()
+
+
+def ensure_local_store(tracking_uri: str) -> None:
+    """Create a local SQLite store atomically: its tables are built in a file beside it, then moved into place.
+
+    MLflow creates a fresh store's tables in several migrations; a process killed in the middle (the OOM killer,
+    a pod eviction) used to leave a half-migrated database that every later run failed on (``table
+    _alembic_tmp_experiments already exists``). Here a reader only ever finds no database or a complete one. A
+    database left half-created by an earlier version is recreated when it holds no runs or models; one that
+    holds data is reported, never deleted.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return
+    with store_init_lock(tracking_uri):
+        if db.exists():
+            state = _store_state(db)
+            if state == "complete":
+                return
+            if state == "partial-with-data":
+                raise RuntimeError(
+                    f"the MLflow store {db} was left half-migrated and holds runs or models: back it up and run "
+                    f"`mlflow db upgrade {tracking_uri}`; it was not changed"
+                )
+            db.unlink()  # an interrupted creation with nothing in it
+        import os
+
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+
+        staging = db.with_name(f".{db.name}.{os.getpid()}.creating")
+        for stale in db.parent.glob(f".{db.name}.*.creating"):
+            stale.unlink(
+                missing_ok=True
+            )  # a creation killed earlier (we hold the lock: nobody else is creating)
+        engine = sqlalchemy.create_engine(f"sqlite:///{staging}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        with open(staging, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staging, db)
+        fd = os.open(db.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def ensure_local_experiment(tracking_uri: str, experiment_name: str, artifacts_dir: Path) -> None:
     """Create ``experiment_name`` with its artifacts under ``artifacts_dir`` when a local store lacks it.
 
@@ -80,6 +159,7 @@ def ensure_local_experiment(tracking_uri: str, experiment_name: str, artifacts_d
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    ensure_local_store(tracking_uri)
     with store_init_lock(tracking_uri):
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         client.search_registered_models(max_results=1)  # opens the registry store while the lock is held

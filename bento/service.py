@@ -69,7 +69,7 @@ from taxi_platform.fare_model.features import SERVICES
 # The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.lib.model_loading), never
 # these modules: they only validate requests and log quotes.
 from taxi_platform.lib.model_loading import load_version
-from taxi_platform.lib.prediction_log import PredictionLog, sinks_from_env
+from taxi_platform.lib.prediction_log import PredictionLog, file_sink_directory, sinks_from_env
 from taxi_platform.lib.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
@@ -326,11 +326,17 @@ def _model_version(model: bentoml.Model) -> str:
     return str(model.tag.version)
 
 
-def _request_id(ctx: bentoml.Context, ids: count, prefix: str) -> str:
+def _request_ids(ctx: bentoml.Context, ids: count, prefix: str) -> tuple[str, str | None]:
+    """``(server id, client id)``. The server's id names the request's quotes in the prediction log (unique:
+    a random per-worker prefix and a counter) and is answered as ``X-Quote-ID``; the client's ``X-Request-ID``
+    (at most 128 printable characters, else ignored) is logged as ``client_request_id`` and echoed as
+    ``X-Request-ID`` (the server's id when the client sent none), never used to identify a quote."""
+    server = f"{prefix}-{next(ids)}"
     given = ctx.request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return f"{prefix}-{next(ids)}"
+    client = given if given and len(given) <= 128 and given.isprintable() else None
+    ctx.response.headers["X-Quote-ID"] = server
+    ctx.response.headers["X-Request-ID"] = client or server
+    return server, client
 
 
 @bentoml.service(
@@ -364,10 +370,11 @@ class FareService:
         self.services = tuple(getattr(self.model, "info", {}).get("services") or SERVICES)
         self.batcher = QuoteBatcher(self._price)
         self._ids = count(1)
-        self._id_prefix = f"{os.getpid():x}{secrets.token_hex(3)}"
+        self._id_prefix = secrets.token_hex(8)  # 64 random bits per worker start: unique across pods
         to_file, to_stdout = sinks_from_env()
         self.prediction_log = PredictionLog(
-            load_settings().data_dir / "predictions" if to_file else None, stdout=to_stdout
+            file_sink_directory(load_settings().prediction_log_path, __file__) if to_file else None,
+            stdout=to_stdout,
         )
         self._dropped_reported = 0
         # Warm up both paths (compiled trees for small inputs, the estimator for large ones) before /readyz.
@@ -409,9 +416,9 @@ class FareService:
             return np.stack([fares, nan, nan], axis=1)
         return np.stack([fares, low, high], axis=1)
 
-    def _log(self, endpoint: str, request_id: str, quotes: Any, fares: list[float]) -> None:
+    def _log(self, endpoint: str, ids: tuple[str, str | None], quotes: Any, fares: list[float]) -> None:
         if self.prediction_log.enabled:
-            self.prediction_log.record(endpoint, request_id, self.model_version, quotes, fares)
+            self.prediction_log.record(endpoint, ids[0], self.model_version, quotes, fares, ids[1])
             if self.prediction_log.dropped != self._dropped_reported:
                 PREDICTION_LOG_DROPPED.inc(self.prediction_log.dropped - self._dropped_reported)
                 self._dropped_reported = self.prediction_log.dropped
@@ -422,10 +429,9 @@ class FareService:
         check_services([quote], self.services)
         fare, low, high = (await self.batcher.submit(quote)).tolist()
         fare = round(fare, 2)
-        request_id = _request_id(ctx, self._ids, self._id_prefix)
-        ctx.response.headers["X-Request-ID"] = request_id
+        ids = _request_ids(ctx, self._ids, self._id_prefix)
         QUOTES_PRICED.labels(endpoint="predict").inc()
-        self._log("predict", request_id, [quote], [fare])
+        self._log("predict", ids, [quote], [fare])
         ranged = low == low  # NaN: the model has no calibrated range
         return FarePrediction.model_construct(
             fare_amount=fare,
@@ -452,11 +458,10 @@ class FareService:
             priced = self._price_columns(columns)
         fares = round_fares(priced[:, 0])
         ranged = getattr(self.model, "intervals", None) is not None  # else the model has no ranges
-        request_id = _request_id(ctx, self._ids, self._id_prefix)
-        ctx.response.headers["X-Request-ID"] = request_id
+        ids = _request_ids(ctx, self._ids, self._id_prefix)
         QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
         if quotes:
-            self._log("predict_batch", request_id, columns, fares)
+            self._log("predict_batch", ids, columns, fares)
         return BatchPrediction.model_construct(
             predictions=fares,
             fare_low=round_fares(priced[:, 1]) if ranged else None,

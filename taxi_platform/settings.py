@@ -31,6 +31,8 @@ DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
 # Where `taxi-platform ui` serves the local lake's files, so report links in Dagster open in a browser.
 DEFAULT_REPORTS_URL = "http://127.0.0.1:3002"
 DUCKDB_TEMP_SUBDIR = "duckdb_tmp"
+# The fare service's prediction log: where a local service writes it and served_quotes reads it.
+PREDICTION_LOG_SUBDIR = "predictions"
 
 
 class SettingsError(ValueError):
@@ -220,6 +222,22 @@ def load_automation_settings(env: Mapping[str, str] | None = None) -> Automation
     )
 
 
+def parse_prediction_log_path(value: str, variable: str = "TAXI_PREDICTION_LOG_PATH") -> str | None:
+    """A local directory (made absolute) or ``gs://bucket[/prefix]``; empty: None (the default)."""
+    value = value.strip()
+    if not value:
+        return None
+    if "://" not in value:
+        return str(Path(value).expanduser().absolute())
+    bucket = value[len("gs://") :].split("/", 1)[0] if value.startswith("gs://") else ""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket):
+        raise SettingsError(
+            f"{variable}={value!r}: expected a local directory or the predictions bucket the Cloud Logging sink "
+            "writes to, gs://bucket[/prefix] (terraform output prediction_log_path)"
+        )
+    return value.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     start_month: date
@@ -233,6 +251,15 @@ class Settings:
     duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
     reports_url: str = DEFAULT_REPORTS_URL
     automation: AutomationSettings = field(default_factory=AutomationSettings)
+    # TAXI_PREDICTION_LOG_PATH: an absolute local directory or gs://bucket[/prefix]; None: the default,
+    # $TAXI_DATA_DIR/predictions (see prediction_log_path).
+    prediction_log_setting: str | None = None
+
+    @property
+    def prediction_log_path(self) -> str:
+        """Where the fare service's prediction log is: ``TAXI_PREDICTION_LOG_PATH``, else
+        ``$TAXI_DATA_DIR/predictions`` (an absolute path, whatever the working directory)."""
+        return self.prediction_log_setting or str(self.data_dir / PREDICTION_LOG_SUBDIR)
 
     def browser_url(self, path: str, lake_root: str | None = None) -> str:
         """An address a browser opens for a file of the lake (a report, a plot); ``lake_root`` defaults to
@@ -299,6 +326,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     duckdb = load_duckdb_settings(env)
     reports_url = _parse_base_url(env.get("TAXI_REPORTS_URL") or DEFAULT_REPORTS_URL, "TAXI_REPORTS_URL")
     return Settings(
+        prediction_log_setting=parse_prediction_log_path(env.get("TAXI_PREDICTION_LOG_PATH", "")),
         start_month=start_month,
         tlc_base_url=base_url,
         services=services,

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.prediction_log import format_record
+from taxi_platform.lib.prediction_log_reader import read_log
 from taxi_platform.lib.served_quotes import (
     accuracy_line,
     add_ranges,
     quote_accuracy,
-    read_log,
     served_quotes_table,
 )
 
@@ -56,7 +56,8 @@ def _columns(rows):
 
 
 def write_log(directory: Path) -> int:
-    """Quote 0 alone; quotes 1-5 as one batch split into parts; quote 0's line again as a Cloud Logging entry."""
+    """Quote 0 alone; quotes 1-5 as one batch split into parts; quote 0's line again as a Cloud Logging entry,
+    followed by a truncated line."""
     directory.mkdir(parents=True, exist_ok=True)
     single = format_record(1709626500.0, "predict", "r-1", "7", _columns(QUOTES[:1]), [QUOTES[0][4]])
     batch = format_record(
@@ -73,7 +74,7 @@ def write_log(directory: Path) -> int:
     sink = directory / "fare-service" / "2024" / "03" / "05"
     sink.mkdir(parents=True)
     entry = {"jsonPayload": json.loads(single), "timestamp": "2024-03-05T08:15:00Z", "severity": "INFO"}
-    (sink / "08:00:00_08:59:59_S0.json").write_text(json.dumps(entry) + "\n" + "not json\n")
+    (sink / "08:00:00_08:59:59_S0.json").write_text(json.dumps(entry) + "\n" + single[:60] + "\n")
     return 1 + batch.count("\n") + 2
 
 
@@ -113,21 +114,30 @@ def write_trips(path: Path) -> None:
 
 def test_log_becomes_the_month_partition_with_every_quote_once(tmp_path):
     lines = write_log(tmp_path / "log")
-    rows, stats = read_log(str(tmp_path / "log"))
-    assert stats == {"files": 2, "lines": lines, "unreadable_lines": 1, "duplicate_quotes": 1}
-    assert len(rows) == len(QUOTES)  # split parts joined, the sink's copy of line 1 counted once
-    assert sorted((r["request_id"], r["index"]) for r in rows) == [("r-1", 0)] + [
-        ("r-2", i) for i in range(5)
+    columns, stats = read_log(str(tmp_path / "log"), "2024-03")
+    assert stats == {
+        "files": 2,
+        "files_read": 2,
+        "lines": lines,
+        "lines_parsed": lines,  # every line mentions March (the April quote shares a part with March ones)
+        "unreadable_lines": 1,
+        "duplicate_quotes": 1,
+    }
+    march = columns.table()
+    assert march.num_rows == 5  # split parts joined, the sink's copy of line 1 counted once
+    assert list(zip(march["request_id"].to_pylist(), march["index"].to_pylist(), strict=True)) == [
+        ("r-1", 0),
+        *[("r-2", i) for i in range(4)],
     ]
-    march = served_quotes_table(rows, "2024-03")
-    assert march.num_rows == 5 and served_quotes_table(rows, "2024-04").num_rows == 1
     assert march.column("pickup_hour").to_pylist() == [8, 8, 9, 8, 3]
+    april, _ = read_log(str(tmp_path / "log"), "2024-04")
+    assert april.table().column("fare_amount").to_pylist() == [99.0]
 
 
 def test_accuracy_matches_a_hand_computation(tmp_path):
     write_log(tmp_path / "log")
-    rows, _ = read_log(str(tmp_path / "log"))
-    table, stats = add_ranges(served_quotes_table(rows, "2024-03"), _price)
+    columns, _ = read_log(str(tmp_path / "log"), "2024-03")
+    table, stats = add_ranges(columns.table(), _price)
     assert stats == {"versions": {"7": 5}, "without_range": 1, "repriced_mismatch": 0}
     pq.write_table(table, tmp_path / "quotes.parquet")
     write_trips(tmp_path / "trips.parquet")
@@ -192,8 +202,9 @@ def test_one_cell_figures_equal_numpy(tmp_path_factory, fares, quoted):
     table = served_quotes_table(rows, "2024-03")
     half = np.array([h for _, h in quoted])
     q = np.array([f for f, _ in quoted])
-    table = table.set_column(12, "fare_low", pa.array(q - half)).set_column(
-        13, "fare_high", pa.array(q + half)
+    low, high = table.schema.get_field_index("fare_low"), table.schema.get_field_index("fare_high")
+    table = table.set_column(low, "fare_low", pa.array(q - half)).set_column(
+        high, "fare_high", pa.array(q + half)
     )
     pq.write_table(table, d / "quotes.parquet")
     report = quote_accuracy(Lake(str(d)), str(d / "quotes.parquet"), str(d / "trips.parquet"), "2024-03")

@@ -3,7 +3,9 @@
 Serves the most recently built Bento in ``$TAXI_DATA_DIR/bentoml`` (what the ``fare_service`` asset builds),
 or a given ``--bento`` tag. Without any Bento it serves ``bento/service.py`` from the source checkout with the
 MLflow champion, importing it into the BentoML store first. Each worker runs with ``OMP_NUM_THREADS=1``
-(several workers, one thread each, is what scales on a small machine).
+(several workers, one thread each, is what scales on a small machine). The server gets ``TAXI_DATA_DIR`` and
+``TAXI_PREDICTION_LOG_PATH`` as absolute paths resolved in the caller's working directory, so its prediction
+log lands where ``served_quotes`` reads it, from any working directory, and never inside the Bento.
 
     taxi-platform serve                      # http://127.0.0.1:3000, one worker per CPU
     taxi-platform serve --port 8080 --workers 2 --host 0.0.0.0
@@ -104,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     cmd = [*bento_build.bentoml_cli(), "serve", *serve_args, "--host", args.host, "--port", str(args.port)]
     env = bento_build.bentoml_env(home, settings.mlflow_tracking_uri)
     env["OMP_NUM_THREADS"] = "1"
+    # `bentoml serve <tag>` runs from the Bento's own folder: absolute paths, so the prediction log goes where
+    # served_quotes reads it (TAXI_PREDICTION_LOG_PATH, default $TAXI_DATA_DIR/predictions), never into the Bento.
+    env["TAXI_DATA_DIR"] = str(settings.data_dir)
+    env["TAXI_PREDICTION_LOG_PATH"] = settings.prediction_log_path
     env["BENTOML_CONFIG_OPTIONS"] = _config_options(
         os.environ.get("BENTOML_CONFIG_OPTIONS"), bento_build.SERVICE_NAME, workers
     )

@@ -1,9 +1,7 @@
 """Served quotes against realised trips: the prediction log as a lake dataset, and each month's quote accuracy.
 
-- :func:`read_log` reads the fare service's prediction log — the local JSON-lines files
-  (``predictions-YYYY-MM-DD-<pid>.jsonl``) or what the Cloud Logging sink writes to the predictions bucket (one
-  ``LogEntry`` per line, the record under ``jsonPayload``), local or ``gs://`` — including requests split into
-  several lines (``part``/``offset``), one row per priced quote.
+- :func:`taxi_platform.lib.prediction_log_reader.read_log` reads a month's quotes from the fare service's
+  prediction log into :class:`QuoteColumns`.
 - :func:`served_quotes_table` keeps the quotes whose **pickup** falls in a month: ``served_quotes/month=YYYY-MM``
   is partitioned by the quoted pickup month, not by when the quote was served.
 - :func:`quote_accuracy` compares them with the month's realised trips (``trip_features``) in the same cell —
@@ -19,19 +17,17 @@ version and records how many re-priced fares differ from the logged ones (they s
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.prediction_log import explode
 from taxi_platform.lib.sql import sql_literal
 
-SCORING_VERSION = "1"  # bump when served quotes are matched or scored differently
+SCORING_VERSION = "2"  # bump when served quotes are matched or scored differently
 
 TABLE = "served_quotes"
 ACCURACY_TABLE = "served_quote_accuracy"
@@ -42,7 +38,8 @@ WORST_CELLS = 10
 SCHEMA = pa.schema(
     [
         ("ts", pa.timestamp("ms")),
-        ("request_id", pa.string()),
+        ("request_id", pa.string()),  # the server's id of the request (older log lines: whatever was logged)
+        ("client_request_id", pa.string()),  # the caller's X-Request-ID, if any
         ("endpoint", pa.string()),
         ("model_version", pa.string()),
         ("index", pa.int64()),
@@ -59,90 +56,82 @@ SCHEMA = pa.schema(
 )
 
 
-# -- reading the log ------------------------------------------------------------------------------------
-def log_files(source: str) -> list[str]:
-    """The prediction-log files under ``source`` (a local directory or a ``gs://`` prefix), sorted."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(source)
-    if not fs.exists(root):
-        return []
-    found = [p for p in fs.find(root) if p.rsplit("/", 1)[-1].endswith((".jsonl", ".json"))]
-    found = [p for p in found if not p.rsplit("/", 1)[-1].startswith(".")]
-    protocol = source.split("://", 1)[0] + "://" if "://" in source else ""
-    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
-
-
-def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        obj = json.loads(line)
-        if isinstance(obj, dict) and isinstance(obj.get("jsonPayload"), dict):  # Cloud Logging LogEntry
-            obj = obj["jsonPayload"]
-        if isinstance(obj, dict) and "count" in obj and "fare_amount" in obj:
-            yield obj
+# -- the month's quotes as columns ---------------------------------------------------------------------
+LOGGED = (
+    "ts",
+    "request_id",
+    "client_request_id",
+    "endpoint",
+    "model_version",
+    "index",
+    "pickup_datetime",
+    "pickup_zone",
+    "dropoff_zone",
+    "passenger_count",
+    "service",
+    "fare_amount",
+)
 
 
-def read_log(source: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every priced quote in the log under ``source`` (one flat dict each) and reading statistics.
+def quote_values(quote: Mapping[str, Any]) -> tuple:
+    """One logged quote (a flat record, :func:`taxi_platform.lib.prediction_log.explode`) as typed values in
+    :data:`LOGGED` order; a malformed value raises ``ValueError``/``TypeError``/``KeyError``."""
+    client = quote.get("client_request_id")
+    pickup = str(quote["pickup_datetime"])[:19]
+    np.datetime64(pickup, "s")  # raises ValueError on a malformed time
+    return (
+        str(quote["ts"]).rstrip("Z")[:23],
+        str(quote["request_id"]),
+        None if client is None else str(client),
+        str(quote["endpoint"]),
+        str(quote["model_version"]),
+        int(quote["index"]),
+        pickup,
+        int(quote["pickup_zone"]),
+        int(quote["dropoff_zone"]),
+        int(quote["passenger_count"]),
+        str(quote["service"]),
+        float(quote["fare_amount"]),
+    )
 
-    A line delivered twice (a retried log shipment) is counted once: quotes are keyed by request id, model
-    version and index in the request. Unreadable lines are skipped and counted.
-    """
-    import fsspec
 
-    rows: list[dict[str, Any]] = []
-    seen: set[tuple[str, str, int]] = set()
-    stats = {"files": 0, "lines": 0, "unreadable_lines": 0, "duplicate_quotes": 0}
-    for path in log_files(source):
-        stats["files"] += 1
-        with fsspec.open(path, "rt", encoding="utf-8") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                stats["lines"] += 1
-                try:
-                    records = list(_records([raw]))
-                    quotes = [q for r in records for q in explode(r)]
-                except (ValueError, KeyError, TypeError, IndexError):
-                    stats["unreadable_lines"] += 1
-                    continue
-                for q in quotes:
-                    key = (str(q["request_id"]), str(q["model_version"]), int(q["index"]))
-                    if key in seen:
-                        stats["duplicate_quotes"] += 1
-                        continue
-                    seen.add(key)
-                    rows.append(q)
-    return rows, stats
+class QuoteColumns:
+    """Quotes collected column by column (one small value per field and quote, no dict per quote)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list] = {name: [] for name in LOGGED}
+
+    def __len__(self) -> int:
+        return len(self.columns["ts"])
+
+    def add(self, values: tuple) -> None:
+        for column, value in zip(self.columns.values(), values, strict=True):
+            column.append(value)
+
+    def table(self) -> pa.Table:
+        """The quotes typed as :data:`SCHEMA` (ranges empty, ``pickup_hour`` derived)."""
+        cols = self.columns
+        pickup = np.array(cols["pickup_datetime"], dtype="datetime64[s]")
+        hours = (pickup - pickup.astype("datetime64[D]")).astype("timedelta64[h]").astype(np.int32)
+        values = {
+            **cols,
+            "ts": np.array(cols["ts"], dtype="datetime64[ms]"),
+            "pickup_datetime": pickup,
+            "pickup_hour": hours,
+            "fare_low": [None] * len(self),
+            "fare_high": [None] * len(self),
+        }
+        return pa.table({name: pa.array(values[name], type=SCHEMA.field(name).type) for name in SCHEMA.names})
 
 
 def served_quotes_table(rows: Iterable[Mapping[str, Any]], month: str) -> pa.Table:
     """The quotes whose pickup is in ``month`` (``YYYY-MM``), typed as :data:`SCHEMA` (ranges empty)."""
     month = month[:7]
-    picked = [r for r in rows if str(r["pickup_datetime"])[:7] == month]
-    pickup = np.array([str(r["pickup_datetime"])[:19] for r in picked], dtype="datetime64[s]")
-    ts = np.array([str(r["ts"]).rstrip("Z")[:23] for r in picked], dtype="datetime64[ms]")
-    hours = (pickup - pickup.astype("datetime64[D]")).astype("timedelta64[h]").astype(np.int32)
-    columns = {
-        "ts": ts,
-        "request_id": [str(r["request_id"]) for r in picked],
-        "endpoint": [str(r["endpoint"]) for r in picked],
-        "model_version": [str(r["model_version"]) for r in picked],
-        "index": [int(r["index"]) for r in picked],
-        "pickup_datetime": pickup,
-        "pickup_zone": [int(r["pickup_zone"]) for r in picked],
-        "dropoff_zone": [int(r["dropoff_zone"]) for r in picked],
-        "passenger_count": [int(r["passenger_count"]) for r in picked],
-        "service": [str(r["service"]) for r in picked],
-        "pickup_hour": hours,
-        "fare_amount": [float(r["fare_amount"]) for r in picked],
-        "fare_low": [None] * len(picked),
-        "fare_high": [None] * len(picked),
-    }
-    return pa.table({name: pa.array(columns[name], type=SCHEMA.field(name).type) for name in SCHEMA.names})
+    columns = QuoteColumns()
+    for row in rows:
+        if str(row["pickup_datetime"])[:7] == month:
+            columns.add(quote_values(row))
+    return columns.table()
 
 
 def add_ranges(table: pa.Table, price: Callable[[str, Any], Any | None]) -> tuple[pa.Table, dict[str, Any]]:

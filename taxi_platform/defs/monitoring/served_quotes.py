@@ -6,6 +6,12 @@
 zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.lib.served_quotes`. Both follow ``trip_features`` once a
 champion exists: when month M's trips arrive, M's served quotes are scored.
 
+The log is read where ``TAXI_PREDICTION_LOG_PATH`` says (the predictions bucket on GKE; by default
+``$TAXI_DATA_DIR/predictions``, where a local fare service writes it), or the run's ``log_path``. A run never
+writes an empty month in silence: the ``prediction_log_found`` check fails (ERROR) when there is no log at
+that place at all, and warns when the log holds no quote for the month; a log that cannot be listed or read
+(permissions) fails the run.
+
 No ``from __future__ import annotations``: Dagster inspects the ``context`` annotation at runtime.
 """
 
@@ -21,6 +27,7 @@ from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.months import month_label
+from taxi_platform.lib.prediction_log_reader import LogUnreadable, earliest_log_day, read_log
 from taxi_platform.lib.registry import version_pricer
 from taxi_platform.lib.served_quotes import (
     ACCURACY_NAME,
@@ -30,8 +37,6 @@ from taxi_platform.lib.served_quotes import (
     accuracy_line,
     add_ranges,
     quote_accuracy,
-    read_log,
-    served_quotes_table,
 )
 from taxi_platform.settings import load_settings
 
@@ -52,12 +57,52 @@ WORST_CELL_COLUMNS = {
 }
 
 
+LOG_CHECK = "prediction_log_found"
+
+
+def log_check(source: str, month: str, quotes: int, stats: dict[str, int]) -> dg.AssetCheckResult:
+    """``prediction_log_found``: no log at ``source`` at all fails (ERROR); a log without a quote for the month
+    warns; else passes."""
+    metadata = {
+        "log_path": dg.MetadataValue.text(source),
+        "log_files": dg.MetadataValue.int(stats["files"]),
+        "log_files_read": dg.MetadataValue.int(stats["files_read"]),
+        "quotes": dg.MetadataValue.int(quotes),
+    }
+    if not stats["files"]:
+        return dg.AssetCheckResult(
+            check_name=LOG_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"No prediction log under {source}, so served_quotes for {month} is empty. Point "
+            "TAXI_PREDICTION_LOG_PATH at the log: on GKE the predictions bucket the Cloud Logging sink fills "
+            "(terraform output prediction_log_path); locally the directory `taxi-platform serve` writes "
+            "($TAXI_DATA_DIR/predictions).",
+            metadata=metadata,
+        )
+    if not quotes:
+        return dg.AssetCheckResult(
+            check_name=LOG_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"The prediction log under {source} has {stats['files']} file(s), but no quote for a pickup "
+            f"in {month} ({stats['files_read']} file(s) dated from {earliest_log_day(month)} could hold one).",
+            metadata=metadata,
+        )
+    return dg.AssetCheckResult(
+        check_name=LOG_CHECK,
+        passed=True,
+        description=f"{quotes:,} quote(s) for pickups in {month} under {source}.",
+        metadata=metadata,
+    )
+
+
 class ServedQuotesConfig(dg.Config):
     log_path: str | None = Field(
         default=None,
         description="Where the fare service's prediction log is: a local directory of predictions-*.jsonl files or "
         "the predictions bucket the Cloud Logging sink writes to (gs://bucket[/prefix]). Default: "
-        "$TAXI_DATA_DIR/predictions, where a local fare service writes it.",
+        "TAXI_PREDICTION_LOG_PATH, else $TAXI_DATA_DIR/predictions, where a local fare service writes it.",
     )
 
 
@@ -69,6 +114,14 @@ class ServedQuotesConfig(dg.Config):
     code_version=SCORING_VERSION,
     kinds={"parquet", "duckdb"},
     automation_condition=drift_report_condition(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            LOG_CHECK,
+            asset=SERVED_QUOTES,
+            description="The prediction log was found where it is configured (TAXI_PREDICTION_LOG_PATH or the "
+            "run's log_path): ERROR when there is no log there at all, WARN when it holds no quote for the month.",
+        )
+    ],
     description="Fare quotes the service priced for pickups in the month, from the prediction log (local JSONL or "
     "the Cloud Logging sink's bucket), each with its fare range: served_quotes/month=YYYY-MM/part-0.parquet.",
 )
@@ -82,12 +135,20 @@ def served_quotes(
 
     store = lake.lake()
     month = month_label(context.partition_key)
-    source = config.log_path or str(load_settings().data_dir / "predictions")
-    rows, stats = read_log(source)
-    table = served_quotes_table(rows, month)
+    source = config.log_path or load_settings().prediction_log_path
+    try:
+        columns, stats = read_log(source, month)
+    except LogUnreadable as exc:
+        raise dg.Failure(
+            description=f"{exc}. On GKE the Dagster service account needs read access to the predictions bucket "
+            "(terraform/iam.tf, dagster_predictions_reader).",
+            allow_retries=False,
+        ) from exc
+    table = columns.table()
+    del columns
     context.log.info(
-        f"{len(rows):,} priced quotes in {stats['files']} log file(s) under {source}; {table.num_rows:,} for "
-        f"pickups in {month}"
+        f"{table.num_rows:,} quotes for pickups in {month} in {stats['files_read']} of {stats['files']} log "
+        f"file(s) under {source} (files dated from {earliest_log_day(month)} can hold them)"
     )
     ranges: dict = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
     if table.num_rows:
@@ -96,18 +157,20 @@ def served_quotes(
     with store.staged_file(dest, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     return dg.MaterializeResult(
+        check_results=[log_check(source, month, table.num_rows, stats)],
         metadata={
             "dagster/row_count": dg.MetadataValue.int(table.num_rows),
             "log_path": dg.MetadataValue.text(source),
             "log_files": dg.MetadataValue.int(stats["files"]),
-            "log_quotes": dg.MetadataValue.int(len(rows)),
+            "log_files_read": dg.MetadataValue.int(stats["files_read"]),
+            "log_lines": dg.MetadataValue.int(stats["lines"]),
             "unreadable_lines": dg.MetadataValue.int(stats["unreadable_lines"]),
             "duplicate_quotes": dg.MetadataValue.int(stats["duplicate_quotes"]),
             "model_versions": dg.MetadataValue.json(ranges["versions"]),
             "quotes_without_range": dg.MetadataValue.int(ranges["without_range"]),
             "repriced_mismatch": dg.MetadataValue.int(ranges["repriced_mismatch"]),
             "path": dg.MetadataValue.path(dest),
-        }
+        },
     )
 
 

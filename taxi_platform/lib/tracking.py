@@ -73,29 +73,24 @@ _USER_TABLES = ("runs", "registered_models", "model_versions", "logged_models")
 def _store_state(db: Path) -> str:
     """``complete``, ``empty-partial`` (an interrupted creation: tables missing, a migration's ``_alembic_tmp_*``
     left, or not at MLflow's head revision, and no runs or models in it) or ``partial-with-data``."""
-    import sqlalchemy
-    from mlflow.store.db.utils import _verify_schema
+    import sqlite3
 
-    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    con = sqlite3.connect(db)  # read-write: a killed writer's hot journal is rolled back on open
     try:
-        names = set(sqlalchemy.inspect(engine).get_table_names())
-        leftovers = any(n.startswith("_alembic_tmp_") for n in names)
-        try:
-            _verify_schema(engine)
-            at_head = "alembic_version" in names
-        except Exception:  # out of date, or no alembic_version at all
-            at_head = False
-        if at_head and not leftovers:
+        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = "SELECT version_num FROM alembic_version"
+        revision = [r[0] for r in con.execute(version)] if "alembic_version" in names else []
+        at_head = revision == [_get_latest_schema_revision()]
+        if at_head and not any(n.startswith("_alembic_tmp_") for n in names):
             return "complete"
-        with engine.connect() as con:
-            rows = sum(
-                con.execute(sqlalchemy.text(f"SELECT count(*) FROM {t}")).scalar() or 0
-                for t in _USER_TABLES
-                if t in names
-            )
+        rows = sum(
+            con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in _USER_TABLES if t in names
+        )
         return "partial-with-data" if rows else "empty-partial"
     finally:
-        engine.dispose()
+        con.close()
 
 
 def ensure_local_store(tracking_uri: str) -> None:
@@ -123,15 +118,12 @@ def ensure_local_store(tracking_uri: str) -> None:
             db.unlink()  # an interrupted creation with nothing in it
         import os
 
-        import sqlalchemy
-        from mlflow.store.db.utils import _initialize_tables
+        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
 
         staging = db.with_name(f".{db.name}.{os.getpid()}.creating")
-        for stale in db.parent.glob(f".{db.name}.*.creating"):
-            stale.unlink(
-                missing_ok=True
-            )  # a creation killed earlier (we hold the lock: nobody else is creating)
-        engine = sqlalchemy.create_engine(f"sqlite:///{staging}")
+        for stale in db.parent.glob(f".{db.name}.*.creating"):  # creations killed earlier (we hold the lock)
+            stale.unlink(missing_ok=True)
+        engine = create_sqlalchemy_engine(f"sqlite:///{staging}")
         try:
             _initialize_tables(engine)
         finally:

@@ -50,6 +50,14 @@ resource "google_storage_bucket_iam_member" "dagster_lake" {
   member = "serviceAccount:${google_service_account.workload["dagster"].email}"
 }
 
+# Dagster reads the prediction logs the logging sink writes (served_quotes: quotes against realised trips);
+# read-only: only the sink writes there.
+resource "google_storage_bucket_iam_member" "dagster_predictions_reader" {
+  bucket = google_storage_bucket.predictions.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.workload["dagster"].email}"
+}
+
 # MLflow owns its artifact bucket; Dagster and CI reach artifacts only through the MLflow server.
 resource "google_storage_bucket_iam_member" "mlflow_artifacts" {
   bucket = google_storage_bucket.mlflow_artifacts.name

@@ -33,6 +33,11 @@ output "predictions_bucket" {
   value       = google_storage_bucket.predictions.name
 }
 
+output "prediction_log_path" {
+  description = "TAXI_PREDICTION_LOG_PATH for Dagster: where served_quotes reads the prediction log the sink writes."
+  value       = "gs://${google_storage_bucket.predictions.name}"
+}
+
 output "prediction_log_sink_writer_identity" {
   description = "Identity the logging sink writes as (granted objectCreator on the predictions bucket)."
   value       = google_logging_project_sink.predictions.writer_identity

@@ -151,10 +151,10 @@ def test_memory_follows_the_month_not_the_history(tmp_path):
 def test_the_sinks_objects_in_a_bucket_read_like_local_files(gcs_env):
     """What the Cloud Logging sink writes to the predictions bucket (LogEntry per line, jsonPayload), read
     with gcsfs from the GCS emulator; a bucket prefix without objects is an empty log, not an error."""
-    import fsspec
+    from gcsfs.core import GCSFileSystem
 
     bucket = gcs_env.create_bucket()
-    fs = fsspec.filesystem("gcs", token="anon", endpoint_url=gcs_env.endpoint)
+    fs = GCSFileSystem(token="anon", endpoint_url=gcs_env.endpoint)
     lines = [
         format_record(1709626500.0 + i, "predict", f"srv-{i}", "7", _columns(pickup_zone=10 + i), [9.0 + i],
                       client_request_id="same")

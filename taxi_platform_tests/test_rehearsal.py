@@ -19,6 +19,10 @@
    Bento's own ``env/python/requirements.txt`` (``--no-deps``, then ``uv pip check``), i.e. what the image
    installs; ``bentoml serve`` runs the Bento from its store in another empty directory with the fare-service
    Deployment's environment; the probes' paths answer 200, a quote is priced, ``/metrics`` counts it.
+5. The quote's stdout line goes where the Cloud Logging sink puts it (a ``LogEntry`` with the line as
+   ``jsonPayload``, picked by the sink's filter, in ``stdout/YYYY/MM/DD/…json`` of the predictions bucket named
+   by the Helm values' ``TAXI_PREDICTION_LOG_PATH``); ``served_quotes`` and ``served_quote_accuracy`` run for the
+   quote's pickup month as a run pod would, and the quote is in the month's accuracy report.
 
 docs/deploy.md ("What is proven before a deploy") lists what this covers and what it cannot reproduce.
 """
@@ -390,6 +394,43 @@ class WheelDagster(DagsterServices):
         ]
 
 
+def emulator_fs(emulator: GCSEmulator):
+    """gcsfs's plain filesystem on the emulator (not the gRPC-probing one ``fsspec.filesystem("gcs")`` may give)."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem(token="anon", endpoint_url=emulator.endpoint, use_listings_cache=False)
+
+
+def read_object(emulator: GCSEmulator, path: str) -> bytes:
+    return emulator_fs(emulator).cat_file(path)
+
+
+def sink_to_bucket(lines: list[str], bucket_url: str, emulator: GCSEmulator) -> int:
+    """What the logging sink (terraform/logging.tf) does with the fare service's stdout: each JSON line that
+    passes its payload filter (``prediction_log_payload_filter``: ``fare_amount`` and ``request_id``) becomes a
+    ``LogEntry`` with the line as ``jsonPayload``, in the hourly object ``stdout/YYYY/MM/DD/HH:00:00_HH:59:59_S0.json``
+    of the predictions bucket. Returns the entries written."""
+    fs = emulator_fs(emulator)
+    hourly: dict[str, list[str]] = {}
+    for line in lines:
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(payload, dict) or "fare_amount" not in payload or "request_id" not in payload:
+            continue
+        ts = payload["ts"]
+        name = f"stdout/{ts[:4]}/{ts[5:7]}/{ts[8:10]}/{ts[11:13]}:00:00_{ts[11:13]}:59:59_S0.json"
+        entry = {"insertId": f"{len(hourly)}-{ts}", "jsonPayload": payload, "logName": f"projects/{PROJECT}/logs/stdout",
+                 "resource": {"type": "k8s_container", "labels": {"container_name": "fare-service"}},
+                 "severity": "INFO", "timestamp": ts}  # fmt: skip
+        hourly.setdefault(name, []).append(json.dumps(entry))
+    root = bucket_url.removeprefix("gs://").rstrip("/")
+    for name, entries_ in hourly.items():
+        fs.pipe_file(f"{root}/{name}", ("\n".join(entries_) + "\n").encode())
+    return sum(len(e) for e in hourly.values())
+
+
 def entries(mat: dict) -> dict:
     out = {}
     for e in mat["metadataEntries"]:
@@ -570,6 +611,9 @@ def _rehearse(
     lake = code_env["TAXI_LAKE_ROOT"]
     assert lake.startswith("gs://") and code_env["MLFLOW_TRACKING_URI"] == places.mlflow_url
     emulator.create_bucket(urlsplit(lake).netloc)
+    predictions = code_env["TAXI_PREDICTION_LOG_PATH"]  # the bucket terraform/storage.tf creates for the sink
+    assert predictions.startswith("gs://") and predictions.endswith("-predictions")
+    emulator.create_bucket(urlsplit(predictions).netloc)
 
     svc = WheelDagster(venv, code_env, service_env, root / "dagster", deployment["name"],
                        deployment["dagsterApiGrpcArgs"])  # fmt: skip
@@ -718,5 +762,20 @@ def _rehearse(
             ]
 
         wait_until(logged, 10, "the quote's record on stdout (TAXI_PREDICTION_LOG=stdout)", interval=0.2)
+        stdout_lines = server.tail(400).splitlines()
     finally:
         server.stop()
+
+    # -- the Cloud Logging sink's path: stdout lines -> LogEntry objects in the predictions bucket -------------
+    written = sink_to_bucket(stdout_lines, predictions, emulator)
+    assert written >= 1
+    month = QUOTE["pickup_datetime"][:7]
+    run_cwd = empty_dir(root / "served-quotes-run-cwd")
+    run([str(venv / "bin" / "dagster"), "asset", "materialize", "-m", "taxi_platform.definitions",
+         "--select", "served_quotes,served_quote_accuracy", "--partition", f"{month}-01"],
+        cwd=run_cwd, env=code_env, timeout=600)  # fmt: skip
+    report = json.loads(
+        read_object(emulator, f"{lake.removeprefix('gs://')}/served_quote_accuracy/month={month}/report.json")
+    )
+    assert report["quotes"] == 1 and report["model_versions"] == {str(champion.version): 1}, report
+    stage(f"the quote, through the sink's bucket, is in served_quote_accuracy for {month}")

@@ -370,7 +370,7 @@ def test_prediction_log_has_one_line_per_priced_quote(served):
     rows: list[dict] = []
     while time.monotonic() < deadline:
         rows = (
-            [r for r in read_prediction_log(directory) if r["request_id"] == rid]
+            [r for r in read_prediction_log(directory) if r["client_request_id"] == rid]
             if directory.exists()
             else []
         )

@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "taxi_platform.commands.build_bento",
         "build the fare-service Bento from the MLflow champion",
     ),
+    "score": (
+        "taxi_platform.commands.score",
+        "price a Parquet or CSV file of quotes with a registered model version (batch scoring)",
+    ),
     "compare-services": (
         "taxi_platform.commands.compare_services",
         "canary check: compare a candidate fare service with the stable one on probe quotes",

@@ -268,7 +268,7 @@ def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(a
         DEPLOY / "dagster-postgres.yaml"
     ).read_bytes()
     assert out["pins"] > 50
-    assert "bento/service.py" in out["ctx"] and "taxi_platform/lib/fare_pyfunc.py" in out["ctx"]
+    assert "bento/service.py" in out["ctx"] and "taxi_platform/fare_model/pyfunc.py" in out["ctx"]
     assert not [p for p in out["ctx"] if "_runtime" in p]
 
 

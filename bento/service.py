@@ -16,6 +16,12 @@ lives in :mod:`taxi_platform.lib.quotes`; a batch lists at most 20 errors and a 
 types 415, bodies without a ``Content-Length`` (chunked uploads) 411; a batch's length is checked before any
 quote is validated.
 
+The edge (:mod:`taxi_platform.lib.http_edge`): a path the service does not route is answered 404 before BentoML's
+metrics middleware (which would label a series with the raw path) and counted under one series; JSON nested too
+deep to parse is a 400; a connection must send its request head within 5 s of connecting (or of the head's first
+byte), its body within 20 s of the head, and may idle 5 s between requests, else it is closed; a client that
+disconnects mid-request is one INFO line.
+
 Access (off by default, for local use): ``TAXI_API_KEYS_FILE`` names a file of ``name:sha256-hex`` lines (in
 the cloud a Secret Manager secret mounted as a file); then ``/predict`` and ``/predict_batch`` need
 ``Authorization: Bearer <key>`` (or ``X-API-Key``) whose SHA-256 is listed (401 otherwise), and each key gets
@@ -48,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -62,12 +67,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from taxi_platform.fare_model.features import SERVICES
 
 # The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.lib.model_loading), never
 # these modules: they only validate requests and log quotes.
+from taxi_platform.lib.http_edge import guard_routes, install_connection_timeouts, loads_bounded
 from taxi_platform.lib.model_loading import load_version
 from taxi_platform.lib.prediction_log import PredictionLog, file_sink_directory, sinks_from_env
 from taxi_platform.lib.quotes import (
@@ -103,6 +110,10 @@ QUOTES_PRICED = bentoml.metrics.Counter(
     documentation="Fare quotes priced, by endpoint.",
     labelnames=["endpoint"],
 )
+UNKNOWN_ROUTES = bentoml.metrics.Counter(
+    name="taxi_fare_unknown_route_requests",
+    documentation="Requests for a path the service does not route, answered 404 before any other middleware.",
+)
 PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
     name="taxi_fare_prediction_log_dropped",
     documentation="Prediction-log records dropped because the log writer fell behind.",
@@ -111,10 +122,17 @@ PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
 
 class ClientErrorLogFilter(logging.Filter):
     """BentoML logs every rejected request as an ERROR with a traceback. A 4xx is the caller's mistake, already
-    explained in the response: log one INFO line instead (tracebacks stay for real server errors)."""
+    explained in the response: log one INFO line instead (tracebacks stay for real server errors). So is a client
+    that disconnects before its body is read (or is disconnected by the body deadline): nothing to answer."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if isinstance(exc, ClientDisconnect):
+            record.msg = str(record.msg).replace("Exception on", "Client disconnected during", 1)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
         if isinstance(exc, ValidationError) or (
             isinstance(exc, BentoMLException) and int(exc.error_code) < 500
         ):
@@ -480,7 +498,7 @@ class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type:
     async def from_http_request(cls, request: Any, serde: Any) -> Any:
         body = await request.body()
         try:
-            data = json.loads(body or b"{}")
+            data = loads_bounded(body or b"{}")  # too deep to parse: a 400 like any malformed body
         except ValueError as exc:
             raise ValidationError.from_exception_data(
                 "QuoteBatch", [{"type": "json_invalid", "loc": (), "input": None, "ctx": {"error": str(exc)}}]
@@ -492,3 +510,7 @@ class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type:
 
 FareService.apis["predict_batch"].input_spec = _CheckedBatchInput
 FareService.add_asgi_middleware(GuardMiddleware)
+# Unknown paths are answered 404 outside BentoML's metrics middleware (one series, whatever the path), and
+# connections get head and body deadlines (taxi_platform.lib.http_edge).
+guard_routes(FareService, UNKNOWN_ROUTES.inc)
+install_connection_timeouts()

@@ -7,8 +7,9 @@ from datetime import date
 
 import dagster as dg
 
+from taxi_platform.defs import contracts
 from taxi_platform.defs.automation import follow_upstream
-from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES
+from taxi_platform.defs.keys import CLEANED_TRIPS, RAW_TRIPS, TAXI_ZONES, TRIP_FEATURES
 from taxi_platform.defs.metadata import written_table_metadata
 from taxi_platform.defs.month_ranges import (
     SMALL_MONTHS_PER_RUN,
@@ -20,6 +21,9 @@ from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.fare_model.features import FEATURES_VERSION, ZoneTable
+from taxi_platform.lib.contracts import CLEANED_TRIPS as CLEANED_CONTRACT
+from taxi_platform.lib.contracts import TRIP_FEATURES as FEATURES_CONTRACT
+from taxi_platform.lib.contracts import validate
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tlc_schema import SchemaMismatchError
 from taxi_platform.lib.transform import (
@@ -56,7 +60,9 @@ def load_zones(lake: Lake) -> ZoneTable:
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
     backfill_policy=months_per_run(SMALL_MONTHS_PER_RUN),
+    metadata=contracts.definition_metadata(CLEANED_CONTRACT),
     check_specs=[
+        contracts.check_spec(CLEANED_TRIPS, CLEANED_CONTRACT),
         dg.AssetCheckSpec(
             "kept_ratio_above_threshold",
             asset=CLEANED_TRIPS,
@@ -120,8 +126,12 @@ def _clean(context: dg.AssetExecutionContext, store: Lake, services: list[str], 
             "passenger_count_imputed": dg.MetadataValue.int(result.passenger_count_imputed),
             "kept_ratio": dg.MetadataValue.float(round(result.kept_ratio, 4)),
             "data_source": dg.MetadataValue.text(result.data_source),
+            "contract_version": dg.MetadataValue.text(CLEANED_CONTRACT.tag),
         },
-        checks=_cleaned_checks(result),
+        checks=[
+            contracts.check_result(CLEANED_CONTRACT, validate(store, CLEANED_CONTRACT, [parts])),
+            *_cleaned_checks(result),
+        ],
     )
 
 
@@ -158,6 +168,8 @@ def _cleaned_checks(result: CleanResult) -> list[dg.AssetCheckResult]:
     kinds={"duckdb", "parquet"},
     automation_condition=follow_upstream(),
     backfill_policy=months_per_run(SMALL_MONTHS_PER_RUN),
+    metadata=contracts.definition_metadata(FEATURES_CONTRACT),
+    check_specs=[contracts.check_spec(TRIP_FEATURES, FEATURES_CONTRACT)],
     description="Per-trip features known before the ride (lib/features.py, shared with serving) plus the target "
     "fare_amount and observed distance/duration. Lake: trip_features/month=YYYY-MM/.",
 )
@@ -168,18 +180,20 @@ def trip_features(context: dg.AssetExecutionContext, lake: LakeResource):
 
 
 def _features(context: dg.AssetExecutionContext, store: Lake, zones: ZoneTable, key: str) -> MonthOutcome:
-    source = store.partition_path("cleaned_trips", key)
-    if not store.exists(source):
+    if not store.has_partition("cleaned_trips", key):
         raise dg.Failure(
-            description=f"No cleaned_trips partition for {key} at {source}: "
+            description=f"No cleaned_trips partition for {key} at {store.partition_dir('cleaned_trips', key)}: "
             "materialise cleaned_trips for this month first."
         )
     dest = store.partition_path("trip_features", key)
     result = write_features(store, store.partition_glob("cleaned_trips", key), zones, dest)
     context.log.info(f"{key[:7]}: wrote {result.rows:,} feature rows")
+    parts = store.partition_glob("trip_features", key)
     return MonthOutcome(
         metadata={
-            **written_table_metadata(result.written, store.partition_glob("trip_features", key)),
+            **written_table_metadata(result.written, parts),
             "data_source": result.data_source or "tlc",  # what Lake.source_label reads from the file
-        }
+            "contract_version": dg.MetadataValue.text(FEATURES_CONTRACT.tag),
+        },
+        checks=[contracts.check_result(FEATURES_CONTRACT, validate(store, FEATURES_CONTRACT, [parts]))],
     )

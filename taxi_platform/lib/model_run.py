@@ -51,6 +51,15 @@ def train_config_from(options: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def check_contract(lake: Lake, months: Iterable[str]) -> str:
+    """The ``trip_features`` contract version the training code reads; :class:`ContractMismatchError` when a
+    month's files are stamped with another (see :mod:`taxi_platform.lib.contracts`)."""
+    from taxi_platform.lib.contracts import TRIP_FEATURES, require_version
+
+    require_version(lake, TRIP_FEATURES, {m: lake.partition_glob(TABLE, m) for m in months})
+    return TRIP_FEATURES.tag
+
+
 def git_sha() -> str:
     """The checkout's commit, recorded with every model; ``unknown`` for an installed wheel."""
     try:
@@ -72,7 +81,7 @@ def data_source_label(lake: Lake, months: Iterable[str]) -> str:
 
     A model trained on sample data must say so wherever it is served or reported.
     """
-    sources = {lake.source_label(lake.partition_path(TABLE, m)) for m in months}
+    sources = {lake.source_label(lake.partition_glob(TABLE, m)) for m in months}
     return ",".join(sorted(sources))
 
 
@@ -157,6 +166,7 @@ def _train(
             "train_months": list(inputs.train_months),
             "validation_month": inputs.month,
             "partition": inputs.partition,
+            "contract": _contract_tag(),
         },
         intervals=result.intervals,
     )
@@ -366,6 +376,7 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
         "data_source": inputs.data_source,
         "checks_failed": ",".join(trained.failed_checks),
         "interval_coverage": f"{config.interval_coverage:g}" if trained.result.intervals is not None else "",
+        "contract": _contract_tag(),  # the trip_features contract it was trained on
     }
     info = log_fare_model(trained.model, MODEL_NAME, TRAINING_VERSION, tags=tags)
     version = str(info.registered_model_version)
@@ -376,6 +387,12 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
     for key, value in tags.items():  # the logged model's tags are not the registered version's
         client.set_model_version_tag(MODEL_NAME, version, key, value)
     return version
+
+
+def _contract_tag() -> str:
+    from taxi_platform.lib.contracts import TRIP_FEATURES
+
+    return TRIP_FEATURES.tag
 
 
 # -- gate ------------------------------------------------------------------------------------------------
@@ -521,6 +538,7 @@ def run_summary(
         "window_rows": result.window_rows,
         "validation_rows": result.validation_rows,
         "data_source": inputs.data_source,
+        "contract_version": _contract_tag(),
         "data_fingerprint_window": logged.window_fingerprint,
         "data_fingerprint_validation": logged.validation_fingerprint,
         "mlflow_run_id": run.run_id,

@@ -25,6 +25,7 @@ from taxi_platform.fare_model.features import (
     ZoneTable,
     compute_features,
 )
+from taxi_platform.lib.contracts import contract_stamp
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.months import shift_month
 from taxi_platform.lib.parquet_sink import WRITE_POOL, ParquetSink, WrittenTable, default_pool
@@ -412,7 +413,11 @@ def clean_month(
         tally = _Tally()
         candidates: list[pa.RecordBatch] = []
         with ParquetSink(
-            lake, dest, schema, {"data_source": data_source}, ranges=("pickup_datetime",)
+            lake,
+            dest,
+            schema,
+            {"data_source": data_source, **contract_stamp("cleaned_trips")},
+            ranges=("pickup_datetime",),
         ) as sink:
             for batch in reader:
                 tally.add(batch.column("_tally"))
@@ -460,7 +465,7 @@ def _pickups_outside(con, lake: Lake, dest: str, month: date, pickup_range: tupl
     start, end = (datetime.fromisoformat(b) for b in month_bounds(month))
     if pickup_range is None or (start <= pickup_range[0] and pickup_range[1] < end):
         return 0
-    parts = dest.rsplit("/", 1)[0] + "/*.parquet"
+    parts = f"{lake.resolve_partition(dest.rsplit('/', 1)[0])}/*.parquet"  # the version just published
     return con.execute(
         f"SELECT count(*) FROM read_parquet({sql_literal(parts)}) "
         f"WHERE pickup_datetime < TIMESTAMP '{start}' OR pickup_datetime >= TIMESTAMP '{end}'"
@@ -523,6 +528,7 @@ def write_features(lake: Lake, cleaned: str, zones: ZoneTable, dest: str) -> Fea
         data_source = (source.metadata or {}).get(b"data_source")
         data_source = data_source.decode() if data_source is not None else None
         metadata = {"data_source": data_source} if data_source else {}
+        metadata.update(contract_stamp("trip_features"))
         with ParquetSink(lake, dest, _features_schema(source), metadata) as sink:
             for part in parts:
                 for batch in part.iter_batches(BATCH_ROWS, columns=list(_FEATURE_INPUTS)):

@@ -134,6 +134,12 @@ def _inputs(
             "months first (the first month of data cannot be a fare_model partition).",
             allow_retries=False,
         )
+    from taxi_platform.lib.contracts import ContractMismatchError
+
+    try:
+        model_run.check_contract(store, [*train_months, month])
+    except ContractMismatchError as exc:
+        raise dg.Failure(description=f"fare_model {month}: {exc}", allow_retries=False) from exc
     if missing:
         context.log.warning(
             f"fare_model {month}: training on {len(train_months)} of {config.window_months} window months; "

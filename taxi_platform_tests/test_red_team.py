@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.lib import bento_build
@@ -283,3 +285,68 @@ def test_slow_connections_are_closed_at_their_deadlines(server):
     assert HEADER_TIMEOUT - 0.5 <= results["trickled head"] <= HEADER_TIMEOUT + slack, results
     assert KEEP_ALIVE_TIMEOUT - 0.5 <= results["idle after a response"] <= KEEP_ALIVE_TIMEOUT + slack, results
     assert BODY_TIMEOUT - 0.5 <= results["trickled body"] <= BODY_TIMEOUT + slack, results
+
+
+# --- 3. lock-only model requirements ----------------------------------------------------------------------------
+
+HOSTILE_REQUIREMENTS = {
+    "numpy @ https://example.invalid/numpy-2.4.6-cp311-none-any.whl": "not name==version",
+    "numpy==1.26.0": "conflicts with the lock's numpy==",
+    "left-pad-evil==1.0.0": "left-pad-evil is not a package of the Bento's lock",
+    "--extra-index-url https://example.invalid/simple": "not name==version",
+    "-r other.txt": "not name==version",
+    "numpy[dev]==2.4.6": "not name==version",
+    "numpy==2.4.6; python_version > '3'": "not name==version",
+    "numpy>=2": "not name==version",
+}
+
+
+def test_a_model_cannot_change_the_images_dependencies(tmp_path):
+    """Issue #25: the model's requirements.txt overrode the lock (``numpy @ https://…`` replaced the pin, unknown
+    packages were appended). Now each hostile line fails the real build, named; the model's own locked pins
+    build as before."""
+    champion = ensure_sample_champion(tmp_path.parent / "sample-champion-reqs")
+    home = tmp_path / "bentoml"
+    info = bento_build.champion_info(champion.tracking_uri)
+    bento_build.import_champion(home, info, champion.tracking_uri)
+    stored = bento_build.model_path(home, info.store_tag) / "mlflow_model" / "requirements.txt"
+    original = stored.read_text()
+    locked = {bento_build.requirement_name(p): p for p in bento_build.locked_requirements()}
+    assert all(locked.get(bento_build.requirement_name(line)) == line for line in original.split()), original
+    stored.write_text(original.rstrip("\n") + "\n" + "\n".join(HOSTILE_REQUIREMENTS) + "\n")
+    with pytest.raises(bento_build.ServingBuildError) as refused:
+        bento_build.build_bento(home, info)
+    message = str(refused.value)
+    for line, reason in HOSTILE_REQUIREMENTS.items():
+        assert repr(line) in message, (line, message)
+        assert reason in message, (reason, message)
+    assert not list((home / "bentos").glob("*/*/bento.yaml")), "a Bento was built from hostile requirements"
+    stored.write_text(original)  # the model's own pins are the lock's: it builds
+    build = bento_build.build_bento(home, info)
+    assert set(bento_build.locked_requirements()) <= set(build.requirements)  # (+ bentoml, added by BentoML)
+    assert not any(bento_build.requirement_name(r) == "left-pad-evil" for r in build.requirements)
+
+
+_NAMES = st.sampled_from(["numpy", "pandas", "scikit-learn", "mlflow", "evilpkg", "NumPy", "scikit_learn"])
+_VERSIONS = st.sampled_from(["2.4.6", "1.0", "3.17.2", "0.0.1a1", "99"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_NAMES,
+    version=_VERSIONS,
+    prefix=st.sampled_from(["", " ", "-e ", "--index-url=x "]),
+    suffix=st.sampled_from(["", " ", " @ https://x/y.whl", ";sys_platform=='linux'", "[extra]", ".post1"]),
+)
+def test_only_a_locked_pin_passes(name, version, prefix, suffix):
+    """Any requirement line passes only when it is ``name==version`` of a locked package at its locked version."""
+    packages = ["numpy==2.4.6", "pandas==2.3.3", "scikit-learn==1.9.1", "mlflow==3.17.2"]
+    line = f"{prefix}{name}=={version}{suffix}"
+    locked = {bento_build.requirement_name(p): p.split("==")[1] for p in packages}
+    exact = prefix in ("", " ") and suffix in ("", " ")
+    ok = exact and locked.get(bento_build.normalize(name)) == version
+    if ok:
+        bento_build.check_model_requirements(packages, ["# comment", "", line])
+    else:
+        with pytest.raises(bento_build.ServingBuildError, match=re.escape(repr(line.strip()))):
+            bento_build.check_model_requirements(packages, [line])

@@ -3,8 +3,9 @@
 Looks up ``taxi_fare_model@champion`` at ``MLFLOW_TRACKING_URI``, imports that registry version into the
 BentoML model store and runs ``bentoml build`` on a build context staged from the installed package
 (``bento/service.py`` + ``taxi_platform``), with the Python requirements pinned from ``uv.lock``
-(``bento/requirements.txt``) and the model's own pins on top. Same champion and same code: the existing Bento
-is found and nothing is rebuilt.
+(``bento/requirements.txt``). The model's own ``requirements.txt`` may only repeat pins of the lock: a line
+naming another version, a package outside the lock, a URL or an option fails the build (exit 1) naming it. Same
+champion and same code: the existing Bento is found and nothing is rebuilt.
 
 The store is ``--bento-home``, else ``BENTOML_HOME``, else ``$TAXI_DATA_DIR/bentoml``. The Bento tag is the
 only line on stdout (progress goes to stderr), so scripts can take it directly:
@@ -97,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
         f"{', imported now' if imported else ''}), {len(build.requirements)} pinned requirements",
         file=sys.stderr,
     )
-    for pin in build.model_overrides:
-        print(f"  the model pins {pin} (differs from uv.lock)", file=sys.stderr)
     if args.json:
         info = build.as_dict()
         info.update(

@@ -20,8 +20,11 @@ workflow) and a source checkout build the same Bento. Its Python requirements ar
 ``uv.lock``: ``bento/requirements.txt`` is the lock's dependency closure of the packages the bentofile
 names (for the image's platform: Linux x86_64, the bentofile's Python), written by
 ``python -m taxi_platform.lib.bento_build lock-requirements`` and checked against the lock by the tests.
-The model's own ``requirements.txt`` pins (what MLflow recorded at training time) win where they differ, so
-the container installs what the model was trained with; :attr:`BentoBuild.model_overrides` lists them.
+The lock decides what the image installs, never the model: a model version's own ``requirements.txt`` (what
+MLflow recorded at training time) may only hold ``name==version`` lines naming a package the Bento already pins
+at that same version (:func:`check_model_requirements`). Anything else — another version, a package outside the
+lock, a URL (``numpy @ https://…``), an option (``--extra-index-url``), extras or markers — fails the build,
+naming the line, so a registered model cannot change the production image's dependencies.
 
 ``taxi-platform build-bento`` (:mod:`taxi_platform.commands.build_bento`) runs :func:`build_champion_bento`,
 as the ``fare_service`` asset does.
@@ -97,7 +100,9 @@ class BentoBuild:
     model_code: dict[str, Any] = field(
         default_factory=dict
     )  # verify_version: probes re-priced, code built with
-    model_overrides: list[str] = field(default_factory=list)  # model pins that differ from the lock's
+    # Always empty: a model's pins must equal the lock's (check_model_requirements refuses any other). Kept so
+    # the JSON of `taxi-platform build-bento --json` keeps its keys.
+    model_overrides: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -145,26 +150,27 @@ def stage_build_context(dest: Path) -> Path:
     return dest
 
 
+_STAGED_CONTEXT: list[Path] = []  # this process's staged build context (repo_root), removed at exit
+
+
 def repo_root() -> Path:
     """A directory holding ``bento/service.py`` and ``taxi_platform/`` (``bentoml serve --working-dir``).
 
-    The source checkout when there is one; from an installed wheel, a build context staged once per code
-    version under the temp dir.
+    The source checkout when there is one; from an installed wheel, a build context staged once per process in
+    a fresh ``mkdtemp`` directory (private to this user, a new name each time: a directory someone else created
+    under the temp dir is never reused) and removed when the process exits.
     """
     root = checkout_root()
     if root is not None and (root / "bento" / "service.py").is_file():
         return root
-    with tempfile.TemporaryDirectory(prefix="taxi-bento-probe-") as tmp:
-        fingerprint = source_fingerprint(stage_build_context(Path(tmp)))
-    context = Path(tempfile.gettempdir()) / f"taxi-platform-bento-context-{fingerprint[:12]}"
-    if not (context / "bento" / "service.py").is_file():
+    if not _STAGED_CONTEXT or not (_STAGED_CONTEXT[0] / "bento" / "service.py").is_file():
+        import atexit
+
         staging = Path(tempfile.mkdtemp(prefix="taxi-bento-context-"))
         stage_build_context(staging)
-        try:
-            os.replace(staging, context)
-        except OSError:  # a concurrent caller staged it first
-            shutil.rmtree(staging, ignore_errors=True)
-    return context
+        atexit.register(shutil.rmtree, staging, ignore_errors=True)
+        _STAGED_CONTEXT[:] = [staging]
+    return _STAGED_CONTEXT[0]
 
 
 def source_fingerprint(root: Path, extra: Iterable[str] = ()) -> str:
@@ -428,22 +434,36 @@ def import_champion(bento_home: Path, champion: Champion, tracking_uri: str, tim
     return True
 
 
-def _pin(packages: list[str], requirements: list[str]) -> tuple[list[str], list[str]]:
-    """``packages`` with each one the model's requirements pin exactly replaced by that pin, plus the rest.
+_MODEL_PIN = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
 
-    Also returns the model pins that replaced a different one (the model was trained with other versions).
-    """
-    pins = {
-        requirement_name(r): r.strip() for r in requirements if r.strip() and not r.startswith(("#", "-"))
-    }
-    out, overrides = [], []
-    for p in packages:
-        new = pins.pop(requirement_name(p), p)
-        if new != p:
-            overrides.append(new)
-        out.append(new)
-    extra = sorted(pins.values())
-    return out + extra, overrides + extra
+
+def check_model_requirements(packages: list[str], requirements: list[str], source: str = "the model") -> None:
+    """Refuse a model's ``requirements.txt`` unless each line is ``name==version`` of a package in ``packages``
+    (the Bento's pins from ``uv.lock``) at exactly that version; blank lines and ``#`` comments are ignored.
+
+    Raises :class:`ServingBuildError` naming every offending line and what the lock pins."""
+    locked = {requirement_name(p): p.strip() for p in packages}
+    problems = []
+    for raw in requirements:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _MODEL_PIN.match(line)
+        if match is None:
+            problems.append(f"{line!r} is not name==version (no options, URLs, extras or markers)")
+            continue
+        name = normalize(match.group(1))
+        if name not in locked:
+            problems.append(f"{line!r}: {name} is not a package of the Bento's lock")
+        elif requirement_name(locked[name]) == name and locked[name].split("==", 1)[-1] != match.group(2):
+            problems.append(f"{line!r} conflicts with the lock's {locked[name]}")
+    if problems:
+        raise ServingBuildError(
+            f"{source} requires packages the lock does not pin: "
+            + "; ".join(problems)
+            + ". A model may pin only name==version of packages in uv.lock, at the locked version: retrain it "
+            "with the locked environment (or update uv.lock and bento/requirements.txt through review)."
+        )
 
 
 def with_base_image(config: dict, base_image: str) -> dict:
@@ -479,10 +499,11 @@ def build_bento(
         config = with_base_image(config, base_image)
     python = config.setdefault("python", {})
     packages = locked_requirements()
-    overrides: list[str] = []
     req_file = mpath / "mlflow_model" / "requirements.txt"
     if req_file.is_file():
-        packages, overrides = _pin(packages, req_file.read_text().splitlines())
+        check_model_requirements(
+            packages, req_file.read_text(encoding="utf-8").splitlines(), f"model {champion.store_tag}"
+        )
     python["packages"] = packages
     python["lock_packages"] = False  # exact pins already: the lock's closure, not a new resolution
     with tempfile.TemporaryDirectory(prefix="bento-build-") as tmp:
@@ -530,7 +551,6 @@ def build_bento(
         dockerfile=dockerfile,
         built=built,
         requirements=bento_requirements(path),
-        model_overrides=overrides,
         model_code=code,
     )
 

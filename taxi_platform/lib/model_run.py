@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from taxi_platform.lib.registry import GateDecision
     from taxi_platform.lib.tracking import TrackedRun
     from taxi_platform.lib.training import DistanceCheck, TrainConfig, TrainingResult
+    from taxi_platform.lib.tuning import TrialRecord, TuningConfig
 
 TABLE = "trip_features"
 CHECKS = ("no_nan_or_negative_predictions", "beats_naive_baseline", "fare_grows_with_distance")
@@ -101,6 +102,7 @@ class ModelRunInputs:
     dagster_run_id: str
     slice_tolerance: float | None = DEFAULT_SLICE_TOLERANCE  # None: no slice rule
     slice_min_support: int = DEFAULT_MIN_SUPPORT
+    tuning: TuningConfig | None = None  # None: no hyperparameter search
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -136,18 +138,46 @@ class TrainedModel:
 
 
 def train(
-    lake: Lake, zones: ZoneTable, inputs: ModelRunInputs, log: Callable[[str], None] | None = None
+    lake: Lake,
+    zones: ZoneTable,
+    inputs: ModelRunInputs,
+    log: Callable[[str], None] | None = None,
+    log_trial: Callable[[TrialRecord], None] | None = None,
 ) -> TrainedModel:
     """Fit the window, wrap the best family as the served model and run the checks with that same model.
 
-    Predictions follow the fitting's thread rule (:func:`small_data_threads`).
+    Predictions follow the fitting's thread rule (:func:`small_data_threads`). With ``inputs.tuning`` the boosted
+    family's parameters are searched first (:mod:`taxi_platform.lib.tuning`), each trial given to ``log_trial``.
     """
     with openmp_threads(_training_threads(lake, inputs)):
-        return _train(lake, zones, inputs, log)
+        return _train(lake, zones, inputs, log, log_trial)
+
+
+def _tuner(inputs: ModelRunInputs, log: Callable[[str], None] | None, log_trial: Any) -> Any:
+    if inputs.tuning is None:
+        return None
+    import dataclasses
+
+    from taxi_platform.lib.tuning import search
+
+    def tune(X_train: Any, y_train: Any, X_val: Any, y_val: Any, config: TrainConfig) -> Any:
+        result = search(X_train, y_train, X_val, y_val, config, inputs.tuning, inputs.month, log_trial)
+        if log is not None:
+            log(
+                f"tuning: {len(result.trials)} trials in {result.seconds:.0f}s, validation MAE "
+                f"{result.best_mae:.3f} vs {result.default_mae:.3f} with the defaults; params {result.params}"
+            )
+        return dataclasses.replace(config, **result.params), result
+
+    return tune
 
 
 def _train(
-    lake: Lake, zones: ZoneTable, inputs: ModelRunInputs, log: Callable[[str], None] | None
+    lake: Lake,
+    zones: ZoneTable,
+    inputs: ModelRunInputs,
+    log: Callable[[str], None] | None,
+    log_trial: Any = None,
 ) -> TrainedModel:
     import numpy as np
 
@@ -155,7 +185,15 @@ def _train(
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lib.training import fare_grows_with_distance, quotes_frame, train_window
 
-    result = train_window(lake, inputs.train_months, inputs.month, zones, inputs.train_config, log=log)
+    result = train_window(
+        lake,
+        inputs.train_months,
+        inputs.month,
+        zones,
+        inputs.train_config,
+        log=log,
+        tune=_tuner(inputs, log, log_trial),
+    )
     best = result.best_family
     model = FareQuoteModel(
         result.models[best],
@@ -377,6 +415,7 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
         "checks_failed": ",".join(trained.failed_checks),
         "interval_coverage": f"{config.interval_coverage:g}" if trained.result.intervals is not None else "",
         "contract": _contract_tag(),  # the trip_features contract it was trained on
+        **(trained.result.tuning.tags() if trained.result.tuning is not None else {}),
     }
     info = log_fare_model(trained.model, MODEL_NAME, TRAINING_VERSION, tags=tags)
     version = str(info.registered_model_version)
@@ -545,6 +584,7 @@ def run_summary(
         "mlflow_experiment": run.experiment_name,
         "git_sha": logged.git_sha,
         "fit_seconds": {k: round(v, 2) for k, v in result.fit_seconds.items()},
+        "tuning": result.tuning.summary() if result.tuning is not None else {"enabled": False},
         "wall_seconds": round(wall_seconds, 1),
     }
     if run.tracking_uri.startswith(("http://", "https://")):

@@ -133,6 +133,7 @@ class TrainingResult:
     intervals: FareIntervals | None = (
         None  # the best family's fare ranges, calibrated on the validation month
     )
+    tuning: Any = None  # the hyperparameter search's TuningResult (lib/tuning.py), when one ran
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -294,8 +295,12 @@ def train_window(
     zones: ZoneTable,
     config: TrainConfig | None = None,
     log: Callable[[str], None] | None = None,
+    tune: Callable[..., tuple[TrainConfig, Any]] | None = None,
 ) -> TrainingResult:
     """Fit every configured family on a sample of ``train_months`` and score it on ``validation_month``.
+
+    ``tune(X_train, y_train, X_val, y_val, config)`` (see :mod:`taxi_platform.lib.tuning`), when given, returns
+    the config the families are fitted with and the search's result; it sees the validation month only.
 
     Pair statistics come from the training months only; the validation month is read solely for scoring.
     """
@@ -336,6 +341,12 @@ def train_window(
     from threadpoolctl import threadpool_limits
 
     threads = config.threads or (1 if len(y_train) < SMALL_FIT_ROWS else None)
+    tuning = None
+    if tune is not None and "boosted" in config.families:
+        t = time.perf_counter()
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            config, tuning = tune(X_train, y_train, X_val, y_val, config)
+        timings["tuning"] = time.perf_counter() - t
     models: dict[str, Any] = {}
     metrics: dict[str, dict[str, float]] = {}
     fit_seconds: dict[str, float] = {}
@@ -381,6 +392,7 @@ def train_window(
         fit_seconds=fit_seconds,
         timings=timings,
         intervals=intervals,
+        tuning=tuning,
     )
 
 

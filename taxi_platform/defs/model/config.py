@@ -59,6 +59,21 @@ class FareModelConfig(dg.Config):
         description="Nominal coverage of the quoted fare range (fare_low..fare_high), conformal-calibrated per band "
         "on the validation month (0.8 = 80 % of trips inside their range).",
     )
+    tuning_trials: int = Field(
+        default=0,
+        ge=0,
+        description="Hyperparameter search (Optuna) of the boosted family before fitting: at most this many trials, "
+        "the defaults first, each scored by MAE on the validation month only and logged as an MLflow child run; "
+        "0 (the default) turns the search off.",
+    )
+    tuning_seconds: float = Field(
+        default=300.0, gt=0.0, description="No tuning trial starts after this many seconds of search."
+    )
+    tuning_rows: int = Field(
+        default=250_000,
+        ge=100,
+        description="Training rows each tuning trial fits on (the final fit uses all).",
+    )
     interval_min_group: int = Field(
         default=100,
         ge=1,

@@ -158,6 +158,20 @@ def _inputs(
         dagster_run_id=context.run_id,
         slice_tolerance=config.slice_tolerance,
         slice_min_support=config.slice_min_support,
+        tuning=_tuning_config(config),
+    )
+
+
+def _tuning_config(config: FareModelConfig):
+    if not config.tuning_trials:
+        return None
+    from taxi_platform.lib.tuning import TuningConfig
+
+    return TuningConfig(
+        trials=config.tuning_trials,
+        timeout_seconds=config.tuning_seconds,
+        rows=config.tuning_rows,
+        seed=config.seed,
     )
 
 
@@ -178,7 +192,12 @@ def _train_and_register(
     from taxi_platform.lib.tracking import end_all_runs
 
     started = time.perf_counter()
-    trained = model_run.train(store, load_zones(store), inputs, log=context.log.info)
+    log_trial = None
+    if inputs.tuning is not None:
+        from taxi_platform.lib.tuning import mlflow_trial_logger
+
+        log_trial = mlflow_trial_logger(run.tracking_uri, run.experiment_id, run.run_id, inputs.month)
+    trained = model_run.train(store, load_zones(store), inputs, log=context.log.info, log_trial=log_trial)
     for name in trained.failed_checks:
         context.log.warning(
             f"fare_model {inputs.month}: check {name} failed; the challenger will not be promoted"

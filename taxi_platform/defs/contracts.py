@@ -36,13 +36,9 @@ def definition_metadata(contract: Contract) -> dict:
     }
 
 
-def check_name(contract: Contract) -> str:
-    return f"{contract.table}{CHECK_SUFFIX}"
-
-
 def check_spec(asset: dg.AssetKey, contract: Contract) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(
-        check_name(contract),
+        f"{contract.table}{CHECK_SUFFIX}",
         asset=asset,
         blocking=True,
         description=f"The partition satisfies the {contract.tag} contract: every declared column with its type, "
@@ -53,7 +49,7 @@ def check_spec(asset: dg.AssetKey, contract: Contract) -> dg.AssetCheckSpec:
 
 def check_result(contract: Contract, report: ContractReport) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        check_name=check_name(contract),
+        check_name=f"{contract.table}{CHECK_SUFFIX}",
         passed=report.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=report.summary(),

@@ -52,6 +52,21 @@ def train_config_from(options: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def tuning_config_from(options: Mapping[str, Any]) -> TuningConfig | None:
+    """The search the asset config asks for (``tuning_trials``, ``tuning_seconds``, ``tuning_rows``); None when
+    ``tuning_trials`` is 0 or absent (the default: no search)."""
+    if not options.get("tuning_trials"):
+        return None
+    from taxi_platform.lib.tuning import TuningConfig
+
+    return TuningConfig(
+        trials=int(options["tuning_trials"]),
+        timeout_seconds=float(options.get("tuning_seconds", 300.0)),
+        rows=int(options.get("tuning_rows", 250_000)),
+        seed=int(options.get("seed", 0)),
+    )
+
+
 def check_contract(lake: Lake, months: Iterable[str]) -> str:
     """The ``trip_features`` contract version the training code reads; :class:`ContractMismatchError` when a
     month's files are stamped with another (see :mod:`taxi_platform.lib.contracts`)."""

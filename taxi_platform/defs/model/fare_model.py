@@ -158,20 +158,7 @@ def _inputs(
         dagster_run_id=context.run_id,
         slice_tolerance=config.slice_tolerance,
         slice_min_support=config.slice_min_support,
-        tuning=_tuning_config(config),
-    )
-
-
-def _tuning_config(config: FareModelConfig):
-    if not config.tuning_trials:
-        return None
-    from taxi_platform.lib.tuning import TuningConfig
-
-    return TuningConfig(
-        trials=config.tuning_trials,
-        timeout_seconds=config.tuning_seconds,
-        rows=config.tuning_rows,
-        seed=config.seed,
+        tuning=model_run.tuning_config_from(config.model_dump()),
     )
 
 

@@ -217,7 +217,7 @@ def assert_month_in_lake(lake: Lake, partition_key: str) -> None:
     for service in ("yellow", "green"):
         assert lake.exists(lake.raw_trips_path(service, partition_key)), (service, partition_key)
     for table in ("cleaned_trips", "trip_features"):
-        assert lake.exists(lake.partition_path(table, partition_key)), (table, partition_key)
+        assert lake.has_partition(table, partition_key), (table, partition_key)
 
 
 def backfill_and_check(

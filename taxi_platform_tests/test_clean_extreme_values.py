@@ -159,7 +159,7 @@ def test_2019_double_passenger_count_200_nan_inf_negative_are_rejected_not_fatal
         "unknown_rate_code": 1,
     }
     assert result.rows_out == 3 and result.passenger_count_imputed == 1
-    kept = pq.read_table(lake.partition_path("cleaned_trips", "2019-03-01")).sort_by("fare_amount")
+    kept = pq.read_table(lake.partition_dir("cleaned_trips", "2019-03-01")).sort_by("fare_amount")
     assert kept["passenger_count"].to_pylist() == [0, 1, 1]
     assert kept.schema.field("passenger_count").type == pa.int8()
     assert_lake_partition_sound(lake, month, result, len(rows))
@@ -236,7 +236,7 @@ def test_double_zone_ids_with_fractions_are_not_in_the_lookup(tmp_path):
     pq.write_table(table, path)
     lake, result = _clean(tmp_path, {"yellow": str(path)}, month)
     assert result.rejected == {"non_finite_number": 1, "zone_not_in_lookup": 1}
-    kept = pq.read_table(lake.partition_path("cleaned_trips", "2024-03-01"))
+    kept = pq.read_table(lake.partition_dir("cleaned_trips", "2024-03-01"))
     assert kept["pickup_zone"].to_pylist() == [161] and kept.schema.field("pickup_zone").type == pa.int32()
     assert_lake_partition_sound(lake, month, result, 3)
 

@@ -500,7 +500,7 @@ def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_
     local: Lake = setup["lake"]
     remote = Lake(gcs_lake_root)
     for month in (*TRAIN, FARE_UP):
-        path = local.partition_path("trip_features", month)
+        (path,) = local.partition_files("trip_features", month)
         remote.write_bytes(remote.partition_path("trip_features", month), Path(path).read_bytes())
     # the same seeded sample, read through DuckDB's registered gcsfs filesystem
     assert drift.sample_features(remote, TRAIN, 700, seed=3).equals(

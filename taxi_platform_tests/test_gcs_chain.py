@@ -41,8 +41,8 @@ def test_chain_on_gcs_lake(gcs_lake_root, gcs_env, sample_mirror, tmp_path):
         "taxi_zones/taxi_zone_lookup.csv",
         "raw_trips/service=yellow/month=2024-01/yellow_tripdata_2024-01.parquet",
         "raw_trips/service=green/month=2024-01/green_tripdata_2024-01.parquet",
-        "cleaned_trips/month=2024-01/part-0.parquet",
-        "trip_features/month=2024-01/part-0.parquet",
+        "cleaned_trips/month=2024-01/CURRENT",  # the pointer to the partition's current version
+        "trip_features/month=2024-01/CURRENT",
     ):
         assert f"{prefix}/{expected}".lstrip("/") in names, (expected, sorted(names))
     # Raw files are byte-identical to the source.
@@ -50,7 +50,8 @@ def test_chain_on_gcs_lake(gcs_lake_root, gcs_env, sample_mirror, tmp_path):
     assert lake.read_bytes(lake.raw_trips_path("yellow", "2024-01-01")) == source
     # The features file read back from GCS has the rows the metadata reports.
     local = tmp_path / "features.parquet"
-    local.write_bytes(lake.read_bytes(lake.partition_path("trip_features", "2024-01-01")))
+    (features_part,) = lake.partition_files("trip_features", "2024-01-01")
+    local.write_bytes(lake.read_bytes(features_part))
     assert (
         pq.read_metadata(local).num_rows == _rows(result, "trip_features") == _rows(result, "cleaned_trips")
     )
@@ -63,4 +64,11 @@ def test_chain_on_gcs_lake(gcs_lake_root, gcs_env, sample_mirror, tmp_path):
     )
     assert again.success and _rows(again, "trip_features") == _rows(result, "trip_features")
     after = sorted(gcs_env.object_names(bucket, prefix))
-    assert after == before
+    # Outside the versions the objects are the same; each rewritten partition is a new version beside the one it
+    # superseded (kept for readers until a later write after the grace period), and its pointer names the new one.
+    assert [n for n in after if "/.versions/" not in n] == [n for n in before if "/.versions/" not in n]
+    for table in ("cleaned_trips", "trip_features"):
+        versions = {n.rsplit("/", 2)[-2] for n in after if f"{table}/.versions/month=2024-01/" in n}
+        assert len(versions) == 2, versions
+        (current,) = lake.partition_files(table, "2024-01-01")
+        assert current.rsplit("/", 2)[-2] == max(versions)

@@ -37,6 +37,27 @@ def _rows(lake: Lake) -> list[float]:
     return [r[0] for r in duckdb.sql(f"SELECT fare_amount FROM read_parquet('{glob}') ORDER BY 1").fetchall()]
 
 
+def _part_names(lake: Lake) -> list[str]:
+    """The current version's part names without their version id (``part-0.<id>.parquet`` → ``part-0``)."""
+    return [p.rsplit("/", 1)[-1].split(".", 1)[0] for p in lake.partition_files("trip_features", "2024-03")]
+
+
+def _hidden_leftovers(table_dir) -> list[str]:
+    """Anything besides the partition links, the lock files and committed version directories."""
+    found = [
+        p.name
+        for p in table_dir.iterdir()
+        if p.name not in (".versions",) and not p.name.startswith("month=")
+    ]
+    versions = table_dir / ".versions"
+    for entry in versions.iterdir() if versions.is_dir() else ():
+        if entry.is_dir():
+            found += [f"{entry.name}/{v.name}" for v in entry.iterdir() if not v.is_dir() or "." in v.name]
+        elif not entry.name.endswith(".lock"):
+            found.append(entry.name)
+    return found
+
+
 def test_large_partition_is_split_into_equal_parts_and_replaced_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(parquet_sink, "SPLIT_AFTER_ROWS", 100)
     lake = Lake(str(tmp_path / "lake"))
@@ -44,15 +65,17 @@ def test_large_partition_is_split_into_equal_parts_and_replaced_whole(tmp_path, 
         lake, [_batch(i * 50, 50) for i in range(10)]
     )  # 100 rows in part-0, then the smaller part takes each
     month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
-    sizes = {p.name: pq.read_metadata(p).num_rows for p in month_dir.iterdir()}
-    assert sizes == {"part-0.parquet": 250, "part-1.parquet": 250}
+    assert month_dir.is_symlink()
+    sizes = {p.name.split(".", 1)[0]: pq.read_metadata(p).num_rows for p in month_dir.iterdir()}
+    assert sizes == {"part-0": 250, "part-1": 250}
     assert _rows(lake) == [float(i) for i in range(500)]
     assert all(pq.read_schema(p).metadata[b"data_source"] == b"synthetic" for p in month_dir.iterdir())
-    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]  # no staging left behind
+    assert _hidden_leftovers(month_dir.parent) == []  # no staging left behind
 
     # a smaller month replaces both parts: no stale part-1 survives
     _write(lake, [_batch(1000, 30)])
-    assert sorted(p.name for p in month_dir.iterdir()) == ["part-0.parquet"]
+    assert _part_names(lake) == ["part-0"]
+    assert [p.name.split(".", 1)[0] for p in month_dir.iterdir()] == ["part-0"]
     assert _rows(lake) == [float(i) for i in range(1000, 1030)]
 
 
@@ -68,17 +91,17 @@ def test_failure_mid_write_keeps_every_previous_part(tmp_path, monkeypatch):
                 sink.put(_batch(5000 + i * 50, 50))
             raise RuntimeError("source went away")
     assert {p.name: p.read_bytes() for p in month_dir.iterdir()} == before
-    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]
+    assert _hidden_leftovers(month_dir.parent) == []
 
 
 def test_empty_output_is_one_readable_empty_file(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     _write(lake, [])
     assert _rows(lake) == []
-    assert pq.read_schema(lake.partition_path("trip_features", "2024-03")).names == SCHEMA.names
+    assert pq.read_schema(lake.partition_files("trip_features", "2024-03")[0]).names == SCHEMA.names
 
 
-def test_remote_lake_writes_one_part_and_removes_stale_parts(tmp_path):
+def test_remote_lake_writes_one_part_and_replaces_the_previous_layout(tmp_path):
     """publish_partition on a non-local filesystem (fsspec's memory filesystem stands in for GCS here; the GCS
     emulator tests cover the real transport)."""
     import fsspec
@@ -92,8 +115,11 @@ def test_remote_lake_writes_one_part_and_removes_stale_parts(tmp_path):
     assert sink.parts == 1
     with sink:
         sink.put(_batch(0, 10))
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(dest_dir, detail=False)) == ["part-0.parquet"]
-    with fs.open(f"{dest_dir}/part-0.parquet", "rb") as fh:
+    # the old parts are gone; the month holds the pointer to the version with the one new part
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(dest_dir, detail=False)) == ["CURRENT"]
+    (part,) = lake.partition_files("trip_features", "2024-03")
+    assert "/.versions/month=2024-03/" in part
+    with fs.open(part, "rb") as fh:
         assert pq.read_table(fh)["fare_amount"].to_pylist() == [float(i) for i in range(10)]
 
 
@@ -108,7 +134,7 @@ def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, m
     _write(lake, [_batch(i * 50, 50) for i in range(6)])
     first = partition_fingerprint(lake, ["2024-03"])
     assert first == partition_fingerprint(lake, ["2024-03"])
-    part1 = tmp_path / "lake" / "trip_features" / "month=2024-03" / "part-1.parquet"
+    part1 = lake.partition_files("trip_features", "2024-03")[1]
     stamp = time.time() + 5
     os.utime(part1, (stamp, stamp))  # only the second part changes
     assert partition_fingerprint(lake, ["2024-03"]) != first
@@ -116,53 +142,29 @@ def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, m
         partition_fingerprint(lake, ["2024-04"])
 
 
-def test_publishing_while_another_run_publishes_the_same_partition(tmp_path, monkeypatch):
-    """The other run's swap lands between ours: ours retries, wins whole, and leaves no hidden directories."""
-    from taxi_platform.lib import lake as lake_module
-
-    lake = Lake(str(tmp_path / "lake"))
-    _write(lake, [_batch(0, 10)])
-    month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
-    real_rename = lake_module.os.rename
-    raced = []
-
-    def rename(src, dst):
-        if str(dst) == str(month_dir) and not raced:  # the other run publishes first
-            raced.append(src)
-            other = tmp_path / "other"
-            other.mkdir()
-            pq.write_table(pa.Table.from_batches([_batch(500, 5)]), other / "part-0.parquet")
-            real_rename(other, month_dir)
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(lake_module.os, "rename", rename)
-    _write(lake, [_batch(100, 20)])
-    assert raced
-    assert _rows(lake) == [float(i) for i in range(100, 120)]
-    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]
-
-
-def test_a_failed_second_rename_puts_the_previous_partition_back(tmp_path, monkeypatch):
+def test_a_failed_commit_keeps_the_previous_partition(tmp_path, monkeypatch):
+    """The commit (replacing the link) fails: the previous version stays current and whole, and the next write
+    clears what the failed one left."""
     import os
 
     lake = Lake(str(tmp_path / "lake"))
     _write(lake, [_batch(0, 30)])
     month_dir = tmp_path / "lake" / "trip_features" / "month=2024-03"
     before = {p.name: p.read_bytes() for p in month_dir.iterdir()}
-    real_rename = os.rename
-    moves: list[tuple[str, str]] = []
+    real_replace = os.replace
 
-    def rename(src, dst):  # fault injector: the staged directory can never take the partition's place
-        moves.append((str(src), str(dst)))
-        if str(dst) == str(month_dir) and str(src).endswith(".tmp"):
+    def replace(src, dst):  # fault injector: the new link can never take the partition's place
+        if str(dst) == str(month_dir):
             raise OSError(28, "No space left on device")
-        return real_rename(src, dst)
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="No space left"):
         _write(lake, [_batch(1000, 40)])
-    monkeypatch.setattr(os, "rename", real_rename)
-    assert any(dst == str(month_dir) and src.endswith(".tmp") for src, dst in moves)  # the swap was attempted
+    monkeypatch.setattr(os, "replace", real_replace)
     assert {p.name: p.read_bytes() for p in month_dir.iterdir()} == before
     assert _rows(lake) == [float(i) for i in range(30)]
-    assert sorted(p.name for p in month_dir.parent.iterdir()) == ["month=2024-03"]  # no hidden .old/.tmp left
+    assert _hidden_leftovers(month_dir.parent)  # the unlinked version and its pending link
+    _write(lake, [_batch(2000, 5)])
+    assert _rows(lake) == [float(i) for i in range(2000, 2005)]
+    assert _hidden_leftovers(month_dir.parent) == []

@@ -67,13 +67,17 @@ def test_month_flows_through_the_chain(platform_env):
     assert cleaned["data_source"] == "synthetic"
     assert features["data_source"] == "synthetic"
 
-    cleaned_path = lake.partition_path("cleaned_trips", "2024-01-01")
-    features_path = lake.partition_path("trip_features", "2024-01-01")
-    assert cleaned_path.endswith("cleaned_trips/month=2024-01/part-0.parquet")
+    cleaned_path = lake.partition_glob("cleaned_trips", "2024-01-01")
+    features_path = lake.partition_glob("trip_features", "2024-01-01")
+    assert lake.partition_dir("cleaned_trips", "2024-01-01").endswith("cleaned_trips/month=2024-01")
     assert _count(cleaned_path) == cleaned["dagster/row_count"]
     assert _count(features_path) == features["dagster/row_count"] == cleaned["dagster/row_count"]
-    assert tuple(pq.read_schema(cleaned_path).names) == CLEANED_COLUMNS
-    assert tuple(pq.read_schema(features_path).names) == FEATURE_TABLE_COLUMNS
+    assert (
+        tuple(pq.read_schema(lake.partition_files("cleaned_trips", "2024-01-01")[0]).names) == CLEANED_COLUMNS
+    )
+    assert tuple(pq.read_schema(lake.partition_files("trip_features", "2024-01-01")[0]).names) == (
+        FEATURE_TABLE_COLUMNS
+    )
     assert set(FEATURE_COLUMNS) <= set(
         features["dagster/column_schema"].columns[i].name
         for i in range(len(features["dagster/column_schema"].columns))
@@ -100,7 +104,7 @@ def test_month_flows_through_the_chain(platform_env):
 def test_every_schema_era(platform_env, partition, era_has_cbd):
     result = _materialize(platform_env, partition)
     assert result.success
-    path = platform_env.lake.partition_path("cleaned_trips", partition)
+    path = platform_env.lake.partition_glob("cleaned_trips", partition)
     cbd, airport, services = duckdb.sql(
         f"SELECT count(cbd_congestion_fee), count(airport_fee), count(DISTINCT service) FROM read_parquet('{path}')"
     ).fetchall()[0]
@@ -114,17 +118,17 @@ def test_rematerialising_gives_identical_rows_and_no_duplicates(platform_env):
     lake = platform_env.lake
     order = "ORDER BY ALL"
     first = duckdb.sql(
-        f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}"
+        f"SELECT * FROM read_parquet('{lake.partition_glob('trip_features', '2024-02-01')}') {order}"
     )
     first_rows = first.fetchall()
     _materialize(platform_env, "2024-02-01")
     again = duckdb.sql(
-        f"SELECT * FROM read_parquet('{lake.partition_path('trip_features', '2024-02-01')}') {order}"
+        f"SELECT * FROM read_parquet('{lake.partition_glob('trip_features', '2024-02-01')}') {order}"
     )
     assert again.fetchall() == first_rows
     for table in ("cleaned_trips", "trip_features"):
         files = os.listdir(os.path.join(lake.root, table, "month=2024-02"))
-        assert files == ["part-0.parquet"], files
+        assert [f.split(".")[0] for f in files] == ["part-0"], files
 
 
 def test_month_not_on_source_fails_clearly_and_writes_nothing(platform_env):
@@ -193,7 +197,7 @@ def test_two_partitions_in_parallel_processes_do_not_interfere(platform_env):
         month = partition[:7]
         rows = duckdb.sql(
             f"SELECT min(pickup_datetime)::VARCHAR, max(pickup_datetime)::VARCHAR, count(*) "
-            f"FROM read_parquet('{lake.partition_path('trip_features', partition)}')"
+            f"FROM read_parquet('{lake.partition_glob('trip_features', partition)}')"
         ).fetchall()[0]
         assert rows[0].startswith(month) and rows[1].startswith(month) and rows[2] > 3000
 
@@ -201,20 +205,19 @@ def test_two_partitions_in_parallel_processes_do_not_interfere(platform_env):
 def test_run_killed_mid_write_leaves_previous_partition_intact(platform_env):
     _materialize(platform_env, "2024-01-01")
     lake = platform_env.lake
-    path = Path(lake.partition_path("cleaned_trips", "2024-01-01"))
-    before = path.read_bytes()
+    path = Path(lake.partition_dir("cleaned_trips", "2024-01-01"))
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
     proc = _child(platform_env, "2024-01-01", mode="kill-before-publish")
     proc.communicate(timeout=240)
     assert proc.returncode == -signal.SIGKILL
-    assert path.read_bytes() == before
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     # Whatever the killed run left behind is a hidden staging directory that table globs never read.
     n = duckdb.sql(
         f"SELECT count(*) FROM read_parquet('{lake.root}/cleaned_trips/month=*/*.parquet')"
     ).fetchall()[0][0]
-    assert n == _count(str(path))
-    assert [p.name for p in path.parent.iterdir()] == ["part-0.parquet"]
-    leftovers = [p for p in path.parent.parent.iterdir() if p.name != "month=2024-01"]
-    assert leftovers and all(
-        p.name.startswith(".month=2024-01.") and p.name.endswith(".tmp") for p in leftovers
-    )
-    assert all(q.name.startswith("part-") for p in leftovers for q in p.iterdir())  # the unpublished parts
+    assert n == _count(lake.partition_glob("cleaned_trips", "2024-01-01"))
+    leftovers = list((path.parent / ".versions" / "month=2024-01").glob("*.staging"))
+    assert leftovers and all(q.name.startswith("part-") for p in leftovers for q in p.iterdir())
+    # the next run of the partition clears them
+    assert _materialize(platform_env, "2024-01-01").success
+    assert not list((path.parent / ".versions" / "month=2024-01").glob("*.staging"))

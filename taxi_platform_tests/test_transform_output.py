@@ -150,7 +150,8 @@ def test_features_read_the_cleaned_parts_of_a_remote_lake(month):
         lake.partition_path("trip_features", "2024-03-01"),
     )
     assert (written.rows, written.data_source) == (result.rows_out, result.data_source) == (300_000, "tlc")
-    with fs.open(lake.partition_path("trip_features", "2024-03-01"), "rb") as fh:
+    (features_part,) = lake.partition_files("trip_features", "2024-03-01")
+    with fs.open(features_part, "rb") as fh:
         table = pq.read_table(fh)
     assert table.num_rows == result.rows_out
     assert table.schema.metadata[b"data_source"] == b"tlc"

@@ -319,9 +319,10 @@ def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: i
     small, and a once-ridden cell rarely has a realised trip to compare with a month later."""
     import duckdb
 
+    from taxi_platform.lib.lake import Lake
     from taxi_platform.settings import load_settings
 
-    glob = f"{load_settings().lake_root.rstrip('/')}/trip_features/month={previous[:7]}/*.parquet"
+    glob = Lake(load_settings().lake_root).partition_glob("trip_features", previous)
     rows = duckdb.sql(
         f"SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count, service FROM ("
         f"  SELECT * EXCLUDE (service), CAST(service AS VARCHAR) AS service, count(*) OVER (PARTITION BY service, pickup_zone, "

@@ -181,7 +181,7 @@ class CheckOutcome:
 # -- reading the lake ------------------------------------------------------------------------------------
 def missing_months(lake: Lake, months: Sequence[str]) -> list[str]:
     """Months (``YYYY-MM``) whose ``trip_features`` partition is not in the lake."""
-    return [m[:7] for m in months if not lake.exists(lake.partition_path(TABLE, m))]
+    return [m[:7] for m in months if not lake.has_partition(TABLE, m)]
 
 
 def month_row_count(lake: Lake, months: Sequence[str]) -> int:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from taxi_platform.lib import partition_versions
+
 PART_FILE = "part-0.parquet"
-_PUBLISH_ATTEMPTS = 5
 
 
 def part_name(index: int) -> str:
@@ -80,7 +80,14 @@ def spill_directory(temp_root: str, sweep: bool = True) -> str:
 class Lake:
     """A lake rooted at a local directory or a ``gs://bucket/prefix`` URL."""
 
+    # How long a superseded version of a partition stays readable, and the GCS lease's lifetime and wait (None: wait
+    # as long as the other run holds it).
+    version_grace_seconds: float = partition_versions.GRACE_SECONDS
+    lease_seconds: float = 120.0
+    lease_wait_seconds: float | None = None
+
     def __init__(self, root: str, filesystem=None):
+        self._remote = None
         self.root = root.rstrip("/")
         self.is_remote = "://" in self.root and not self.root.startswith("file://")
         if self.root.startswith("file://"):
@@ -98,8 +105,11 @@ class Lake:
         return self.path(table, month_dir(partition_key))
 
     def partition_glob(self, table: str, partition_key: str) -> str:
-        """Every Parquet part of one partition, for ``read_parquet``."""
-        return self.path(table, month_dir(partition_key), "*.parquet")
+        """Every Parquet part of one version of a partition, for ``read_parquet``: the pointer is resolved here, once,
+        so a read sees that version whole even if the partition is replaced meanwhile. Without a partition, the glob
+        through the pointer (which matches nothing: DuckDB reports the path)."""
+        where = self.resolve_partition(self.partition_dir(table, partition_key))
+        return f"{where or self.partition_dir(table, partition_key)}/*.parquet"
 
     def raw_trips_path(self, service: str, partition_key: str) -> str:
         """Where ``raw_trips`` keeps the TLC file of one service and month, byte for byte."""
@@ -182,13 +192,15 @@ class Lake:
     def partitions(self, table: str) -> list[str]:
         """Months (``YYYY-MM``) with a complete partition of ``table``."""
         if self.is_remote:  # one listing instead of one request per month
-            found = self.fs.glob(self.path(table, "month=*", PART_FILE))
-            return sorted(p.rsplit("/", 2)[-2][len("month=") :] for p in found)
-        months = []
-        for name in self.listdir(self.path(table)):
-            if name.startswith("month=") and self.exists(self.path(table, name, PART_FILE)):
-                months.append(name[len("month=") :])
-        return months
+            found = self.fs.glob(self.path(table, "month=*", "*"))
+            return sorted(
+                {p.rsplit("/", 2)[-2][len("month=") :] for p in found if p.endswith(("/CURRENT", ".parquet"))}
+            )
+        return [
+            name[len("month=") :]
+            for name in self.listdir(self.path(table))
+            if name.startswith("month=") and self.has_partition(table, name[len("month=") :])
+        ]
 
     # -- atomic writes ---------------------------------------------------------------------
     @contextmanager
@@ -319,58 +331,72 @@ class Lake:
 
     @contextmanager
     def staged_partition(self, dest_dir: str) -> Iterator[str]:
-        """Yield a local directory to write a partition's ``*.parquet`` parts into; on success they replace the
-        partition at ``dest_dir`` in one step (see the module docstring). On any exception nothing changes."""
-        local_parent = None if self.is_remote else Path(dest_dir).parent
-        if local_parent is not None:
-            local_parent.mkdir(parents=True, exist_ok=True)
-        name = dest_dir.rstrip("/").rsplit("/", 1)[-1]
-        staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=local_parent)
-        try:
-            yield staging
-            self.publish_partition(staging, dest_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        """Yield a local directory to write a partition's ``*.parquet`` parts into; on success they become the
+        partition at ``dest_dir`` in one atomic step (a new version behind the partition's pointer: see the module
+        docstring). The partition's lock (local) or lease (GCS) is held for the whole block, so two runs of one
+        partition never interleave; leftovers of interrupted writes are repaired first. On any exception nothing
+        changes for readers."""
+        if self.is_remote:
+            with self._remote_partitions().lease(dest_dir) as lease:
+                staging = tempfile.mkdtemp(prefix=".partition.", suffix=".tmp")
+                try:
+                    yield staging
+                    self._remote_partitions().publish(staging, dest_dir, lease)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+            return
+        with partition_versions.partition_lock(dest_dir):
+            partition_versions.repair(dest_dir)
+            staging = partition_versions.new_staging(dest_dir)
+            try:
+                yield staging
+                self.publish_partition(staging, dest_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def publish_partition(self, staging: str, dest_dir: str) -> None:
-        """Make the ``*.parquet`` files of the local directory ``staging`` the partition at ``dest_dir``."""
-        files = sorted(f for f in os.listdir(staging) if f.endswith(".parquet"))
-        if not files:
-            raise ValueError(f"no Parquet parts to publish for {dest_dir}")
+        """Commit the ``*.parquet`` files of ``staging`` (a local lake's staging directory, under the partition's
+        lock) as the partition at ``dest_dir``."""
+        partition_versions.publish(staging, dest_dir, grace_seconds=self.version_grace_seconds)
+
+    def _remote_partitions(self):
+        if self._remote is None:
+            from taxi_platform.lib.gcs_partitions import GCSPartitions
+
+            self._remote = GCSPartitions(
+                self.root,
+                fs=self.fs,
+                lease_seconds=self.lease_seconds,
+                grace_seconds=self.version_grace_seconds,
+                wait_seconds=self.lease_wait_seconds,
+            )
+        return self._remote
+
+    # -- reading partitions ----------------------------------------------------------------
+    def resolve_partition(self, dest_dir: str) -> str | None:
+        """The directory (local) or prefix (GCS) holding the partition's current parts, resolved once: the version
+        its pointer names, a directory of the previous layout, or None when there is no partition."""
         if self.is_remote:
-            stale = [f for f in self.listdir(dest_dir) if f.endswith(".parquet") and f not in files]
-            for f in files:
-                self.fs.put_file(os.path.join(staging, f), f"{dest_dir}/{f}")
-            for f in stale:
-                self.fs.rm(f"{dest_dir}/{f}")
-            return
-        for f in files:
-            os.chmod(os.path.join(staging, f), 0o644)  # mkstemp/mkdtemp create private files
-        os.chmod(staging, 0o755)
-        olds: list[str] = []
-        for attempt in range(_PUBLISH_ATTEMPTS):
-            old = None
-            try:
-                if os.path.isdir(dest_dir):
-                    old = f"{staging[: -len('.tmp')]}.old{attempt}"
-                    os.rename(dest_dir, old)
-                os.rename(staging, dest_dir)
-                if old is not None:
-                    olds.append(old)
-                break
-            except OSError:  # e.g. another run published this partition in between: the later swap wins
-                if old is not None and os.path.isdir(old):
-                    # the old partition was moved aside but the new one did not take its place: put it back, so a
-                    # failed publish never hides the partition
-                    try:
-                        os.rename(old, dest_dir)
-                    except OSError:  # another run's partition is in place now; ours is obsolete
-                        olds.append(old)
-                if attempt == _PUBLISH_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
+            return self._remote_partitions().resolve(dest_dir.rstrip("/"))
+        return partition_versions.resolve(dest_dir)
+
+    def partition_files(self, table: str, partition_key: str) -> list[str]:
+        """The Parquet parts of one version of a partition (empty when there is none)."""
+        where = self.resolve_partition(self.partition_dir(table, partition_key))
+        if where is None:
+            return []
+        if self.is_remote:
+            return sorted(
+                p if "://" in p else f"{self.root.split('://')[0]}://{p}"
+                for p in self.fs.glob(f"{where}/*.parquet")
+            )
+        return sorted(
+            os.path.join(where, f) for f in os.listdir(where) if f.endswith(".parquet") and f[0] != "."
+        )
+
+    def has_partition(self, table: str, partition_key: str) -> bool:
+        """Whether the lake holds a partition of ``table`` for the month (at least one Parquet part)."""
+        return bool(self.partition_files(table, partition_key))
 
     def write_bytes(self, dest: str, data: bytes) -> None:
         with self.staged_file(dest) as tmp:
@@ -382,11 +408,15 @@ class Lake:
         return self.fs.cat_file(path)
 
     def remove_partition(self, table: str, partition_key: str) -> None:
+        """Drop a partition and every version of it."""
         path = self.path(table, month_dir(partition_key))
-        if not self.is_remote:
-            shutil.rmtree(path, ignore_errors=True)
-        elif self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        if self.is_remote:
+            self._remote_partitions().remove(path)
+            return
+        if not os.path.lexists(path) and not os.path.isdir(self.path(table, partition_versions.VERSIONS)):
+            return
+        with partition_versions.partition_lock(path):
+            partition_versions.remove(path)
 
     # -- DuckDB ----------------------------------------------------------------------------
     def connect(

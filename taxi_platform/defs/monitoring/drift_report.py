@@ -224,8 +224,8 @@ def _report_month(
     context: dg.AssetExecutionContext, settings: DriftConfig, store: Lake, reporter: DriftReporter, key: str
 ) -> MonthOutcome:
     month = month_label(key)
-    features_path = store.partition_path("trip_features", key)
-    if not store.exists(features_path):
+    features_path = store.partition_dir("trip_features", key)
+    if not store.has_partition("trip_features", key):
         raise dg.Failure(
             description=f"No trip_features partition for {month} at {features_path}: materialise trip_features for "
             "this month first.",

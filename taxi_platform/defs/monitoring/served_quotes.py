@@ -192,7 +192,7 @@ def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource)
     key = context.partition_key
     month = month_label(key)
     for table, what in ((TABLE, "served_quotes"), ("trip_features", "trip_features")):
-        if not store.exists(store.partition_dir(table, key)):
+        if not store.has_partition(table, key):
             raise dg.Failure(
                 description=f"No {what} partition for {month}: materialise {what} for this month first.",
                 allow_retries=False,

@@ -90,10 +90,12 @@ from taxi_platform.lib.quotes import (
     quotes_to_columns,
     round_fares,
 )
+from taxi_platform.lib.shadow import ShadowPricer
 from taxi_platform.settings import MODEL_NAME, load_settings
 
 ARGS = bentoml.use_arguments()
 MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
+SHADOW_STORE_VERSION = str(getattr(ARGS, "shadow_version", "") or "")  # the challenger priced in the shadow
 MAX_QUOTE_BYTES = 256  # a verbose, pretty-printed quote (offset timestamp, indentation) is ~200 bytes
 MAX_BODY_BYTES = MAX_BATCH_SIZE * MAX_QUOTE_BYTES  # 2,560,000 bytes: the largest valid batch, no more
 ENV_API_KEYS_FILE = "TAXI_API_KEYS_FILE"
@@ -113,6 +115,10 @@ QUOTES_PRICED = bentoml.metrics.Counter(
 UNKNOWN_ROUTES = bentoml.metrics.Counter(
     name="taxi_fare_unknown_route_requests",
     documentation="Requests for a path the service does not route, answered 404 before any other middleware.",
+)
+SHADOW_DROPPED = bentoml.metrics.Counter(
+    name="taxi_fare_shadow_dropped",
+    documentation="Requests the shadow challenger did not price because it fell behind (never the served fares).",
 )
 PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
     name="taxi_fare_prediction_log_dropped",
@@ -370,6 +376,8 @@ def _request_ids(ctx: bentoml.Context, ids: count, prefix: str) -> tuple[str, st
 )
 class FareService:
     model_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:{MODEL_STORE_VERSION}")
+    if SHADOW_STORE_VERSION:  # packaged with the Bento only when it was built with a shadow challenger
+        shadow_ref = bentoml.models.BentoModel(f"{MODEL_NAME}:{SHADOW_STORE_VERSION}")
 
     def __init__(self) -> None:
         from threadpoolctl import threadpool_limits
@@ -394,7 +402,8 @@ class FareService:
             file_sink_directory(load_settings().prediction_log_path, __file__) if to_file else None,
             stdout=to_stdout,
         )
-        self._dropped_reported = 0
+        self._dropped_reported = self._shadow_dropped_reported = 0
+        self.shadow = self._shadow() if SHADOW_STORE_VERSION and self.prediction_log.enabled else None
         # Warm up both paths (compiled trees for small inputs, the estimator for large ones) before /readyz.
         warm = [Quote.model_validate(EXAMPLE_QUOTE)]
         self._price(warm)
@@ -414,8 +423,18 @@ class FareService:
     def __is_ready__(self) -> bool:
         return self._ready
 
+    def _shadow(self) -> ShadowPricer:
+        """The challenger, loaded with its own code, pricing every served request off the response path."""
+        stored: bentoml.Model = self.shadow_ref
+        model = load_version(stored.path_of("mlflow_model")).unwrap_python_model()
+        version = _model_version(stored)
+        log.info("shadow challenger: registry version %s prices every request off the response path", version)
+        return ShadowPricer(model, version, self.prediction_log.record, quotes_to_columns)
+
     @bentoml.on_shutdown
     def _close_log(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
         self.prediction_log.close()
 
     def _price(self, quotes: list[Quote]) -> np.ndarray:
@@ -437,6 +456,11 @@ class FareService:
     def _log(self, endpoint: str, ids: tuple[str, str | None], quotes: Any, fares: list[float]) -> None:
         if self.prediction_log.enabled:
             self.prediction_log.record(endpoint, ids[0], self.model_version, quotes, fares, ids[1])
+            if self.shadow is not None:
+                self.shadow.submit(endpoint, ids[0], quotes, ids[1])
+                if self.shadow.dropped != self._shadow_dropped_reported:
+                    SHADOW_DROPPED.inc(self.shadow.dropped - self._shadow_dropped_reported)
+                    self._shadow_dropped_reported = self.shadow.dropped
             if self.prediction_log.dropped != self._dropped_reported:
                 PREDICTION_LOG_DROPPED.inc(self.prediction_log.dropped - self._dropped_reported)
                 self._dropped_reported = self.prediction_log.dropped

@@ -177,3 +177,23 @@ def test_compare_ignores_thin_slices_and_respects_the_tolerance():
     rows = {r.slice: r for r in compare(c, h, tolerance=0.05, min_support=500)}
     assert set(rows) == {"a", "b"}
     assert rows["a"].worse and not rows["b"].worse
+
+
+def test_require_shadow_waits_for_a_passing_shadow_verdict(store, lake):
+    from taxi_platform.lib.registry import record_shadow_verdict
+
+    name = f"slices_shadow_{next(_names)}"
+    uri = store["client"].tracking_uri
+    _gate(store, lake, name, _register(store, name, "champion"), require_shadow=True)
+    version = _register(store, name, "challenger", model="fair")
+    waiting = _gate(store, lake, name, version, require_shadow=True)
+    assert not waiting.promoted and "shadow verdict is not in yet" in waiting.reason, waiting.reason
+    record_shadow_verdict(uri, version, "fail", {"month": "2024-07", "compared_quotes": 500}, model_name=name)
+    failed = _gate(store, lake, name, version, require_shadow=True)
+    assert not failed.promoted and "shadow verdict is fail" in failed.reason
+    record_shadow_verdict(uri, version, "pass", {"month": "2024-07", "compared_quotes": 500}, model_name=name)
+    passed = _gate(store, lake, name, version, require_shadow=True)
+    assert passed.promoted, passed.reason
+    assert _gate(
+        store, lake, f"{name}_off", _register(store, f"{name}_off", "champion")
+    ).promoted  # rule off: as before

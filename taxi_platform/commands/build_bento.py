@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--build-timeout", type=float, default=900.0, help="seconds for `bentoml build`")
     parser.add_argument(
+        "--no-shadow",
+        action="store_true",
+        help="do not package the registry's challenger as a shadow (default: packaged when it is not the champion)",
+    )
+    parser.add_argument(
         "--base-image",
         default=None,
         metavar="REF",
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             import_timeout=args.import_timeout,
             build_timeout=args.build_timeout,
             base_image=base_image or None,
+            shadow=not args.no_shadow,
         )
     except bento_build.ServingBuildError as exc:
         print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     what = "built" if build.built else "already built (same champion and code)"
     print(
         f"{build.tag}: {what}; champion {champion.name} v{champion.version} ({build.model_tag}"
-        f"{', imported now' if imported else ''}), {len(build.requirements)} pinned requirements",
+        f"{', imported now' if imported else ''}), {len(build.requirements)} pinned requirements"
+        + (f"; shadow challenger {build.shadow_tag}" if build.shadow_tag else ""),
         file=sys.stderr,
     )
     if args.json:

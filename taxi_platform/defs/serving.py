@@ -91,6 +91,8 @@ def fare_service(
         "serve_command": dg.MetadataValue.text(f"taxi-platform serve --bento {build.tag}"),
         "requirements": dg.MetadataValue.int(len(build.requirements)),
     }
+    if build.shadow_tag:  # the registry's challenger, priced beside the champion on every request
+        metadata["shadow_challenger"] = dg.MetadataValue.text(build.shadow_tag)
     if build.model_code:  # the champion re-priced its probe quotes with its own code before the build
         metadata["model_code"] = dg.MetadataValue.json(build.model_code)
     if build.model_overrides:

@@ -47,7 +47,13 @@ from typing import Any
 
 from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
 from taxi_platform.lib.package_files import checkout_root, package_dir, runtime_file
-from taxi_platform.lib.registry import CHAMPION, NoChampionError, RegisteredVersion, champion_version
+from taxi_platform.lib.registry import (
+    CHALLENGER,
+    CHAMPION,
+    NoChampionError,
+    RegisteredVersion,
+    champion_version,
+)
 from taxi_platform.settings import MODEL_NAME
 
 BENTO_NAME = "taxi_fare_service"
@@ -100,6 +106,7 @@ class BentoBuild:
     model_code: dict[str, Any] = field(
         default_factory=dict
     )  # verify_version: probes re-priced, code built with
+    shadow_tag: str | None = None  # the challenger priced in the shadow, if the Bento has one
     # Always empty: a model's pins must equal the lock's (check_model_requirements refuses any other). Kept so
     # the JSON of `taxi-platform build-bento --json` keeps its keys.
     model_overrides: list[str] = field(default_factory=list)
@@ -403,15 +410,18 @@ def require_uv(env: Mapping[str, str]) -> None:
 # --- import and build -----------------------------------------------------------------------------------------
 
 
-def import_champion(bento_home: Path, champion: Champion, tracking_uri: str, timeout: float = 600) -> bool:
-    """Copy the champion into the BentoML model store as :attr:`Champion.store_tag`; False if already there."""
+def import_champion(
+    bento_home: Path, champion: Champion, tracking_uri: str, timeout: float = 600, alias: str = CHAMPION
+) -> bool:
+    """Copy the champion (or the ``alias`` version) into the BentoML model store as :attr:`Champion.store_tag`;
+    False if already there."""
     if (model_path(bento_home, champion.store_tag) / "model.yaml").is_file():
         return False
     labels = {
         "registered_model": champion.name,
         "model_version": champion.version,
         "run_id": champion.run_id,
-        "alias": CHAMPION,
+        "alias": alias,
     }
     if "data_source" in champion.tags:
         labels["data_source"] = str(champion.tags["data_source"])
@@ -483,8 +493,12 @@ def build_bento(
     root: Path | None = None,
     timeout: float = 900,
     base_image: str | None = None,
+    shadow: Champion | None = None,
 ) -> BentoBuild:
     """``bentoml build`` for the champion (already imported), unless that exact Bento exists already.
+
+    ``shadow``: a challenger (already imported) packaged beside the champion and priced on every request off the
+    response path (:mod:`taxi_platform.lib.shadow`); it is part of the Bento's version.
 
     ``root``: a build context holding ``bento/service.py`` and ``taxi_platform/`` (default: staged from the
     installed package by :func:`stage_build_context`). ``base_image``: the image's base, pinned by digest
@@ -494,6 +508,8 @@ def build_bento(
 
     mpath = model_path(bento_home, champion.store_tag)
     code = verify_stored_model(mpath, champion.store_tag)
+    if shadow is not None:
+        verify_stored_model(model_path(bento_home, shadow.store_tag), shadow.store_tag)
     config = bentofile_config()
     if base_image:
         config = with_base_image(config, base_image)
@@ -509,6 +525,7 @@ def build_bento(
     with tempfile.TemporaryDirectory(prefix="bento-build-") as tmp:
         context = Path(root) if root is not None else stage_build_context(Path(tmp) / "context")
         extra = [*packages, f"docker.base_image={config['docker']['base_image']}"] if base_image else packages
+        extra = [*extra, f"shadow={shadow.store_tag}"] if shadow is not None else extra
         tag = f"{BENTO_NAME}:{bento_version(champion, source_fingerprint(context, extra))}"
         path = bento_path(bento_home, tag)
         built = False
@@ -528,6 +545,7 @@ def build_bento(
                 tag.split(":", 1)[1],
                 "--arg",
                 f"model_version={champion.store_version}",
+                *(["--arg", f"shadow_version={shadow.store_version}"] if shadow is not None else []),
                 "--output",
                 "tag",
                 str(context),
@@ -541,6 +559,8 @@ def build_bento(
     models = bento_models(path)
     if champion.store_tag not in models:
         raise ServingBuildError(f"{tag} packages {models}, not the champion {champion.store_tag}")
+    if shadow is not None and shadow.store_tag not in models:
+        raise ServingBuildError(f"{tag} packages {models}, not the shadow challenger {shadow.store_tag}")
     dockerfile = path / DOCKERFILE
     return BentoBuild(
         tag=tag,
@@ -552,6 +572,7 @@ def build_bento(
         built=built,
         requirements=bento_requirements(path),
         model_code=code,
+        shadow_tag=shadow.store_tag if shadow is not None else None,
     )
 
 
@@ -584,18 +605,39 @@ def build_champion_bento(
     import_timeout: float = 600,
     build_timeout: float = 900,
     base_image: str | None = None,
+    shadow: bool = True,
 ) -> tuple[Champion, bool, BentoBuild]:
     """The whole build: look up the champion, import it into the store, build its Bento.
 
-    Returns (champion, whether the model was imported now, the build). ``taxi-platform build-bento`` and the
-    ``fare_service`` asset both run this.
+    With ``shadow``, the registry's ``challenger`` (when it is another version, and passed its checks) is
+    packaged too and priced in the shadow. Returns (champion, whether the model was imported now, the build).
+    ``taxi-platform build-bento`` and the ``fare_service`` asset both run this.
     """
     if base_image:
         with_base_image({}, base_image)  # a bad reference fails before any download
     champion = champion_info(tracking_uri)
     imported = import_champion(bento_home, champion, tracking_uri, timeout=import_timeout)
-    build = build_bento(bento_home, champion, timeout=build_timeout, base_image=base_image)
+    challenger = shadow_challenger(tracking_uri, champion) if shadow else None
+    if challenger is not None:
+        import_champion(bento_home, challenger, tracking_uri, timeout=import_timeout, alias=CHALLENGER)
+    build = build_bento(bento_home, champion, timeout=build_timeout, base_image=base_image, shadow=challenger)
     return champion, imported, build
+
+
+def shadow_challenger(tracking_uri: str, champion: Champion, name: str = MODEL_NAME) -> Champion | None:
+    """The version behind ``name@challenger`` when it is not the champion and no check failed, else None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException:
+        return None
+    if str(mv.version) == champion.version or (mv.tags or {}).get("checks_failed"):
+        return None
+    return Champion(name=str(mv.name), version=str(mv.version), run_id=str(mv.run_id or "norun"),
+                    source=str(mv.source), tags=dict(mv.tags or {}))  # fmt: skip
 
 
 def _import_model_main(tag: str, uri: str, labels_json: str) -> int:

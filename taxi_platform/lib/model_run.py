@@ -117,6 +117,7 @@ class ModelRunInputs:
     dagster_run_id: str
     slice_tolerance: float | None = DEFAULT_SLICE_TOLERANCE  # None: no slice rule
     slice_min_support: int = DEFAULT_MIN_SUPPORT
+    require_shadow: bool = False  # promote only challengers whose shadow quotes passed
     tuning: TuningConfig | None = None  # None: no hyperparameter search
 
 
@@ -516,6 +517,7 @@ def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) ->
         scorer=scorer,
         slice_tolerance=inputs.slice_tolerance,
         slice_min_support=inputs.slice_min_support,
+        require_shadow=inputs.require_shadow,
     )
     tags = {
         "promoted": str(decision.promoted).lower(),

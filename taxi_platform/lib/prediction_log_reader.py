@@ -125,8 +125,8 @@ def _month_quotes(line: str, month: str) -> list[tuple[tuple, tuple]]:
             if i not in wanted:
                 continue
             values = quote_values(quote)
-            # values: ts, request_id, client id, endpoint, model_version, index, quote fields, fare
-            key = (values[1], values[5]) if server_ids else values
+            # values: ts, request_id, client id, endpoint, model_version, role, index, quote fields, fare
+            key = (values[1], values[5], values[6]) if server_ids else values
             out.append((key, values))
     return out
 

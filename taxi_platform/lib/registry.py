@@ -61,6 +61,8 @@ DEFAULT_TOLERANCE = 0.01
 MAE_TAG_PREFIX = "mae."
 SLICES_TAG_PREFIX = "slices."
 MAX_TAG_VALUE = 5000  # MLflow's limit on a model version tag's value
+SHADOW_VERDICT_TAG = "shadow_verdict"  # pass | fail: the challenger's shadow quotes against the champion's
+SHADOW_EVIDENCE_TAG = "shadow_evidence"  # month, quotes compared and both MAEs behind the verdict
 MAX_REPLAYS = 5
 
 # outcomes of one replay step
@@ -194,12 +196,14 @@ def replay(
     mae: Callable[[MonthModel, str], float | None],
     tolerance: float = DEFAULT_TOLERANCE,
     slices: SliceRule | None = None,
+    require_shadow: bool = False,
 ) -> tuple[MonthModel | None, list[ReplayStep]]:
     """Replay the months' eligible models in validation-month order; the champion and one step per model.
 
     ``mae(model, month)`` scores ``model`` on ``month``'s evaluation sample (None: the month has no data).
     With ``slices``, a challenger within the overall tolerance is still kept out when it is worse than the champion
-    on a material slice (:mod:`taxi_platform.lib.gate_slices`).
+    on a material slice (:mod:`taxi_platform.lib.gate_slices`). With ``require_shadow``, a challenger that passes
+    is still kept out until its shadow quotes passed (version tag ``shadow_verdict`` = ``pass``).
     """
     champion: MonthModel | None = None
     steps: list[ReplayStep] = []
@@ -230,7 +234,14 @@ def replay(
             continue
         limit = h_mae * (1.0 + tolerance)
         worse = slices.worse(c, h, month) if slices is not None and c_mae <= limit else []
-        if worse:
+        verdict = c.tags.get(SHADOW_VERDICT_TAG)
+        if require_shadow and c_mae <= limit and not worse and verdict != "pass":
+            steps.append(ReplayStep(
+                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+                f"{tag} MAE {c_mae:.4f} on {month} passes the offline gate against champion {htag}'s {h_mae:.4f}, "
+                f"but its shadow verdict is {verdict or 'not in yet'} (require_shadow): champion {htag} kept",
+            ))  # fmt: skip
+        elif worse:
             shown = "; ".join(f"{w.slice} {w.challenger_mae:.4f} vs {w.champion_mae:.4f} ({w.trips} trips)"
                               for w in worse[:5])  # fmt: skip
             steps.append(ReplayStep(
@@ -537,7 +548,13 @@ def _set_alias(client, model_name: str, alias: str, version: str | int, attempts
 
 
 def _settle(
-    client, model_name: str, mae, tolerance: float, max_replays: int, slices: SliceRule | None = None
+    client,
+    model_name: str,
+    mae,
+    tolerance: float,
+    max_replays: int,
+    slices: SliceRule | None = None,
+    require_shadow: bool = False,
 ):
     """Replay and set the alias until the registry's month models stop changing under us (bounded).
 
@@ -557,7 +574,7 @@ def _settle(
         rounds += 1
         versions = registered_models(client, model_name)
         models = month_models(versions)
-        champion, steps = replay(models.values(), mae, tolerance, slices)
+        champion, steps = replay(models.values(), mae, tolerance, slices, require_shadow)
         if champion is not None:
             _set_alias(client, model_name, CHAMPION, champion.version)
         after = month_models(registered_models(client, model_name))
@@ -576,6 +593,7 @@ def gate_challenger(
     max_replays: int = MAX_REPLAYS,
     slice_tolerance: float | None = DEFAULT_SLICE_TOLERANCE,
     slice_min_support: int = DEFAULT_MIN_SUPPORT,
+    require_shadow: bool = False,
 ) -> GateDecision:
     """Alias ``challenger_version`` as challenger, replay the months' models, and point champion at the winner.
 
@@ -608,7 +626,7 @@ def gate_challenger(
         if slice_tolerance is not None and mae.predictions is not None:
             rule = SliceRule(mae.slices, slice_tolerance, slice_min_support)
         versions, models, champion, steps, rounds = _settle(
-            client, model_name, mae, tolerance, max_replays, rule
+            client, model_name, mae, tolerance, max_replays, rule, require_shadow
         )
     except MlflowException as exc:
         text = str(exc)
@@ -930,3 +948,15 @@ def version_pricer(
         return model.predict(quotes)
 
     return price
+
+
+def record_shadow_verdict(
+    tracking_uri: str, version: str, verdict: str, evidence: Mapping[str, Any], model_name: str = MODEL_NAME
+) -> None:
+    """Tag ``version`` with its shadow verdict (``pass``/``fail``) and the figures behind it; the gate reads it
+    when ``require_shadow`` is on (the next ``fare_model`` run's replay promotes a passing challenger)."""
+    import json
+
+    client = _client(tracking_uri)
+    client.set_model_version_tag(model_name, version, SHADOW_EVIDENCE_TAG, json.dumps(dict(evidence))[:MAX_TAG_VALUE])
+    client.set_model_version_tag(model_name, version, SHADOW_VERDICT_TAG, verdict)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.sql import sql_literal
 
-SCORING_VERSION = "2"  # bump when served quotes are matched or scored differently
+SCORING_VERSION = "3"  # 3: shadow quotes scored beside the served ones; bump when served quotes are matched or scored differently
 
 TABLE = "served_quotes"
 ACCURACY_TABLE = "served_quote_accuracy"
@@ -42,6 +42,7 @@ SCHEMA = pa.schema(
         ("client_request_id", pa.string()),  # the caller's X-Request-ID, if any
         ("endpoint", pa.string()),
         ("model_version", pa.string()),
+        ("role", pa.string()),  # "served" (what the rider was quoted) or "shadow" (the challenger's price)
         ("index", pa.int64()),
         ("pickup_datetime", pa.timestamp("s")),
         ("pickup_zone", pa.int32()),
@@ -63,6 +64,7 @@ LOGGED = (
     "client_request_id",
     "endpoint",
     "model_version",
+    "role",
     "index",
     "pickup_datetime",
     "pickup_zone",
@@ -85,6 +87,7 @@ def quote_values(quote: Mapping[str, Any]) -> tuple:
         None if client is None else str(client),
         str(quote["endpoint"]),
         str(quote["model_version"]),
+        str(quote.get("role") or "served"),
         int(quote["index"]),
         pickup,
         int(quote["pickup_zone"]),
@@ -187,6 +190,13 @@ def quote_accuracy(
     cell = ", ".join(CELL)
     con = lake.connect()
     try:
+        logged = {
+            row[0]
+            for row in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({sql_literal(quotes_glob)})"
+            ).fetchall()
+        }
+        role = "role" if "role" in logged else "'served'"  # partitions written before shadow quotes
         con.execute(
             f"""
             CREATE TEMP TABLE trips AS
@@ -197,12 +207,13 @@ def quote_accuracy(
             CREATE TEMP TABLE cells AS
             SELECT {cell}, count(*) AS trips, avg(fare) AS mean_fare, median(fare) AS median_fare
             FROM trips GROUP BY ALL;
-            CREATE TEMP TABLE q AS
+            CREATE TEMP TABLE q_all AS
             SELECT row_number() OVER () AS qid, CAST(service AS VARCHAR) AS service,
                    CAST(pickup_zone AS INTEGER) AS pickup_zone, CAST(dropoff_zone AS INTEGER) AS dropoff_zone,
                    CAST(pickup_hour AS INTEGER) AS pickup_hour, fare_amount AS quoted, fare_low, fare_high,
-                   model_version
+                   model_version, {role} AS role, request_id, "index" AS idx
             FROM read_parquet({sql_literal(quotes_glob)});
+            CREATE TEMP TABLE q AS SELECT * FROM q_all WHERE role = 'served';
             CREATE TEMP TABLE inside AS
             SELECT q.qid, avg(CASE WHEN t.fare BETWEEN q.fare_low AND q.fare_high THEN 1.0 ELSE 0.0 END) AS share
             FROM q JOIN trips t USING ({cell}) WHERE q.fare_low IS NOT NULL GROUP BY q.qid;
@@ -235,6 +246,7 @@ def quote_accuracy(
             con.execute("SELECT model_version, count(*) FROM q GROUP BY ALL ORDER BY 1").fetchall()
         )
         cells_quoted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cell} FROM q)").fetchone()[0]
+        shadow = _shadow_comparison(con)
     finally:
         con.close()
     names = (
@@ -266,7 +278,47 @@ def quote_accuracy(
             {k: (_num(v) if isinstance(v, float) else v) for k, v in zip(names, row, strict=True)}
             for row in worst_rows
         ],
+        "shadow": shadow,
     }
+
+
+def _shadow_comparison(con: Any) -> dict[str, Any] | None:
+    """The challenger's shadow prices against the served ones, on the same quotes and realised cells."""
+    shadows = con.execute("SELECT count(*) FROM q_all WHERE role = 'shadow'").fetchone()[0]
+    if not shadows:
+        return None
+    cell = " AND ".join(f"s.{c} = c.{c}" for c in CELL)
+    row = con.execute(
+        f"""
+        SELECT count(*), avg(abs(s.quoted - c.mean_fare)), avg(abs(x.quoted - c.mean_fare)),
+               avg(s.quoted - c.mean_fare), avg(x.quoted - c.mean_fare), avg(abs(x.quoted - s.quoted))
+        FROM q s JOIN q_all x ON x.role = 'shadow' AND x.request_id = s.request_id AND x.idx = s.idx
+        JOIN cells c ON {cell}
+        """
+    ).fetchone()
+    versions = con.execute(
+        "SELECT model_version, count(*) FROM q_all WHERE role = 'shadow' GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    compared, served_mae, shadow_mae, served_bias, shadow_bias, gap = row
+    return {
+        "shadow_quotes": int(shadows),
+        "challenger_versions": {str(k): int(v) for k, v in versions},
+        "compared_quotes": int(compared),
+        "champion_mae_vs_realised_mean": _num(served_mae),
+        "challenger_mae_vs_realised_mean": _num(shadow_mae),
+        "champion_bias_vs_realised_mean": _num(served_bias),
+        "challenger_bias_vs_realised_mean": _num(shadow_bias),
+        "mean_abs_price_gap": _num(gap),
+    }
+
+
+def shadow_verdict(shadow: Mapping[str, Any] | None, tolerance: float, min_quotes: int) -> str | None:
+    """``pass`` when the challenger's shadow MAE is within ``tolerance`` of the champion's on at least
+    ``min_quotes`` compared quotes, ``fail`` when it is worse, ``None`` when there is too little to judge."""
+    if not shadow or shadow["compared_quotes"] < min_quotes:
+        return None
+    champion, challenger = shadow["champion_mae_vs_realised_mean"], shadow["challenger_mae_vs_realised_mean"]
+    return "pass" if challenger <= champion * (1.0 + tolerance) else "fail"
 
 
 def accuracy_line(report: Mapping[str, Any]) -> str:

@@ -35,6 +35,11 @@ class FareModelConfig(dg.Config):
         "within the overall tolerance is still refused when it is worse than the champion by more than this on any "
         "slice with at least slice_min_support evaluation trips. null turns the slice rule off.",
     )
+    require_shadow: bool = Field(
+        default=False,
+        description="Promote a challenger that passes the offline gate only once its shadow quotes (priced beside "
+        "the champion's by the Bento, scored by served_quote_accuracy) passed: version tag shadow_verdict=pass.",
+    )
     slice_min_support: int = Field(
         default=DEFAULT_MIN_SUPPORT, ge=1, description="Evaluation trips a slice needs to count in the gate."
     )

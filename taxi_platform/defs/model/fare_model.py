@@ -158,6 +158,7 @@ def _inputs(
         dagster_run_id=context.run_id,
         slice_tolerance=config.slice_tolerance,
         slice_min_support=config.slice_min_support,
+        require_shadow=config.require_shadow,
         tuning=model_run.tuning_config_from(config.model_dump()),
     )
 

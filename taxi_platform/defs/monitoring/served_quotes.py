@@ -28,7 +28,7 @@ from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lib.months import month_label
 from taxi_platform.lib.prediction_log_reader import LogUnreadable, earliest_log_day, read_log
-from taxi_platform.lib.registry import version_pricer
+from taxi_platform.lib.registry import record_shadow_verdict, version_pricer
 from taxi_platform.lib.served_quotes import (
     ACCURACY_NAME,
     ACCURACY_TABLE,
@@ -37,6 +37,7 @@ from taxi_platform.lib.served_quotes import (
     accuracy_line,
     add_ranges,
     quote_accuracy,
+    shadow_verdict,
 )
 from taxi_platform.settings import load_settings
 
@@ -174,6 +175,21 @@ def served_quotes(
     )
 
 
+class ShadowVerdictConfig(dg.Config):
+    shadow_tolerance: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="The challenger's shadow quotes pass when their MAE vs the realised cell mean is within this "
+        "fraction of the champion's on the same quotes (0.01 = 1 %).",
+    )
+    shadow_min_quotes: int = Field(
+        default=100,
+        ge=1,
+        description="Quotes both priced, with a realised cell, needed for a shadow verdict.",
+    )
+
+
 @dg.asset(
     key=SERVED_QUOTE_ACCURACY,
     partitions_def=monthly_partitions,
@@ -184,10 +200,14 @@ def served_quotes(
     automation_condition=drift_report_condition(),
     description="The month's served quotes against its realised trips in the same cell (service, pickup zone, "
     "drop-off zone, pickup hour): quote-weighted MAE and bias vs the cell's realised mean and median, share of "
-    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell. "
-    "served_quote_accuracy/month=YYYY-MM/report.json.",
+    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell. Shadow quotes (the "
+    "challenger's prices of the same requests) are scored beside the champion's on the same cells; with enough of "
+    "them the challenger's version gets the tag shadow_verdict (pass/fail), which fare_model's gate requires when "
+    "`require_shadow` is on. served_quote_accuracy/month=YYYY-MM/report.json.",
 )
-def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+def served_quote_accuracy(
+    context: dg.AssetExecutionContext, config: ShadowVerdictConfig, lake: LakeResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     store = lake.lake()
     key = context.partition_key
     month = month_label(key)
@@ -224,4 +244,18 @@ def served_quote_accuracy(context: dg.AssetExecutionContext, lake: LakeResource)
     ):
         if report[name] is not None:
             metadata[name] = dg.MetadataValue.float(report[name])
+    shadow = report.get("shadow")
+    if shadow:
+        metadata["shadow"] = dg.MetadataValue.json(shadow)
+        verdict = shadow_verdict(shadow, config.shadow_tolerance, config.shadow_min_quotes)
+        metadata["shadow_verdict"] = dg.MetadataValue.text(verdict or "too few quotes to judge")
+        if verdict is not None and len(shadow["challenger_versions"]) == 1:
+            (version,) = shadow["challenger_versions"]
+            evidence = {"month": month, "tolerance": config.shadow_tolerance, **shadow}
+            record_shadow_verdict(mlflow.resolved_uri(), version, verdict, evidence)
+            context.log.info(
+                f"shadow challenger v{version}: {verdict} on {shadow['compared_quotes']} quotes of {month} "
+                f"(MAE {shadow['challenger_mae_vs_realised_mean']} vs champion "
+                f"{shadow['champion_mae_vs_realised_mean']})"
+            )
     return dg.MaterializeResult(metadata=metadata)

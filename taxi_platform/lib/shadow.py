@@ -1,0 +1,75 @@
+"""The shadow challenger: every served request priced again by the challenger, off the response path.
+
+A Bento built with a shadow (``taxi-platform build-bento``, the ``fare_service`` asset: the registry's current
+``challenger`` when it is not the champion) serves the champion's fares and hands each request to
+:class:`ShadowPricer`: one daemon thread prices it with the challenger (its own shipped code, one OpenMP thread)
+and writes it to the prediction log as a ``shadow`` record with the same server ``request_id`` and indexes, so
+``served_quote_accuracy`` scores champion and challenger on the same quotes and realised cells. The request only
+puts a reference on a bounded queue; when the thread falls behind, requests are dropped from the shadow (never
+from the served log) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+ROLE = "shadow"
+
+
+class ShadowPricer:
+    """Prices requests with ``model`` (``predict_quotes`` on columns) in a background thread and records them."""
+
+    def __init__(
+        self,
+        model: Any,
+        version: str,
+        record: Callable[..., None],
+        to_columns: Callable[[Any], Mapping[str, np.ndarray]],
+        max_pending: int = 1_000,
+    ) -> None:
+        self.model, self.version, self._record, self._to_columns = model, version, record, to_columns
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.priced = 0
+        self.dropped = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="shadow-challenger", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, endpoint: str, request_id: str, quotes: Any, client_request_id: str | None = None
+    ) -> None:
+        """Queue one served request (quote objects or columns); never blocks."""
+        try:
+            self._queue.put_nowait((endpoint, request_id, quotes, client_request_id))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            endpoint, request_id, quotes, client_request_id = item
+            try:
+                columns = quotes if isinstance(quotes, Mapping) else self._to_columns(quotes)
+                fares = np.round(np.asarray(self.model.predict_quotes(columns), dtype=np.float64), 2).tolist()
+                self._record(endpoint, request_id, self.version, columns, fares, client_request_id, role=ROLE)
+                self.priced += len(fares)
+            except Exception:  # the challenger must never take the service down; say so once per failure
+                self.failed += 1
+                log.exception("shadow challenger v%s failed to price request %s", self.version, request_id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Price what is queued, then stop the thread."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)

@@ -958,5 +958,7 @@ def record_shadow_verdict(
     import json
 
     client = _client(tracking_uri)
-    client.set_model_version_tag(model_name, version, SHADOW_EVIDENCE_TAG, json.dumps(dict(evidence))[:MAX_TAG_VALUE])
+    client.set_model_version_tag(
+        model_name, version, SHADOW_EVIDENCE_TAG, json.dumps(dict(evidence))[:MAX_TAG_VALUE]
+    )
     client.set_model_version_tag(model_name, version, SHADOW_VERDICT_TAG, verdict)

@@ -1,12 +1,14 @@
 """The Parquet lake: Hive-layout paths under one root, local or ``gs://``, with atomic writes.
 
-A table partition is the directory ``<table>/month=YYYY-MM/`` holding ``part-0.parquet`` (and, for large local
-months, ``part-1.parquet``, written in parallel); readers use :meth:`Lake.partition_glob`. Writers stage the
-parts in a hidden sibling directory and swap it into place with two renames, so readers never see a
-half-written or mixed partition and a killed run leaves the previous partition intact (a hidden ``.…tmp``
-directory is all it leaves behind); if the second rename fails, the previous partition is renamed back. On GCS a
-partition is one object, uploaded in one atomic step; single files (zone lookup, reports) are moved into place with
-``os.replace`` / a single upload. Files that belong together (a month's raw files, one per service) are published as
+A table partition (``<table>/month=YYYY-MM``) written through :meth:`Lake.staged_partition` is a pointer to an
+immutable version holding its ``*.parquet`` parts (``part-0``, and for large local months ``part-1``, written in
+parallel; names carry the version id): locally a relative symlink replaced in one ``os.replace``
+(:mod:`taxi_platform.lib.partition_versions`), on GCS a ``CURRENT`` object written with a generation precondition
+(:mod:`taxi_platform.lib.gcs_partitions`). Writers of one partition are serialised (a ``flock`` locally, a lease on
+GCS); readers resolve the pointer once (:meth:`Lake.partition_glob`, :meth:`Lake.partition_files`) and so read one
+version whole; leftovers of interrupted writes and partitions of the previous layout (a plain directory of parts) are
+repaired by the next write or read. Single files (zone lookup, reports, a month's raw files) are moved into place with
+``os.replace`` / a single upload; files that belong together (a month's raw files, one per service) are published as
 one unit by :meth:`Lake.staged_files`: all new, or, if any move fails, all previous (see :meth:`Lake.publish_files`).
 
 DuckDB connections (:meth:`Lake.connect`) spill to ``$TAXI_DATA_DIR/duckdb_tmp`` and use the memory limit from

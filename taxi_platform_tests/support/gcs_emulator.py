@@ -34,7 +34,35 @@ START_TIMEOUT_S = 20.0
 
 # Runs in the child: serve in memory until the parent process is gone.
 _CHILD_CODE = """
-import os, sys, time
+import os, sys, threading, time
+from http import HTTPStatus
+import gcp_storage_emulator.handlers.objects as objects
+
+# GCS refuses an upload or delete whose ifGenerationMatch does not hold (0: the object must not exist) with
+# 412; the emulator ignores the parameter, so the handlers are wrapped (before the server binds them) to do the same.
+_precondition_lock = threading.Lock()
+def _with_precondition(handler):
+    def wrapped(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if not wanted:
+            return handler(request, response, storage, *args, **kwargs)
+        data = request.data if isinstance(request.data, dict) else {}
+        name = (request.params.get("object_id") or (request.query.get("name") or [None])[0]
+                or (data.get("meta") or {}).get("name") or data.get("name"))
+        with _precondition_lock:
+            try:
+                current = int(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+            except Exception:
+                current = 0
+            if current != int(wanted[0]):
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "conditionNotMet: a precondition did not hold"}})
+                return None
+            return handler(request, response, storage, *args, **kwargs)
+    return wrapped
+objects.insert = _with_precondition(objects.insert)
+objects.delete = _with_precondition(objects.delete)
+
 from gcp_storage_emulator.server import create_server
 host, port, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 server = create_server(host, port, in_memory=True)

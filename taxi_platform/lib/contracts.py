@@ -200,7 +200,10 @@ def _value(v: str | int | float) -> str:
 def validate(lake: Lake, contract: Contract, paths: Sequence[str]) -> ContractReport:
     """Check the Parquet files (or globs) ``paths`` against ``contract`` in one DuckDB pass."""
     report = ContractReport(contract.tag, rows=0)
-    files = sorted({f for p in paths for f in (lake.fs.glob(p) if "*" in p else [p])})
+    # gcsfs's glob drops the gs:// protocol: put it back, DuckDB needs it
+    remote = lake.is_remote
+    found = {f for p in paths for f in (lake.fs.glob(p) if "*" in p else [p])}
+    files = sorted(lake.fs.unstrip_protocol(f) if remote and "://" not in f else f for f in found)
     if not files:
         report.violations["table: no Parquet files"] = 1
         return report

@@ -93,10 +93,17 @@ def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iter
         yield server.url
 
 
-def _materialize(assets: list, selection: list[str], instance, resources: dict, partition_key: str | None):
+def _materialize(
+    assets: list,
+    selection: list[str],
+    instance,
+    resources: dict,
+    partition_key: str | None,
+    ops: dict | None = None,
+):
     import dagster as dg
 
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}, **({"ops": ops} if ops else {})}
     result = dg.materialize(
         assets,
         selection=selection,
@@ -224,12 +231,22 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
 
     stages.append(("Ingest + clean + features", len(early), ingest))
 
+    # With a champion before it, the last early month's model waits in the shadow (require_shadow): the Bento
+    # serves the earlier champion and prices every quote with this challenger too, until served quotes judge it.
+    shadowed = early[-1] if late and len(early) >= 3 and "served_quote_accuracy" in available else None
+
     def monthly(asset: str, into: dict[str, dict]) -> Callable[[], None]:
         """A stage materialising ``asset`` for every early month but the first (which has no history)."""
 
         def stage() -> None:
             for key in early[1:]:
-                into[key[:7]] = _meta(_materialize(assets + checks, [asset], instance, resources, key), asset)
+                ops = (
+                    {"fare_model": {"config": {"require_shadow": True}}}
+                    if asset == "fare_model" and key == shadowed
+                    else None
+                )
+                result = _materialize(assets + checks, [asset], instance, resources, key, ops)
+                into[key[:7]] = _meta(result, asset)
                 progress.advance(task)
 
         return stage
@@ -263,12 +280,7 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
         def arrives() -> None:
             ingest_month(late)
             progress.advance(task)
-            result = _materialize(assets + checks, ["fare_model"], instance, resources, late)
-            report.model[late[:7]] = _meta(result, "fare_model")
-            progress.advance(task)
-            result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
-            report.drift[late[:7]] = _meta(result, "drift_report")
-            progress.advance(task)
+            # Served quotes first: their score (and the shadow challenger's verdict) is in before the retrain's gate.
             result = _materialize(
                 assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources, late
             )
@@ -278,6 +290,12 @@ def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, u
                     "accuracy": _meta(result, "served_quote_accuracy"),
                 }
             )
+            progress.advance(task)
+            result = _materialize(assets + checks, ["fare_model"], instance, resources, late)
+            report.model[late[:7]] = _meta(result, "fare_model")
+            progress.advance(task)
+            result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
+            report.drift[late[:7]] = _meta(result, "drift_report")
             progress.advance(task)
             if report.model[late[:7]].get("promoted") and "fare_service" in available:
                 result = _materialize(assets + checks, ["fare_service"], instance, resources, None)

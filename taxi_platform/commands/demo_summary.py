@@ -88,6 +88,15 @@ def render_summary(console: Console, report: DemoReport) -> None:
             f"Served quotes ({report.served['month']}, priced by v{report.served['model_version']} before "
             f"its trips arrived): {accuracy.get('summary')}"
         )
+        shadow = accuracy.get("shadow")
+        if shadow:
+            version = ", ".join(shadow["challenger_versions"]) or "?"
+            console.print(
+                f"Shadow challenger v{version} priced the same {shadow['compared_quotes']} quotes: MAE "
+                f"${shadow['challenger_mae_vs_realised_mean']:.2f} vs the champion's "
+                f"${shadow['champion_mae_vs_realised_mean']:.2f} → shadow verdict "
+                f"{accuracy.get('shadow_verdict')}"
+            )
     if report.missing_stages:
         console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
     console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,9 +34,12 @@ class ShadowPricer:
         record: Callable[..., None],
         to_columns: Callable[[Any], Mapping[str, np.ndarray]],
         max_pending: int = 1_000,
+        gather_seconds: float = 0.02,
+        max_gather: int = 256,
     ) -> None:
         self.model, self.version, self._record, self._to_columns = model, version, record, to_columns
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.gather_seconds, self.max_gather = gather_seconds, max_gather
         self.priced = 0
         self.dropped = 0
         self.failed = 0
@@ -53,18 +57,43 @@ class ShadowPricer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            first = self._queue.get()
+            if first is None:
                 return
-            endpoint, request_id, quotes, client_request_id = item
-            try:
-                columns = quotes if isinstance(quotes, Mapping) else self._to_columns(quotes)
-                fares = np.round(np.asarray(self.model.predict_quotes(columns), dtype=np.float64), 2).tolist()
-                self._record(endpoint, request_id, self.version, columns, fares, client_request_id, role=ROLE)
-                self.priced += len(fares)
-            except Exception:  # the challenger must never take the service down; say so once per failure
-                self.failed += 1
-                log.exception("shadow challenger v%s failed to price request %s", self.version, request_id)
+            time.sleep(
+                self.gather_seconds
+            )  # let requests gather: one model call and few GIL hand-overs for many
+            items, stop = [first], False
+            while len(items) < self.max_gather:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            self._price(items)
+            if stop:
+                return
+
+    def _price(self, items: list[tuple]) -> None:
+        """Price the gathered requests in one call, then record each request's own slice."""
+        try:
+            columns = [q if isinstance(q, Mapping) else self._to_columns(q) for _, _, q, _ in items]
+            sizes = [len(c["pickup_zone"]) for c in columns]
+            joined = {name: np.concatenate([c[name] for c in columns]) for name in columns[0]}
+            fares = np.round(np.asarray(self.model.predict_quotes(joined), dtype=np.float64), 2)
+        except Exception:  # the challenger must never take the service down; say so once per failure
+            self.failed += len(items)
+            log.exception("shadow challenger v%s failed to price %d request(s)", self.version, len(items))
+            return
+        start = 0
+        for (endpoint, request_id, _, client_request_id), cols, n in zip(items, columns, sizes, strict=True):
+            self._record(endpoint, request_id, self.version, cols, fares[start : start + n].tolist(),
+                         client_request_id, role=ROLE)  # fmt: skip
+            start += n
+        self.priced += start
 
     def close(self, timeout: float = 10.0) -> None:
         """Price what is queued, then stop the thread."""

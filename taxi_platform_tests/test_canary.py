@@ -14,13 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.lib import bento_build
 from taxi_platform.lib.canary import Limits, ServiceProbe, judge, ks_statistic, probe_quotes
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform_tests.support.registries import champion_model, register
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 
@@ -36,54 +35,13 @@ def _serve(data_dir: Path, tracking_uri: str, work: Path, name: str):
     return proc, url
 
 
-def _bad_registry(champion, root: Path) -> str:
-    """A sqlite registry whose champion is the sample champion's model with a $40 minimum fare."""
-    from taxi_platform.fare_model.features import ZoneTable
-    from taxi_platform.fare_model.intervals import FareIntervals
-    from taxi_platform.fare_model.pair_stats import PairStats
-    from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.lib.model_loading import load_version
-
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(champion.tracking_uri)
-    mlflow.set_registry_uri(champion.tracking_uri)
-    try:
-        inner = load_version(champion.uri).unwrap_python_model()
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    intervals = None if inner.intervals is None else FareIntervals.from_state(inner.intervals.to_state())
-    bad = FareQuoteModel(inner.estimator, PairStats.from_state(inner.pair_stats.to_state()),
-                         ZoneTable.from_state(inner.zones.to_state()), inner.family, inner.info, min_fare=40.0,
-                         intervals=intervals)  # fmt: skip
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    script = (
-        "import sys, pickle, mlflow\n"
-        "from taxi_platform.lib.model_package import log_fare_model\n"
-        "model = pickle.load(open(sys.argv[1], 'rb'))\n"
-        "mlflow.set_tracking_uri(sys.argv[2]); mlflow.set_registry_uri(sys.argv[2])\n"
-        "mlflow.set_experiment('bad-canary')\n"
-        "with mlflow.start_run():\n"
-        f"    info = log_fare_model(model, {MODEL_NAME!r})\n"
-        f"mlflow.MlflowClient().set_registered_model_alias({MODEL_NAME!r}, 'champion', info.registered_model_version)\n"
-    )
-    import pickle
-
-    (root / "bad.pkl").write_bytes(pickle.dumps(bad))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    done = subprocess.run([sys.executable, "-c", script, str(root / "bad.pkl"), uri], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return uri
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     champion = ensure_sample_champion(tmp_path_factory.getbasetemp() / "sample-champion")
     work = tmp_path_factory.mktemp("canary")
     stable_dir, bad_dir = work / "stable", work / "bad"
     bad_dir.mkdir()
-    bad_uri = _bad_registry(champion, bad_dir)
+    bad_uri = register(bad_dir / "registry", [(champion_model(champion, min_fare=40.0), ["champion"])])
     for data_dir, uri in ((stable_dir, champion.tracking_uri), (bad_dir, bad_uri)):
         info = bento_build.champion_info(uri)
         bento_build.import_champion(data_dir / "bentoml", info, uri)

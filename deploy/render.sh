@@ -14,6 +14,7 @@
 #   REGION-docker.pkg.dev/PROJECT/REPO                  IMAGE_REGISTRY        image_registry
 #   GIT_SHA                                             DAGSTER_IMAGE_TAG     (tag of the user-code image)
 #   CLOUD_SQL_PRIVATE_IP                                CLOUD_SQL_PRIVATE_IP  cloudsql_private_ip
+#   CONTROL_PLANE_IP                                    CONTROL_PLANE_IP      control_plane_private_ip
 #   taxi-prod (in bucket and service account names)     PLATFORM_NAME         "<name_prefix>-<environment>"
 #   PROJECT_ID                                          PROJECT_ID            project_id
 set -euo pipefail
@@ -36,10 +37,11 @@ fill "REGION-docker.pkg.dev/PROJECT/REPO/fare-service:BENTO_TAG" FARE_SERVICE_IM
 fill "REGION-docker.pkg.dev/PROJECT/REPO" IMAGE_REGISTRY
 fill "GIT_SHA" DAGSTER_IMAGE_TAG
 fill "CLOUD_SQL_PRIVATE_IP" CLOUD_SQL_PRIVATE_IP
+fill "CONTROL_PLANE_IP" CONTROL_PLANE_IP
 input=${input//taxi-prod-/${PLATFORM_NAME}-}
 fill "PROJECT_ID" PROJECT_ID
 
-left=$(grep -nE 'BENTO_TAG|GIT_SHA|PROJECT_ID|CLOUD_SQL_PRIVATE_IP|REGION-docker|PROJECT/REPO' <<< "$input" || true)
+left=$(grep -nE 'BENTO_TAG|GIT_SHA|PROJECT_ID|CLOUD_SQL_PRIVATE_IP|CONTROL_PLANE_IP|REGION-docker|PROJECT/REPO' <<< "$input" || true)
 if [[ -n $left ]]; then
   echo "render.sh: placeholders left:" >&2
   echo "$left" >&2

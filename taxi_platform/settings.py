@@ -222,6 +222,16 @@ def load_automation_settings(env: Mapping[str, str] | None = None) -> Automation
     )
 
 
+def parse_flag(value: str, variable: str) -> bool:
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off`` (any case); empty: False."""
+    flag = value.strip().lower()
+    if flag in ("", "false", "0", "no", "off"):
+        return False
+    if flag in ("true", "1", "yes", "on"):
+        return True
+    raise SettingsError(f"{variable}={value!r}: expected true or false")
+
+
 def parse_prediction_log_path(value: str, variable: str = "TAXI_PREDICTION_LOG_PATH") -> str | None:
     """A local directory (made absolute) or ``gs://bucket[/prefix]``; empty: None (the default)."""
     value = value.strip()
@@ -254,6 +264,9 @@ class Settings:
     # TAXI_PREDICTION_LOG_PATH: an absolute local directory or gs://bucket[/prefix]; None: the default,
     # $TAXI_DATA_DIR/predictions (see prediction_log_path).
     prediction_log_setting: str | None = None
+    # TAXI_LOCK_RESOURCE_CONFIG (a deployed instance: true): resource config that decides where credentials, data
+    # or code come from may not be set per run (taxi_platform.defs.resources.LOCKED_FIELDS).
+    lock_resource_config: bool = False
 
     @property
     def prediction_log_path(self) -> str:
@@ -338,4 +351,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         duckdb_memory_limit=duckdb.memory_limit,
         reports_url=reports_url,
         automation=load_automation_settings(env),
+        lock_resource_config=parse_flag(
+            env.get("TAXI_LOCK_RESOURCE_CONFIG", ""), "TAXI_LOCK_RESOURCE_CONFIG"
+        ),
     )

@@ -365,6 +365,7 @@ RENDER_ENV = {
     "IMAGE_REGISTRY": "europe-west1-docker.pkg.dev/proj-1/taxi-platform",
     "DAGSTER_IMAGE_TAG": "0123abcd4567",
     "CLOUD_SQL_PRIVATE_IP": "10.77.0.3",
+    "CONTROL_PLANE_IP": "10.0.0.2",
     "PROJECT_ID": "proj-1",
     "PLATFORM_NAME": "taxi-dev",
 }

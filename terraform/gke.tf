@@ -16,6 +16,9 @@ resource "google_container_cluster" "main" {
   deletion_protection = var.deletion_protection
   resource_labels     = local.labels
 
+  # FQDNNetworkPolicy (deploy/k8s/platform/networkpolicies-dagster.yaml): Dagster's HTTPS egress by host name.
+  enable_fqdn_network_policy = true
+
   network    = google_compute_network.vpc.id
   subnetwork = google_compute_subnetwork.gke.id
 

@@ -48,6 +48,11 @@ output "cloudsql_private_ip" {
   value       = google_sql_database_instance.main.private_ip_address
 }
 
+output "control_plane_private_ip" {
+  description = "Private IP of the GKE control plane: the only Kubernetes API address the dagster namespace may reach (deploy/render.sh CONTROL_PLANE_IP)."
+  value       = google_container_cluster.main.private_cluster_config[0].private_endpoint
+}
+
 output "cloudsql_connection_name" {
   description = "Cloud SQL connection name (project:region:instance), for the Cloud SQL Auth Proxy if preferred."
   value       = google_sql_database_instance.main.connection_name

@@ -3,11 +3,18 @@
 All resources are cheap to construct: nothing is read from the environment, opened or connected
 until an asset asks for it, so definitions load fast and the same resources work in a local run,
 in ``dagster dev`` and in a Kubernetes run pod (where settings come from that pod's environment).
+
+**Locked in a deployed instance.** The fields of :data:`LOCKED_FIELDS` decide where credentials, data or code
+come from (the MLflow server the client sends its password to, the host raw files are fetched from and how they
+are checked, the lake that is read and written, the store Bentos are built in). With
+``TAXI_LOCK_RESOURCE_CONFIG=true`` (the Helm values set it) they are the deployment's, from its environment: a
+run whose config sets one to anything else fails when the resource is set up, before it connects anywhere, with
+:class:`LockedResourceConfigError` naming the field. Locally (the default) run config may set them.
 """
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +23,50 @@ from pydantic import Field
 
 from taxi_platform.lib.lake import Lake
 from taxi_platform.lib.tracking import TrackedRun
-from taxi_platform.settings import MODEL_NAME, load_settings, parse_services
+from taxi_platform.settings import MODEL_NAME, Settings, load_settings, parse_services
+
+# resource key -> field -> the deployment's value of that field (from settings).
+LOCKED_FIELDS: dict[str, dict[str, Callable[[Settings], object]]] = {
+    "lake": {"root": lambda s: s.lake_root},
+    "tlc": {
+        "base_url": lambda s: s.tlc_base_url,
+        "verify_md5": lambda s: True,
+        "max_bytes": lambda s: s.download_max_bytes,
+        "deadline_seconds": lambda s: s.download_deadline_seconds,
+    },
+    "mlflow": {"tracking_uri": lambda s: s.mlflow_tracking_uri},
+    "bento_store": {"bento_home": lambda s: str(s.bento_home)},
+}
+
+
+class LockedResourceConfigError(ValueError):
+    """A run's config set a resource field the deployment fixes (``TAXI_LOCK_RESOURCE_CONFIG``)."""
+
+
+def _normalised(value: object) -> object:
+    return value.rstrip("/") if isinstance(value, str) else value
+
+
+def refuse_locked_overrides(
+    resource: dg.ConfigurableResource, key: str, settings: Settings | None = None
+) -> None:
+    """Raise :class:`LockedResourceConfigError` when settings lock resource config and ``resource`` (the resource
+    bound to ``key``) sets one of its :data:`LOCKED_FIELDS` to anything but unset or the deployment's value."""
+    settings = settings or load_settings()
+    if not settings.lock_resource_config:
+        return
+    refused = []
+    for name, deployed in LOCKED_FIELDS[key].items():
+        value = getattr(resource, name)
+        if value is None or _normalised(value) == _normalised(deployed(settings)):
+            continue
+        refused.append(f"{key}.{name}={value!r}")
+    if refused:
+        raise LockedResourceConfigError(
+            f"run config may not set {', '.join(refused)}: in this deployment (TAXI_LOCK_RESOURCE_CONFIG=true) "
+            f"where credentials, data and code come from is fixed by its environment; launch the run without "
+            f"these fields"
+        )
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -26,6 +76,9 @@ class LakeResource(dg.ConfigurableResource):
         default=None,
         description="Lake root: a local directory or gs://bucket/prefix. Default: from settings.",
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        refuse_locked_overrides(self, "lake")
 
     def resolved_root(self) -> str:
         return self.root or load_settings().lake_root
@@ -82,6 +135,9 @@ class TlcSourceResource(dg.ConfigurableResource):
         ),
     )
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        refuse_locked_overrides(self, "tlc")
+
     def source_url(self) -> str:
         return (self.base_url or load_settings().tlc_base_url).rstrip("/")
 
@@ -121,6 +177,9 @@ class MlflowResource(dg.ConfigurableResource):
     experiment_name: str | None = Field(
         default=None, description=f"MLflow experiment for training runs. Default: {MODEL_NAME}."
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        refuse_locked_overrides(self, "mlflow")
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or load_settings().mlflow_tracking_uri
@@ -197,6 +256,9 @@ class BentoStoreResource(dg.ConfigurableResource):
     )
     import_timeout: float = Field(default=600.0, description="Seconds allowed for importing the champion.")
     build_timeout: float = Field(default=900.0, description="Seconds allowed for `bentoml build`.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        refuse_locked_overrides(self, "bento_store")
 
     def home(self) -> Path:
         return Path(self.bento_home) if self.bento_home else load_settings().bento_home

@@ -685,3 +685,53 @@ def test_the_helm_values_lock_resource_config_for_the_code_server_and_every_run(
     assert env["TAXI_LOCK_RESOURCE_CONFIG"] == "true"
     deployment = _helm()["dagster-user-deployments"]["deployments"][0]
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True  # run pods inherit that env
+
+
+# --- 4b. the prediction-log queue is bounded in bytes -----------------------------------------------------------
+
+
+def test_a_stalled_log_drops_and_counts_records_instead_of_growing(monkeypatch, caplog):
+    """Issue #25: with stdout stalled, 10,000 queued 10k-quote records (~4 GB) fit the 10,000-request cap and
+    the pod was OOM-killed. Now the queue holds at most 64 MiB; the rest is dropped, counted and warned about,
+    and a request never waits for the writer."""
+    import logging
+    import sys
+
+    import numpy as np
+
+    from taxi_platform.lib.prediction_log import PredictionLog
+
+    bound = 64 << 20  # the default max_pending_bytes
+
+    read_end, write_end = os.pipe()  # nobody reads: the writer blocks once the pipe's buffer is full
+    stalled = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stalled)
+    n = 10_000
+    columns = {
+        "pickup_datetime": np.full(n, np.datetime64("2024-03-05T08:15:00", "s")),
+        "pickup_zone": np.full(n, 132),
+        "dropoff_zone": np.full(n, 230),
+        "passenger_count": np.ones(n, dtype=int),
+        "service": np.array(["yellow"] * n),
+    }
+    fares = [70.0] * n
+    plog = PredictionLog(None, stdout=True, flush_interval=0.01)
+    slowest = 0.0
+    peak = 0
+    with caplog.at_level(logging.WARNING, logger="taxi_platform.lib.prediction_log"):
+        for i in range(10_000):
+            start = time.perf_counter()
+            plog.record("predict_batch", f"r-{i}", "3", columns, fares)
+            slowest = max(slowest, time.perf_counter() - start)
+            peak = max(peak, getattr(plog, "pending_bytes", 0))
+    try:
+        assert plog.dropped >= 9_900, plog.dropped  # a handful fit in 64 MiB, the pipe took a few
+        assert 0 < peak <= bound, peak
+        assert slowest < 0.05, slowest
+        warnings = [
+            r for r in caplog.records if r.levelno == logging.WARNING and "dropping records" in r.message
+        ]
+        assert len(warnings) == 1, [r.message for r in caplog.records]  # once per interval, not per record
+    finally:
+        os.close(read_end)  # the blocked write fails; the writer thread ends
+        plog._closed = True

@@ -29,8 +29,11 @@ are two sets of quotes. Lines written before this field existed have no ``client
 :func:`read_prediction_log` yields one flat record per quote (with its ``index`` in the request); DuckDB reads
 the files directly with ``read_json`` and ``unnest``.
 
-If more than ``max_pending`` requests are waiting for the writer, new records are dropped and counted
-(``dropped``) rather than slowing down or blocking requests.
+If more than ``max_pending`` requests, or more than ``max_pending_bytes`` (64 MiB; estimated as
+:data:`QUOTE_BYTES` per quote, what a quote costs queued and formatted), are waiting for the writer — stdout
+stalled, a slow disk — new records are dropped and counted (``dropped``, the service's
+``taxi_fare_prediction_log_dropped_total``) with a WARNING at most every :data:`DROP_WARNING_INTERVAL` seconds,
+rather than slowing down or blocking requests or growing until the pod is OOM-killed.
 
 ``TAXI_PREDICTION_LOG`` picks the sinks: ``file`` (default), ``stdout``, ``both`` or ``off``.
 """
@@ -56,6 +59,11 @@ SINK_CHOICES = ("file", "stdout", "both", "off")
 FILE_PREFIX = "predictions-"
 QUOTE_FIELDS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
 MAX_LINE_BYTES = 200_000
+
+QUOTE_BYTES = 160  # a queued quote's columns plus its formatted JSON, with margin
+RECORD_BYTES = 1_024  # a record's own fields and tuple
+DEFAULT_MAX_PENDING_BYTES = 64 << 20  # of a 1 GiB pod (deploy/k8s/fare-service)
+DROP_WARNING_INTERVAL = 10.0  # seconds between "dropping records" warnings
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +117,20 @@ class PredictionLog:
         *,
         stdout: bool = False,
         max_pending: int = 10_000,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float = 0.2,
     ):
         self.directory = Path(directory) if directory is not None else None
         self.stdout = stdout
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.dropped = 0  # requests
+        # Bytes queued (added only by record's thread) and released (added only by the writer, once written):
+        # one writer per counter, so no lock on the request path.
+        self._queued_bytes = 0
+        self._released_bytes = 0
+        self._warned_at = float("-inf")
         self.written = 0  # requests (a split request is several lines)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # C put: no lock/condition on the hot path
         self._file: IO[str] | None = None
@@ -146,12 +161,29 @@ class PredictionLog:
         when too much is waiting). ``request_id`` is the server's; ``client_request_id`` the caller's own."""
         if not self.enabled or self._closed:
             return
-        if self._queue.qsize() >= self.max_pending:
+        size = RECORD_BYTES + QUOTE_BYTES * len(fares)
+        if self._queue.qsize() >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes:
             self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= DROP_WARNING_INTERVAL:
+                self._warned_at = now
+                log.warning(
+                    "prediction log writer is behind (%d request(s), %d bytes waiting): dropping records, "
+                    "%d dropped so far",
+                    self._queue.qsize(),
+                    self.pending_bytes,
+                    self.dropped,
+                )
             return
+        self._queued_bytes += size
         self._queue.put(
-            (time.time(), endpoint, request_id, model_version, quotes, fares, client_request_id, role)
+            (time.time(), endpoint, request_id, model_version, quotes, fares, client_request_id, role, size)
         )
+
+    @property
+    def pending_bytes(self) -> int:
+        """Estimated bytes of the records queued or being written."""
+        return self._queued_bytes - self._released_bytes
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued so far, then stop the writer thread and close the file."""
@@ -195,6 +227,8 @@ class PredictionLog:
             self._write(items)
         except Exception:  # keep serving even if the disk is full; say so in the server log
             log.exception("prediction log: failed to write %d request(s)", len(items))
+        finally:
+            self._released_bytes += sum(item[8] for item in items)
 
     def _write(self, items: list[tuple]) -> None:
         text = "".join(format_record(*item[:6], client_request_id=item[6], role=item[7]) for item in items)

@@ -679,7 +679,9 @@ def test_mlflow_runs_the_basic_auth_app_with_credentials_from_mounted_secrets():
         "secrets stay out of the ConfigMap"
     )
     # The image has the basic-auth app's dependencies.
-    assert re.search(r'"mlflow\[auth\]==\$\{MLFLOW_VERSION\}"', (DEPLOY / "Dockerfile.mlflow").read_text())
+    # The image installs the hashed lock of mlflow[auth] (Flask-WTF is the auth app's dependency).
+    assert re.search(r"^mlflow\[auth\]$", (DEPLOY / "mlflow-requirements.in").read_text(), re.M)
+    assert re.search(r"^flask-wtf==", (DEPLOY / "mlflow-requirements.txt").read_text(), re.M)
 
 
 def test_every_pod_with_mlflow_tracking_uri_signs_in_from_the_mlflow_client_secret():

@@ -735,3 +735,56 @@ def test_a_stalled_log_drops_and_counts_records_instead_of_growing(monkeypatch, 
     finally:
         os.close(read_end)  # the blocked write fails; the writer thread ends
         plog._closed = True
+
+
+# --- 4c. supply chain and CI secrets ----------------------------------------------------------------------------
+
+
+def _uv_lock_versions() -> dict[str, set[str]]:
+    """Every version uv.lock holds per package (it may hold several: one per Python-version fork)."""
+    import tomllib
+
+    versions: dict[str, set[str]] = {}
+    for package in tomllib.loads((ROOT / "uv.lock").read_text())["package"]:
+        if "version" in package:
+            versions.setdefault(bento_build.normalize(package["name"]), set()).add(package["version"])
+    return versions
+
+
+def test_the_mlflow_image_installs_only_hashed_pins_of_the_lock():
+    """Issue #25: the MLflow image ran ``uv pip install "mlflow[auth]==…" "psycopg2-binary>=2.9,<3" …``: no
+    lock, no hashes, whatever the index served that day. Now every package is pinned with its hashes, at
+    uv.lock's version, and installed with --require-hashes --no-deps."""
+    text = (ROOT / "deploy" / "mlflow-requirements.txt").read_text()
+    entries = re.findall(
+        r"^([A-Za-z0-9._-]+)==(\S+) \\\n((?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", text, re.M
+    )
+    requirement_lines = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    assert len(entries) == len(requirement_lines) > 50, requirement_lines[:5]
+    locked = _uv_lock_versions()
+    names = {bento_build.normalize(name): version for name, version, _ in entries}
+    assert {"mlflow", "flask-wtf", "psycopg2-binary", "google-cloud-storage"} <= set(names)
+    differing = {n: (v, locked[n]) for n, v in names.items() if n in locked and v not in locked[n]}
+    assert differing == {}
+    dockerfile = (ROOT / "deploy" / "Dockerfile.mlflow").read_text()
+    installs = re.findall(r"(?:pip|uv pip) install[^\n]*", dockerfile)
+    assert installs == [
+        "pip install --no-cache-dir --require-hashes --no-deps -r /tmp/mlflow-requirements.txt \\"
+    ]
+    assert f"ARG MLFLOW_VERSION={names['mlflow']}" in dockerfile
+
+
+def test_the_smoke_test_key_is_a_production_environment_secret():
+    """Issue #25: the smoke-test key was documented as a repository secret, readable by a workflow on any
+    branch. It is read only by the deploy job, which runs in the ``production`` environment, and the docs say to
+    store it there."""
+    import yaml
+
+    workflows = ROOT / ".github" / "workflows"
+    for path in workflows.glob("*.yml"):
+        for name, job in (yaml.safe_load(path.read_text()).get("jobs") or {}).items():
+            if "FARE_SERVICE_SMOKE_API_KEY" in json.dumps(job):
+                assert (path.name, job.get("environment")) == ("deploy.yml", "production"), (path.name, name)
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert "repository secret\n`FARE_SERVICE_SMOKE_API_KEY`" not in docs
+    assert re.search(r"`FARE_SERVICE_SMOKE_API_KEY`[^.]*environment secret of `production`", docs), "docs"

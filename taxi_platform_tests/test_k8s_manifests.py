@@ -66,7 +66,7 @@ def helm_values() -> dict[str, Any]:
 # -- kustomizations -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("app", ["fare-service", "mlflow"])
+@pytest.mark.parametrize("app", ["fare-service", "fare-canary", "mlflow"])
 def test_kustomization_lists_every_manifest_and_nothing_missing(app: str):
     directory = K8S / app
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
@@ -93,7 +93,7 @@ def test_everything_lives_in_the_apps_namespace(app: str):
 # -- every Deployment ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("app", ["fare-service", "mlflow"])
+@pytest.mark.parametrize("app", ["fare-service", "fare-canary", "mlflow"])
 def test_deployments_are_hardened_and_sized(app: str):
     deployment = one(manifests(app), "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -203,6 +203,186 @@ def test_fare_service_identity_matches_terraform():
         deployment["spec"]["template"]["spec"]["containers"][0]["name"]
         == defaults["fare_service_container_name"]
     )
+
+
+# -- the fare service's canary (deploy/k8s/fare-canary) and its weighted route ---------------------------
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and In/NotIn/Exists/DoesNotExist expressions; a Service's plain map) against
+    a pod's labels."""
+    if not selector.keys() <= {"matchLabels", "matchExpressions"}:
+        selector = {"matchLabels": selector}  # a Service's selector
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_fare_canary_is_one_deployment_and_its_service_in_the_fare_service_namespace():
+    docs = manifests("fare-canary")
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Deployment", "fare-service-canary"),
+        ("Service", "fare-service-canary"),
+    ]
+    assert {d["metadata"]["namespace"] for d in docs} == {"fare-service"}
+    assert one(manifests("fare-service"), "Namespace")["metadata"]["name"] == "fare-service"
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    # No HPA or PDB may target it (the weight, not the pod count, is its share of traffic).
+    for doc in all_k8s_docs():
+        if doc["kind"] == "HorizontalPodAutoscaler":
+            assert doc["spec"]["scaleTargetRef"]["name"] != "fare-service-canary"
+
+
+def test_canary_pod_spec_is_the_stable_one():
+    """Same image placeholder, hardening, probes, env, volumes, service account and container name (the
+    prediction-log sink's filter): only the labels differ, so the stable objects never select canary pods."""
+    stable = one(manifests("fare-service"), "Deployment")
+    canary = one(manifests("fare-canary"), "Deployment")
+    assert canary["metadata"]["annotations"] == stable["metadata"]["annotations"], "checkov skips differ"
+    assert {k: v for k, v in canary["spec"].items() if k not in ("replicas", "selector", "template")} == {
+        k: v for k, v in stable["spec"].items() if k not in ("selector", "template")
+    }
+    rename = {"app.kubernetes.io/name": "fare-service-canary"}
+    expected = yaml.safe_load(yaml.safe_dump(stable["spec"]["template"]["spec"]))
+    for constraint in expected.get("topologySpreadConstraints", []):
+        constraint["labelSelector"]["matchLabels"].update(rename)
+    assert canary["spec"]["template"]["spec"] == expected
+    assert pod_labels(canary) == {**pod_labels(stable), **rename, "taxi-platform/track": "canary"}
+
+
+def test_stable_and_canary_selectors_never_overlap():
+    stable_docs = manifests("fare-service")
+    canary_docs = manifests("fare-canary")
+    stable, canary = one(stable_docs, "Deployment"), one(canary_docs, "Deployment")
+    # A Deployment's selector is immutable: the stable one stays what the cluster already has.
+    assert stable["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/name": "fare-service"}}
+    assert matches(canary["spec"]["selector"], pod_labels(canary))
+    assert not matches(canary["spec"]["selector"], pod_labels(stable))
+    for doc in stable_docs:
+        selector = doc.get("spec", {}).get("selector")
+        if selector is not None:  # Deployment, Service, PDB
+            assert matches(selector, pod_labels(stable)), doc["kind"]
+            assert not matches(selector, pod_labels(canary)), f"the stable {doc['kind']} selects canary pods"
+    canary_service = one(canary_docs, "Service")
+    assert matches(canary_service["spec"]["selector"], pod_labels(canary))
+    assert not matches(canary_service["spec"]["selector"], pod_labels(stable))
+    assert canary_service["spec"]["type"] == "ClusterIP"
+    assert canary_service["spec"]["ports"] == one(stable_docs, "Service")["spec"]["ports"]
+
+
+def test_fare_service_network_policies_treat_canary_pods_like_stable_ones():
+    policies = [
+        d
+        for d in all_k8s_docs()
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "fare-service"
+    ]
+
+    def applying(labels: dict[str, str]) -> list[str]:
+        return sorted(p["metadata"]["name"] for p in policies if matches(p["spec"]["podSelector"], labels))
+
+    stable = applying(pod_labels(one(manifests("fare-service"), "Deployment")))
+    canary = applying(pod_labels(one(manifests("fare-canary"), "Deployment")))
+    assert stable == canary, f"stable pods get {stable}, canary pods {canary}"
+    assert "fare-service-http" in canary, "canary pods would be default-denied: no port 3000, no DNS"
+    # The selector helper itself: the http policy selects neither an unrelated pod nor a pod without labels.
+    assert applying({"app.kubernetes.io/name": "other"}) == applying({}) == ["default-deny"]
+
+
+def test_fare_api_route_splits_by_weight_between_the_stable_and_the_canary_service():
+    docs = all_k8s_docs()
+    (route,) = [d for d in docs if d["kind"] == "HTTPRoute" and d["metadata"]["namespace"] == "fare-service"]
+    assert route["metadata"]["name"] == "fare-service"
+    assert route["spec"]["parentRefs"] == [{"name": "fare-api", "namespace": "fare-service"}]
+    (rule,) = route["spec"]["rules"]
+    # Only the quote endpoints are public (not /metrics or the docs).
+    assert rule["matches"] == [
+        {"path": {"type": "Exact", "value": "/predict"}},
+        {"path": {"type": "Exact", "value": "/predict_batch"}},
+    ]
+    services = {
+        s["metadata"]["name"]: s
+        for s in (one(manifests("fare-service"), "Service"), one(manifests("fare-canary"), "Service"))
+    }
+    # The workflow's JSON patch addresses the weights by index: 0 stable, 1 canary (test_workflows checks it).
+    assert [(ref["name"], ref["weight"]) for ref in rule["backendRefs"]] == [
+        ("fare-service", 100),
+        ("fare-service-canary", 0),
+    ]
+    for ref in rule["backendRefs"]:
+        assert ref["port"] in [p["port"] for p in services[ref["name"]]["spec"]["ports"]]
+    # Health checks on /readyz for both backends; no IAP in front of the API-key protected fare API.
+    checks = {
+        d["spec"]["targetRef"]["name"]: d["spec"]["default"]["config"]["httpHealthCheck"]
+        for d in docs
+        if d["kind"] == "HealthCheckPolicy" and d["metadata"]["namespace"] == "fare-service"
+    }
+    assert checks == {name: {"requestPath": "/readyz", "port": 3000} for name in services}
+    assert not [
+        d for d in docs if d["kind"] == "GCPBackendPolicy" and d["metadata"]["namespace"] == "fare-service"
+    ]
+
+
+def deployer_allows(group: str, resource: str, verb: str, name: str, namespace: str = "fare-service") -> bool:
+    """Whether the deployer's Role in `namespace` (deploy/k8s/platform/deployer-rbac.yaml) allows the request."""
+    roles = [
+        d
+        for d in load_docs(K8S / "platform" / "deployer-rbac.yaml")
+        if d["kind"] == "Role" and d["metadata"]["namespace"] == namespace
+    ]
+    return any(
+        group in rule["apiGroups"]
+        and resource in rule["resources"]
+        and verb in rule["verbs"]
+        and (not rule.get("resourceNames") or name in rule["resourceNames"])
+        for role in roles
+        for rule in role["rules"]
+    )
+
+
+def test_deployer_may_remove_the_canary_and_shift_weights_but_nothing_more():
+    assert deployer_allows("apps", "deployments", "delete", "fare-service-canary")
+    assert not deployer_allows("apps", "deployments", "delete", "fare-service"), "it must never delete stable"
+    assert deployer_allows("gateway.networking.k8s.io", "httproutes", "patch", "fare-service")
+    assert deployer_allows("gateway.networking.k8s.io", "httproutes", "get", "fare-service")
+    for verb in ("create", "delete", "update"):
+        assert not deployer_allows("gateway.networking.k8s.io", "httproutes", verb, "fare-service")
+    assert not deployer_allows("gateway.networking.k8s.io", "httproutes", "patch", "other-route")
+    for resource in ("gateways", "gatewayclasses", "referencegrants"):
+        assert not deployer_allows("gateway.networking.k8s.io", resource, "patch", "fare-api")
+    assert not deployer_allows("networking.gke.io", "healthcheckpolicies", "patch", "fare-service-health")
+    assert not deployer_allows(
+        "gateway.networking.k8s.io", "httproutes", "patch", "mlflow", namespace="mlflow"
+    )
+
+
+def test_render_fills_the_canary_manifests_and_its_service_needs_no_rendering():
+    kustomized = yaml.safe_dump_all(manifests("fare-canary"), width=10**6)
+    image = "us-east4-docker.pkg.dev/proj-1/taxi-platform/fare-service:x7k2mqa4@sha256:" + "a" * 64
+    result = render(kustomized, FARE_SERVICE_IMAGE=image, **RENDER_ENV)
+    assert result.returncode == 0, result.stderr
+    deployment = next(d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    result = render(kustomized, **RENDER_ENV)
+    assert result.returncode != 0 and "FARE_SERVICE_IMAGE" in result.stderr and result.stdout == ""
+    # deploy.yml applies the canary Service file as it is (the route's second backend from the first deploy on).
+    service = (K8S / "fare-canary" / "service.yaml").read_text()
+    result = render(service)
+    assert result.returncode == 0 and yaml.safe_load(result.stdout) == yaml.safe_load(service), result.stderr
 
 
 # -- MLflow ---------------------------------------------------------------------------------------
@@ -502,15 +682,31 @@ def test_dagster_ui_and_mlflow_only_behind_iap_no_load_balancer_services():
         for rule in d["spec"]["rules"]
         for ref in rule["backendRefs"]
     }
-    assert routes == {("dagster", "dagster-dagster-webserver", webserver["port"]), ("mlflow", "mlflow", 5000)}
+    # The public fare API (API keys, no IAP) has its own Gateway; every other routed backend is a tool for people.
+    tools = {r for r in routes if r[0] != "fare-service"}
+    assert tools == {("dagster", "dagster-dagster-webserver", webserver["port"]), ("mlflow", "mlflow", 5000)}
+    assert routes - tools == {
+        ("fare-service", "fare-service", 3000),
+        ("fare-service", "fare-service-canary", 3000),
+    }
     iap = {
         (d["metadata"]["namespace"], d["spec"]["targetRef"]["name"])
         for d in docs
         if d["kind"] == "GCPBackendPolicy" and d["spec"]["default"]["iap"]["enabled"] is True
     }
-    assert {(ns, name) for ns, name, _ in routes} <= iap, "every routed backend needs IAP"
-    (gateway,) = [d for d in docs if d["kind"] == "Gateway"]
-    assert {listener["protocol"] for listener in gateway["spec"]["listeners"]} == {"HTTPS"}
+    assert {(ns, name) for ns, name, _ in tools} <= iap, "every routed tool backend needs IAP"
+    gateways = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Gateway"}
+    assert set(gateways) == {"tools", "fare-api"}
+    for gateway in gateways.values():
+        assert {listener["protocol"] for listener in gateway["spec"]["listeners"]} == {"HTTPS"}
+    # The tools Gateway admits no route from the fare-service namespace, the fare API's none from elsewhere.
+    (tools_listener,) = gateways["tools"]["spec"]["listeners"]
+    (expression,) = tools_listener["allowedRoutes"]["namespaces"]["selector"]["matchExpressions"]
+    assert "fare-service" not in expression["values"]
+    assert all(
+        listener["allowedRoutes"]["namespaces"]["from"] == "Same"
+        for listener in gateways["fare-api"]["spec"]["listeners"]
+    )
     tf = (REPO / "terraform" / "iam.tf").read_text()
     assert "roles/iap.httpsResourceAccessor" in tf and "var.iap_members" in tf
 

@@ -96,7 +96,8 @@ def test_a_contract_violation_blocks_the_downstream_assets(lake, env):  # noqa: 
     assert "fare_model" not in {
         e.node_name for e in result.all_node_events if e.event_type_value == "STEP_SUCCESS"
     }
-    client = MlflowClient()
+    uri = MlflowResource().resolved_uri()  # the store the run used (not whatever another test set globally)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.search_registered_models(filter_string=f"name = '{MODEL_NAME}'") == []
 
 
@@ -108,7 +109,9 @@ def test_with_data_that_keeps_the_contract_the_model_trains_and_records_the_vers
     (mat,) = result.asset_materializations_for_node("fare_model")
     assert mat.metadata["contract_version"].value == TRIP_FEATURES.tag
     version = mat.metadata["model_version"].value
-    assert MlflowClient().get_model_version(MODEL_NAME, version).tags["contract"] == "trip_features/1"
+    uri = MlflowResource().resolved_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_model_version(MODEL_NAME, version).tags["contract"] == "trip_features/1"
 
 
 def test_the_model_refuses_features_of_another_contract_version(lake, env):  # noqa: F811

@@ -71,7 +71,8 @@ def test_demo_runs_every_stage_and_reports_real_figures(tmp_path):
 
     # Models for the two later months, each registered, and the summary's MAE figures are the logged ones.
     assert set(report["model"]) == {"2024-02", "2024-03"}
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}")
+    store = f"sqlite:///{data_dir / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry another test pinned
     champion = client.get_model_version_by_alias("taxi_fare_model", "champion")
     versions = {m["model_version"] for m in report["model"].values()}
     assert {str(v) for v in versions} == {

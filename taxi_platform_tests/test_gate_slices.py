@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from taxi_platform.lib.gate_slices import compare, decode, encode, slice_maes, slice_masks
 from taxi_platform.lib.registry import KEPT, PROMOTED, LakeEvaluation, gate_challenger, mae_of, slices_tag
 from taxi_platform.lib.zones import load_zone_table
+from taxi_platform_tests.support.mlflow_globals import mlflow_store
 from taxi_platform_tests.test_training import write_feature_months
 
 MONTHS = ("2024-03", "2024-04", "2024-05", "2024-06")
@@ -70,18 +71,14 @@ def store(tmp_path_factory, lake):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("slices", artifact_location=(root / "artifacts").as_uri())
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     models = {"champion": pair_median(lake, MONTHS[:2], 1.1, 1.1), "challenger": pair_median(lake, MONTHS[:3], 1.0, 1.2),
               "fair": pair_median(lake, MONTHS[:3])}  # fmt: skip
     uris = {}
-    with mlflow.start_run(experiment_id=experiment):
+    with mlflow_store(uri), mlflow.start_run(experiment_id=experiment):
         for key, model in models.items():
             uris[key] = mlflow.pyfunc.log_model(name=key, python_model=model, pip_requirements=[]).model_uri
-    yield {"client": client, "uris": uris}
-    mlflow.set_tracking_uri(previous[0])
-    mlflow.set_registry_uri(previous[1])
+    with mlflow_store(uri):  # register_model and models:/ loads resolve through the global URIs
+        yield {"client": client, "uris": uris}
 
 
 _names = itertools.count()

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
 from taxi_platform.settings import MODEL_NAME
 
 _REGISTER = """
@@ -32,20 +30,21 @@ for model, aliases in models:
 
 def champion_model(champion: Any, min_fare: float | None = None) -> Any:
     """The sample champion's model as today's ``FareQuoteModel`` (optionally with another minimum fare)."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
     from taxi_platform.fare_model.features import ZoneTable
     from taxi_platform.fare_model.intervals import FareIntervals
     from taxi_platform.fare_model.pair_stats import PairStats
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lib.model_loading import load_version
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(champion.tracking_uri)
-    mlflow.set_registry_uri(champion.tracking_uri)
-    try:
-        inner = load_version(champion.uri).unwrap_python_model()
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    # No mlflow.set_*_uri: those pin process-wide state (and MLFLOW_* variables) that later tests would inherit.
+    client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    source = client.get_model_version_download_uri(MODEL_NAME, version)
+    inner = load_version(download_artifacts(artifact_uri=source, tracking_uri=champion.tracking_uri))
+    inner = inner.unwrap_python_model()
     intervals = None if inner.intervals is None else FareIntervals.from_state(inner.intervals.to_state())
     return FareQuoteModel(inner.estimator, PairStats.from_state(inner.pair_stats.to_state()),
                           ZoneTable.from_state(inner.zones.to_state()), inner.family, inner.info,

@@ -52,6 +52,7 @@ from taxi_platform.lib.registry import (
     CHAMPION,
     NoChampionError,
     RegisteredVersion,
+    aliased_version,
     champion_version,
 )
 from taxi_platform.settings import MODEL_NAME
@@ -130,6 +131,11 @@ def champion_info(tracking_uri: str, name: str = MODEL_NAME) -> Champion:
             f"no {name}@{CHAMPION} in the MLflow registry at {tracking_uri}: materialise the `fare_model` asset "
             f"(or run `taxi-platform demo`) so a model version is registered and promoted first ({exc})"
         ) from None
+    return _as_champion(registered)
+
+
+def _as_champion(registered: RegisteredVersion) -> Champion:
+    """A registry version with the Bento store's names."""
     return Champion(**{**asdict(registered), "run_id": registered.run_id or "norun"})
 
 
@@ -626,18 +632,15 @@ def build_champion_bento(
 
 def shadow_challenger(tracking_uri: str, champion: Champion, name: str = MODEL_NAME) -> Champion | None:
     """The version behind ``name@challenger`` when it is not the champion and no check failed, else None."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(name, CHALLENGER)
+        registered = aliased_version(tracking_uri, CHALLENGER, name)
     except MlflowException:
         return None
-    if str(mv.version) == champion.version or (mv.tags or {}).get("checks_failed"):
+    if registered is None or registered.version == champion.version or registered.tags.get("checks_failed"):
         return None
-    return Champion(name=str(mv.name), version=str(mv.version), run_id=str(mv.run_id or "norun"),
-                    source=str(mv.source), tags=dict(mv.tags or {}))  # fmt: skip
+    return _as_champion(registered)
 
 
 def _import_model_main(tag: str, uri: str, labels_json: str) -> int:

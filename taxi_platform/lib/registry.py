@@ -511,10 +511,15 @@ def ensure_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 
 def current_champion(client, model_name: str):
     """The ``ModelVersion`` holding the champion alias, or None if there is none (or no model yet)."""
+    return version_by_alias(client, model_name, CHAMPION)
+
+
+def version_by_alias(client, model_name: str, alias: str):
+    """The ``ModelVersion`` holding ``alias``, or None if there is none (or no model yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
+        return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") in (
             "RESOURCE_DOES_NOT_EXIST",
@@ -760,6 +765,13 @@ def _no_champion(model_name: str, tracking_uri: str) -> NoChampionError:
         f"no champion registered yet ({model_name}@{CHAMPION} is not in the MLflow registry at {tracking_uri}): "
         "materialise fare_model first (or run `taxi-platform demo`) so a version is registered and promoted"
     )
+
+
+def aliased_version(tracking_uri: str, alias: str, model_name: str = MODEL_NAME) -> RegisteredVersion | None:
+    """The version holding ``alias`` (e.g. ``challenger``), or None when no version holds it."""
+    client = _client(tracking_uri)
+    mv = version_by_alias(client, model_name, alias)
+    return None if mv is None else _registered(client, mv)
 
 
 def champion_version(tracking_uri: str, model_name: str = MODEL_NAME) -> RegisteredVersion:

@@ -32,7 +32,6 @@ from taxi_platform.lib.model_package import (
     CODE_TAG,
     FEATURES_TAG,
     PROBE_ARTIFACT,
-    SHIPPED_PREFIX,
     STATE_TAG,
     TRAINING_TAG,
 )
@@ -180,15 +179,6 @@ def built_with(path: Path) -> dict[str, str]:
     """What a version records of the code it was built with (empty for versions logged before it was kept)."""
     meta = _flavor(path)["metadata"]
     return {k: str(meta[k]) for k in (CODE_TAG, FEATURES_TAG, TRAINING_TAG, STATE_TAG) if k in meta}
-
-
-def shipped_package(path: Path) -> str | None:
-    """The name the version's code is shipped under (``None`` for a legacy version)."""
-    code = _flavor(path).get("code")
-    names = (
-        sorted(p.name for p in (path / code).iterdir() if p.name.startswith(SHIPPED_PREFIX)) if code else []
-    )
-    return names[0] if names else None
 
 
 def verify_version(loaded: Any, model_uri: str, label: str = "") -> dict[str, Any]:

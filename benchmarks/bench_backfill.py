@@ -368,11 +368,11 @@ def launch_delay(option: str, seed: int, repeat: int) -> float:
 
 def run_once(args: argparse.Namespace, repeat: int = 0) -> dict:
 
+    from taxi_platform.core.months import month_range, parse_month, shift_month
     from taxi_platform.devtools.instance import ensure_dagster_home
     from taxi_platform.devtools.loopback import free_port
     from taxi_platform.devtools.mirror import MirrorServer
     from taxi_platform.devtools.sample import write_sample_mirror
-    from taxi_platform.lib.months import month_range, parse_month, shift_month
 
     first = parse_month(args.first_month, "--first-month")
     months = list(month_range(first, shift_month(first, args.months - 1)))

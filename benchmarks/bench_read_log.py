@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 def probe(directory: str, month: str, traced: bool) -> dict:
     import tracemalloc
 
-    from taxi_platform.lib.prediction_log_reader import read_log
+    from taxi_platform.monitoring.prediction_log_reader import read_log
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if traced:

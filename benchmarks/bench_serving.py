@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from taxi_platform.core.settings import load_settings
 from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.quotes import KNOWN_ZONES
-from taxi_platform.settings import load_settings
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.quotes import KNOWN_ZONES
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"single_rps_ratio": 5.0, "single_p99_ms": 20.0, "batch_predictions_per_s": 150_000}

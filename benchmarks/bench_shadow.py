@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_serving as bs  # noqa: E402
 
 from taxi_platform.devtools.loopback import free_port  # noqa: E402
-from taxi_platform.lib import bento_build  # noqa: E402
+from taxi_platform.serving import bento_build  # noqa: E402
 
 
 def _registry(work: Path) -> str:

@@ -312,9 +312,9 @@ def scenario_transform(work: Path, rows: int, repeat: int, timeout: float, libra
 
 
 def _sample_setup(work: Path, months: list[str], rows: int, stack: ExitStack, timeout: float) -> Setup:
+    from taxi_platform.core.months import parse_month
     from taxi_platform.devtools.mirror import MirrorServer
     from taxi_platform.devtools.sample import write_sample_mirror
-    from taxi_platform.lib.months import parse_month
 
     mirror_root = work / "sample-mirror"
     write_sample_mirror(
@@ -339,8 +339,8 @@ def scenario_drift_big(setup: Setup, work: Path, after: str, rows: int, repeat: 
     """``drift_report`` on a ``rows``-row yellow month (the month after the sample months, so the sample champion
     scores it): the month is added to the running sample mirror (gen_month's yellow file, a small green one),
     ingested once, then reported ``repeat`` times."""
+    from taxi_platform.core.months import shift_month
     from taxi_platform.devtools.sample import write_sample_mirror
-    from taxi_platform.lib.months import shift_month
 
     month = shift_month(after, 1)
     mirror_root = work / "sample-mirror"
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from taxi_platform.lib.months import parse_month_labels
+    from taxi_platform.core.months import parse_month_labels
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(scenarios) - set(SCENARIOS))

@@ -1,7 +1,7 @@
 """Benchmark: walk-forward training of the fare model on yellow-sized months.
 
 Generates synthetic TLC months (``devtools/sample.py``), runs them through the platform's own cleaning and feature
-code (``lib/transform.py``) into a throw-away lake, then trains with the ``fare_model`` asset's default config
+code (``transform/transform.py``) into a throw-away lake, then trains with the ``fare_model`` asset's default config
 on a 3-month window and scores the next month. Prints training wall time, peak RSS, and MAE of the boosted
 model, the linear baseline and the naive per-pair median. Training runs ``--repeat`` times (default 5), each in a
 fresh process; the median wall time is reported with min-max, and the load average with each run.
@@ -33,10 +33,10 @@ from datetime import date
 from pathlib import Path
 
 from taxi_platform.devtools.sample import generate_month, write_trip_file
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.training import TrainConfig, train_window
-from taxi_platform.lib.transform import build_features, clean_month
-from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.lake.lake import Lake
+from taxi_platform.model.training import TrainConfig, train_window
+from taxi_platform.transform.transform import build_features, clean_month
 
 MONTHS = (date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date(2024, 4, 1))  # 3 train + 1 validation
 

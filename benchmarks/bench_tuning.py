@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_training import MONTHS, build_lake  # noqa: E402
 
-from taxi_platform.lib.training import TrainConfig, train_window  # noqa: E402
-from taxi_platform.lib.tuning import TuningConfig, search  # noqa: E402
-from taxi_platform.lib.zones import load_zone_table  # noqa: E402
+from taxi_platform.ingest.zones import load_zone_table  # noqa: E402
+from taxi_platform.model.training import TrainConfig, train_window  # noqa: E402
+from taxi_platform.model.tuning import TuningConfig, search  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,12 @@ Endpoints:
   (Swagger UI over that spec) — BentoML's own.
 
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
-lives in :mod:`taxi_platform.lib.quotes`; a batch lists at most 20 errors and a count). Bodies over
+lives in :mod:`taxi_platform.serving.quotes`; a batch lists at most 20 errors and a count). Bodies over
 :data:`MAX_BODY_BYTES` (sized to the largest batch: 10,000 quotes of up to 256 bytes) get 413, non-JSON content
 types 415, bodies without a ``Content-Length`` (chunked uploads) 411; a batch's length is checked before any
 quote is validated.
 
-The edge (:mod:`taxi_platform.lib.http_edge`): a path the service does not route is answered 404 before BentoML's
+The edge (:mod:`taxi_platform.serving.http_edge`): a path the service does not route is answered 404 before BentoML's
 metrics middleware (which would label a series with the raw path) and counted under one series; JSON nested too
 deep to parse is a 400; a connection must send its request head within 5 s of connecting (or of the head's first
 byte), its body within 20 s of the head, and may idle 5 s between requests, else it is closed; a client that
@@ -33,11 +33,11 @@ Built for speed on small machines:
 - ``async`` endpoints that price in the event loop (no thread hop), through the model's numpy fast path
   ``FareQuoteModel.predict_quotes`` on arrays — no pandas DataFrame per request;
 - a batch of plain quotes is validated a column at a time and never becomes ``Quote`` objects
-  (:func:`taxi_platform.lib.quotes.check_batch`): its columns go straight to the model and the prediction log;
+  (:func:`taxi_platform.serving.quotes.check_batch`): its columns go straight to the model and the prediction log;
 - concurrent single quotes that arrive in the same event-loop turn are priced together in one model call
   (:class:`QuoteBatcher`; an idle server adds no wait, a busy one amortises the per-call model overhead);
 - prediction logging is a queue put; a background thread writes the JSON lines
-  (:mod:`taxi_platform.lib.prediction_log`);
+  (:mod:`taxi_platform.serving.prediction_log`);
 - OpenMP is limited to one thread per worker (scale with workers, not threads); access logs and trace spans
   of the prediction routes are off;
 - after loading, the worker's objects are frozen out of the garbage collector (``gc.freeze``): full
@@ -70,14 +70,15 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
+from taxi_platform.core.settings import MODEL_NAME, load_settings
 from taxi_platform.fare_model.features import SERVICES
+from taxi_platform.model.model_loading import load_version
 
-# The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.lib.model_loading), never
+# The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.model.model_loading), never
 # these modules: they only validate requests and log quotes.
-from taxi_platform.lib.http_edge import guard_routes, install_connection_timeouts, loads_bounded
-from taxi_platform.lib.model_loading import load_version
-from taxi_platform.lib.prediction_log import PredictionLog, file_sink_directory, sinks_from_env
-from taxi_platform.lib.quotes import (
+from taxi_platform.serving.http_edge import guard_routes, install_connection_timeouts, loads_bounded
+from taxi_platform.serving.prediction_log import PredictionLog, file_sink_directory, sinks_from_env
+from taxi_platform.serving.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
     MAX_BATCH_SIZE,
@@ -90,8 +91,7 @@ from taxi_platform.lib.quotes import (
     quotes_to_columns,
     round_fares,
 )
-from taxi_platform.lib.shadow import ShadowPricer
-from taxi_platform.settings import MODEL_NAME, load_settings
+from taxi_platform.serving.shadow import ShadowPricer
 
 ARGS = bentoml.use_arguments()
 MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
@@ -487,7 +487,7 @@ class FareService:
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
         """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``.
 
-        The body is validated by :func:`taxi_platform.lib.quotes.check_batch` (see ``_CheckedBatchInput``):
+        The body is validated by :func:`taxi_platform.serving.quotes.check_batch` (see ``_CheckedBatchInput``):
         length first, at most 20 errors listed."""
         quotes = batch.quotes
         check_services(quotes, self.services, batch=True)
@@ -535,6 +535,6 @@ class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type:
 FareService.apis["predict_batch"].input_spec = _CheckedBatchInput
 FareService.add_asgi_middleware(GuardMiddleware)
 # Unknown paths are answered 404 outside BentoML's metrics middleware (one series, whatever the path), and
-# connections get head and body deadlines (taxi_platform.lib.http_edge).
+# connections get head and body deadlines (taxi_platform.serving.http_edge).
 guard_routes(FareService, UNKNOWN_ROUTES.inc)
 install_connection_timeouts()

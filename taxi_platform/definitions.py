@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import dagster as dg
 
-from taxi_platform.lib.package_files import runtime_file
+from taxi_platform.core.package_files import runtime_file
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import pytest
 
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
 
 # One month per TLC schema era (pre-2023-02, 2023-02+, 2025-01+), plus consecutive 2024 months.
 MIRROR_MONTHS = [

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.fare_model.features import QUOTE_COLUMNS, QuoteError
-from taxi_platform.lib.batch_score import (
+from taxi_platform.serving.batch_score import (
     ScoreInputError,
     check_chunk,
     open_input,
     rejects_path_for,
 )
-from taxi_platform.lib.quotes import parse_quote
+from taxi_platform.serving.quotes import parse_quote
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
 CLI = [sys.executable, "-m", "taxi_platform.cli", "score"]
@@ -257,7 +257,7 @@ def test_score_prices_every_good_row_and_rejects_bad_ones_with_reasons(tmp_path,
     assert (low <= fare).all() and (fare <= high).all() and (fare >= 3.0).all()
 
     # the fares are the registered version's own, in dollars and cents
-    from taxi_platform.lib.batch_score import load_pricer
+    from taxi_platform.serving.batch_score import load_pricer
 
     pricer = load_pricer(champion.tracking_uri, champion.version)
     good = [rows[i] for i in good_rows]
@@ -309,7 +309,7 @@ def test_scheduled_quotes_prices_a_lake_month_of_quote_requests_the_same_way(tmp
 
     from taxi_platform.defs.resources import LakeResource, MlflowResource
     from taxi_platform.defs.scheduled_quotes import scheduled_quotes
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     rows, bad_rows = _quotes(1500, seed=5)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.canary import Limits, ServiceProbe, judge, ks_statistic, probe_quotes
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.canary import Limits, ServiceProbe, judge, ks_statistic, probe_quotes
 from taxi_platform_tests.support.registries import champion_model, register
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server

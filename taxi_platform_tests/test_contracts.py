@@ -11,11 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.model import fare_model
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.defs.transform import cleaned_trips, trip_features
-from taxi_platform.lib.contracts import CONTRACT_KEY, CONTRACTS, TRIP_FEATURES, stamped_versions, validate
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.transform.contracts import (
+    CONTRACT_KEY,
+    CONTRACTS,
+    TRIP_FEATURES,
+    stamped_versions,
+    validate,
+)
 from taxi_platform_tests.test_model_asset import SMALL_CONFIG, env  # noqa: F401  (fixture)
 from taxi_platform_tests.test_training import write_feature_months
 

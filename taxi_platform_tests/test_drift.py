@@ -1,4 +1,4 @@
-"""Drift and quality report logic (lib/drift.py, lib/trend.py) on synthetic months, without Dagster or MLflow.
+"""Drift and quality report logic (monitoring/drift.py, monitoring/trend.py) on synthetic months, without Dagster or MLflow.
 
 The lake holds ``trip_features`` built by the platform's own transform from ``generate_month``: two training
 months, a validation month, a stable month and a month with a 40 % fare increase. A real fare model is fitted
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from taxi_platform.fare_model.features import FEATURE_COLUMNS
-from taxi_platform.lib import drift
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
+from taxi_platform.monitoring import drift
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator
@@ -38,8 +38,8 @@ def build_feature_lake(
 ):
     """``trip_features`` for ``months`` via the platform's transform; fares × 1.4 from ``fare_increase_from`` on."""
     from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
-    from taxi_platform.lib.transform import build_features, clean_month
-    from taxi_platform.lib.zones import load_zone_table
+    from taxi_platform.ingest.zones import load_zone_table
+    from taxi_platform.transform.transform import build_features, clean_month
 
     rows = rows or ROWS
     profile = (
@@ -71,8 +71,8 @@ def build_feature_lake(
 def fit_model(lake: Lake):
     """The trainer's linear family on TRAIN, validated on VALIDATION: ``(model, validation_mae)``."""
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.lib.training import TrainConfig, train_window
-    from taxi_platform.lib.zones import load_zone_table
+    from taxi_platform.ingest.zones import load_zone_table
+    from taxi_platform.model.training import TrainConfig, train_window
 
     zones = load_zone_table()
     result = train_window(
@@ -271,7 +271,7 @@ def test_drift_share_threshold_is_configurable(fare_up):
 
 
 def test_quality_figures_match_evidently_and_the_trainer(fare_up, setup):
-    from taxi_platform.lib.training import regression_metrics
+    from taxi_platform.model.training import regression_metrics
 
     summary, _ = fare_up
     current = _current(setup, FARE_UP)
@@ -452,7 +452,7 @@ def test_config_rejects_nonsense():
 
 # -- trend -------------------------------------------------------------------------------------------------
 def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, tmp_path):
-    from taxi_platform.lib import trend
+    from taxi_platform.monitoring import trend
 
     lake = Lake(str(tmp_path / "lake"))
     for (summary, snapshot), version in ((stable, "3"), (fare_up, "3")):
@@ -495,7 +495,7 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
 
 # -- a gs:// lake (GCS emulator) ---------------------------------------------------------------------------
 def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_root):
-    from taxi_platform.lib import trend
+    from taxi_platform.monitoring import trend
 
     local: Lake = setup["lake"]
     remote = Lake(gcs_lake_root)
@@ -560,7 +560,7 @@ def test_range_coverage_and_its_check_by_hand():
 
 
 def test_trend_reads_coverage_from_reports():
-    from taxi_platform.lib.trend import history_rows, plot_trend, point_from_report
+    from taxi_platform.monitoring.trend import history_rows, plot_trend, point_from_report
 
     doc = {
         "month": "2024-04",

@@ -1,13 +1,13 @@
 """The drift report's HTML in a real browser: headless Chromium (Playwright) opens ``report.html`` as written by
-:func:`taxi_platform.lib.drift.write_report` and finds every section on screen (data drift with its per-column
+:func:`taxi_platform.monitoring.drift.write_report` and finds every section on screen (data drift with its per-column
 table, regression quality, the test results), with no page errors. The HTML is self-contained: no network."""
 
 from __future__ import annotations
 
 import pytest
 
-from taxi_platform.lib import drift
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
+from taxi_platform.monitoring import drift
 from taxi_platform_tests.support.system_binaries import CHROMIUM, require
 from taxi_platform_tests.test_drift import STABLE, TRAIN, report_frames
 

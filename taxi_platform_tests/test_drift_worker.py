@@ -1,4 +1,4 @@
-"""The Evidently worker process (lib/drift_worker.py): the same figures and HTML as an in-process report, errors
+"""The Evidently worker process (monitoring/drift_worker.py): the same figures and HTML as an in-process report, errors
 that say what went wrong, and a child that ends with its parent's session."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib import drift
-from taxi_platform.lib.drift_worker import DriftWorkerError, EvidentlyWorker
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
+from taxi_platform.monitoring import drift
+from taxi_platform.monitoring.drift_worker import DriftWorkerError, EvidentlyWorker
 from taxi_platform_tests.test_drift import STABLE, TRAIN, report_frames
 
 CONFIG = drift.DriftConfig(reference_rows=1500, current_rows=1500)
@@ -138,7 +138,7 @@ def test_write_report_publishes_the_worker_snapshot(frames, tmp_path):
 
 FORKED_WORKER = """
 import pickle, sys
-from taxi_platform.lib.drift_worker import EvidentlyWorker
+from taxi_platform.monitoring.drift_worker import EvidentlyWorker
 current, reference, validation_mae, config, month, html = pickle.load(open(sys.argv[1], "rb"))
 with EvidentlyWorker() as worker:
     summary, snapshot = worker.run_report(
@@ -157,7 +157,7 @@ def test_a_process_without_scikit_learn_forks_the_worker_with_the_same_figures(f
     import subprocess
     import sys
 
-    from taxi_platform.lib.drift_worker import fork_is_safe
+    from taxi_platform.monitoring.drift_worker import fork_is_safe
 
     current, reference, validation_mae = frames
     assert "sklearn" in sys.modules and not fork_is_safe()
@@ -188,7 +188,7 @@ def test_the_start_method_is_checked():
 def test_the_reporter_forks_a_worker_only_where_that_saves_time(tmp_path):
     """This process has scikit-learn loaded (a fork is unsafe), so the reporter runs Evidently in process: a fresh
     interpreter would import for longer than Evidently takes here. Asked for a worker, it still starts one."""
-    from taxi_platform.lib.drift_session import DriftReporter
+    from taxi_platform.monitoring.drift_session import DriftReporter
 
     lake = Lake(str(tmp_path / "lake"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib.lake import Lake, spill_directory
+from taxi_platform.lake.lake import Lake, spill_directory
 
 _SPILL_SCRIPT = r"""
 import json, os, sys, threading, time
 from pathlib import Path
 
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
 
 lake_root, rows = sys.argv[1], int(sys.argv[2])
 temp_root = Path(os.environ["TAXI_DATA_DIR"]) / "duckdb_tmp"
@@ -127,7 +127,7 @@ def test_connect_takes_the_temp_directory_and_memory_limit_from_settings(tmp_pat
 
 
 def test_bad_memory_limit_names_the_variable(tmp_path, monkeypatch):
-    from taxi_platform.settings import SettingsError
+    from taxi_platform.core.settings import SettingsError
 
     monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TAXI_DUCKDB_MEMORY_LIMIT", "lots")

@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 import yaml
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import MlflowResource
 from taxi_platform.defs.serving import AFTER_FARE_MODEL, BentoStoreResource, fare_service
-from taxi_platform.lib import bento_build
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.serving import bento_build
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - module-scoped fixture
 from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess
 

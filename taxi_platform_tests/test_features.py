@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from taxi_platform.fare_model.features import FEATURE_COLUMNS, compute_feature_arrays
-from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.ingest.zones import load_zone_table
 
 QUOTES = {
     "pickup_datetime": ["2024-03-04T17:30:00", "2024-03-09T02:10:00"],  # Monday rush hour, Saturday night

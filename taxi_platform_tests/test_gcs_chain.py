@@ -9,7 +9,7 @@ import pytest
 from taxi_platform.defs.ingest import raw_trips, taxi_zones
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.defs.transform import cleaned_trips, trip_features
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator

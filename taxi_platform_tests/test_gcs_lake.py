@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.lib.gcs import (
+from taxi_platform.lake.gcs import (
     GCSConfigError,
     filesystem_for,
     gcs_client_for,
     gcs_settings,
     split_gcs_url,
 )
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import gcs_emulator as emulator
 from taxi_platform_tests.support.gcs_emulator import GCSEmulator
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.image_ref import PINNED_IMAGE_ERE, ImageRefError, require_pinned_image
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.image_ref import PINNED_IMAGE_ERE, ImageRefError, require_pinned_image
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator

@@ -1,5 +1,5 @@
-"""The code's layout rules: pipeline code never imports the dev tools, lib/ never imports Dagster, and the
-README's layout table names paths that exist."""
+"""The code's layout rules: domain packages in one order, each importing only the packages below it; pipeline
+code never imports the dev tools; only defs/ imports Dagster; the README's layout table names paths that exist."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "taxi_platform"
+# Bottom to top: a package imports only packages before it. fare_model is the floor because every registered
+# version ships it whole (it imports only itself); core reads its constants (services, boroughs).
+LAYERS = (
+    "fare_model",
+    "core",
+    "lake",
+    "ingest",
+    "transform",
+    "model",
+    "serving",
+    "monitoring",
+    "devtools",
+    "defs",
+    "definitions",
+    "commands",
+    "cli",
+)
+DOMAIN = LAYERS[: LAYERS.index("devtools")]  # pure logic, no Dagster
 
 
 def _imports(path: Path) -> set[str]:
@@ -26,21 +44,58 @@ def _imports(path: Path) -> set[str]:
 
 
 def _pipeline_modules() -> list[Path]:
-    files = [*sorted((PACKAGE / "lib").rglob("*.py")), *sorted((PACKAGE / "defs").rglob("*.py"))]
-    files += [PACKAGE / "definitions.py", PACKAGE / "settings.py", ROOT / "bento" / "service.py"]
-    return files
+    files = [f for pkg in (*DOMAIN, "defs") for f in sorted((PACKAGE / pkg).rglob("*.py"))]
+    return [*files, PACKAGE / "definitions.py", ROOT / "bento" / "service.py"]
 
 
 @pytest.mark.parametrize("path", _pipeline_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_pipeline_code_never_imports_devtools(path: Path):
     devtools = sorted(name for name in _imports(path) if name.startswith("taxi_platform.devtools"))
-    assert not devtools, f"{path.relative_to(ROOT)} imports dev tools {devtools}: move what it needs to lib/"
+    assert not devtools, (
+        f"{path.relative_to(ROOT)} imports dev tools {devtools}: move what it needs to its package"
+    )
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "lib").rglob("*.py")), ids=lambda p: p.name)
-def test_lib_is_free_of_dagster(path: Path):
+def _domain_modules() -> list[Path]:
+    return [f for pkg in DOMAIN for f in sorted((PACKAGE / pkg).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", _domain_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_domain_packages_are_free_of_dagster(path: Path):
     dagster = sorted(n for n in _imports(path) if n == "dagster" or n.startswith(("dagster.", "dagster_")))
     assert not dagster, f"{path.relative_to(ROOT)} imports {dagster}: Dagster wiring belongs in defs/"
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert packages | modules == set(LAYERS), f"not in LAYERS: {sorted((packages | modules) - set(LAYERS))}"
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "taxi_platform" and len(parts) > 1 and parts[1] in LAYERS else None
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_only_downwards(path: Path):
+    """Every import, lazy ones included, names a package at or below the importer's layer."""
+    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    if own not in LAYERS:
+        return
+    upward = sorted(
+        name for name in _imports(path) if (dep := _layer(name)) and LAYERS.index(dep) > LAYERS.index(own)
+    )
+    assert not upward, f"{path.relative_to(ROOT)} ({own}) imports from later packages: {upward}"
+
+
+def test_fare_model_imports_only_itself():
+    """A registered version runs the fare_model folder it shipped with: it may not reach into the platform."""
+    for path in sorted((PACKAGE / "fare_model").rglob("*.py")):
+        outside = sorted(n for n in _imports(path) if n.startswith("taxi_platform"))
+        assert not outside, (
+            f"{path.relative_to(ROOT)} imports {outside}: use relative imports inside fare_model"
+        )
 
 
 def test_readme_layout_table_matches_the_tree():
@@ -109,7 +164,7 @@ def test_assets_carry_owners_domain_code_version_and_source_links():
     "path", sorted((PACKAGE / "defs").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
 )
 def test_defs_modules_hold_only_dagster_wiring(path: Path):
-    """A function in defs/ touches Dagster (dg, a context, an instance or a resource); the rest belongs in lib/."""
+    """A function in defs/ touches Dagster (dg, a context, an instance or a resource); the rest belongs in its domain package."""
     source = path.read_text()
     tree = ast.parse(source)
     bodies = {
@@ -129,5 +184,5 @@ def test_defs_modules_hold_only_dagster_wiring(path: Path):
         grew = bool(more)
     pure = sorted(set(bodies) - wiring)
     assert not pure, (
-        f"{path.relative_to(ROOT)} holds logic that runs without Dagster: {pure} (move it to lib/)"
+        f"{path.relative_to(ROOT)} holds logic that runs without Dagster: {pure} (move it to its domain package)"
     )

@@ -23,8 +23,8 @@ import pytest
 
 import taxi_platform.fare_model.features as features
 import taxi_platform.fare_model.pyfunc  # noqa: F401 - today's model code is imported first, as in a run worker
-import taxi_platform.lib.training  # noqa: F401
-from taxi_platform.lib.model_loading import is_legacy, load_version, verify_version
+import taxi_platform.model.training  # noqa: F401
+from taxi_platform.model.model_loading import is_legacy, load_version, verify_version
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = (

@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.resources import MlflowResource
-from taxi_platform.settings import MODEL_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ print(json.dumps([result.output_for_node("reader"), "mlflow" in sys.modules]))
 def _tracking_asset(fail: bool):
     @dg.asset(name="tracked")
     def tracked(mlflow: MlflowResource) -> str:
-        from taxi_platform.lib.tracking import end_all_runs
+        from taxi_platform.model.tracking import end_all_runs
 
         with mlflow.start_tracking() as run:
             if fail:

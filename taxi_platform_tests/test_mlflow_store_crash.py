@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taxi_platform.lib.tracking import _store_state, ensure_local_experiment, ensure_local_store
+from taxi_platform.model.tracking import _store_state, ensure_local_experiment, ensure_local_store
 
-OURS = "from taxi_platform.lib.tracking import ensure_local_store as create\n"
+OURS = "from taxi_platform.model.tracking import ensure_local_store as create\n"
 MLFLOWS = "from mlflow import MlflowClient\ncreate = lambda uri: MlflowClient(uri).search_experiments()\n"
 WORKER = "import sys\n{imports}print('start', flush=True)\ncreate(sys.argv[1])\nprint('done', flush=True)\n"
 KILLS = 10

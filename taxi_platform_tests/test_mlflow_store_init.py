@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib.tracking import sqlite_path, store_init_lock
+from taxi_platform.model.tracking import sqlite_path, store_init_lock
 
 PROCESSES = 6
 
@@ -23,7 +23,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from mlflow import MlflowClient
-    from taxi_platform.lib.tracking import ensure_local_experiment
+    from taxi_platform.model.tracking import ensure_local_experiment
 
     uri, artifacts, gate, index = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     (gate / f"ready-{index}").touch()

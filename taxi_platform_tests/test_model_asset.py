@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.model import fare_model
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.sample import SampleProfile
-from taxi_platform.lib.model_run import training_window
-from taxi_platform.lib.registry import LakeEvaluation
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.model.model_run import training_window
+from taxi_platform.model.registry import LakeEvaluation
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months
 

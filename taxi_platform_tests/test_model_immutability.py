@@ -24,9 +24,9 @@ import requests
 
 import taxi_platform
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.model_loading import VersionMismatchError, load_version, verify_version
-from taxi_platform.lib.model_package import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG, package_digest
+from taxi_platform.model.model_loading import VersionMismatchError, load_version, verify_version
+from taxi_platform.model.model_package import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG, package_digest
+from taxi_platform.serving import bento_build
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion, predict_in_subprocess
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 
@@ -111,7 +111,7 @@ def test_changed_installed_code_prices_the_version_as_validated(champion, valida
         import taxi_platform.fare_model.pyfunc as today                       # the changed release, imported first
         assert today.__file__.startswith({str(tree)!r}), today.__file__
         import mlflow.pyfunc
-        from taxi_platform.lib.model_loading import load_version
+        from taxi_platform.model.model_loading import load_version
         quotes = pd.DataFrame(json.load(open({str(qpath)!r})))
         cols = {{c: quotes[c].to_numpy() for c in quotes.columns}}
         pyfunc = mlflow.pyfunc.load_model({champion.uri!r})

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from taxi_platform.fare_model.pyfunc import STATE_ARTIFACT, FareQuoteModel, input_example
-from taxi_platform.lib.model_package import log_fare_model
-from taxi_platform.lib.training import train_window
-from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.model_package import log_fare_model
+from taxi_platform.model.training import train_window
 from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

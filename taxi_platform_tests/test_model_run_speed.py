@@ -11,12 +11,12 @@ import pyarrow as pa
 import pytest
 
 from taxi_platform.fare_model.pyfunc import FareQuoteModel, input_example
-from taxi_platform.lib.model_package import log_fare_model
-from taxi_platform.lib.model_run import GateScorer, openmp_threads, small_data_threads
-from taxi_platform.lib.registry import mae_of
-from taxi_platform.lib.tracking import dataset_from_arrow
-from taxi_platform.lib.training import SMALL_FIT_ROWS, load_window, train_window
-from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.model_package import log_fare_model
+from taxi_platform.model.model_run import GateScorer, openmp_threads, small_data_threads
+from taxi_platform.model.registry import mae_of
+from taxi_platform.model.tracking import dataset_from_arrow
+from taxi_platform.model.training import SMALL_FIT_ROWS, load_window, train_window
 from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
 
 

@@ -16,15 +16,15 @@ import dagster as dg
 import pytest
 from test_drift import TRAIN, build_feature_lake
 
+from taxi_platform.core.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs import monitoring
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
 from taxi_platform.defs.monitoring.monitoring_trend import MONITORING_TREND
 from taxi_platform.defs.monitoring.served_quotes import SERVED_QUOTE_ACCURACY, SERVED_QUOTES
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.lib.drift import report_paths
-from taxi_platform.lib.registry import load_predictor
-from taxi_platform.lib.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.model.registry import load_predictor
+from taxi_platform.monitoring.drift import report_paths
 
 STABLE_KEY = "2024-04-01"
 FARE_UP_KEY = "2024-05-01"
@@ -51,7 +51,7 @@ def register_version(
     import mlflow
     from mlflow import MlflowClient
 
-    from taxi_platform.lib.model_package import log_fare_model
+    from taxi_platform.model.model_package import log_fare_model
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if client.get_experiment_by_name("monitoring_tests") is None:
@@ -105,7 +105,7 @@ def train_champion(lake, tracking_uri: str, instance) -> dict:
 def platform(tmp_path_factory):
     import mlflow
 
-    from taxi_platform.lib.zones import zone_csv_bytes
+    from taxi_platform.ingest.zones import zone_csv_bytes
 
     root = tmp_path_factory.mktemp("monitoring")
     previous_uri = mlflow.get_tracking_uri()
@@ -429,8 +429,8 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
     import numpy as np
     import pandas as pd
 
-    from taxi_platform.lib.prediction_log import PredictionLog
-    from taxi_platform.lib.served_quotes import quote_accuracy
+    from taxi_platform.monitoring.served_quotes import quote_accuracy
+    from taxi_platform.serving.prediction_log import PredictionLog
 
     lake = platform["lake"]
     trips = duckdb.sql(

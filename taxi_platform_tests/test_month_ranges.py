@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.ingest import raw_trips, taxi_zones
 from taxi_platform.defs.model import fare_model
 from taxi_platform.defs.month_ranges import (
@@ -25,8 +26,7 @@ from taxi_platform.defs.month_ranges import (
 )
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.defs.transform import cleaned_trips, trip_features
-from taxi_platform.lib.lake import Lake
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.test_model_asset import SMALL_CONFIG, env  # noqa: F401 - fixture
 from taxi_platform_tests.test_training import write_feature_months
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taxi_platform.lib.months import (
+from taxi_platform.core.months import (
     MonthError,
     month_label,
     month_range,

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.lib import parquet_sink
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.parquet_sink import ParquetSink
+from taxi_platform.lake import parquet_sink
+from taxi_platform.lake.lake import Lake
+from taxi_platform.lake.parquet_sink import ParquetSink
 
 SCHEMA = pa.schema([("fare_amount", pa.float64()), ("pickup_zone", pa.int32())])
 
@@ -127,7 +127,7 @@ def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, m
     import os
     import time
 
-    from taxi_platform.lib.training import partition_fingerprint
+    from taxi_platform.model.training import partition_fingerprint
 
     monkeypatch.setattr(parquet_sink, "SPLIT_AFTER_ROWS", 100)
     lake = Lake(str(tmp_path / "lake"))

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.lib import partition_versions
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake import partition_versions
+from taxi_platform.lake.lake import Lake
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,7 +65,7 @@ def leftovers(lake: Lake, table: str = TABLE) -> list[str]:
 _READER = textwrap.dedent(
     """
     import json, os, sys, duckdb, pyarrow.parquet as pq
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake.lake import Lake
     root, table, key, stop = sys.argv[1:5]
     lake = Lake(root)
     whole = [[("A", 100)], [("B", 70)]]
@@ -135,9 +135,9 @@ def test_a_reader_never_sees_a_missing_or_mixed_partition_during_200_swaps(tmp_p
 _WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from taxi_platform.lib import partition_versions
+    from taxi_platform.lake import partition_versions
     from taxi_platform_tests.test_partition_swap import write_version
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake.lake import Lake
     root, tag, stop_at, how = sys.argv[1:5]
     def hook(name):
         if name != stop_at:
@@ -228,7 +228,7 @@ _SLOW_WRITER = textwrap.dedent(
     """
     import json, sys, time
     import pyarrow as pa, pyarrow.parquet as pq
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake.lake import Lake
     root, table, key, tag, ready = sys.argv[1:6]
     lake = Lake(root)
     open(ready, "w").close()

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.lib.gcs_partitions import LeaseTimeout, PartitionConflict
-from taxi_platform.lib.lake import Lake
+from taxi_platform.lake.gcs_partitions import LeaseTimeout, PartitionConflict
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import gcs_emulator as emulator
 from taxi_platform_tests.test_partition_swap import CONTENTS, KEY, TABLE, WHOLE, write_version
 
@@ -69,8 +69,8 @@ def test_a_reader_never_sees_a_missing_or_mixed_partition_during_200_swaps(gcs_l
 _WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from taxi_platform.lib import partition_versions
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake import partition_versions
+    from taxi_platform.lake.lake import Lake
     from taxi_platform_tests.test_partition_swap import write_version
     root, tag, stop_at, how = sys.argv[1:5]
     def hook(name):

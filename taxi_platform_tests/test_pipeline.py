@@ -18,7 +18,7 @@ import pytest
 from taxi_platform.defs.ingest import raw_trips, taxi_zones
 from taxi_platform.defs.transform import cleaned_trips, trip_features
 from taxi_platform.fare_model.features import FEATURE_COLUMNS
-from taxi_platform.lib.transform import CLEANED_COLUMNS, FEATURE_TABLE_COLUMNS
+from taxi_platform.transform.transform import CLEANED_COLUMNS, FEATURE_TABLE_COLUMNS
 
 CHAIN = [raw_trips, cleaned_trips, trip_features]
 
@@ -160,7 +160,7 @@ _CHILD = textwrap.dedent(
     partition, lake_root, url, mode = sys.argv[1:5]
     if mode == "kill-before-publish":
         import signal
-        from taxi_platform.lib import lake as lake_mod
+        from taxi_platform.lake import lake as lake_mod
         original = lake_mod.Lake.publish_partition
         def publish_partition(self, staging, dest_dir):
             if "/cleaned_trips/" in dest_dir:

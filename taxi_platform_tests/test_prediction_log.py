@@ -1,4 +1,4 @@
-"""Prediction log (lib/prediction_log.py): JSON lines written by a background thread, never blocking callers."""
+"""Prediction log (serving/prediction_log.py): JSON lines written by a background thread, never blocking callers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.lib import prediction_log as P
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE, parse_quote, quotes_to_columns
+from taxi_platform.serving import prediction_log as P
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, parse_quote, quotes_to_columns
 
 
 def _columns(n: int = 1, **changes):

@@ -1,4 +1,4 @@
-"""Reading a month's served quotes from the prediction log (lib/prediction_log_reader.py) and the
+"""Reading a month's served quotes from the prediction log (monitoring/prediction_log_reader.py) and the
 ``prediction_log_found`` check of ``served_quotes``.
 
 - quote identity is the server's: a client's ``X-Request-ID`` reused across requests never drops a quote; a line
@@ -28,9 +28,9 @@ from taxi_platform.defs import monitoring
 from taxi_platform.defs.keys import SERVED_QUOTES
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.prediction_history import write_prediction_history
-from taxi_platform.lib.prediction_log import PredictionLog, format_record
-from taxi_platform.lib.prediction_log_reader import earliest_log_day, file_day, log_files, read_log
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_DAYS_AHEAD, parse_quote, quotes_to_columns
+from taxi_platform.monitoring.prediction_log_reader import earliest_log_day, file_day, log_files, read_log
+from taxi_platform.serving.prediction_log import PredictionLog, format_record
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_DAYS_AHEAD, parse_quote, quotes_to_columns
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator
@@ -120,7 +120,7 @@ def test_every_file_that_can_hold_a_month_is_read(pickup, lead, sink):
 # -- memory -------------------------------------------------------------------------------------------------
 MEMORY_PROBE = """
 import json, sys, tracemalloc
-from taxi_platform.lib.prediction_log_reader import read_log
+from taxi_platform.monitoring.prediction_log_reader import read_log
 tracemalloc.start()
 columns, stats = read_log(sys.argv[1], sys.argv[2])
 print(json.dumps({"peak": tracemalloc.get_traced_memory()[1], "quotes": len(columns)}))

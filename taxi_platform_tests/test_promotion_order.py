@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from taxi_platform.core.months import months_between
 from taxi_platform.devtools.sample import SampleProfile
-from taxi_platform.lib.months import months_between
-from taxi_platform.lib.registry import (
+from taxi_platform.model.registry import (
     KEPT,
     OLDER_TRAINING,
     PROMOTED,
@@ -301,7 +301,7 @@ def test_a_republished_old_month_ends_where_a_chronological_run_would(store, lak
 
 
 def write_copy(lake, tmp_path):
-    from taxi_platform.lib.lake import Lake
+    from taxi_platform.lake.lake import Lake
 
     shutil.copytree(lake.root, tmp_path / "lake")
     return Lake(str(tmp_path / "lake"))

@@ -1,4 +1,4 @@
-"""Quote validation (lib/quotes.py): every rule accepts the good and rejects the bad with a message that says why."""
+"""Quote validation (serving/quotes.py): every rule accepts the good and rejects the bad with a message that says why."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from taxi_platform.lib import quotes as Q
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE, QuoteError, parse_batch, parse_quote
+from taxi_platform.serving import quotes as Q
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE, QuoteError, parse_batch, parse_quote
 
 
 def quote(**changes) -> dict:

@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.http_edge import BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.http_edge import BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 
@@ -488,8 +488,8 @@ def test_without_the_lock_the_override_reaches_the_server_with_the_password(depl
 
 
 def test_a_run_may_repeat_the_deployments_own_values(deployed_env):
+    from taxi_platform.core.settings import load_settings
     from taxi_platform.defs.resources import LOCKED_FIELDS, RESOURCES, refuse_locked_overrides
-    from taxi_platform.settings import load_settings
 
     settings = load_settings()
     for key, fields in LOCKED_FIELDS.items():
@@ -641,7 +641,7 @@ def test_dagster_egress_reaches_only_the_hosts_it_needs():
 
     import yaml
 
-    from taxi_platform.settings import load_settings
+    from taxi_platform.core.settings import load_settings
 
     docs = [d for d in yaml.safe_load_all((PLATFORM / "networkpolicies-dagster.yaml").read_text()) if d]
     peers = [
@@ -699,7 +699,7 @@ def test_a_stalled_log_drops_and_counts_records_instead_of_growing(monkeypatch, 
 
     import numpy as np
 
-    from taxi_platform.lib.prediction_log import PredictionLog
+    from taxi_platform.serving.prediction_log import PredictionLog
 
     bound = 64 << 20  # the default max_pending_bytes
 
@@ -718,7 +718,7 @@ def test_a_stalled_log_drops_and_counts_records_instead_of_growing(monkeypatch, 
     plog = PredictionLog(None, stdout=True, flush_interval=0.01)
     slowest = 0.0
     peak = 0
-    with caplog.at_level(logging.WARNING, logger="taxi_platform.lib.prediction_log"):
+    with caplog.at_level(logging.WARNING, logger="taxi_platform.serving.prediction_log"):
         for i in range(10_000):
             start = time.perf_counter()
             plog.record("predict_batch", f"r-{i}", "3", columns, fares)

@@ -15,9 +15,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.fare_model.pyfunc import FareQuoteModel
-from taxi_platform.lib.model_package import log_fare_model
-from taxi_platform.lib.registry import (
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.model_package import log_fare_model
+from taxi_platform.model.registry import (
     CHAMPION,
     ChampionTagsError,
     LakeEvaluation,
@@ -30,9 +32,7 @@ from taxi_platform.lib.registry import (
     mae_of,
     version_pricer,
 )
-from taxi_platform.lib.training import quotes_frame, train_window
-from taxi_platform.lib.zones import load_zone_table
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.model.training import quotes_frame, train_window
 from taxi_platform_tests.support.mlflow_server import closed_port
 from taxi_platform_tests.test_training import MONTHS, SMALL, write_feature_months
 

@@ -23,7 +23,7 @@ from taxi_platform.defs.ingest import raw_trips
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.devtools.instance import ensure_dagster_home
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.lib.releases import (
+from taxi_platform.ingest.releases import (
     Attempts,
     ReleaseCursor,
     RetryPolicy,
@@ -32,7 +32,7 @@ from taxi_platform.lib.releases import (
     decide,
     run_key,
 )
-from taxi_platform.lib.tlc import ProbeResult
+from taxi_platform.ingest.tlc import ProbeResult
 from taxi_platform_tests.support import mirror_fixtures, release_sensor
 from taxi_platform_tests.support.release_sensor import tick
 

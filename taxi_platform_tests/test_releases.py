@@ -12,10 +12,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from taxi_platform.core.settings import (
+    AutomationSettings,
+    SettingsError,
+    load_automation_settings,
+    load_settings,
+)
 from taxi_platform.defs import automation
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.lib.releases import (
+from taxi_platform.ingest.releases import (
     CURSOR_FORMAT,
     ReleaseCursor,
     decide,
@@ -24,8 +30,7 @@ from taxi_platform.lib.releases import (
     version_from_metadata,
     version_token,
 )
-from taxi_platform.lib.tlc import ProbeResult, probe
-from taxi_platform.settings import AutomationSettings, SettingsError, load_automation_settings, load_settings
+from taxi_platform.ingest.tlc import ProbeResult, probe
 from taxi_platform_tests.support import release_sensor
 from taxi_platform_tests.support.release_sensor import tick
 

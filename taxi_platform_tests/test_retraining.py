@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from taxi_platform.lib.retraining import MaeEvaluation, RetrainCursor, decide, retrain_run_key
-from taxi_platform.lib.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
+from taxi_platform.core.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
+from taxi_platform.monitoring.retraining import MaeEvaluation, RetrainCursor, decide, retrain_run_key
 
 MAY = "2024-05-01"
 JUNE = "2024-06-01"

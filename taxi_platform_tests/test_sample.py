@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform import cli
+from taxi_platform.core.months import parse_months
 from taxi_platform.devtools.sample import (
     CBD_ZONES,
     DEFAULT_ROWS_PER_MONTH,
@@ -30,11 +31,10 @@ from taxi_platform.devtools.sample import (
     zone_geography,
 )
 from taxi_platform.fare_model.features import BOROUGHS
-from taxi_platform.lib import tlc_schema
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.months import parse_months
-from taxi_platform.lib.transform import clean_month
-from taxi_platform.lib.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
+from taxi_platform.ingest import tlc_schema
+from taxi_platform.ingest.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
+from taxi_platform.lake.lake import Lake
+from taxi_platform.transform.transform import clean_month
 
 CLEAN = SampleProfile(dirt=DirtRates.clean())
 

@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.prediction_log_reader import read_log
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE
+from taxi_platform.monitoring.prediction_log_reader import read_log
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 
@@ -47,7 +47,7 @@ def project(tmp_path_factory):
 
 def monitoring_log_path(env: dict, cwd: Path) -> Path:
     """Where ``served_quotes`` reads the log when run from ``cwd`` with ``env`` (its default, from settings)."""
-    code = "from taxi_platform.settings import load_settings; print(load_settings().prediction_log_path)"
+    code = "from taxi_platform.core.settings import load_settings; print(load_settings().prediction_log_path)"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, check=True
     )

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.prediction_log import format_record
-from taxi_platform.lib.prediction_log_reader import read_log
-from taxi_platform.lib.served_quotes import (
+from taxi_platform.lake.lake import Lake
+from taxi_platform.monitoring.prediction_log_reader import read_log
+from taxi_platform.monitoring.served_quotes import (
     accuracy_line,
     add_ranges,
     quote_accuracy,
     served_quotes_table,
 )
+from taxi_platform.serving.prediction_log import format_record
 
 # (service, pickup zone, dropoff zone, pickup hour) -> realised fares
 TRIPS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-from taxi_platform.settings import load_settings
+from taxi_platform.core.settings import load_settings
 from taxi_platform_tests.test_terraform import REPO, all_resources, blocks, parsed
 
 HELM_VALUES = REPO / "deploy" / "helm" / "dagster-values.yaml"
@@ -55,7 +55,7 @@ def test_dagster_pods_read_the_log_where_the_sink_writes_it():
 def test_a_bad_log_path_names_the_variable():
     import pytest
 
-    from taxi_platform.settings import SettingsError
+    from taxi_platform.core.settings import SettingsError
 
     with pytest.raises(
         SettingsError, match=r"TAXI_PREDICTION_LOG_PATH='s3://logs': expected a local directory"

@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.prediction_log import read_prediction_log
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.prediction_log import read_prediction_log
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
 from taxi_platform_tests.support.sample_champion import (
     Champion,
     ensure_sample_champion,

@@ -21,8 +21,8 @@ import requests
 import yaml
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 from taxi_platform_tests.test_service import _stop, _wait_ready, start_server
 

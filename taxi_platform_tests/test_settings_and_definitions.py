@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lib.months import parse_month
-from taxi_platform.settings import SettingsError, load_settings
+from taxi_platform.core.months import parse_month
+from taxi_platform.core.settings import SettingsError, load_settings
 
 DESIGN_ASSET_KEYS = {
     "taxi_zones",
@@ -144,7 +144,7 @@ def test_download_and_duckdb_limits_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_report_links_open_in_a_browser(tmp_path):
-    from taxi_platform.settings import SettingsError
+    from taxi_platform.core.settings import SettingsError
 
     lake = tmp_path / "lake"
     settings = load_settings({"TAXI_DATA_DIR": str(tmp_path), "TAXI_LAKE_ROOT": str(lake)})

@@ -21,10 +21,10 @@ import pytest
 import requests
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.prediction_log import read_prediction_log
-from taxi_platform.lib.prediction_log_reader import read_log
-from taxi_platform.lib.served_quotes import quote_accuracy, shadow_verdict
+from taxi_platform.monitoring.prediction_log_reader import read_log
+from taxi_platform.monitoring.served_quotes import quote_accuracy, shadow_verdict
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.prediction_log import read_prediction_log
 from taxi_platform_tests.support.registries import champion_model, register
 from taxi_platform_tests.support.sample_champion import (
     VALIDATION_MONTH,

@@ -1,4 +1,4 @@
-"""The TLC client (``taxi_platform.lib.tlc``) against a real MirrorServer on loopback.
+"""The TLC client (``taxi_platform.ingest.tlc``) against a real MirrorServer on loopback.
 
 Every HTTP test talks to ``MirrorServer`` over 127.0.0.1 with injected faults; nothing is mocked.
 """
@@ -22,8 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.tlc import (
+from taxi_platform.ingest.tlc import (
     DownloadError,
     NotParquetError,
     NotPublishedError,
@@ -39,7 +38,8 @@ from taxi_platform.lib.tlc import (
     trip_url,
     zone_lookup_url,
 )
-from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
+from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_lookup
+from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import mirror_fixtures
 
 ROWS = 300

@@ -1,7 +1,7 @@
 """Pure training logic: pair statistics, sampling, design matrix, metrics, compiled predictors, behavioural check.
 
 Feature months are made the way the platform makes them: synthetic TLC files (``devtools/sample.py``) cleaned and
-featurised by ``lib/transform.py`` into a temporary lake. ``write_feature_months`` is shared with the
+featurised by ``transform/transform.py`` into a temporary lake. ``write_feature_months`` is shared with the
 registry and asset tests.
 """
 
@@ -20,9 +20,10 @@ from taxi_platform.devtools.sample import SampleProfile, generate_month, write_t
 from taxi_platform.fare_model.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
 from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matrix
 from taxi_platform.fare_model.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, resolve
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.pair_stats_sql import compute_pair_stats
-from taxi_platform.lib.training import (
+from taxi_platform.ingest.zones import load_zone_table, zone_csv_bytes
+from taxi_platform.lake.lake import Lake
+from taxi_platform.model.pair_stats_sql import compute_pair_stats
+from taxi_platform.model.training import (
     TrainConfig,
     fare_grows_with_distance,
     feature_paths,
@@ -31,8 +32,7 @@ from taxi_platform.lib.training import (
     regression_metrics,
     train_window,
 )
-from taxi_platform.lib.transform import build_features, clean_month
-from taxi_platform.lib.zones import load_zone_table, zone_csv_bytes
+from taxi_platform.transform.transform import build_features, clean_month
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04")
 ROWS = 20_000
@@ -305,7 +305,7 @@ def test_fare_grows_with_distance_passes_for_real_model_and_fails_when_distance_
 
 def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
     from taxi_platform.fare_model.matrix import COL, LINEAR_WIDTH, MATRIX_COLUMNS
-    from taxi_platform.lib.training import linear_design
+    from taxi_platform.model.training import linear_design
 
     X = np.zeros((2, len(MATRIX_COLUMNS)))
     X[:, COL["pickup_zone"]] = [161, 132]
@@ -322,7 +322,7 @@ def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
 
 def test_asset_config_defaults_are_the_training_defaults():
     from taxi_platform.defs.model import FareModelConfig
-    from taxi_platform.lib.model_run import train_config_from
+    from taxi_platform.model.model_run import train_config_from
 
     assert train_config_from(FareModelConfig().model_dump()) == TrainConfig()
     custom = FareModelConfig(families=["linear"], threads=2, sample_rows=5_000, window_months=6)

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.sql import sql_literal
-from taxi_platform.lib.tlc_schema import era_for
-from taxi_platform.lib.transform import classify_select, clean_month, integer_bounds, write_features
-from taxi_platform.lib.zones import load_zone_table
+from taxi_platform.core.sql import sql_literal
+from taxi_platform.ingest.tlc_schema import era_for
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.lake.lake import Lake
+from taxi_platform.transform.transform import classify_select, clean_month, integer_bounds, write_features
 
 MONTH = date(2024, 3, 1)
 

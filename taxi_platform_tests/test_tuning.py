@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.model import fare_model
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.lib.training import TrainConfig, train_window
-from taxi_platform.lib.tuning import SEARCH_SPACE, TuningConfig
-from taxi_platform.lib.zones import load_zone_table
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.training import TrainConfig, train_window
+from taxi_platform.model.tuning import SEARCH_SPACE, TuningConfig
 from taxi_platform_tests.test_model_asset import SMALL_CONFIG, env  # noqa: F401  (fixture)
 from taxi_platform_tests.test_training import write_feature_months
 
@@ -79,7 +79,7 @@ def test_tuning_on_by_config_logs_trials_as_child_runs_and_records_the_choice(la
 
 def test_the_search_reads_the_validation_month_only_and_stops_at_its_time_budget(lake, monkeypatch):
     """Trials are scored on the validation month: a later month's files may be unreadable, nothing notices."""
-    import taxi_platform.lib.training as training
+    import taxi_platform.model.training as training
 
     read = []
     original = training.load_window
@@ -88,7 +88,7 @@ def test_the_search_reads_the_validation_month_only_and_stops_at_its_time_budget
         "load_window",
         lambda lk, months, *a, **k: read.append(tuple(months)) or original(lk, months, *a, **k),
     )
-    from taxi_platform.lib.tuning import search
+    from taxi_platform.model.tuning import search
 
     def tune(X_train, y_train, X_val, y_val, config):
         result = search(

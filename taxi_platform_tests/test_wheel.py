@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.lib import bento_build
-from taxi_platform.lib.package_files import RUNTIME_DIR, RUNTIME_FILES, runtime_file
+from taxi_platform.core.package_files import RUNTIME_DIR, RUNTIME_FILES, runtime_file
+from taxi_platform.serving import bento_build
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX_311 = bento_build.target_environment("3.11")
@@ -40,7 +40,7 @@ def test_pyproject_force_includes_exactly_the_runtime_files_package_files_reads(
 def test_bento_requirements_are_the_lock_closure_and_what_this_venv_runs():
     pins = bento_build.locked_requirements()
     assert pins == bento_build.bento_lock_requirements(REPO / "uv.lock"), (
-        "bento/requirements.txt is out of date: uv run python -m taxi_platform.lib.bento_build lock-requirements"
+        "bento/requirements.txt is out of date: uv run python -m taxi_platform.serving.bento_build lock-requirements"
     )
     names = {p.split("==")[0] for p in pins}
     assert {"bentoml", "mlflow", "scikit-learn", "numpy", "pandas", "joblib", "starlette"} <= names
@@ -147,7 +147,7 @@ def test_a_built_wheel_carries_the_runtime_files_and_runs_from_an_empty_director
     (tmp_path / "empty").mkdir()
     code = (
         "from taxi_platform.devtools.instance import ensure_dagster_home\n"
-        "from taxi_platform.lib.package_files import runtime_file\n"
+        "from taxi_platform.core.package_files import runtime_file\n"
         "print(ensure_dagster_home('data'), runtime_file('bento/service.py'))\n"
     )
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path / "empty",

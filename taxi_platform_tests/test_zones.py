@@ -8,8 +8,7 @@ import pytest
 
 from taxi_platform.defs.transform import load_zones
 from taxi_platform.fare_model.features import BOROUGHS
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.zones import (
+from taxi_platform.ingest.zones import (
     ZONE_SCHEMA,
     ZoneLookupError,
     load_zone_records,
@@ -18,6 +17,7 @@ from taxi_platform.lib.zones import (
     parse_zone_records,
     zone_csv_bytes,
 )
+from taxi_platform.lake.lake import Lake
 
 HEADER = b'"LocationID","Borough","Zone","service_zone"\n'
 

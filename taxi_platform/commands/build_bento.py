@@ -63,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.lib import bento_build
-    from taxi_platform.lib.image_ref import ImageRefError, require_pinned_image
-    from taxi_platform.settings import SettingsError, load_settings
+    from taxi_platform.core.settings import SettingsError, load_settings
+    from taxi_platform.serving import bento_build
+    from taxi_platform.serving.image_ref import ImageRefError, require_pinned_image
 
     try:
         settings = load_settings()

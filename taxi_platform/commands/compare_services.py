@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taxi_platform.lib.canary import Limits
+    from taxi_platform.serving.canary import Limits
 
     d = Limits()
     parser.add_argument("stable_url", metavar="URL_A", help="the stable (current) fare service")
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.lib.canary import Limits, judge, probe_quotes, probe_service
+    from taxi_platform.serving.canary import Limits, judge, probe_quotes, probe_service
 
     if args.probes < 10:
         print(f"--probes {args.probes}: expected at least 10", file=sys.stderr)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from taxi_platform.commands.demo_summary import DemoReport, render_summary
-from taxi_platform.lib.run_tags import SOURCE_TAG
+from taxi_platform.core.run_tags import SOURCE_TAG
 
 DEFAULT_MONTHS = "2024-01:2024-04"
 SERVED_QUOTES = 300  # quotes for the last month sent before its trips arrive
@@ -136,8 +136,8 @@ def _meta(result, key: str) -> dict:
 
 
 def run_demo(args: argparse.Namespace) -> DemoReport:
-    from taxi_platform.lib.months import parse_months
-    from taxi_platform.settings import load_settings
+    from taxi_platform.core.months import parse_months
+    from taxi_platform.core.settings import load_settings
 
     try:
         months = parse_months(args.months)
@@ -337,8 +337,8 @@ def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: i
     small, and a once-ridden cell rarely has a realised trip to compare with a month later."""
     import duckdb
 
-    from taxi_platform.lib.lake import Lake
-    from taxi_platform.settings import load_settings
+    from taxi_platform.core.settings import load_settings
+    from taxi_platform.lake.lake import Lake
 
     glob = Lake(load_settings().lake_root).partition_glob("trip_features", previous)
     rows = duckdb.sql(

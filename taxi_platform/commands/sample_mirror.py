@@ -86,9 +86,9 @@ def _human_size(size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
+    from taxi_platform.core.months import parse_month, parse_months
+    from taxi_platform.core.settings import parse_services
     from taxi_platform.devtools.sample import DirtRates, SampleProfile, write_sample_mirror
-    from taxi_platform.lib.months import parse_month, parse_months
-    from taxi_platform.settings import parse_services
 
     try:
         months = parse_months(args.months)

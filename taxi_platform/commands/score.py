@@ -53,14 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.lib.batch_score import (
+    from taxi_platform.core.settings import SettingsError, load_settings
+    from taxi_platform.serving.batch_score import (
         DEFAULT_CHUNK_ROWS,
         ScoreInputError,
         load_pricer,
         rejects_path_for,
         score_file,
     )
-    from taxi_platform.settings import SettingsError, load_settings
 
     try:
         settings = load_settings()

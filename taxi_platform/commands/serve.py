@@ -48,7 +48,7 @@ def _config_options(existing: str | None, service: str, workers: int) -> str:
 
 def _warn_if_stale(home, tag: str, tracking_uri: str) -> None:
     """Say so when the latest Bento does not package the current champion (best effort, never fatal)."""
-    from taxi_platform.lib import bento_build
+    from taxi_platform.serving import bento_build
 
     try:
         champion = bento_build.champion_info(tracking_uri)
@@ -64,8 +64,8 @@ def _warn_if_stale(home, tag: str, tracking_uri: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.lib import bento_build
-    from taxi_platform.settings import load_settings
+    from taxi_platform.core.settings import load_settings
+    from taxi_platform.serving import bento_build
 
     if not 0 < args.port < 65536:
         print(f"--port {args.port}: expected 1-65535", file=sys.stderr)

@@ -84,9 +84,9 @@ def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from taxi_platform.core.settings import load_settings
     from taxi_platform.devtools.instance import ensure_dagster_home
     from taxi_platform.devtools.loopback import NotReady, wait_http_ok
-    from taxi_platform.settings import load_settings
 
     settings = load_settings()
     home = ensure_dagster_home(settings.data_dir)

@@ -1,7 +1,7 @@
 """Automation: the TLC release sensor, the monthly safety-net schedule and the declarative-automation sensor.
 
 * ``tlc_release_sensor`` ``HEAD``-probes every month's files on the source (in parallel, with timeouts) and
-  asks :func:`taxi_platform.lib.releases.decide` which months to run: a month whose files are all published and
+  asks :func:`taxi_platform.ingest.releases.decide` which months to run: a month whose files are all published and
   not ingested yet, or an ingested month whose file the TLC republished (new ETag). Each run materialises
   ``raw_trips`` -> ``cleaned_trips`` -> ``trip_features`` for that month (plus ``taxi_zones`` while it has never
   been materialised). Its run key names the file versions, so an unchanged file never runs twice and a
@@ -13,7 +13,7 @@
   (skip message and log) names each failing month, the failed run's error and when the next attempt is due,
   or that the attempts are used up. Runs that Dagster's own run retries (``run_retries`` in the instance
   config) re-execute are left to them. The attempts live in the sensor's cursor
-  (:mod:`taxi_platform.lib.releases`).
+  (:mod:`taxi_platform.ingest.releases`).
 
   Why the run names the transforms explicitly instead of leaving them to automation conditions:
   ``AutomationCondition.eager()`` only looks at the *latest* time partition, and the TLC publishes a month
@@ -38,8 +38,8 @@
   groups in ``TAXI_AUTOMATION_GROUPS``).
 
 Settings: ``TAXI_SENSOR_*`` and ``TAXI_AUTOMATION_*``, read and validated by
-:func:`taxi_platform.settings.load_automation_settings` when the definitions load (the table of variables
-and defaults is on :class:`taxi_platform.settings.AutomationSettings`). ``TAXI_AUTOMATION_GROUPS=ingest,transform``
+:func:`taxi_platform.core.settings.load_automation_settings` when the definitions load (the table of variables
+and defaults is on :class:`taxi_platform.core.settings.AutomationSettings`). ``TAXI_AUTOMATION_GROUPS=ingest,transform``
 keeps a dev instance from training models and building Bentos whenever features change; assets left out keep
 their conditions, evaluated only if Dagster's default automation sensor is switched on in the UI.
 """
@@ -51,11 +51,13 @@ from collections.abc import Iterable, Mapping
 import dagster as dg
 from dagster._core.storage.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
+from taxi_platform.core.months import month_label, parse_month
+from taxi_platform.core.run_tags import ATTEMPT_TAG, CHANGED_SERVICES_TAG, MONTH_TAG, RELEASE_TAG
+from taxi_platform.core.settings import load_automation_settings
 from taxi_platform.defs.keys import CLEANED_TRIPS, FARE_MODEL, RAW_TRIPS, TAXI_ZONES, TRIP_FEATURES
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import TlcSourceResource
-from taxi_platform.lib.months import month_label, parse_month
-from taxi_platform.lib.releases import (
+from taxi_platform.ingest.releases import (
     Attempts,
     ReleaseCursor,
     ReleaseDecision,
@@ -66,9 +68,7 @@ from taxi_platform.lib.releases import (
     safety_net_month,
     version_from_metadata,
 )
-from taxi_platform.lib.run_tags import ATTEMPT_TAG, CHANGED_SERVICES_TAG, MONTH_TAG, RELEASE_TAG
-from taxi_platform.lib.tlc import ProbeResult, probe, probe_many, trip_url
-from taxi_platform.settings import load_automation_settings
+from taxi_platform.ingest.tlc import ProbeResult, probe, probe_many, trip_url
 
 MONTHLY_TARGET = (RAW_TRIPS, CLEANED_TRIPS, TRIP_FEATURES)
 

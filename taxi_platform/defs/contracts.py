@@ -1,4 +1,4 @@
-"""Dagster's view of the data contracts in :mod:`taxi_platform.lib.contracts`: the column schema with its
+"""Dagster's view of the data contracts in :mod:`taxi_platform.transform.contracts`: the column schema with its
 constraints (``dagster/column_schema``) and the blocking check each contracted asset runs on what it wrote.
 
 A blocking check that fails stops the assets downstream of that partition in the same run (and automation waits
@@ -7,7 +7,7 @@ for a passing one), so a month that breaks its contract never reaches ``trip_fea
 
 import dagster as dg
 
-from taxi_platform.lib.contracts import Contract, ContractReport
+from taxi_platform.transform.contracts import Contract, ContractReport
 
 CHECK_SUFFIX = "_contract"
 

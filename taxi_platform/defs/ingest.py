@@ -15,6 +15,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from taxi_platform.core.months import parse_month, partition_key
 from taxi_platform.defs.keys import RAW_TRIPS, TAXI_ZONES
 from taxi_platform.defs.month_ranges import (
     SMALL_MONTHS_PER_RUN,
@@ -25,9 +26,7 @@ from taxi_platform.defs.month_ranges import (
 from taxi_platform.defs.owners import INGEST
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.months import parse_month, partition_key
-from taxi_platform.lib.tlc import (
+from taxi_platform.ingest.tlc import (
     DownloadError,
     DownloadResult,
     NotPublishedError,
@@ -39,8 +38,9 @@ from taxi_platform.lib.tlc import (
     trip_url,
     zone_lookup_url,
 )
-from taxi_platform.lib.tlc_schema import SchemaMismatchError, era_for, match_schema
-from taxi_platform.lib.zones import ZoneLookupError, parse_zone_lookup
+from taxi_platform.ingest.tlc_schema import SchemaMismatchError, era_for, match_schema
+from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_lookup
+from taxi_platform.lake.lake import Lake
 
 RAW_TABLE = "raw_trips"  # the lake table raw_trips writes
 

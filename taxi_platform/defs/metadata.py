@@ -8,9 +8,9 @@ from typing import Any
 
 import dagster as dg
 
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.parquet_sink import WrittenTable
-from taxi_platform.lib.sql import duckdb_type_name, sql_literal, table_cell_kind
+from taxi_platform.core.sql import duckdb_type_name, sql_literal, table_cell_kind
+from taxi_platform.lake.lake import Lake
+from taxi_platform.lake.parquet_sink import WrittenTable
 
 
 def records_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:

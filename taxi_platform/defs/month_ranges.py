@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from taxi_platform.lib.months import month_label
+from taxi_platform.core.months import month_label
 
 # ``backfill_policy`` is a beta parameter of ``@asset`` in Dagster 1.13: the monthly assets use it knowingly.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from taxi_platform.settings import load_settings
+from taxi_platform.core.settings import load_settings
 
 monthly_partitions = dg.MonthlyPartitionsDefinition(
     start_date=load_settings().start_partition_key,

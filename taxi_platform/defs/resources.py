@@ -21,9 +21,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.tracking import TrackedRun
-from taxi_platform.settings import MODEL_NAME, Settings, load_settings, parse_services
+from taxi_platform.core.settings import MODEL_NAME, Settings, load_settings, parse_services
+from taxi_platform.lake.lake import Lake
+from taxi_platform.model.tracking import TrackedRun
 
 # resource key -> field -> the deployment's value of that field (from settings).
 LOCKED_FIELDS: dict[str, dict[str, Callable[[Settings], object]]] = {
@@ -150,7 +150,7 @@ class TlcSourceResource(dg.ConfigurableResource):
         return (self.connect_timeout, self.read_timeout)
 
     def download_options(self) -> dict[str, object]:
-        """Keyword arguments for :func:`taxi_platform.lib.tlc.download_to`: timeouts, retries and limits."""
+        """Keyword arguments for :func:`taxi_platform.ingest.tlc.download_to`: timeouts, retries and limits."""
         settings = None if self.deadline_seconds and self.max_bytes else load_settings()
         return {
             "timeout": self.timeout(),
@@ -212,8 +212,8 @@ class MlflowResource(dg.ConfigurableResource):
             import mlflow
             from dagster_mlflow import mlflow_tracking
 
-            from taxi_platform.lib.registry import ensure_reachable
-            from taxi_platform.lib.tracking import ensure_local_experiment
+            from taxi_platform.model.registry import ensure_reachable
+            from taxi_platform.model.tracking import ensure_local_experiment
 
             uri = self.resolved_uri()
             experiment = self.resolved_experiment()

@@ -1,5 +1,5 @@
 """``scheduled_quotes``: a month of quote requests in the lake priced in batch, the way ``taxi-platform score``
-prices a file (:mod:`taxi_platform.lib.batch_score`: the service's rules per row, rejects with their reason).
+prices a file (:mod:`taxi_platform.serving.batch_score`: the service's rules per row, rejects with their reason).
 
 Input: ``quote_requests/month=YYYY-MM/*.parquet`` (the service's quote fields, plus any ids), put there by whoever
 schedules rides. Output: ``scheduled_quotes/month=YYYY-MM/`` (priced rows with ``fare_low``/``fare_high`` and
@@ -44,7 +44,7 @@ def scheduled_quotes(
 ) -> dg.MaterializeResult:
     import os
 
-    from taxi_platform.lib.batch_score import TableWriter, load_pricer, open_input, score_batches
+    from taxi_platform.serving.batch_score import TableWriter, load_pricer, open_input, score_batches
 
     store = lake.lake()
     key = context.partition_key

@@ -3,7 +3,7 @@
 Each materialisation looks up ``taxi_fare_model@champion`` in the MLflow registry of the ``mlflow`` resource,
 imports that version into the BentoML model store (``$TAXI_DATA_DIR/bentoml`` unless the ``bento_store``
 resource says otherwise) and runs ``bentoml build`` with ``bento/bentofile.yaml`` and the ``uv.lock`` pins, through
-:func:`taxi_platform.lib.bento_build.build_champion_bento`: the code ``taxi-platform build-bento`` and the deploy
+:func:`taxi_platform.serving.bento_build.build_champion_bento`: the code ``taxi-platform build-bento`` and the deploy
 workflow run. The service and its build config ship in the wheel, so a run pod builds from its installed
 package. The Bento tag names the registry version, run and serving-code hash, so the asset follows the alias:
 a new champion (or new serving code) builds a new Bento, the same champion finds its Bento already built and
@@ -24,7 +24,7 @@ import dagster as dg
 from taxi_platform.defs.keys import FARE_MODEL, FARE_SERVICE
 from taxi_platform.defs.owners import SERVING
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
-from taxi_platform.lib import bento_build
+from taxi_platform.serving import bento_build
 
 AFTER_FARE_MODEL = (
     (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()

@@ -21,19 +21,19 @@ from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.fare_model.features import FEATURES_VERSION, ZoneTable
-from taxi_platform.lib.contracts import CLEANED_TRIPS as CLEANED_CONTRACT
-from taxi_platform.lib.contracts import TRIP_FEATURES as FEATURES_CONTRACT
-from taxi_platform.lib.contracts import validate
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.tlc_schema import SchemaMismatchError
-from taxi_platform.lib.transform import (
+from taxi_platform.ingest.tlc_schema import SchemaMismatchError
+from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_records, zone_table
+from taxi_platform.lake.lake import Lake
+from taxi_platform.transform.contracts import CLEANED_TRIPS as CLEANED_CONTRACT
+from taxi_platform.transform.contracts import TRIP_FEATURES as FEATURES_CONTRACT
+from taxi_platform.transform.contracts import validate
+from taxi_platform.transform.transform import (
     CLEANING_VERSION,
     REJECT_REASON_RULES,
     CleanResult,
     clean_month,
     write_features,
 )
-from taxi_platform.lib.zones import ZoneLookupError, parse_zone_records, zone_table
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80

@@ -1,7 +1,7 @@
 """The Dagster instance directory (``DAGSTER_HOME``) for ``dagster dev``, the demo and process deployments.
 
 ``dagster dev``, ``dagster-webserver`` and ``dagster-daemon`` read ``$DAGSTER_HOME/dagster.yaml``. Two templates
-ship with the package (read through :func:`taxi_platform.lib.package_files.runtime_file`, so an installed wheel
+ship with the package (read through :func:`taxi_platform.core.package_files.runtime_file`, so an installed wheel
 has them too; their one home in the repository is ``dagster.yaml`` and ``deploy/dagster-postgres.yaml``):
 
 * ``dagster.yaml``: SQLite storage under ``DAGSTER_HOME``, a run queue of 2, the ``tlc_downloads`` pool limit,
@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from taxi_platform.lib.package_files import runtime_file
+from taxi_platform.core.package_files import runtime_file
 
 LOCAL_TEMPLATE = "dagster.yaml"
 POSTGRES_TEMPLATE = "dagster-postgres.yaml"

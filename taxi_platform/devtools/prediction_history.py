@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taxi_platform.lib.prediction_log import format_record
+from taxi_platform.serving.prediction_log import format_record
 
 
 def write_prediction_history(

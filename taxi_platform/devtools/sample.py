@@ -1,7 +1,7 @@
 """Synthetic TLC trip files: realistic, learnable, deterministic, and labelled as synthetic.
 
 ``generate_month`` returns an arrow table with exactly the columns and Parquet types the TLC used for that
-service and month (see :mod:`taxi_platform.lib.tlc_schema`). ``write_sample_mirror`` lays such files out
+service and month (see :mod:`taxi_platform.ingest.tlc_schema`). ``write_sample_mirror`` lays such files out
 like the TLC CDN (``trip-data/…parquet`` and ``misc/taxi_zone_lookup.csv``) so the whole platform can run
 offline against :class:`taxi_platform.devtools.mirror.MirrorServer`.
 
@@ -60,8 +60,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taxi_platform.fare_model.features import SERVICES
-from taxi_platform.lib import tlc_schema
-from taxi_platform.lib.zones import ZONE_CSV_NAME, load_zone_records, zone_csv_bytes
+from taxi_platform.ingest import tlc_schema
+from taxi_platform.ingest.zones import ZONE_CSV_NAME, load_zone_records, zone_csv_bytes
 
 SYNTHETIC_METADATA: dict[bytes, bytes] = {b"data_source": b"synthetic"}
 DEFAULT_ROWS_PER_MONTH: dict[str, int] = {"yellow": 20_000, "green": 2_000}

@@ -7,7 +7,7 @@ pairs seen too rarely fall back to the global median.
 
 Everything is resolved at fit time into dense ``266 x 266`` arrays indexed by LocationID, so a lookup for N
 quotes is one vectorised fancy-index. The statistics come from one DuckDB ``GROUPING SETS`` scan over the
-window's Parquet files (:mod:`taxi_platform.lib.pair_stats_sql`): only the training months are ever read.
+window's Parquet files (:mod:`taxi_platform.model.pair_stats_sql`): only the training months are ever read.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``FareQuoteModel`` carries everything needed to price a quote: the zone table (boroughs), the training
 window's pair statistics, the fitted scikit-learn estimator and the calibrated fare ranges. This package
 (``taxi_platform/fare_model``) is shipped whole with every registered version under a name of its own,
-``taxi_fare_model_<digest of the package's files>`` (:mod:`taxi_platform.lib.model_package`), so a version runs
+``taxi_fare_model_<digest of the package's files>`` (:mod:`taxi_platform.model.model_package`), so a version runs
 exactly the code it was validated with, whatever ``taxi_platform`` is installed in the process that loads it.
 Its modules import only each other (relatively), numpy, pandas, pyarrow, scikit-learn and MLflow.
 

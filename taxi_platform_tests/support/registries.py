@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.core.settings import MODEL_NAME
 
 _REGISTER = """
 import pickle, sys, mlflow
-from taxi_platform.lib.model_package import log_fare_model
+from taxi_platform.model.model_package import log_fare_model
 models = pickle.load(open(sys.argv[1], "rb"))
 mlflow.set_tracking_uri(sys.argv[2]); mlflow.set_registry_uri(sys.argv[2])
 mlflow.set_experiment("test-registry")
@@ -37,7 +37,7 @@ def champion_model(champion: Any, min_fare: float | None = None) -> Any:
     from taxi_platform.fare_model.intervals import FareIntervals
     from taxi_platform.fare_model.pair_stats import PairStats
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.lib.model_loading import load_version
+    from taxi_platform.model.model_loading import load_version
 
     # No mlflow.set_*_uri: those pin process-wide state (and MLFLOW_* variables) that later tests would inherit.
     client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)

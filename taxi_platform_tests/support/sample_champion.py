@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
+from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.fare_model.features import SERVICES
-from taxi_platform.lib.lake import Lake
-from taxi_platform.settings import MODEL_NAME
+from taxi_platform.lake.lake import Lake
 
 TRAIN_MONTHS = (date(2024, 1, 1), date(2024, 2, 1))
 VALIDATION_MONTH = date(2024, 3, 1)
@@ -50,8 +50,8 @@ def build_sample_lake(
 ) -> Lake:
     """``trip_features`` for ``months`` of synthetic yellow+green trips under ``lake_root``."""
     from taxi_platform.devtools.sample import generate_month, write_trip_file
-    from taxi_platform.lib.transform import build_features, clean_month
-    from taxi_platform.lib.zones import load_zone_table
+    from taxi_platform.ingest.zones import load_zone_table
+    from taxi_platform.transform.transform import build_features, clean_month
 
     rows = rows or ROWS
     lake = Lake(str(lake_root))
@@ -82,9 +82,9 @@ def train_sample_champion(
     from mlflow import MlflowClient
 
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.lib.model_package import log_fare_model
-    from taxi_platform.lib.training import TrainConfig, train_window
-    from taxi_platform.lib.zones import load_zone_table
+    from taxi_platform.ingest.zones import load_zone_table
+    from taxi_platform.model.model_package import log_fare_model
+    from taxi_platform.model.training import TrainConfig, train_window
 
     data_dir = Path(data_dir)
     tracking_uri = tracking_uri or f"sqlite:///{data_dir / 'mlflow.db'}"

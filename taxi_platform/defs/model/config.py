@@ -3,8 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from taxi_platform.lib.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
-from taxi_platform.lib.registry import DEFAULT_TOLERANCE
+from taxi_platform.model.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
+from taxi_platform.model.registry import DEFAULT_TOLERANCE
 
 DEFAULT_WINDOW_MONTHS = 3
 

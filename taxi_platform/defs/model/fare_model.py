@@ -4,12 +4,12 @@ Partition ``M`` trains on the trailing ``window_months`` months of ``trip_featur
 one must exist) and validates out of time on ``M`` itself. Both model families and the naive per-pair
 median are scored on ``M``; the better family is logged with ``mlflow.pyfunc`` and registered as a new
 version of ``taxi_fare_model`` with alias ``challenger``. Who is ``champion`` is decided by the replayed gate of
-:mod:`taxi_platform.lib.registry` (the rule is in its docstring and this asset's description); a version whose
+:mod:`taxi_platform.model.registry` (the rule is in its docstring and this asset's description); a version whose
 checks failed is tagged ``checks_failed`` and never becomes champion.
 
 This module is the Dagster wiring only: it checks the partition's inputs, starts the MLflow run through the
 ``mlflow`` resource (dagster-mlflow's ``mlflow_tracking``, one MLflow run per Dagster run, tagged
-``dagster_run_id``), runs the steps of :mod:`taxi_platform.lib.model_run` and reports checks and metadata. It
+``dagster_run_id``), runs the steps of :mod:`taxi_platform.model.model_run` and reports checks and metadata. It
 ends the MLflow run itself (FINISHED, or FAILED with the reason), because dagster-mlflow only ends runs on
 failure or through a job hook that asset jobs do not use.
 """
@@ -31,10 +31,10 @@ from taxi_platform.defs.month_ranges import (
 from taxi_platform.defs.owners import MODEL
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.lib import model_run
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.tracking import TrackedRun
-from taxi_platform.lib.training import TRAINING_VERSION
+from taxi_platform.lake.lake import Lake
+from taxi_platform.model import model_run
+from taxi_platform.model.tracking import TrackedRun
+from taxi_platform.model.training import TRAINING_VERSION
 
 CHECK_DESCRIPTIONS = {
     "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
@@ -134,7 +134,7 @@ def _inputs(
             "months first (the first month of data cannot be a fare_model partition).",
             allow_retries=False,
         )
-    from taxi_platform.lib.contracts import ContractMismatchError
+    from taxi_platform.transform.contracts import ContractMismatchError
 
     try:
         model_run.check_contract(store, [*train_months, month])
@@ -165,7 +165,7 @@ def _inputs(
 
 def _fail_run(context: dg.AssetExecutionContext, run: TrackedRun, exc: BaseException) -> None:
     """End this Dagster run's MLflow run FAILED with the reason (dagster-mlflow would leave it RUNNING)."""
-    from taxi_platform.lib.tracking import mark_failed
+    from taxi_platform.model.tracking import mark_failed
 
     try:
         mark_failed(run, str(getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"))
@@ -177,12 +177,12 @@ def _train_and_register(
     context: dg.AssetExecutionContext, store: Lake, inputs: model_run.ModelRunInputs, run: TrackedRun
 ) -> MonthOutcome:
     from taxi_platform.defs.transform import load_zones
-    from taxi_platform.lib.tracking import end_all_runs
+    from taxi_platform.model.tracking import end_all_runs
 
     started = time.perf_counter()
     log_trial = None
     if inputs.tuning is not None:
-        from taxi_platform.lib.tuning import mlflow_trial_logger
+        from taxi_platform.model.tuning import mlflow_trial_logger
 
         log_trial = mlflow_trial_logger(run.tracking_uri, run.experiment_id, run.run_id, inputs.month)
     trained = model_run.train(store, load_zones(store), inputs, log=context.log.info, log_trial=log_trial)

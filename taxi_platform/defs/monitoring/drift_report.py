@@ -2,7 +2,7 @@
 
 It compares the month's ``trip_features`` and the champion's predictions on them with the champion's reference
 sample (a seeded sample of its training-window months) and scores the champion on the month. "Champion" means
-the version that served the month (:func:`taxi_platform.lib.registry.load_champion`). It writes
+the version that served the month (:func:`taxi_platform.model.registry.load_champion`). It writes
 ``drift_report/month=YYYY-MM/report.html`` (Evidently's interactive report) and ``report.json`` (the compact
 figures) to the lake and yields three checks:
 
@@ -22,6 +22,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.core.months import month_label
+from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
@@ -34,7 +36,10 @@ from taxi_platform.defs.month_ranges import (
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.lib.drift import (
+from taxi_platform.lake.lake import Lake
+from taxi_platform.model.model_run import data_source_label
+from taxi_platform.model.registry import ChampionTagsError, NoChampionError
+from taxi_platform.monitoring.drift import (
     COVERAGE_CHECK,
     DRIFT_CHECK,
     MAE_CHECK,
@@ -50,12 +55,7 @@ from taxi_platform.lib.drift import (
     report_paths,
     write_report,
 )
-from taxi_platform.lib.drift_session import DriftReporter
-from taxi_platform.lib.lake import Lake
-from taxi_platform.lib.model_run import data_source_label
-from taxi_platform.lib.months import month_label
-from taxi_platform.lib.registry import ChampionTagsError, NoChampionError
-from taxi_platform.settings import load_settings
+from taxi_platform.monitoring.drift_session import DriftReporter
 
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
 

@@ -4,17 +4,18 @@ It reads every month's ``drift_report/.../report.json``, plots the history (``dr
 it as a table in its metadata. Not partitioned: one plot covers all months, redrawn after any month's report.
 
 No ``from __future__ import annotations``: Dagster inspects the ``context`` annotation at runtime. matplotlib is
-imported by :mod:`taxi_platform.lib.trend` only when plotting.
+imported by :mod:`taxi_platform.monitoring.trend` only when plotting.
 """
 
 import dagster as dg
 
+from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.keys import MONITORING_TREND
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.resources import LakeResource
-from taxi_platform.lib.trend import (
+from taxi_platform.monitoring.trend import (
     HISTORY_COLUMNS,
     TREND_VERSION,
     data_uri,
@@ -23,7 +24,6 @@ from taxi_platform.lib.trend import (
     plot_trend,
     trend_path,
 )
-from taxi_platform.settings import load_settings
 
 TREND_CONDITION = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()

@@ -2,7 +2,7 @@
 there degraded.
 
 The sensor only reads Dagster's instance -- the stored ``mae_not_degraded`` evaluations and the months
-``drift_report`` has materialised -- and asks :func:`taxi_platform.lib.retraining.decide` what to request.
+``drift_report`` has materialised -- and asks :func:`taxi_platform.monitoring.retraining.decide` what to request.
 """
 
 import dagster as dg
@@ -11,11 +11,11 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
+from taxi_platform.core.run_tags import RETRAIN_REASON_TAG
 from taxi_platform.defs.automation import DEFAULT_STATUS
 from taxi_platform.defs.keys import FARE_MODEL
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT, MAE_CHECK_KEY
-from taxi_platform.lib.retraining import MaeEvaluation, RetrainCursor, decide
-from taxi_platform.lib.run_tags import RETRAIN_REASON_TAG
+from taxi_platform.monitoring.retraining import MaeEvaluation, RetrainCursor, decide
 
 RETRAIN_SENSOR_NAME = "retrain_on_mae_degradation"
 _DONE = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}

@@ -3,7 +3,7 @@
 ``served_quotes`` is the service's prediction log as a lake dataset partitioned by the quoted **pickup** month
 (``served_quotes/month=YYYY-MM/part-0.parquet``), each quote with the range the serving model version gave it;
 ``served_quote_accuracy`` compares those quotes with the month's realised trips in the same cell (service, pickup
-zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.lib.served_quotes`. Both follow ``trip_features`` once a
+zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.monitoring.served_quotes`. Both follow ``trip_features`` once a
 champion exists: when month M's trips arrive, M's served quotes are scored.
 
 The log is read where ``TAXI_PREDICTION_LOG_PATH`` says (the predictions bucket on GKE; by default
@@ -20,16 +20,17 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.core.months import month_label
+from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.lib.months import month_label
-from taxi_platform.lib.prediction_log_reader import LogUnreadable, earliest_log_day, read_log
-from taxi_platform.lib.registry import record_shadow_verdict, version_pricer
-from taxi_platform.lib.served_quotes import (
+from taxi_platform.model.registry import record_shadow_verdict, version_pricer
+from taxi_platform.monitoring.prediction_log_reader import LogUnreadable, earliest_log_day, read_log
+from taxi_platform.monitoring.served_quotes import (
     ACCURACY_NAME,
     ACCURACY_TABLE,
     SCORING_VERSION,
@@ -39,7 +40,6 @@ from taxi_platform.lib.served_quotes import (
     quote_accuracy,
     shadow_verdict,
 )
-from taxi_platform.settings import load_settings
 
 # The worst cells of served_quote_accuracy's report, as the metadata table shows them.
 WORST_CELL_COLUMNS = {

@@ -1,6 +1,6 @@
 # Three buckets, all with uniform bucket-level access (IAM only, no object ACLs), public access
 # prevention and object versioning. They are ordinary flat-namespace buckets: the lake code talks
-# to them with gcsfs's plain filesystem (see taxi_platform/lib/gcs.py).
+# to them with gcsfs's plain filesystem (see taxi_platform/lake/gcs.py).
 
 # The Parquet lake (TAXI_LAKE_ROOT=gs://<this bucket>/lake). Partitions are replaced by
 # overwriting one object; the previous version stays restorable for a while.

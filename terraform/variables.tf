@@ -272,7 +272,7 @@ variable "fare_service_container_name" {
 }
 
 variable "prediction_log_payload_filter" {
-  description = "Logging filter clause that picks the fare service's prediction lines (taxi_platform/lib/prediction_log.py writes one JSON line per request, quotes and fares as columns, split into parts of at most 200,000 bytes below Cloud Logging's 256 KB entry limit; Cloud Logging parses each into jsonPayload)."
+  description = "Logging filter clause that picks the fare service's prediction lines (taxi_platform/serving/prediction_log.py writes one JSON line per request, quotes and fares as columns, split into parts of at most 200,000 bytes below Cloud Logging's 256 KB entry limit; Cloud Logging parses each into jsonPayload)."
   type        = string
   default     = "jsonPayload.fare_amount:* AND jsonPayload.request_id:*"
 

@@ -8,34 +8,25 @@ sensor or schedule cannot be left out by forgetting a list; resources come from 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
-from typing import TypeVar
 
 import dagster as dg
 
 from taxi_platform.core.package_files import runtime_file
 
-T = TypeVar("T")
-
-
-def _unique(items: Iterable[T] | None) -> list[T]:
-    """A package's ``__init__`` re-exports its modules' definitions, so the loader finds those objects twice."""
-    return list({id(item): item for item in items or []}.values())
-
 
 def build_definitions() -> dg.Definitions:
     """Load ``taxi_platform.defs`` and link every asset to its source file and line in the UI."""
     loaded = dg.load_from_defs_folder(path_within_project=runtime_file("pyproject.toml").parent)
-    assets = _unique(loaded.assets)
+    assets = loaded.assets
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # source-code references are beta in Dagster 1.13
         assets = dg.with_source_code_references(assets)
     return dg.Definitions(
         assets=assets,
-        asset_checks=_unique(loaded.asset_checks),
-        sensors=_unique(loaded.sensors),
-        schedules=_unique(loaded.schedules),
-        jobs=_unique(loaded.jobs),
+        asset_checks=loaded.asset_checks,
+        sensors=loaded.sensors,
+        schedules=loaded.schedules,
+        jobs=loaded.jobs,
         resources=loaded.resources,
         # One process per run, not per step: a month's steps depend on each other, and a fresh Python process
         # per step cost 7-14 s on 2 cores. Runs (months) still execute in parallel, up to the run queue's limit.

@@ -23,6 +23,14 @@ MIRROR_MONTHS = [
     date(2025, 2, 1),
 ]
 MIRROR_ROWS = {"yellow": 4000, "green": 600}
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under ``e2e/`` drive whole flows on real services: marked ``e2e`` (``pytest -m "not e2e"`` skips them)."""
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ declared once and versioned.
 
 A :class:`Contract` is plain data. It is checked against a partition's Parquet parts in one DuckDB pass
 (:func:`validate`): every declared column present with its type, NULLs only where allowed, values inside their
-range or set, and the table's row rules. The Dagster wiring (``defs/contracts.py``) turns the same declaration
+range or set, and the table's row rules. The Dagster wiring (``defs/transform/contracts.py``) turns the same declaration
 into the assets' column schema (``dagster/column_schema`` with constraints) and into blocking asset checks, and the
 writers stamp the version into each Parquet file's key-value metadata (``contract``, e.g. ``trip_features/1``).
 ``fare_model`` trains only on ``trip_features`` stamped with the version its code expects and records that version

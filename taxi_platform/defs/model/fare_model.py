@@ -176,7 +176,7 @@ def _fail_run(context: dg.AssetExecutionContext, run: TrackedRun, exc: BaseExcep
 def _train_and_register(
     context: dg.AssetExecutionContext, store: Lake, inputs: model_run.ModelRunInputs, run: TrackedRun
 ) -> MonthOutcome:
-    from taxi_platform.defs.transform import load_zones
+    from taxi_platform.defs.transform.assets import load_zones
     from taxi_platform.model.tracking import end_all_runs
 
     started = time.perf_counter()

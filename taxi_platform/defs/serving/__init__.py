@@ -1,0 +1,1 @@
+"""Serving stage wiring: the fare_service Bento and the scheduled_quotes batch-scoring asset."""

@@ -1,0 +1,1 @@
+"""Transform stage wiring: cleaned_trips and trip_features, and their data-contract checks."""

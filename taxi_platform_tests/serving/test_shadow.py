@@ -1,0 +1,146 @@
+"""The shadow challenger: a Bento that serves the champion and prices every request with the challenger too.
+
+A registry holds the sample champion (alias ``champion``) and a challenger that never quotes below $40 (alias
+``challenger``). ``build_champion_bento`` packages both; a live ``taxi-platform serve`` answers with the champion's
+fares while the prediction log gets, for each request, a ``shadow`` record with the same server request id and the
+challenger's fares. Those quotes, read back as ``served_quotes`` and scored against the month's realised trips, give
+the champion's and the challenger's MAE on the same quotes; the verdict fails the challenger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from taxi_platform.devtools.loopback import free_port
+from taxi_platform.monitoring.prediction_log_reader import read_log
+from taxi_platform.monitoring.served_quotes import quote_accuracy, shadow_verdict
+from taxi_platform.serving import bento_build
+from taxi_platform.serving.prediction_log import read_prediction_log
+from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
+from taxi_platform_tests.support.registries import champion_model, register
+from taxi_platform_tests.support.sample_champion import (
+    VALIDATION_MONTH,
+    build_sample_lake,
+    ensure_sample_champion,
+)
+
+pytestmark = pytest.mark.slow
+MONTH = VALIDATION_MONTH.strftime("%Y-%m")
+QUOTES = 300
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return build_sample_lake(tmp_path_factory.mktemp("shadow-lake"), months=(VALIDATION_MONTH,))
+
+
+@pytest.fixture(scope="module")
+def quotes(lake) -> list[dict]:
+    """Quotes for trips that were realised in the month (so every quote has a realised cell)."""
+    rows = duckdb.sql(
+        f"SELECT strftime(pickup_datetime, '%Y-%m-%dT%H:%M:%S') AS t, pickup_zone, dropoff_zone, "
+        f"CAST(service AS VARCHAR) AS s FROM read_parquet('{lake.partition_glob('trip_features', MONTH + '-01')}') "
+        f"WHERE pickup_zone NOT IN (264, 265) AND dropoff_zone NOT IN (264, 265) ORDER BY hash(pickup_datetime) "
+        f"LIMIT {QUOTES}"
+    ).fetchall()
+    return [{"pickup_datetime": t, "pickup_zone": pu, "dropoff_zone": do, "passenger_count": 1, "service": s}
+            for t, pu, do, s in rows]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, quotes):
+    champion = ensure_sample_champion(tmp_path_factory.getbasetemp() / "sample-champion")
+    work = tmp_path_factory.mktemp("shadow")
+    good, bad = champion_model(champion), champion_model(champion, min_fare=40.0)
+    uri = register(work / "registry", [(good, ["champion"]), (bad, ["challenger"])])
+    data = work / "data"
+    _, _, build = bento_build.build_champion_bento(data / "bentoml", uri)
+    env = {
+        **os.environ,
+        "TAXI_DATA_DIR": str(data),
+        "MLFLOW_TRACKING_URI": uri,
+        "TAXI_PREDICTION_LOG": "file",
+    }
+    log = work / "server.log"
+    proc, url = start_server(env, free_port(), work, log)
+    try:
+        _wait_ready(url, proc, log)
+        singles = [requests.post(f"{url}/predict", json=q, timeout=30) for q in quotes[:20]]
+        batch = requests.post(f"{url}/predict_batch", json={"quotes": quotes[20:]}, timeout=60)
+    finally:
+        _stop(proc)  # SIGTERM: the shadow's queue and the log are flushed on shutdown
+    yield {"build": build, "singles": singles, "batch": batch, "data": data, "good": good, "bad": bad,
+           "log": log, "uri": uri}  # fmt: skip
+
+
+def _records(data: Path) -> list[dict]:
+    return list(read_prediction_log(data / "predictions"))
+
+
+def test_the_bento_packages_the_challenger_as_a_shadow(served):
+    build = served["build"]
+    assert build.shadow_tag and build.shadow_tag != build.model_tag
+    assert build.shadow_tag in bento_build.bento_models(build.path)
+
+
+def test_riders_get_the_champions_fares_and_the_log_has_both(served, quotes):
+    singles, batch = served["singles"], served["batch"]
+    assert all(r.status_code == 200 for r in singles) and batch.status_code == 200
+    cols = {k: np.asarray([q[k] for q in quotes]) for k in quotes[0]}
+    champion = np.round(served["good"].predict_quotes(cols), 2)
+    challenger = np.round(served["bad"].predict_quotes(cols), 2)
+    answered = [r.json()["fare_amount"] for r in singles] + batch.json()["predictions"]
+    np.testing.assert_allclose(answered, champion, atol=0.005)
+    assert (champion < 40).any() and (challenger >= 40).all()
+    records = _records(served["data"])
+    by_role: dict[str, dict[tuple, float]] = {"served": {}, "shadow": {}}
+    for r in records:
+        by_role[r["role"]][(r["request_id"], r["index"])] = r["fare_amount"]
+    assert len(by_role["served"]) == len(by_role["shadow"]) == QUOTES
+    assert by_role["served"].keys() == by_role["shadow"].keys()  # same server ids, same indexes
+    shadow_versions = {r["model_version"] for r in records if r["role"] == "shadow"}
+    served_versions = {r["model_version"] for r in records if r["role"] == "served"}
+    assert shadow_versions == {"2"} and served_versions == {"1"}
+    order = sorted(by_role["served"])  # request ids sort in request order (counter), indexes within
+    assert sorted(by_role["shadow"].values()) == sorted(challenger.tolist())
+    assert sorted(by_role["served"][k] for k in order) == sorted(champion.tolist())
+
+
+def test_shadow_quotes_are_scored_beside_the_served_ones(served, lake, tmp_path):
+    columns, stats = read_log(str(served["data"] / "predictions"), MONTH)
+    assert len(columns) == 2 * QUOTES and stats["duplicate_quotes"] == 0
+    dest = tmp_path / "served_quotes.parquet"
+    pq.write_table(columns.table(), dest)
+    report = quote_accuracy(lake, str(dest), lake.partition_glob("trip_features", MONTH + "-01"), MONTH)
+    assert report["quotes"] == QUOTES and report["model_versions"] == {"1": QUOTES}  # the riders' quotes only
+    shadow = report["shadow"]
+    assert shadow["shadow_quotes"] == QUOTES and shadow["challenger_versions"] == {"2": QUOTES}
+    assert shadow["compared_quotes"] == report["matched_quotes"] == QUOTES
+    assert shadow["champion_mae_vs_realised_mean"] == pytest.approx(report["mae_vs_realised_mean"], abs=1e-4)
+    assert shadow["challenger_mae_vs_realised_mean"] > shadow["champion_mae_vs_realised_mean"] + 10
+    assert shadow_verdict(shadow, tolerance=0.01, min_quotes=100) == "fail"
+    assert shadow_verdict(shadow, tolerance=0.01, min_quotes=QUOTES + 1) is None
+    swapped = {**shadow, "champion_mae_vs_realised_mean": shadow["challenger_mae_vs_realised_mean"] + 1}
+    assert shadow_verdict(swapped, tolerance=0.01, min_quotes=100) == "pass"
+    json.dumps(report)  # the report stays JSON
+
+
+def test_without_a_challenger_there_is_no_shadow(tmp_path_factory):
+    champion = ensure_sample_champion(tmp_path_factory.getbasetemp() / "sample-champion")
+    root = tmp_path_factory.mktemp("no-shadow")
+    uri = register(root / "registry", [(champion_model(champion), ["champion", "challenger"])])
+    info = bento_build.champion_info(uri)
+    assert bento_build.shadow_challenger(uri, info) is None
+    started = time.perf_counter()
+    _, _, build = bento_build.build_champion_bento(root / "bentoml", uri)
+    assert build.shadow_tag is None and len(bento_build.bento_models(build.path)) == 1
+    assert time.perf_counter() - started < 300

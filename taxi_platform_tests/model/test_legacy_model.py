@@ -9,7 +9,9 @@ Fixtures (MLflow model directories, each with ``expected.json``: quotes and the 
 - ``model_before_fare_model_package``: models-from-code, logged by commit 71b57c9 (the flat ``lib/`` layout, state
   format 1 pickled with ``taxi_platform.lib.*`` classes);
 - ``model_pickled_before_fare_model_package``: a cloudpickled ``python_model`` with the same code (the form used
-  before models-from-code).
+  before models-from-code);
+- ``model_before_domain_packages``: today's form (the shipped ``fare_model`` package, state format 2, probe fares),
+  logged by commit e4aee80, the last commit with the flat ``lib/`` before the domain packages.
 """
 
 from __future__ import annotations
@@ -85,3 +87,16 @@ def test_the_installed_code_change_is_real(changed_features):
     today = FareQuoteModel(old.estimator, stats, zones, old.family)
     got = today.predict_quotes({c: quotes[c].to_numpy() for c in quotes.columns})
     assert np.max(np.abs(got - fares)) > 0.05
+
+
+def test_version_logged_before_the_domain_packages_prices_as_it_did(changed_features):
+    """A version from the last flat-``lib/`` commit runs its shipped package: the move changed none of its fares."""
+    fixture = DATA / "model_before_domain_packages"
+    quotes, fares = _expected(fixture)
+    assert not is_legacy(fixture)
+    loaded = load_version(str(fixture))
+    np.testing.assert_allclose(loaded.predict(quotes)["fare_amount"].to_numpy(), fares, rtol=1e-9)
+    module = type(loaded.unwrap_python_model()).__module__
+    assert module.startswith("taxi_fare_model_"), module
+    checked = verify_version(loaded, str(fixture))
+    assert checked["probes"] == 64 and checked["max_abs_diff"] <= 1e-9, checked

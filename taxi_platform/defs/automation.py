@@ -68,7 +68,8 @@ from taxi_platform.ingest.releases import (
     safety_net_month,
     version_from_metadata,
 )
-from taxi_platform.ingest.tlc import ProbeResult, probe, probe_many, trip_url
+from taxi_platform.ingest.tlc_probe import ProbeResult, probe, probe_many
+from taxi_platform.ingest.tlc_urls import trip_url
 
 MONTHLY_TARGET = (RAW_TRIPS, CLEANED_TRIPS, TRIP_FEATURES)
 

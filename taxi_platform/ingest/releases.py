@@ -49,7 +49,8 @@ from datetime import UTC, date, datetime
 from typing import Literal
 
 from taxi_platform.core.months import month_label, shift_label
-from taxi_platform.ingest.tlc import ProbeResult, parse_http_date
+from taxi_platform.ingest.tlc_http import parse_http_date
+from taxi_platform.ingest.tlc_probe import ProbeResult
 
 CURSOR_FORMAT = 2
 READABLE_CURSOR_FORMATS = (1, 2)

@@ -32,7 +32,7 @@ from taxi_platform.ingest.releases import (
     decide,
     run_key,
 )
-from taxi_platform.ingest.tlc import ProbeResult
+from taxi_platform.ingest.tlc_probe import ProbeResult
 from taxi_platform_tests.support import mirror_fixtures, release_sensor
 from taxi_platform_tests.support.release_sensor import tick
 

@@ -30,7 +30,7 @@ from taxi_platform.ingest.releases import (
     version_from_metadata,
     version_token,
 )
-from taxi_platform.ingest.tlc import ProbeResult, probe
+from taxi_platform.ingest.tlc_probe import ProbeResult, probe
 from taxi_platform_tests.support import release_sensor
 from taxi_platform_tests.support.release_sensor import tick
 

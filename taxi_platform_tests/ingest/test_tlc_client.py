@@ -22,22 +22,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
-from taxi_platform.ingest.tlc import (
+from taxi_platform.ingest.tlc import download, fetch
+from taxi_platform.ingest.tlc_errors import (
     DownloadError,
     NotParquetError,
     NotPublishedError,
     TlsError,
     TooLargeError,
     UnexpectedSchemaError,
-    download,
-    fetch,
-    parse_http_date,
-    plain_md5_etag,
-    probe,
-    probe_many,
-    trip_url,
-    zone_lookup_url,
 )
+from taxi_platform.ingest.tlc_http import parse_http_date, plain_md5_etag
+from taxi_platform.ingest.tlc_probe import probe, probe_many
+from taxi_platform.ingest.tlc_urls import trip_url, zone_lookup_url
 from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_lookup
 from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support import mirror_fixtures

@@ -26,19 +26,11 @@ from taxi_platform.defs.month_ranges import (
 from taxi_platform.defs.owners import INGEST
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
-from taxi_platform.ingest.tlc import (
-    DownloadError,
-    DownloadResult,
-    NotPublishedError,
-    ProbeResult,
-    download_to,
-    fetch,
-    not_published_message,
-    probe_many,
-    trip_url,
-    zone_lookup_url,
-)
+from taxi_platform.ingest.tlc import DownloadResult, download_to, fetch
+from taxi_platform.ingest.tlc_errors import DownloadError, NotPublishedError
+from taxi_platform.ingest.tlc_probe import ProbeResult, probe_many
 from taxi_platform.ingest.tlc_schema import SchemaMismatchError, era_for, match_schema
+from taxi_platform.ingest.tlc_urls import not_published_message, trip_url, zone_lookup_url
 from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_lookup
 from taxi_platform.lake.lake import Lake
 

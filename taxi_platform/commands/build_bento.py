@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.core.settings import SettingsError, load_settings
+    from taxi_platform.core.setting_values import SettingsError
+    from taxi_platform.core.settings import load_settings
     from taxi_platform.serving import bento_build
     from taxi_platform.serving.image_ref import ImageRefError, require_pinned_image
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Given on the command line, even empty, it must be valid (an unset CI variable is an error, not the
     # default image); the environment variable counts only when non-empty.
-    base_image = args.base_image if args.base_image is not None else os.environ.get("TAXI_BENTO_BASE_IMAGE")
+    base_image = args.base_image if args.base_image is not None else settings.bento_base_image
     if args.base_image is not None or base_image:
         source = "--base-image" if args.base_image is not None else "TAXI_BENTO_BASE_IMAGE"
         try:

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taxi_platform.core.settings import SettingsError, load_settings
+    from taxi_platform.core.setting_values import SettingsError
+    from taxi_platform.core.settings import load_settings
     from taxi_platform.serving.batch_score import (
         DEFAULT_CHUNK_ROWS,
         ScoreInputError,

@@ -14,6 +14,14 @@ from datetime import date
 from pathlib import Path
 
 from taxi_platform.core.months import MonthError, parse_month
+from taxi_platform.core.setting_values import (
+    SettingsError,
+    parse_byte_size,
+    parse_flag,
+    parse_memory_limit,
+    parse_positive_float,
+    parse_whole_number,
+)
 from taxi_platform.fare_model.features import SERVICES
 
 DEFAULT_TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net"
@@ -33,10 +41,9 @@ DEFAULT_REPORTS_URL = "http://127.0.0.1:3002"
 DUCKDB_TEMP_SUBDIR = "duckdb_tmp"
 # The fare service's prediction log: where a local service writes it and served_quotes reads it.
 PREDICTION_LOG_SUBDIR = "predictions"
-
-
-class SettingsError(ValueError):
-    """A setting read from the environment has a bad value."""
+# The fare service's API-key rate limit: requests per second per key and worker (a batch is one request).
+DEFAULT_RATE_LIMIT = 20.0
+PREDICTION_LOG_SINKS = ("file", "stdout", "both", "off")  # TAXI_PREDICTION_LOG
 
 
 def parse_services(value: str) -> tuple[str, ...]:
@@ -59,62 +66,10 @@ def _parse_base_url(value: str, variable: str = "TLC_BASE_URL") -> str:
     return url
 
 
-def parse_positive_float(value: str, variable: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise SettingsError(f"{variable}={value!r} is not a number of seconds, e.g. 1800") from None
-    if not number > 0 or number == float("inf"):
-        raise SettingsError(f"{variable}={value!r} must be a positive, finite number of seconds, e.g. 1800")
-    return number
-
-
-_BYTE_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 1 << 10,
-    "KB": 10**3,
-    "KIB": 1 << 10,
-    "M": 1 << 20,
-    "MB": 10**6,
-    "MIB": 1 << 20,
-    "G": 1 << 30,
-    "GB": 10**9,
-    "GIB": 1 << 30,
-    "T": 1 << 40,
-    "TB": 10**12,
-    "TIB": 1 << 40,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_byte_size(value: str, variable: str) -> int:
-    """``1073741824``, ``1GiB``, ``500MB`` … → bytes (positive)."""
-    match = _SIZE_RE.match(value)
-    unit = match.group(2).upper() if match else ""
-    if not match or unit not in _BYTE_UNITS:
-        raise SettingsError(f"{variable}={value!r} is not a size: expected bytes or e.g. '2GiB', '500MB'")
-    size = int(float(match.group(1)) * _BYTE_UNITS[unit])
-    if size <= 0:
-        raise SettingsError(f"{variable}={value!r} must be a positive size, e.g. '2GiB'")
-    return size
-
-
-_MEMORY_LIMIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB|%)\s*$", re.IGNORECASE)
-
-
-def parse_memory_limit(value: str, variable: str = "TAXI_DUCKDB_MEMORY_LIMIT") -> str:
-    """A DuckDB ``memory_limit``: a size such as ``4GB`` / ``512MiB`` or a share of RAM such as ``50%``."""
-    match = _MEMORY_LIMIT_RE.match(value)
-    if not match:
-        raise SettingsError(
-            f"{variable}={value!r} is not a memory limit: expected a size such as '4GB' or '512MiB', or a share "
-            "of the machine's memory such as '50%'"
-        )
-    number, unit = float(match.group(1)), match.group(2).upper()
-    if number <= 0 or (unit == "%" and number > 100):
-        raise SettingsError(f"{variable}={value!r} must be above 0 (and at most 100%), e.g. '4GB' or '50%'")
-    return f"{match.group(1)}{'%' if unit == '%' else unit.replace('IB', 'iB')}"
+def load_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``TAXI_DATA_DIR`` (default ``.data``) as an absolute path: local state, the default lake and MLflow store."""
+    env = os.environ if env is None else env
+    return Path(env.get("TAXI_DATA_DIR") or ".data").expanduser().absolute()
 
 
 @dataclass(frozen=True)
@@ -128,7 +83,7 @@ class DuckDBSettings:
 def load_duckdb_settings(env: dict[str, str] | None = None) -> DuckDBSettings:
     """Only the DuckDB settings (``TAXI_DATA_DIR``, ``TAXI_DUCKDB_MEMORY_LIMIT``), read on every connection."""
     env = dict(os.environ if env is None else env)
-    data_dir = Path(env.get("TAXI_DATA_DIR", ".data")).expanduser().absolute()
+    data_dir = load_data_dir(env)
     limit = parse_memory_limit(env.get("TAXI_DUCKDB_MEMORY_LIMIT") or DEFAULT_DUCKDB_MEMORY_LIMIT)
     return DuckDBSettings(temp_root=data_dir / DUCKDB_TEMP_SUBDIR, memory_limit=limit)
 
@@ -170,19 +125,6 @@ class AutomationSettings:
         return max(86400.0, float(self.retry_backoff_seconds))
 
 
-def parse_whole_number(value: str, variable: str, example: int, minimum: int = 1) -> int:
-    """A whole number of seconds or runs, at least ``minimum``."""
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise SettingsError(
-            f"{variable}={value!r} is not a whole number of seconds/runs, e.g. {example}"
-        ) from None
-    if number < minimum:
-        raise SettingsError(f"{variable}={value!r} is below the minimum {minimum}")
-    return number
-
-
 def parse_groups(value: str) -> tuple[str, ...] | None:
     """``ingest, transform`` → ``("ingest", "transform")``; empty or ``*`` → None (every group)."""
     value = value.strip()
@@ -222,16 +164,6 @@ def load_automation_settings(env: Mapping[str, str] | None = None) -> Automation
     )
 
 
-def parse_flag(value: str, variable: str) -> bool:
-    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off`` (any case); empty: False."""
-    flag = value.strip().lower()
-    if flag in ("", "false", "0", "no", "off"):
-        return False
-    if flag in ("true", "1", "yes", "on"):
-        return True
-    raise SettingsError(f"{variable}={value!r}: expected true or false")
-
-
 def parse_prediction_log_path(value: str, variable: str = "TAXI_PREDICTION_LOG_PATH") -> str | None:
     """A local directory (made absolute) or ``gs://bucket[/prefix]``; empty: None (the default)."""
     value = value.strip()
@@ -246,6 +178,61 @@ def parse_prediction_log_path(value: str, variable: str = "TAXI_PREDICTION_LOG_P
             "writes to, gs://bucket[/prefix] (terraform output prediction_log_path)"
         )
     return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The fare service's variables, read by each worker when it starts (``bento/service.py``).
+
+    ``TAXI_API_KEYS_FILE``      file of SHA-256 key hashes; unset: no authentication (and no rate limit)
+    ``TAXI_RATE_LIMIT``         requests per second per key and worker (default 20; 0: no limit)
+    ``TAXI_RATE_BURST``         bucket size (default twice the rate, at least 1)
+    ``TAXI_TRACE_PREDICTIONS``  true: trace /predict too (it is left out of OpenTelemetry traces by default)
+    ``TAXI_PREDICTION_LOG``     the prediction log's sinks: file (default), stdout, both or off
+    """
+
+    api_keys_file: str | None = None
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: float = 2 * DEFAULT_RATE_LIMIT
+    trace_predictions: bool = False
+    prediction_log_sinks: str = "file"
+
+    @property
+    def log_to_file(self) -> bool:
+        return self.prediction_log_sinks in ("file", "both")
+
+    @property
+    def log_to_stdout(self) -> bool:
+        return self.prediction_log_sinks in ("stdout", "both")
+
+
+def _parse_rate(value: str, variable: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise SettingsError(f"{variable}={value!r} is not a number of requests per second, e.g. 20") from None
+    if not 0 <= rate < float("inf"):
+        raise SettingsError(f"{variable}={value!r} must be 0 or a positive, finite number, e.g. 20")
+    return rate
+
+
+def load_service_settings(env: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Only the fare service's settings; an unset or empty variable takes its default."""
+    env = os.environ if env is None else env
+    rate = _parse_rate(env.get("TAXI_RATE_LIMIT", "").strip() or str(DEFAULT_RATE_LIMIT), "TAXI_RATE_LIMIT")
+    burst_raw = env.get("TAXI_RATE_BURST", "").strip()
+    sinks = env.get("TAXI_PREDICTION_LOG", "").strip().lower() or "file"
+    if sinks not in PREDICTION_LOG_SINKS:
+        raise SettingsError(
+            f"TAXI_PREDICTION_LOG={sinks!r}: expected one of {', '.join(PREDICTION_LOG_SINKS)}"
+        )
+    return ServiceSettings(
+        api_keys_file=env.get("TAXI_API_KEYS_FILE", "").strip() or None,
+        rate_limit=rate,
+        rate_burst=_parse_rate(burst_raw, "TAXI_RATE_BURST") if burst_raw else max(2 * rate, 1.0),
+        trace_predictions=parse_flag(env.get("TAXI_TRACE_PREDICTIONS", ""), "TAXI_TRACE_PREDICTIONS"),
+        prediction_log_sinks=sinks,
+    )
 
 
 @dataclass(frozen=True)
@@ -267,6 +254,8 @@ class Settings:
     # TAXI_LOCK_RESOURCE_CONFIG (a deployed instance: true): resource config that decides where credentials, data
     # or code come from may not be set per run (taxi_platform.defs.resources.LOCKED_FIELDS).
     lock_resource_config: bool = False
+    # TAXI_BENTO_BASE_IMAGE: the fare service image's base, pinned by digest (checked by build-bento); None: BentoML's.
+    bento_base_image: str | None = None
 
     @property
     def prediction_log_path(self) -> str:
@@ -322,7 +311,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise SettingsError(str(exc)) from exc
     base_url = _parse_base_url(env.get("TLC_BASE_URL", DEFAULT_TLC_BASE_URL))
     services = parse_services(env.get("TAXI_SERVICES", ",".join(DEFAULT_SERVICES)))
-    data_dir = Path(env.get("TAXI_DATA_DIR", ".data")).expanduser().absolute()
+    data_dir = load_data_dir(env)
     lake_root = env.get("TAXI_LAKE_ROOT") or str(data_dir / "lake")
     if "://" not in lake_root:
         lake_root = str(Path(lake_root).expanduser().absolute())
@@ -351,6 +340,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         duckdb_memory_limit=duckdb.memory_limit,
         reports_url=reports_url,
         automation=load_automation_settings(env),
+        bento_base_image=env.get("TAXI_BENTO_BASE_IMAGE", "").strip() or None,
         lock_resource_config=parse_flag(
             env.get("TAXI_LOCK_RESOURCE_CONFIG", ""), "TAXI_LOCK_RESOURCE_CONFIG"
         ),

@@ -54,8 +54,10 @@ from typing import IO, Any
 
 import numpy as np
 
-ENV_SINKS = "TAXI_PREDICTION_LOG"
-SINK_CHOICES = ("file", "stdout", "both", "off")
+from taxi_platform.core.settings import PREDICTION_LOG_SINKS, load_service_settings
+
+ENV_SINKS = "TAXI_PREDICTION_LOG"  # read by taxi_platform.core.settings.load_service_settings
+SINK_CHOICES = PREDICTION_LOG_SINKS
 FILE_PREFIX = "predictions-"
 QUOTE_FIELDS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
 MAX_LINE_BYTES = 200_000
@@ -69,11 +71,10 @@ log = logging.getLogger(__name__)
 
 
 def sinks_from_env(env: Mapping[str, str] | None = None) -> tuple[bool, bool]:
-    """``(to_file, to_stdout)`` from ``TAXI_PREDICTION_LOG``; a bad value raises ``ValueError``."""
-    value = (os.environ if env is None else env).get(ENV_SINKS, "file").strip().lower() or "file"
-    if value not in SINK_CHOICES:
-        raise ValueError(f"{ENV_SINKS}={value!r}: expected one of {', '.join(SINK_CHOICES)}")
-    return value in ("file", "both"), value in ("stdout", "both")
+    """``(to_file, to_stdout)`` from ``TAXI_PREDICTION_LOG`` (:func:`taxi_platform.core.settings.load_service_settings`);
+    a bad value raises ``SettingsError`` (a ``ValueError``)."""
+    settings = load_service_settings(env)
+    return settings.log_to_file, settings.log_to_stdout
 
 
 def bento_root(service_file: str | Path) -> Path | None:

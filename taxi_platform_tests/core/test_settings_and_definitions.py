@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import date
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.core.months import parse_month
-from taxi_platform.core.settings import SettingsError, load_settings
+from taxi_platform.core.setting_values import SettingsError
+from taxi_platform.core.settings import load_settings
 
 DESIGN_ASSET_KEYS = {
     "taxi_zones",
@@ -144,7 +146,7 @@ def test_download_and_duckdb_limits_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_report_links_open_in_a_browser(tmp_path):
-    from taxi_platform.core.settings import SettingsError
+    from taxi_platform.core.setting_values import SettingsError
 
     lake = tmp_path / "lake"
     settings = load_settings({"TAXI_DATA_DIR": str(tmp_path), "TAXI_LAKE_ROOT": str(lake)})
@@ -162,3 +164,55 @@ def test_report_links_open_in_a_browser(tmp_path):
     assert settings.browser_url(str(tmp_path / "elsewhere.html")).startswith("file://")
     with pytest.raises(SettingsError, match="TAXI_REPORTS_URL='ftp://x' is not an http"):
         load_settings({"TAXI_REPORTS_URL": "ftp://x"})
+
+
+def test_service_settings_defaults_and_values():
+    from taxi_platform.core.settings import load_service_settings
+
+    default = load_service_settings({})
+    assert (default.api_keys_file, default.rate_limit, default.rate_burst) == (None, 20.0, 40.0)
+    assert (default.trace_predictions, default.log_to_file, default.log_to_stdout) == (False, True, False)
+    custom = load_service_settings(
+        {
+            "TAXI_API_KEYS_FILE": " /run/keys/hashes ",
+            "TAXI_RATE_LIMIT": "0.25",
+            "TAXI_TRACE_PREDICTIONS": "true",
+            "TAXI_PREDICTION_LOG": "Both",
+        }
+    )
+    assert custom.api_keys_file == "/run/keys/hashes"
+    assert (custom.rate_limit, custom.rate_burst) == (
+        0.25,
+        1.0,
+    )  # burst: twice the rate, at least one request
+    assert custom.trace_predictions and custom.log_to_file and custom.log_to_stdout
+    assert load_service_settings({"TAXI_RATE_LIMIT": "5", "TAXI_RATE_BURST": "7"}).rate_burst == 7.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TAXI_RATE_LIMIT", "fast", "TAXI_RATE_LIMIT='fast' is not a number of requests per second"),
+        ("TAXI_RATE_LIMIT", "-1", "TAXI_RATE_LIMIT='-1' must be 0 or a positive"),
+        ("TAXI_RATE_BURST", "inf", "TAXI_RATE_BURST='inf' must be 0 or a positive"),
+        ("TAXI_TRACE_PREDICTIONS", "maybe", "TAXI_TRACE_PREDICTIONS='maybe': expected true or false"),
+        (
+            "TAXI_PREDICTION_LOG",
+            "syslog",
+            "TAXI_PREDICTION_LOG='syslog': expected one of file, stdout, both, off",
+        ),
+    ],
+)
+def test_bad_service_settings_name_the_variable(variable, value, message):
+    from taxi_platform.core.setting_values import SettingsError
+    from taxi_platform.core.settings import load_service_settings
+
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_service_settings({variable: value})
+
+
+def test_bento_base_image_setting():
+    assert load_settings({}).bento_base_image is None
+    assert load_settings({"TAXI_BENTO_BASE_IMAGE": " "}).bento_base_image is None
+    ref = "python:3.11-slim@sha256:" + "a" * 64
+    assert load_settings({"TAXI_BENTO_BASE_IMAGE": ref}).bento_base_image == ref

@@ -55,7 +55,7 @@ def test_dagster_pods_read_the_log_where_the_sink_writes_it():
 def test_a_bad_log_path_names_the_variable():
     import pytest
 
-    from taxi_platform.core.settings import SettingsError
+    from taxi_platform.core.setting_values import SettingsError
 
     with pytest.raises(
         SettingsError, match=r"TAXI_PREDICTION_LOG_PATH='s3://logs': expected a local directory"

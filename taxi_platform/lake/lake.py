@@ -7,12 +7,9 @@ parallel; names carry the version id): locally a relative symlink replaced in on
 (:mod:`taxi_platform.lake.gcs_partitions`). Writers of one partition are serialised (a ``flock`` locally, a lease on
 GCS); readers resolve the pointer once (:meth:`Lake.partition_glob`, :meth:`Lake.partition_files`) and so read one
 version whole; leftovers of interrupted writes and partitions of the previous layout (a plain directory of parts) are
-repaired by the next write or read. Single files (zone lookup, reports, a month's raw files) are moved into place with
-``os.replace`` / a single upload; files that belong together (a month's raw files, one per service) are published as
-one unit by :meth:`Lake.staged_files`: all new, or, if any move fails, all previous (see :meth:`Lake.publish_files`).
-
-DuckDB connections (:meth:`Lake.connect`) spill to ``$TAXI_DATA_DIR/duckdb_tmp`` and use the memory limit from
-settings.
+repaired by the next write or read. Single files and sets of files are written by
+:class:`~taxi_platform.lake.atomic_files.AtomicFiles`, DuckDB connections opened by
+:class:`~taxi_platform.lake.duckdb_connection.DuckDBConnections`.
 """
 
 from __future__ import annotations
@@ -20,12 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from taxi_platform.lake import partition_versions
+from taxi_platform.lake.atomic_files import AtomicFiles
+from taxi_platform.lake.duckdb_connection import DuckDBConnections
 
 PART_FILE = "part-0.parquet"
 
@@ -40,46 +38,7 @@ def month_dir(partition_key: str) -> str:
     return f"month={partition_key[:7]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
-_SWEPT: set[str] = set()  # spill roots this process has already cleaned
-
-
-def spill_directory(temp_root: str, sweep: bool = True) -> str:
-    """A fresh spill directory path for one DuckDB connection under ``temp_root`` (created lazily by DuckDB).
-
-    ``temp_root`` is created; with ``sweep``, subdirectories left behind by processes that no longer run are
-    removed."""
-    root = Path(temp_root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        for entry in root.iterdir() if sweep else ():
-            pid_text = entry.name.split("-", 1)[0]
-            if (
-                entry.is_dir()
-                and pid_text.isdigit()
-                and int(pid_text) != os.getpid()
-                and not _pid_alive(int(pid_text))
-            ):
-                shutil.rmtree(entry, ignore_errors=True)
-    except (
-        OSError
-    ):  # an unwritable data dir only matters once DuckDB spills, and then DuckDB names the directory
-        pass
-    return str(root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
-
-
-class Lake:
+class Lake(AtomicFiles, DuckDBConnections):
     """A lake rooted at a local directory or a ``gs://bucket/prefix`` URL."""
 
     # How long a superseded version of a partition stays readable, and the GCS lease's lifetime and wait (None: wait
@@ -204,133 +163,7 @@ class Lake:
             if name.startswith("month=") and self.has_partition(table, name[len("month=") :])
         ]
 
-    # -- atomic writes ---------------------------------------------------------------------
-    @contextmanager
-    def staged_file(self, dest: str, suffix: str = "") -> Iterator[str]:
-        """Yield a local temporary path; on success move it to ``dest`` atomically.
-
-        On any exception the temporary file is removed and ``dest`` is untouched. The temporary name is a
-        dot-file ending in ``.tmp``, so globs such as ``month=*/*.parquet`` never read a half-written file,
-        even one left behind by a process that was killed.
-        """
-        if not self.is_remote:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            tmp_dir = str(Path(dest).parent)
-        else:
-            tmp_dir = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
-        os.close(fd)
-        try:
-            yield tmp
-            self.publish(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    def publish(self, local_file: str, dest: str) -> None:
-        """Move a finished local file to ``dest`` in one atomic step."""
-        if not self.is_remote:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(local_file, 0o644)  # mkstemp creates 0600; lake files are readable like any other output
-            try:
-                os.replace(local_file, dest)
-            except OSError:  # different filesystem: copy next to dest, then rename
-                tmp = str(Path(dest).parent / f".{Path(dest).name}.{uuid.uuid4().hex[:8]}.tmp")
-                try:
-                    shutil.copyfile(local_file, tmp)
-                    os.replace(tmp, dest)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                os.unlink(local_file)
-        else:
-            self.fs.put_file(local_file, dest)
-            os.unlink(local_file)
-
-    @contextmanager
-    def staged_files(self, dests: Sequence[str], suffix: str = "") -> Iterator[list[str]]:
-        """Like :meth:`staged_file` for several files that belong together (a month's raw files, one per service).
-
-        Yields one local temporary path per ``dests`` entry; when the block succeeds they are published as one unit
-        (:meth:`publish_files`): all new files, or, if anything fails, all previous files. On any exception in the
-        block nothing changes."""
-        tmps: list[str] = []
-        try:
-            for dest in dests:
-                if not self.is_remote:
-                    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-                tmp_dir = None if self.is_remote else str(Path(dest).parent)
-                fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
-                os.close(fd)
-                tmps.append(tmp)
-            yield list(tmps)
-            self.publish_files(list(zip(tmps, dests, strict=True)))
-        finally:
-            for tmp in tmps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-
-    def publish_files(self, files: Sequence[tuple[str, str]]) -> None:
-        """Move finished local files to their destinations as one unit: ``files`` is ``[(local_file, dest), ...]``.
-
-        Each previous file is first kept under a hidden backup name (a hard link locally, a server-side copy on GCS),
-        then every new file is moved into place. If any move fails, the files already replaced are restored from
-        their backups (new files where there was none are removed) and the error is raised, so the destinations hold
-        either all the new files or all the previous ones. Readers never see a destination missing; between the
-        moves (milliseconds locally, one upload per file on GCS) a reader may see some new files next to old ones.
-        """
-        backups: list[tuple[str, str | None]] = []  # (dest, backup) for every dest prepared so far
-        done: list[tuple[str, str | None]] = []
-        try:
-            for _local, dest in files:
-                backups.append((dest, self._backup(dest)))
-            for (local, dest), (_dest, backup) in zip(files, backups, strict=True):
-                self.publish(local, dest)
-                done.append((dest, backup))
-        except BaseException:
-            for dest, backup in reversed(done):
-                try:
-                    self._restore(dest, backup)
-                except Exception:  # keep restoring the others; the original error is what the caller needs
-                    continue
-            raise
-        finally:
-            for _dest, backup in backups:
-                if backup is not None:
-                    self._discard(backup)
-
-    def _backup(self, dest: str) -> str | None:
-        if not self.exists(dest):
-            return None
-        name = dest.rsplit("/", 1)[-1]
-        backup = f"{dest.rsplit('/', 1)[0]}/.{name}.{uuid.uuid4().hex[:8]}.bak"
-        if self.is_remote:
-            self.fs.copy(dest, backup)
-            return backup
-        try:
-            os.link(dest, backup)
-        except OSError:  # no hard links on this filesystem
-            shutil.copy2(dest, backup)
-        return backup
-
-    def _restore(self, dest: str, backup: str | None) -> None:
-        if self.is_remote:
-            if backup is None:
-                self.fs.rm(dest)
-            else:
-                self.fs.copy(backup, dest)
-        elif backup is None:
-            os.unlink(dest)
-        else:
-            os.replace(backup, dest)
-
-    def _discard(self, backup: str) -> None:
-        if self.is_remote:
-            if self.fs.exists(backup):
-                self.fs.rm(backup)
-        elif os.path.exists(backup):
-            os.unlink(backup)
-
+    # -- writing partitions ----------------------------------------------------------------
     @contextmanager
     def staged_partition(self, dest_dir: str) -> Iterator[str]:
         """Yield a local directory to write a partition's ``*.parquet`` parts into; on success they become the
@@ -400,10 +233,6 @@ class Lake:
         """Whether the lake holds a partition of ``table`` for the month (at least one Parquet part)."""
         return bool(self.partition_files(table, partition_key))
 
-    def write_bytes(self, dest: str, data: bytes) -> None:
-        with self.staged_file(dest) as tmp:
-            Path(tmp).write_bytes(data)
-
     def read_bytes(self, path: str) -> bytes:
         if not self.is_remote:
             return Path(path).read_bytes()
@@ -419,59 +248,3 @@ class Lake:
             return
         with partition_versions.partition_lock(path):
             partition_versions.remove(path)
-
-    # -- DuckDB ----------------------------------------------------------------------------
-    def connect(
-        self, threads: int | None = None, memory_limit: str | None = None, temp_root: str | None = None
-    ):
-        """A fresh in-process DuckDB connection that can read this lake.
-
-        DuckDB spills sorts, joins and aggregates that outgrow ``memory_limit`` (default: ``TAXI_DUCKDB_MEMORY_LIMIT``,
-        50 % of memory) to disk. Its default spill directory is ``.tmp`` in the working directory, which the image's
-        unprivileged user cannot create; every connection here spills into a directory of its own under ``temp_root``
-        (default ``$TAXI_DATA_DIR/duckdb_tmp``), named ``<pid>-<random>``. DuckDB creates that directory only when it
-        spills and removes it when the connection closes; directories left by killed processes are removed by the
-        first connection a process opens under that root.
-        """
-        import duckdb
-
-        from taxi_platform.core.settings import load_duckdb_settings, parse_memory_limit
-
-        settings = load_duckdb_settings()
-        limit = parse_memory_limit(memory_limit, "memory_limit") if memory_limit else settings.memory_limit
-        root = temp_root or str(settings.temp_root)
-        # Directories of dead processes are swept once per process and root, not on every connection: a step
-        # opens connections in a loop and the spill root can hold many entries.
-        config = {
-            "memory_limit": limit,
-            "temp_directory": spill_directory(root, sweep=root not in _SWEPT),
-            "preserve_insertion_order": False,
-        }
-        if threads:
-            config["threads"] = int(threads)
-        con = duckdb.connect(":memory:", config=config)
-        _SWEPT.add(root)
-        if self.is_remote:
-            con.register_filesystem(self.fs)
-        return con
-
-    def source_label(self, path: str, con=None) -> str:
-        """``synthetic`` for the sample generator's files, ``tlc`` for everything else (real TLC data)."""
-        return self.data_source(path, con) or "tlc"
-
-    def data_source(self, path: str, con=None) -> str | None:
-        """The ``data_source`` key-value metadata of a Parquet file (or of the first file of a glob), if any.
-
-        Uses ``con`` (a connection from :meth:`connect`) when given, else a connection of its own."""
-        from taxi_platform.core.sql import sql_literal
-
-        own = con is None
-        con = self.connect() if own else con
-        try:
-            rows = con.execute(
-                f"SELECT value FROM parquet_kv_metadata({sql_literal(path)}) WHERE decode(key) = 'data_source'"
-            ).fetchall()
-        finally:
-            if own:
-                con.close()
-        return bytes(rows[0][0]).decode() if rows else None

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from taxi_platform.lake.lake import Lake, spill_directory
+from taxi_platform.lake.duckdb_connection import spill_directory
+from taxi_platform.lake.lake import Lake
 
 _SPILL_SCRIPT = r"""
 import json, os, sys, threading, time
@@ -127,7 +128,7 @@ def test_connect_takes_the_temp_directory_and_memory_limit_from_settings(tmp_pat
 
 
 def test_bad_memory_limit_names_the_variable(tmp_path, monkeypatch):
-    from taxi_platform.core.settings import SettingsError
+    from taxi_platform.core.setting_values import SettingsError
 
     monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TAXI_DUCKDB_MEMORY_LIMIT", "lots")

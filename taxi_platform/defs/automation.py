@@ -57,17 +57,10 @@ from taxi_platform.core.settings import load_automation_settings
 from taxi_platform.defs.keys import CLEANED_TRIPS, FARE_MODEL, RAW_TRIPS, TAXI_ZONES, TRIP_FEATURES
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import TlcSourceResource
-from taxi_platform.ingest.releases import (
-    Attempts,
-    ReleaseCursor,
-    ReleaseDecision,
-    RetryPolicy,
-    RunOutcome,
-    attempt_run_key,
-    decide,
-    safety_net_month,
-    version_from_metadata,
-)
+from taxi_platform.ingest.release_cursor import Attempts, ReleaseCursor
+from taxi_platform.ingest.release_retries import RetryPolicy, RunOutcome
+from taxi_platform.ingest.release_versions import attempt_run_key, version_from_metadata
+from taxi_platform.ingest.releases import ReleaseDecision, decide, safety_net_month
 from taxi_platform.ingest.tlc_probe import ProbeResult, probe, probe_many
 from taxi_platform.ingest.tlc_urls import trip_url
 

@@ -19,292 +19,30 @@ Rules, per month (oldest first):
   so Dagster never starts a second run for them (even after a cursor reset), and a revised file gives a new
   key and exactly one new run.
 
-Retries. Every month the sensor requests gets an attempt entry in the cursor (the run key of its file versions
-and the attempts launched). On later ticks the sensor hands in the outcome of the latest run it launched for
-that key (:class:`RunOutcome`); when that run failed (and Dagster's own run retries are not retrying it), the
-month is requested again once the backoff has passed: ``backoff_seconds * factor ** (failed_attempts - 1)``
-after the failure, capped at ``max_backoff_seconds``, up to ``max_attempts`` attempts in all
-(:class:`RetryPolicy`). Attempt ``n > 1`` has the run key ``<key>:attempt=n``, so Dagster launches it (an
-unchanged key would be deduplicated). A month whose attempts are used up stays "exhausted" (reported every
-tick) until its file changes or its ``trip_features`` is materialised by other means; a cancelled run is not
-retried. A succeeded run drops the entry.
-
-The cursor is JSON ``{"format": 2, "months": {"YYYY-MM": {"yellow": "etag:…", "green": "etag:…"}},
-"attempts": {"YYYY-MM": {"key": "raw_trips:…", "attempt": 1, "failed_at": null, "error": null, "run_id": null}}}``.
-Format 1 cursors (no ``attempts``) are read as they are; a month they record as requested but not
-materialised gets an attempt entry, so a run that failed before the upgrade is retried too. An unparseable cursor or one written by another
-format is reset (with a warning) rather than failing the sensor.
+Retries of failed runs: :mod:`taxi_platform.ingest.release_retries`; the cursor:
+:mod:`taxi_platform.ingest.release_cursor`; version tokens and run keys: :mod:`taxi_platform.ingest.release_versions`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Literal
 
 from taxi_platform.core.months import month_label, shift_label
-from taxi_platform.ingest.tlc_http import parse_http_date
+from taxi_platform.ingest.release_cursor import Attempts, ReleaseCursor
+from taxi_platform.ingest.release_retries import Failing, RetryPolicy, RunOutcome, shorten_error
+from taxi_platform.ingest.release_versions import attempt_run_key, run_key, version_token
 from taxi_platform.ingest.tlc_probe import ProbeResult
 
-CURSOR_FORMAT = 2
-READABLE_CURSOR_FORMATS = (1, 2)
-ATTEMPT_KEY_SEPARATOR = ":attempt="
-MAX_ERROR_CHARS = 300
-UNVERSIONED = "unversioned"
-_MONTH_KEY = re.compile(r"^\d{4}-\d{2}$")
-_MAX_TOKEN_IN_KEY = 48
-
 Reason = Literal["new", "republished", "retry"]
-RunStatus = Literal["running", "succeeded", "failed", "canceled", "retrying"]
-
-
-# -- versions --------------------------------------------------------------------------------------
-def version_token(probe: ProbeResult) -> str:
-    """A stable identifier of the file version a probe saw: ETag, else Last-Modified, else size."""
-    if probe.etag:
-        return f"etag:{probe.etag}"
-    if probe.last_modified is not None:
-        return f"lm:{probe.last_modified.astimezone(UTC).isoformat()}"
-    if probe.size is not None:
-        return f"size:{probe.size}"
-    return UNVERSIONED
-
-
-def version_from_metadata(
-    etag: str | None, last_modified: float | datetime | str | None, size: int | None = None
-) -> str | None:
-    """The :func:`version_token` of a file as recorded in a ``raw_trips`` materialisation's metadata.
-
-    ``last_modified`` may be a POSIX timestamp (Dagster timestamp metadata), a datetime, or the raw header
-    text. Returns ``None`` when nothing usable was recorded.
-    """
-    if etag:
-        return f"etag:{etag}"
-    parsed: datetime | None = None
-    if isinstance(last_modified, int | float):
-        parsed = datetime.fromtimestamp(float(last_modified), tz=UTC)
-    elif isinstance(last_modified, datetime):
-        parsed = last_modified if last_modified.tzinfo else last_modified.replace(tzinfo=UTC)
-    elif isinstance(last_modified, str):
-        parsed = parse_http_date(last_modified)
-    if parsed is not None:
-        return f"lm:{parsed.astimezone(UTC).isoformat()}"
-    if size is not None:
-        return f"size:{size}"
-    return None
 
 
 def safety_net_month(today: date, lag_months: int = 2) -> str:
     """``YYYY-MM`` of the month ``lag_months`` before ``today``'s month (the safety-net schedule's target)."""
     return shift_label(today.replace(day=1), -lag_months)
-
-
-def run_key(month: str, versions: Mapping[str, str]) -> str:
-    """``raw_trips:YYYY-MM:green=…,yellow=…``; long version tokens are shortened to a hash."""
-
-    def short(token: str) -> str:
-        if len(token) <= _MAX_TOKEN_IN_KEY:
-            return token
-        return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-    parts = ",".join(f"{s}={short(versions[s])}" for s in sorted(versions))
-    return f"raw_trips:{month}:{parts}"
-
-
-def attempt_run_key(key: str, attempt: int) -> str:
-    """The run key of attempt ``attempt`` (1 = the first run) of the versions named by ``key``."""
-    return key if attempt <= 1 else f"{key}{ATTEMPT_KEY_SEPARATOR}{attempt}"
-
-
-def shorten_error(message: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
-    """One line of at most ``limit`` characters (a failed run's error for tick messages and the cursor)."""
-    if message is None:
-        return None
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-# -- retries ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how soon the release sensor requests a month again whose run failed."""
-
-    max_attempts: int = 4  # runs in all, the first included; 1 = never retry
-    backoff_seconds: float = 3600.0  # wait after the first failure
-    factor: float = 2.0  # each further failure multiplies the wait
-    max_backoff_seconds: float = 86400.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts={self.max_attempts}: at least 1 (the first run)")
-        if not self.backoff_seconds > 0 or not math.isfinite(self.backoff_seconds):
-            raise ValueError(f"backoff_seconds={self.backoff_seconds}: expected a positive number")
-        if not self.factor >= 1 or not math.isfinite(self.factor):
-            raise ValueError(f"factor={self.factor}: expected at least 1")
-        if not self.max_backoff_seconds >= self.backoff_seconds:
-            raise ValueError(
-                f"max_backoff_seconds={self.max_backoff_seconds} is below backoff_seconds={self.backoff_seconds}"
-            )
-
-    def delay(self, failed_attempts: int) -> float:
-        """Seconds to wait after the ``failed_attempts``-th failed attempt before the next one."""
-        exponent = min(max(failed_attempts, 1) - 1, 1000)
-        try:
-            wait = self.backoff_seconds * self.factor**exponent
-        except OverflowError:
-            wait = math.inf
-        return min(wait, self.max_backoff_seconds)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """The latest run the sensor launched for a month's run key (any attempt), as the instance records it.
-
-    ``status``: ``running`` (queued or in progress), ``succeeded``, ``failed``, ``canceled``, or ``retrying``
-    (failed, and Dagster's run retries will re-execute it: not the sensor's business). ``ended_at``: POSIX
-    time the run ended. ``error``: the failed step's error message (or the run failure's).
-    """
-
-    status: RunStatus
-    run_id: str = ""
-    attempt: int = 1
-    ended_at: float | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Attempts:
-    """Cursor entry: the sensor's runs for one month at the file versions named by ``key``."""
-
-    key: str  # the base run key (names the month's file versions)
-    attempt: int = 1  # attempts launched so far
-    failed_at: float | None = None  # when the latest attempt failed (None: not failed, or not known yet)
-    error: str | None = None  # the latest failure's error, shortened
-    run_id: str | None = None  # the failed run
-
-    def to_dict(self) -> dict:
-        return {
-            "key": self.key,
-            "attempt": self.attempt,
-            "failed_at": self.failed_at,
-            "error": self.error,
-            "run_id": self.run_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: object) -> Attempts | None:
-        if not isinstance(data, dict):
-            return None
-        key, attempt = data.get("key"), data.get("attempt", 1)
-        failed_at, error, run_id = data.get("failed_at"), data.get("error"), data.get("run_id")
-        if (
-            not isinstance(key, str)
-            or not isinstance(attempt, int)
-            or isinstance(attempt, bool)
-            or attempt < 1
-        ):
-            return None
-        if failed_at is not None and not (isinstance(failed_at, int | float) and math.isfinite(failed_at)):
-            return None
-        return cls(
-            key=key,
-            attempt=attempt,
-            failed_at=float(failed_at) if failed_at is not None else None,
-            error=error if isinstance(error, str) else None,
-            run_id=run_id if isinstance(run_id, str) else None,
-        )
-
-
-@dataclass(frozen=True)
-class Failing:
-    """A month whose latest attempt failed: when the next one is due (``None``: attempts are used up)."""
-
-    month: str
-    attempt: int  # attempts made (the latest failed)
-    max_attempts: int
-    error: str | None
-    run_id: str | None
-    next_at: float | None
-
-    def describe(self) -> str:
-        error = self.error or "no error message recorded"
-        if self.next_at is None:
-            return f"{self.month}: gave up after {self.attempt} of {self.max_attempts} attempts ({error})"
-        due = datetime.fromtimestamp(self.next_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return (
-            f"{self.month}: attempt {self.attempt} of {self.max_attempts} failed ({error}); "
-            f"attempt {self.attempt + 1} due at {due}"
-        )
-
-
-# -- cursor ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReleaseCursor:
-    """Per month, the file version of each service that the sensor last acted on (requested or adopted),
-    and the attempts of the months it requested (see :class:`Attempts`)."""
-
-    months: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    attempts: Mapping[str, Attempts] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        months = {m: dict(sorted(v.items())) for m, v in sorted(self.months.items())}
-        attempts = {m: a.to_dict() for m, a in sorted(self.attempts.items())}
-        return json.dumps(
-            {"format": CURSOR_FORMAT, "months": months, "attempts": attempts}, separators=(",", ":")
-        )
-
-    @classmethod
-    def parse(cls, raw: str | None) -> tuple[ReleaseCursor, str | None]:
-        """Read a cursor; returns ``(cursor, warning)``. A bad or foreign cursor gives an empty one and a warning."""
-        if raw is None or not raw.strip():
-            return cls(), None
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            return (
-                cls(),
-                f"release sensor cursor is not JSON ({exc}); starting from an empty cursor: {raw[:80]!r}",
-            )
-        if not isinstance(data, dict) or data.get("format") not in READABLE_CURSOR_FORMATS:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            return cls(), (
-                f"release sensor cursor has format {found!r}, this version writes format {CURSOR_FORMAT}; "
-                "starting from an empty cursor (materialised months are re-baselined from their metadata, "
-                "so nothing is downloaded again unless the source changed)"
-            )
-        months = data.get("months")
-        if not isinstance(months, dict):
-            return cls(), "release sensor cursor has no 'months' mapping; starting from an empty cursor"
-        clean: dict[str, dict[str, str]] = {}
-        dropped: list[str] = []
-        for month, versions in months.items():
-            if (
-                isinstance(month, str)
-                and _MONTH_KEY.match(month)
-                and isinstance(versions, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items())
-            ):
-                clean[month] = dict(versions)
-            else:
-                dropped.append(str(month))
-        attempts: dict[str, Attempts] = {}
-        raw_attempts = data.get("attempts", {})
-        for month, entry in (raw_attempts if isinstance(raw_attempts, dict) else {}).items():
-            parsed = Attempts.from_dict(entry) if isinstance(month, str) and _MONTH_KEY.match(month) else None
-            if parsed is None:
-                dropped.append(f"attempts:{month}")
-            else:
-                attempts[month] = parsed
-        if not isinstance(raw_attempts, dict):
-            dropped.append("attempts")
-        warning = f"release sensor cursor: ignored malformed entries {dropped[:5]}" if dropped else None
-        return cls(clean, attempts), warning
 
 
 # -- decision --------------------------------------------------------------------------------------

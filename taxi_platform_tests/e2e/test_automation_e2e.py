@@ -30,7 +30,7 @@ import pytest
 from taxi_platform.devtools.instance import POSTGRES_DAGSTER_YAML, REPO_DAGSTER_YAML, ensure_dagster_home
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.ingest.releases import ReleaseCursor
+from taxi_platform.ingest.release_cursor import ReleaseCursor
 from taxi_platform.lake.lake import Lake
 from taxi_platform_tests.support.dagster_services import (
     DagsterServices,

@@ -23,15 +23,10 @@ from taxi_platform.defs.ingest.assets import raw_trips
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.devtools.instance import ensure_dagster_home
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.ingest.releases import (
-    Attempts,
-    ReleaseCursor,
-    RetryPolicy,
-    RunOutcome,
-    attempt_run_key,
-    decide,
-    run_key,
-)
+from taxi_platform.ingest.release_cursor import Attempts, ReleaseCursor
+from taxi_platform.ingest.release_retries import RetryPolicy, RunOutcome
+from taxi_platform.ingest.release_versions import attempt_run_key, run_key
+from taxi_platform.ingest.releases import decide
 from taxi_platform.ingest.tlc_probe import ProbeResult
 from taxi_platform_tests.support import mirror_fixtures, release_sensor
 from taxi_platform_tests.support.release_sensor import tick

@@ -21,15 +21,9 @@ from taxi_platform.core.settings import (
 from taxi_platform.defs import automation
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
-from taxi_platform.ingest.releases import (
-    CURSOR_FORMAT,
-    ReleaseCursor,
-    decide,
-    run_key,
-    safety_net_month,
-    version_from_metadata,
-    version_token,
-)
+from taxi_platform.ingest.release_cursor import CURSOR_FORMAT, ReleaseCursor
+from taxi_platform.ingest.release_versions import run_key, version_from_metadata, version_token
+from taxi_platform.ingest.releases import decide, safety_net_month
 from taxi_platform.ingest.tlc_probe import ProbeResult, probe
 from taxi_platform_tests.support import release_sensor
 from taxi_platform_tests.support.release_sensor import tick

@@ -8,6 +8,10 @@ test_monitoring_assets cover those messages).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import dagster as dg
 import pytest
 
@@ -152,3 +156,14 @@ def test_champion_recorded_reads_the_newest_fare_model_materialisation(instance)
     )
     assert not automation.champion_recorded(instance, limit=1)
     assert automation.champion_recorded(instance)
+
+
+def test_importing_automation_does_not_import_the_tlc_client():
+    """Every stage imports its conditions from automation: that must not pull in the TLC client."""
+    code = "import json, sys\nimport taxi_platform.defs.automation\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert "taxi_platform.defs.automation" in loaded
+    tlc = [m for m in loaded if m.startswith("taxi_platform.ingest.tlc")]
+    assert not tlc, f"importing defs.automation imported the TLC client: {tlc}"

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from taxi_platform.core.settings import MODEL_NAME
+from taxi_platform.defs.automation import AFTER_FARE_MODEL
 from taxi_platform.defs.partitions import monthly_partitions
-from taxi_platform.defs.resources import MlflowResource
-from taxi_platform.defs.serving.fare_service import AFTER_FARE_MODEL, BentoStoreResource, fare_service
+from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
+from taxi_platform.defs.serving.fare_service import fare_service
 from taxi_platform.serving import bento_build
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - module-scoped fixture
 from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess

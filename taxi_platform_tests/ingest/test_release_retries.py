@@ -18,7 +18,7 @@ from dagster._core.utils import make_new_run_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.defs import automation
+from taxi_platform.defs.ingest import releases as release_defs
 from taxi_platform.defs.ingest.assets import raw_trips
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.devtools.instance import ensure_dagster_home
@@ -260,7 +260,7 @@ def test_sensor_retries_a_failed_month_after_the_backoff_and_then_gives_up(
     mirror, instance, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        automation,
+        release_defs,
         "RETRY_POLICY",
         RetryPolicy(max_attempts=2, backoff_seconds=BACKOFF, max_backoff_seconds=BACKOFF),
     )

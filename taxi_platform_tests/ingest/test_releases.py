@@ -18,7 +18,7 @@ from taxi_platform.core.settings import (
     load_automation_settings,
     load_settings,
 )
-from taxi_platform.defs import automation
+from taxi_platform.defs.ingest import releases as release_defs
 from taxi_platform.devtools.mirror import MirrorServer
 from taxi_platform.devtools.sample import write_sample_mirror
 from taxi_platform.ingest.release_cursor import CURSOR_FORMAT, ReleaseCursor
@@ -257,9 +257,10 @@ def test_bad_automation_settings_say_which_variable(env, message):
 def test_automation_definitions_follow_the_settings():
     code = (
         "from taxi_platform.defs import automation as a\n"
-        "s = a.tlc_release_sensor\n"
-        "print(s.minimum_interval_seconds, s.default_status.value, a.tlc_monthly_safety_net.default_status.value,"
-        " a.taxi_automation_sensor.minimum_interval_seconds, a.RETRY_POLICY.backoff_seconds)\n"
+        "from taxi_platform.defs.ingest import releases as r\n"
+        "s = r.tlc_release_sensor\n"
+        "print(s.minimum_interval_seconds, s.default_status.value, r.tlc_monthly_safety_net.default_status.value,"
+        " a.taxi_automation_sensor.minimum_interval_seconds, r.RETRY_POLICY.backoff_seconds)\n"
     )
     env = {
         **os.environ,
@@ -413,13 +414,13 @@ def test_safety_net_schedule_skips_ingested_months_and_requests_missing_ones():
 def _check_safety_net(instance: dg.DagsterInstance) -> None:
     tick_time = datetime(2026, 11, 15, 6, 0, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)
-    request = automation.tlc_monthly_safety_net(context)
+    request = release_defs.tlc_monthly_safety_net(context)
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2026-09-01" and request.run_key == "safety-net:2026-09"
     instance.report_runless_asset_event(
         dg.AssetMaterialization(asset_key="raw_trips", partition="2026-09-01")
     )
-    skipped = automation.tlc_monthly_safety_net(
+    skipped = release_defs.tlc_monthly_safety_net(
         dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)
     )
     assert isinstance(skipped, dg.SkipReason) and "already ingested" in skipped.skip_message

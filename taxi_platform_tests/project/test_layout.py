@@ -186,3 +186,23 @@ def test_defs_modules_hold_only_dagster_wiring(path: Path):
     assert not pure, (
         f"{path.relative_to(ROOT)} holds logic that runs without Dagster: {pure} (move it to its domain package)"
     )
+
+
+def test_only_the_automation_module_constructs_automation_conditions():
+    """One home for every asset's automation condition: defs/automation.py; stages import theirs from it."""
+    home = PACKAGE / "defs" / "automation.py"
+    offenders = []
+    for path in sorted((PACKAGE / "defs").rglob("*.py")):
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            name = (
+                node.attr
+                if isinstance(node, ast.Attribute)
+                else node.id
+                if isinstance(node, ast.Name)
+                else None
+            )
+            if name is not None and name.startswith("AutomationCondition"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, f"automation conditions built outside defs/automation.py: {offenders}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from taxi_platform.defs import automation
+from taxi_platform.defs.ingest import releases
 from taxi_platform.defs.resources import TlcSourceResource
 
 
@@ -25,4 +25,4 @@ def tick(instance: dg.DagsterInstance, base_url: str, cursor: str | None = None)
             "tlc": TlcSourceResource(base_url=base_url, services=["yellow", "green"], connect_timeout=2)
         },
     )
-    return automation.tlc_release_sensor(context)
+    return releases.tlc_release_sensor(context)

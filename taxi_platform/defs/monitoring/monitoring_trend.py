@@ -10,6 +10,7 @@ imported by :mod:`taxi_platform.monitoring.trend` only when plotting.
 import dagster as dg
 
 from taxi_platform.core.settings import load_settings
+from taxi_platform.defs.automation import TREND_CONDITION
 from taxi_platform.defs.keys import MONITORING_TREND
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
@@ -24,12 +25,6 @@ from taxi_platform.monitoring.trend import (
     plot_trend,
     trend_path,
 )
-
-TREND_CONDITION = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("after any drift_report month")
 
 
 @dg.asset(

@@ -9,29 +9,17 @@ package. The Bento tag names the registry version, run and serving-code hash, so
 a new champion (or new serving code) builds a new Bento, the same champion finds its Bento already built and
 says so (``rebuilt = false``) without building again.
 
-Automation — why not ``AutomationCondition.eager()``: ``fare_model`` is monthly-partitioned and this asset is
-not, so every ``fare_model`` partition is a dependency. ``eager()`` refuses to run while *any* dependency
-partition is missing, and most months of ``fare_model`` are always missing (the model trains on the latest
-window, not every month), so ``eager()`` would never fire. :data:`AFTER_FARE_MODEL` fires after any
-``fare_model`` partition updates (or when this asset has never been built), once no ``fare_model`` run is in
-progress, and only if some ``fare_model`` partition exists (so an empty registry does not start a failing
-run). A ``fare_model`` run that did not move the alias costs one registry lookup and records
-``rebuilt = false``.
+Its automation condition is :data:`taxi_platform.defs.automation.AFTER_FARE_MODEL` (that module says why not
+``eager()``).
 """
 
 import dagster as dg
 
+from taxi_platform.defs.automation import AFTER_FARE_MODEL
 from taxi_platform.defs.keys import FARE_MODEL, FARE_SERVICE
 from taxi_platform.defs.owners import SERVING
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
 from taxi_platform.serving import bento_build
-
-AFTER_FARE_MODEL = (
-    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
-    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing())
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("after fare_model updates (any partition), none in progress")
 
 
 @dg.asset(

@@ -4,10 +4,8 @@ Every stage runs for real: the mirror is served over loopback HTTP, assets are m
 instance under ``DAGSTER_HOME`` (so the runs show up in ``taxi-platform ui`` afterwards), the model is logged and
 registered in MLflow, drift reports are written, a Bento is built and served, and one quote is sent to it.
 
-The last month arrives late, as TLC months do: the Bento built from the champion of the earlier months is served
-first and prices a few hundred quotes for pickups in the last month (the riders of the month before, a month
-later); then the last month's trips are ingested, the model retrains, and ``served_quote_accuracy`` scores the
-quotes that were served against the trips that were realised.
+The stages themselves, and the late last month, are in :mod:`taxi_platform.commands.demo_stages`; the summary
+table in :mod:`taxi_platform.commands.demo_summary`.
 """
 
 from __future__ import annotations
@@ -16,25 +14,14 @@ import argparse
 import contextlib
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+from taxi_platform.commands.demo_stages import DemoError, console, run_stages
 from taxi_platform.commands.demo_summary import DemoReport, render_summary
-from taxi_platform.core.run_tags import SOURCE_TAG
 
 DEFAULT_MONTHS = "2024-01:2024-04"
-SERVED_QUOTES = 300  # quotes for the last month sent before its trips arrive
-QUOTE_BATCH = 100
-console = Console()
-
-
-class DemoError(RuntimeError):
-    """A stage failed; the message says what to do."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,48 +80,6 @@ def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iter
         yield server.url
 
 
-def _materialize(
-    assets: list,
-    selection: list[str],
-    instance,
-    resources: dict,
-    partition_key: str | None,
-    ops: dict | None = None,
-):
-    import dagster as dg
-
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}, **({"ops": ops} if ops else {})}
-    result = dg.materialize(
-        assets,
-        selection=selection,
-        partition_key=partition_key,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=quiet,
-        tags={SOURCE_TAG: "demo"},
-    )
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_step_failure]
-        detail = failures[0].event_specific_data.error.message.strip() if failures else "unknown error"
-        where = f" for {partition_key[:7]}" if partition_key else ""
-        raise DemoError(f"{', '.join(selection)}{where} failed: {detail}")
-    return result
-
-
-def _meta(result, key: str) -> dict:
-    """The latest materialisation's metadata as plain values (tables as lists of row dicts), for the JSON report."""
-    import dagster as dg
-
-    def plain(value):
-        if isinstance(value, dg.TableMetadataValue):
-            return [record.data for record in value.records]
-        return getattr(value, "value", value)
-
-    mats = result.asset_materializations_for_node(key)
-    return {k: plain(v) for k, v in mats[-1].metadata.items()} if mats else {}
-
-
 def run_demo(args: argparse.Namespace) -> DemoReport:
     from taxi_platform.core.months import parse_months
     from taxi_platform.core.settings import load_settings
@@ -176,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> DemoReport:
         else:
             url = settings.tlc_base_url
         os.environ["TLC_BASE_URL"] = url
-        _run_stages(args, keys, report, url)
+        run_stages(args, keys, report, url)
     return report
 
 
@@ -190,236 +135,3 @@ def _ensure_dagster_home(data_dir: Path) -> Path:
         home = ensure_dagster_home(data_dir)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
-
-
-def _run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, url: str) -> None:
-    import dagster as dg
-
-    from taxi_platform.definitions import build_definitions
-
-    defs = build_definitions()
-
-    instance = dg.DagsterInstance.get()
-    assets = list(defs.assets or [])
-    checks = list(defs.asset_checks or [])
-    resources = dict(defs.resources or {})
-    available = {k.to_user_string() for a in assets for k in getattr(a, "keys", [])}
-    stages: list[tuple[str, int, Callable[[], None]]] = []
-    # With three months or more, the last one arrives after the service has quoted it (see the module docstring).
-    late = (
-        keys[-1] if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve else None
-    )
-    early = keys[:-1] if late else keys
-
-    def ingest_month(key: str) -> None:
-        result = _materialize(
-            assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance, resources, key
-        )
-        raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
-        report.rows[key[:7]] = {
-            "raw": raw.get("dagster/row_count"),
-            "cleaned": cleaned.get("dagster/row_count"),
-            "rejected": cleaned.get("rejected_rows"),
-            "features": _meta(result, "trip_features").get("dagster/row_count"),
-        }
-
-    def ingest() -> None:
-        _materialize(assets + checks, ["taxi_zones"], instance, resources, None)
-        for key in early:
-            ingest_month(key)
-            progress.advance(task)
-
-    stages.append(("Ingest + clean + features", len(early), ingest))
-
-    # With a champion before it, the last early month's model waits in the shadow (require_shadow): the Bento
-    # serves the earlier champion and prices every quote with this challenger too, until served quotes judge it.
-    shadowed = early[-1] if late and len(early) >= 3 and "served_quote_accuracy" in available else None
-
-    def monthly(asset: str, into: dict[str, dict]) -> Callable[[], None]:
-        """A stage materialising ``asset`` for every early month but the first (which has no history)."""
-
-        def stage() -> None:
-            for key in early[1:]:
-                ops = (
-                    {"fare_model": {"config": {"require_shadow": True}}}
-                    if asset == "fare_model" and key == shadowed
-                    else None
-                )
-                result = _materialize(assets + checks, [asset], instance, resources, key, ops)
-                into[key[:7]] = _meta(result, asset)
-                progress.advance(task)
-
-        return stage
-
-    if "fare_model" in available:
-        stages.append(("Train + register model", len(early) - 1, monthly("fare_model", report.model)))
-    if "drift_report" in available:
-        stages.append(("Drift + quality reports", len(early) - 1, monthly("drift_report", report.drift)))
-
-    if "fare_service" in available:
-
-        def bento() -> None:
-            result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
-            report.service.update(_meta(result, "fare_service"))
-            progress.advance(task)
-            if not args.skip_serve:
-                quotes = _late_month_quotes(early[-1], late) if late else []
-                report.service["quote"], sent = _quote_from_bento(quotes)
-                if late:
-                    report.served = {
-                        "month": late[:7],
-                        "sent": sent,
-                        "model_version": report.service["quote"]["response"]["model_version"],
-                    }
-            progress.advance(task)
-
-        stages.append(("Build + serve Bento", 2, bento))
-
-    if late:
-
-        def arrives() -> None:
-            ingest_month(late)
-            progress.advance(task)
-            # Served quotes first: their score (and the shadow challenger's verdict) is in before the retrain's gate.
-            result = _materialize(
-                assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources, late
-            )
-            report.served.update(
-                {
-                    "dataset": _meta(result, "served_quotes"),
-                    "accuracy": _meta(result, "served_quote_accuracy"),
-                }
-            )
-            progress.advance(task)
-            result = _materialize(assets + checks, ["fare_model"], instance, resources, late)
-            report.model[late[:7]] = _meta(result, "fare_model")
-            progress.advance(task)
-            result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
-            report.drift[late[:7]] = _meta(result, "drift_report")
-            progress.advance(task)
-            if report.model[late[:7]].get("promoted") and "fare_service" in available:
-                result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
-                report.service.update(_meta(result, "fare_service"))  # the Bento of the new champion
-            progress.advance(task)
-
-        stages.append((f"{late[:7]} arrives: ingest, retrain, score served quotes", 5, arrives))
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        for name, total, fn in stages:
-            task = progress.add_task(name, total=total)
-            start = time.perf_counter()
-            fn()
-            report.timings[name] = round(time.perf_counter() - start, 1)
-    missing = [s for s in ("fare_model", "drift_report", "fare_service") if s not in available]
-    report.missing_stages = missing
-
-
-DEMO_QUOTE = {
-    "pickup_datetime": "2024-03-05T08:15:00",
-    "pickup_zone": 132,
-    "dropoff_zone": 230,
-    "passenger_count": 1,
-    "service": "yellow",
-}
-
-
-def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: int = 0) -> list[dict]:
-    """``n`` quotes for pickups in month ``late``: trips of month ``previous`` (service, zones, hour of day, day of
-    month up to the 28th) asked for again a month later — riders quoting before the month's trips are published.
-    The trips come from cells (service, zones, hour) ridden at least twice in ``previous``: the demo's months are
-    small, and a once-ridden cell rarely has a realised trip to compare with a month later."""
-    import duckdb
-
-    from taxi_platform.core.settings import load_settings
-    from taxi_platform.lake.lake import Lake
-
-    glob = Lake(load_settings().lake_root).partition_glob("trip_features", previous)
-    rows = duckdb.sql(
-        f"SELECT pickup_datetime, pickup_zone, dropoff_zone, passenger_count, service FROM ("
-        f"  SELECT * EXCLUDE (service), CAST(service AS VARCHAR) AS service, count(*) OVER (PARTITION BY service, pickup_zone, "
-        f"  dropoff_zone, pickup_hour) AS cell_trips FROM read_parquet('{glob}')) "
-        f"WHERE cell_trips >= 2 ORDER BY hash(pickup_datetime, pickup_zone, dropoff_zone, {int(seed)}) LIMIT {n}"
-    ).fetchall()
-    year, month = int(late[:4]), int(late[5:7])
-    return [
-        {
-            "pickup_datetime": t.replace(year=year, month=month, day=min(t.day, 28)).isoformat(
-                timespec="seconds"
-            ),
-            "pickup_zone": int(pu),
-            "dropoff_zone": int(do),
-            "passenger_count": int(min(max(pax, 0), 9)),
-            "service": str(service),
-        }
-        for t, pu, do, pax, service in rows
-    ]
-
-
-def _archive_prediction_log() -> None:
-    """Move an earlier run's prediction log aside, so this run's served-quote figures count this run's quotes."""
-    log_dir = Path(os.environ["TAXI_DATA_DIR"]) / "predictions"
-    if log_dir.is_dir() and any(log_dir.iterdir()):
-        dest = log_dir.with_name(f"predictions.before-{time.strftime('%Y%m%d-%H%M%S')}")
-        log_dir.rename(dest)
-        console.print(f"earlier prediction log moved to {dest}")
-
-
-def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) -> tuple[dict, int]:
-    """Start the built Bento with ``taxi-platform serve`` on a free loopback port, send one quote (and ``quotes`` in
-    batches, logged by the service like any traffic), stop it. Returns the one quote's exchange and quotes sent."""
-    import signal
-    import subprocess
-    import sys
-
-    import requests
-
-    from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-
-    port = free_port()
-    if quotes:
-        _archive_prediction_log()
-    log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
-    with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http_ok(f"{base}/readyz", proc, timeout)
-        except NotReady as exc:
-            if exc.returncode is not None:
-                raise DemoError(
-                    f"the fare service exited with code {exc.returncode} before it was ready; see {log}"
-                ) from None
-            raise DemoError(f"the fare service was not ready after {timeout:.0f} s; see {log}") from None
-        response = requests.post(f"{base}/predict", json=DEMO_QUOTE, timeout=10)
-        if response.status_code != 200:
-            raise DemoError(f"POST /predict answered {response.status_code}: {response.text[:300]}")
-        sent = 0
-        for start in range(0, len(quotes or []), QUOTE_BATCH):
-            batch = requests.post(
-                f"{base}/predict_batch", json={"quotes": quotes[start : start + QUOTE_BATCH]}, timeout=30
-            )
-            if batch.status_code != 200:
-                raise DemoError(f"POST /predict_batch answered {batch.status_code}: {batch.text[:300]}")
-            sent += len(batch.json()["predictions"])
-        return {"request": DEMO_QUOTE, "response": response.json(), "url": f"{base}/predict"}, sent
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -1,10 +1,11 @@
 """Benchmark: walk-forward training of the fare model on yellow-sized months.
 
 Generates synthetic TLC months (``devtools/sample.py``), runs them through the platform's own cleaning and feature
-code (``transform/transform.py``) into a throw-away lake, then trains with the ``fare_model`` asset's default config
-on a 3-month window and scores the next month. Prints training wall time, peak RSS, and MAE of the boosted
-model, the linear baseline and the naive per-pair median. Training runs ``--repeat`` times (default 5), each in a
-fresh process; the median wall time is reported with min-max, and the load average with each run.
+code (``transform/cleaning.py``, ``transform/trip_features.py``) into a throw-away lake, then trains with the
+``fare_model`` asset's default config on a 3-month window and scores the next month. Prints training wall time,
+peak RSS, and MAE of the boosted model, the linear baseline and the naive per-pair median. Training runs ``--repeat``
+times (default 5), each in a fresh process; the median wall time is reported with min-max, and the load average with
+each run.
 
     uv run python benchmarks/bench_training.py                 # ~3.3M yellow rows per month (≈10M in the window)
     uv run python benchmarks/bench_training.py --rows 200000   # quick run
@@ -36,7 +37,8 @@ from taxi_platform.devtools.sample import generate_month, write_trip_file
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.lake.lake import Lake
 from taxi_platform.model.training import TrainConfig, train_window
-from taxi_platform.transform.transform import build_features, clean_month
+from taxi_platform.transform.cleaning import clean_month
+from taxi_platform.transform.trip_features import build_features
 
 MONTHS = (date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1), date(2024, 4, 1))  # 3 train + 1 validation
 

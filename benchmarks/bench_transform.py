@@ -32,7 +32,8 @@ import json, sys, time
 t_import = time.perf_counter()
 from datetime import date
 from taxi_platform.lake.lake import Lake
-from taxi_platform.transform.transform import build_features, clean_month
+from taxi_platform.transform.cleaning import clean_month
+from taxi_platform.transform.trip_features import build_features
 from taxi_platform.ingest.zones import load_zone_table
 step, raw, root = sys.argv[1:4]
 lake = Lake(root)

@@ -87,7 +87,7 @@ def test_an_empty_partition_reports_no_rows_and_no_range(tmp_path):
 def test_pickups_outside_the_month_are_counted_in_the_partition_when_the_range_leaves_it(tmp_path):
     from datetime import date
 
-    from taxi_platform.transform.transform import _pickups_outside
+    from taxi_platform.transform.cleaning import _pickups_outside
 
     lake = Lake(str(tmp_path / "lake"))
     dest = lake.partition_path("trip_features", "2024-03-01")

@@ -34,7 +34,7 @@ from taxi_platform.fare_model.features import BOROUGHS
 from taxi_platform.ingest import tlc_schema
 from taxi_platform.ingest.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path
 from taxi_platform.lake.lake import Lake
-from taxi_platform.transform.transform import clean_month
+from taxi_platform.transform.cleaning import clean_month
 
 CLEAN = SampleProfile(dirt=DirtRates.clean())
 

@@ -18,7 +18,8 @@ import pytest
 from taxi_platform.defs.ingest.assets import raw_trips, taxi_zones
 from taxi_platform.defs.transform.assets import cleaned_trips, trip_features
 from taxi_platform.fare_model.features import FEATURE_COLUMNS
-from taxi_platform.transform.transform import CLEANED_COLUMNS, FEATURE_TABLE_COLUMNS
+from taxi_platform.transform.cleaning import CLEANED_COLUMNS
+from taxi_platform.transform.trip_features import FEATURE_TABLE_COLUMNS
 
 CHAIN = [raw_trips, cleaned_trips, trip_features]
 

@@ -1,8 +1,8 @@
 """Pure training logic: pair statistics, sampling, design matrix, metrics, compiled predictors, behavioural check.
 
 Feature months are made the way the platform makes them: synthetic TLC files (``devtools/sample.py``) cleaned and
-featurised by ``transform/transform.py`` into a temporary lake. ``write_feature_months`` is shared with the
-registry and asset tests.
+featurised by ``transform/cleaning.py`` and ``transform/trip_features.py`` into a temporary lake.
+``write_feature_months`` is shared with the registry and asset tests.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from taxi_platform.model.training import (
     regression_metrics,
     train_window,
 )
-from taxi_platform.transform.transform import build_features, clean_month
+from taxi_platform.transform.cleaning import clean_month
+from taxi_platform.transform.trip_features import build_features
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04")
 ROWS = 20_000

@@ -39,7 +39,8 @@ def build_feature_lake(
     """``trip_features`` for ``months`` via the platform's transform; fares × 1.4 from ``fare_increase_from`` on."""
     from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
     from taxi_platform.ingest.zones import load_zone_table
-    from taxi_platform.transform.transform import build_features, clean_month
+    from taxi_platform.transform.cleaning import clean_month
+    from taxi_platform.transform.trip_features import build_features
 
     rows = rows or ROWS
     profile = (

@@ -51,7 +51,8 @@ def build_sample_lake(
     """``trip_features`` for ``months`` of synthetic yellow+green trips under ``lake_root``."""
     from taxi_platform.devtools.sample import generate_month, write_trip_file
     from taxi_platform.ingest.zones import load_zone_table
-    from taxi_platform.transform.transform import build_features, clean_month
+    from taxi_platform.transform.cleaning import clean_month
+    from taxi_platform.transform.trip_features import build_features
 
     rows = rows or ROWS
     lake = Lake(str(lake_root))

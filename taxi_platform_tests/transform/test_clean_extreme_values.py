@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from taxi_platform.core.sql import sql_literal
 from taxi_platform.ingest.tlc_schema import ERAS, SchemaEra, SchemaMismatchError
 from taxi_platform.lake.lake import Lake
-from taxi_platform.transform.transform import REJECT_REASONS, CleanResult, clean_month, month_bounds
+from taxi_platform.transform.cleaning import CleanResult, clean_month
+from taxi_platform.transform.cleaning_rules import REJECT_REASONS, month_bounds
 
 # One month per era (the era's own month, so the file looks exactly like the TLC's).
 ERA_MONTH = {

@@ -12,7 +12,8 @@ import pytest
 
 from taxi_platform.ingest.tlc_schema import era_for
 from taxi_platform.lake.lake import Lake
-from taxi_platform.transform.transform import CLEANED_COLUMNS, clean_month, unified_select
+from taxi_platform.transform.cleaning import CLEANED_COLUMNS, clean_month
+from taxi_platform.transform.cleaning_rules import unified_select
 
 GOOD = dict(pu="2024-03-05 08:15:00", do="2024-03-05 08:40:00", dist=3.2, fare=18.4, pul=161, dol=236, pax=1)
 
@@ -208,7 +209,7 @@ def test_duplicate_groups_near_duplicates_and_rejected_copies(tmp_path):
 
 
 def test_parquet_sink_writer_error_surfaces_and_publishes_nothing(tmp_path):
-    from taxi_platform.transform.transform import ParquetSink
+    from taxi_platform.lake.parquet_sink import ParquetSink
 
     lake = Lake(str(tmp_path / "lake"))
     dest = lake.partition_path("cleaned_trips", "2024-03-01")
@@ -231,7 +232,7 @@ def test_reject_reasons_list_matches_the_sql_rules():
     import re
 
     from taxi_platform.transform.sql import load_sql
-    from taxi_platform.transform.transform import REJECT_REASONS
+    from taxi_platform.transform.cleaning_rules import REJECT_REASONS
 
     reasons = re.findall(r"(?:THEN|ELSE) '([a-z_0-9]+)'", load_sql("cleaned_trips"))
     assert tuple(dict.fromkeys(reasons)) == REJECT_REASONS

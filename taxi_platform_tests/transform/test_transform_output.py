@@ -15,7 +15,9 @@ from taxi_platform.core.sql import sql_literal
 from taxi_platform.ingest.tlc_schema import era_for
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.lake.lake import Lake
-from taxi_platform.transform.transform import classify_select, clean_month, integer_bounds, write_features
+from taxi_platform.transform.cleaning import clean_month
+from taxi_platform.transform.cleaning_rules import classify_select, integer_bounds
+from taxi_platform.transform.trip_features import write_features
 
 MONTH = date(2024, 3, 1)
 

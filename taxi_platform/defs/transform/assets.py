@@ -27,13 +27,9 @@ from taxi_platform.lake.lake import Lake
 from taxi_platform.transform.contracts import CLEANED_TRIPS as CLEANED_CONTRACT
 from taxi_platform.transform.contracts import TRIP_FEATURES as FEATURES_CONTRACT
 from taxi_platform.transform.contracts import validate
-from taxi_platform.transform.transform import (
-    CLEANING_VERSION,
-    REJECT_REASON_RULES,
-    CleanResult,
-    clean_month,
-    write_features,
-)
+from taxi_platform.transform.cleaning import CLEANING_VERSION, CleanResult, clean_month
+from taxi_platform.transform.cleaning_rules import REJECT_REASON_RULES
+from taxi_platform.transform.trip_features import write_features
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")
 MIN_KEPT_RATIO = 0.80

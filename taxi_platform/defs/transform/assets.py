@@ -24,11 +24,11 @@ from taxi_platform.fare_model.features import FEATURES_VERSION, ZoneTable
 from taxi_platform.ingest.tlc_schema import SchemaMismatchError
 from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_records, zone_table
 from taxi_platform.lake.lake import Lake
+from taxi_platform.transform.cleaning import CLEANING_VERSION, CleanResult, clean_month
+from taxi_platform.transform.cleaning_rules import REJECT_REASON_RULES
 from taxi_platform.transform.contracts import CLEANED_TRIPS as CLEANED_CONTRACT
 from taxi_platform.transform.contracts import TRIP_FEATURES as FEATURES_CONTRACT
 from taxi_platform.transform.contracts import validate
-from taxi_platform.transform.cleaning import CLEANING_VERSION, CleanResult, clean_month
-from taxi_platform.transform.cleaning_rules import REJECT_REASON_RULES
 from taxi_platform.transform.trip_features import write_features
 
 KEY_COLUMNS = ("service", "pickup_datetime", "dropoff_datetime", "pickup_zone", "dropoff_zone", "fare_amount")

@@ -231,8 +231,8 @@ def test_parquet_sink_writer_error_surfaces_and_publishes_nothing(tmp_path):
 def test_reject_reasons_list_matches_the_sql_rules():
     import re
 
-    from taxi_platform.transform.sql import load_sql
     from taxi_platform.transform.cleaning_rules import REJECT_REASONS
+    from taxi_platform.transform.sql import load_sql
 
     reasons = re.findall(r"(?:THEN|ELSE) '([a-z_0-9]+)'", load_sql("cleaned_trips"))
     assert tuple(dict.fromkeys(reasons)) == REJECT_REASONS

@@ -264,7 +264,7 @@ def _big_mirror(rows: int) -> Path:
         )
     zones = root / "misc" / "taxi_zone_lookup.csv"
     if not zones.exists():
-        from taxi_platform.devtools.sample import zone_csv_bytes
+        from taxi_platform.ingest.zones import zone_csv_bytes
 
         zones.parent.mkdir(parents=True, exist_ok=True)
         zones.write_bytes(zone_csv_bytes())
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _big_mirror_zones_only(work: Path) -> Path:
     """A mirror with only the zone lookup: enough for ``taxi_zones``."""
-    from taxi_platform.devtools.sample import zone_csv_bytes
+    from taxi_platform.ingest.zones import zone_csv_bytes
 
     root = work / "zones-mirror"
     (root / "misc").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Benchmark: walk-forward training of the fare model on yellow-sized months.
 
-Generates synthetic TLC months (``devtools/sample.py``), runs them through the platform's own cleaning and feature
+Generates synthetic TLC months (``devtools/sample_trips.py``), runs them through the platform's own cleaning and feature
 code (``transform/cleaning.py``, ``transform/trip_features.py``) into a throw-away lake, then trains with the
 ``fare_model`` asset's default config on a 3-month window and scores the next month. Prints training wall time,
 peak RSS, and MAE of the boosted model, the linear baseline and the naive per-pair median. Training runs ``--repeat``
@@ -33,7 +33,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from taxi_platform.devtools.sample import generate_month, write_trip_file
+from taxi_platform.devtools.sample import write_trip_file
+from taxi_platform.devtools.sample_trips import generate_month
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.lake.lake import Lake
 from taxi_platform.model.training import TrainConfig, train_window

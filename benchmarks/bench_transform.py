@@ -2,7 +2,7 @@
 
 Prints wall time and peak RSS of each step's compute (each step in a fresh process, as Dagster's multiprocess
 executor runs it), beside a plain DuckDB full scan of the same raw file. The raw file is synthetic
-(taxi_platform.devtools.sample), generated once into benchmarks/out/.
+(taxi_platform.devtools.sample_trips), generated once into benchmarks/out/.
 
     uv run python benchmarks/bench_transform.py [--rows 3000000]
 
@@ -106,7 +106,8 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     raw = OUT / f"yellow_tripdata_2024-03_{args.rows}.parquet"
     if not raw.exists():
-        from taxi_platform.devtools.sample import generate_month, write_trip_file
+        from taxi_platform.devtools.sample import write_trip_file
+        from taxi_platform.devtools.sample_trips import generate_month
 
         t = time.perf_counter()
         write_trip_file(generate_month("yellow", MONTH, args.rows, seed=1), raw)

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from taxi_platform.core.months import parse_month
-from taxi_platform.devtools.sample import generate_month, trip_file_name, write_trip_file
+from taxi_platform.devtools.sample import trip_file_name, write_trip_file
+from taxi_platform.devtools.sample_trips import generate_month
 
 
 def main(argv: list[str] | None = None) -> int:

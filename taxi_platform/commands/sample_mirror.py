@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     from taxi_platform.core.months import parse_month, parse_months
     from taxi_platform.core.settings import parse_services
-    from taxi_platform.devtools.sample import DirtRates, SampleProfile, write_sample_mirror
+    from taxi_platform.devtools.sample import write_sample_mirror
+    from taxi_platform.devtools.sample_profile import DirtRates, SampleProfile
 
     try:
         months = parse_months(args.months)

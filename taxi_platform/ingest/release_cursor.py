@@ -3,8 +3,8 @@
 The cursor is JSON ``{"format": 2, "months": {"YYYY-MM": {"yellow": "etag:…", "green": "etag:…"}},
 "attempts": {"YYYY-MM": {"key": "raw_trips:…", "attempt": 1, "failed_at": null, "error": null, "run_id": null}}}``.
 Format 1 cursors (no ``attempts``) are read as they are; a month they record as requested but not
-materialised gets an attempt entry, so a run that failed before the upgrade is retried too. An unparseable cursor or one written by another
-format is reset (with a warning) rather than failing the sensor.
+materialised gets an attempt entry, so a run that failed before the upgrade is retried too. An unparseable cursor
+or one written by another format is reset (with a warning) rather than failing the sensor.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import pytest
 from taxi_platform.defs.ingest.assets import raw_schema_recognised, raw_trips, taxi_zones
 from taxi_platform.defs.resources import RESOURCES, LakeResource, TlcSourceResource
 from taxi_platform.devtools.mirror import MirrorServer
-from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample import write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample_trips import generate_month
 from taxi_platform_tests.support import mirror_fixtures
 
 ROWS = {"yellow": 400, "green": 150}

@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from taxi_platform.devtools.mirror import MirrorServer
-from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample import write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample_trips import generate_month
 
 YELLOW = "/trip-data/yellow_tripdata_2024-01.parquet"
 ZONES = "/misc/taxi_zone_lookup.csv"

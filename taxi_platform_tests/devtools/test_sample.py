@@ -18,18 +18,11 @@ from hypothesis import strategies as st
 
 from taxi_platform import cli
 from taxi_platform.core.months import parse_months
-from taxi_platform.devtools.sample import (
-    CBD_ZONES,
-    DEFAULT_ROWS_PER_MONTH,
-    DirtRates,
-    SampleProfile,
-    generate_month,
-    month_dirt,
-    month_rows,
-    write_sample_mirror,
-    write_trip_file,
-    zone_geography,
-)
+from taxi_platform.devtools.sample import DEFAULT_ROWS_PER_MONTH, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample_geography import CBD_ZONES, zone_geography
+from taxi_platform.devtools.sample_profile import DirtRates, SampleProfile
+from taxi_platform.devtools.sample_trips import generate_month
+from taxi_platform.devtools.sample_variation import month_dirt, month_rows
 from taxi_platform.fare_model.features import BOROUGHS
 from taxi_platform.ingest import tlc_schema
 from taxi_platform.ingest.zones import load_zone_records, load_zone_table, zone_csv_bytes, zone_lookup_path

@@ -13,7 +13,7 @@ import duckdb
 import mlflow
 import pytest
 
-from taxi_platform.devtools.sample import month_rows
+from taxi_platform.devtools.sample_variation import month_rows
 
 pytestmark = pytest.mark.timeout(900)
 

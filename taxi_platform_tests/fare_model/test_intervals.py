@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.devtools.sample import SampleProfile
+from taxi_platform.devtools.sample_profile import SampleProfile
 from taxi_platform.fare_model.intervals import (
     BAND_LABELS,
     N_BANDS,

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.devtools.sample import generate_month, write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample import write_sample_mirror, write_trip_file
+from taxi_platform.devtools.sample_trips import generate_month
 from taxi_platform.ingest.tlc import download, fetch
 from taxi_platform.ingest.tlc_errors import (
     DownloadError,

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from taxi_platform.core.months import months_between
-from taxi_platform.devtools.sample import SampleProfile
+from taxi_platform.devtools.sample_profile import SampleProfile
 from taxi_platform.model.registry import (
     KEPT,
     OLDER_TRAINING,

@@ -1,6 +1,6 @@
 """Pure training logic: pair statistics, sampling, design matrix, metrics, compiled predictors, behavioural check.
 
-Feature months are made the way the platform makes them: synthetic TLC files (``devtools/sample.py``) cleaned and
+Feature months are made the way the platform makes them: synthetic TLC files (``devtools/sample_trips.py``) cleaned and
 featurised by ``transform/cleaning.py`` and ``transform/trip_features.py`` into a temporary lake.
 ``write_feature_months`` is shared with the registry and asset tests.
 """
@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
+from taxi_platform.devtools.sample import write_trip_file
+from taxi_platform.devtools.sample_profile import SampleProfile
+from taxi_platform.devtools.sample_trips import generate_month
 from taxi_platform.fare_model.features import BOROUGHS, FEATURE_COLUMNS, compute_feature_arrays
 from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matrix
 from taxi_platform.fare_model.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, resolve

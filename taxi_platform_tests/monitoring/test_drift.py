@@ -37,7 +37,9 @@ def build_feature_lake(
     root: Path, months=MONTHS, rows=None, fare_increase_from: str | None = FARE_UP, seed: int = 5
 ):
     """``trip_features`` for ``months`` via the platform's transform; fares × 1.4 from ``fare_increase_from`` on."""
-    from taxi_platform.devtools.sample import SampleProfile, generate_month, write_trip_file
+    from taxi_platform.devtools.sample import write_trip_file
+    from taxi_platform.devtools.sample_profile import SampleProfile
+    from taxi_platform.devtools.sample_trips import generate_month
     from taxi_platform.ingest.zones import load_zone_table
     from taxi_platform.transform.cleaning import clean_month
     from taxi_platform.transform.trip_features import build_features

@@ -49,7 +49,8 @@ def build_sample_lake(
     lake_root: Path, months=(*TRAIN_MONTHS, VALIDATION_MONTH), rows=None, seed: int = 11
 ) -> Lake:
     """``trip_features`` for ``months`` of synthetic yellow+green trips under ``lake_root``."""
-    from taxi_platform.devtools.sample import generate_month, write_trip_file
+    from taxi_platform.devtools.sample import write_trip_file
+    from taxi_platform.devtools.sample_trips import generate_month
     from taxi_platform.ingest.zones import load_zone_table
     from taxi_platform.transform.cleaning import clean_month
     from taxi_platform.transform.trip_features import build_features

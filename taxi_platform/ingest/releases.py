@@ -159,137 +159,205 @@ def decide(
     cursor attempt entry (absent: none found). ``now``: POSIX time of the tick (default: the clock).
     ``retry``: the retry policy (default :class:`RetryPolicy`).
     """
-    policy = retry or RetryPolicy()
-    clock = time.time() if now is None else now
-    outcomes = runs or {}
     services = tuple(sorted(set(services)))
     if not services:
         raise ValueError("no services configured: expected e.g. ('yellow', 'green')")
-    done = {month_label(m) for m in materialized}
-    recorded = recorded_versions or {}
-    next_months: dict[str, dict[str, str]] = {m: dict(v) for m, v in cursor.months.items()}
-    requests: list[ReleaseRequest] = []
-    waiting: list[str] = []
-    errors: dict[str, tuple[str, ...]] = {}
-    adopted: list[str] = []
-    pending: list[str] = []
-    withdrawn: list[str] = []
-    deferred: list[str] = []
-    unchanged = 0
-    next_attempts: dict[str, Attempts] = dict(cursor.attempts)
-    failing: list[Failing] = []
-    exhausted: list[Failing] = []
-    canceled: list[str] = []
-    retrying: list[str] = []
-    reported: set[str] = set()  # months follow_up filed as failing, exhausted, canceled or retrying
+    tick = _Tick(
+        cursor=cursor,
+        services=services,
+        done={month_label(m) for m in materialized},
+        recorded=recorded_versions or {},
+        max_requests=max_requests,
+        outcomes=runs or {},
+        clock=time.time() if now is None else now,
+        policy=retry or RetryPolicy(),
+    )
+    for month in sorted(probes):
+        tick.consider(month, probes[month])
+    return tick.decision()
 
-    def follow_up(month: str, versions: Mapping[str, str]) -> ReleaseRequest | None:
+
+_WantedRun = tuple[
+    Reason, Mapping[str, str] | None, ReleaseRequest | None
+]  # reason, versions seen, retry request
+
+
+@dataclass
+class _Tick:
+    """One call of :func:`decide`: its inputs, and the decision taking shape month by month (oldest first)."""
+
+    cursor: ReleaseCursor
+    services: tuple[str, ...]
+    done: set[str]  # materialised months
+    recorded: Mapping[str, Mapping[str, str]]
+    max_requests: int | None
+    outcomes: Mapping[str, RunOutcome]
+    clock: float
+    policy: RetryPolicy
+    next_months: dict[str, dict[str, str]] = field(init=False)
+    next_attempts: dict[str, Attempts] = field(init=False)
+    requests: list[ReleaseRequest] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    errors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    adopted: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    failing: list[Failing] = field(default_factory=list)
+    exhausted: list[Failing] = field(default_factory=list)
+    canceled: list[str] = field(default_factory=list)
+    retrying: list[str] = field(default_factory=list)
+    reported: set[str] = field(
+        default_factory=set
+    )  # months follow_up filed as failing, exhausted, canceled or retrying
+
+    def __post_init__(self) -> None:
+        self.next_months = {m: dict(v) for m, v in self.cursor.months.items()}
+        self.next_attempts = dict(self.cursor.attempts)
+
+    def consider(self, month: str, month_probes: Mapping[str, ProbeResult]) -> None:
+        """File one month: a request, or the reason it needs none."""
+        if not self._all_published(month, month_probes):
+            return
+        versions = {s: version_token(month_probes[s]) for s in self.services}
+        if month in self.done:
+            wanted = self._materialised(month, versions)
+        else:
+            wanted = self._not_materialised(month, versions)
+        if wanted is not None:
+            self._request(month, versions, *wanted)
+
+    def _all_published(self, month: str, month_probes: Mapping[str, ProbeResult]) -> bool:
+        """Whether every service's file of ``month`` is published; if not, file the month as an error or waiting."""
+        missing_probe = [s for s in self.services if s not in month_probes]
+        if missing_probe:
+            self.errors[month] = tuple(f"{s}: not probed" for s in missing_probe)
+            return False
+        failed = {s: month_probes[s] for s in self.services if month_probes[s].status == "error"}
+        if failed:
+            self.errors[month] = tuple(f"{s}: {p.message or 'error'} ({p.url})" for s, p in failed.items())
+            return False
+        if any(month_probes[s].status != "published" for s in self.services):
+            (self.withdrawn if month in self.done else self.waiting).append(month)
+            return False
+        return True
+
+    def _same(self, seen: Mapping[str, str], versions: Mapping[str, str]) -> bool:
+        return all(seen.get(s) == versions[s] for s in self.services)
+
+    def _materialised(self, month: str, versions: dict[str, str]) -> _WantedRun | None:
+        """A run for a month ``raw_trips`` holds, if its files changed or its failed run is due a retry."""
+        seen = self.cursor.months.get(month)
+        if seen is None:
+            baseline = self.recorded.get(month)
+            if not baseline or all(baseline.get(s) in (None, versions[s]) for s in self.services):
+                self.next_months[month] = versions
+                self.adopted.append(month)
+                return None
+            seen = baseline
+        if not self._same(seen, versions):
+            return "republished", seen, None
+        self.next_months[month] = versions
+        retry_request = self.follow_up(month, versions)
+        if retry_request is None:
+            self.unchanged += month not in self.reported
+            return None
+        return "republished", seen, retry_request
+
+    def _not_materialised(self, month: str, versions: dict[str, str]) -> _WantedRun | None:
+        """A run for a month ``raw_trips`` lacks, unless one was requested at these versions and is not due again."""
+        seen = self.cursor.months.get(month)
+        if seen is None or not self._same(seen, versions):
+            return ("new" if seen is None else "republished"), seen, None
+        if month not in self.next_attempts:  # requested before attempts were kept (format-1 cursor)
+            self.next_attempts[month] = Attempts(key=run_key(month, versions), attempt=1)
+        retry_request = self.follow_up(month, versions)
+        if retry_request is None:
+            if month not in self.reported:
+                self.pending.append(month)
+            return None
+        return "republished", seen, retry_request
+
+    def _request(
+        self,
+        month: str,
+        versions: dict[str, str],
+        reason: Reason,
+        seen: Mapping[str, str] | None,
+        retry_request: ReleaseRequest | None,
+    ) -> None:
+        """Request the month's run (or its retry), unless this tick's request limit is reached."""
+        if self.max_requests is not None and len(self.requests) >= self.max_requests:
+            self.deferred.append(month)
+            return
+        if retry_request is not None:
+            self.requests.append(retry_request)
+            self.next_attempts[month] = Attempts(
+                key=retry_request.base_run_key, attempt=retry_request.attempt
+            )
+            return
+        request = ReleaseRequest(month=month, versions=versions, reason=reason, previous=seen)
+        self.requests.append(request)
+        self.next_months[month] = versions
+        self.next_attempts[month] = Attempts(key=request.base_run_key, attempt=1)
+
+    def follow_up(self, month: str, versions: Mapping[str, str]) -> ReleaseRequest | None:
         """For a month already acted on at ``versions``: a retry request if its failed run is due one."""
-        state = next_attempts.get(month)
+        state = self.next_attempts.get(month)
         if state is None:
             return None
         if state.key != run_key(month, versions):  # attempts of other file versions: stale
-            del next_attempts[month]
+            del self.next_attempts[month]
             return None
-        outcome = outcomes.get(month)
+        outcome = self.outcomes.get(month)
         if outcome is None or outcome.status == "running":
             return None
         if outcome.status == "succeeded":
-            del next_attempts[month]
+            del self.next_attempts[month]
             return None
         if outcome.attempt < state.attempt:  # the attempt requested last has no run yet: wait for it
             return None
         if outcome.status in ("retrying", "canceled"):
-            (retrying if outcome.status == "retrying" else canceled).append(month)
-            reported.add(month)
+            (self.retrying if outcome.status == "retrying" else self.canceled).append(month)
+            self.reported.add(month)
             return None
         attempt = max(state.attempt, outcome.attempt)
         same_failure = state.run_id == outcome.run_id and state.failed_at is not None
         failed_at = (
-            state.failed_at if same_failure else (outcome.ended_at if outcome.ended_at is not None else clock)
+            state.failed_at
+            if same_failure
+            else (outcome.ended_at if outcome.ended_at is not None else self.clock)
         )
         state = Attempts(state.key, attempt, failed_at, shorten_error(outcome.error), outcome.run_id)
-        next_attempts[month] = state
-        reported.add(month)
-        if attempt >= policy.max_attempts:
-            exhausted.append(Failing(month, attempt, policy.max_attempts, state.error, state.run_id, None))
+        self.next_attempts[month] = state
+        self.reported.add(month)
+        if attempt >= self.policy.max_attempts:
+            self.exhausted.append(
+                Failing(month, attempt, self.policy.max_attempts, state.error, state.run_id, None)
+            )
             return None
-        due = failed_at + policy.delay(attempt)
-        if clock < due:
-            failing.append(Failing(month, attempt, policy.max_attempts, state.error, state.run_id, due))
+        due = failed_at + self.policy.delay(attempt)
+        if self.clock < due:
+            self.failing.append(
+                Failing(month, attempt, self.policy.max_attempts, state.error, state.run_id, due)
+            )
             return None
         return ReleaseRequest(month=month, versions=versions, reason="retry", attempt=attempt + 1)
 
-    for month in sorted(probes):
-        month_probes = probes[month]
-        missing_probe = [s for s in services if s not in month_probes]
-        if missing_probe:
-            errors[month] = tuple(f"{s}: not probed" for s in missing_probe)
-            continue
-        failed = {s: month_probes[s] for s in services if month_probes[s].status == "error"}
-        if failed:
-            errors[month] = tuple(f"{s}: {p.message or 'error'} ({p.url})" for s, p in failed.items())
-            continue
-        if any(month_probes[s].status != "published" for s in services):
-            (withdrawn if month in done else waiting).append(month)
-            continue
-
-        versions = {s: version_token(month_probes[s]) for s in services}
-        seen = cursor.months.get(month)
-        if month in done:
-            if seen is None:
-                baseline = recorded.get(month)
-                if not baseline or all(baseline.get(s) in (None, versions[s]) for s in services):
-                    next_months[month] = versions
-                    adopted.append(month)
-                    continue
-                seen = baseline
-            if all(seen.get(s) == versions[s] for s in services):
-                next_months[month] = versions
-                retry_request = follow_up(month, versions)
-                if retry_request is None:
-                    unchanged += month not in reported
-                    continue
-            else:
-                retry_request = None
-            reason: Reason = "republished"
-        else:
-            if seen is not None and all(seen.get(s) == versions[s] for s in services):
-                if month not in next_attempts:  # requested before attempts were kept (format-1 cursor)
-                    next_attempts[month] = Attempts(key=run_key(month, versions), attempt=1)
-                retry_request = follow_up(month, versions)
-                if retry_request is None:
-                    if month not in reported:
-                        pending.append(month)
-                    continue
-            else:
-                retry_request = None
-            reason = "new" if seen is None else "republished"
-
-        if max_requests is not None and len(requests) >= max_requests:
-            deferred.append(month)
-            continue
-        if retry_request is not None:
-            requests.append(retry_request)
-            next_attempts[month] = Attempts(key=retry_request.base_run_key, attempt=retry_request.attempt)
-            continue
-        request = ReleaseRequest(month=month, versions=versions, reason=reason, previous=seen)
-        requests.append(request)
-        next_months[month] = versions
-        next_attempts[month] = Attempts(key=request.base_run_key, attempt=1)
-
-    return ReleaseDecision(
-        requests=tuple(requests),
-        cursor=ReleaseCursor(next_months, next_attempts),
-        waiting=tuple(waiting),
-        errors=errors,
-        adopted=tuple(adopted),
-        pending=tuple(pending),
-        withdrawn=tuple(withdrawn),
-        deferred=tuple(deferred),
-        unchanged=unchanged,
-        failing=tuple(failing),
-        exhausted=tuple(exhausted),
-        canceled=tuple(canceled),
-        retrying=tuple(retrying),
-    )
+    def decision(self) -> ReleaseDecision:
+        return ReleaseDecision(
+            requests=tuple(self.requests),
+            cursor=ReleaseCursor(self.next_months, self.next_attempts),
+            waiting=tuple(self.waiting),
+            errors=self.errors,
+            adopted=tuple(self.adopted),
+            pending=tuple(self.pending),
+            withdrawn=tuple(self.withdrawn),
+            deferred=tuple(self.deferred),
+            unchanged=self.unchanged,
+            failing=tuple(self.failing),
+            exhausted=tuple(self.exhausted),
+            canceled=tuple(self.canceled),
+            retrying=tuple(self.retrying),
+        )

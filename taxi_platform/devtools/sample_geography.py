@@ -114,43 +114,13 @@ def zone_geography() -> ZoneGeography:
     cbd = np.isin(ids, list(CBD_ZONES))
     airport = np.isin(ids, [JFK, LGA, EWR])
 
-    x = np.zeros(N_ZONES)
-    y = np.zeros(N_ZONES)
     jitter = rng.standard_normal((N_ZONES, 2))
     popularity = rng.lognormal(0.0, 0.6, N_ZONES)
-    for z in range(1, N_ZONES):
-        b = borough[z]
-        if b in _BOROUGH_BOX:
-            (cx, cy), (sx, sy) = _BOROUGH_BOX[b]
-            x[z], y[z] = cx + sx * jitter[z, 0], cy + sy * jitter[z, 1]
-        if z in _FIXED_XY:
-            x[z], y[z] = _FIXED_XY[z]
-    unplaced = [z for z in range(1, N_ZONES) if manhattan[z] and z not in _FIXED_XY]
-    if unplaced:  # pragma: no cover - guards edits to _FIXED_XY
-        raise RuntimeError(f"Manhattan zones without a position in _FIXED_XY: {unplaced}")
-
-    def group_of(z: int) -> object:
-        if z in (JFK, LGA, EWR):
-            return z
-        if congestion_zone[z]:
-            return "yz"
-        if manhattan[z]:
-            return "mn"
-        return borough[z]
-
-    groups = [group_of(z) for z in range(N_ZONES)]
+    x, y = _zone_xy(borough, manhattan, jitter)
+    groups = [_group_of(z, borough, manhattan, congestion_zone) for z in range(N_ZONES)]
 
     def weights(shares: Mapping[object, float], hot: tuple[int, ...]) -> np.ndarray:
-        raw = popularity.copy()
-        raw[list(hot)] *= 3.0
-        raw[0] = 0.0
-        raw[[UNKNOWN_ZONE, OUTSIDE_NYC_ZONE]] = 0.0
-        out = np.zeros(N_ZONES)
-        for g, share in shares.items():
-            members = np.array([groups[z] == g for z in range(N_ZONES)]) & (raw > 0)
-            if members.any() and share > 0:
-                out[members] = share * raw[members] / raw[members].sum()
-        return out / out.sum()
+        return _zone_weights(shares, hot, popularity, groups)
 
     pickup = {
         "yellow": weights(_PICKUP_SHARE["yellow"], _HOT_YELLOW_ZONES),
@@ -171,6 +141,50 @@ def zone_geography() -> ZoneGeography:
         pickup_weight=pickup,
         dropoff_weight=dropoff,
     )
+
+
+def _zone_xy(borough: list[str], manhattan: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-coordinates (miles) of every zone: fixed where known, else jittered around the borough centre."""
+    x = np.zeros(N_ZONES)
+    y = np.zeros(N_ZONES)
+    for z in range(1, N_ZONES):
+        b = borough[z]
+        if b in _BOROUGH_BOX:
+            (cx, cy), (sx, sy) = _BOROUGH_BOX[b]
+            x[z], y[z] = cx + sx * jitter[z, 0], cy + sy * jitter[z, 1]
+        if z in _FIXED_XY:
+            x[z], y[z] = _FIXED_XY[z]
+    unplaced = [z for z in range(1, N_ZONES) if manhattan[z] and z not in _FIXED_XY]
+    if unplaced:  # pragma: no cover - guards edits to _FIXED_XY
+        raise RuntimeError(f"Manhattan zones without a position in _FIXED_XY: {unplaced}")
+    return x, y
+
+
+def _group_of(z: int, borough: list[str], manhattan: np.ndarray, congestion_zone: np.ndarray) -> object:
+    """The zone group of the pickup and drop-off shares: an airport, "yz", "mn" or the borough."""
+    if z in (JFK, LGA, EWR):
+        return z
+    if congestion_zone[z]:
+        return "yz"
+    if manhattan[z]:
+        return "mn"
+    return borough[z]
+
+
+def _zone_weights(
+    shares: Mapping[object, float], hot: tuple[int, ...], popularity: np.ndarray, groups: list[object]
+) -> np.ndarray:
+    """Per-zone probabilities: each group's share spread over its zones by popularity (``hot`` zones × 3)."""
+    raw = popularity.copy()
+    raw[list(hot)] *= 3.0
+    raw[0] = 0.0
+    raw[[UNKNOWN_ZONE, OUTSIDE_NYC_ZONE]] = 0.0
+    out = np.zeros(N_ZONES)
+    for g, share in shares.items():
+        members = np.array([groups[z] == g for z in range(N_ZONES)]) & (raw > 0)
+        if members.any() and share > 0:
+            out[members] = share * raw[members] / raw[members].sum()
+    return out / out.sum()
 
 
 @lru_cache(maxsize=8)

@@ -9,6 +9,7 @@ and missing files are not retried (see :mod:`taxi_platform.ingest.tlc_errors`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
@@ -287,57 +288,70 @@ def get_with_retries(
     session = session or requests.Session()
     attempt = 0
     deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
-
-    def deadline_error(detail: str, cause: BaseException | None = None) -> DownloadError:
-        return DownloadError(
-            f"download of {url} did not finish within its {deadline_seconds:g} s deadline "
-            f"(TAXI_DOWNLOAD_DEADLINE_SECONDS; attempt {attempt}: {detail}). The source is too slow or stalled; "
-            "nothing was written, try again later.",
-            url=url,
-            attempts=attempt,
-            transient=True,
-        )
-
+    get_once = functools.partial(
+        _get_once,
+        session,
+        url,
+        sink,
+        timeout=timeout,
+        chunk_size=chunk_size,
+        max_bytes=max_bytes,
+        not_published=not_published,
+        deadline=deadline,
+        verify_md5=verify_md5,
+    )
     try:
         while True:
             attempt += 1
             sink.seek(0)
             sink.truncate()
             try:
-                return (
-                    _get_once(
-                        session,
-                        url,
-                        sink,
-                        timeout=timeout,
-                        chunk_size=chunk_size,
-                        max_bytes=max_bytes,
-                        not_published=not_published,
-                        deadline=deadline,
-                        verify_md5=verify_md5,
-                    ),
-                    attempt,
-                )
+                return get_once(), attempt
             except _DeadlineExceeded as exc:
-                raise deadline_error(f"cut off {exc}") from exc
+                raise _deadline_error(url, deadline_seconds, attempt, f"cut off {exc}") from exc
             except _TransientError as exc:
-                if attempt > retries:
-                    raise DownloadError(
-                        f"download of {url} failed after {attempt} attempt(s): {exc}. The source or network "
-                        "may be having trouble; try again later.",
-                        url=url,
-                        attempts=attempt,
-                        transient=True,
-                    ) from exc
-                wait = backoff * (2 ** (attempt - 1))
-                if deadline is not None and time.monotonic() + wait >= deadline:
-                    raise deadline_error(f"{exc}; no time left to retry") from exc
-                logger.warning(f"GET {url} attempt {attempt} failed: {exc}; retrying in {wait:.2f}s")
-                if wait > 0:
-                    time.sleep(wait)
+                _wait_before_retry(url, exc, attempt, retries, backoff, deadline, deadline_seconds, logger)
             except DownloadError as exc:
                 exc.attempts = attempt
                 raise
     finally:
         if own_session:
             session.close()
+
+
+def _wait_before_retry(
+    url: str,
+    exc: _TransientError,
+    attempt: int,
+    retries: int,
+    backoff: float,
+    deadline: float | None,
+    deadline_seconds: float | None,
+    logger: logging.Logger,
+) -> None:
+    """Sleep the backoff after failed attempt ``attempt``, or raise when no retry or no time is left."""
+    if attempt > retries:
+        raise DownloadError(
+            f"download of {url} failed after {attempt} attempt(s): {exc}. The source or network "
+            "may be having trouble; try again later.",
+            url=url,
+            attempts=attempt,
+            transient=True,
+        ) from exc
+    wait = backoff * (2 ** (attempt - 1))
+    if deadline is not None and time.monotonic() + wait >= deadline:
+        raise _deadline_error(url, deadline_seconds, attempt, f"{exc}; no time left to retry") from exc
+    logger.warning(f"GET {url} attempt {attempt} failed: {exc}; retrying in {wait:.2f}s")
+    if wait > 0:
+        time.sleep(wait)
+
+
+def _deadline_error(url: str, deadline_seconds: float | None, attempt: int, detail: str) -> DownloadError:
+    return DownloadError(
+        f"download of {url} did not finish within its {deadline_seconds:g} s deadline "
+        f"(TAXI_DOWNLOAD_DEADLINE_SECONDS; attempt {attempt}: {detail}). The source is too slow or stalled; "
+        "nothing was written, try again later.",
+        url=url,
+        attempts=attempt,
+        transient=True,
+    )

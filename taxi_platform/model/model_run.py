@@ -24,9 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from taxi_platform.fare_model.features import ZoneTable
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lake.lake import Lake
+    from taxi_platform.model.evaluation import DistanceCheck
     from taxi_platform.model.registry import GateDecision
     from taxi_platform.model.tracking import TrackedRun
-    from taxi_platform.model.training import DistanceCheck, TrainConfig, TrainingResult
+    from taxi_platform.model.training import TrainConfig, TrainingResult
     from taxi_platform.model.tuning import TrialRecord, TuningConfig
 
 TABLE = "trip_features"
@@ -199,7 +200,9 @@ def _train(
 
     from taxi_platform.fare_model.intervals import bands_from_matrix
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.model.training import fare_grows_with_distance, quotes_frame, train_window
+    from taxi_platform.model.evaluation import fare_grows_with_distance
+    from taxi_platform.model.training import train_window
+    from taxi_platform.model.training_sample import quotes_frame
 
     result = train_window(
         lake,
@@ -275,7 +278,8 @@ def small_data_threads(threads: int | None, rows: int) -> int | None:
 
 def _training_threads(lake: Lake, inputs: ModelRunInputs) -> int | None:
     """:func:`small_data_threads` for the training sample: at most ``sample_rows`` of the window's rows."""
-    from taxi_platform.model.training import SMALL_FIT_ROWS, window_row_count
+    from taxi_platform.model.training import SMALL_FIT_ROWS
+    from taxi_platform.model.training_sample import window_row_count
 
     config = inputs.train_config
     rows = config.sample_rows
@@ -321,7 +325,7 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
     import numpy as np
 
     from taxi_platform.model.tracking import dataset_from_arrow, resume
-    from taxi_platform.model.training import partition_fingerprint
+    from taxi_platform.model.training_sample import partition_fingerprint
 
     result, month, train_months = trained.result, inputs.month, inputs.train_months
     window_fp = partition_fingerprint(lake, train_months)

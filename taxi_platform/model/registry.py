@@ -289,7 +289,7 @@ class LakeEvaluation:
     seed: int = 0
 
     def fingerprint(self, month: str) -> str | None:
-        from taxi_platform.model.training import partition_fingerprint
+        from taxi_platform.model.training_sample import partition_fingerprint
 
         try:
             files = partition_fingerprint(self.lake, [month])
@@ -298,7 +298,7 @@ class LakeEvaluation:
         return hashlib.sha256(f"{files}|rows={self.rows}|seed={self.seed}".encode()).hexdigest()[:16]
 
     def sample(self, month: str) -> tuple[pd.DataFrame, np.ndarray]:
-        from taxi_platform.model.training import TARGET, load_window, quotes_frame
+        from taxi_platform.model.training_sample import TARGET, load_window, quotes_frame
 
         table = load_window(self.lake, [month], self.rows, self.seed)
         if table.num_rows == 0:

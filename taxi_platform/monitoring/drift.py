@@ -30,7 +30,7 @@ Decisions worth knowing:
 - Columns that are entirely null in the month or the reference are left out of the drift tests (Evidently
   cannot test an empty column) and listed under ``all_null_columns``. An all-null target leaves the quality
   section empty; the MAE check then reports that it could not evaluate.
-- MAE, RMSE and MAPE use the model trainer's definitions (:func:`taxi_platform.model.training.regression_metrics`:
+- MAE, RMSE and MAPE use the model trainer's definitions (:func:`taxi_platform.model.evaluation.regression_metrics`:
   MAPE as a fraction over fares of at least $1), so the MAE compares like for like with the champion's
   validation MAE. Evidently's own figures are kept in the JSON under ``evidently``.
 """
@@ -300,7 +300,7 @@ def _all_null(frame: pd.DataFrame, column: str) -> bool:
 
 
 def _quality(frame: pd.DataFrame) -> dict[str, float] | None:
-    from taxi_platform.model.training import regression_metrics
+    from taxi_platform.model.evaluation import regression_metrics
 
     known = frame[frame[TARGET].notna() & frame[PREDICTION].notna()]
     if known.empty:

@@ -26,7 +26,8 @@ from taxi_platform.fare_model.intervals import (
 from taxi_platform.fare_model.pyfunc import FareQuoteModel
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.model.model_package import log_fare_model
-from taxi_platform.model.training import TrainConfig, load_window, quotes_frame, train_window
+from taxi_platform.model.training import TrainConfig, train_window
+from taxi_platform.model.training_sample import load_window, quotes_frame
 from taxi_platform_tests.model.test_training import write_feature_months
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05")

@@ -127,7 +127,7 @@ def test_window_fingerprint_covers_every_part_and_changes_on_rewrite(tmp_path, m
     import os
     import time
 
-    from taxi_platform.model.training import partition_fingerprint
+    from taxi_platform.model.training_sample import partition_fingerprint
 
     monkeypatch.setattr(parquet_sink, "SPLIT_AFTER_ROWS", 100)
     lake = Lake(str(tmp_path / "lake"))

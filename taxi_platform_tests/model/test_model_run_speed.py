@@ -16,7 +16,8 @@ from taxi_platform.model.model_package import log_fare_model
 from taxi_platform.model.model_run import GateScorer, openmp_threads, small_data_threads
 from taxi_platform.model.registry import mae_of
 from taxi_platform.model.tracking import dataset_from_arrow
-from taxi_platform.model.training import SMALL_FIT_ROWS, load_window, train_window
+from taxi_platform.model.training import SMALL_FIT_ROWS, train_window
+from taxi_platform.model.training_sample import load_window
 from taxi_platform_tests.model.test_training import MONTHS, SMALL, write_feature_months
 
 

@@ -32,7 +32,8 @@ from taxi_platform.model.registry import (
     mae_of,
     version_pricer,
 )
-from taxi_platform.model.training import quotes_frame, train_window
+from taxi_platform.model.training import train_window
+from taxi_platform.model.training_sample import quotes_frame
 from taxi_platform_tests.model.test_training import MONTHS, SMALL, write_feature_months
 from taxi_platform_tests.support.mlflow_server import closed_port
 

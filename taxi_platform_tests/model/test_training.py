@@ -24,16 +24,10 @@ from taxi_platform.fare_model.matrix import MATRIX_COLUMNS, MIN_FARE, build_matr
 from taxi_platform.fare_model.pair_stats import LEVEL_BOROUGH, LEVEL_GLOBAL, LEVEL_PAIR, resolve
 from taxi_platform.ingest.zones import load_zone_table, zone_csv_bytes
 from taxi_platform.lake.lake import Lake
+from taxi_platform.model.evaluation import fare_grows_with_distance, regression_metrics
 from taxi_platform.model.pair_stats_sql import compute_pair_stats
-from taxi_platform.model.training import (
-    TrainConfig,
-    fare_grows_with_distance,
-    feature_paths,
-    load_window,
-    quotes_frame,
-    regression_metrics,
-    train_window,
-)
+from taxi_platform.model.training import TrainConfig, train_window
+from taxi_platform.model.training_sample import feature_paths, load_window, quotes_frame
 from taxi_platform.transform.cleaning import clean_month
 from taxi_platform.transform.trip_features import build_features
 
@@ -332,3 +326,57 @@ def test_asset_config_defaults_are_the_training_defaults():
     assert train_config_from(custom.model_dump()) == TrainConfig(
         families=("linear",), threads=2, sample_rows=5_000
     )
+
+
+def test_asset_config_takes_every_shared_default_from_train_config(monkeypatch):
+    """The training defaults are written once: each FareModelConfig field that is also a TrainConfig field has
+    TrainConfig's default, and follows it when it changes (config.py is executed afresh against a TrainConfig
+    with other defaults; the imported module is left alone)."""
+    import dataclasses
+    import importlib.util
+
+    import taxi_platform.defs.model.config as config
+    import taxi_platform.model.training as training
+
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(config.FareModelConfig.model_fields)
+    assert {
+        "sample_rows",
+        "families",
+        "boosted_max_iter",
+        "interval_coverage",
+        "interval_min_group",
+    } <= shared
+
+    def defaults(model_config) -> dict:
+        return {n: model_config.model_fields[n].get_default(call_default_factory=True) for n in shared}
+
+    def expected(train_config) -> dict:
+        values = {n: getattr(train_config, n) for n in shared}
+        return {**values, "families": list(values["families"])}
+
+    assert defaults(config.FareModelConfig) == expected(TrainConfig())
+
+    changed = {
+        f.name: (
+            ("linear",)
+            if f.name == "families"
+            else 7
+            if f.name == "threads"
+            else f.default / 2
+            if isinstance(f.default, float)
+            else f.default + 3
+        )
+        for f in dataclasses.fields(TrainConfig)
+        if f.name in shared
+    }
+    other = dataclasses.make_dataclass(
+        "OtherTrainConfig",
+        [(name, object, dataclasses.field(default=value)) for name, value in changed.items()],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
+    monkeypatch.setattr(training, "TrainConfig", other)
+    spec = importlib.util.spec_from_file_location("fresh_model_config", config.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert defaults(fresh.FareModelConfig) == expected(other()) != expected(TrainConfig())

@@ -274,7 +274,7 @@ def test_drift_share_threshold_is_configurable(fare_up):
 
 
 def test_quality_figures_match_evidently_and_the_trainer(fare_up, setup):
-    from taxi_platform.model.training import regression_metrics
+    from taxi_platform.model.evaluation import regression_metrics
 
     summary, _ = fare_up
     current = _current(setup, FARE_UP)

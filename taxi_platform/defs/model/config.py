@@ -1,12 +1,18 @@
-"""``fare_model``'s run config: the training sample, model families, fare ranges and the promotion gate."""
+"""``fare_model``'s run config: the training sample, model families, fare ranges and the promotion gate.
+
+Fields that are also :class:`~taxi_platform.model.training.TrainConfig` fields take their defaults from it, so the
+training defaults are written once, in the training code.
+"""
 
 import dagster as dg
 from pydantic import Field
 
 from taxi_platform.model.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
 from taxi_platform.model.registry import DEFAULT_TOLERANCE
+from taxi_platform.model.training import TrainConfig
 
 DEFAULT_WINDOW_MONTHS = 3
+TRAINING_DEFAULTS = TrainConfig()
 
 
 class FareModelConfig(dg.Config):
@@ -14,12 +20,18 @@ class FareModelConfig(dg.Config):
         default=DEFAULT_WINDOW_MONTHS, ge=1, le=24, description="Months before the partition to train on."
     )
     sample_rows: int = Field(
-        default=1_000_000, ge=1_000, description="Training rows sampled across the window."
+        default=TRAINING_DEFAULTS.sample_rows,
+        ge=1_000,
+        description="Training rows sampled across the window.",
     )
     validation_rows: int = Field(
-        default=250_000, ge=100, description="Rows sampled from the partition's month."
+        default=TRAINING_DEFAULTS.validation_rows,
+        ge=100,
+        description="Rows sampled from the partition's month.",
     )
-    seed: int = Field(default=0, description="Seed of the samples and of the boosted model.")
+    seed: int = Field(
+        default=TRAINING_DEFAULTS.seed, description="Seed of the samples and of the boosted model."
+    )
     tolerance: float = Field(
         default=DEFAULT_TOLERANCE,
         ge=0.0,
@@ -48,17 +60,29 @@ class FareModelConfig(dg.Config):
         ge=100,
         description="Rows of a month's trip_features (the same hashed rows every time) the gate scores models on.",
     )
-    families: list[str] = Field(default=["linear", "boosted"], description="Model families to fit.")
-    min_pair_count: int = Field(default=10, ge=1, description="Trips a zone pair needs for its own medians.")
-    boosted_max_iter: int = Field(default=100, ge=1, description="Boosting iterations (no early stopping).")
-    boosted_learning_rate: float = Field(default=0.2, gt=0.0, le=1.0, description="Boosting learning rate.")
+    families: list[str] = Field(
+        default=list(TRAINING_DEFAULTS.families), description="Model families to fit."
+    )
+    min_pair_count: int = Field(
+        default=TRAINING_DEFAULTS.min_pair_count,
+        ge=1,
+        description="Trips a zone pair needs for its own medians.",
+    )
+    boosted_max_iter: int = Field(
+        default=TRAINING_DEFAULTS.boosted_max_iter,
+        ge=1,
+        description="Boosting iterations (no early stopping).",
+    )
+    boosted_learning_rate: float = Field(
+        default=TRAINING_DEFAULTS.boosted_learning_rate, gt=0.0, le=1.0, description="Boosting learning rate."
+    )
     threads: int | None = Field(
-        default=None,
+        default=TRAINING_DEFAULTS.threads,
         ge=1,
         description="OpenMP threads for fitting; default: 1 below 250k sampled rows, else all cores.",
     )
     interval_coverage: float = Field(
-        default=0.8,
+        default=TRAINING_DEFAULTS.interval_coverage,
         gt=0.0,
         lt=1.0,
         description="Nominal coverage of the quoted fare range (fare_low..fare_high), conformal-calibrated per band "
@@ -80,7 +104,7 @@ class FareModelConfig(dg.Config):
         description="Training rows each tuning trial fits on (the final fit uses all).",
     )
     interval_min_group: int = Field(
-        default=100,
+        default=TRAINING_DEFAULTS.interval_min_group,
         ge=1,
         description="Validation trips a band needs for its own range width (else the global one).",
     )

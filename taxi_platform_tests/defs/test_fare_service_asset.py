@@ -75,7 +75,7 @@ def test_builds_a_bento_for_the_champion_then_reuses_it(registry, bento_home):
     assert info["args"] == {"model_version": f"v1-{registry.run_id[:12]}"}
     assert bento_build.bento_models(bento_dir) == [m["model_store_tag"]]
     assert (bento_dir / "src" / "bento" / "service.py").is_file()
-    assert (bento_dir / "src" / "taxi_platform" / "lib" / "quotes.py").is_file()
+    assert (bento_dir / "src" / "taxi_platform" / "serving" / "quotes.py").is_file()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert any(r.startswith("scikit-learn==") for r in requirements)  # pinned to the model's training env
     model_info = yaml.safe_load(

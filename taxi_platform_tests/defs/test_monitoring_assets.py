@@ -17,10 +17,15 @@ import pytest
 
 from taxi_platform.core.run_tags import RETRAIN_CHAMPION_TAG, RETRAIN_MONTH_TAG, RETRAIN_REASON_TAG
 from taxi_platform.core.settings import MODEL_NAME
-from taxi_platform.defs import monitoring
-from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT
-from taxi_platform.defs.monitoring.monitoring_trend import MONITORING_TREND
-from taxi_platform.defs.monitoring.served_quotes import SERVED_QUOTE_ACCURACY, SERVED_QUOTES
+from taxi_platform.defs.monitoring.drift_report import DRIFT_REPORT, drift_report
+from taxi_platform.defs.monitoring.monitoring_trend import MONITORING_TREND, monitoring_trend
+from taxi_platform.defs.monitoring.retraining import retrain_on_mae_degradation
+from taxi_platform.defs.monitoring.served_quotes import (
+    SERVED_QUOTE_ACCURACY,
+    SERVED_QUOTES,
+    served_quote_accuracy,
+    served_quotes,
+)
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.model.registry import load_predictor
 from taxi_platform.monitoring.drift import report_paths
@@ -130,7 +135,7 @@ def platform(tmp_path_factory):
 
         def report(key: str, run_config=RUN_CONFIG, **kwargs):
             return dg.materialize(
-                [monitoring.drift_report],
+                [drift_report],
                 partition_key=key,
                 instance=instance,
                 resources=resources,
@@ -139,9 +144,7 @@ def platform(tmp_path_factory):
             )
 
         def sense(cursor):
-            return monitoring.retrain_on_mae_degradation(
-                dg.build_sensor_context(instance=instance, cursor=cursor)
-            )
+            return retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=cursor))
 
         # The sequence a deployment sees: a stable month, then a month with a fare increase, then a re-run.
         state = {
@@ -261,7 +264,7 @@ def test_sensor_requests_fare_model_for_the_failing_month_once(platform):
 
 def test_trend_plots_every_reported_month(platform):
     result = dg.materialize(
-        [monitoring.monitoring_trend], instance=platform["instance"], resources=platform["resources"]
+        [monitoring_trend], instance=platform["instance"], resources=platform["resources"]
     )
     assert result.success
     md = _metadata(result, MONITORING_TREND)
@@ -292,9 +295,7 @@ def test_sensor_ignores_a_failure_of_an_older_month(platform):
         "ops": {"drift_report": {"config": {"reference_rows": 3000, "current_rows": 3000, "seed": 1}}}
     }
     assert not _checks(platform["report"](FARE_UP_KEY, run_config=reseeded))["mae_not_degraded"].passed
-    sensed = monitoring.retrain_on_mae_degradation(
-        dg.build_sensor_context(instance=platform["instance"], cursor=cursor)
-    )
+    sensed = retrain_on_mae_degradation(dg.build_sensor_context(instance=platform["instance"], cursor=cursor))
     assert [r.partition_key for r in sensed.run_requests] == ["2024-06-01"]
     assert sensed.run_requests[0].run_key == f"retrain:2024-06:champion-v{platform['version']}"
     cursor_state = json.loads(sensed.cursor)
@@ -336,7 +337,7 @@ def test_no_champion_fails_with_what_to_do(platform, tmp_path):
         p.name for p in Path(report_paths(platform["lake"], "2024-03-01")[0]).parent.parent.iterdir()
     )
     result = dg.materialize(
-        [monitoring.drift_report],
+        [drift_report],
         partition_key="2024-03-01",
         resources=resources,
         run_config=RUN_CONFIG,
@@ -484,7 +485,7 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
 
     config = {"ops": {"served_quotes": {"config": {"log_path": str(log_dir)}}}}
     result = dg.materialize(
-        [monitoring.served_quotes, monitoring.served_quote_accuracy],
+        [served_quotes, served_quote_accuracy],
         partition_key=STABLE_KEY,
         instance=platform["instance"],
         resources=platform["resources"],
@@ -531,7 +532,7 @@ def test_a_ranged_run_reports_each_month_with_its_own_checks(platform):
     per-month check evaluations as one run per month, which the retraining sensor reads by month."""
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [monitoring.drift_report],
+        [drift_report],
         tags={
             "dagster/asset_partition_range_start": STABLE_KEY,
             "dagster/asset_partition_range_end": FARE_UP_KEY,
@@ -563,6 +564,6 @@ def test_a_ranged_run_reports_each_month_with_its_own_checks(platform):
     assert evaluations[(FARE_UP_KEY, "mae_not_degraded")] is False
     assert len(evaluations) == 6
     # the retraining sensor finds the failing month in the ranged run's evaluations
-    sensed = monitoring.retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=None))
+    sensed = retrain_on_mae_degradation(dg.build_sensor_context(instance=instance, cursor=None))
     (request,) = sensed.run_requests
     assert request.partition_key == FARE_UP_KEY

@@ -145,38 +145,12 @@ def clean_month(
         raise ValueError(f"clean_month: unknown services {unknown}: expected some of {list(SERVICES)}")
     con = lake.connect()
     try:
-        classifies = []
-        rows_in: dict[str, int] = {}
         if data_source is None:
             data_source = ",".join(sorted({lake.source_label(p, con) for p in raw_files.values()}))
-        for service, path in sorted(raw_files.items()):
-            schema = (
-                con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
-            )
-            try:
-                check_readable(service, schema)
-            except SchemaMismatchError as exc:
-                raise SchemaMismatchError(f"cannot clean {month:%Y-%m} from {path}: {exc}") from None
-            classifies.append(
-                classify_select(service, path, schema, month, integer_bounds(con, path, schema))
-            )
-            rows_in[service] = con.execute(
-                f"SELECT count(*) FROM read_parquet({sql_literal(path)})"
-            ).fetchall()[0][0]
-        con.execute("CREATE OR REPLACE TEMP VIEW classified AS " + " UNION ALL ".join(classifies))
-        con.register("dup_keys", pa.table({"_key": _repeated(con.execute(load_sql("cleaned_dup_keys")))}))
-        reader = con.sql(
-            # Exact duplicates agree on every source column, not only on the cleaned ones: a rejected row's
-            # cleaned columns are not meaningful, and the cleaned schema drops or rewrites some source columns.
-            load_sql("cleaned_rows").format(
-                reasons=_sql_list(REJECT_REASONS),
-                service_code=_SERVICE_CODE,
-                source_columns=", ".join(SOURCE_COLUMNS),
-            )
-        ).to_arrow_reader(BATCH_ROWS)
+        rows_in = _classify_raw_files(con, raw_files, month)
+        reader = _classified_rows(con)
         schema = pa.schema([reader.schema.field(c) for c in CLEANED_COLUMNS])
         tally = _Tally()
-        candidates: list[pa.RecordBatch] = []
         with ParquetSink(
             lake,
             dest,
@@ -184,17 +158,7 @@ def clean_month(
             {"data_source": data_source, **contract_stamp("cleaned_trips")},
             ranges=("pickup_datetime",),
         ) as sink:
-            for batch in reader:
-                tally.add(batch.column("_tally"))
-                flag = batch.column("_candidate")
-                keep = pc.is_null(batch.column("reject_reason"))
-                if flag.true_count:
-                    candidates.append(batch.filter(flag))
-                    keep = pc.and_(keep, pc.invert(flag))
-                kept = batch.select(CLEANED_COLUMNS)  # before filtering: the other columns need no copy
-                if keep.true_count < batch.num_rows:
-                    kept = pc.filter(kept, keep, memory_pool=WRITE_POOL)
-                sink.put(kept)
+            candidates = _write_kept(reader, tally, sink)
             copies = _resolve_duplicates(con, pa.Table.from_batches(candidates, reader.schema), sink)
         written = sink.summary()
         outside = _pickups_outside(con, lake, dest, month, written.ranges["pickup_datetime"])
@@ -209,6 +173,60 @@ def clean_month(
         pickups_outside_month=outside,
         data_source=data_source,
     )
+
+
+def _classify_raw_files(con, raw_files: Mapping[str, str], month: date) -> dict[str, int]:
+    """Create the temp view ``classified``: every raw file's rows, unified and classified (sql/cleaned_trips.sql).
+
+    Returns the rows of each service's file; raises :class:`SchemaMismatchError` for a file the cleaning cannot
+    read."""
+    classifies = []
+    rows_in: dict[str, int] = {}
+    for service, path in sorted(raw_files.items()):
+        schema = con.sql(f"SELECT * FROM read_parquet({sql_literal(path)}) LIMIT 0").to_arrow_table().schema
+        try:
+            check_readable(service, schema)
+        except SchemaMismatchError as exc:
+            raise SchemaMismatchError(f"cannot clean {month:%Y-%m} from {path}: {exc}") from None
+        classifies.append(classify_select(service, path, schema, month, integer_bounds(con, path, schema)))
+        rows_in[service] = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(path)})").fetchall()[
+            0
+        ][0]
+    con.execute("CREATE OR REPLACE TEMP VIEW classified AS " + " UNION ALL ".join(classifies))
+    return rows_in
+
+
+def _classified_rows(con):
+    """The second pass: a reader of the classified rows with their tally codes and duplicate-candidate flags
+    (sql/cleaned_rows.sql), after the first pass has registered the repeated fingerprints as ``dup_keys``."""
+    con.register("dup_keys", pa.table({"_key": _repeated(con.execute(load_sql("cleaned_dup_keys")))}))
+    return con.sql(
+        # Exact duplicates agree on every source column, not only on the cleaned ones: a rejected row's
+        # cleaned columns are not meaningful, and the cleaned schema drops or rewrites some source columns.
+        load_sql("cleaned_rows").format(
+            reasons=_sql_list(REJECT_REASONS),
+            service_code=_SERVICE_CODE,
+            source_columns=", ".join(SOURCE_COLUMNS),
+        )
+    ).to_arrow_reader(BATCH_ROWS)
+
+
+def _write_kept(reader, tally: _Tally, sink: ParquetSink) -> list[pa.RecordBatch]:
+    """Tally every row of ``reader`` and put the kept ones into ``sink``; return the duplicate candidates, which
+    are set aside unwritten."""
+    candidates: list[pa.RecordBatch] = []
+    for batch in reader:
+        tally.add(batch.column("_tally"))
+        flag = batch.column("_candidate")
+        keep = pc.is_null(batch.column("reject_reason"))
+        if flag.true_count:
+            candidates.append(batch.filter(flag))
+            keep = pc.and_(keep, pc.invert(flag))
+        kept = batch.select(CLEANED_COLUMNS)  # before filtering: the other columns need no copy
+        if keep.true_count < batch.num_rows:
+            kept = pc.filter(kept, keep, memory_pool=WRITE_POOL)
+        sink.put(kept)
+    return candidates
 
 
 def _repeated(result) -> np.ndarray:

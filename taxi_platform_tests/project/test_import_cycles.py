@@ -1,5 +1,6 @@
 """No import cycles between the platform's modules, lazy (function-level) imports included: a module that needs
-another's name at call time is still a dependency, and a cycle means two modules are one concern split badly."""
+another's name at call time is still a dependency, and a cycle means two modules are one concern split badly.
+Imports under ``if TYPE_CHECKING:`` are left out: they name a type for the reader and never run."""
 
 from __future__ import annotations
 
@@ -23,7 +24,17 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for stmt in node.body
+            for inner in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 deps.add(node.module)
                 deps.update(f"{node.module}.{alias.name}" for alias in node.names)

@@ -2,8 +2,8 @@
 
 Trains a boosted champion with 100 trees (the default) on synthetic months into a throw-away MLflow store, writes
 ``--rows`` seeded random quotes (known zones, March 2024 times, 0-5 passengers, both services) and prices them
-``--repeat`` times with the real command, each run a fresh process. Prints wall time, quotes/s and the process's
-peak RSS (``wait4``), median with min-max, and the load average.
+``--repeat`` times with the real command, each run a fresh process. Prints wall time, quotes/s, the process's CPU
+seconds (user + system) and its peak RSS (``wait4``), median with min-max, and the load average.
 
     uv run python benchmarks/bench_score.py                      # 10M rows, 5 runs
     uv run python benchmarks/bench_score.py --rows 1000000 --repeat 1
@@ -71,6 +71,7 @@ def run_once(source: Path, out: Path, tracking_uri: str) -> dict:
         "scoring_seconds": summary["seconds"],
         "quotes_per_second_wall": summary["rows"] / wall,
         "quotes_per_second": summary["quotes_per_second"],
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,  # the whole process, start-up included
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "rows": summary["rows"],
         "load": os.getloadavg(),
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(r)
         print(
             f"run {i + 1}: {r['wall_seconds']:.1f} s wall, {r['quotes_per_second']:,.0f} quotes/s while scoring, "
-            f"{r['quotes_per_second_wall']:,.0f}/s with start-up, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+            f"{r['quotes_per_second_wall']:,.0f}/s with start-up, {r['cpu_seconds']:.1f} s CPU, peak RSS {r['peak_rss_mib']:.0f} MiB, "
             f"load {r['load'][0]:.2f}",
             flush=True,
         )
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{statistics.median(values):,.1f} ({min(values):,.1f}-{max(values):,.1f})"
 
     print(f"{args.rows:,} quotes, {len(runs)} runs, median (min-max):")
-    for key in ("wall_seconds", "quotes_per_second", "quotes_per_second_wall", "peak_rss_mib"):
+    for key in ("wall_seconds", "quotes_per_second", "quotes_per_second_wall", "cpu_seconds", "peak_rss_mib"):
         print(f"  {key}: {stat(key)}")
     return 0
 

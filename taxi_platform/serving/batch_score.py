@@ -1,15 +1,10 @@
 """Batch scoring: price a file (or a lake partition) of quote requests with one registered model version.
 
 The input is read in chunks (Parquet row groups or CSV blocks), so memory follows the chunk size, not the file.
-Each chunk is checked with the fare service's own rules (:mod:`taxi_platform.serving.quotes`):
-
-* a column-at-a-time check accepts the plain rows — ``YYYY-MM-DDTHH:MM:SS`` times (or Parquet timestamps:
-  naive ones are New York local time, zoned ones are converted to it), integer zones known to the zone lookup,
-  integer passenger counts 0..9, a service the model was trained on — and it is never more lenient than the
-  service (a property test holds it to :func:`~taxi_platform.serving.quotes.parse_quote`);
-* every other row goes through :func:`~taxi_platform.serving.quotes.parse_quote` itself, so a row the service would
-  accept (a time with an offset, say) is priced, and a row it would refuse lands in the rejects with the
-  service's message. A bad row never stops the job.
+Each chunk is checked with the fare service's own rules (:mod:`taxi_platform.serving.score_checks`: plain rows a
+column at a time, every other row by :func:`~taxi_platform.serving.quotes.parse_quote` itself); a row the service
+would refuse lands in the rejects with the service's message, and a bad row never stops the job. Worker threads
+check and price whole chunks side by side (one per core); the chunks are read and written in input order.
 
 Priced rows keep their ``row_number`` (0-based, in input order), the validated quote, any extra input columns
 unchanged (a caller's ids), and get ``fare_amount``, ``fare_low``, ``fare_high`` (in dollars and cents, as the
@@ -23,43 +18,28 @@ is judged by the service's rules like a JSON string would be.
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from taxi_platform.fare_model.features import QUOTE_COLUMNS, SERVICES, QuoteError
-from taxi_platform.serving.quotes import (
-    EARLIEST_PICKUP,
-    KNOWN_ZONES,
-    MAX_PASSENGERS,
-    MAX_ZONE,
-    check_services,
-    latest_pickup,
-    parse_quote,
-)
+from taxi_platform.fare_model.features import QUOTE_COLUMNS, SERVICES
+from taxi_platform.serving.score_checks import CheckedChunk, check_chunk
 
 DEFAULT_CHUNK_ROWS = 262_144
+PRICE_BLOCK_ROWS = 32_768  # rows priced at once: a 32k-row design matrix stays in the cache
+MIN_BLOCK_ROWS = 256  # far above the rows a model prices on its small-batch path
+MAX_WORKERS = 4  # chunks priced at once, one per core; each chunk in flight holds ~150 MB
 ROW_COLUMN = "row_number"
 PRICE_COLUMNS = ("fare_amount", "fare_low", "fare_high", "model_version")
 REJECT_COLUMNS = (ROW_COLUMN, *QUOTE_COLUMNS, "field", "reason")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-NYC_TZ = "America/New_York"
-
-_ZONE_OK = np.zeros(MAX_ZONE + 1, dtype=bool)
-_ZONE_OK[sorted(KNOWN_ZONES)] = True
-_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}$"
-_INT_PATTERN = r"^-?[0-9]{1,9}$"
-_INT_FIELDS = ("pickup_zone", "dropoff_zone", "passenger_count")
 
 
 class ScoreInputError(ValueError):
@@ -148,165 +128,33 @@ def open_input(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, filesyste
     return opened
 
 
-# -- checking a chunk ------------------------------------------------------------------------------------
-@dataclass
-class CheckedChunk:
-    """One chunk after the service's rules: the model's columns of the rows it may price, and the rest."""
-
-    valid: np.ndarray  # indices into the chunk of the rows to price, ascending
-    columns: dict[str, np.ndarray]  # the model's input for those rows
-    rejected: np.ndarray  # indices of the rows refused
-    fields: list[str]
-    reasons: list[str]
-
-
-def _as_int_array(column: pa.ChunkedArray | pa.Array, text_numbers: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, ok)``: int64 values where the column holds a plain integer, ``ok`` False elsewhere."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    kind = column.type
-    n = len(column)
-    if pa.types.is_integer(kind):
-        ok = np.array(column.is_valid())
-        values = np.array(column.fill_null(0).cast(pa.int64()))
-        return values, ok
-    if text_numbers and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        ok = np.array(pc.match_substring_regex(column, _INT_PATTERN).fill_null(False))
-        text = pc.if_else(pa.array(ok), column, pa.scalar("0"))
-        return np.array(text.cast(pa.int64())), ok
-    return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-
-
-def _pickup_array(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(datetime64[us] New York local time, ok)`` for the plain pickup times of a column."""
-    kind = column.type
-    n = len(column)
-    if pa.types.is_timestamp(kind):
-        if kind.tz is not None:
-            column = pc.local_timestamp(column.cast(pa.timestamp(kind.unit, tz=NYC_TZ)))
-        column = column.cast(pa.timestamp("us"))
-        ok = np.array(column.is_valid())
-        values = np.array(column.fill_null(0)).astype("datetime64[us]")
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        ok = np.array(pc.match_substring_regex(column, _TIME_PATTERN).fill_null(False))
-        text = pc.replace_substring(pc.if_else(pa.array(ok), column, "2024-01-01T00:00:00"), " ", "T")
-        parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="us", error_is_null=True)
-        # strptime rolls impossible dates over (2024-02-30 -> 2024-03-01): only a round trip counts
-        ok &= np.array(pc.equal(pc.strftime(parsed, format="%Y-%m-%dT%H:%M:%S"), text).fill_null(False))
-        values = np.array(parsed.fill_null(0)).astype("datetime64[us]")
-    else:
-        return np.zeros(n, dtype="datetime64[us]"), np.zeros(n, dtype=bool)
-    ok &= (values >= np.datetime64(EARLIEST_PICKUP)) & (values <= np.datetime64(latest_pickup()))
-    return values, ok
-
-
-def _row_value(column: pa.Array, i: int, text_numbers: bool) -> Any:
-    value = column[i].as_py()
-    if text_numbers and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
-        return int(value)
-    return value
-
-
-def check_chunk(
-    batch: pa.RecordBatch | pa.Table, text_numbers: bool = False, services: Sequence[str] = SERVICES
-) -> CheckedChunk:
-    """Apply the service's quote rules to every row of ``batch`` (see the module docstring)."""
-    n = batch.num_rows
-    col = {name: batch.column(name) for name in QUOTE_COLUMNS}
-    col = {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in col.items()}
-    pickup, ok = _pickup_array(col["pickup_datetime"])
-    zones = {}
-    for name in ("pickup_zone", "dropoff_zone"):
-        values, good = _as_int_array(col[name], text_numbers)
-        good &= (values >= 0) & (values <= MAX_ZONE)
-        good[good] = _ZONE_OK[values[good]]
-        zones[name] = values
-        ok &= good
-    passengers, good = _as_int_array(col["passenger_count"], text_numbers)
-    ok &= good & (passengers >= 0) & (passengers <= MAX_PASSENGERS)
-    service_col = col["service"]
-    if pa.types.is_dictionary(service_col.type):
-        service_col = service_col.cast(service_col.type.value_type)
-    if pa.types.is_string(service_col.type) or pa.types.is_large_string(service_col.type):
-        allowed = [s for s in SERVICES if s in services]
-        ok &= np.asarray(pc.is_in(service_col, value_set=pa.array(allowed, pa.string())).fill_null(False))
-        service = np.array(service_col.fill_null(""), dtype=object)
-    else:
-        ok[:] = False
-        service = np.full(n, "", dtype=object)
-
-    fields: list[str] = []
-    reasons: list[str] = []
-    rejected: list[int] = []
-    for i in np.flatnonzero(~ok).tolist():  # the service's own rules decide every other row
-        quote = {
-            name: _row_value(col[name], i, text_numbers and name in _INT_FIELDS) for name in QUOTE_COLUMNS
-        }
-        if isinstance(quote["pickup_datetime"], datetime) and quote["pickup_datetime"].tzinfo is not None:
-            quote["pickup_datetime"] = quote["pickup_datetime"].isoformat()
-        try:
-            parsed = parse_quote(quote)
-            check_services([parsed], services)
-        except QuoteError as exc:
-            errors = exc.errors
-            fields.append(_field_of(errors))
-            reasons.append(str(exc).removeprefix("invalid quote: "))
-            rejected.append(i)
-            continue
-        except ValueError as exc:  # check_services: pydantic's ValidationError
-            fields.append("service")
-            reasons.append(_first_message(exc))
-            rejected.append(i)
-            continue
-        pickup[i] = np.datetime64(parsed.pickup_datetime, "us")
-        zones["pickup_zone"][i] = parsed.pickup_zone
-        zones["dropoff_zone"][i] = parsed.dropoff_zone
-        passengers[i] = parsed.passenger_count
-        service[i] = parsed.service
-        ok[i] = True
-    valid = np.flatnonzero(ok)
-    columns = {
-        "pickup_datetime": pickup[valid],
-        "pickup_zone": zones["pickup_zone"][valid].astype(np.int32),
-        "dropoff_zone": zones["dropoff_zone"][valid].astype(np.int32),
-        "passenger_count": passengers[valid].astype(np.int8),
-        "service": service[valid],
-    }
-    return CheckedChunk(valid, columns, np.asarray(rejected, dtype=np.int64), fields, reasons)
-
-
-def _field_of(errors: Sequence[Mapping[str, Any]]) -> str:
-    for err in errors:
-        loc = err.get("loc") or ()
-        if loc:
-            return str(loc[0])
-    return "quote"
-
-
-def _first_message(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        found = errors(include_url=False)
-        if found:
-            return f"{found[0]['loc'][0]}: {str(found[0]['msg']).removeprefix('Value error, ')}"
-    return str(exc)
-
-
 # -- pricing ---------------------------------------------------------------------------------------------
 class Pricer:
     """Prices checked columns with a loaded model version (``unwrap_python_model().predict_ranges``)."""
 
-    def __init__(self, python_model: Any, version: str) -> None:
+    def __init__(self, python_model: Any, version: str, block_rows: int = PRICE_BLOCK_ROWS) -> None:
         self.model = python_model
+        self.block_rows = block_rows
         self.version = str(version)
         info = getattr(python_model, "info", None) or {}
         self.services = tuple(info.get("services") or SERVICES)
 
     def price(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-        if len(columns["pickup_zone"]) == 0:
+        """Fares and ranges in dollars and cents. A chunk is priced in equal blocks of at least ``block_rows``
+        rows (the tree walk goes over a block's matrix once per tree: one that fits the cache walks faster);
+        each price depends on its own row only, so the numbers are those of the chunk priced at once."""
+        n = len(columns["pickup_zone"])
+        if n == 0:
             empty = np.zeros(0)
             return {"fare_amount": empty, "fare_low": empty, "fare_high": empty}
-        fares, low, high, _bands = self.model.predict_ranges(columns)
+        edges = np.linspace(0, n, max(1, n // max(self.block_rows, MIN_BLOCK_ROWS)) + 1).astype(np.int64)
+        parts = [
+            self.model.predict_ranges({k: v[a:b] for k, v in columns.items()})
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        fares, low, high = (
+            None if parts[0][j] is None else np.concatenate([p[j] for p in parts]) for j in range(3)
+        )
         return {
             "fare_amount": np.round(fares, 2),
             "fare_low": None if low is None else np.round(low, 2),
@@ -445,6 +293,13 @@ class ScoreSummary:
         }
 
 
+def _one_openmp_thread() -> None:
+    """Limit this (worker) thread's OpenMP to one thread: scikit-learn's tree walk then runs on the caller."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
+
+
 def score_batches(
     batches: Iterable[pa.RecordBatch],
     input_schema: pa.Schema,
@@ -462,42 +317,41 @@ def score_batches(
     bad = rejects(REJECT_SCHEMA) if callable(rejects) else rejects
     summary = ScoreSummary(model_version=pricer.version)
     by_field: Counter[str] = Counter()
-    source = iter(batches)
+    workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
-    def read_next() -> tuple[pa.RecordBatch, CheckedChunk] | None:
-        batch = next(source, None)
-        return None if batch is None else (batch, check_chunk(batch, text_numbers, pricer.services))
+    def work(batch: pa.RecordBatch, first: int) -> tuple[pa.RecordBatch, pa.RecordBatch | None, CheckedChunk]:
+        checked = check_chunk(batch, text_numbers, pricer.services)
+        priced = priced_batch(schema, batch, first, checked, pricer.price(checked.columns), pricer.version)
+        return priced, (rejects_batch(batch, first, checked) if len(checked.rejected) else None), checked
 
-    def write(batch: pa.RecordBatch, first: int, checked: CheckedChunk, prices: Mapping[str, Any]) -> None:
-        out.write(priced_batch(schema, batch, first, checked, prices, pricer.version))
-        if len(checked.rejected):
-            bad.write(rejects_batch(batch, first, checked))
+    def finish(done: Future, first: int, rows: int) -> None:
+        priced, rejected, checked = done.result()
+        out.write(priced)
+        if rejected is not None:
+            bad.write(rejected)
+        by_field.update(checked.fields)
+        for i, f, r in zip(checked.rejected.tolist(), checked.fields, checked.reasons, strict=True):
+            if len(summary.first_rejects) >= 10:
+                break
+            summary.first_rejects.append({"row": i + first, "field": f, "reason": r})
+        summary.priced += len(checked.valid)
+        summary.rejected += len(checked.rejected)
+        if progress is not None:
+            progress(rows)
 
-    # Three stages on their own threads, one chunk each: reading and checking chunk i+1, pricing chunk i,
-    # writing chunk i-1 (Arrow, Parquet and the tree walk release the GIL). At most three chunks in memory.
+    # Each worker thread checks, prices and lays out whole chunks (Arrow, numpy and the tree walk release the
+    # GIL), one OpenMP thread each so the workers do not fight over the cores; this thread reads the chunks in
+    # order and writes the results in input order. At most workers + 1 chunks are in flight.
     first_row = 0
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score") as pool:
-        pending = pool.submit(read_next)
-        written: Future[None] | None = None
-        while (item := pending.result()) is not None:
-            pending = pool.submit(read_next)
-            batch, checked = item
-            prices = pricer.price(checked.columns)
-            if written is not None:
-                written.result()
-            written = pool.submit(write, batch, first_row, checked, prices)
-            by_field.update(checked.fields)
-            for i, f, r in zip(checked.rejected.tolist(), checked.fields, checked.reasons, strict=True):
-                if len(summary.first_rejects) >= 10:
-                    break
-                summary.first_rejects.append({"row": i + first_row, "field": f, "reason": r})
-            summary.priced += len(checked.valid)
-            summary.rejected += len(checked.rejected)
+    pending: deque[tuple[Future, int, int]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="score", initializer=_one_openmp_thread) as pool:
+        for batch in batches:
+            pending.append((pool.submit(work, batch, first_row), first_row, batch.num_rows))
             first_row += batch.num_rows
-            if progress is not None:
-                progress(batch.num_rows)
-        if written is not None:
-            written.result()
+            while len(pending) > workers or (pending and pending[0][0].done()):
+                finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
     summary.rows = first_row
     summary.rejected_by_field = dict(sorted(by_field.items()))
     summary.seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from taxi_platform.commands.demo_summary import DemoReport
 from taxi_platform.core.run_tags import SOURCE_TAG
+from taxi_platform.core.settings import load_data_dir, load_settings
 
 SERVED_QUOTES = 300  # quotes for the last month sent before its trips arrive
 QUOTE_BATCH = 100
@@ -244,8 +245,9 @@ def _late_month_quotes(previous: str, late: str, n: int = SERVED_QUOTES, seed: i
 
 def _archive_prediction_log() -> None:
     """Move an earlier run's prediction log aside, so this run's served-quote figures count this run's quotes."""
-    log_dir = Path(os.environ["TAXI_DATA_DIR"]) / "predictions"
-    if log_dir.is_dir() and any(log_dir.iterdir()):
+    setting = load_settings().prediction_log_path  # where the service writes and served_quotes reads
+    log_dir = Path(setting)
+    if "://" not in setting and log_dir.is_dir() and any(log_dir.iterdir()):
         dest = log_dir.with_name(f"predictions.before-{time.strftime('%Y%m%d-%H%M%S')}")
         log_dir.rename(dest)
         console.print(f"earlier prediction log moved to {dest}")
@@ -265,7 +267,7 @@ def _quote_from_bento(quotes: list[dict] | None = None, timeout: float = 180.0) 
     port = free_port()
     if quotes:
         _archive_prediction_log()
-    log = Path(os.environ["TAXI_DATA_DIR"]) / "demo-serve.log"
+    log = load_data_dir() / "demo-serve.log"
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "taxi_platform.cli", "serve", "--port", str(port), "--workers", "1"],

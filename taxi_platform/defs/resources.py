@@ -212,7 +212,7 @@ class MlflowResource(dg.ConfigurableResource):
             import mlflow
             from dagster_mlflow import mlflow_tracking
 
-            from taxi_platform.model.registry import ensure_reachable
+            from taxi_platform.model.gate import ensure_reachable
             from taxi_platform.model.tracking import ensure_local_experiment
 
             uri = self.resolved_uri()

@@ -28,13 +28,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from taxi_platform.model.model_package import (
-    CODE_TAG,
-    FEATURES_TAG,
-    PROBE_ARTIFACT,
-    STATE_TAG,
-    TRAINING_TAG,
-)
+from taxi_platform.model.model_package import PROBE_ARTIFACT
+from taxi_platform.model.version_tags import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG
 
 LEGACY_PACKAGE = "taxi_platform"
 LEGACY_PREFIX = "taxi_fare_model_legacy_"

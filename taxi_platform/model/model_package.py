@@ -10,7 +10,8 @@ The models-from-code script is generated to import that name; the fitted state i
 
 Each version records what it was built with — ``fare_model_code`` (the digest), ``features_version``,
 ``training_version`` and ``state_format`` — in its MLmodel metadata, its state and (through
-:mod:`taxi_platform.model.model_run`) its registry tags, plus ``probe_fares.json``: the fares it priced for a fixed set
+:mod:`taxi_platform.model.run_registration`) its registry tags (names in
+:mod:`taxi_platform.model.version_tags`), plus ``probe_fares.json``: the fares it priced for a fixed set
 of quotes (:func:`probe_quotes`) when it was logged, which :func:`taxi_platform.model.model_loading.verify_version`
 re-prices before a Bento is built.
 """
@@ -34,16 +35,12 @@ import pandas as pd
 from taxi_platform.fare_model.features import FEATURES_VERSION, SERVICES
 from taxi_platform.fare_model.pyfunc import STATE_ARTIFACT, STATE_FORMAT, FareQuoteModel, input_example
 from taxi_platform.fare_model.pyfunc import model_signature as _signature
+from taxi_platform.model.version_tags import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "fare_model"
 SHIPPED_PREFIX = "taxi_fare_model_"
 CODE_SCRIPT = "fare_model_code.py"
 PROBE_ARTIFACT = "probe_fares"
-# What a version records of the code it was built with (MLmodel metadata keys and registry tag names).
-CODE_TAG = "fare_model_code"
-FEATURES_TAG = "features_version"
-TRAINING_TAG = "training_version"
-STATE_TAG = "state_format"
 _PIP_PACKAGES = ("mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "cloudpickle", "joblib")
 
 

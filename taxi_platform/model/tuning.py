@@ -23,6 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from taxi_platform.model.version_tags import (
+    FAMILY_TAG,
+    TUNING_BEST_MAE_TAG,
+    TUNING_DEFAULT_MAE_TAG,
+    TUNING_IMPROVEMENT_TAG,
+    TUNING_PARAMS_TAG,
+    TUNING_SCORED_ON_TAG,
+    TUNING_TRIALS_TAG,
+)
+
 # The TrainConfig fields the search may change, with their ranges (log scale for the learning rate).
 SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
     "boosted_learning_rate": ("log", 0.03, 0.4),
@@ -74,12 +84,12 @@ class TuningResult:
 
     def tags(self) -> dict[str, str]:
         return {
-            "tuning.params": json.dumps(self.params, sort_keys=True),
-            "tuning.best_mae": f"{self.best_mae:.6f}",
-            "tuning.default_mae": f"{self.default_mae:.6f}",
-            "tuning.improvement": f"{self.improvement:.6f}",
-            "tuning.trials": str(len(self.trials)),
-            "tuning.scored_on": self.validation_month,
+            TUNING_PARAMS_TAG: json.dumps(self.params, sort_keys=True),
+            TUNING_BEST_MAE_TAG: f"{self.best_mae:.6f}",
+            TUNING_DEFAULT_MAE_TAG: f"{self.default_mae:.6f}",
+            TUNING_IMPROVEMENT_TAG: f"{self.improvement:.6f}",
+            TUNING_TRIALS_TAG: str(len(self.trials)),
+            TUNING_SCORED_ON_TAG: self.validation_month,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -174,7 +184,7 @@ def mlflow_trial_logger(
             run.info.run_id,
             metrics=[Metric("val_mae", record.mae, now, 0), Metric("fit_seconds", record.seconds, now, 0)],
             params=[Param(k, str(v)) for k, v in record.params.items()],
-            tags=[RunTag("family", "boosted")],
+            tags=[RunTag(FAMILY_TAG, "boosted")],
         )
         client.set_terminated(run.info.run_id, "FINISHED")
 

@@ -9,8 +9,8 @@ predictions) per version, so a ranged run pays for each of them once. :meth:`Dri
 :class:`MonthReport`: the figures, the reference months, the fare-range coverage and a snapshot whose ``save_html`` the
 existing :func:`taxi_platform.monitoring.drift.write_report` publishes.
 
-Errors are the ones the asset already maps to failures: :class:`~taxi_platform.model.registry.NoChampionError`,
-:class:`~taxi_platform.model.registry.ChampionTagsError` and :class:`~taxi_platform.monitoring.drift.DriftInputError`
+Errors are the ones the asset already maps to failures: :class:`~taxi_platform.model.champion_lookup.NoChampionError`,
+:class:`~taxi_platform.model.champion_lookup.ChampionTagsError` and :class:`~taxi_platform.monitoring.drift.DriftInputError`
 (raised in the worker, it arrives with its type and message); anything else from the worker is a
 :class:`~taxi_platform.monitoring.drift_worker.DriftWorkerError`.
 """
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from taxi_platform.core.months import month_label
 from taxi_platform.core.settings import MODEL_NAME
-from taxi_platform.model.model_run import openmp_threads, small_data_threads
-from taxi_platform.model.registry import ChampionInfo, load_champion, load_predictor
+from taxi_platform.model.champion_lookup import ChampionInfo, load_champion
+from taxi_platform.model.registered_predictors import load_predictor
+from taxi_platform.model.thread_limits import openmp_threads, small_data_threads
 from taxi_platform.monitoring.drift import (
     DriftConfig,
     DriftSummary,
@@ -81,7 +82,7 @@ class DriftReporter:
 
     # -- caches ----------------------------------------------------------------------------------------------
     def champion(self, partition_key: str) -> ChampionInfo:
-        """The version that served the month (:func:`~taxi_platform.model.registry.load_champion`), once per month."""
+        """The version that served the month (:func:`~taxi_platform.model.champion_lookup.load_champion`), once per month."""
         month = month_label(partition_key)
         if month not in self._champions:
             self._champions[month] = load_champion(self.tracking_uri, month, self.model_name)

@@ -361,8 +361,9 @@ def score_batches(
 def load_pricer(tracking_uri: str, version: str | None = None, model_name: str | None = None) -> Pricer:
     """The registered version ``version`` (default: the champion) loaded with its own code, as a :class:`Pricer`."""
     from taxi_platform.core.settings import MODEL_NAME
+    from taxi_platform.model.champion_lookup import champion_version
     from taxi_platform.model.model_loading import load_version
-    from taxi_platform.model.registry import _use_registry, champion_version
+    from taxi_platform.model.registered_predictors import _use_registry
 
     name = model_name or MODEL_NAME
     if version is None:

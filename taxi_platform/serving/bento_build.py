@@ -47,14 +47,15 @@ from typing import Any
 
 from taxi_platform.core.package_files import checkout_root, package_dir, runtime_file
 from taxi_platform.core.settings import MODEL_NAME
-from taxi_platform.model.registry import (
+from taxi_platform.model.champion_lookup import (
     CHALLENGER,
     CHAMPION,
     NoChampionError,
-    RegisteredVersion,
     aliased_version,
     champion_version,
 )
+from taxi_platform.model.registry_records import RegisteredVersion
+from taxi_platform.model.version_tags import CHECKS_FAILED_TAG, DATA_SOURCE_TAG
 from taxi_platform.serving.image_ref import ImageRefError, require_pinned_image
 
 BENTO_NAME = "taxi_fare_service"
@@ -429,8 +430,8 @@ def import_champion(
         "run_id": champion.run_id,
         "alias": alias,
     }
-    if "data_source" in champion.tags:
-        labels["data_source"] = str(champion.tags["data_source"])
+    if DATA_SOURCE_TAG in champion.tags:
+        labels["data_source"] = str(champion.tags[DATA_SOURCE_TAG])
     cmd = [
         sys.executable,
         "-m",
@@ -638,7 +639,7 @@ def shadow_challenger(tracking_uri: str, champion: Champion, name: str = MODEL_N
         registered = aliased_version(tracking_uri, CHALLENGER, name)
     except MlflowException:
         return None
-    if registered is None or registered.version == champion.version or registered.tags.get("checks_failed"):
+    if registered is None or registered.version == champion.version or registered.tags.get(CHECKS_FAILED_TAG):
         return None
     return _as_champion(registered)
 

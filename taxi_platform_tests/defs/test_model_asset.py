@@ -23,8 +23,8 @@ from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.defs.model.fare_model import fare_model
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.sample_profile import SampleProfile
-from taxi_platform.model.model_run import training_window
-from taxi_platform.model.registry import LakeEvaluation
+from taxi_platform.model.gate_scoring import LakeEvaluation
+from taxi_platform.model.run_inputs import training_window
 from taxi_platform_tests.model.test_training import write_feature_months
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - fixture
 

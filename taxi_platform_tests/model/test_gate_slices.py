@@ -19,8 +19,11 @@ import pytest
 from mlflow import MlflowClient
 
 from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.gate import gate_challenger
+from taxi_platform.model.gate_rule import KEPT, PROMOTED
+from taxi_platform.model.gate_scoring import LakeEvaluation, mae_of
 from taxi_platform.model.gate_slices import compare, decode, encode, slice_maes, slice_masks
-from taxi_platform.model.registry import KEPT, PROMOTED, LakeEvaluation, gate_challenger, mae_of, slices_tag
+from taxi_platform.model.version_tags import slices_tag
 from taxi_platform_tests.model.test_training import write_feature_months
 from taxi_platform_tests.support.mlflow_globals import mlflow_store
 
@@ -177,7 +180,7 @@ def test_compare_ignores_thin_slices_and_respects_the_tolerance():
 
 
 def test_require_shadow_waits_for_a_passing_shadow_verdict(store, lake):
-    from taxi_platform.model.registry import record_shadow_verdict
+    from taxi_platform.model.registry_records import record_shadow_verdict
 
     name = f"slices_shadow_{next(_names)}"
     uri = store["client"].tracking_uri

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from taxi_platform.core.settings import MODEL_NAME
-from taxi_platform.model.registry import current_champion
+from taxi_platform.model.champion_lookup import current_champion
 from taxi_platform.serving import bento_build
 from taxi_platform_tests.support.mlflow_server import BasicAuth, MlflowServer
 from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess

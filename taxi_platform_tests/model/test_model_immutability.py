@@ -25,7 +25,8 @@ import requests
 import taxi_platform
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.model.model_loading import VersionMismatchError, load_version, verify_version
-from taxi_platform.model.model_package import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG, package_digest
+from taxi_platform.model.model_package import package_digest
+from taxi_platform.model.version_tags import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG
 from taxi_platform.serving import bento_build
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion, predict_in_subprocess

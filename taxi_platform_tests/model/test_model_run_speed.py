@@ -12,9 +12,9 @@ import pytest
 
 from taxi_platform.fare_model.pyfunc import FareQuoteModel, input_example
 from taxi_platform.ingest.zones import load_zone_table
+from taxi_platform.model.gate_scoring import GateScorer, mae_of
 from taxi_platform.model.model_package import log_fare_model
-from taxi_platform.model.model_run import GateScorer, openmp_threads, small_data_threads
-from taxi_platform.model.registry import mae_of
+from taxi_platform.model.thread_limits import openmp_threads, small_data_threads
 from taxi_platform.model.tracking import dataset_from_arrow
 from taxi_platform.model.training import SMALL_FIT_ROWS, train_window
 from taxi_platform.model.training_sample import load_window

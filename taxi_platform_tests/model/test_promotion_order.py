@@ -25,17 +25,11 @@ from mlflow import MlflowClient
 
 from taxi_platform.core.months import months_between
 from taxi_platform.devtools.sample_profile import SampleProfile
-from taxi_platform.model.registry import (
-    KEPT,
-    OLDER_TRAINING,
-    PROMOTED,
-    LakeEvaluation,
-    MonthModel,
-    gate_challenger,
-    mae_of,
-    mae_tag,
-    replay,
-)
+from taxi_platform.model.gate import gate_challenger
+from taxi_platform.model.gate_rule import KEPT, OLDER_TRAINING, PROMOTED, replay
+from taxi_platform.model.gate_scoring import LakeEvaluation, mae_of
+from taxi_platform.model.registry_records import MonthModel
+from taxi_platform.model.version_tags import mae_tag
 from taxi_platform_tests.model.test_training import write_feature_months
 
 MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05", "2024-06")

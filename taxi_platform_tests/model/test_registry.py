@@ -18,20 +18,17 @@ from mlflow import MlflowClient
 from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.fare_model.pyfunc import FareQuoteModel
 from taxi_platform.ingest.zones import load_zone_table
-from taxi_platform.model.model_package import log_fare_model
-from taxi_platform.model.registry import (
+from taxi_platform.model.champion_lookup import (
     CHAMPION,
     ChampionTagsError,
-    LakeEvaluation,
     NoChampionError,
-    RegistryUnavailableError,
     champion_version,
-    gate_challenger,
     load_champion,
-    load_predictor,
-    mae_of,
-    version_pricer,
 )
+from taxi_platform.model.gate import RegistryUnavailableError, gate_challenger
+from taxi_platform.model.gate_scoring import LakeEvaluation, mae_of
+from taxi_platform.model.model_package import log_fare_model
+from taxi_platform.model.registered_predictors import load_predictor, version_pricer
 from taxi_platform.model.training import train_window
 from taxi_platform.model.training_sample import quotes_frame
 from taxi_platform_tests.model.test_training import MONTHS, SMALL, write_feature_months

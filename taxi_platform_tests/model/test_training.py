@@ -319,7 +319,7 @@ def test_linear_baseline_is_the_course_recipe_one_hot_without_pair_statistics():
 
 def test_asset_config_defaults_are_the_training_defaults():
     from taxi_platform.defs.model.config import FareModelConfig
-    from taxi_platform.model.model_run import train_config_from
+    from taxi_platform.model.run_inputs import train_config_from
 
     assert train_config_from(FareModelConfig().model_dump()) == TrainConfig()
     custom = FareModelConfig(families=["linear"], threads=2, sample_rows=5_000, window_months=6)

@@ -7,8 +7,8 @@ training defaults are written once, in the training code.
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.model.gate_rule import DEFAULT_TOLERANCE
 from taxi_platform.model.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
-from taxi_platform.model.registry import DEFAULT_TOLERANCE
 from taxi_platform.model.training import TrainConfig
 
 DEFAULT_WINDOW_MONTHS = 3

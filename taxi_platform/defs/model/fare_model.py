@@ -3,15 +3,14 @@
 Partition ``M`` trains on the trailing ``window_months`` months of ``trip_features`` before ``M`` (at least
 one must exist) and validates out of time on ``M`` itself. Both model families and the naive per-pair
 median are scored on ``M``; the better family is logged with ``mlflow.pyfunc`` and registered as a new
-version of ``taxi_fare_model`` with alias ``challenger``. Who is ``champion`` is decided by the replayed gate of
-:mod:`taxi_platform.model.registry` (the rule is in its docstring and this asset's description); a version whose
-checks failed is tagged ``checks_failed`` and never becomes champion.
+version of ``taxi_fare_model`` with alias ``challenger``. Who is ``champion`` is decided by the replayed gate
+(:mod:`taxi_platform.model.gate`); the rule is stated once, in :mod:`taxi_platform.model.gate_rule`.
 
 This module is the Dagster wiring only: it checks the partition's inputs, starts the MLflow run through the
 ``mlflow`` resource (dagster-mlflow's ``mlflow_tracking``, one MLflow run per Dagster run, tagged
-``dagster_run_id``), runs the steps of :mod:`taxi_platform.model.model_run` and reports checks and metadata. It
-ends the MLflow run itself (FINISHED, or FAILED with the reason), because dagster-mlflow only ends runs on
-failure or through a job hook that asset jobs do not use.
+``dagster_run_id``), runs the model run's steps (:mod:`taxi_platform.model.run_inputs` lists them) and reports
+checks and metadata. It ends the MLflow run itself (FINISHED, or FAILED with the reason), because dagster-mlflow
+only ends runs on failure or through a job hook that asset jobs do not use.
 """
 
 import time
@@ -32,13 +31,24 @@ from taxi_platform.defs.owners import MODEL
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lake.lake import Lake
-from taxi_platform.model import model_run
+from taxi_platform.model.run_inputs import (
+    ModelRunInputs,
+    check_contract,
+    data_source_label,
+    train_config_from,
+    training_window,
+    tuning_config_from,
+)
+from taxi_platform.model.run_logging import log_training
+from taxi_platform.model.run_registration import gate, register
+from taxi_platform.model.run_summary import run_summary
+from taxi_platform.model.run_training import CHECKS, MAX_NEGATIVE_RAW_SHARE, train
 from taxi_platform.model.tracking import TrackedRun
 from taxi_platform.model.training import TRAINING_VERSION
 
 CHECK_DESCRIPTIONS = {
     "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
-    f"initial charge, and at most {model_run.MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are "
+    f"initial charge, and at most {MAX_NEGATIVE_RAW_SHARE:.0%} of raw (unclipped) predictions are "
     "negative.",
     "beats_naive_baseline": "The registered family's validation MAE is below the naive per-zone-pair median fare's.",
     "fare_grows_with_distance": "From the busiest pickup zones, farther dropoffs in the same borough are quoted "
@@ -66,24 +76,15 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
     automation_condition=fare_model_condition(),
     backfill_policy=months_per_run(FARE_MODEL_MONTHS_PER_RUN),
     check_specs=[
-        dg.AssetCheckSpec(name, asset=FARE_MODEL, description=CHECK_DESCRIPTIONS[name])
-        for name in model_run.CHECKS
+        dg.AssetCheckSpec(name, asset=FARE_MODEL, description=CHECK_DESCRIPTIONS[name]) for name in CHECKS
     ],
     description="Fare-quote model trained on the trailing window of trip_features before the partition's month "
     "and validated on the month itself; logged to MLflow and registered as taxi_fare_model (alias challenger).\n\n"
-    "Promotion rule: a month's model is the latest version registered for its validation month; versions that "
-    "failed their checks are never champion. The champion is what a chronological replay of the months' models "
-    "chooses: the first month's model starts; each next month's model C is scored with the current champion H on "
-    "C's validation month (a month neither trained on, same hashed trip_features sample every time) and replaces H "
-    "unless MAE(C) > MAE(H) x (1 + tolerance) (config `tolerance`, default 1 %). A model whose training data ends "
-    "before the champion's is registered but never promoted. A challenger within the tolerance is still kept out "
-    "when it is worse than H by more than `slice_tolerance` (default 5 %) on any material slice — service, borough "
-    "pair, airport trips, hour band — with at least `slice_min_support` (500) evaluation trips; the `gate_slices` "
-    "metadata is the slice table. Every run replays the whole history, so any run "
-    "order (reversed backfill, parallel runs, a republished month) ends on the champion a chronological run "
-    "would choose; each (version, month, data fingerprint) MAE is scored once and cached as the version tag "
-    "`mae.YYYY-MM`. Metadata: promoted, gate_reason, champion_version, champion_validation_month, "
-    "champion_age_months, gate MAEs and the replay.",
+    "Promotion: a chronological replay of the months' models decides which version is champion, whatever order "
+    "partitions run in; the rule (overall MAE `tolerance`, the slice rule `slice_tolerance`/`slice_min_support`, "
+    "`require_shadow`) is stated once, in the docstring of taxi_platform/model/gate_rule.py. Metadata: promoted, "
+    "gate_reason, champion_version, champion_validation_month, champion_age_months, gate MAEs, the replay "
+    "(gate_replay) and the slice table (gate_slices).",
 )
 def fare_model(
     context: dg.AssetExecutionContext, config: FareModelConfig, lake: LakeResource, mlflow: MlflowResource
@@ -115,11 +116,11 @@ def _fare_month(
 
 def _inputs(
     context: dg.AssetExecutionContext, key: str, config: FareModelConfig, store: Lake
-) -> model_run.ModelRunInputs:
+) -> ModelRunInputs:
     """The partition's training inputs; a Failure (not retried: waiting will not help) when data is missing."""
     month = key[:7]
     available = set(store.partitions("trip_features"))
-    train_months, missing = model_run.training_window(month, config.window_months, available)
+    train_months, missing = training_window(month, config.window_months, available)
     if month not in available:
         raise dg.Failure(
             description=f"fare_model {month}: trip_features has no partition for {month} (the validation month) at "
@@ -137,7 +138,7 @@ def _inputs(
     from taxi_platform.transform.contracts import ContractMismatchError
 
     try:
-        model_run.check_contract(store, [*train_months, month])
+        check_contract(store, [*train_months, month])
     except ContractMismatchError as exc:
         raise dg.Failure(description=f"fare_model {month}: {exc}", allow_retries=False) from exc
     if missing:
@@ -145,13 +146,13 @@ def _inputs(
             f"fare_model {month}: training on {len(train_months)} of {config.window_months} window months; "
             f"trip_features missing for {', '.join(missing)}"
         )
-    return model_run.ModelRunInputs(
+    return ModelRunInputs(
         partition=key,
         month=month,
         train_months=tuple(train_months),
         missing_months=tuple(missing),
-        data_source=model_run.data_source_label(store, [*train_months, month]),
-        train_config=model_run.train_config_from(config.model_dump()),
+        data_source=data_source_label(store, [*train_months, month]),
+        train_config=train_config_from(config.model_dump()),
         window_months=config.window_months,
         tolerance=config.tolerance,
         evaluation_rows=config.evaluation_rows,
@@ -159,7 +160,7 @@ def _inputs(
         slice_tolerance=config.slice_tolerance,
         slice_min_support=config.slice_min_support,
         require_shadow=config.require_shadow,
-        tuning=model_run.tuning_config_from(config.model_dump()),
+        tuning=tuning_config_from(config.model_dump()),
     )
 
 
@@ -174,7 +175,7 @@ def _fail_run(context: dg.AssetExecutionContext, run: TrackedRun, exc: BaseExcep
 
 
 def _train_and_register(
-    context: dg.AssetExecutionContext, store: Lake, inputs: model_run.ModelRunInputs, run: TrackedRun
+    context: dg.AssetExecutionContext, store: Lake, inputs: ModelRunInputs, run: TrackedRun
 ) -> MonthOutcome:
     from taxi_platform.defs.transform.assets import load_zones
     from taxi_platform.model.tracking import end_all_runs
@@ -185,18 +186,18 @@ def _train_and_register(
         from taxi_platform.model.tuning import mlflow_trial_logger
 
         log_trial = mlflow_trial_logger(run.tracking_uri, run.experiment_id, run.run_id, inputs.month)
-    trained = model_run.train(store, load_zones(store), inputs, log=context.log.info, log_trial=log_trial)
+    trained = train(store, load_zones(store), inputs, log=context.log.info, log_trial=log_trial)
     for name in trained.failed_checks:
         context.log.warning(
             f"fare_model {inputs.month}: check {name} failed; the challenger will not be promoted"
         )
-    logged = model_run.log_training(store, inputs, trained, run)
-    version = model_run.register(inputs, trained, logged)
-    decision = model_run.gate(store, inputs, logged, version)
+    logged = log_training(store, inputs, trained, run)
+    version = register(inputs, trained, logged)
+    decision = gate(store, inputs, logged, version)
     context.log.info(f"fare_model {inputs.month}: {decision.reason}")
     end_all_runs("FINISHED")
 
-    metadata = model_run.run_summary(
+    metadata = run_summary(
         inputs, trained, logged, version, decision, wall_seconds=time.perf_counter() - started
     )
     if "mlflow_run_url" in metadata:

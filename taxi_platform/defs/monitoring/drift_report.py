@@ -2,7 +2,7 @@
 
 It compares the month's ``trip_features`` and the champion's predictions on them with the champion's reference
 sample (a seeded sample of its training-window months) and scores the champion on the month. "Champion" means
-the version that served the month (:func:`taxi_platform.model.registry.load_champion`). It writes
+the version that served the month (:func:`taxi_platform.model.champion_lookup.load_champion`). It writes
 ``drift_report/month=YYYY-MM/report.html`` (Evidently's interactive report) and ``report.json`` (the compact
 figures) to the lake and yields three checks:
 
@@ -37,8 +37,8 @@ from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lake.lake import Lake
-from taxi_platform.model.model_run import data_source_label
-from taxi_platform.model.registry import ChampionTagsError, NoChampionError
+from taxi_platform.model.champion_lookup import ChampionTagsError, NoChampionError
+from taxi_platform.model.run_inputs import data_source_label
 from taxi_platform.monitoring.drift import (
     COVERAGE_CHECK,
     DRIFT_CHECK,

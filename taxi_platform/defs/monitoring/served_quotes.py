@@ -28,7 +28,8 @@ from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
-from taxi_platform.model.registry import record_shadow_verdict, version_pricer
+from taxi_platform.model.registered_predictors import version_pricer
+from taxi_platform.model.registry_records import record_shadow_verdict
 from taxi_platform.monitoring.prediction_log_reader import LogUnreadable, earliest_log_day, read_log
 from taxi_platform.monitoring.served_quotes import (
     ACCURACY_NAME,

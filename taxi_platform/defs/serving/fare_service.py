@@ -19,6 +19,7 @@ from taxi_platform.defs.automation import AFTER_FARE_MODEL
 from taxi_platform.defs.keys import FARE_MODEL, FARE_SERVICE
 from taxi_platform.defs.owners import SERVING
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
+from taxi_platform.model.version_tags import DATA_SOURCE_TAG
 from taxi_platform.serving import bento_build
 
 
@@ -85,8 +86,8 @@ def fare_service(
         metadata["model_code"] = dg.MetadataValue.json(build.model_code)
     if build.model_overrides:
         metadata["model_pins_differing_from_lock"] = dg.MetadataValue.json(build.model_overrides)
-    if "data_source" in champion.tags:
-        metadata["data_source"] = dg.MetadataValue.text(str(champion.tags["data_source"]))
+    if DATA_SOURCE_TAG in champion.tags:
+        metadata["data_source"] = dg.MetadataValue.text(str(champion.tags[DATA_SOURCE_TAG]))
     return dg.MaterializeResult(
         metadata=metadata,
         data_version=dg.DataVersion(build.tag),

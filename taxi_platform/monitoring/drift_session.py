@@ -7,12 +7,12 @@ elsewhere Evidently runs in this process) and keeps, for the step's
 lifetime, the champion looked up per month, the loaded models by version and the reference sample (with
 predictions) per version, so a ranged run pays for each of them once. :meth:`DriftReporter.report` returns a
 :class:`MonthReport`: the figures, the reference months, the fare-range coverage and a snapshot whose ``save_html`` the
-existing :func:`taxi_platform.monitoring.drift.write_report` publishes.
+existing :func:`taxi_platform.monitoring.drift_report_files.write_report` publishes.
 
 Errors are the ones the asset already maps to failures: :class:`~taxi_platform.model.champion_lookup.NoChampionError`,
-:class:`~taxi_platform.model.champion_lookup.ChampionTagsError` and :class:`~taxi_platform.monitoring.drift.DriftInputError`
-(raised in the worker, it arrives with its type and message); anything else from the worker is a
-:class:`~taxi_platform.monitoring.drift_worker.DriftWorkerError`.
+:class:`~taxi_platform.model.champion_lookup.ChampionTagsError` and
+:class:`~taxi_platform.monitoring.drift_samples.DriftInputError` (raised in the worker, it arrives with its type and
+message); anything else from the worker is a :class:`~taxi_platform.monitoring.drift_worker.DriftWorkerError`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,10 @@ from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.model.champion_lookup import ChampionInfo, load_champion
 from taxi_platform.model.registered_predictors import load_predictor
 from taxi_platform.model.thread_limits import openmp_threads, small_data_threads
-from taxi_platform.monitoring.drift import (
-    DriftConfig,
-    DriftSummary,
-    month_row_count,
-    range_coverage,
-    run_drift_report,
-    sample_features,
-    with_predictions,
-)
+from taxi_platform.monitoring.drift_checks import range_coverage
+from taxi_platform.monitoring.drift_evidently import DriftConfig, run_drift_report
+from taxi_platform.monitoring.drift_samples import month_row_count, sample_features, with_predictions
+from taxi_platform.monitoring.drift_summary import DriftSummary
 from taxi_platform.monitoring.drift_worker import EvidentlyWorker, fork_is_safe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,8 +151,8 @@ class DriftReporter:
 def _predicted(
     sample: pd.DataFrame, predict: Callable[[pd.DataFrame], Any], types: dict[str, str]
 ) -> pd.DataFrame:
-    """:func:`~taxi_platform.monitoring.drift.with_predictions`, on one OpenMP thread for a small sample: the worker is busy
-    on the other core, and a second thread spinning at every tree would slow both."""
+    """:func:`~taxi_platform.monitoring.drift_samples.with_predictions`, on one OpenMP thread for a small sample: the
+    worker is busy on the other core, and a second thread spinning at every tree would slow both."""
     with openmp_threads(small_data_threads(None, len(sample))):
         return with_predictions(sample, predict, types)
 

@@ -3,10 +3,10 @@
 Importing Evidently costs about as much CPU as everything the report does before it (the MLflow registry, the
 champion's load and predictions), and neither needs the other until the two frames exist. :class:`EvidentlyWorker`
 starts the child as soon as it is created; the child imports Evidently on the second core, then serves requests
-over a socket: ``run`` (:func:`taxi_platform.monitoring.drift.run_drift_report` on the frames it is sent; the summary
-comes back, the snapshot stays in the child) and ``html`` (the snapshot's HTML into a path the parent chose). One
-worker serves any number of months; it keeps only the latest snapshot (a report's plots are large), so save a
-month's HTML before reporting the next.
+over a socket: ``run`` (:func:`taxi_platform.monitoring.drift_evidently.run_drift_report` on the frames it is sent;
+the summary comes back, the snapshot stays in the child) and ``html`` (the snapshot's HTML into a path the parent
+chose). One worker serves any number of months; it keeps only the latest snapshot (a report's plots are large),
+so save a month's HTML before reporting the next.
 
 How the child starts: a fork of the caller while that is safe, else ``python -m taxi_platform.monitoring.drift_worker``
 (a fresh interpreter). A fork inherits pandas, NumPy and pyarrow already imported (about a second less before
@@ -16,10 +16,10 @@ scikit-learn (whose OpenMP pool a forked child must not use) gets the fresh inte
 an earlier step of the same process trained or predicted, as in a test or the demo, never in a run worker that
 starts with ``drift_report``.
 
-Errors travel back as the exception raised in the child: a :class:`~taxi_platform.monitoring.drift.DriftInputError`
-keeps its type and message; anything else becomes :class:`DriftWorkerError` with the child's traceback. A
-child that dies mid-request is reported with its exit code. The child exits when the parent closes the
-socket (or dies), so it never outlives the step.
+Errors travel back as the exception raised in the child: a
+:class:`~taxi_platform.monitoring.drift_samples.DriftInputError` keeps its type and message; anything else becomes
+:class:`DriftWorkerError` with the child's traceback. A child that dies mid-request is reported with its exit code.
+The child exits when the parent closes the socket (or dies), so it never outlives the step.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from taxi_platform.monitoring.drift import DriftInputError
+from taxi_platform.monitoring.drift_samples import DriftInputError
 
 CLOSE_TIMEOUT_S = 10.0
 
@@ -209,11 +209,11 @@ def _failure(exc: BaseException) -> tuple[str, tuple[BaseException, str]]:
 
 def serve(conn: Connection) -> int:
     """Import Evidently, then answer requests until the parent closes the connection."""
-    from taxi_platform.monitoring import drift
+    from taxi_platform.monitoring import drift_evidently
 
     import_error: BaseException | None = None
     try:
-        drift.import_report_modules()
+        drift_evidently.import_report_modules()
     except Exception as exc:  # reported on the first request: the parent is not listening yet
         import_error = exc
     snapshot: Any = None
@@ -230,7 +230,7 @@ def serve(conn: Connection) -> int:
                 raise import_error
             if op == "run":
                 snapshot = None  # the previous month's plots go before the next report is built
-                summary, snapshot = drift.run_drift_report(**kwargs)
+                summary, snapshot = drift_evidently.run_drift_report(**kwargs)
                 token += 1
                 reply: Any = ("ok", (summary, token))
             elif op == "html":

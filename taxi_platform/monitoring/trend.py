@@ -2,8 +2,8 @@
 table rows.
 
 Reads every ``drift_report/month=YYYY-MM/report.json`` in the lake (the compact documents written by
-:mod:`taxi_platform.monitoring.drift`), so the history covers exactly the months that were reported, whichever
-champion scored them. matplotlib is imported inside :func:`plot_trend` with the non-interactive Agg backend.
+:mod:`taxi_platform.monitoring.drift_report_files`), so the history covers exactly the months that were reported,
+whichever champion scored them. matplotlib is imported inside :func:`plot_trend` with the non-interactive Agg backend.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from taxi_platform.lake.lake import Lake
-from taxi_platform.monitoring.drift import JSON_NAME, REPORT_TABLE
+from taxi_platform.monitoring.drift_report_files import JSON_NAME, REPORT_TABLE
 
 TREND_VERSION = "1"  # bump when the trend's figures change
 
@@ -121,65 +121,69 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
         3, 1, figsize=(9, 7.5), sharex=True, dpi=90, gridspec_kw={"height_ratios": [3, 2, 2]}
     )
     try:
-        mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
-        mae_y = [p.mae for p in points if p.mae is not None]
-        ax_mae.plot(mae_x, mae_y, color="#1f77b4", marker="o", label="MAE on the month")
-        bad = [
-            (i, p.mae)
-            for i, p in zip(x, points, strict=True)
-            if p.mae is not None and p.mae_check_passed is False
-        ]
-        _mark_failed(ax_mae, bad, "mae_not_degraded failed")
-        reference_lines = (
-            ("validation_mae", "#2ca02c", "--", "champion validation MAE"),
-            ("mae_limit", "#ff7f0e", ":", "allowed MAE"),
-        )
-        for attr, color, style, label in reference_lines:
-            line = [
-                (i, getattr(p, attr)) for i, p in zip(x, points, strict=True) if getattr(p, attr) is not None
-            ]
-            if line:
-                ax_mae.step(
-                    [v[0] for v in line],
-                    [v[1] for v in line],
-                    where="mid",
-                    color=color,
-                    linestyle=style,
-                    label=label,
-                )
-        ax_mae.set_ylabel("MAE ($)")
-        ax_mae.set_title(title)
-        ax_mae.grid(alpha=0.3)
-        ax_mae.legend(loc="upper left", fontsize=8)
-
+        _plot_mae(ax_mae, x, points, title)
         _plot_coverage(ax_cov, x, points)
-
-        colors = ["#d62728" if p.drift_check_passed is False else "#9467bd" for p in points]
-        bars = ax_drift.bar(
-            x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns"
-        )
-        ax_drift.bar_label(bars, labels=[f"{p.drift_share:.0%}" for p in points], fontsize=7, padding=2)
-        ax_drift.step(
-            x,
-            [p.drift_threshold for p in points],
-            where="mid",
-            color="#7f7f7f",
-            linestyle="--",
-            label="threshold",
-        )
-        ax_drift.set_ylim(0, 1)
-        ax_drift.set_ylabel("drift share")
-        ax_drift.grid(alpha=0.3)
-        ax_drift.legend(loc="upper left", fontsize=8)
-        ax_drift.set_xlim(-0.5, len(x) - 0.5)
-        ax_drift.set_xticks(x)
-        ax_drift.set_xticklabels(months, rotation=45 if len(months) > 6 else 0, fontsize=8)
+        _plot_drift(ax_drift, x, points, months)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def _plot_mae(ax_mae, x: list[int], points: Sequence[TrendPoint], title: str) -> None:
+    mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
+    mae_y = [p.mae for p in points if p.mae is not None]
+    ax_mae.plot(mae_x, mae_y, color="#1f77b4", marker="o", label="MAE on the month")
+    bad = [
+        (i, p.mae)
+        for i, p in zip(x, points, strict=True)
+        if p.mae is not None and p.mae_check_passed is False
+    ]
+    _mark_failed(ax_mae, bad, "mae_not_degraded failed")
+    reference_lines = (
+        ("validation_mae", "#2ca02c", "--", "champion validation MAE"),
+        ("mae_limit", "#ff7f0e", ":", "allowed MAE"),
+    )
+    for attr, color, style, label in reference_lines:
+        line = [(i, getattr(p, attr)) for i, p in zip(x, points, strict=True) if getattr(p, attr) is not None]
+        if line:
+            ax_mae.step(
+                [v[0] for v in line],
+                [v[1] for v in line],
+                where="mid",
+                color=color,
+                linestyle=style,
+                label=label,
+            )
+    ax_mae.set_ylabel("MAE ($)")
+    ax_mae.set_title(title)
+    ax_mae.grid(alpha=0.3)
+    ax_mae.legend(loc="upper left", fontsize=8)
+
+
+def _plot_drift(ax_drift, x: list[int], points: Sequence[TrendPoint], months: list[str]) -> None:
+    colors = ["#d62728" if p.drift_check_passed is False else "#9467bd" for p in points]
+    bars = ax_drift.bar(
+        x, [p.drift_share for p in points], color=colors, width=0.6, label="share of drifted columns"
+    )
+    ax_drift.bar_label(bars, labels=[f"{p.drift_share:.0%}" for p in points], fontsize=7, padding=2)
+    ax_drift.step(
+        x,
+        [p.drift_threshold for p in points],
+        where="mid",
+        color="#7f7f7f",
+        linestyle="--",
+        label="threshold",
+    )
+    ax_drift.set_ylim(0, 1)
+    ax_drift.set_ylabel("drift share")
+    ax_drift.grid(alpha=0.3)
+    ax_drift.legend(loc="upper left", fontsize=8)
+    ax_drift.set_xlim(-0.5, len(x) - 0.5)
+    ax_drift.set_xticks(x)
+    ax_drift.set_xticklabels(months, rotation=45 if len(months) > 6 else 0, fontsize=8)
 
 
 def _plot_coverage(ax, x: list[int], points: Sequence[TrendPoint]) -> None:

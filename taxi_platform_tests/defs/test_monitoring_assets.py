@@ -28,7 +28,7 @@ from taxi_platform.defs.monitoring.served_quotes import (
 )
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.model.registered_predictors import load_predictor
-from taxi_platform.monitoring.drift import report_paths
+from taxi_platform.monitoring.drift_report_files import report_paths
 from taxi_platform_tests.monitoring.test_drift import TRAIN, build_feature_lake
 
 STABLE_KEY = "2024-04-01"

@@ -1,13 +1,14 @@
 """The drift report's HTML in a real browser: headless Chromium (Playwright) opens ``report.html`` as written by
-:func:`taxi_platform.monitoring.drift.write_report` and finds every section on screen (data drift with its per-column
-table, regression quality, the test results), with no page errors. The HTML is self-contained: no network."""
+:func:`taxi_platform.monitoring.drift_report_files.write_report` and finds every section on screen (data drift with
+its per-column table, regression quality, the test results), with no page errors. The HTML is self-contained: no
+network."""
 
 from __future__ import annotations
 
 import pytest
 
 from taxi_platform.lake.lake import Lake
-from taxi_platform.monitoring import drift
+from taxi_platform.monitoring import drift_checks, drift_evidently, drift_report_files
 from taxi_platform_tests.monitoring.test_drift import STABLE, TRAIN, report_frames
 from taxi_platform_tests.support.system_binaries import CHROMIUM, require
 
@@ -18,7 +19,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-background-networking",
 ]
-CONFIG = drift.DriftConfig(reference_rows=1500, current_rows=1500)
+CONFIG = drift_evidently.DriftConfig(reference_rows=1500, current_rows=1500)
 METRIC_SECTIONS = (
     "Dataset Drift",
     "Data Drift Summary",
@@ -34,12 +35,12 @@ TEST_NAMES = ("Share of Drifted Columns", "Value Drift for column fare_amount", 
 def report_html(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_lake")
     current, reference, validation_mae = report_frames(root, CONFIG)
-    summary, snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG, validation_mae)
-    checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, validation_mae, 0.25)]
-    doc = drift.report_document(
+    summary, snapshot = drift_evidently.run_drift_report(current, reference, STABLE, CONFIG, validation_mae)
+    checks = [drift_checks.drift_check(summary, 0.5), drift_checks.mae_check(summary, validation_mae, 0.25)]
+    doc = drift_report_files.report_document(
         summary, checks, {"version": "1"}, [f"{m}-01" for m in TRAIN], len(current), CONFIG, "synthetic", ""
     )
-    html_path, _ = drift.write_report(Lake(str(root)), f"{STABLE}-01", snapshot, doc)
+    html_path, _ = drift_report_files.write_report(Lake(str(root)), f"{STABLE}-01", snapshot, doc)
     return html_path, summary
 
 

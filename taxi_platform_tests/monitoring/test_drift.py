@@ -1,4 +1,5 @@
-"""Drift and quality report logic (monitoring/drift.py, monitoring/trend.py) on synthetic months, without Dagster or MLflow.
+"""Drift and quality report logic (monitoring/drift_samples.py, drift_evidently.py, drift_summary.py,
+drift_checks.py, drift_report_files.py, trend.py) on synthetic months, without Dagster or MLflow.
 
 The lake holds ``trip_features`` built by the platform's own transform from ``generate_month``: two training
 months, a validation month, a stable month and a month with a 40 % fare increase. A real fare model is fitted
@@ -17,7 +18,7 @@ import pytest
 
 from taxi_platform.fare_model.features import FEATURE_COLUMNS
 from taxi_platform.lake.lake import Lake
-from taxi_platform.monitoring import drift
+from taxi_platform.monitoring import drift_checks, drift_evidently, drift_report_files, drift_samples
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator
@@ -30,7 +31,7 @@ STABLE = "2024-04"
 FARE_UP = "2024-05"
 MONTHS = (*TRAIN, VALIDATION, STABLE, FARE_UP)
 ROWS = {"yellow": 4000, "green": 600}
-CONFIG = drift.DriftConfig(reference_rows=3000, current_rows=3000)
+CONFIG = drift_evidently.DriftConfig(reference_rows=3000, current_rows=3000)
 
 
 def build_feature_lake(
@@ -89,7 +90,7 @@ def fit_model(lake: Lake):
     return model, result.metrics["linear"]["mae"]
 
 
-def report_frames(root: Path, config: drift.DriftConfig):
+def report_frames(root: Path, config: drift_evidently.DriftConfig):
     """A small lake (train, validation and a stable month), a model fitted on it, and the stable month's and the
     reference's samples with that model's predictions: ``(current, reference, validation_mae)``."""
     lake = build_feature_lake(root, months=(*TRAIN, VALIDATION, STABLE), rows={"yellow": 1500, "green": 200})
@@ -98,8 +99,12 @@ def report_frames(root: Path, config: drift.DriftConfig):
     def predict(quotes):
         return model.predict(None, quotes)
 
-    reference = drift.with_predictions(drift.sample_features(lake, TRAIN, config.reference_rows), predict)
-    current = drift.with_predictions(drift.sample_features(lake, [STABLE], config.current_rows), predict)
+    reference = drift_samples.with_predictions(
+        drift_samples.sample_features(lake, TRAIN, config.reference_rows), predict
+    )
+    current = drift_samples.with_predictions(
+        drift_samples.sample_features(lake, [STABLE], config.current_rows), predict
+    )
     return current, reference, validation_mae
 
 
@@ -111,28 +116,28 @@ def setup(tmp_path_factory):
     def predict(quotes):
         return model.predict(None, quotes)
 
-    reference = drift.with_predictions(
-        drift.sample_features(lake, TRAIN, CONFIG.reference_rows, CONFIG.seed), predict
+    reference = drift_samples.with_predictions(
+        drift_samples.sample_features(lake, TRAIN, CONFIG.reference_rows, CONFIG.seed), predict
     )
     return {"lake": lake, "predict": predict, "validation_mae": validation_mae, "reference": reference}
 
 
 def _current(setup, month: str, rows: int = CONFIG.current_rows):
-    return drift.with_predictions(
-        drift.sample_features(setup["lake"], [month], rows, CONFIG.seed), setup["predict"]
+    return drift_samples.with_predictions(
+        drift_samples.sample_features(setup["lake"], [month], rows, CONFIG.seed), setup["predict"]
     )
 
 
 @pytest.fixture(scope="module")
 def fare_up(setup):
-    return drift.run_drift_report(
+    return drift_evidently.run_drift_report(
         _current(setup, FARE_UP), setup["reference"], FARE_UP, CONFIG, validation_mae=setup["validation_mae"]
     )
 
 
 @pytest.fixture(scope="module")
 def stable(setup):
-    return drift.run_drift_report(
+    return drift_evidently.run_drift_report(
         _current(setup, STABLE), setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
     )
 
@@ -140,17 +145,17 @@ def stable(setup):
 # -- sampling ----------------------------------------------------------------------------------------------
 def test_sample_is_bounded_seeded_and_typed(setup):
     lake = setup["lake"]
-    a = drift.sample_features(lake, TRAIN, 500, seed=1)
-    b = drift.sample_features(lake, TRAIN, 500, seed=1)
-    c = drift.sample_features(lake, TRAIN, 500, seed=2)
+    a = drift_samples.sample_features(lake, TRAIN, 500, seed=1)
+    b = drift_samples.sample_features(lake, TRAIN, 500, seed=1)
+    c = drift_samples.sample_features(lake, TRAIN, 500, seed=2)
     assert len(a) == 500
     assert a.equals(b)
     assert not a.equals(c)
-    assert list(a.columns) == list(drift.SAMPLE_COLUMNS)
+    assert list(a.columns) == list(drift_samples.SAMPLE_COLUMNS)
     assert set(a["service"]) == {"yellow", "green"}
     assert "month" not in a.columns  # the hive directory name does not leak in as a column
-    total = drift.month_row_count(lake, TRAIN)
-    assert len(drift.sample_features(lake, TRAIN, total + 1000)) == total
+    total = drift_samples.month_row_count(lake, TRAIN)
+    assert len(drift_samples.sample_features(lake, TRAIN, total + 1000)) == total
     # both training months are represented
     months = a["pickup_datetime"].dt.strftime("%Y-%m")
     assert set(months) == set(TRAIN)
@@ -187,17 +192,19 @@ def test_sample_and_drift_figures_do_not_depend_on_part_files(setup, tmp_path):
         for month in (*TRAIN, STABLE):
             _resplit(setup["lake"], month, dest, parts, seed=i + 1)
         lakes.append(dest)
-    samples = [drift.sample_features(lake, TRAIN, 2000, seed=3) for lake in lakes]
+    samples = [drift_samples.sample_features(lake, TRAIN, 2000, seed=3) for lake in lakes]
     assert len(samples[0]) == 2000
     assert samples[0].equals(samples[1])
-    assert drift.sample_features(setup["lake"], TRAIN, 2000, seed=3).equals(samples[0])
+    assert drift_samples.sample_features(setup["lake"], TRAIN, 2000, seed=3).equals(samples[0])
     summaries = []
     for lake in lakes:
-        reference = drift.with_predictions(drift.sample_features(lake, TRAIN, 2000, seed=3), setup["predict"])
-        current = drift.with_predictions(
-            drift.sample_features(lake, [STABLE], 2000, seed=3), setup["predict"]
+        reference = drift_samples.with_predictions(
+            drift_samples.sample_features(lake, TRAIN, 2000, seed=3), setup["predict"]
         )
-        summaries.append(drift.run_drift_report(current, reference, STABLE, CONFIG)[0])
+        current = drift_samples.with_predictions(
+            drift_samples.sample_features(lake, [STABLE], 2000, seed=3), setup["predict"]
+        )
+        summaries.append(drift_evidently.run_drift_report(current, reference, STABLE, CONFIG)[0])
     a, b = summaries
     assert a.drift_share == b.drift_share
     assert {c: d.score for c, d in a.columns.items()} == {c: d.score for c, d in b.columns.items()}
@@ -206,9 +213,9 @@ def test_sample_and_drift_figures_do_not_depend_on_part_files(setup, tmp_path):
 
 def test_sample_of_a_missing_month_says_what_to_materialise(setup):
     with pytest.raises(
-        drift.DriftInputError, match=r"no partition for \['2023-07'\].*materialise trip_features"
+        drift_samples.DriftInputError, match=r"no partition for \['2023-07'\].*materialise trip_features"
     ):
-        drift.sample_features(setup["lake"], ["2023-07-01"], 100)
+        drift_samples.sample_features(setup["lake"], ["2023-07-01"], 100)
 
 
 def test_predictions_come_from_raw_quote_columns(setup):
@@ -219,13 +226,15 @@ def test_predictions_come_from_raw_quote_columns(setup):
         seen["dtypes"] = {c: str(t) for c, t in quotes.dtypes.items()}
         return np.full(len(quotes), 12.5)
 
-    frame = drift.with_predictions(drift.sample_features(setup["lake"], [STABLE], 50), predict)
+    frame = drift_samples.with_predictions(
+        drift_samples.sample_features(setup["lake"], [STABLE], 50), predict
+    )
     assert seen["columns"] == ["pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service"]
     assert seen["dtypes"]["pickup_zone"] == "int64" and seen["dtypes"]["passenger_count"] == "int64"
     assert seen["dtypes"]["pickup_datetime"].startswith("datetime64")
     assert (frame["prediction"] == 12.5).all()
     # a model whose signature asks for other types gets them
-    drift.with_predictions(frame.drop(columns=["prediction"]), predict, {"passenger_count": "double"})
+    drift_samples.with_predictions(frame.drop(columns=["prediction"]), predict, {"passenger_count": "double"})
     assert seen["dtypes"]["passenger_count"] == "float64"
 
 
@@ -241,7 +250,7 @@ def test_fare_increase_is_flagged_and_fails_the_mae_check(fare_up, setup):
     assert not summary.columns["prediction"].drifted
     assert summary.method == "distance"
 
-    check = drift.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
+    check = drift_checks.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
     assert check.name == "mae_not_degraded"
     assert not check.passed and check.severity == "ERROR"
     assert check.metadata["mae_change"] > CONFIG.max_mae_degradation
@@ -249,7 +258,7 @@ def test_fare_increase_is_flagged_and_fails_the_mae_check(fare_up, setup):
     assert "exceeds the allowed +25%" in check.description
 
     # one drifted column of 17 is far below the 50 % drift-share threshold
-    share_check = drift.drift_check(summary, CONFIG.drift_share_threshold)
+    share_check = drift_checks.drift_check(summary, CONFIG.drift_share_threshold)
     assert share_check.passed and share_check.severity == "WARN"
     assert share_check.metadata["drifted_columns"] == summary.drifted_columns
 
@@ -258,16 +267,16 @@ def test_stable_month_passes_both_checks(stable, setup):
     summary, _ = stable
     assert summary.drifted_columns == []
     assert summary.drift_share == 0.0
-    assert summary.n_tested == len(drift.DRIFT_COLUMNS)
-    assert drift.drift_check(summary, CONFIG.drift_share_threshold).passed
-    check = drift.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
+    assert summary.n_tested == len(drift_samples.DRIFT_COLUMNS)
+    assert drift_checks.drift_check(summary, CONFIG.drift_share_threshold).passed
+    check = drift_checks.mae_check(summary, setup["validation_mae"], CONFIG.max_mae_degradation)
     assert check.passed, check.description
     assert abs(check.metadata["mae_change"]) < CONFIG.max_mae_degradation
 
 
 def test_drift_share_threshold_is_configurable(fare_up):
     summary, _ = fare_up
-    strict = drift.drift_check(summary, threshold=0.05)
+    strict = drift_checks.drift_check(summary, threshold=0.05)
     assert summary.drift_share >= 0.05
     assert not strict.passed and strict.severity == "WARN"
     assert "fare_amount" in strict.description
@@ -291,8 +300,11 @@ def test_quality_figures_match_evidently_and_the_trainer(fare_up, setup):
 def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setup, tmp_path):
     summary, snapshot = fare_up
     lake = Lake(str(tmp_path / "lake"))
-    checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
-    doc = drift.report_document(
+    checks = [
+        drift_checks.drift_check(summary, 0.5),
+        drift_checks.mae_check(summary, setup["validation_mae"], 0.25),
+    ]
+    doc = drift_report_files.report_document(
         summary,
         checks,
         {"version": "7", "validation_mae": setup["validation_mae"]},
@@ -302,7 +314,7 @@ def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setu
         "synthetic",
         "where",
     )
-    html_path, json_path = drift.write_report(lake, f"{FARE_UP}-01", snapshot, doc)
+    html_path, json_path = drift_report_files.write_report(lake, f"{FARE_UP}-01", snapshot, doc)
 
     assert html_path.endswith("drift_report/month=2024-05/report.html")
     html = Path(html_path).read_text(encoding="utf-8")
@@ -319,7 +331,7 @@ def test_html_and_json_reports_are_published_with_the_same_figures(fare_up, setu
     assert len(html) > 100_000  # the interactive report with its plots, not a stub
 
     loaded = json.loads(Path(json_path).read_text())
-    assert loaded == drift.read_report(lake, f"{FARE_UP}-01")
+    assert loaded == drift_report_files.read_report(lake, f"{FARE_UP}-01")
     assert loaded["month"] == FARE_UP
     assert loaded["drift"]["share"] == pytest.approx(summary.drift_share)
     assert loaded["drift"]["drifted_columns"] == summary.drifted_columns
@@ -345,10 +357,10 @@ def test_skipped_value_drift_plots_leave_figures_and_html_unchanged(setup):
 
     current = _current(setup, STABLE, 1500)
     reference = setup["reference"].head(1500)
-    summary, snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG)
+    summary, snapshot = drift_evidently.run_drift_report(current, reference, STABLE, CONFIG)
     with pytest.MonkeyPatch.context() as patch:  # draw them, as Evidently does by default
-        patch.setattr(drift, "_without_value_drift_widgets", contextlib.nullcontext)
-        full_summary, full_snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG)
+        patch.setattr(drift_evidently, "_without_value_drift_widgets", contextlib.nullcontext)
+        full_summary, full_snapshot = drift_evidently.run_drift_report(current, reference, STABLE, CONFIG)
 
     def normal(html: str) -> str:
         return re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|"
@@ -364,7 +376,7 @@ def test_skipped_value_drift_plots_leave_figures_and_html_unchanged(setup):
 def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):
     summary, snapshot = fare_up
     lake = Lake(str(tmp_path / "lake"))
-    html_path, json_path = drift.report_paths(lake, f"{FARE_UP}-01")
+    html_path, json_path = drift_report_files.report_paths(lake, f"{FARE_UP}-01")
     Path(html_path).parent.mkdir(parents=True)
     Path(html_path).write_text("previous html")
     Path(json_path).write_text('{"previous": true}')
@@ -375,7 +387,7 @@ def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        drift.write_report(lake, f"{FARE_UP}-01", Broken(), {"month": FARE_UP})
+        drift_report_files.write_report(lake, f"{FARE_UP}-01", Broken(), {"month": FARE_UP})
     assert Path(html_path).read_text() == "previous html"
     assert json.loads(Path(json_path).read_text()) == {"previous": True}
     assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
@@ -385,16 +397,16 @@ def test_failed_write_leaves_the_previous_report(fare_up, tmp_path):
 def test_too_few_rows_fail_with_a_clear_message(setup):
     tiny = _current(setup, STABLE).head(12)
     with pytest.raises(
-        drift.DriftInputError, match=r"month 2024-04 has 12 rows: a drift test needs at least 30"
+        drift_samples.DriftInputError, match=r"month 2024-04 has 12 rows: a drift test needs at least 30"
     ):
-        drift.run_drift_report(
+        drift_evidently.run_drift_report(
             tiny, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
         )
 
 
 def test_small_month_uses_significance_tests(setup):
     current = _current(setup, FARE_UP, rows=400)
-    summary, _ = drift.run_drift_report(
+    summary, _ = drift_evidently.run_drift_report(
         current, setup["reference"], FARE_UP, CONFIG, validation_mae=setup["validation_mae"]
     )
     assert summary.method == "significance"
@@ -407,13 +419,13 @@ def test_small_month_uses_significance_tests(setup):
 def test_all_null_column_is_reported_not_tested(setup):
     current = _current(setup, STABLE)
     current["trip_duration_min"] = np.nan
-    summary, snapshot = drift.run_drift_report(
+    summary, snapshot = drift_evidently.run_drift_report(
         current, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
     )
     assert summary.all_null_columns == {"trip_duration_min": ["current"]}
     assert "trip_duration_min" not in summary.columns
-    assert summary.n_tested == len(drift.DRIFT_COLUMNS) - 1
-    check = drift.drift_check(summary, 0.5)
+    assert summary.n_tested == len(drift_samples.DRIFT_COLUMNS) - 1
+    check = drift_checks.drift_check(summary, 0.5)
     assert check.metadata["all_null_columns"] == ["trip_duration_min"]
     assert "Not tested (all null): trip_duration_min" in check.description
     assert summary.quality is not None  # quality does not depend on the column
@@ -422,35 +434,35 @@ def test_all_null_column_is_reported_not_tested(setup):
 def test_all_null_target_leaves_quality_empty_and_the_mae_check_says_why(setup):
     current = _current(setup, STABLE)
     current["fare_amount"] = np.nan
-    summary, _ = drift.run_drift_report(
+    summary, _ = drift_evidently.run_drift_report(
         current, setup["reference"], STABLE, CONFIG, validation_mae=setup["validation_mae"]
     )
     assert summary.quality is None
     assert "fare_amount" in summary.all_null_columns
     assert summary.rows_without_target == len(current)
-    check = drift.mae_check(summary, setup["validation_mae"], 0.25)
+    check = drift_checks.mae_check(summary, setup["validation_mae"], 0.25)
     assert not check.passed and check.severity == "WARN"
     assert "no known fares" in check.description
 
 
 def test_mae_check_without_validation_mae_cannot_evaluate(stable):
     summary, _ = stable
-    check = drift.mae_check(summary, None, 0.25)
+    check = drift_checks.mae_check(summary, None, 0.25)
     assert not check.passed and check.severity == "WARN"
     assert "no validation MAE" in check.description
 
 
 def test_missing_column_is_rejected(setup):
     current = _current(setup, STABLE).drop(columns=["prediction"])
-    with pytest.raises(drift.DriftInputError, match=r"lacks column\(s\) \['prediction'\]"):
-        drift.run_drift_report(current, setup["reference"], STABLE, CONFIG)
+    with pytest.raises(drift_samples.DriftInputError, match=r"lacks column\(s\) \['prediction'\]"):
+        drift_evidently.run_drift_report(current, setup["reference"], STABLE, CONFIG)
 
 
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError, match="drift_share_threshold"):
-        drift.DriftConfig(drift_share_threshold=0)
+        drift_evidently.DriftConfig(drift_share_threshold=0)
     with pytest.raises(ValueError, match="max_mae_degradation"):
-        drift.DriftConfig(max_mae_degradation=-0.1)
+        drift_evidently.DriftConfig(max_mae_degradation=-0.1)
 
 
 # -- trend -------------------------------------------------------------------------------------------------
@@ -459,8 +471,11 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
 
     lake = Lake(str(tmp_path / "lake"))
     for (summary, snapshot), version in ((stable, "3"), (fare_up, "3")):
-        checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
-        doc = drift.report_document(
+        checks = [
+            drift_checks.drift_check(summary, 0.5),
+            drift_checks.mae_check(summary, setup["validation_mae"], 0.25),
+        ]
+        doc = drift_report_files.report_document(
             summary,
             checks,
             {"version": version, "validation_mae": setup["validation_mae"]},
@@ -470,7 +485,7 @@ def test_trend_reads_every_report_and_plots_the_history(fare_up, stable, setup, 
             "synthetic",
             "x",
         )
-        drift.write_report(lake, f"{summary.month}-01", snapshot, doc)
+        drift_report_files.write_report(lake, f"{summary.month}-01", snapshot, doc)
     bad = Path(lake.partition_path("drift_report", "2024-06-01", "report.json"))
     bad.parent.mkdir(parents=True)
     bad.write_text("{not json")
@@ -506,16 +521,19 @@ def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_
         (path,) = local.partition_files("trip_features", month)
         remote.write_bytes(remote.partition_path("trip_features", month), Path(path).read_bytes())
     # the same seeded sample, read through DuckDB's registered gcsfs filesystem
-    assert drift.sample_features(remote, TRAIN, 700, seed=3).equals(
-        drift.sample_features(local, TRAIN, 700, seed=3)
+    assert drift_samples.sample_features(remote, TRAIN, 700, seed=3).equals(
+        drift_samples.sample_features(local, TRAIN, 700, seed=3)
     )
-    assert drift.month_row_count(remote, [FARE_UP]) == drift.month_row_count(local, [FARE_UP])
-    with pytest.raises(drift.DriftInputError, match="no partition"):
-        drift.sample_features(remote, ["2023-01"], 10)
+    assert drift_samples.month_row_count(remote, [FARE_UP]) == drift_samples.month_row_count(local, [FARE_UP])
+    with pytest.raises(drift_samples.DriftInputError, match="no partition"):
+        drift_samples.sample_features(remote, ["2023-01"], 10)
 
     summary, snapshot = fare_up
-    checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, setup["validation_mae"], 0.25)]
-    doc = drift.report_document(
+    checks = [
+        drift_checks.drift_check(summary, 0.5),
+        drift_checks.mae_check(summary, setup["validation_mae"], 0.25),
+    ]
+    doc = drift_report_files.report_document(
         summary,
         checks,
         {"version": "1", "validation_mae": setup["validation_mae"]},
@@ -525,10 +543,13 @@ def test_sampling_reports_and_trend_work_on_a_gcs_lake(fare_up, setup, gcs_lake_
         "synthetic",
         "x",
     )
-    html_path, json_path = drift.write_report(remote, f"{FARE_UP}-01", snapshot, doc)
+    html_path, json_path = drift_report_files.write_report(remote, f"{FARE_UP}-01", snapshot, doc)
     assert html_path == f"{gcs_lake_root}/drift_report/month=2024-05/report.html"
     assert b"Share of Drifted Columns" in remote.read_bytes(html_path)
-    assert drift.read_report(remote, f"{FARE_UP}-01")["drift"]["drifted_columns"] == summary.drifted_columns
+    assert (
+        drift_report_files.read_report(remote, f"{FARE_UP}-01")["drift"]["drifted_columns"]
+        == summary.drifted_columns
+    )
     points, problems = trend.load_history(remote)
     assert [p.month for p in points] == [FARE_UP] and problems == []
     remote.write_bytes(trend.trend_path(remote), trend.plot_trend(points))
@@ -547,18 +568,18 @@ def test_range_coverage_and_its_check_by_hand():
             "fare_band": ["a", "a", "b", "b", "b"],
         }
     )
-    cov = drift.range_coverage(frame)
+    cov = drift_checks.range_coverage(frame)
     assert cov["rows"] == 4 and cov["coverage"] == 0.75 and cov["mean_width"] == (2 + 4 + 10 + 20) / 4
     assert cov["bands"] == {
         "a": {"rows": 2, "coverage": 0.5, "mean_width": 3.0},
         "b": {"rows": 2, "coverage": 1.0, "mean_width": 15.0},
     }
-    ok = drift.coverage_check("2024-04", cov, 0.78)
+    ok = drift_checks.coverage_check("2024-04", cov, 0.78)
     assert ok.passed and ok.severity == "WARN" and ok.metadata["coverage_gap_points"] == -3.0
-    warn = drift.coverage_check("2024-04", cov, 0.85)
+    warn = drift_checks.coverage_check("2024-04", cov, 0.85)
     assert not warn.passed and "Furthest bands: a 50%, b 100%" in warn.description
-    assert drift.range_coverage(frame.drop(columns=["fare_low", "fare_high"])) is None
-    none = drift.coverage_check("2024-04", None, 0.8)
+    assert drift_checks.range_coverage(frame.drop(columns=["fare_low", "fare_high"])) is None
+    none = drift_checks.coverage_check("2024-04", None, 0.8)
     assert not none.passed and none.metadata["evaluated"] is False and "no fare range" in none.description
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.lake.lake import Lake
-from taxi_platform.monitoring import drift
+from taxi_platform.monitoring import drift_checks, drift_evidently, drift_report_files, drift_samples
 from taxi_platform.monitoring.drift_worker import DriftWorkerError, EvidentlyWorker
 from taxi_platform_tests.monitoring.test_drift import STABLE, TRAIN, report_frames
 
-CONFIG = drift.DriftConfig(reference_rows=1500, current_rows=1500)
+CONFIG = drift_evidently.DriftConfig(reference_rows=1500, current_rows=1500)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,9 @@ def _alive(pid: int) -> bool:
 
 def test_worker_gives_the_in_process_figures_and_html_then_ends(frames, tmp_path):
     current, reference, validation_mae = frames
-    local, local_snapshot = drift.run_drift_report(current, reference, STABLE, CONFIG, validation_mae)
+    local, local_snapshot = drift_evidently.run_drift_report(
+        current, reference, STABLE, CONFIG, validation_mae
+    )
     with EvidentlyWorker() as worker:
         pid = worker.pid
         assert _alive(pid)
@@ -78,7 +80,7 @@ def test_errors_in_the_worker_surface_with_their_reason_and_the_worker_keeps_ser
     current, reference, validation_mae = frames
     with EvidentlyWorker() as worker:
         # the asset's own input error keeps its type and message
-        with pytest.raises(drift.DriftInputError, match="has 5 rows: a drift test needs at least 30"):
+        with pytest.raises(drift_samples.DriftInputError, match="has 5 rows: a drift test needs at least 30"):
             worker.run_report(STABLE, current=current.head(5), reference=reference, config=CONFIG)
         _, snapshot = worker.run_report(STABLE, current=current, reference=reference, config=CONFIG)
         # anything else names the month, the child's exception and its traceback
@@ -89,7 +91,7 @@ def test_errors_in_the_worker_surface_with_their_reason_and_the_worker_keeps_ser
         summary, _ = worker.run_report(
             STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
         )
-        assert summary.n_tested == len(drift.DRIFT_COLUMNS)
+        assert summary.n_tested == len(drift_samples.DRIFT_COLUMNS)
 
 
 def test_a_replaced_snapshot_cannot_be_saved(frames, tmp_path):
@@ -118,8 +120,11 @@ def test_write_report_publishes_the_worker_snapshot(frames, tmp_path):
         summary, snapshot = worker.run_report(
             STABLE, current=current, reference=reference, config=CONFIG, validation_mae=validation_mae
         )
-        checks = [drift.drift_check(summary, 0.5), drift.mae_check(summary, validation_mae, 0.25)]
-        doc = drift.report_document(
+        checks = [
+            drift_checks.drift_check(summary, 0.5),
+            drift_checks.mae_check(summary, validation_mae, 0.25),
+        ]
+        doc = drift_report_files.report_document(
             summary,
             checks,
             {"version": "1"},
@@ -129,10 +134,12 @@ def test_write_report_publishes_the_worker_snapshot(frames, tmp_path):
             "synthetic",
             "",
         )
-        html_path, json_path = drift.write_report(lake, f"{STABLE}-01", snapshot, doc)
+        html_path, json_path = drift_report_files.write_report(lake, f"{STABLE}-01", snapshot, doc)
     html = Path(html_path).read_text(encoding="utf-8")
     assert "Share of Drifted Columns" in html and "Mean Absolute Error" in html
-    assert drift.read_report(lake, f"{STABLE}-01")["drift"]["share"] == pytest.approx(summary.drift_share)
+    assert drift_report_files.read_report(lake, f"{STABLE}-01")["drift"]["share"] == pytest.approx(
+        summary.drift_share
+    )
     assert sorted(p.name for p in Path(html_path).parent.iterdir()) == ["report.html", "report.json"]
 
 

@@ -37,25 +37,27 @@ from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.lake.lake import Lake
-from taxi_platform.model.champion_lookup import ChampionTagsError, NoChampionError
+from taxi_platform.model.champion_lookup import ChampionInfo, ChampionTagsError, NoChampionError
 from taxi_platform.model.run_inputs import data_source_label
-from taxi_platform.monitoring.drift import (
+from taxi_platform.monitoring.drift_checks import (
     COVERAGE_CHECK,
     DRIFT_CHECK,
     MAE_CHECK,
-    REPORT_VERSION,
     CheckOutcome,
-    DriftConfig,
-    DriftInputError,
-    DriftSummary,
     coverage_check,
     drift_check,
     mae_check,
+)
+from taxi_platform.monitoring.drift_evidently import DriftConfig
+from taxi_platform.monitoring.drift_report_files import (
+    REPORT_VERSION,
     report_document,
     report_paths,
     write_report,
 )
-from taxi_platform.monitoring.drift_session import DriftReporter
+from taxi_platform.monitoring.drift_samples import DriftInputError
+from taxi_platform.monitoring.drift_session import DriftReporter, MonthReport
+from taxi_platform.monitoring.drift_summary import DriftSummary
 
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
 
@@ -231,14 +233,7 @@ def _report_month(
             "this month first.",
             allow_retries=False,
         )
-    try:
-        champion = reporter.champion(key)
-    except NoChampionError as exc:
-        raise dg.Failure(
-            description=f"{exc}; then re-run drift_report for {month}.", allow_retries=False
-        ) from None
-    except ChampionTagsError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    champion = _champion(reporter, key, month)
     context.log.info(
         f"{month}: scoring {champion.name} v{champion.version} (run {champion.run_id[:8]}), reference months "
         f"{list(champion.train_months)}"
@@ -246,17 +241,11 @@ def _report_month(
     if champion.note:
         context.log.warning(champion.note)
     try:
-        result = reporter.report(key)
+        result = reporter.report(key)  # samples the month's trip_features and predicts them with the champion
     except DriftInputError as exc:
         raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
 
-    summary, snapshot, month_rows, coverage = (
-        result.summary,
-        result.snapshot,
-        result.month_rows,
-        result.coverage,
-    )
-    reference_months = result.reference_months
+    summary, coverage, reference_months = result.summary, result.coverage, result.reference_months
     checks = [
         drift_check(summary, settings.drift_share_threshold),
         mae_check(summary, champion.validation_mae, settings.max_mae_degradation),
@@ -273,18 +262,41 @@ def _report_month(
         checks,
         champion.as_dict(),
         reference_months,
-        month_rows,
+        result.month_rows,
         settings,
         data_source,
         html_path,
         ranges,
     )
-    html_path, json_path = write_report(store, key, snapshot, document)
+    html_path, json_path = write_report(store, key, result.snapshot, document)
     for outcome in checks:
         context.log.info(outcome.description)
-
-    quality = summary.quality or {}
     metadata = {
+        **_report_metadata(result, champion, store, (html_path, json_path), data_source),
+        **_quality_metadata(result, champion, checks),
+    }
+    return MonthOutcome(metadata=metadata, checks=[_check_result(c) for c in checks])
+
+
+def _champion(reporter: DriftReporter, key: str, month: str) -> ChampionInfo:
+    """The month's champion; a failure (no retries) when there is none or its tags are incomplete."""
+    try:
+        return reporter.champion(key)
+    except NoChampionError as exc:
+        raise dg.Failure(
+            description=f"{exc}; then re-run drift_report for {month}.", allow_retries=False
+        ) from None
+    except ChampionTagsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def _report_metadata(
+    result: MonthReport, champion: ChampionInfo, store: Lake, paths: tuple[str, str], data_source: str
+) -> dict[str, Any]:
+    """The month's drift figures, the champion that was scored, the sample sizes and where the report is."""
+    html_path, json_path = paths
+    summary = result.summary
+    return {
         "drift_share": dg.MetadataValue.float(round(summary.drift_share, 4)),
         "drifted_columns": dg.MetadataValue.json(summary.drifted_columns),
         "n_drifted_columns": dg.MetadataValue.int(len(summary.drifted_columns)),
@@ -296,13 +308,21 @@ def _report_month(
         "champion_run_id": dg.MetadataValue.text(champion.run_id),
         "reference_months": dg.MetadataValue.json(list(champion.train_months)),
         "reference_rows": dg.MetadataValue.int(summary.reference_rows),
-        "month_rows": dg.MetadataValue.int(month_rows),
+        "month_rows": dg.MetadataValue.int(result.month_rows),
         "dagster/row_count": dg.MetadataValue.int(summary.current_rows),
         "html_path": dg.MetadataValue.path(html_path),
         "html_url": dg.MetadataValue.url(load_settings().browser_url(html_path, store.root)),
         "json_path": dg.MetadataValue.path(json_path),
         "data_source": dg.MetadataValue.text(data_source),
     }
+
+
+def _quality_metadata(
+    result: MonthReport, champion: ChampionInfo, checks: list[CheckOutcome]
+) -> dict[str, Any]:
+    """The champion's quality on the month (MAE, RMSE, MAPE, range coverage) and what it is measured against."""
+    quality, coverage = result.summary.quality or {}, result.coverage
+    metadata: dict[str, Any] = {}
     for name in ("mae", "rmse", "mape"):
         if quality.get(name) is not None:
             metadata[name] = dg.MetadataValue.float(round(float(quality[name]), 4))
@@ -320,4 +340,4 @@ def _report_month(
         metadata["validation_mae"] = dg.MetadataValue.float(round(champion.validation_mae, 4))
     if "mae_change_pct" in checks[1].metadata:
         metadata["mae_change_pct"] = dg.MetadataValue.float(checks[1].metadata["mae_change_pct"])
-    return MonthOutcome(metadata=metadata, checks=[_check_result(c) for c in checks])
+    return metadata

@@ -73,118 +73,144 @@ def _meta(result, key: str) -> dict:
     return {k: plain(v) for k, v in mats[-1].metadata.items()} if mats else {}
 
 
-def run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, url: str) -> None:
-    import dagster as dg
+class _DemoRun:
+    """One run of the demo's stages over the project's definitions: which months are early and which arrives late,
+    the stages as methods, and the progress bar they advance."""
 
-    from taxi_platform.definitions import build_definitions
+    def __init__(self, args: argparse.Namespace, keys: list[str], report: DemoReport) -> None:
+        import dagster as dg
 
-    defs = build_definitions()
+        from taxi_platform.definitions import build_definitions
 
-    instance = dg.DagsterInstance.get()
-    assets = list(defs.assets or [])
-    checks = list(defs.asset_checks or [])
-    resources = dict(defs.resources or {})
-    available = {k.to_user_string() for a in assets for k in getattr(a, "keys", [])}
-    stages: list[tuple[str, int, Callable[[], None]]] = []
-    # With three months or more, the last one arrives after the service has quoted it (see the module docstring).
-    late = (
-        keys[-1] if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve else None
-    )
-    early = keys[:-1] if late else keys
+        defs = build_definitions()
 
-    def ingest_month(key: str) -> None:
-        result = _materialize(
-            assets + checks, ["raw_trips", "cleaned_trips", "trip_features"], instance, resources, key
+        self.instance = dg.DagsterInstance.get()
+        self.assets = list(defs.assets or [])
+        self.checks = list(defs.asset_checks or [])
+        self.resources = dict(defs.resources or {})
+        self.available = {k.to_user_string() for a in self.assets for k in getattr(a, "keys", [])}
+        self.args, self.report = args, report
+        available = self.available
+        # With three months or more, the last one arrives after the service has quoted it (see the module docstring).
+        self.late = (
+            keys[-1]
+            if len(keys) >= 3 and "served_quote_accuracy" in available and not args.skip_serve
+            else None
         )
+        self.early = keys[:-1] if self.late else keys
+        # With a champion before it, the last early month's model waits in the shadow (require_shadow): the Bento
+        # serves the earlier champion and prices every quote with this challenger too, until served quotes judge it.
+        self.shadowed = (
+            self.early[-1]
+            if self.late and len(self.early) >= 3 and "served_quote_accuracy" in available
+            else None
+        )
+        self.progress: Progress | None = None
+        self.task = None
+
+    def _materialize(self, selection: list[str], partition_key: str | None, ops: dict | None = None):
+        return _materialize(
+            self.assets + self.checks, selection, self.instance, self.resources, partition_key, ops
+        )
+
+    def _advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def stages(self) -> list[tuple[str, int, Callable[[], None]]]:
+        """The stages to run, in order: (progress description, steps, the stage)."""
+        available, early, report = self.available, self.early, self.report
+        stages: list[tuple[str, int, Callable[[], None]]] = []
+        stages.append(("Ingest + clean + features", len(early), self.ingest))
+        if "fare_model" in available:
+            stages.append(
+                ("Train + register model", len(early) - 1, self.monthly("fare_model", report.model))
+            )
+        if "drift_report" in available:
+            stages.append(
+                ("Drift + quality reports", len(early) - 1, self.monthly("drift_report", report.drift))
+            )
+        if "fare_service" in available:
+            stages.append(("Build + serve Bento", 2, self.bento))
+        if self.late:
+            stages.append((f"{self.late[:7]} arrives: ingest, retrain, score served quotes", 5, self.arrives))
+        return stages
+
+    def ingest_month(self, key: str) -> None:
+        result = self._materialize(["raw_trips", "cleaned_trips", "trip_features"], key)
         raw, cleaned = _meta(result, "raw_trips"), _meta(result, "cleaned_trips")
-        report.rows[key[:7]] = {
+        self.report.rows[key[:7]] = {
             "raw": raw.get("dagster/row_count"),
             "cleaned": cleaned.get("dagster/row_count"),
             "rejected": cleaned.get("rejected_rows"),
             "features": _meta(result, "trip_features").get("dagster/row_count"),
         }
 
-    def ingest() -> None:
-        _materialize(assets + checks, ["taxi_zones"], instance, resources, None)
-        for key in early:
-            ingest_month(key)
-            progress.advance(task)
+    def ingest(self) -> None:
+        self._materialize(["taxi_zones"], None)
+        for key in self.early:
+            self.ingest_month(key)
+            self._advance()
 
-    stages.append(("Ingest + clean + features", len(early), ingest))
-
-    # With a champion before it, the last early month's model waits in the shadow (require_shadow): the Bento
-    # serves the earlier champion and prices every quote with this challenger too, until served quotes judge it.
-    shadowed = early[-1] if late and len(early) >= 3 and "served_quote_accuracy" in available else None
-
-    def monthly(asset: str, into: dict[str, dict]) -> Callable[[], None]:
+    def monthly(self, asset: str, into: dict[str, dict]) -> Callable[[], None]:
         """A stage materialising ``asset`` for every early month but the first (which has no history)."""
 
         def stage() -> None:
-            for key in early[1:]:
+            for key in self.early[1:]:
                 ops = (
                     {"fare_model": {"config": {"require_shadow": True}}}
-                    if asset == "fare_model" and key == shadowed
+                    if asset == "fare_model" and key == self.shadowed
                     else None
                 )
-                result = _materialize(assets + checks, [asset], instance, resources, key, ops)
+                result = self._materialize([asset], key, ops)
                 into[key[:7]] = _meta(result, asset)
-                progress.advance(task)
+                self._advance()
 
         return stage
 
-    if "fare_model" in available:
-        stages.append(("Train + register model", len(early) - 1, monthly("fare_model", report.model)))
-    if "drift_report" in available:
-        stages.append(("Drift + quality reports", len(early) - 1, monthly("drift_report", report.drift)))
-
-    if "fare_service" in available:
-
-        def bento() -> None:
-            result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
-            report.service.update(_meta(result, "fare_service"))
-            progress.advance(task)
-            if not args.skip_serve:
-                quotes = _late_month_quotes(early[-1], late) if late else []
-                report.service["quote"], sent = _quote_from_bento(quotes)
-                if late:
-                    report.served = {
-                        "month": late[:7],
-                        "sent": sent,
-                        "model_version": report.service["quote"]["response"]["model_version"],
-                    }
-            progress.advance(task)
-
-        stages.append(("Build + serve Bento", 2, bento))
-
-    if late:
-
-        def arrives() -> None:
-            ingest_month(late)
-            progress.advance(task)
-            # Served quotes first: their score (and the shadow challenger's verdict) is in before the retrain's gate.
-            result = _materialize(
-                assets + checks, ["served_quotes", "served_quote_accuracy"], instance, resources, late
-            )
-            report.served.update(
-                {
-                    "dataset": _meta(result, "served_quotes"),
-                    "accuracy": _meta(result, "served_quote_accuracy"),
+    def bento(self) -> None:
+        report, early, late = self.report, self.early, self.late
+        result = self._materialize(["fare_service"], None)
+        report.service.update(_meta(result, "fare_service"))
+        self._advance()
+        if not self.args.skip_serve:
+            quotes = _late_month_quotes(early[-1], late) if late else []
+            report.service["quote"], sent = _quote_from_bento(quotes)
+            if late:
+                report.served = {
+                    "month": late[:7],
+                    "sent": sent,
+                    "model_version": report.service["quote"]["response"]["model_version"],
                 }
-            )
-            progress.advance(task)
-            result = _materialize(assets + checks, ["fare_model"], instance, resources, late)
-            report.model[late[:7]] = _meta(result, "fare_model")
-            progress.advance(task)
-            result = _materialize(assets + checks, ["drift_report"], instance, resources, late)
-            report.drift[late[:7]] = _meta(result, "drift_report")
-            progress.advance(task)
-            if report.model[late[:7]].get("promoted") and "fare_service" in available:
-                result = _materialize(assets + checks, ["fare_service"], instance, resources, None)
-                report.service.update(_meta(result, "fare_service"))  # the Bento of the new champion
-            progress.advance(task)
+        self._advance()
 
-        stages.append((f"{late[:7]} arrives: ingest, retrain, score served quotes", 5, arrives))
+    def arrives(self) -> None:
+        report, late = self.report, self.late
+        self.ingest_month(late)
+        self._advance()
+        # Served quotes first: their score (and the shadow challenger's verdict) is in before the retrain's gate.
+        result = self._materialize(["served_quotes", "served_quote_accuracy"], late)
+        report.served.update(
+            {
+                "dataset": _meta(result, "served_quotes"),
+                "accuracy": _meta(result, "served_quote_accuracy"),
+            }
+        )
+        self._advance()
+        result = self._materialize(["fare_model"], late)
+        report.model[late[:7]] = _meta(result, "fare_model")
+        self._advance()
+        result = self._materialize(["drift_report"], late)
+        report.drift[late[:7]] = _meta(result, "drift_report")
+        self._advance()
+        if report.model[late[:7]].get("promoted") and "fare_service" in self.available:
+            result = self._materialize(["fare_service"], None)
+            report.service.update(_meta(result, "fare_service"))  # the Bento of the new champion
+        self._advance()
 
+
+def run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, url: str) -> None:
+    run = _DemoRun(args, keys, report)
+    stages = run.stages()
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -193,12 +219,13 @@ def run_stages(args: argparse.Namespace, keys: list[str], report: DemoReport, ur
         TimeElapsedColumn(),
         console=console,
     ) as progress:
+        run.progress = progress
         for name, total, fn in stages:
-            task = progress.add_task(name, total=total)
+            run.task = progress.add_task(name, total=total)
             start = time.perf_counter()
             fn()
             report.timings[name] = round(time.perf_counter() - start, 1)
-    missing = [s for s in ("fare_model", "drift_report", "fare_service") if s not in available]
+    missing = [s for s in ("fare_model", "drift_report", "fare_service") if s not in run.available]
     report.missing_stages = missing
 
 

@@ -39,35 +39,9 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
 
 
 def render_summary(console: Console, report: DemoReport) -> None:
-    table = Table(title=f"Data ({report.data_source})", show_lines=False)
-    for col in ("month", "raw rows", "cleaned", "rejected", "features", "drift share", "champion MAE"):
-        table.add_column(col, justify="right")
-    for month, rows in report.rows.items():
-        drift = report.drift.get(month, {})
-        table.add_row(
-            month,
-            _num(rows.get("raw")),
-            _num(rows.get("cleaned")),
-            _num(rows.get("rejected")),
-            _num(rows.get("features")),
-            _num(drift.get("drift_share"), "{:.0%}"),
-            _num(drift.get("mae"), "${:.2f}"),
-        )
-    console.print(table)
+    console.print(_data_table(report))
     if report.model:
-        mt = Table(title="Model (validation month = the partition; trained on the months before)")
-        for col in ("month", "version", "boosted MAE", "linear MAE", "naive MAE", "promoted"):
-            mt.add_column(col, justify="right")
-        for month, m in report.model.items():
-            mt.add_row(
-                month,
-                _num(m.get("model_version"), "{}"),
-                _num(m.get("boosted_mae"), "${:.2f}"),
-                _num(m.get("linear_mae"), "${:.2f}"),
-                _num(m.get("naive_mae"), "${:.2f}"),
-                _num(m.get("promoted"), "{}"),
-            )
-        console.print(mt)
+        console.print(_model_table(report))
     console.print(f"Lake: {report.lake_root}")
     console.print(f"MLflow: {report.mlflow_uri}")
     reports = [d.get("html_path") for d in report.drift.values() if d.get("html_path")]
@@ -82,6 +56,50 @@ def render_summary(console: Console, report: DemoReport) -> None:
         quote = report.service.get("quote")
         if quote:
             console.print(f"Test quote → {quote}")
+    _print_served(console, report)
+    if report.missing_stages:
+        console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
+    console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))
+
+
+def _data_table(report: DemoReport) -> Table:
+    """Rows per month through ingest, cleaning and features, with the month's drift share and champion MAE."""
+    table = Table(title=f"Data ({report.data_source})", show_lines=False)
+    for col in ("month", "raw rows", "cleaned", "rejected", "features", "drift share", "champion MAE"):
+        table.add_column(col, justify="right")
+    for month, rows in report.rows.items():
+        drift = report.drift.get(month, {})
+        table.add_row(
+            month,
+            _num(rows.get("raw")),
+            _num(rows.get("cleaned")),
+            _num(rows.get("rejected")),
+            _num(rows.get("features")),
+            _num(drift.get("drift_share"), "{:.0%}"),
+            _num(drift.get("mae"), "${:.2f}"),
+        )
+    return table
+
+
+def _model_table(report: DemoReport) -> Table:
+    """Each month's model: version, the candidates' MAEs and whether it was promoted."""
+    mt = Table(title="Model (validation month = the partition; trained on the months before)")
+    for col in ("month", "version", "boosted MAE", "linear MAE", "naive MAE", "promoted"):
+        mt.add_column(col, justify="right")
+    for month, m in report.model.items():
+        mt.add_row(
+            month,
+            _num(m.get("model_version"), "{}"),
+            _num(m.get("boosted_mae"), "${:.2f}"),
+            _num(m.get("linear_mae"), "${:.2f}"),
+            _num(m.get("naive_mae"), "${:.2f}"),
+            _num(m.get("promoted"), "{}"),
+        )
+    return mt
+
+
+def _print_served(console: Console, report: DemoReport) -> None:
+    """The served quotes' accuracy against the realised trips, and the shadow challenger's, when scored."""
     accuracy = report.served.get("accuracy")
     if accuracy:
         console.print(
@@ -97,6 +115,3 @@ def render_summary(console: Console, report: DemoReport) -> None:
                 f"${shadow['champion_mae_vs_realised_mean']:.2f} → shadow verdict "
                 f"{accuracy.get('shadow_verdict')}"
             )
-    if report.missing_stages:
-        console.print(f"[yellow]Not part of this build yet:[/] {', '.join(report.missing_stages)}")
-    console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings.items()))

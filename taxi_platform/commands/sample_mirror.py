@@ -84,33 +84,10 @@ def _human_size(size: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
-    from taxi_platform.core.months import parse_month, parse_months
-    from taxi_platform.core.settings import parse_services
     from taxi_platform.devtools.sample import write_sample_mirror
-    from taxi_platform.devtools.sample_profile import DirtRates, SampleProfile
 
     try:
-        months = parse_months(args.months)
-        services = parse_services(args.services)
-        rows = _rows_per_month(args.rows_per_month)
-        if isinstance(rows, dict):
-            missing = [s for s in services if s not in rows]
-            if missing:
-                raise ValueError(f"--rows-per-month {args.rows_per_month!r} gives no count for {missing}")
-        from_month = (
-            parse_month(args.fare_increase_from, "--fare-increase-from") if args.fare_increase_from else None
-        )
-        multiplier = (
-            args.fare_multiplier if args.fare_multiplier is not None else (1.25 if from_month else 1.0)
-        )
-        profile = SampleProfile(
-            fare_multiplier=multiplier,
-            speed_multiplier=args.speed_multiplier,
-            from_month=from_month,
-            dirt=DirtRates.clean() if args.clean else DirtRates(),
-        )
+        months, services, rows, profile = _parse_arguments(args)
     except ValueError as exc:
         print(f"taxi-platform sample-mirror: error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +104,46 @@ def run(args: argparse.Namespace) -> int:
         monthly_variation=not args.steady,
     )
     elapsed = time.perf_counter() - started
+    _print_written(args, dest, written, elapsed, profile)
+    if not args.serve:
+        return 0
+    return _serve(dest, args.host, args.port)
+
+
+def _parse_arguments(args: argparse.Namespace) -> tuple:
+    """The months, services, rows per month and :class:`SampleProfile` the arguments ask for (``ValueError`` if
+    they do not parse)."""
+    from taxi_platform.core.months import parse_month, parse_months
+    from taxi_platform.core.settings import parse_services
+    from taxi_platform.devtools.sample_profile import DirtRates, SampleProfile
+
+    months = parse_months(args.months)
+    services = parse_services(args.services)
+    rows = _rows_per_month(args.rows_per_month)
+    if isinstance(rows, dict):
+        missing = [s for s in services if s not in rows]
+        if missing:
+            raise ValueError(f"--rows-per-month {args.rows_per_month!r} gives no count for {missing}")
+    from_month = (
+        parse_month(args.fare_increase_from, "--fare-increase-from") if args.fare_increase_from else None
+    )
+    multiplier = args.fare_multiplier if args.fare_multiplier is not None else (1.25 if from_month else 1.0)
+    profile = SampleProfile(
+        fare_multiplier=multiplier,
+        speed_multiplier=args.speed_multiplier,
+        from_month=from_month,
+        dirt=DirtRates.clean() if args.clean else DirtRates(),
+    )
+    return months, services, rows, profile
+
+
+def _print_written(
+    args: argparse.Namespace, dest: Path, written: list[Path], elapsed: float, profile
+) -> None:
+    """What was written: each file with its rows and size, then the month-to-month variation and drift scenario."""
+    import pyarrow.parquet as pq
+
+    from_month, multiplier = profile.from_month, profile.fare_multiplier
     print(
         f"Wrote a SYNTHETIC TLC-format mirror to {dest} in {elapsed:.1f}s (not real TLC trips; see SYNTHETIC.txt)"
     )
@@ -144,9 +161,6 @@ def run(args: argparse.Namespace) -> int:
     if from_month is not None or multiplier != 1.0 or args.speed_multiplier != 1.0:
         since = f" from {from_month:%Y-%m}" if from_month else ""
         print(f"  drift scenario{since}: fares x{multiplier:g}, speeds x{args.speed_multiplier:g}")
-    if not args.serve:
-        return 0
-    return _serve(dest, args.host, args.port)
 
 
 def _serve(root: Path, host: str, port: int) -> int:

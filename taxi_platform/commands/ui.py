@@ -83,6 +83,33 @@ def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
             proc.wait(timeout=10)
 
 
+class _Launcher:
+    """The UI processes started so far on ``host``: their URLs, and the health URLs that say they are ready."""
+
+    def __init__(self, host: str, env: dict[str, str]) -> None:
+        self.host, self.env = host, env
+        self.urls: dict[str, str] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.waits: list[tuple[str, subprocess.Popen | None]] = []
+
+    def launch(self, name: str, argv: list[str], port: int, health_path: str) -> None:
+        """Start one UI process on ``host:port``; it counts as ready once ``health_path`` answers."""
+        proc = _start(f"{name} UI", [*argv, str(port)], self.env)
+        self.procs.append(proc)
+        self.urls[name] = f"http://{self.host}:{port}"
+        self.waits.append((self.urls[name] + health_path, proc))
+
+
+def _tool(name: str) -> str:
+    """``name`` from this interpreter's environment when it is installed there, else from the PATH."""
+    bindir = Path(sys.executable).parent
+    return str(bindir / name) if (bindir / name).exists() else name
+
+
+def _on_term(signum, frame):  # SIGTERM behaves like Ctrl-C
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.core.settings import load_settings
     from taxi_platform.devtools.instance import ensure_dagster_home
@@ -91,50 +118,15 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     home = ensure_dagster_home(settings.data_dir)
     env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(settings.data_dir)}
-    bindir = Path(sys.executable).parent
-    tool = lambda name: str(bindir / name) if (bindir / name).exists() else name  # noqa: E731
-    host = args.host
-    urls: dict[str, str] = {}
-    procs: list[subprocess.Popen] = []
-    waits: list[tuple[str, subprocess.Popen | None]] = []
+    launcher = _Launcher(args.host, env)
     reports: ThreadingHTTPServer | None = None
 
-    def on_term(signum, frame):  # SIGTERM behaves like Ctrl-C
-        raise KeyboardInterrupt
-
-    def launch(name: str, argv: list[str], port: int, health_path: str) -> None:
-        """Start one UI process on ``host:port``; it counts as ready once ``health_path`` answers."""
-        proc = _start(f"{name} UI", [*argv, str(port)], env)
-        procs.append(proc)
-        urls[name] = f"http://{host}:{port}"
-        waits.append((urls[name] + health_path, proc))
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, _on_term)
     try:
-        dagster = [tool("dagster"), "dev", "-m", "taxi_platform.definitions", "-h", host, "-p"]
-        launch("Dagster", dagster, args.dagster_port, "/server_info")
-        uri = settings.mlflow_tracking_uri
-        if uri.startswith(("http://", "https://")):
-            urls["MLflow"] = uri + "  (the tracking server MLFLOW_TRACKING_URI names)"
-        elif not args.no_mlflow:
-            mlflow = [tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port"]
-            launch("MLflow", mlflow, args.mlflow_port, "/health")
-        if not settings.is_remote_lake:
-            lake = Path(settings.lake_root.removeprefix("file://"))
-            lake.mkdir(parents=True, exist_ok=True)
-            reports = serve_directory(lake, host, args.reports_port)
-            urls["Reports"] = f"http://{host}:{args.reports_port}/drift_report/"
-        for url, proc in waits:
+        reports = _start_uis(args, settings, launcher)
+        for url, proc in launcher.waits:
             wait_http_ok(url, proc, READY_TIMEOUT)
-        print("\nready:", flush=True)
-        for name, url in urls.items():
-            print(f"  {name:<8} {url}", flush=True)
-        print("\nCtrl-C stops them all.", flush=True)
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        failed = next(p for p in procs if p.poll() is not None)
-        print(f"a UI process exited with code {failed.returncode}; stopping the others", file=sys.stderr)
-        return 1
+        return _until_one_exits(launcher)
     except NotReady as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -142,7 +134,41 @@ def run(args: argparse.Namespace) -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
-        _stop(procs)
+        _stop(launcher.procs)
         if reports is not None:
             reports.shutdown()
             reports.server_close()
+
+
+def _start_uis(args: argparse.Namespace, settings, launcher: _Launcher) -> ThreadingHTTPServer | None:
+    """Start the Dagster UI, the MLflow UI (unless the tracking store is a server, or ``--no-mlflow``) and, for a
+    local lake, the report server, which is returned."""
+    host = args.host
+    dagster = [_tool("dagster"), "dev", "-m", "taxi_platform.definitions", "-h", host, "-p"]
+    launcher.launch("Dagster", dagster, args.dagster_port, "/server_info")
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        launcher.urls["MLflow"] = uri + "  (the tracking server MLFLOW_TRACKING_URI names)"
+    elif not args.no_mlflow:
+        mlflow = [_tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port"]
+        launcher.launch("MLflow", mlflow, args.mlflow_port, "/health")
+    if settings.is_remote_lake:
+        return None
+    lake = Path(settings.lake_root.removeprefix("file://"))
+    lake.mkdir(parents=True, exist_ok=True)
+    reports = serve_directory(lake, host, args.reports_port)
+    launcher.urls["Reports"] = f"http://{host}:{args.reports_port}/drift_report/"
+    return reports
+
+
+def _until_one_exits(launcher: _Launcher) -> int:
+    """Print the URLs, then wait until a UI process exits (1) or Ctrl-C."""
+    print("\nready:", flush=True)
+    for name, url in launcher.urls.items():
+        print(f"  {name:<8} {url}", flush=True)
+    print("\nCtrl-C stops them all.", flush=True)
+    while all(p.poll() is None for p in launcher.procs):
+        time.sleep(0.5)
+    failed = next(p for p in launcher.procs if p.poll() is not None)
+    print(f"a UI process exited with code {failed.returncode}; stopping the others", file=sys.stderr)
+    return 1

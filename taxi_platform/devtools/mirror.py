@@ -248,30 +248,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         url_path = _normalise_path(self.path)
         fault = self.mirror._record(url_path, self.command)
-        header_overrides: dict = {}
-        truncate_to: int | None = None
-        trickle: tuple[int, float] | None = None
-        if fault is not None:
-            kind = fault[0]
-            if kind in ("status", "status_then_ok"):
-                code = fault[1]
-                text = f"{code} injected fault for {url_path}\n".encode()
-                self._simple(code, text, "text/plain; charset=utf-8", body and code not in (204, 304))
-                return
-            if kind == "html":
-                self._simple(200, _HTML_PAGE, "text/html; charset=utf-8", body)
-                return
-            if kind == "reset":
-                self._reset()
-                return
-            if kind == "delay":
-                time.sleep(float(fault[1]))
-            elif kind == "headers":
-                header_overrides = dict(fault[1])
-            elif kind == "truncate":
-                truncate_to = max(0, int(fault[1]))
-            elif kind == "trickle":
-                trickle = (max(1, int(fault[1])), float(fault[2]))
+        if fault is not None and self._answered_by_fault(fault, url_path, body):
+            return
+        header_overrides, truncate_to, trickle = _fault_options(fault)
 
         path = self.mirror._resolve(url_path)
         if path is None:
@@ -285,24 +264,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with fh:
             st = os.fstat(fh.fileno())
             etag = self.mirror._etag(path, fh, st)
-            headers = {
-                "Content-Type": _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
-                "Content-Length": str(st.st_size),
-                "ETag": etag,
-                "Last-Modified": formatdate(st.st_mtime, usegmt=True),
-            }
-            for name, value in header_overrides.items():
-                match = next((k for k in headers if k.lower() == name.lower()), name)
-                headers.pop(match, None)
-                if value is not None:
-                    headers[name] = str(value)
-            if_none_match = self.headers.get("If-None-Match")
-            if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + ["*"]:
-                self.send_response(304)
-                for name in ("ETag", "Last-Modified"):
-                    if name in headers:
-                        self.send_header(name, headers[name])
-                self.end_headers()
+            headers = _file_headers(path, st, etag, header_overrides)
+            if self._not_modified(etag, headers):
                 return
             self.send_response(200)
             for name, value in headers.items():
@@ -312,25 +275,91 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if not body:
                 return
-            remaining = st.st_size if truncate_to is None else min(truncate_to, st.st_size)
-            step = _CHUNK if trickle is None else trickle[0]
-            while remaining > 0:
-                chunk = fh.read(min(step, remaining))
-                if not chunk:
-                    break
-                try:
-                    self.wfile.write(chunk)
-                    if trickle is not None:
-                        self.wfile.flush()
-                        time.sleep(trickle[1])
-                except OSError:  # the client gave up (a download deadline): stop sending
-                    self.close_connection = True
-                    return
-                remaining -= len(chunk)
-            if truncate_to is not None:
-                self.wfile.flush()
+            self._send_body(fh, st.st_size, truncate_to, trickle)
+
+    def _answered_by_fault(self, fault: tuple, url_path: str, body: bool) -> bool:
+        """Apply the faults that replace the response (status, html, reset): ``True`` when one has answered.
+        A ``delay`` waits here, then the request is served."""
+        kind = fault[0]
+        if kind in ("status", "status_then_ok"):
+            code = fault[1]
+            text = f"{code} injected fault for {url_path}\n".encode()
+            self._simple(code, text, "text/plain; charset=utf-8", body and code not in (204, 304))
+            return True
+        if kind == "html":
+            self._simple(200, _HTML_PAGE, "text/html; charset=utf-8", body)
+            return True
+        if kind == "reset":
+            self._reset()
+            return True
+        if kind == "delay":
+            time.sleep(float(fault[1]))
+        return False
+
+    def _not_modified(self, etag: str, headers: dict[str, str]) -> bool:
+        """Answer 304 when the request's ``If-None-Match`` matches ``etag``."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match and etag in [t.strip() for t in if_none_match.split(",")] + ["*"]:
+            self.send_response(304)
+            for name in ("ETag", "Last-Modified"):
+                if name in headers:
+                    self.send_header(name, headers[name])
+            self.end_headers()
+            return True
+        return False
+
+    def _send_body(self, fh, size: int, truncate_to: int | None, trickle: tuple[int, float] | None) -> None:
+        """The file's body: whole, cut at ``truncate_to`` bytes (then the connection closes), or trickled."""
+        remaining = size if truncate_to is None else min(truncate_to, size)
+        step = _CHUNK if trickle is None else trickle[0]
+        while remaining > 0:
+            chunk = fh.read(min(step, remaining))
+            if not chunk:
+                break
+            try:
+                self.wfile.write(chunk)
+                if trickle is not None:
+                    self.wfile.flush()
+                    time.sleep(trickle[1])
+            except OSError:  # the client gave up (a download deadline): stop sending
                 self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                return
+            remaining -= len(chunk)
+        if truncate_to is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def _fault_options(fault: tuple | None) -> tuple[dict, int | None, tuple[int, float] | None]:
+    """What a fault that lets the file be served changes: header overrides, a truncation, a trickle."""
+    header_overrides: dict = {}
+    truncate_to: int | None = None
+    trickle: tuple[int, float] | None = None
+    kind = fault[0] if fault is not None else None
+    if kind == "headers":
+        header_overrides = dict(fault[1])
+    elif kind == "truncate":
+        truncate_to = max(0, int(fault[1]))
+    elif kind == "trickle":
+        trickle = (max(1, int(fault[1])), float(fault[2]))
+    return header_overrides, truncate_to, trickle
+
+
+def _file_headers(path: Path, st: os.stat_result, etag: str, header_overrides: dict) -> dict[str, str]:
+    """The response headers for a file, with a ``headers`` fault's overrides (``None`` removes one)."""
+    headers = {
+        "Content-Type": _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+        "Content-Length": str(st.st_size),
+        "ETag": etag,
+        "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+    }
+    for name, value in header_overrides.items():
+        match = next((k for k in headers if k.lower() == name.lower()), name)
+        headers.pop(match, None)
+        if value is not None:
+            headers[name] = str(value)
+    return headers

@@ -190,58 +190,11 @@ def quote_accuracy(
     cell = ", ".join(CELL)
     con = lake.connect()
     try:
-        logged = {
-            row[0]
-            for row in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({sql_literal(quotes_glob)})"
-            ).fetchall()
-        }
-        role = "role" if "role" in logged else "'served'"  # partitions written before shadow quotes
-        con.execute(
-            f"""
-            CREATE TEMP TABLE trips AS
-            SELECT CAST(service AS VARCHAR) AS service, CAST(pickup_zone AS INTEGER) AS pickup_zone,
-                   CAST(dropoff_zone AS INTEGER) AS dropoff_zone, CAST(pickup_hour AS INTEGER) AS pickup_hour,
-                   CAST(fare_amount AS DOUBLE) AS fare
-            FROM read_parquet({sql_literal(trips_glob)}) WHERE fare_amount IS NOT NULL;
-            CREATE TEMP TABLE cells AS
-            SELECT {cell}, count(*) AS trips, avg(fare) AS mean_fare, median(fare) AS median_fare
-            FROM trips GROUP BY ALL;
-            CREATE TEMP TABLE q_all AS
-            SELECT row_number() OVER () AS qid, CAST(service AS VARCHAR) AS service,
-                   CAST(pickup_zone AS INTEGER) AS pickup_zone, CAST(dropoff_zone AS INTEGER) AS dropoff_zone,
-                   CAST(pickup_hour AS INTEGER) AS pickup_hour, fare_amount AS quoted, fare_low, fare_high,
-                   model_version, {role} AS role, request_id, "index" AS idx
-            FROM read_parquet({sql_literal(quotes_glob)});
-            CREATE TEMP TABLE q AS SELECT * FROM q_all WHERE role = 'served';
-            CREATE TEMP TABLE inside AS
-            SELECT q.qid, avg(CASE WHEN t.fare BETWEEN q.fare_low AND q.fare_high THEN 1.0 ELSE 0.0 END) AS share
-            FROM q JOIN trips t USING ({cell}) WHERE q.fare_low IS NOT NULL GROUP BY q.qid;
-            CREATE TEMP TABLE scored AS
-            SELECT q.*, c.trips, c.mean_fare, c.median_fare, i.share
-            FROM q LEFT JOIN cells c USING ({cell}) LEFT JOIN inside i USING (qid);
-            """
-        )
+        _create_scoring_tables(con, quotes_glob, trips_glob)
         (quotes, matched, without_range, mae_mean, bias_mean, mae_median, bias_median, share, ranged) = (
-            con.execute(
-                """
-                SELECT count(*), count(trips), count(*) FILTER (WHERE fare_low IS NULL),
-                       avg(abs(quoted - mean_fare)), avg(quoted - mean_fare),
-                       avg(abs(quoted - median_fare)), avg(quoted - median_fare),
-                       avg(share), count(share)
-                FROM scored
-                """
-            ).fetchone()
+            _totals(con)
         )
-        worst_rows = con.execute(
-            f"""
-            SELECT {cell}, count(*) AS quotes, avg(quoted) AS mean_quoted, any_value(trips) AS trips,
-                   any_value(mean_fare) AS realised_mean, any_value(median_fare) AS realised_median,
-                   avg(abs(quoted - mean_fare)) AS mae, avg(quoted - mean_fare) AS bias, avg(share) AS share_inside
-            FROM scored WHERE trips IS NOT NULL GROUP BY ALL
-            ORDER BY mae DESC, quotes DESC, {cell} LIMIT {int(worst)}
-            """
-        ).fetchall()
+        worst_cells = _worst_cells(con, worst)
         versions = dict(
             con.execute("SELECT model_version, count(*) FROM q GROUP BY ALL ORDER BY 1").fetchall()
         )
@@ -249,17 +202,6 @@ def quote_accuracy(
         shadow = _shadow_comparison(con)
     finally:
         con.close()
-    names = (
-        *CELL,
-        "quotes",
-        "mean_quoted",
-        "trips",
-        "realised_mean",
-        "realised_median",
-        "mae",
-        "bias",
-        "share_inside_range",
-    )
     return {
         "month": month[:7],
         "quotes": int(quotes),
@@ -274,12 +216,89 @@ def quote_accuracy(
         "mae_vs_realised_median": _num(mae_median),
         "bias_vs_realised_median": _num(bias_median),
         "share_inside_range": _num(share),
-        "worst_cells": [
-            {k: (_num(v) if isinstance(v, float) else v) for k, v in zip(names, row, strict=True)}
-            for row in worst_rows
-        ],
+        "worst_cells": worst_cells,
         "shadow": shadow,
     }
+
+
+def _create_scoring_tables(con: Any, quotes_glob: str, trips_glob: str) -> None:
+    """Temp tables on ``con``: the realised ``trips`` and their ``cells``, every logged quote (``q_all``), the
+    served ones (``q``), each ranged quote's share of realised fares ``inside`` its range, and ``scored``: the
+    served quotes beside their cell's realised figures."""
+    cell = ", ".join(CELL)
+    logged = {
+        row[0]
+        for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_literal(quotes_glob)})").fetchall()
+    }
+    role = "role" if "role" in logged else "'served'"  # partitions written before shadow quotes
+    con.execute(
+        f"""
+        CREATE TEMP TABLE trips AS
+        SELECT CAST(service AS VARCHAR) AS service, CAST(pickup_zone AS INTEGER) AS pickup_zone,
+               CAST(dropoff_zone AS INTEGER) AS dropoff_zone, CAST(pickup_hour AS INTEGER) AS pickup_hour,
+               CAST(fare_amount AS DOUBLE) AS fare
+        FROM read_parquet({sql_literal(trips_glob)}) WHERE fare_amount IS NOT NULL;
+        CREATE TEMP TABLE cells AS
+        SELECT {cell}, count(*) AS trips, avg(fare) AS mean_fare, median(fare) AS median_fare
+        FROM trips GROUP BY ALL;
+        CREATE TEMP TABLE q_all AS
+        SELECT row_number() OVER () AS qid, CAST(service AS VARCHAR) AS service,
+               CAST(pickup_zone AS INTEGER) AS pickup_zone, CAST(dropoff_zone AS INTEGER) AS dropoff_zone,
+               CAST(pickup_hour AS INTEGER) AS pickup_hour, fare_amount AS quoted, fare_low, fare_high,
+               model_version, {role} AS role, request_id, "index" AS idx
+        FROM read_parquet({sql_literal(quotes_glob)});
+        CREATE TEMP TABLE q AS SELECT * FROM q_all WHERE role = 'served';
+        CREATE TEMP TABLE inside AS
+        SELECT q.qid, avg(CASE WHEN t.fare BETWEEN q.fare_low AND q.fare_high THEN 1.0 ELSE 0.0 END) AS share
+        FROM q JOIN trips t USING ({cell}) WHERE q.fare_low IS NOT NULL GROUP BY q.qid;
+        CREATE TEMP TABLE scored AS
+        SELECT q.*, c.trips, c.mean_fare, c.median_fare, i.share
+        FROM q LEFT JOIN cells c USING ({cell}) LEFT JOIN inside i USING (qid);
+        """
+    )
+
+
+def _totals(con: Any) -> tuple:
+    """Over the served quotes (``scored``): quotes, matched quotes, quotes without a range, MAE and bias against
+    the realised mean and median, the mean share inside the range, and the quotes that share is over."""
+    return con.execute(
+        """
+        SELECT count(*), count(trips), count(*) FILTER (WHERE fare_low IS NULL),
+               avg(abs(quoted - mean_fare)), avg(quoted - mean_fare),
+               avg(abs(quoted - median_fare)), avg(quoted - median_fare),
+               avg(share), count(share)
+        FROM scored
+        """
+    ).fetchone()
+
+
+def _worst_cells(con: Any, worst: int) -> list[dict[str, Any]]:
+    """The ``worst`` realised cells with the largest quote-weighted MAE, one dict each."""
+    cell = ", ".join(CELL)
+    worst_rows = con.execute(
+        f"""
+        SELECT {cell}, count(*) AS quotes, avg(quoted) AS mean_quoted, any_value(trips) AS trips,
+               any_value(mean_fare) AS realised_mean, any_value(median_fare) AS realised_median,
+               avg(abs(quoted - mean_fare)) AS mae, avg(quoted - mean_fare) AS bias, avg(share) AS share_inside
+        FROM scored WHERE trips IS NOT NULL GROUP BY ALL
+        ORDER BY mae DESC, quotes DESC, {cell} LIMIT {int(worst)}
+        """
+    ).fetchall()
+    names = (
+        *CELL,
+        "quotes",
+        "mean_quoted",
+        "trips",
+        "realised_mean",
+        "realised_median",
+        "mae",
+        "bias",
+        "share_inside_range",
+    )
+    return [
+        {k: (_num(v) if isinstance(v, float) else v) for k, v in zip(names, row, strict=True)}
+        for row in worst_rows
+    ]
 
 
 def _shadow_comparison(con: Any) -> dict[str, Any] | None:

@@ -189,7 +189,19 @@ def _download_month(
     services = tlc.service_list()
     base_url = tlc.source_url()
     urls = {s: trip_url(base_url, s, month) for s in services}
+    _probe_month(context, tlc, month, services, urls)
+    results = _download_services(context, lk, tlc, month, services, urls)
+    return _month_outcome(results, month, services, base_url)
 
+
+def _probe_month(
+    context: dg.AssetExecutionContext,
+    tlc: TlcSourceResource,
+    month: date,
+    services: tuple[str, ...],
+    urls: dict[str, str],
+) -> None:
+    """HEAD each service's file, log what answered, and fail when the month is not published yet."""
     probes = dict(
         zip(
             services,
@@ -208,6 +220,16 @@ def _download_month(
             )
     _check_published(month, probes)
 
+
+def _download_services(
+    context: dg.AssetExecutionContext,
+    lk: Lake,
+    tlc: TlcSourceResource,
+    month: date,
+    services: tuple[str, ...],
+    urls: dict[str, str],
+) -> list[DownloadResult]:
+    """Download and publish the month's files, one per service, as one unit; a failure leaves earlier files."""
     results: list[DownloadResult] = []
     try:
         # Stage every service's file first; publish them as one unit (all new or all previous files) only when all
@@ -224,14 +246,7 @@ def _download_month(
                     logger=context.log,
                     result_path=dest,
                 )
-                context.log.info(
-                    f"{service} {month:%Y-%m}: {result.num_rows} rows, {result.size} bytes, era {result.era}, "
-                    f"sha256 {result.sha256[:12]}, {result.attempts} attempt(s)"
-                )
-                if result.extra_columns:
-                    context.log.warning(
-                        f"{service} {month:%Y-%m} has new columns {list(result.extra_columns)}"
-                    )
+                _log_download(context, service, month, result)
                 results.append(result)
     except NotPublishedError as exc:
         lk.remove_empty_dirs([lk.raw_trips_path(s, partition_key(month)) for s in services], RAW_TABLE)
@@ -252,7 +267,24 @@ def _download_month(
             ),
             allow_retries=tlc.step_retries,
         ) from exc
+    return results
 
+
+def _log_download(
+    context: dg.AssetExecutionContext, service: str, month: date, result: DownloadResult
+) -> None:
+    context.log.info(
+        f"{service} {month:%Y-%m}: {result.num_rows} rows, {result.size} bytes, era {result.era}, "
+        f"sha256 {result.sha256[:12]}, {result.attempts} attempt(s)"
+    )
+    if result.extra_columns:
+        context.log.warning(f"{service} {month:%Y-%m} has new columns {list(result.extra_columns)}")
+
+
+def _month_outcome(
+    results: list[DownloadResult], month: date, services: tuple[str, ...], base_url: str
+) -> MonthOutcome:
+    """The month's metadata (totals, then each service's) and a data version over the files' SHA-256s."""
     sources = {r.data_source for r in results}
     metadata: dict[str, object] = {
         "dagster/row_count": sum(r.num_rows for r in results),

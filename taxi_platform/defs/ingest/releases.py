@@ -245,10 +245,25 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
         return dg.SensorResult(
             skip_reason="the partition set has no months yet (TAXI_START_MONTH is in the future)"
         )
+    source_down = _source_down(tlc, base, services, months[-1], cursor, warning)
+    if source_down is not None:
+        return source_down
+    decision = _decide(context, tlc, cursor, months, services)
+    _log_decision(context, decision)
+    return _sensor_result(context, decision, base)
 
-    # One probe first: when the source is down, say so at once instead of timing out on every month.
+
+def _source_down(
+    tlc: TlcSourceResource,
+    base: str,
+    services: tuple[str, ...],
+    last_month: str,
+    cursor: ReleaseCursor,
+    warning: str | None,
+) -> dg.SensorResult | None:
+    """One probe first: when the source is down, say so at once instead of timing out on every month."""
     canary = probe(
-        trip_url(base, services[0], parse_month(months[-1])),
+        trip_url(base, services[0], parse_month(last_month)),
         timeout=(tlc.connect_timeout, min(tlc.read_timeout, PROBE_READ_TIMEOUT)),
     )
     if canary.status == "error":
@@ -259,12 +274,22 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
             ),
             cursor=cursor.to_json() if warning else None,
         )
+    return None
 
+
+def _decide(
+    context: dg.SensorEvaluationContext,
+    tlc: TlcSourceResource,
+    cursor: ReleaseCursor,
+    months: list[str],
+    services: tuple[str, ...],
+) -> ReleaseDecision:
+    """Probe every month and decide which to run, from the cursor, the lake's months and the latest runs."""
     probes = _probe_months(tlc, months, services)
     materialized = {month_label(k) for k in context.instance.get_materialized_partitions(RAW_TRIPS)}
     unknown = sorted(m for m in materialized if m not in cursor.months and m in probes)
     recorded = _recorded_versions(context.instance, unknown, services)
-    decision = decide(
+    return decide(
         probes,
         cursor,
         materialized,
@@ -274,8 +299,12 @@ def tlc_release_sensor(context: dg.SensorEvaluationContext, tlc: TlcSourceResour
         runs=_latest_runs(context.instance, cursor.attempts, RETRY_POLICY),
         retry=RETRY_POLICY,
     )
-    _log_decision(context, decision)
 
+
+def _sensor_result(
+    context: dg.SensorEvaluationContext, decision: ReleaseDecision, base: str
+) -> dg.SensorResult:
+    """The decision's run requests (tagged with month, reason and attempt), or why the tick skips."""
     selection = _selection(context.instance) if decision.requests else []
     requests = [
         dg.RunRequest(

@@ -74,8 +74,20 @@ def make_quotes(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def lua_script(bodies: list[str]) -> str:
-    """wrk script: POST the bodies round-robin and print a JSON summary line at the end."""
+def lua_script(bodies: list[str], rate_per_connection: float | None = None) -> str:
+    """wrk script: POST the bodies round-robin and print a JSON summary line at the end; with
+    ``rate_per_connection`` (requests/s), each connection waits between requests to keep that pace."""
+    pace = ""
+    if rate_per_connection:  # wrk's delay() is whole milliseconds: carry the fraction over
+        pace = f"""
+local gap, carry = {1000.0 / rate_per_connection!r}, 0
+delay = function()
+  carry = carry + gap
+  local ms = math.floor(carry)
+  carry = carry - ms
+  return ms
+end
+"""
     items = ",\n".join(f"[==[{b}]==]" for b in bodies)
     return f"""
 local bodies = {{
@@ -87,6 +99,7 @@ request = function()
   i = i + 1
   return wrk.format("POST", wrk.path, headers, bodies[(i % #bodies) + 1])
 end
+{pace}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -111,9 +124,12 @@ class LoadResult:
 WRK_THREADS = 2  # --wrk-threads: the load generator shares the 2 cores with the servers
 
 
-def run_wrk(url: str, bodies: list[str], connections: int, duration: float, workdir: Path) -> LoadResult:
-    script = workdir / f"load-{abs(hash(tuple(bodies))) % 10**8}.lua"
-    script.write_text(lua_script(bodies))
+def run_wrk(
+    url: str, bodies: list[str], connections: int, duration: float, workdir: Path, rate: float | None = None
+) -> LoadResult:
+    """wrk as fast as it goes, or at about ``rate`` requests/s in all (paced connections; latency adds a little)."""
+    script = workdir / f"load-{abs(hash((*bodies, rate))) % 10**8}.lua"
+    script.write_text(lua_script(bodies, rate / connections if rate else None))
     threads = max(1, min(WRK_THREADS, connections))
     cmd = [
         "wrk",

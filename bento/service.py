@@ -424,12 +424,11 @@ class FareService:
         return self._ready
 
     def _shadow(self) -> ShadowPricer:
-        """The challenger, loaded with its own code, pricing every served request off the response path."""
+        """The challenger, priced by this worker's shadow process (:mod:`taxi_platform.serving.shadow`)."""
         stored: bentoml.Model = self.shadow_ref
-        model = load_version(stored.path_of("mlflow_model")).unwrap_python_model()
-        version = _model_version(stored)
-        log.info("shadow challenger: registry version %s prices every request off the response path", version)
-        return ShadowPricer(model, version, self.prediction_log.record, quotes_to_columns)
+        version, plog = _model_version(stored), self.prediction_log
+        log.info("shadow challenger: registry version %s prices every request in a shadow process", version)
+        return ShadowPricer(stored.path_of("mlflow_model"), version, plog.directory, plog.stdout)
 
     @bentoml.on_shutdown
     def _close_log(self) -> None:

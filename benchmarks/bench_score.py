@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 
 def write_quotes(path: Path, rows: int, seed: int = 0) -> None:
-    from taxi_platform.serving.quotes import KNOWN_ZONES
+    from taxi_platform.serving.quote_limits import KNOWN_ZONES
 
     rng = np.random.default_rng(seed)
     zones = np.array(sorted(KNOWN_ZONES))

@@ -45,8 +45,8 @@ import requests
 
 from taxi_platform.core.settings import load_settings
 from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-from taxi_platform.serving import bento_build
-from taxi_platform.serving.quotes import KNOWN_ZONES
+from taxi_platform.serving import bento_build, bento_store
+from taxi_platform.serving.quote_limits import KNOWN_ZONES
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"single_rps_ratio": 5.0, "single_p99_ms": 20.0, "batch_predictions_per_s": 150_000}
@@ -246,12 +246,12 @@ def resolve_bento(bento_home: Path, tracking_uri: str, tag: str | None) -> str:
         return tag
     try:
         champion = bento_build.champion_info(tracking_uri)
-    except bento_build.ServingBuildError as exc:
-        latest = bento_build.latest_bento(bento_home)
+    except bento_store.ServingBuildError as exc:
+        latest = bento_store.latest_bento(bento_home)
         if latest is None:
             raise SystemExit(f"nothing to benchmark: no Bento in {bento_home} and {exc}") from None
         return latest
-    bento_build.import_champion(bento_home, champion, tracking_uri)
+    bento_store.import_champion(bento_home, champion, tracking_uri)
     build = bento_build.build_bento(bento_home, champion)
     print(
         f"{'built' if build.built else 'using'} {build.tag} for champion version {champion.version}",
@@ -312,18 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     load_before = loadavg()
     try:
-        env = bento_build.bentoml_env(bento_home, settings.mlflow_tracking_uri)
+        env = bento_store.bentoml_env(bento_home, settings.mlflow_tracking_uri)
         env.update(
             OMP_NUM_THREADS="1",
             TAXI_DATA_DIR=str(
                 work / "data"
             ),  # the prediction log of benchmark traffic stays out of the real one
             TAXI_PREDICTION_LOG="file",
-            BENTOML_CONFIG_OPTIONS=f"services.{bento_build.SERVICE_NAME}.workers={args.workers}",
+            BENTOML_CONFIG_OPTIONS=f"services.{bento_store.SERVICE_NAME}.workers={args.workers}",
         )
         ports["bento"] = free_port()
         procs["bento"] = subprocess.Popen(
-            [*bento_build.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(ports["bento"])],
+            [*bento_store.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(ports["bento"])],
             env=env,
             cwd=work,
             stdout=open(work / "bento.log", "w"),  # noqa: SIM115

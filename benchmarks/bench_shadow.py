@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_serving as bs  # noqa: E402
 
 from taxi_platform.devtools.loopback import free_port  # noqa: E402
-from taxi_platform.serving import bento_build  # noqa: E402
+from taxi_platform.serving import bento_build, bento_store  # noqa: E402
 
 
 def _registry(work: Path) -> str:
@@ -48,11 +48,11 @@ def _registry(work: Path) -> str:
 
 
 def _serve(tag: str, home: Path, uri: str, work: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    env = bento_build.bentoml_env(home, uri)
+    env = bento_store.bentoml_env(home, uri)
     env.update(OMP_NUM_THREADS="1", TAXI_DATA_DIR=str(work / f"data-{tag.split(':')[1]}"), TAXI_PREDICTION_LOG="file",
-               BENTOML_CONFIG_OPTIONS=f"services.{bento_build.SERVICE_NAME}.workers={workers}")  # fmt: skip
+               BENTOML_CONFIG_OPTIONS=f"services.{bento_store.SERVICE_NAME}.workers={workers}")  # fmt: skip
     port = free_port()
-    proc = subprocess.Popen([*bento_build.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([*bento_store.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
                             env=env, cwd=work, stdout=open(work / f"{port}.log", "w"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -92,7 +92,8 @@ def submit_cpu(model_dir: Path, version: str, work: Path) -> dict[str, float]:
     """The worker's CPU time (this thread's user+sys, microseconds) per :meth:`ShadowPricer.submit` to a live
     shadow process, for a single quote and a 1,000-quote batch: back to back (warm caches), and one every few
     milliseconds (as requests arrive on a server doing other work in between: colder caches)."""
-    from taxi_platform.serving.quotes import Quote, check_batch, quotes_to_columns
+    from taxi_platform.serving.quote_batches import check_batch, quotes_to_columns
+    from taxi_platform.serving.quotes import Quote
     from taxi_platform.serving.shadow import ShadowPricer
 
     quote = Quote.model_validate(bs.make_quotes(1, seed=4)[0])
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, build = bento_build.build_champion_bento(home, uri, shadow=shadow)
         builds[name] = build
     assert builds["on"].tag != builds["off"].tag and builds["on"].shadow_tag
-    shadow_dir = bento_build.model_path(home, builds["on"].shadow_tag) / "mlflow_model"
+    shadow_dir = bento_store.model_path(home, builds["on"].shadow_tag) / "mlflow_model"
     bodies = {"single": [json.dumps(q) for q in bs.make_quotes(256, seed=1)],
               "batch": [json.dumps({"quotes": bs.make_quotes(1000, seed=s)}) for s in (2, 3)]}  # fmt: skip
     load_before = bs.loadavg()

@@ -11,10 +11,11 @@ Endpoints:
   (Swagger UI over that spec) — BentoML's own.
 
 Bad input is a 400 whose JSON body names each bad field and says what a good value looks like (validation
-lives in :mod:`taxi_platform.serving.quotes`; a batch lists at most 20 errors and a count). Bodies over
-:data:`MAX_BODY_BYTES` (sized to the largest batch: 10,000 quotes of up to 256 bytes) get 413, non-JSON content
-types 415, bodies without a ``Content-Length`` (chunked uploads) 411; a batch's length is checked before any
-quote is validated.
+lives in :mod:`taxi_platform.serving.quotes` and :mod:`taxi_platform.serving.quote_batches`; a batch lists at most
+20 errors and a count). Bodies over :data:`taxi_platform.serving.request_guard.MAX_BODY_BYTES` (sized to the
+largest batch: 10,000 quotes of up to 256 bytes) get 413, non-JSON content types 415, bodies without a
+``Content-Length`` (chunked uploads) 411 (:mod:`taxi_platform.serving.request_guard`); a batch's length is checked
+before any quote is validated.
 
 The edge (:mod:`taxi_platform.serving.http_edge`): a path the service does not route is answered 404 before BentoML's
 metrics middleware (which would label a series with the raw path) and counted under one series; JSON nested too
@@ -26,16 +27,19 @@ Access (off by default, for local use): ``TAXI_API_KEYS_FILE`` names a file of `
 the cloud a Secret Manager secret mounted as a file); then ``/predict`` and ``/predict_batch`` need
 ``Authorization: Bearer <key>`` (or ``X-API-Key``) whose SHA-256 is listed (401 otherwise), and each key gets
 ``TAXI_RATE_LIMIT`` requests per second (burst ``TAXI_RATE_BURST``) per worker, 429 with ``Retry-After`` past
-it. Health, readiness and metrics routes never need a key.
+it (:mod:`taxi_platform.serving.api_access`). Health, readiness and metrics routes never need a key. The service's
+variables are read once, by :func:`taxi_platform.core.settings.load_service_settings`, when a worker starts.
 
 Built for speed on small machines:
 
 - ``async`` endpoints that price in the event loop (no thread hop), through the model's numpy fast path
   ``FareQuoteModel.predict_quotes`` on arrays — no pandas DataFrame per request;
 - a batch of plain quotes is validated a column at a time and never becomes ``Quote`` objects
-  (:func:`taxi_platform.serving.quotes.check_batch`): its columns go straight to the model and the prediction log;
+  (:func:`taxi_platform.serving.quote_batches.check_batch`): its columns go straight to the model and the
+  prediction log;
 - concurrent single quotes that arrive in the same event-loop turn are priced together in one model call
-  (:class:`QuoteBatcher`; an idle server adds no wait, a busy one amortises the per-call model overhead);
+  (:class:`~taxi_platform.serving.quote_batcher.QuoteBatcher`; an idle server adds no wait, a busy one amortises
+  the per-call model overhead);
 - prediction logging is a queue put; a background thread writes the JSON lines
   (:mod:`taxi_platform.serving.prediction_log`);
 - OpenMP is limited to one thread per worker (scale with workers, not threads); access logs and trace spans
@@ -53,57 +57,47 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
-import os
 import secrets
-import time
-from collections.abc import Awaitable, Callable
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
 
-from taxi_platform.core.settings import MODEL_NAME, load_settings
+from taxi_platform.core.settings import MODEL_NAME, load_service_settings, load_settings
 from taxi_platform.fare_model.features import SERVICES
 from taxi_platform.model.model_loading import load_version
 
 # The model runs its own code (shipped as taxi_fare_model_<digest>, see taxi_platform.model.model_loading), never
 # these modules: they only validate requests and log quotes.
+from taxi_platform.serving.client_error_log import ClientErrorLogFilter
 from taxi_platform.serving.http_edge import guard_routes, install_connection_timeouts, loads_bounded
-from taxi_platform.serving.prediction_log import PredictionLog, file_sink_directory, sinks_from_env
+from taxi_platform.serving.prediction_log import PredictionLog, file_sink_directory
+from taxi_platform.serving.quote_batcher import QuoteBatcher
+from taxi_platform.serving.quote_batches import check_batch, check_services, quotes_to_columns
 from taxi_platform.serving.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
-    MAX_BATCH_SIZE,
     BatchPrediction,
     FarePrediction,
     Quote,
     QuoteBatch,
-    check_batch,
-    check_services,
-    quotes_to_columns,
     round_fares,
 )
+from taxi_platform.serving.request_guard import GuardMiddleware
+from taxi_platform.serving.request_ids import request_ids
 from taxi_platform.serving.shadow import ShadowPricer
 
 ARGS = bentoml.use_arguments()
 MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
 SHADOW_STORE_VERSION = str(getattr(ARGS, "shadow_version", "") or "")  # the challenger priced in the shadow
-MAX_QUOTE_BYTES = 256  # a verbose, pretty-printed quote (offset timestamp, indentation) is ~200 bytes
-MAX_BODY_BYTES = MAX_BATCH_SIZE * MAX_QUOTE_BYTES  # 2,560,000 bytes: the largest valid batch, no more
-ENV_API_KEYS_FILE = "TAXI_API_KEYS_FILE"
-ENV_RATE_LIMIT = "TAXI_RATE_LIMIT"
-ENV_RATE_BURST = "TAXI_RATE_BURST"
-DEFAULT_RATE_LIMIT = 20.0  # requests per second per key and worker (a batch is one request)
 LARGE_BATCH = 2_048  # batches at least this big are priced in a worker thread so the event loop stays free
-API_ROUTES = ("/predict", "/predict_batch")
+# The service's TAXI_* variables (API keys, rate limit, tracing, prediction-log sinks), read once as the worker
+# imports this module.
+SETTINGS = load_service_settings()
 
 log = logging.getLogger("taxi_platform.serving")
 
@@ -126,215 +120,7 @@ PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
 )
 
 
-class ClientErrorLogFilter(logging.Filter):
-    """BentoML logs every rejected request as an ERROR with a traceback. A 4xx is the caller's mistake, already
-    explained in the response: log one INFO line instead (tracebacks stay for real server errors). So is a client
-    that disconnects before its body is read (or is disconnected by the body deadline): nothing to answer."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-        if isinstance(exc, ClientDisconnect):
-            record.msg = str(record.msg).replace("Exception on", "Client disconnected during", 1)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            return True
-        if isinstance(exc, ValidationError) or (
-            isinstance(exc, BentoMLException) and int(exc.error_code) < 500
-        ):
-            summary = (
-                f"{exc.error_count()} validation error(s)" if isinstance(exc, ValidationError) else str(exc)
-            )
-            record.msg = str(record.msg).replace("Exception on", "Rejected", 1) + f": {summary[:200]}"
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
-
-
-def hash_key(key: str) -> str:
-    """The SHA-256 hex digest stored for an API key (keys are random tokens, so a plain hash suffices)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def load_key_hashes(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``{sha256_hex: key_name}`` from a file of ``name:sha256-hex`` lines (``#`` comments, blank lines ok)."""
-    hashes: dict[str, str] = {}
-    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, digest = line.rpartition(":")
-        digest = digest.strip().lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"{path} line {number}: expected name:<64 hex digits of the key's SHA-256>")
-        hashes[digest] = name.strip() or f"key-{number}"
-    if not hashes:
-        raise ValueError(f"{path} lists no key hashes: remove {ENV_API_KEYS_FILE} to turn authentication off")
-    return hashes
-
-
-class RateLimiter:
-    """Token bucket per key: ``rate`` requests per second, bursts of ``burst``; ``take`` returns the seconds to
-    wait (0 when the request may go)."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1.0)
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        self._buckets[key] = (tokens - 1.0, now)
-        return 0.0
-
-
-def _access_from_env() -> tuple[dict[str, str] | None, RateLimiter | None]:
-    path = os.environ.get(ENV_API_KEYS_FILE, "").strip()
-    if not path:
-        return None, None
-    rate = float(os.environ.get(ENV_RATE_LIMIT, "") or DEFAULT_RATE_LIMIT)
-    burst = float(os.environ.get(ENV_RATE_BURST, "") or max(2 * rate, 1.0))
-    return load_key_hashes(path), (RateLimiter(rate, burst) if rate > 0 else None)
-
-
-def _presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    for name, value in headers:
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return value[7:].strip().decode("latin-1")
-        if name == b"x-api-key":
-            return value.strip().decode("latin-1")
-    return None
-
-
-class GuardMiddleware:
-    """Cheap ASGI guard in front of the API routes: API key (401) and rate limit (429) when configured, body size
-    (413) and content type (415) checks — all before a byte of the body is read."""
-
-    def __init__(
-        self,
-        app: Callable[..., Awaitable[None]],
-        max_body: int = MAX_BODY_BYTES,
-        key_hashes: dict[str, str] | None = None,
-        limiter: RateLimiter | None = None,
-        from_env: bool = True,
-    ) -> None:
-        self.app = app
-        self.max_body = max_body
-        if from_env and key_hashes is None:
-            key_hashes, limiter = _access_from_env()
-        self.key_hashes = key_hashes
-        self.limiter = limiter
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] not in API_ROUTES:
-            return await self.app(scope, receive, send)
-        if self.key_hashes is not None:
-            key = _presented_key(scope["headers"])
-            name = self.key_hashes.get(hash_key(key)) if key else None
-            if name is None:
-                return await _reject(
-                    send,
-                    401,
-                    "missing or unknown API key: send Authorization: Bearer <key>",
-                    [(b"www-authenticate", b'Bearer realm="taxi_fare_service"')],
-                )
-            if self.limiter is not None:
-                wait = self.limiter.take(name)
-                if wait > 0:
-                    return await _reject(
-                        send,
-                        429,
-                        f"rate limit of {self.limiter.rate:g} requests/s for this key exceeded: retry later",
-                        [(b"retry-after", str(max(1, round(wait + 0.5))).encode())],
-                    )
-        if scope.get("method") != "POST":
-            return await self.app(scope, receive, send)  # no body to check: the router answers (405)
-        content_type = b""
-        length = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.split(b";", 1)[0].strip().lower()
-            elif name == b"content-length":
-                length = value
-        if content_type and content_type != b"application/json":
-            return await _reject(
-                send,
-                415,
-                f"Content-Type {content_type.decode('latin-1')!r} is not supported: send application/json",
-            )
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await _reject(send, 413, f"request body over {self.max_body:,} bytes: split the batch")
-        if length is None:
-            # A chunked upload of unknown size would have to be read to find out: 100 of them cost the event loop
-            # that answers /livez hundreds of milliseconds. Every HTTP client sends Content-Length for a JSON body.
-            return await _reject(
-                send, 411, "send the JSON body with a Content-Length header (no chunked upload)"
-            )
-        await self.app(scope, receive, send)
-
-
-async def _reject(
-    send: Callable, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    response = JSONResponse({"error": message}, status_code=status)
-    # Close the connection after answering: the body was not read, and on a kept-alive connection the server
-    # would read and discard all of it (an 8 MiB upload costs the event loop that answers /livez).
-    response.raw_headers.extend([*(headers or []), (b"connection", b"close")])
-    await response({"type": "http"}, None, send)  # type: ignore[arg-type]
-
-
-class QuoteBatcher:
-    """Prices single quotes that arrive in the same event-loop turn with one model call.
-
-    ``submit`` queues a quote and, if no flush is pending, schedules one with ``loop.call_soon``: it runs after
-    the requests already in the loop's ready queue have been parsed and queued their quotes. An idle server
-    prices a lone quote right away; a busy one prices several per call.
-    """
-
-    def __init__(self, price: Callable[[list[Quote]], np.ndarray], max_size: int = 64) -> None:
-        self.price = price
-        self.max_size = max_size
-        self._quotes: list[Quote] = []
-        self._futures: list[asyncio.Future] = []
-        self._scheduled = False
-
-    def submit(self, quote: Quote) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._quotes.append(quote)
-        self._futures.append(future)
-        if len(self._quotes) >= self.max_size:
-            self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        quotes, futures = self._quotes, self._futures
-        if not quotes:
-            return
-        self._quotes, self._futures = [], []
-        try:
-            fares = self.price(quotes)
-        except Exception as exc:  # every waiting request gets the error
-            for f in futures:
-                if not f.done():
-                    f.set_exception(exc)
-            return
-        for f, fare in zip(futures, fares, strict=True):
-            if not f.done():
-                f.set_result(fare)
 
 
 def _model_version(model: bentoml.Model) -> str:
@@ -350,19 +136,6 @@ def _model_version(model: bentoml.Model) -> str:
     return str(model.tag.version)
 
 
-def _request_ids(ctx: bentoml.Context, ids: count, prefix: str) -> tuple[str, str | None]:
-    """``(server id, client id)``. The server's id names the request's quotes in the prediction log (unique:
-    a random per-worker prefix and a counter) and is answered as ``X-Quote-ID``; the client's ``X-Request-ID``
-    (at most 128 printable characters, else ignored) is logged as ``client_request_id`` and echoed as
-    ``X-Request-ID`` (the server's id when the client sent none), never used to identify a quote."""
-    server = f"{prefix}-{next(ids)}"
-    given = ctx.request.headers.get("x-request-id")
-    client = given if given and len(given) <= 128 and given.isprintable() else None
-    ctx.response.headers["X-Quote-ID"] = server
-    ctx.response.headers["X-Request-ID"] = client or server
-    return server, client
-
-
 @bentoml.service(
     name="taxi_fare_service",
     description="Prices NYC taxi trips before they start: the champion taxi_fare_model over HTTP.",
@@ -370,7 +143,7 @@ def _request_ids(ctx: bentoml.Context, ids: count, prefix: str) -> tuple[str, st
     logging={"access": {"enabled": False}},
     # No trace spans for the prediction routes unless asked for (TAXI_TRACE_PREDICTIONS=1, with an exporter
     # configured): BentoML opens several OpenTelemetry spans per request, ~15 % of a quote's CPU time.
-    tracing={"excluded_urls": [] if os.environ.get("TAXI_TRACE_PREDICTIONS") else ["/predict"]},
+    tracing={"excluded_urls": [] if SETTINGS.trace_predictions else ["/predict"]},
     metrics={"enabled": True, "namespace": "bentoml_service"},
     labels={"project": "taxi_platform"},
 )
@@ -397,10 +170,11 @@ class FareService:
         self.batcher = QuoteBatcher(self._price)
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(8)  # 64 random bits per worker start: unique across pods
-        to_file, to_stdout = sinks_from_env()
         self.prediction_log = PredictionLog(
-            file_sink_directory(load_settings().prediction_log_path, __file__) if to_file else None,
-            stdout=to_stdout,
+            file_sink_directory(load_settings().prediction_log_path, __file__)
+            if SETTINGS.log_to_file
+            else None,
+            stdout=SETTINGS.log_to_stdout,
         )
         self._dropped_reported = self._shadow_dropped_reported = 0
         self.shadow = self._shadow() if SHADOW_STORE_VERSION and self.prediction_log.enabled else None
@@ -470,7 +244,7 @@ class FareService:
         check_services([quote], self.services)
         fare, low, high = (await self.batcher.submit(quote)).tolist()
         fare = round(fare, 2)
-        ids = _request_ids(ctx, self._ids, self._id_prefix)
+        ids = request_ids(ctx, self._ids, self._id_prefix)
         QUOTES_PRICED.labels(endpoint="predict").inc()
         self._log("predict", ids, [quote], [fare])
         ranged = low == low  # NaN: the model has no calibrated range
@@ -486,7 +260,7 @@ class FareService:
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
         """Price up to 10,000 quotes in one call; ``predictions[i]`` is the fare of ``quotes[i]``.
 
-        The body is validated by :func:`taxi_platform.serving.quotes.check_batch` (see ``_CheckedBatchInput``):
+        The body is validated by :func:`taxi_platform.serving.quote_batches.check_batch` (see ``_CheckedBatchInput``):
         length first, at most 20 errors listed."""
         quotes = batch.quotes
         check_services(quotes, self.services, batch=True)
@@ -499,7 +273,7 @@ class FareService:
             priced = self._price_columns(columns)
         fares = round_fares(priced[:, 0])
         ranged = getattr(self.model, "intervals", None) is not None  # else the model has no ranges
-        ids = _request_ids(ctx, self._ids, self._id_prefix)
+        ids = request_ids(ctx, self._ids, self._id_prefix)
         QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
         if quotes:
             self._log("predict_batch", ids, columns, fares)
@@ -532,7 +306,7 @@ class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type:
 
 
 FareService.apis["predict_batch"].input_spec = _CheckedBatchInput
-FareService.add_asgi_middleware(GuardMiddleware)
+FareService.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
 # Unknown paths are answered 404 outside BentoML's metrics middleware (one series, whatever the path), and
 # connections get head and body deadlines (taxi_platform.serving.http_edge).
 guard_routes(FareService, UNKNOWN_ROUTES.inc)

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.core.setting_values import SettingsError
     from taxi_platform.core.settings import load_settings
-    from taxi_platform.serving import bento_build
+    from taxi_platform.serving import bento_build, bento_store
     from taxi_platform.serving.image_ref import ImageRefError, require_pinned_image
 
     try:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             base_image=base_image or None,
             shadow=not args.no_shadow,
         )
-    except bento_build.ServingBuildError as exc:
+    except bento_store.ServingBuildError as exc:
         print(f"taxi-platform build-bento: {exc}", file=sys.stderr)
         return 1
     what = "built" if build.built else "already built (same champion and code)"

@@ -55,13 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.core.setting_values import SettingsError
     from taxi_platform.core.settings import load_settings
-    from taxi_platform.serving.batch_score import (
-        DEFAULT_CHUNK_ROWS,
-        ScoreInputError,
-        load_pricer,
-        rejects_path_for,
-        score_file,
-    )
+    from taxi_platform.serving.batch_score import score_file
+    from taxi_platform.serving.score_input import DEFAULT_CHUNK_ROWS, ScoreInputError
+    from taxi_platform.serving.score_output import rejects_path_for
+    from taxi_platform.serving.score_pricing import load_pricer
 
     try:
         settings = load_settings()

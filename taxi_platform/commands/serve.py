@@ -48,11 +48,11 @@ def _config_options(existing: str | None, service: str, workers: int) -> str:
 
 def _warn_if_stale(home, tag: str, tracking_uri: str) -> None:
     """Say so when the latest Bento does not package the current champion (best effort, never fatal)."""
-    from taxi_platform.serving import bento_build
+    from taxi_platform.serving import bento_build, bento_store
 
     try:
         champion = bento_build.champion_info(tracking_uri)
-        packaged = bento_build.bento_models(bento_build.bento_path(home, tag))
+        packaged = bento_build.bento_models(bento_store.bento_path(home, tag))
     except Exception:  # registry unreachable, Bento unreadable: serve what was asked for
         return
     if champion.store_tag not in packaged:
@@ -65,7 +65,7 @@ def _warn_if_stale(home, tag: str, tracking_uri: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from taxi_platform.core.settings import load_settings
-    from taxi_platform.serving import bento_build
+    from taxi_platform.serving import bento_build, bento_context, bento_store
 
     if not 0 < args.port < 65536:
         print(f"--port {args.port}: expected 1-65535", file=sys.stderr)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     serve_args: list[str]
     cwd = None
     try:
-        target = None if args.from_champion else (args.bento or bento_build.latest_bento(home))
+        target = None if args.from_champion else (args.bento or bento_store.latest_bento(home))
         if target is not None:
             if ":" not in target:
                 target = f"{target}:latest"
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
                 _warn_if_stale(home, target, settings.mlflow_tracking_uri)
         else:
             champion = bento_build.champion_info(settings.mlflow_tracking_uri)
-            bento_build.import_champion(home, champion, settings.mlflow_tracking_uri)
-            root = bento_build.repo_root()
+            bento_store.import_champion(home, champion, settings.mlflow_tracking_uri)
+            root = bento_context.repo_root()
             what = f"champion {champion.name} v{champion.version} from source"
             serve_args = [
                 "bento.service:FareService",
@@ -100,18 +100,18 @@ def run(args: argparse.Namespace) -> int:
                 f"model_version={champion.store_version}",
             ]
             cwd = root
-    except bento_build.ServingBuildError as exc:
+    except bento_store.ServingBuildError as exc:
         print(f"taxi-platform serve: {exc}", file=sys.stderr)
         return 1
-    cmd = [*bento_build.bentoml_cli(), "serve", *serve_args, "--host", args.host, "--port", str(args.port)]
-    env = bento_build.bentoml_env(home, settings.mlflow_tracking_uri)
+    cmd = [*bento_store.bentoml_cli(), "serve", *serve_args, "--host", args.host, "--port", str(args.port)]
+    env = bento_store.bentoml_env(home, settings.mlflow_tracking_uri)
     env["OMP_NUM_THREADS"] = "1"
     # `bentoml serve <tag>` runs from the Bento's own folder: absolute paths, so the prediction log goes where
     # served_quotes reads it (TAXI_PREDICTION_LOG_PATH, default $TAXI_DATA_DIR/predictions), never into the Bento.
     env["TAXI_DATA_DIR"] = str(settings.data_dir)
     env["TAXI_PREDICTION_LOG_PATH"] = settings.prediction_log_path
     env["BENTOML_CONFIG_OPTIONS"] = _config_options(
-        os.environ.get("BENTOML_CONFIG_OPTIONS"), bento_build.SERVICE_NAME, workers
+        os.environ.get("BENTOML_CONFIG_OPTIONS"), bento_store.SERVICE_NAME, workers
     )
     print(f"serving {what} on http://{args.host}:{args.port} with {workers} worker(s)", flush=True)
     print(f"  BENTOML_HOME={home} {shlex.join(cmd)}", flush=True)

@@ -8,7 +8,7 @@ line, the record under ``jsonPayload``. Both are named by the (UTC) day they wer
 :func:`read_log` collects the quotes of one **pickup** month and nothing else:
 
 - **only the files that can hold the month**: a quote asks about a pickup at most a year ahead
-  (:data:`taxi_platform.serving.quotes.MAX_DAYS_AHEAD`), so a file dated more than that before the month's first
+  (:data:`taxi_platform.serving.quote_limits.MAX_DAYS_AHEAD`), so a file dated more than that before the month's first
   day cannot hold one of its pickups and is not opened (a file whose name carries no date is read). Quotes
   about past pickups are accepted by the service, so later files are all read;
 - **streamed**, one line at a time; a line whose text does not contain ``"YYYY-MM-`` holds no pickup of the
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from taxi_platform.monitoring.served_quotes import QuoteColumns, quote_values
 from taxi_platform.serving.prediction_log import explode
-from taxi_platform.serving.quotes import MAX_DAYS_AHEAD
+from taxi_platform.serving.quote_limits import MAX_DAYS_AHEAD
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import fsspec

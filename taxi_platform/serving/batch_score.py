@@ -1,18 +1,12 @@
 """Batch scoring: price a file (or a lake partition) of quote requests with one registered model version.
 
-The input is read in chunks (Parquet row groups or CSV blocks), so memory follows the chunk size, not the file.
-Each chunk is checked with the fare service's own rules (:mod:`taxi_platform.serving.score_checks`: plain rows a
-column at a time, every other row by :func:`~taxi_platform.serving.quotes.parse_quote` itself); a row the service
-would refuse lands in the rejects with the service's message, and a bad row never stops the job. Worker threads
-check and price whole chunks side by side (one per core); the chunks are read and written in input order.
-
-Priced rows keep their ``row_number`` (0-based, in input order), the validated quote, any extra input columns
-unchanged (a caller's ids), and get ``fare_amount``, ``fare_low``, ``fare_high`` (in dollars and cents, as the
-service returns them; null for a version without fare ranges) and ``model_version``. Rejected rows keep their
-``row_number``, their five quote fields as text, the ``field`` at fault and the ``reason``.
-
-CSV columns are read as text: whole numbers become integers (a CSV has no types), anything else stays text and
-is judged by the service's rules like a JSON string would be.
+The input is read in chunks (:mod:`taxi_platform.serving.score_input`: Parquet row groups or CSV blocks), so
+memory follows the chunk size, not the file. Each chunk is checked with the fare service's own rules
+(:mod:`taxi_platform.serving.score_checks`: plain rows a column at a time, every other row by
+:func:`~taxi_platform.serving.quotes.parse_quote` itself); a row the service would refuse lands in the rejects with
+the service's message, and a bad row never stops the job. Worker threads check and price
+(:mod:`taxi_platform.serving.score_pricing`) whole chunks side by side (one per core); the chunks are read and
+written (:mod:`taxi_platform.serving.score_output`: the priced rows and the rejects) in input order.
 """
 
 from __future__ import annotations
@@ -20,252 +14,29 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from taxi_platform.fare_model.features import QUOTE_COLUMNS, SERVICES
 from taxi_platform.serving.score_checks import CheckedChunk, check_chunk
-
-DEFAULT_CHUNK_ROWS = 262_144
-PRICE_BLOCK_ROWS = 32_768  # rows priced at once: a 32k-row design matrix stays in the cache
-MIN_BLOCK_ROWS = 256  # far above the rows a model prices on its small-batch path
-MAX_WORKERS = 4  # chunks priced at once, one per core; each chunk in flight holds ~150 MB
-ROW_COLUMN = "row_number"
-PRICE_COLUMNS = ("fare_amount", "fare_low", "fare_high", "model_version")
-REJECT_COLUMNS = (ROW_COLUMN, *QUOTE_COLUMNS, "field", "reason")
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-
-
-class ScoreInputError(ValueError):
-    """The input cannot be scored at all: unknown format, unreadable, or a quote column missing."""
-
-
-def file_format(path: str | Path) -> str:
-    """``parquet`` or ``csv`` from the file name; :class:`ScoreInputError` otherwise."""
-    suffix = Path(str(path)).suffix.lower()
-    if suffix not in FORMATS:
-        raise ScoreInputError(
-            f"{path}: unknown file type {suffix or '(none)'!r}: expected one of {sorted(FORMATS)}"
-        )
-    return FORMATS[suffix]
-
-
-def rejects_path_for(output: str | Path) -> Path:
-    """``out.parquet`` -> ``out.rejects.parquet``: where a run's rejected rows go by default."""
-    out = Path(output)
-    return out.with_name(f"{out.stem}.rejects{out.suffix}")
-
-
-# -- reading ---------------------------------------------------------------------------------------------
-@dataclass
-class InputFile:
-    """An opened input: its batches, and how far through the file a batch has got (for a progress bar)."""
-
-    batches: Iterator[pa.RecordBatch]
-    schema: pa.Schema
-    text_numbers: bool  # CSV: numbers arrive as text
-    total: int  # rows (Parquet) or bytes (CSV)
-    unit: str  # "rows" or "bytes"
-    position: Callable[[], int]
-
-
-def open_input(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, filesystem=None) -> InputFile:
-    """Open ``path`` for streaming; a missing quote column is a :class:`ScoreInputError` naming it."""
-    fmt = file_format(path)
-    opener = filesystem.open if filesystem is not None else open
-    try:
-        handle = opener(str(path), "rb")
-    except OSError as exc:
-        raise ScoreInputError(f"cannot open {path}: {exc}") from exc
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            reader = pq.ParquetFile(handle)
-            schema = reader.schema_arrow
-            done = [0]
-
-            def parquet_batches() -> Iterator[pa.RecordBatch]:
-                for batch in reader.iter_batches(batch_size=chunk_rows):
-                    done[0] += batch.num_rows
-                    yield batch
-
-            opened = InputFile(
-                parquet_batches(), schema, False, reader.metadata.num_rows, "rows", lambda: done[0]
-            )
-        else:
-            import pyarrow.csv as pcsv
-
-            size = os.fstat(handle.fileno()).st_size if hasattr(handle, "fileno") else 0
-            header = pcsv.open_csv(handle, read_options=pcsv.ReadOptions(block_size=1 << 16)).schema.names
-            handle.seek(0)
-            stream = pcsv.open_csv(
-                handle,
-                read_options=pcsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 48)),
-                convert_options=pcsv.ConvertOptions(
-                    column_types={name: pa.string() for name in header},
-                    strings_can_be_null=True,
-                    null_values=[""],
-                ),
-            )
-            opened = InputFile(iter(stream), stream.schema, True, size, "bytes", handle.tell)
-    except pa.ArrowInvalid as exc:
-        handle.close()
-        raise ScoreInputError(f"cannot read {path} as {fmt}: {exc}") from exc
-    missing = [c for c in QUOTE_COLUMNS if c not in opened.schema.names]
-    if missing:
-        handle.close()
-        raise ScoreInputError(
-            f"{path} has no column {', '.join(missing)}: a quote needs {', '.join(QUOTE_COLUMNS)} "
-            f"(the file has {', '.join(opened.schema.names) or 'no columns'})"
-        )
-    return opened
-
-
-# -- pricing ---------------------------------------------------------------------------------------------
-class Pricer:
-    """Prices checked columns with a loaded model version (``unwrap_python_model().predict_ranges``)."""
-
-    def __init__(self, python_model: Any, version: str, block_rows: int = PRICE_BLOCK_ROWS) -> None:
-        self.model = python_model
-        self.block_rows = block_rows
-        self.version = str(version)
-        info = getattr(python_model, "info", None) or {}
-        self.services = tuple(info.get("services") or SERVICES)
-
-    def price(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-        """Fares and ranges in dollars and cents. A chunk is priced in equal blocks of at least ``block_rows``
-        rows (the tree walk goes over a block's matrix once per tree: one that fits the cache walks faster);
-        each price depends on its own row only, so the numbers are those of the chunk priced at once."""
-        n = len(columns["pickup_zone"])
-        if n == 0:
-            empty = np.zeros(0)
-            return {"fare_amount": empty, "fare_low": empty, "fare_high": empty}
-        edges = np.linspace(0, n, max(1, n // max(self.block_rows, MIN_BLOCK_ROWS)) + 1).astype(np.int64)
-        parts = [
-            self.model.predict_ranges({k: v[a:b] for k, v in columns.items()})
-            for a, b in zip(edges[:-1], edges[1:], strict=True)
-        ]
-        fares, low, high = (
-            None if parts[0][j] is None else np.concatenate([p[j] for p in parts]) for j in range(3)
-        )
-        return {
-            "fare_amount": np.round(fares, 2),
-            "fare_low": None if low is None else np.round(low, 2),
-            "fare_high": None if high is None else np.round(high, 2),
-        }
-
-
-# -- writing ---------------------------------------------------------------------------------------------
-def output_schema(input_schema: pa.Schema) -> pa.Schema:
-    """Row number, the validated quote, the input's other columns as they are, then the price."""
-    extras = [
-        f for f in input_schema if f.name not in QUOTE_COLUMNS and f.name not in (ROW_COLUMN, *PRICE_COLUMNS)
-    ]
-    return pa.schema(
-        [
-            pa.field(ROW_COLUMN, pa.int64()),
-            pa.field("pickup_datetime", pa.timestamp("us")),
-            pa.field("pickup_zone", pa.int32()),
-            pa.field("dropoff_zone", pa.int32()),
-            pa.field("passenger_count", pa.int8()),
-            pa.field("service", pa.string()),
-            *extras,
-            pa.field("fare_amount", pa.float64()),
-            pa.field("fare_low", pa.float64()),
-            pa.field("fare_high", pa.float64()),
-            pa.field("model_version", pa.string()),
-        ]
-    )
-
-
-REJECT_SCHEMA = pa.schema(
-    [pa.field(ROW_COLUMN, pa.int64())]
-    + [pa.field(c, pa.string()) for c in (*QUOTE_COLUMNS, "field", "reason")]
+from taxi_platform.serving.score_input import DEFAULT_CHUNK_ROWS, ScoreInputError, file_format, open_input
+from taxi_platform.serving.score_output import (
+    REJECT_SCHEMA,
+    TableWriter,
+    output_schema,
+    priced_batch,
+    rejects_batch,
+    rejects_path_for,
 )
+from taxi_platform.serving.score_pricing import Pricer
+
+MAX_WORKERS = 4  # chunks priced at once, one per core; each chunk in flight holds ~150 MB
 
 
-class TableWriter:
-    """Streams record batches to one Parquet or CSV file (the format from the file name)."""
-
-    def __init__(self, path: str | Path, schema: pa.Schema, fmt: str | None = None) -> None:
-        self.path = str(path)
-        self.schema = schema
-        fmt = fmt or file_format(path)
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
-        else:
-            import pyarrow.csv as pcsv
-
-            self._writer = pcsv.CSVWriter(self.path, schema)
-        self.rows = 0
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-def priced_batch(
-    schema: pa.Schema,
-    batch: pa.RecordBatch,
-    first_row: int,
-    checked: CheckedChunk,
-    prices: Mapping[str, Any],
-    version: str,
-) -> pa.RecordBatch:
-    valid = checked.valid
-    n = len(valid)
-    take = pa.array(valid, pa.int64())
-    cols = checked.columns
-    arrays: list[pa.Array] = []
-    for f in schema:
-        name = f.name
-        if name == ROW_COLUMN:
-            arrays.append(pa.array(valid + first_row, pa.int64()))
-        elif name == "pickup_datetime":
-            arrays.append(pa.array(cols[name], pa.timestamp("us")))
-        elif name in ("pickup_zone", "dropoff_zone", "passenger_count"):
-            arrays.append(pa.array(cols[name], f.type))
-        elif name == "service":
-            arrays.append(pa.array(cols[name], pa.string()))
-        elif name in ("fare_amount", "fare_low", "fare_high"):
-            values = prices[name]
-            arrays.append(pa.nulls(n, pa.float64()) if values is None else pa.array(values, pa.float64()))
-        elif name == "model_version":
-            arrays.append(pa.array(np.full(n, version, dtype=object), pa.string()))
-        else:
-            arrays.append(batch.column(name).take(take).cast(f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def rejects_batch(batch: pa.RecordBatch, first_row: int, checked: CheckedChunk) -> pa.RecordBatch:
-    take = pa.array(checked.rejected, pa.int64())
-    arrays: list[pa.Array] = [pa.array(checked.rejected + first_row, pa.int64())]
-    for name in QUOTE_COLUMNS:
-        column = batch.column(name).take(take)
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        try:
-            arrays.append(column.cast(pa.string()))
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-            arrays.append(pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string()))
-    arrays.append(pa.array(checked.fields, pa.string()))
-    arrays.append(pa.array(checked.reasons, pa.string()))
-    return pa.RecordBatch.from_arrays(arrays, schema=REJECT_SCHEMA)
-
-
-# -- the whole job ---------------------------------------------------------------------------------------
 @dataclass
 class ScoreSummary:
     rows: int = 0
@@ -279,6 +50,15 @@ class ScoreSummary:
     @property
     def quotes_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, checked: CheckedChunk, first_row: int) -> None:
+        """Count a chunk's priced and rejected rows (the first 10 rejects kept with their row and reason)."""
+        for i, f, r in zip(checked.rejected.tolist(), checked.fields, checked.reasons, strict=True):
+            if len(self.first_rejects) >= 10:
+                break
+            self.first_rejects.append({"row": i + first_row, "field": f, "reason": r})
+        self.priced += len(checked.valid)
+        self.rejected += len(checked.rejected)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -300,6 +80,15 @@ def _one_openmp_thread() -> None:
     threadpool_limits(limits=1, user_api="openmp")
 
 
+def _score_chunk(
+    schema: pa.Schema, pricer: Pricer, batch: pa.RecordBatch, first_row: int, text_numbers: bool
+) -> tuple[pa.RecordBatch, pa.RecordBatch | None, CheckedChunk]:
+    """One chunk checked and priced (in a worker thread): its priced rows, its rejects (None if none), the check."""
+    checked = check_chunk(batch, text_numbers, pricer.services)
+    priced = priced_batch(schema, batch, first_row, checked, pricer.price(checked.columns), pricer.version)
+    return priced, (rejects_batch(batch, first_row, checked) if len(checked.rejected) else None), checked
+
+
 def score_batches(
     batches: Iterable[pa.RecordBatch],
     input_schema: pa.Schema,
@@ -319,23 +108,13 @@ def score_batches(
     by_field: Counter[str] = Counter()
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
-    def work(batch: pa.RecordBatch, first: int) -> tuple[pa.RecordBatch, pa.RecordBatch | None, CheckedChunk]:
-        checked = check_chunk(batch, text_numbers, pricer.services)
-        priced = priced_batch(schema, batch, first, checked, pricer.price(checked.columns), pricer.version)
-        return priced, (rejects_batch(batch, first, checked) if len(checked.rejected) else None), checked
-
     def finish(done: Future, first: int, rows: int) -> None:
         priced, rejected, checked = done.result()
         out.write(priced)
         if rejected is not None:
             bad.write(rejected)
         by_field.update(checked.fields)
-        for i, f, r in zip(checked.rejected.tolist(), checked.fields, checked.reasons, strict=True):
-            if len(summary.first_rejects) >= 10:
-                break
-            summary.first_rejects.append({"row": i + first, "field": f, "reason": r})
-        summary.priced += len(checked.valid)
-        summary.rejected += len(checked.rejected)
+        summary.add(checked, first)
         if progress is not None:
             progress(rows)
 
@@ -346,7 +125,8 @@ def score_batches(
     pending: deque[tuple[Future, int, int]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="score", initializer=_one_openmp_thread) as pool:
         for batch in batches:
-            pending.append((pool.submit(work, batch, first_row), first_row, batch.num_rows))
+            done = pool.submit(_score_chunk, schema, pricer, batch, first_row, text_numbers)
+            pending.append((done, first_row, batch.num_rows))
             first_row += batch.num_rows
             while len(pending) > workers or (pending and pending[0][0].done()):
                 finish(*pending.popleft())
@@ -358,19 +138,39 @@ def score_batches(
     return summary
 
 
-def load_pricer(tracking_uri: str, version: str | None = None, model_name: str | None = None) -> Pricer:
-    """The registered version ``version`` (default: the champion) loaded with its own code, as a :class:`Pricer`."""
-    from taxi_platform.core.settings import MODEL_NAME
-    from taxi_platform.model.champion_lookup import champion_version
-    from taxi_platform.model.model_loading import load_version
-    from taxi_platform.model.registered_predictors import _use_registry
+class _HiddenFiles:
+    """The output and rejects files, written under hidden names beside their destinations and renamed into place
+    by :meth:`publish`; :meth:`discard` closes the writers and removes what was not published."""
 
-    name = model_name or MODEL_NAME
-    if version is None:
-        version = champion_version(tracking_uri, name).version
-    _use_registry(tracking_uri)
-    model = load_version(f"models:/{name}/{version}")
-    return Pricer(model.unwrap_python_model(), str(version))
+    def __init__(self, dests: tuple[Path, Path]) -> None:
+        self.dests = dests
+        self.temps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in dests]
+        for p in dests:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.writers: list[TableWriter] = []
+
+    def writer(self, index: int) -> Callable[[pa.Schema], TableWriter]:
+        def make(schema: pa.Schema) -> TableWriter:
+            w = TableWriter(self.temps[index], schema, file_format(self.dests[index]))
+            self.writers.append(w)
+            return w
+
+        return make
+
+    def publish(self) -> None:
+        for w in self.writers:
+            w.close()
+        os.replace(self.temps[0], self.dests[0])
+        os.replace(self.temps[1], self.dests[1])
+
+    def discard(self) -> None:
+        for w in self.writers:
+            try:
+                w.close()
+            except Exception:  # already closed
+                pass
+        for t in self.temps:
+            t.unlink(missing_ok=True)
 
 
 def score_file(
@@ -393,18 +193,7 @@ def score_file(
     if output.resolve() == Path(source).resolve():
         raise ScoreInputError(f"--output {output} is the input file: choose another path")
     opened = open_input(source, chunk_rows)
-    temps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (output, rejects)]
-    for p in (output, rejects):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    writers: list[TableWriter] = []
-
-    def writer(index: int, dest: Path) -> Callable[[pa.Schema], TableWriter]:
-        def make(schema: pa.Schema) -> TableWriter:
-            w = TableWriter(temps[index], schema, file_format(dest))
-            writers.append(w)
-            return w
-
-        return make
+    files = _HiddenFiles((output, rejects))
 
     def step(rows: int) -> None:
         if progress is not None:
@@ -415,23 +204,14 @@ def score_file(
             opened.batches,
             opened.schema,
             pricer,
-            writer(0, output),
-            writer(1, rejects),
+            files.writer(0),
+            files.writer(1),
             text_numbers=opened.text_numbers,
             progress=step,
         )
-        for w in writers:
-            w.close()
-        os.replace(temps[0], output)
-        os.replace(temps[1], rejects)
+        files.publish()
     except pa.ArrowInvalid as exc:
         raise ScoreInputError(f"cannot read {source}: {exc}") from exc
     finally:
-        for w in writers:
-            try:
-                w.close()
-            except Exception:  # already closed
-                pass
-        for t in temps:
-            t.unlink(missing_ok=True)
+        files.discard()
     return summary

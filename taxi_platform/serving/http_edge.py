@@ -124,6 +124,27 @@ def guard_routes(service: Any, on_unknown: Callable[[], None] | None = None) -> 
     service.__class__ = GuardedService
 
 
+def _arm(self: Any, seconds: float, what: str) -> None:
+    """Close the connection (a uvicorn protocol) unless disarmed within ``seconds``."""
+    _disarm(self)
+    self._taxi_deadline = self.loop.call_later(seconds, _expire, self, what, seconds)
+
+
+def _disarm(self: Any) -> None:
+    handle = getattr(self, "_taxi_deadline", None)
+    if handle is not None:
+        handle.cancel()
+        self._taxi_deadline = None
+
+
+def _expire(self: Any, what: str, seconds: float) -> None:
+    self._taxi_deadline = None
+    if not self.transport.is_closing():
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.info("closed a slow connection from %s: %s not received within %g s", client, what, seconds)
+        self.transport.close()
+
+
 def install_connection_timeouts(header: float = HEADER_TIMEOUT, body: float = BODY_TIMEOUT) -> None:
     """Give uvicorn's HTTP protocol (httptools, what uvicorn picks when it is installed) head and body deadlines.
 
@@ -146,42 +167,25 @@ def install_connection_timeouts(header: float = HEADER_TIMEOUT, body: float = BO
         )
     }
 
-    def arm(self: Any, seconds: float, what: str) -> None:
-        disarm(self)
-        self._taxi_deadline = self.loop.call_later(seconds, expire, self, what, seconds)
-
-    def disarm(self: Any) -> None:
-        handle = getattr(self, "_taxi_deadline", None)
-        if handle is not None:
-            handle.cancel()
-            self._taxi_deadline = None
-
-    def expire(self: Any, what: str, seconds: float) -> None:
-        self._taxi_deadline = None
-        if not self.transport.is_closing():
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-            log.info("closed a slow connection from %s: %s not received within %g s", client, what, seconds)
-            self.transport.close()
-
     def connection_made(self: Any, transport: Any) -> None:
         original["connection_made"](self, transport)
-        arm(self, header, "request head")
+        _arm(self, header, "request head")
 
     def connection_lost(self: Any, exc: Exception | None) -> None:
-        disarm(self)
+        _disarm(self)
         original["connection_lost"](self, exc)
 
     def on_message_begin(self: Any) -> None:
         original["on_message_begin"](self)
         if getattr(self, "_taxi_deadline", None) is None:
-            arm(self, header, "request head")
+            _arm(self, header, "request head")
 
     def on_headers_complete(self: Any) -> None:
-        arm(self, body, "request body")
+        _arm(self, body, "request body")
         original["on_headers_complete"](self)
 
     def on_message_complete(self: Any) -> None:
-        disarm(self)
+        _disarm(self)
         original["on_message_complete"](self)
 
     Protocol._taxi_original = original

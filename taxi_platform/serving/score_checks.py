@@ -22,15 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from taxi_platform.fare_model.features import QUOTE_COLUMNS, SERVICES, QuoteError
-from taxi_platform.serving.quotes import (
+from taxi_platform.serving.quote_batches import check_services
+from taxi_platform.serving.quote_limits import (
     EARLIEST_PICKUP,
     KNOWN_ZONES,
     MAX_PASSENGERS,
     MAX_ZONE,
-    check_services,
     latest_pickup,
-    parse_quote,
 )
+from taxi_platform.serving.quotes import parse_quote
 
 NYC_TZ = "America/New_York"
 _ZONE_OK = np.zeros(MAX_ZONE + 1, dtype=bool)

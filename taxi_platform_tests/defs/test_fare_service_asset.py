@@ -17,7 +17,7 @@ from taxi_platform.defs.automation import AFTER_FARE_MODEL
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
 from taxi_platform.defs.serving.fare_service import fare_service
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_store
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - module-scoped fixture
 from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess
 
@@ -67,7 +67,7 @@ def test_builds_a_bento_for_the_champion_then_reuses_it(registry, bento_home):
     assert dockerfile.name == "Dockerfile" and dockerfile.parent.name == "docker"
     assert "FROM " in dockerfile.read_text()
     bento_dir = Path(m["bento_path"])
-    assert m["bento_size_bytes"] == bento_build.dir_size(bento_dir) > 0
+    assert m["bento_size_bytes"] == bento_store.dir_size(bento_dir) > 0
     assert m["model_size_bytes"] > 100_000
     assert checks(first) == {"bento_packages_champion": True, "dockerfile_generated": True}
 
@@ -79,7 +79,7 @@ def test_builds_a_bento_for_the_champion_then_reuses_it(registry, bento_home):
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert any(r.startswith("scikit-learn==") for r in requirements)  # pinned to the model's training env
     model_info = yaml.safe_load(
-        (bento_build.model_path(bento_home, m["model_store_tag"]) / "model.yaml").read_text()
+        (bento_store.model_path(bento_home, m["model_store_tag"]) / "model.yaml").read_text()
     )
     assert model_info["labels"]["model_version"] == "1" and model_info["labels"]["alias"] == "champion"
 
@@ -90,7 +90,7 @@ def test_builds_a_bento_for_the_champion_then_reuses_it(registry, bento_home):
     assert [p.name for p in (bento_home / "bentos" / "taxi_fare_service").iterdir() if p.is_dir()] == [
         bento_dir.name
     ]
-    assert bento_build.latest_bento(bento_home) == m["bento_tag"]
+    assert bento_store.latest_bento(bento_home) == m["bento_tag"]
 
 
 def test_a_new_champion_builds_a_new_bento(registry, bento_home):
@@ -109,7 +109,7 @@ def test_a_new_champion_builds_a_new_bento(registry, bento_home):
         assert m["rebuilt"] is True
         assert m["bento_tag"].startswith("taxi_fare_service:v2-")
         assert bento_build.bento_models(Path(m["bento_path"])) == [f"{MODEL_NAME}:v2-{registry.run_id[:12]}"]
-        assert bento_build.latest_bento(bento_home) == m["bento_tag"]  # what `taxi-platform serve` picks
+        assert bento_store.latest_bento(bento_home) == m["bento_tag"]  # what `taxi-platform serve` picks
     finally:
         client.set_registered_model_alias(MODEL_NAME, "champion", registry.version)
 
@@ -123,7 +123,7 @@ def test_serve_command_serves_the_latest_bento_and_warns_when_stale(
 
     monkeypatch.setenv("TAXI_DATA_DIR", str(bento_home.parent))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
-    latest = bento_build.latest_bento(bento_home)
+    latest = bento_store.latest_bento(bento_home)
     assert latest is not None and latest.startswith("taxi_fare_service:v2-")  # built by the previous test
 
     client = MlflowClient(registry.tracking_uri, registry_uri=registry.tracking_uri)

@@ -253,7 +253,8 @@ def test_the_wheel_installs_outside_the_repository_and_finds_its_runtime_files(a
     code = (
         "import json, taxi_platform\n"
         "from taxi_platform.devtools.instance import ensure_dagster_home\n"
-        "from taxi_platform.serving.bento_build import locked_requirements, stage_build_context\n"
+        "from taxi_platform.serving.bento_context import stage_build_context\n"
+        "from taxi_platform.serving.bento_requirements import locked_requirements\n"
         "from pathlib import Path\n"
         "home = ensure_dagster_home(Path('data'), postgres=True)\n"
         "ctx = stage_build_context(Path('ctx'))\n"

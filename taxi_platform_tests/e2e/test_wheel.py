@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.core.package_files import RUNTIME_DIR, RUNTIME_FILES, runtime_file
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_requirements, bento_store
 
 REPO = Path(__file__).resolve().parents[2]
-LINUX_311 = bento_build.target_environment("3.11")
+LINUX_311 = bento_requirements.target_environment("3.11")
 
 
 def test_pyproject_force_includes_exactly_the_runtime_files_package_files_reads():
@@ -38,8 +38,8 @@ def test_pyproject_force_includes_exactly_the_runtime_files_package_files_reads(
 
 
 def test_bento_requirements_are_the_lock_closure_and_what_this_venv_runs():
-    pins = bento_build.locked_requirements()
-    assert pins == bento_build.bento_lock_requirements(REPO / "uv.lock"), (
+    pins = bento_requirements.locked_requirements()
+    assert pins == bento_requirements.bento_lock_requirements(REPO / "uv.lock"), (
         "bento/requirements.txt is out of date: uv run python -m taxi_platform.serving.bento_build lock-requirements"
     )
     names = {p.split("==")[0] for p in pins}
@@ -55,19 +55,21 @@ def test_bento_requirements_are_the_lock_closure_and_what_this_venv_runs():
 
 def test_lock_closure_follows_markers_forks_and_extras_of_the_real_lock():
     text = (REPO / "uv.lock").read_text()
-    on_311 = dict(p.split("==") for p in bento_build.lock_requirements(text, ["pandas"], LINUX_311))
+    on_311 = dict(p.split("==") for p in bento_requirements.lock_requirements(text, ["pandas"], LINUX_311))
     on_313 = dict(
         p.split("==")
-        for p in bento_build.lock_requirements(text, ["pandas"], bento_build.target_environment("3.13"))
+        for p in bento_requirements.lock_requirements(
+            text, ["pandas"], bento_requirements.target_environment("3.13")
+        )
     )
     lock = tomllib.loads(text)
     numpys = {p["version"]: p.get("resolution-markers") for p in lock["package"] if p["name"] == "numpy"}
     assert len(numpys) == 2, "the lock forks numpy on the Python version"
     assert on_311["numpy"] != on_313["numpy"] and {on_311["numpy"], on_313["numpy"]} == set(numpys)
-    click = dict(p.split("==") for p in bento_build.lock_requirements(text, ["click"], LINUX_311))
+    click = dict(p.split("==") for p in bento_requirements.lock_requirements(text, ["click"], LINUX_311))
     assert "colorama" not in click  # `platform_system == 'Windows'` only
-    with pytest.raises(bento_build.ServingBuildError, match="not in uv.lock"):
-        bento_build.lock_requirements(text, ["no-such-package"], LINUX_311)
+    with pytest.raises(bento_store.ServingBuildError, match="not in uv.lock"):
+        bento_requirements.lock_requirements(text, ["no-such-package"], LINUX_311)
 
 
 def _lock(packages: dict[str, list[dict]], optional: dict[str, dict[str, list[dict]]] | None = None) -> str:
@@ -99,7 +101,7 @@ def test_lock_closure_takes_extras_and_skips_other_platforms():
         },
         optional={"web": {"fast": [{"name": "speedups"}]}},
     )
-    assert bento_build.lock_requirements(text, ["app"], LINUX_311) == [
+    assert bento_requirements.lock_requirements(text, ["app"], LINUX_311) == [
         "app==1.0",
         "speedups==1.0",
         "web==1.0",
@@ -122,7 +124,7 @@ def test_lock_closure_is_the_set_reachable_from_the_roots(case):
         if node not in reachable:
             reachable.add(node)
             todo.extend(graph[node])
-    assert bento_build.lock_requirements(text, [names[root]], LINUX_311) == sorted(
+    assert bento_requirements.lock_requirements(text, [names[root]], LINUX_311) == sorted(
         f"{r}==1.0" for r in reachable
     )
 

@@ -21,7 +21,7 @@ import requests
 
 from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.model.champion_lookup import current_champion
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_store
 from taxi_platform_tests.support.mlflow_server import BasicAuth, MlflowServer
 from taxi_platform_tests.support.sample_champion import Champion, train_in_subprocess
 
@@ -83,7 +83,7 @@ def test_the_platform_code_needs_the_credentials(server, champion, monkeypatch):
     from mlflow import MlflowClient
 
     signed_in(monkeypatch, None)
-    with pytest.raises(bento_build.ServingBuildError):
+    with pytest.raises(bento_store.ServingBuildError):
         bento_build.champion_info(server.url)
 
     signed_in(monkeypatch, DEPLOYER)

@@ -27,7 +27,7 @@ from taxi_platform.devtools.loopback import free_port
 from taxi_platform.model.model_loading import VersionMismatchError, load_version, verify_version
 from taxi_platform.model.model_package import package_digest
 from taxi_platform.model.version_tags import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_context, bento_store
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion, predict_in_subprocess
 
@@ -143,12 +143,12 @@ def test_changed_installed_code_prices_the_version_as_validated(champion, valida
 
 def test_bento_built_from_changed_code_serves_the_version_as_validated(champion, validated, tmp_path):
     quotes, fares = validated
-    context = bento_build.stage_build_context(tmp_path / "context")
+    context = bento_context.stage_build_context(tmp_path / "context")
     features = context / "taxi_platform" / "fare_model" / "features.py"
     features.write_text(features.read_text() + CHANGE)
     home = tmp_path / "data" / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
-    bento_build.import_champion(home, info, champion.tracking_uri)
+    bento_store.import_champion(home, info, champion.tracking_uri)
     build = bento_build.build_bento(home, info, root=context)
     assert build.model_code["probes"] > 0 and build.model_code["max_abs_diff"] <= 1e-9
     served_features = build.path / "src" / "taxi_platform" / "fare_model" / "features.py"

@@ -30,7 +30,9 @@ from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.prediction_history import write_prediction_history
 from taxi_platform.monitoring.prediction_log_reader import earliest_log_day, file_day, log_files, read_log
 from taxi_platform.serving.prediction_log import PredictionLog, format_record
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_DAYS_AHEAD, parse_quote, quotes_to_columns
+from taxi_platform.serving.quote_batches import quotes_to_columns
+from taxi_platform.serving.quote_limits import MAX_DAYS_AHEAD
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, parse_quote
 from taxi_platform_tests.support import gcs_emulator as emulator
 
 gcs_emulator = emulator.gcs_emulator

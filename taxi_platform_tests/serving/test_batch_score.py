@@ -19,13 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.fare_model.features import QUOTE_COLUMNS, QuoteError
-from taxi_platform.serving.batch_score import (
-    ScoreInputError,
-    check_chunk,
-    open_input,
-    rejects_path_for,
-)
 from taxi_platform.serving.quotes import parse_quote
+from taxi_platform.serving.score_checks import check_chunk
+from taxi_platform.serving.score_input import ScoreInputError, open_input
+from taxi_platform.serving.score_output import rejects_path_for
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
 CLI = [sys.executable, "-m", "taxi_platform.cli", "score"]
@@ -257,7 +254,7 @@ def test_score_prices_every_good_row_and_rejects_bad_ones_with_reasons(tmp_path,
     assert (low <= fare).all() and (fare <= high).all() and (fare >= 3.0).all()
 
     # the fares are the registered version's own, in dollars and cents
-    from taxi_platform.serving.batch_score import load_pricer
+    from taxi_platform.serving.score_pricing import load_pricer
 
     pricer = load_pricer(champion.tracking_uri, champion.version)
     good = [rows[i] for i in good_rows]

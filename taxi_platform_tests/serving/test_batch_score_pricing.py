@@ -17,15 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.fare_model.features import QUOTE_COLUMNS, QuoteError
-from taxi_platform.serving.batch_score import (
-    REJECT_SCHEMA,
-    TableWriter,
-    load_pricer,
-    output_schema,
-    score_batches,
-)
+from taxi_platform.serving.batch_score import score_batches
 from taxi_platform.serving.quotes import parse_quote
 from taxi_platform.serving.score_checks import _pickup_array
+from taxi_platform.serving.score_output import REJECT_SCHEMA, TableWriter, output_schema
+from taxi_platform.serving.score_pricing import load_pricer
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
 _plain_shaped = st.builds(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_store
 from taxi_platform.serving.canary import Limits, ServiceProbe, judge, ks_statistic, probe_quotes
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
 from taxi_platform_tests.support.registries import champion_model, register
@@ -44,7 +44,7 @@ def services(tmp_path_factory):
     bad_uri = register(bad_dir / "registry", [(champion_model(champion, min_fare=40.0), ["champion"])])
     for data_dir, uri in ((stable_dir, champion.tracking_uri), (bad_dir, bad_uri)):
         info = bento_build.champion_info(uri)
-        bento_build.import_champion(data_dir / "bentoml", info, uri)
+        bento_store.import_champion(data_dir / "bentoml", info, uri)
         bento_build.build_bento(data_dir / "bentoml", info)
     procs = []
     try:

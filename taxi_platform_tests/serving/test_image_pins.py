@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_requirements, bento_store
 from taxi_platform.serving.image_ref import PINNED_IMAGE_ERE, ImageRefError, require_pinned_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,13 +74,13 @@ def test_a_tag_only_reference_says_a_digest_is_missing():
 
 
 def test_the_bentofile_config_gets_the_base_image_and_drops_what_bentoml_would_ignore():
-    config = bento_build.bentofile_config()
+    config = bento_requirements.bentofile_config()
     assert {"distro", "python_version"} <= config["docker"].keys()
     pinned = bento_build.with_base_image(config, GOOD[0])
     assert pinned["docker"]["base_image"] == GOOD[0]
     assert not {"distro", "python_version"} & pinned["docker"].keys()
     assert config["docker"].get("base_image") is None, "the packaged config is not modified"
-    with pytest.raises(bento_build.ServingBuildError, match="no @sha256: digest"):
+    with pytest.raises(bento_store.ServingBuildError, match="no @sha256: digest"):
         bento_build.with_base_image(config, "python:3.11-slim")
 
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.serving import prediction_log as P
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE, parse_quote, quotes_to_columns
+from taxi_platform.serving.quote_batches import quotes_to_columns
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, parse_quote
 
 
 def _columns(n: int = 1, **changes):

@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from taxi_platform.fare_model.features import QuoteError
+from taxi_platform.serving import quote_batches as QB
 from taxi_platform.serving import quotes as Q
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE, QuoteError, parse_batch, parse_quote
+from taxi_platform.serving.quote_limits import KNOWN_ZONES, MAX_BATCH_SIZE
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, parse_batch, parse_quote
 
 
 def quote(**changes) -> dict:
@@ -113,7 +116,7 @@ def test_non_object_bodies_are_rejected(body, needle):
 
 
 def test_every_known_zone_is_accepted_and_only_those():
-    assert Q.KNOWN_ZONES == frozenset(range(1, 264))
+    assert KNOWN_ZONES == frozenset(range(1, 264))
     for zone in (1, 132, 138, 263):
         assert parse_quote(quote(pickup_zone=zone, dropoff_zone=zone)).pickup_zone == zone
 
@@ -137,14 +140,14 @@ def test_quotes_to_columns_matches_the_quotes():
         parse_quote(quote(pickup_datetime="2024-07-01T23:59:30", pickup_zone=1, service="green")),
         parse_quote(EXAMPLE_QUOTE),
     ]
-    cols = Q.quotes_to_columns(qs)
+    cols = QB.quotes_to_columns(qs)
     assert cols["pickup_datetime"].dtype == np.dtype("datetime64[us]")
     assert cols["pickup_datetime"].tolist() == [datetime(2024, 7, 1, 23, 59, 30), datetime(2024, 3, 5, 8, 15)]
     assert cols["pickup_zone"].tolist() == [1, 132]
     assert cols["dropoff_zone"].tolist() == [230, 230]
     assert cols["passenger_count"].tolist() == [1, 1]
     assert cols["service"].tolist() == ["green", "yellow"]
-    empty = Q.quotes_to_columns([])
+    empty = QB.quotes_to_columns([])
     assert all(len(v) == 0 for v in empty.values())
 
 
@@ -169,16 +172,16 @@ def test_check_services_refuses_services_the_model_never_saw():
     from pydantic import ValidationError
 
     yellow, green = parse_quote(EXAMPLE_QUOTE), parse_quote(quote(service="green"))
-    Q.check_services([yellow, green], ("yellow", "green"))  # both trained: fine
-    Q.check_services([yellow], ("yellow",))
+    QB.check_services([yellow, green], ("yellow", "green"))  # both trained: fine
+    QB.check_services([yellow], ("yellow",))
     with pytest.raises(ValidationError) as info:
-        Q.check_services([yellow, green, green], ("yellow",), batch=True)
+        QB.check_services([yellow, green, green], ("yellow",), batch=True)
     assert [e["loc"] for e in info.value.errors()] == [("quotes", 1, "service"), ("quotes", 2, "service")]
     assert "service 'green' is unknown to the model: the served model was trained on ['yellow'] only" in str(
         info.value
     )
     with pytest.raises(ValidationError) as info:
-        Q.check_services([green], ("yellow",))
+        QB.check_services([green], ("yellow",))
     assert [e["loc"] for e in info.value.errors()] == [("service",)]
 
 
@@ -189,7 +192,7 @@ BAD_ZONE = {**EXAMPLE_QUOTE, "pickup_zone": 999}
 
 def _errors(data) -> list[dict]:
     with pytest.raises(ValidationError) as info:
-        Q.check_batch(data)
+        QB.check_batch(data)
     return info.value.errors(include_url=False, include_context=False, include_input=False)
 
 
@@ -221,8 +224,8 @@ def test_check_batch_of_10000_bad_quotes_lists_20_errors_and_counts_the_rest():
 
 def test_check_batch_accepts_what_parse_batch_accepts():
     data = {"quotes": [EXAMPLE_QUOTE, {**EXAMPLE_QUOTE, "service": "green"}] * 300}
-    assert Q.check_batch(data).quotes == parse_batch(data).quotes
-    assert Q.check_batch({"quotes": []}).quotes == []
+    assert QB.check_batch(data).quotes == parse_batch(data).quotes
+    assert QB.check_batch({"quotes": []}).quotes == []
 
 
 @settings(max_examples=30, deadline=None)
@@ -234,7 +237,7 @@ def test_check_batch_errors_are_the_first_bad_quotes_in_order(size, bad):
     bad = sorted(i for i in bad if i < size)
     data = {"quotes": [BAD_ZONE if i in bad else EXAMPLE_QUOTE for i in range(size)]}
     if not bad:
-        assert len(Q.check_batch(data).quotes) == size
+        assert len(QB.check_batch(data).quotes) == size
         return
     errors = _errors(data)
     listed = [e["loc"][1] for e in errors if len(e["loc"]) == 3]
@@ -273,20 +276,20 @@ VALID_VARIANTS = [
 @pytest.mark.parametrize("odd", VALID_VARIANTS)
 def test_check_batch_fast_path_gives_the_quotes_and_columns_pydantic_gives(odd):
     data = {"quotes": [EXAMPLE_QUOTE, quote(service="green", pickup_zone=7)] * 40 + [odd]}
-    fast, slow = Q.check_batch(data).quotes, parse_batch(data).quotes
+    fast, slow = QB.check_batch(data).quotes, parse_batch(data).quotes
     assert len(fast) == len(slow) == 81
     assert fast == slow  # Quote objects, index by index
     assert fast[-3:] == slow[-3:] and fast[80] == slow[80]
-    cols, expected = Q.quotes_to_columns(fast), Q.quotes_to_columns(slow)
+    cols, expected = QB.quotes_to_columns(fast), QB.quotes_to_columns(slow)
     for name, column in expected.items():
         assert cols[name].dtype == column.dtype and cols[name].tolist() == column.tolist(), name
 
 
 def test_check_batch_fast_path_holds_plain_batches_as_columns():
     data = {"quotes": [EXAMPLE_QUOTE] * 100}
-    quotes = Q.check_batch(data).quotes
-    assert isinstance(quotes, Q.QuoteColumns)  # no Quote object per quote
-    assert Q.quotes_to_columns(quotes) is quotes.columns
+    quotes = QB.check_batch(data).quotes
+    assert isinstance(quotes, QB.QuoteColumns)  # no Quote object per quote
+    assert QB.quotes_to_columns(quotes) is quotes.columns
     assert quotes[99] == parse_quote(EXAMPLE_QUOTE) and len(quotes[10:20]) == 10
 
 
@@ -319,7 +322,7 @@ def test_check_batch_fast_path_words_errors_as_pydantic_does(bad):
         del odd["passenger_count"]
     data = {"quotes": [EXAMPLE_QUOTE] * 50 + [odd] + [EXAMPLE_QUOTE] * 50}
     with pytest.raises(ValidationError) as fast:
-        Q.check_batch(data)
+        QB.check_batch(data)
     with pytest.raises(ValidationError) as slow:
         Q.QuoteBatch.model_validate(data)
     assert fast.value.errors(include_url=False, include_context=False) == slow.value.errors(
@@ -332,7 +335,7 @@ def test_check_batch_fast_path_words_errors_as_pydantic_does(bad):
 def test_check_batch_fast_path_leaves_odd_items_to_pydantic(item):
     data = {"quotes": [EXAMPLE_QUOTE] * 40 + [item]}
     with pytest.raises(ValidationError) as fast:
-        Q.check_batch(data)
+        QB.check_batch(data)
     with pytest.raises(ValidationError) as slow:
         Q.QuoteBatch.model_validate(data)
     assert fast.value.errors(include_url=False, include_context=False) == slow.value.errors(
@@ -342,13 +345,13 @@ def test_check_batch_fast_path_leaves_odd_items_to_pydantic(item):
 
 def test_check_services_on_columns_names_the_same_quotes():
     data = {"quotes": [EXAMPLE_QUOTE, quote(service="green")] * 30}
-    columns, objects = Q.check_batch(data).quotes, parse_batch(data).quotes
-    assert isinstance(columns, Q.QuoteColumns)
+    columns, objects = QB.check_batch(data).quotes, parse_batch(data).quotes
+    assert isinstance(columns, QB.QuoteColumns)
     errors = []
     for quotes in (columns, objects):
         with pytest.raises(ValidationError) as info:
-            Q.check_services(quotes, ("yellow",), batch=True)
+            QB.check_services(quotes, ("yellow",), batch=True)
         errors.append(info.value.errors(include_url=False, include_context=False))
     assert errors[0] == errors[1]
     assert [e["loc"] for e in errors[0]] == [("quotes", i, "service") for i in range(1, 40, 2)]
-    Q.check_services(columns, ("yellow", "green"), batch=True)
+    QB.check_services(columns, ("yellow", "green"), batch=True)

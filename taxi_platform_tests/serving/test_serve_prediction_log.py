@@ -20,7 +20,7 @@ import requests
 
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.monitoring.prediction_log_reader import read_log
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_store
 from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
@@ -38,7 +38,7 @@ def project(tmp_path_factory):
     folder = tmp_path_factory.mktemp("project")
     home = folder / ".data" / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
-    bento_build.import_champion(home, info, champion.tracking_uri)
+    bento_store.import_champion(home, info, champion.tracking_uri)
     build = bento_build.build_bento(home, info)
     env = {k: v for k, v in os.environ.items() if k not in LOG_VARIABLES}
     env.update(MLFLOW_TRACKING_URI=champion.tracking_uri, TAXI_PREDICTION_LOG="file")
@@ -104,7 +104,7 @@ def test_bentoml_serve_refuses_to_log_inside_the_bento(project, tmp_path):
     folder, env, build = project
     env = {**env, "TAXI_DATA_DIR": ".data", "BENTOML_HOME": str(folder / ".data" / "bentoml")}
     log = tmp_path / "bentoml.log"
-    cmd = [*bento_build.bentoml_cli(), "serve", build.tag, "--host", "127.0.0.1", "--port", str(free_port())]
+    cmd = [*bento_store.bentoml_cli(), "serve", build.tag, "--host", "127.0.0.1", "--port", str(free_port())]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip

@@ -23,9 +23,10 @@ import pytest
 import requests
 
 from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-from taxi_platform.serving import bento_build
+from taxi_platform.serving import bento_build, bento_store
 from taxi_platform.serving.prediction_log import read_prediction_log
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
+from taxi_platform.serving.quote_limits import MAX_BATCH_SIZE
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.support.sample_champion import (
     Champion,
     ensure_sample_champion,
@@ -118,7 +119,7 @@ def served(tmp_path_factory) -> Served:
     home = data_dir / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
     assert info.version == champion.version
-    bento_build.import_champion(home, info, champion.tracking_uri)
+    bento_store.import_champion(home, info, champion.tracking_uri)
     build = bento_build.build_bento(home, info)
     port = free_port()
     log = work / "server.log"

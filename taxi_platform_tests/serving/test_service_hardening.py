@@ -21,8 +21,9 @@ import requests
 import yaml
 
 from taxi_platform.devtools.loopback import free_port
-from taxi_platform.serving import bento_build
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE, MAX_BATCH_SIZE
+from taxi_platform.serving import bento_build, bento_store
+from taxi_platform.serving.quote_limits import MAX_BATCH_SIZE
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
@@ -53,7 +54,7 @@ def server(tmp_path_factory):
     data_dir = work / "data"
     home = data_dir / "bentoml"
     info = bento_build.champion_info(champion.tracking_uri)
-    bento_build.import_champion(home, info, champion.tracking_uri)
+    bento_store.import_champion(home, info, champion.tracking_uri)
     bento_build.build_bento(home, info)
     keys = {f"client-{i}": f"secret-key-{i}-{os.urandom(8).hex()}" for i in range(LOAD_KEYS + 2)}
     keys_file = work / "api-keys"

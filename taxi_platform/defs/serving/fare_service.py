@@ -21,6 +21,7 @@ from taxi_platform.defs.owners import SERVING
 from taxi_platform.defs.resources import BentoStoreResource, MlflowResource
 from taxi_platform.model.version_tags import DATA_SOURCE_TAG
 from taxi_platform.serving import bento_build
+from taxi_platform.serving.bento_store import ServingBuildError
 
 
 @dg.asset(
@@ -54,7 +55,7 @@ def fare_service(
         champion, imported, build = bento_build.build_champion_bento(
             home, uri, import_timeout=bento_store.import_timeout, build_timeout=bento_store.build_timeout
         )
-    except bento_build.ServingBuildError as exc:
+    except ServingBuildError as exc:
         raise dg.Failure(description=str(exc)) from None
     if build.built:
         context.log.info(f"built {build.tag} for champion version {champion.version} ({build.model_tag})")

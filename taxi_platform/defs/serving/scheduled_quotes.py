@@ -44,7 +44,10 @@ def scheduled_quotes(
 ) -> dg.MaterializeResult:
     import os
 
-    from taxi_platform.serving.batch_score import TableWriter, load_pricer, open_input, score_batches
+    from taxi_platform.serving.batch_score import score_batches
+    from taxi_platform.serving.score_input import open_input
+    from taxi_platform.serving.score_output import TableWriter
+    from taxi_platform.serving.score_pricing import load_pricer
 
     store = lake.lake()
     key = context.partition_key

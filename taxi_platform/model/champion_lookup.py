@@ -21,6 +21,7 @@ from taxi_platform.model.registry_records import (
     registry_client,
 )
 from taxi_platform.model.version_tags import (
+    CONTRACT_TAG,
     FAMILY_TAG,
     INTERVAL_COVERAGE_TAG,
     PROMOTED_TAG,
@@ -99,6 +100,7 @@ class ChampionInfo:
     alias_version: str  # the version holding the champion alias at lookup time
     note: str = ""  # why a version other than the alias holder was chosen
     interval_coverage: float | None = None  # nominal coverage of its fare ranges (None: no ranges)
+    contract: str | None = None  # the trip_features contract it was trained on (None: it predates contracts)
 
     @property
     def pinned_uri(self) -> str:
@@ -117,6 +119,7 @@ class ChampionInfo:
             "family": self.family,
             "note": self.note,
             "interval_coverage": self.interval_coverage,
+            "contract": self.contract,
         }
 
 
@@ -167,6 +170,7 @@ def describe_version(registered: RegisteredVersion, alias_version: str, note: st
         alias_version=alias_version,
         note=note,
         interval_coverage=_number(registered, INTERVAL_COVERAGE_TAG),
+        contract=_tag(registered.tags, CONTRACT_TAG),
     )
 
 

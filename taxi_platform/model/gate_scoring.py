@@ -21,7 +21,7 @@ import numpy as np
 from taxi_platform.model.gate_slices import SliceMaes
 from taxi_platform.model.registry_records import MonthModel
 from taxi_platform.model.thread_limits import openmp_threads
-from taxi_platform.model.version_tags import MAX_TAG_VALUE, mae_tag, slices_tag
+from taxi_platform.model.version_tags import CONTRACT_TAG, MAX_TAG_VALUE, mae_tag, slices_tag
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -58,6 +58,13 @@ class LakeEvaluation:
         except FileNotFoundError:
             return None
         return hashlib.sha256(f"{files}|rows={self.rows}|seed={self.seed}".encode()).hexdigest()[:16]
+
+    def contract_stamps(self, month: str) -> dict[str, str | None]:
+        """The ``contract`` stamp of each of the month's ``trip_features`` files (None: written before contracts)."""
+        from taxi_platform.model.training_sample import feature_paths
+        from taxi_platform.transform.contracts import stamped_versions
+
+        return stamped_versions(self.lake, feature_paths(self.lake, [month]))
 
     def sample(self, month: str) -> tuple[pd.DataFrame, np.ndarray]:
         from taxi_platform.model.training_sample import TARGET, load_window, quotes_frame
@@ -148,7 +155,11 @@ class CachedMae:
     """``mae(model, month)`` for :func:`replay`: the version's ``mae.<month>`` tag if its fingerprint matches,
     else the registered artifact scored on the month's sample (and the tag written). :meth:`slices` does the
     same for the slice MAEs (tag ``slices.<month>`` = ``"<fingerprint>|<json>"``) when the scorer can return
-    predictions (``scorer.predictions(uri, quotes)``); one prediction pass fills both."""
+    predictions (``scorer.predictions(uri, quotes)``); one prediction pass fills both.
+
+    Before either, a version is checked against the month's data contract when the evaluation can tell it
+    (``evaluation.contract_stamps(month)``, as :class:`LakeEvaluation` can): files stamped with another contract
+    than the version's ``contract`` tag raise :class:`~taxi_platform.transform.contracts.ContractMismatchError`."""
 
     def __init__(self, client, model_name: str, evaluation: MonthEvaluation, scorer) -> None:
         self.client, self.model_name, self.evaluation, self.scorer = client, model_name, evaluation, scorer
@@ -158,6 +169,7 @@ class CachedMae:
         self.known: dict[tuple[str, str], tuple[float, str]] = {}
         self.known_slices: dict[tuple[str, str], tuple[SliceMaes, str]] = {}
         self._zones = None
+        self.stamps: dict[str, dict[str, str | None]] = {}
         self.scored = 0
         self.cached = 0
 
@@ -165,6 +177,18 @@ class CachedMae:
         if month not in self.fingerprints:
             self.fingerprints[month] = self.evaluation.fingerprint(month)
         return self.fingerprints[month]
+
+    def check_contract(self, model: MonthModel, month: str) -> None:
+        """Refuse ``model`` on ``month`` when the month's files are stamped with another contract than its own."""
+        stamps_of = getattr(self.evaluation, "contract_stamps", None)
+        if stamps_of is None:
+            return
+        from taxi_platform.transform.contracts import require_model_contract
+
+        if month not in self.stamps:
+            self.stamps[month] = stamps_of(month)
+        trained_on = model.tags.get(CONTRACT_TAG)
+        require_model_contract(f"{self.model_name} v{model.version}", trained_on, {month: self.stamps[month]})
 
     def _cache(self, version: str, key: str, value: str, attempts: int = 3) -> None:
         """Write a cached MAE tag. Two gates running in parallel may score the same (version, month) and
@@ -215,6 +239,7 @@ class CachedMae:
         fp = self.fingerprint(month)
         if fp is None:
             return None
+        self.check_contract(model, month)
         hit = self.known.get((model.version, month)) or parse_mae_tag(model.tags.get(mae_tag(month)))
         if hit is not None and hit[1] == fp:
             self.cached += 1
@@ -225,6 +250,7 @@ class CachedMae:
         fp = self.fingerprint(month)
         if fp is None or self.predictions is None:
             return None
+        self.check_contract(model, month)
         hit = self.known_slices.get((model.version, month)) or _parse_slices_tag(
             model.tags.get(slices_tag(month))
         )

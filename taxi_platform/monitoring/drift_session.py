@@ -9,8 +9,13 @@ predictions) per version, so a ranged run pays for each of them once. :meth:`Dri
 :class:`MonthReport`: the figures, the reference months, the fare-range coverage and a snapshot whose ``save_html`` the
 existing :func:`taxi_platform.monitoring.drift_report_files.write_report` publishes.
 
-Errors are the ones the asset already maps to failures: :class:`~taxi_platform.model.champion_lookup.NoChampionError`,
-:class:`~taxi_platform.model.champion_lookup.ChampionTagsError` and
+Before it predicts a month (or the reference window) with the champion, it refuses ``trip_features`` files stamped
+with another contract version than the champion's ``contract`` tag
+(:func:`~taxi_platform.transform.contracts.require_model_contract`).
+
+Errors are the ones the asset maps to failures: :class:`~taxi_platform.model.champion_lookup.NoChampionError`,
+:class:`~taxi_platform.model.champion_lookup.ChampionTagsError`,
+:class:`~taxi_platform.transform.contracts.ContractMismatchError` and
 :class:`~taxi_platform.monitoring.drift_samples.DriftInputError` (raised in the worker, it arrives with its type and
 message); anything else from the worker is a :class:`~taxi_platform.monitoring.drift_worker.DriftWorkerError`.
 """
@@ -31,6 +36,7 @@ from taxi_platform.monitoring.drift_evidently import DriftConfig, run_drift_repo
 from taxi_platform.monitoring.drift_samples import month_row_count, sample_features, with_predictions
 from taxi_platform.monitoring.drift_summary import DriftSummary
 from taxi_platform.monitoring.drift_worker import EvidentlyWorker, fork_is_safe
+from taxi_platform.transform.contracts import require_model_contract, stamped_versions
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -89,10 +95,20 @@ class DriftReporter:
             self._predictors[champion.version] = load_predictor(self.tracking_uri, champion.pinned_uri)
         return self._predictors[champion.version]
 
+    def check_contract(self, champion: ChampionInfo, partition_keys: list[str]) -> None:
+        """:class:`~taxi_platform.transform.contracts.ContractMismatchError` when a partition's files are stamped with
+        another ``trip_features`` contract than the one the champion was trained on."""
+        stamps = {
+            month_label(key): stamped_versions(self.lake, [self.lake.partition_glob("trip_features", key)])
+            for key in partition_keys
+        }
+        require_model_contract(f"{champion.name} v{champion.version}", champion.contract, stamps)
+
     def reference(self, champion: ChampionInfo) -> pd.DataFrame:
         """The champion's training-window sample with its predictions, once per version and window."""
         key = (champion.version, tuple(champion.train_months))
         if key not in self._references:
+            self.check_contract(champion, _window_keys(champion))
             predict, types = self.predictor(champion)
             sample = sample_features(
                 self.lake, _window_keys(champion), self.config.reference_rows, self.config.seed
@@ -105,6 +121,7 @@ class DriftReporter:
         """Sample the month, predict it with its champion, and run the Evidently report (in the worker)."""
         month = month_label(partition_key)
         champion = self.champion(partition_key)
+        self.check_contract(champion, [partition_key])
         predict, types = self.predictor(champion)
         month_rows = month_row_count(self.lake, [partition_key])
         reference = self.reference(champion)

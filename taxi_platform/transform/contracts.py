@@ -7,7 +7,9 @@ range or set, and the table's row rules. The Dagster wiring (``defs/transform/co
 into the assets' column schema (``dagster/column_schema`` with constraints) and into blocking asset checks, and the
 writers stamp the version into each Parquet file's key-value metadata (``contract``, e.g. ``trip_features/1``).
 ``fare_model`` trains only on ``trip_features`` stamped with the version its code expects and records that version
-in the registered model; a file of another version is refused with both versions named.
+in the registered model (version tag ``contract``); a file of another version is refused with both versions named.
+Whoever later reads ``trip_features`` for a registered version — the gate scoring it on a month, ``drift_report``
+scoring the champion — refuses files stamped with another version than the model's (:func:`require_model_contract`).
 
 Change a contract (a column, type or rule) and bump its ``version``: ``test_contracts`` pins each version to the
 declaration's digest, so a change without a bump fails.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -280,18 +282,49 @@ class ContractMismatchError(ValueError):
     """Data stamped with another contract version than the one the reader expects."""
 
 
-def require_version(lake: Lake, contract: Contract, partitions: dict[str, str]) -> None:
-    """Refuse when a file of ``partitions`` (label -> glob) is stamped with another version of ``contract``.
+def other_versions(expected: str, stamps: Mapping[str, str | None]) -> dict[str, str]:
+    """The files of ``stamps`` (path -> stamp) stamped with another version than ``expected``.
 
-    Files written before contracts existed (no stamp) are accepted: the contract's version 1 describes them.
+    Files written before contracts existed (no stamp) are not among them: the contract's version 1 describes them.
     """
-    wrong = []
-    for label, glob in partitions.items():
-        for path, stamp in stamped_versions(lake, [glob]).items():
-            if stamp is not None and stamp != contract.tag:
-                wrong.append(f"{label} ({path.rsplit('/', 1)[-1]}: {stamp})")
+    return {path: stamp for path, stamp in stamps.items() if stamp is not None and stamp != expected}
+
+
+def _listed(label: str, wrong: Mapping[str, str]) -> list[str]:
+    return [f"{label} ({path.rsplit('/', 1)[-1]}: {stamp})" for path, stamp in wrong.items()]
+
+
+def require_version(lake: Lake, contract: Contract, partitions: dict[str, str]) -> None:
+    """Refuse when a file of ``partitions`` (label -> glob) is stamped with another version of ``contract``."""
+    wrong = [
+        item
+        for label, glob in partitions.items()
+        for item in _listed(label, other_versions(contract.tag, stamped_versions(lake, [glob])))
+    ]
     if wrong:
         raise ContractMismatchError(
             f"data of another contract: {', '.join(wrong)}; this code reads {contract.tag}. Re-materialise those "
             f"partitions with this code, or train with the code of their contract"
+        )
+
+
+def require_model_contract(
+    model: str, trained_on: str | None, stamps: Mapping[str, Mapping[str, str | None]]
+) -> None:
+    """Refuse to score ``model`` (e.g. ``taxi_fare_model v3``) on files stamped with another contract version than
+    the one it was trained on (its ``contract`` tag, ``trained_on``); ``stamps`` is label (a month) -> path ->
+    stamp, as :func:`stamped_versions` reads them.
+
+    A version without the tag predates contracts and is accepted, as are unstamped files.
+    """
+    if not trained_on:
+        return
+    wrong = [
+        item for label, files in stamps.items() for item in _listed(label, other_versions(trained_on, files))
+    ]
+    if wrong:
+        raise ContractMismatchError(
+            f"{model} was trained on {trained_on}, but trip_features of {', '.join(wrong)} is of another contract: "
+            f"it is not scored on data it was not trained for. Train a version on data of that contract "
+            f"(materialise fare_model), or re-materialise those months as {trained_on}"
         )

@@ -370,6 +370,28 @@ def test_too_few_rows_fail_with_a_clear_message(platform):
     assert not Path(report_paths(lake, "2024-08-01")[0]).parent.exists()
 
 
+def test_a_month_of_another_contract_than_the_champion_fails_and_writes_nothing(platform):
+    """The champion (fare_model 2024-03) was trained on trip_features/1; a month stamped trip_features/2 (as the
+    writers stamp it) is not scored with it."""
+    import pyarrow.parquet as pq
+
+    from taxi_platform.transform.contracts import CONTRACT_KEY
+
+    lake = platform["lake"]
+    build_feature_lake(Path(lake.root), months=("2024-09",), fare_increase_from=None)
+    for path in lake.fs.glob(lake.partition_glob("trip_features", "2024-09")):
+        table = pq.read_table(path)
+        meta = {**table.schema.metadata, CONTRACT_KEY.encode(): b"trip_features/2"}
+        pq.write_table(table.replace_schema_metadata(meta), path)
+    result = platform["report"]("2024-09-01", raise_on_error=False)
+    assert not result.success
+    message = str(result.failure_data_for_node("drift_report").user_failure_data.description)
+    assert message.startswith("drift_report 2024-09: ")
+    assert f"{MODEL_NAME} v{platform['version']} was trained on trip_features/1" in message
+    assert "trip_features of 2024-09 (" in message and ": trip_features/2)" in message
+    assert not Path(report_paths(lake, "2024-09-01")[0]).parent.exists()
+
+
 def test_definitions_load_with_monitoring_and_stay_light():
     import subprocess
     import sys

@@ -45,6 +45,7 @@ from taxi_platform.model.run_summary import run_summary
 from taxi_platform.model.run_training import CHECKS, MAX_NEGATIVE_RAW_SHARE, train
 from taxi_platform.model.tracking import TrackedRun
 from taxi_platform.model.training import TRAINING_VERSION
+from taxi_platform.transform.contracts import ContractMismatchError
 
 CHECK_DESCRIPTIONS = {
     "no_nan_or_negative_predictions": "Served fares on the validation month are finite and at least the $3.00 "
@@ -135,8 +136,6 @@ def _inputs(
             "months first (the first month of data cannot be a fare_model partition).",
             allow_retries=False,
         )
-    from taxi_platform.transform.contracts import ContractMismatchError
-
     try:
         check_contract(store, [*train_months, month])
     except ContractMismatchError as exc:
@@ -193,7 +192,13 @@ def _train_and_register(
         )
     logged = log_training(store, inputs, trained, run)
     version = register(inputs, trained, logged)
-    decision = gate(store, inputs, logged, version)
+    try:
+        decision = gate(store, inputs, logged, version)
+    except ContractMismatchError as exc:
+        raise dg.Failure(
+            description=f"fare_model {inputs.month}: v{version} is registered, but the gate refused to score: {exc}",
+            allow_retries=False,
+        ) from exc
     context.log.info(f"fare_model {inputs.month}: {decision.reason}")
     end_all_runs("FINISHED")
 

@@ -58,6 +58,7 @@ from taxi_platform.monitoring.drift_report_files import (
 from taxi_platform.monitoring.drift_samples import DriftInputError
 from taxi_platform.monitoring.drift_session import DriftReporter, MonthReport
 from taxi_platform.monitoring.drift_summary import DriftSummary
+from taxi_platform.transform.contracts import ContractMismatchError
 
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
 
@@ -242,7 +243,7 @@ def _report_month(
         context.log.warning(champion.note)
     try:
         result = reporter.report(key)  # samples the month's trip_features and predicts them with the champion
-    except DriftInputError as exc:
+    except (DriftInputError, ContractMismatchError) as exc:
         raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
 
     summary, coverage, reference_months = result.summary, result.coverage, result.reference_months

@@ -35,12 +35,6 @@ def instance_env(
 def write_mirror(root: Path, months: list[date], rows: int, seed: int = 0) -> None:
     """A synthetic TLC mirror under ``root``: yellow and green for ``months``, ``rows`` mean yellow trips a month
     (green: a tenth, at least 100), varying from month to month."""
-    from taxi_platform.devtools.sample import write_sample_mirror
+    from taxi_platform.devtools.sample import write_demo_mirror
 
-    write_sample_mirror(
-        root,
-        months,
-        rows_per_month={"yellow": rows, "green": max(rows // 10, 100)},
-        seed=seed,
-        monthly_variation=True,
-    )
+    write_demo_mirror(root, months, rows, seed)

@@ -67,15 +67,9 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _sample_source(root: Path, months: list[date], rows: int, seed: int) -> Iterator[str]:
     from taxi_platform.devtools.mirror import MirrorServer
-    from taxi_platform.devtools.sample import write_sample_mirror
+    from taxi_platform.devtools.sample import write_demo_mirror
 
-    write_sample_mirror(
-        root,
-        months,
-        rows_per_month={"yellow": rows, "green": max(rows // 10, 100)},
-        seed=seed,
-        monthly_variation=True,
-    )
+    write_demo_mirror(root, months, rows, seed)
     with MirrorServer(root) as server:
         yield server.url
 

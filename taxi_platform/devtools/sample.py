@@ -116,6 +116,18 @@ def write_sample_mirror(
     return written
 
 
+def write_demo_mirror(dest: Path, months: Iterable[date], rows: int, seed: int = 0) -> list[Path]:
+    """The demo's mirror (also the benchmarks'): yellow and green for ``months``, ``rows`` mean yellow trips a month
+    (green: a tenth, at least 100), varying from month to month like real TLC files."""
+    return write_sample_mirror(
+        dest,
+        months,
+        rows_per_month={"yellow": rows, "green": max(rows // 10, 100)},
+        seed=seed,
+        monthly_variation=True,
+    )
+
+
 def _marker_text(months, services, counts, seed, profile, monthly_variation) -> str:
     span = f"{months[0]:%Y-%m} to {months[-1]:%Y-%m}" if months else "(no months)"
     profile_text = "default" if profile is None else repr(asdict(profile))

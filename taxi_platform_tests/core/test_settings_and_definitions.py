@@ -216,3 +216,25 @@ def test_bento_base_image_setting():
     assert load_settings({"TAXI_BENTO_BASE_IMAGE": " "}).bento_base_image is None
     ref = "python:3.11-slim@sha256:" + "a" * 64
     assert load_settings({"TAXI_BENTO_BASE_IMAGE": ref}).bento_base_image == ref
+
+
+def test_taxi_variables_are_read_only_in_settings():
+    """Every ``TAXI_*`` variable is read in core/settings.py: no other module looks one up in the environment."""
+    root = Path(__file__).resolve().parents[2]
+    # os.environ["TAXI_X"], os.environ.get("TAXI_X"), os.getenv(ENV_X): a read by name or by a name constant
+    reads = re.compile(r"""(environ(\.get)?|getenv)\(?\[?\s*(["']TAXI_|ENV_)""")
+    offenders = []
+    for path in [*sorted((root / "taxi_platform").rglob("*.py")), root / "bento" / "service.py"]:
+        if path.name == "settings.py" and path.parent.name == "core":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if reads.search(line):
+                offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not offenders, "TAXI_* read outside core/settings.py:\n" + "\n".join(offenders)
+
+
+def test_the_reads_test_finds_a_read():
+    reads = re.compile(r"""(environ(\.get)?|getenv)\(?\[?\s*(["']TAXI_|ENV_)""")
+    assert reads.search('rate = float(os.environ.get("TAXI_RATE_LIMIT", "1"))')
+    assert reads.search("path = os.environ[ENV_API_KEYS_FILE]") and reads.search('os.getenv("TAXI_X")')
+    assert not reads.search('os.environ.setdefault("TAXI_DATA_DIR", here)')

@@ -22,7 +22,6 @@ import shutil
 from pathlib import Path
 
 from taxi_platform.core.package_files import runtime_file
-from taxi_platform.core.settings import load_data_dir
 
 LOCAL_TEMPLATE = "dagster.yaml"
 POSTGRES_TEMPLATE = "dagster-postgres.yaml"
@@ -57,7 +56,13 @@ def ensure_dagster_home(
     it is (it may have been edited on purpose), so calling this again is harmless. Set ``DAGSTER_HOME`` to the
     returned path before starting Dagster.
     """
-    data = Path(data_dir) if data_dir is not None else load_data_dir()
+    if (
+        data_dir is None
+    ):  # imported here: the rest of this module needs no data stack (numpy, via the settings)
+        from taxi_platform.core.settings import load_data_dir
+
+        data_dir = load_data_dir()
+    data = Path(data_dir)
     home = data.expanduser().absolute() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"

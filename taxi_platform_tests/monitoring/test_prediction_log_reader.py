@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxi_platform.defs import monitoring
 from taxi_platform.defs.keys import SERVED_QUOTES
+from taxi_platform.defs.monitoring.served_quotes import served_quotes
 from taxi_platform.defs.resources import LakeResource, MlflowResource
 from taxi_platform.devtools.prediction_history import write_prediction_history
 from taxi_platform.monitoring.prediction_log_reader import earliest_log_day, file_day, log_files, read_log
@@ -178,7 +178,7 @@ def test_the_sinks_objects_in_a_bucket_read_like_local_files(gcs_env):
 # -- the prediction_log_found check ---------------------------------------------------------------------------
 def _materialize(tmp_path: Path, log_path: Path, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [monitoring.served_quotes],
+        [served_quotes],
         partition_key="2024-03-01",
         instance=dg.DagsterInstance.ephemeral(),
         resources={

@@ -35,7 +35,8 @@ stalled, a slow disk — new records are dropped and counted (``dropped``, the s
 ``taxi_fare_prediction_log_dropped_total``) with a WARNING at most every :data:`DROP_WARNING_INTERVAL` seconds,
 rather than slowing down or blocking requests or growing until the pod is OOM-killed.
 
-``TAXI_PREDICTION_LOG`` picks the sinks: ``file`` (default), ``stdout``, ``both`` or ``off``.
+``TAXI_PREDICTION_LOG`` picks the sinks: ``file`` (default), ``stdout``, ``both`` or ``off`` (read with the service's other
+settings by :func:`taxi_platform.core.settings.load_service_settings`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from taxi_platform.core.settings import PREDICTION_LOG_SINKS, load_service_settings
-
-ENV_SINKS = "TAXI_PREDICTION_LOG"  # read by taxi_platform.core.settings.load_service_settings
-SINK_CHOICES = PREDICTION_LOG_SINKS
+ENV_SINKS = "TAXI_PREDICTION_LOG"  # the sinks: read by taxi_platform.core.settings.load_service_settings
 FILE_PREFIX = "predictions-"
 QUOTE_FIELDS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
 MAX_LINE_BYTES = 200_000
@@ -68,13 +66,6 @@ DEFAULT_MAX_PENDING_BYTES = 64 << 20  # of a 1 GiB pod (deploy/k8s/fare-service)
 DROP_WARNING_INTERVAL = 10.0  # seconds between "dropping records" warnings
 
 log = logging.getLogger(__name__)
-
-
-def sinks_from_env(env: Mapping[str, str] | None = None) -> tuple[bool, bool]:
-    """``(to_file, to_stdout)`` from ``TAXI_PREDICTION_LOG`` (:func:`taxi_platform.core.settings.load_service_settings`);
-    a bad value raises ``SettingsError`` (a ``ValueError``)."""
-    settings = load_service_settings(env)
-    return settings.log_to_file, settings.log_to_stdout
 
 
 def bento_root(service_file: str | Path) -> Path | None:

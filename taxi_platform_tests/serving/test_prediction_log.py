@@ -127,16 +127,20 @@ def test_disabled_log_writes_nothing(tmp_path):
     [(None, (True, False)), ("file", (True, False)), ("stdout", (False, True)), ("both", (True, True)),
      ("off", (False, False)), (" Both ", (True, True))],
 )  # fmt: skip
-def test_sinks_from_env(value, expected):
-    env = {} if value is None else {P.ENV_SINKS: value}
-    assert P.sinks_from_env(env) == expected
+def test_sinks_from_the_service_settings(value, expected):
+    from taxi_platform.core.settings import load_service_settings
+
+    settings = load_service_settings({} if value is None else {P.ENV_SINKS: value})
+    assert (settings.log_to_file, settings.log_to_stdout) == expected
 
 
 def test_bad_sink_setting_says_what_is_allowed():
+    from taxi_platform.core.settings import load_service_settings
+
     with pytest.raises(
         ValueError, match="TAXI_PREDICTION_LOG='syslog': expected one of file, stdout, both, off"
     ):
-        P.sinks_from_env({P.ENV_SINKS: "syslog"})
+        load_service_settings({P.ENV_SINKS: "syslog"})
 
 
 def test_duckdb_reads_the_log_one_row_per_quote(tmp_path):

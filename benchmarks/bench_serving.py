@@ -27,7 +27,6 @@ before and after: other work on the machine lowers every figure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -35,8 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -44,224 +42,16 @@ import numpy as np
 import requests
 
 from taxi_platform.core.settings import load_settings
-from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
-from taxi_platform.serving import bento_build, bento_store
-from taxi_platform.serving.quote_limits import KNOWN_ZONES
+from taxi_platform.devtools.loopback import free_port
+from taxi_platform.serving import bento_store
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from serving_load import LoadResult, make_quotes, run_load  # noqa: E402
+from serving_processes import loadavg, resolve_bento, stop, wait_ready  # noqa: E402
+
 TARGETS = {"single_rps_ratio": 5.0, "single_p99_ms": 20.0, "batch_predictions_per_s": 150_000}
-
-
-# --- workload -------------------------------------------------------------------------------------------------
-
-
-def make_quotes(n: int, seed: int = 0) -> list[dict]:
-    """Deterministic, realistic-looking quotes (2024 pickups, known zones, mostly yellow)."""
-    rng = np.random.default_rng(seed)
-    zones = np.array(sorted(KNOWN_ZONES))
-    start = np.datetime64("2024-01-01T00:00:00")
-    minutes = rng.integers(0, 366 * 24 * 60, n)
-    times = (start + minutes.astype("timedelta64[m]")).astype(str)
-    return [
-        {
-            "pickup_datetime": str(times[i]),
-            "pickup_zone": int(rng.choice(zones)),
-            "dropoff_zone": int(rng.choice(zones)),
-            "passenger_count": int(rng.integers(1, 5)),
-            "service": "yellow" if rng.random() < 0.9 else "green",
-        }
-        for i in range(n)
-    ]
-
-
-def lua_script(bodies: list[str], rate_per_connection: float | None = None) -> str:
-    """wrk script: POST the bodies round-robin and print a JSON summary line at the end; with
-    ``rate_per_connection`` (requests/s), each connection waits between requests to keep that pace."""
-    pace = ""
-    if rate_per_connection:  # wrk's delay() is whole milliseconds: carry the fraction over
-        pace = f"""
-local gap, carry = {1000.0 / rate_per_connection!r}, 0
-delay = function()
-  carry = carry + gap
-  local ms = math.floor(carry)
-  carry = carry - ms
-  return ms
-end
-"""
-    items = ",\n".join(f"[==[{b}]==]" for b in bodies)
-    return f"""
-local bodies = {{
-{items}
-}}
-local headers = {{ ["Content-Type"] = "application/json" }}
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("POST", wrk.path, headers, bodies[(i % #bodies) + 1])
-end
-{pace}
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRKJSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, \\"errors\\": %d, \\"non2xx\\": %d}}\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
-
-
-@dataclass
-class LoadResult:
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    non2xx: int
-
-
-WRK_THREADS = 2  # --wrk-threads: the load generator shares the 2 cores with the servers
-
-
-def run_wrk(
-    url: str, bodies: list[str], connections: int, duration: float, workdir: Path, rate: float | None = None
-) -> LoadResult:
-    """wrk as fast as it goes, or at about ``rate`` requests/s in all (paced connections; latency adds a little)."""
-    script = workdir / f"load-{abs(hash((*bodies, rate))) % 10**8}.lua"
-    script.write_text(lua_script(bodies, rate / connections if rate else None))
-    threads = max(1, min(WRK_THREADS, connections))
-    cmd = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{duration:.0f}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
-    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk produced no summary:\n{out}")
-    d = json.loads(line.removeprefix("WRKJSON "))
-    seconds = d["duration_us"] / 1e6
-    return LoadResult(
-        requests=d["requests"],
-        seconds=seconds,
-        rps=d["requests"] / seconds,
-        p50_ms=d["p50_us"] / 1e3,
-        p99_ms=d["p99_us"] / 1e3,
-        errors=d["errors"],
-        non2xx=d["non2xx"],
-    )
-
-
-async def _python_load(host: str, port: int, path: str, bodies: list[str], connections: int, duration: float):
-    payloads = [
-        (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(b.encode())}\r\n\r\n{b}"
-        ).encode()
-        for b in bodies
-    ]
-    latencies: list[float] = []
-    counters = {"errors": 0, "non2xx": 0}
-    deadline = time.perf_counter() + duration
-
-    async def client(offset: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        i = offset
-        try:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                writer.write(payloads[i % len(payloads)])
-                i += 1
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                if not 200 <= status < 300:
-                    counters["non2xx"] += 1
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            counters["errors"] += 1
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(connections)))
-    seconds = time.perf_counter() - t0
-    lat = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
-    return LoadResult(
-        requests=len(latencies),
-        seconds=seconds,
-        rps=len(latencies) / seconds,
-        p50_ms=float(np.percentile(lat, 50)),
-        p99_ms=float(np.percentile(lat, 99)),
-        errors=counters["errors"],
-        non2xx=counters["non2xx"],
-    )
-
-
-def run_load(loadgen: str, url: str, bodies: list[str], connections: int, duration: float, workdir: Path):
-    if loadgen == "wrk":
-        return run_wrk(url, bodies, connections, duration, workdir)
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return asyncio.run(_python_load(parts.hostname, parts.port, parts.path, bodies, connections, duration))
-
-
-# --- servers --------------------------------------------------------------------------------------------------
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    try:
-        wait_http_ok(url, proc, timeout)
-    except NotReady as exc:
-        if exc.returncode is not None:
-            raise RuntimeError(f"server exited with {exc.returncode} before {url} was ready") from None
-        raise RuntimeError(f"{url} not ready after {timeout:.0f}s") from None
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def resolve_bento(bento_home: Path, tracking_uri: str, tag: str | None) -> str:
-    """``tag``, else the Bento of the current champion and code (built now if needed), else the latest Bento."""
-    if tag:
-        return tag
-    try:
-        champion = bento_build.champion_info(tracking_uri)
-    except bento_store.ServingBuildError as exc:
-        latest = bento_store.latest_bento(bento_home)
-        if latest is None:
-            raise SystemExit(f"nothing to benchmark: no Bento in {bento_home} and {exc}") from None
-        return latest
-    bento_store.import_champion(bento_home, champion, tracking_uri)
-    build = bento_build.build_bento(bento_home, champion)
-    print(
-        f"{'built' if build.built else 'using'} {build.tag} for champion version {champion.version}",
-        flush=True,
-    )
-    return build.tag
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 # --- main -----------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import bench_serving as bs  # noqa: E402
+import serving_load as load  # noqa: E402
+import serving_processes as servers  # noqa: E402
 
 from taxi_platform.devtools.loopback import free_port  # noqa: E402
 from taxi_platform.serving import bento_build, bento_store  # noqa: E402
@@ -56,7 +57,7 @@ def _serve(tag: str, home: Path, uri: str, work: Path, workers: int) -> tuple[su
                             env=env, cwd=work, stdout=open(work / f"{port}.log", "w"),  # noqa: SIM115
                             stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    bs.wait_ready(f"{url}/readyz", proc)
+    servers.wait_ready(f"{url}/readyz", proc)
     return proc, url
 
 
@@ -96,8 +97,8 @@ def submit_cpu(model_dir: Path, version: str, work: Path) -> dict[str, float]:
     from taxi_platform.serving.quotes import Quote
     from taxi_platform.serving.shadow import ShadowPricer
 
-    quote = Quote.model_validate(bs.make_quotes(1, seed=4)[0])
-    columns = quotes_to_columns(check_batch({"quotes": bs.make_quotes(1000, seed=5)}).quotes)
+    quote = Quote.model_validate(load.make_quotes(1, seed=4)[0])
+    columns = quotes_to_columns(check_batch({"quotes": load.make_quotes(1000, seed=5)}).quotes)
     shadow = ShadowPricer(model_dir, version, work / "submit-cpu")
     out: dict[str, float] = {}
     try:  # counts that fit in the pipe: the shadow need not keep up
@@ -142,7 +143,7 @@ def _round(
         for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
             before = _counters(urls[name])
             rate = rates[kind] if rates else None
-            res = bs.run_wrk(f"{urls[name]}{path}", bodies[kind], conns, args.duration, work, rate=rate)
+            res = load.run_wrk(f"{urls[name]}{path}", bodies[kind], conns, args.duration, work, rate=rate)
             after = _counters(urls[name])
             served = (after[path[1:]] - before[path[1:]]) / quotes  # requests, in flight at the end included
             row = out[name][kind] = {
@@ -154,7 +155,7 @@ def _round(
                 if name == "on" else ""  # fmt: skip
             print(f"{'paced' if rates else 'saturated'} round {r + 1} shadow {name:3s} {kind:6s}: "
                   f"{res.rps:8.1f} req/s  p99 {res.p99_ms:6.2f} ms  errors {res.errors} non-2xx {res.non2xx}"
-                  f"{shadow}  load {bs.loadavg()[0]:.2f}", flush=True)  # fmt: skip
+                  f"{shadow}  load {servers.loadavg()[0]:.2f}", flush=True)  # fmt: skip
     return out
 
 
@@ -201,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         builds[name] = build
     assert builds["on"].tag != builds["off"].tag and builds["on"].shadow_tag
     shadow_dir = bento_store.model_path(home, builds["on"].shadow_tag) / "mlflow_model"
-    bodies = {"single": [json.dumps(q) for q in bs.make_quotes(256, seed=1)],
-              "batch": [json.dumps({"quotes": bs.make_quotes(1000, seed=s)}) for s in (2, 3)]}  # fmt: skip
-    load_before = bs.loadavg()
+    bodies = {"single": [json.dumps(q) for q in load.make_quotes(256, seed=1)],
+              "batch": [json.dumps({"quotes": load.make_quotes(1000, seed=s)}) for s in (2, 3)]}  # fmt: skip
+    load_before = servers.loadavg()
     print(f"set up (trained, registered, two Bentos built) in {time.monotonic() - started:.0f} s", flush=True)
     cpu = submit_cpu(shadow_dir, "challenger", work)
-    print(f"worker CPU per hand-over to the shadow process: {cpu}  load {bs.loadavg()}", flush=True)
+    print(f"worker CPU per hand-over to the shadow process: {cpu}  load {servers.loadavg()}", flush=True)
     procs, urls = {}, {}
     saturated: list[dict] = []
     paced: list[dict] = []
@@ -214,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, build in builds.items():
             procs[name], urls[name] = _serve(build.tag, home, uri, work, args.workers)
         for url in urls.values():  # warm-up
-            bs.run_load("wrk", f"{url}/predict", bodies["single"], 16, 3, work)
-            bs.run_load("wrk", f"{url}/predict_batch", bodies["batch"], 8, 2, work)
+            load.run_load("wrk", f"{url}/predict", bodies["single"], 16, 3, work)
+            load.run_load("wrk", f"{url}/predict_batch", bodies["batch"], 8, 2, work)
         memory = {name: memory_mb(proc) for name, proc in procs.items()}
         print(f"resident memory (MiB): {memory}", flush=True)
         for r in range(args.rounds):
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             conns,
             _,
         ) in KINDS:  # wrk waits after each response: latency slows the pace; correct once
-            probe = bs.run_wrk(f"{urls['off']}{path}", bodies[kind], conns, 3, work, rate=rates[kind])
+            probe = load.run_wrk(f"{urls['off']}{path}", bodies[kind], conns, 3, work, rate=rates[kind])
             rates[kind] *= min(3.0, args.below * capacity[kind] / max(probe.rps, 1e-9))
         print(f"paced at {args.below:.0%} of the shadow-off capacity {capacity}: asking {rates} requests/s",
               flush=True)  # fmt: skip
@@ -236,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             paced.append(_round(urls, bodies, args, work, r, rates))
     finally:
         for proc in procs.values():
-            bs.stop(proc)
+            servers.stop(proc)
     report = {"saturated": _summary(saturated), "paced": {"asked_rps": rates, **_summary(paced, capacity)},
               "submit_cpu_us": cpu, "memory_mb": memory, "workers": args.workers, "rounds": args.rounds, "duration_s": args.duration,
-              "cores": os.cpu_count(), "loadavg": [load_before, bs.loadavg()],
+              "cores": os.cpu_count(), "loadavg": [load_before, servers.loadavg()],
               "wall_s": round(time.monotonic() - started)}  # fmt: skip
     print(json.dumps(report, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ TARGETS = {"single_rps_ratio": 5.0, "single_p99_ms": 20.0, "batch_predictions_pe
 # --- main -----------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="workers for both servers (default 2)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
@@ -79,13 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "out")
-    args = parser.parse_args(argv)
-    global WRK_THREADS
-    WRK_THREADS = args.wrk_threads
+    return parser.parse_args(argv)
 
-    settings = load_settings()
-    bento_home = settings.bento_home
-    tag = resolve_bento(bento_home, settings.mlflow_tracking_uri, args.bento)
+
+def _baseline_wanted(args: argparse.Namespace) -> bool:
     baseline = not args.skip_baseline
     if baseline:
         try:
@@ -94,107 +91,124 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"FastAPI baseline skipped: {exc} (install fastapi and uvicorn to compare)", flush=True)
             baseline = False
+    return baseline
 
-    singles = [json.dumps(q) for q in make_quotes(256, seed=1)]
-    batch_bodies = [json.dumps({"quotes": make_quotes(args.batch_size, seed=s)}) for s in (2, 3)]
-    procs: dict[str, subprocess.Popen] = {}
-    ports: dict[str, int] = {}
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    load_before = loadavg()
-    try:
-        env = bento_store.bentoml_env(bento_home, settings.mlflow_tracking_uri)
-        env.update(
-            OMP_NUM_THREADS="1",
-            TAXI_DATA_DIR=str(
-                work / "data"
-            ),  # the prediction log of benchmark traffic stays out of the real one
-            TAXI_PREDICTION_LOG="file",
-            BENTOML_CONFIG_OPTIONS=f"services.{bento_store.SERVICE_NAME}.workers={args.workers}",
-        )
-        ports["bento"] = free_port()
-        procs["bento"] = subprocess.Popen(
-            [*bento_store.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(ports["bento"])],
-            env=env,
+
+def _start_servers(
+    args: argparse.Namespace,
+    settings,
+    tag: str,
+    baseline: bool,
+    work: Path,
+    procs: dict[str, subprocess.Popen],
+    ports: dict[str, int],
+) -> None:
+    """Start the Bento (and the FastAPI baseline), filling ``procs`` and ``ports`` as each one starts."""
+    env = bento_store.bentoml_env(settings.bento_home, settings.mlflow_tracking_uri)
+    env.update(
+        OMP_NUM_THREADS="1",
+        TAXI_DATA_DIR=str(work / "data"),  # the prediction log of benchmark traffic stays out of the real one
+        TAXI_PREDICTION_LOG="file",
+        BENTOML_CONFIG_OPTIONS=f"services.{bento_store.SERVICE_NAME}.workers={args.workers}",
+    )
+    ports["bento"] = free_port()
+    procs["bento"] = subprocess.Popen(
+        [*bento_store.bentoml_cli(), "serve", tag, "--host", "127.0.0.1", "--port", str(ports["bento"])],
+        env=env,
+        cwd=work,
+        stdout=open(work / "bento.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    if baseline:
+        ports["fastapi"] = free_port()
+        procs["fastapi"] = subprocess.Popen(
+            [sys.executable, str(HERE / "fastapi_baseline.py"), "--port", str(ports["fastapi"])]
+            + ["--workers", str(args.workers)],
+            env={**env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
             cwd=work,
-            stdout=open(work / "bento.log", "w"),  # noqa: SIM115
+            stdout=open(work / "fastapi.log", "w"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
-        if baseline:
-            ports["fastapi"] = free_port()
-            procs["fastapi"] = subprocess.Popen(
-                [sys.executable, str(HERE / "fastapi_baseline.py"), "--port", str(ports["fastapi"])]
-                + ["--workers", str(args.workers)],
-                env={**env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
-                cwd=work,
-                stdout=open(work / "fastapi.log", "w"),  # noqa: SIM115
-                stderr=subprocess.STDOUT,
-            )
-        for name, proc in procs.items():
-            wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", proc)
-        base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
-        # Same model, same answers: compare both servers' fares for one batch before loading them.
-        answers = {}
-        for name, url in base.items():
-            resp = requests.post(
-                f"{url}/predict_batch",
-                data=batch_bodies[0],
-                headers={"Content-Type": "application/json"},
-                timeout=60,
-            )
-            if resp.status_code != 200:
-                raise RuntimeError(f"{name} /predict_batch answered {resp.status_code}: {resp.text[:500]}")
-            answers[name] = resp.json()
-        model_version = answers["bento"]["model_version"]
-        agreement = None
-        if "fastapi" in answers:
-            agreement = float(
-                np.max(
-                    np.abs(
-                        np.array(answers["bento"]["predictions"])
-                        - np.array(answers["fastapi"]["predictions"])
-                    )
+
+def _compare_answers(base: dict[str, str], batch_body: str) -> tuple[str, float | None]:
+    """Same model, same answers: compare both servers' fares for one batch before loading them."""
+    answers = {}
+    for name, url in base.items():
+        resp = requests.post(
+            f"{url}/predict_batch",
+            data=batch_body,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        if resp.status_code != 200:
+            raise RuntimeError(f"{name} /predict_batch answered {resp.status_code}: {resp.text[:500]}")
+        answers[name] = resp.json()
+    model_version = answers["bento"]["model_version"]
+    agreement = None
+    if "fastapi" in answers:
+        agreement = float(
+            np.max(
+                np.abs(
+                    np.array(answers["bento"]["predictions"]) - np.array(answers["fastapi"]["predictions"])
                 )
             )
-        for url in base.values():  # warm-up (both workers, both paths)
-            run_load(args.loadgen, f"{url}/predict", singles, args.connections, 3, work)
-            run_load(args.loadgen, f"{url}/predict_batch", batch_bodies, args.batch_connections, 2, work)
+        )
+    return model_version, agreement
 
-        results: dict[str, dict[str, list[LoadResult]]] = {n: {"single": [], "batch": []} for n in base}
-        for r in range(args.rounds):
-            for kind, bodies, conns, path in (
-                ("single", singles, args.connections, "/predict"),
-                ("batch", batch_bodies, args.batch_connections, "/predict_batch"),
-            ):
-                for name, url in base.items():
-                    res = run_load(args.loadgen, f"{url}{path}", bodies, conns, args.duration, work)
-                    results[name][kind].append(res)
-                    print(
-                        f"round {r + 1} {name:8s} {kind:6s}: {res.rps:8.1f} req/s  p50 {res.p50_ms:6.1f} ms  "
-                        f"p99 {res.p99_ms:6.1f} ms  errors {res.errors}  non-2xx {res.non2xx}",
-                        flush=True,
-                    )
-    finally:
-        for proc in procs.values():
-            stop(proc)
-    load_after = loadavg()
 
-    def summary(runs: list[LoadResult], per_request: int = 1) -> dict:
-        rps = [r.rps for r in runs]
-        return {
-            "rps": statistics.median(rps),
-            "rps_min": min(rps),
-            "rps_max": max(rps),
-            "p99_ms_min": min(r.p99_ms for r in runs),
-            "p99_ms_max": max(r.p99_ms for r in runs),
-            "p50_ms": statistics.median(r.p50_ms for r in runs),
-            "p99_ms": statistics.median(r.p99_ms for r in runs),
-            "predictions_per_s": statistics.median(r.rps for r in runs) * per_request,
-            "errors": sum(r.errors for r in runs),
-            "non2xx": sum(r.non2xx for r in runs),
-            "runs": [asdict(r) for r in runs],
-        }
+def _measure(
+    args: argparse.Namespace, base: dict[str, str], singles: list[str], batch_bodies: list[str], work: Path
+) -> dict[str, dict[str, list[LoadResult]]]:
+    """Warm both servers up, then alternate them through ``--rounds`` rounds of single and batch load."""
+    for url in base.values():  # warm-up (both workers, both paths)
+        run_load(args.loadgen, f"{url}/predict", singles, args.connections, 3, work)
+        run_load(args.loadgen, f"{url}/predict_batch", batch_bodies, args.batch_connections, 2, work)
 
+    results: dict[str, dict[str, list[LoadResult]]] = {n: {"single": [], "batch": []} for n in base}
+    for r in range(args.rounds):
+        for kind, bodies, conns, path in (
+            ("single", singles, args.connections, "/predict"),
+            ("batch", batch_bodies, args.batch_connections, "/predict_batch"),
+        ):
+            for name, url in base.items():
+                res = run_load(args.loadgen, f"{url}{path}", bodies, conns, args.duration, work)
+                results[name][kind].append(res)
+                print(
+                    f"round {r + 1} {name:8s} {kind:6s}: {res.rps:8.1f} req/s  p50 {res.p50_ms:6.1f} ms  "
+                    f"p99 {res.p99_ms:6.1f} ms  errors {res.errors}  non-2xx {res.non2xx}",
+                    flush=True,
+                )
+    return results
+
+
+def _summary(runs: list[LoadResult], per_request: int = 1) -> dict:
+    rps = [r.rps for r in runs]
+    return {
+        "rps": statistics.median(rps),
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "p99_ms_min": min(r.p99_ms for r in runs),
+        "p99_ms_max": max(r.p99_ms for r in runs),
+        "p50_ms": statistics.median(r.p50_ms for r in runs),
+        "p99_ms": statistics.median(r.p99_ms for r in runs),
+        "predictions_per_s": statistics.median(r.rps for r in runs) * per_request,
+        "errors": sum(r.errors for r in runs),
+        "non2xx": sum(r.non2xx for r in runs),
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+def _report(
+    args: argparse.Namespace,
+    tag: str,
+    model_version: str,
+    load_before: list[float],
+    load_after: list[float],
+    agreement: float | None,
+    results: dict[str, dict[str, list[LoadResult]]],
+) -> tuple[dict, dict[str, bool]]:
+    """The JSON report (with its targets) and which targets were met."""
     report = {
         "when": datetime.now().isoformat(timespec="seconds"),
         "bento": tag,
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_after,
         "max_abs_fare_difference_bento_vs_fastapi": agreement,
         "results": {
-            name: {"single": summary(kinds["single"]), "batch": summary(kinds["batch"], args.batch_size)}
+            name: {"single": _summary(kinds["single"]), "batch": _summary(kinds["batch"], args.batch_size)}
             for name, kinds in results.items()
         },
     }
@@ -228,11 +242,22 @@ def main(argv: list[str] | None = None) -> int:
         checks["single_rps_ratio"] = ratio >= TARGETS["single_rps_ratio"]
     report["targets"] = TARGETS
     report["targets_met"] = checks
+    return report, checks
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"serving-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(report, indent=2))
 
+def _print_report(
+    args: argparse.Namespace,
+    tag: str,
+    report: dict,
+    checks: dict[str, bool],
+    agreement: float | None,
+    out: Path,
+) -> None:
+    model_version, load_before, load_after = (
+        report["model_version"],
+        report["loadavg_before"],
+        report["loadavg_after"],
+    )
     print(f"\nBento {tag} (model version {model_version}), {args.workers} worker(s) each, {os.cpu_count()} CPUs, "
           f"loadgen {args.loadgen}; load average before {load_before}, after {load_after}")  # fmt: skip
     print(f"median of {args.rounds} rounds (min-max)")
@@ -252,6 +277,41 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok in checks.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     print(f"report: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    global WRK_THREADS
+    WRK_THREADS = args.wrk_threads
+
+    settings = load_settings()
+    tag = resolve_bento(settings.bento_home, settings.mlflow_tracking_uri, args.bento)
+    baseline = _baseline_wanted(args)
+
+    singles = [json.dumps(q) for q in make_quotes(256, seed=1)]
+    batch_bodies = [json.dumps({"quotes": make_quotes(args.batch_size, seed=s)}) for s in (2, 3)]
+    procs: dict[str, subprocess.Popen] = {}
+    ports: dict[str, int] = {}
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    load_before = loadavg()
+    try:
+        _start_servers(args, settings, tag, baseline, work, procs, ports)
+        for name, proc in procs.items():
+            wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", proc)
+        base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        model_version, agreement = _compare_answers(base, batch_bodies[0])
+        results = _measure(args, base, singles, batch_bodies, work)
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    load_after = loadavg()
+
+    report, checks = _report(args, tag, model_version, load_before, load_after, agreement, results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"serving-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2))
+
+    _print_report(args, tag, report, checks, agreement, out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -182,7 +182,7 @@ def _summary(rounds: list[dict], capacity: dict | None = None) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
@@ -191,16 +191,59 @@ def main(argv: list[str] | None = None) -> int:
         "--below", type=float, default=0.7, help="paced load, as a share of measured capacity"
     )
     parser.add_argument("--out", type=Path, default=HERE / "out")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
-    uri = _registry(work)
-    home = work / "bentoml"
+    return parser.parse_args(argv)
+
+
+def _build_bentos(home: Path, uri: str) -> dict:
+    """The champion's Bento without the shadow ("off") and with it ("on")."""
     builds = {}
     for name, shadow in (("off", False), ("on", True)):
         _, _, build = bento_build.build_champion_bento(home, uri, shadow=shadow)
         builds[name] = build
     assert builds["on"].tag != builds["off"].tag and builds["on"].shadow_tag
+    return builds
+
+
+def _paced_rates(urls: dict, bodies: dict, args: argparse.Namespace, work: Path, capacity: dict) -> dict:
+    rates = {k: args.below * v for k, v in capacity.items()}
+    for (
+        kind,
+        path,
+        conns,
+        _,
+    ) in KINDS:  # wrk waits after each response: latency slows the pace; correct once
+        probe = load.run_wrk(f"{urls['off']}{path}", bodies[kind], conns, 3, work, rate=rates[kind])
+        rates[kind] *= min(3.0, args.below * capacity[kind] / max(probe.rps, 1e-9))
+    return rates
+
+
+def _measure(procs: dict, urls: dict, bodies: dict, args: argparse.Namespace, work: Path) -> dict:
+    """Warm up, then the saturated rounds, then the paced rounds (at ``--below`` of the shadow-off capacity)."""
+    saturated: list[dict] = []
+    paced: list[dict] = []
+    for url in urls.values():  # warm-up
+        load.run_load("wrk", f"{url}/predict", bodies["single"], 16, 3, work)
+        load.run_load("wrk", f"{url}/predict_batch", bodies["batch"], 8, 2, work)
+    memory = {name: memory_mb(proc) for name, proc in procs.items()}
+    print(f"resident memory (MiB): {memory}", flush=True)
+    for r in range(args.rounds):
+        saturated.append(_round(urls, bodies, args, work, r, None))
+    capacity = {k: statistics.median(x["off"][k]["rps"] for x in saturated) for k, *_ in KINDS}
+    rates = _paced_rates(urls, bodies, args, work, capacity)
+    print(f"paced at {args.below:.0%} of the shadow-off capacity {capacity}: asking {rates} requests/s",
+          flush=True)  # fmt: skip
+    for r in range(args.rounds):
+        paced.append(_round(urls, bodies, args, work, r, rates))
+    return {"memory": memory, "saturated": saturated, "paced": paced, "capacity": capacity, "rates": rates}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
+    uri = _registry(work)
+    home = work / "bentoml"
+    builds = _build_bentos(home, uri)
     shadow_dir = bento_store.model_path(home, builds["on"].shadow_tag) / "mlflow_model"
     bodies = {"single": [json.dumps(q) for q in load.make_quotes(256, seed=1)],
               "batch": [json.dumps({"quotes": load.make_quotes(1000, seed=s)}) for s in (2, 3)]}  # fmt: skip
@@ -209,35 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     cpu = submit_cpu(shadow_dir, "challenger", work)
     print(f"worker CPU per hand-over to the shadow process: {cpu}  load {servers.loadavg()}", flush=True)
     procs, urls = {}, {}
-    saturated: list[dict] = []
-    paced: list[dict] = []
     try:
         for name, build in builds.items():
             procs[name], urls[name] = _serve(build.tag, home, uri, work, args.workers)
-        for url in urls.values():  # warm-up
-            load.run_load("wrk", f"{url}/predict", bodies["single"], 16, 3, work)
-            load.run_load("wrk", f"{url}/predict_batch", bodies["batch"], 8, 2, work)
-        memory = {name: memory_mb(proc) for name, proc in procs.items()}
-        print(f"resident memory (MiB): {memory}", flush=True)
-        for r in range(args.rounds):
-            saturated.append(_round(urls, bodies, args, work, r, None))
-        capacity = {k: statistics.median(x["off"][k]["rps"] for x in saturated) for k, *_ in KINDS}
-        rates = {k: args.below * v for k, v in capacity.items()}
-        for (
-            kind,
-            path,
-            conns,
-            _,
-        ) in KINDS:  # wrk waits after each response: latency slows the pace; correct once
-            probe = load.run_wrk(f"{urls['off']}{path}", bodies[kind], conns, 3, work, rate=rates[kind])
-            rates[kind] *= min(3.0, args.below * capacity[kind] / max(probe.rps, 1e-9))
-        print(f"paced at {args.below:.0%} of the shadow-off capacity {capacity}: asking {rates} requests/s",
-              flush=True)  # fmt: skip
-        for r in range(args.rounds):
-            paced.append(_round(urls, bodies, args, work, r, rates))
+        m = _measure(procs, urls, bodies, args, work)
     finally:
         for proc in procs.values():
             servers.stop(proc)
+    saturated, paced, capacity, rates, memory = (
+        m["saturated"],
+        m["paced"],
+        m["capacity"],
+        m["rates"],
+        m["memory"],
+    )
     report = {"saturated": _summary(saturated), "paced": {"asked_rps": rates, **_summary(paced, capacity)},
               "submit_cpu_us": cpu, "memory_mb": memory, "workers": args.workers, "rounds": args.rounds, "duration_s": args.duration,
               "cores": os.cpu_count(), "loadavg": [load_before, servers.loadavg()],

@@ -79,7 +79,7 @@ def build_lake(root: Path, months, rows: int, green_rows: int, seed: int) -> Lak
     return lake
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3_300_000, help="yellow rows per generated month")
     parser.add_argument("--green-rows", type=int, default=0, help="green rows per generated month")
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-only", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = _parse_args(argv)
     if args.generate_only:
         build_lake(args.generate_only, MONTHS, args.rows, args.green_rows, args.seed)
         return 0
@@ -109,75 +113,85 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"lake: {root}; load average {loadavg()}", flush=True)
         # Generate in a child process, and train each repeat in a fresh one, so each peak RSS is training alone.
-        subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--generate-only",
-                str(root),
-                "--rows",
-                str(args.rows),
-                "--green-rows",
-                str(args.green_rows),
-                "--seed",
-                str(args.seed),
-            ],
-            check=True,
-        )
-        runs = []
-        for i in range(args.repeat):
-            load = loadavg()
-            out = subprocess.run(
-                [sys.executable, __file__, "--train-only", str(root), "--sample-rows", str(args.sample_rows)]
-                + ["--seed", str(args.seed)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            line = next(ln for ln in out.splitlines() if ln.startswith("TRAINJSON "))
-            run = {**json.loads(line.removeprefix("TRAINJSON ")), "loadavg": load}
-            runs.append(run)
-            print(
-                f"  run {i + 1}/{args.repeat}: training {run['training_wall_seconds']:.1f} s, peak RSS "
-                f"{run['peak_rss_mib']:.0f} MiB, boosted MAE {run['mae']['boosted']:.3f}, load {load[0]:.2f}",
-                flush=True,
-            )
-
-        walls = [r["training_wall_seconds"] for r in runs]
-        peaks = [r["peak_rss_mib"] for r in runs]
-        figures = {
-            **{
-                k: v
-                for k, v in runs[0].items()
-                if k not in ("training_wall_seconds", "peak_rss_mib", "loadavg")
-            },
-            "training_wall_seconds": _spread(walls),
-            "peak_rss_mib": _spread(peaks),
-            "loadavg_per_run": [r["loadavg"] for r in runs],
-            "runs": runs,
-        }
-        print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=2))
-        wall, peak = figures["training_wall_seconds"]["median"], figures["peak_rss_mib"]["max"]
-        improvement = figures["boosted_vs_linear_mae_reduction"]
-        print(
-            f"training {wall:.1f} s median ({min(walls):.1f}-{max(walls):.1f}, n={len(walls)}), peak RSS "
-            f"{statistics.median(peaks):.0f} MiB median, {peak:.0f} max; {runs[0]['window_rows']:,} window rows; "
-            f"load average {loadavg()}"
-        )
-        targets = {
-            "training <= 60 s (median)": wall <= 60,
-            "peak RSS <= 4 GiB (max)": peak <= 4096,
-            "boosted MAE >= 30% below linear": improvement >= 0.30,
-        }
-        for name, ok in targets.items():
-            print(f"{'PASS' if ok else 'MISS'}  {name}")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({**figures, "targets": targets}, indent=2))
-        return 0 if all(targets.values()) else 1
+        _generate_in_child(args, root)
+        runs = _train_in_children(args, root)
+        return _report(args, runs)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _generate_in_child(args: argparse.Namespace, root: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--generate-only",
+            str(root),
+            "--rows",
+            str(args.rows),
+            "--green-rows",
+            str(args.green_rows),
+            "--seed",
+            str(args.seed),
+        ],
+        check=True,
+    )
+
+
+def _train_in_children(args: argparse.Namespace, root: Path) -> list[dict]:
+    """``--repeat`` training runs, each in a fresh process, with the load average before each."""
+    runs = []
+    for i in range(args.repeat):
+        load = loadavg()
+        out = subprocess.run(
+            [sys.executable, __file__, "--train-only", str(root), "--sample-rows", str(args.sample_rows)]
+            + ["--seed", str(args.seed)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        line = next(ln for ln in out.splitlines() if ln.startswith("TRAINJSON "))
+        run = {**json.loads(line.removeprefix("TRAINJSON ")), "loadavg": load}
+        runs.append(run)
+        print(
+            f"  run {i + 1}/{args.repeat}: training {run['training_wall_seconds']:.1f} s, peak RSS "
+            f"{run['peak_rss_mib']:.0f} MiB, boosted MAE {run['mae']['boosted']:.3f}, load {load[0]:.2f}",
+            flush=True,
+        )
+    return runs
+
+
+def _report(args: argparse.Namespace, runs: list[dict]) -> int:
+    """Print the figures and the targets (and write them to ``--json``); 0 if every target is met."""
+    walls = [r["training_wall_seconds"] for r in runs]
+    peaks = [r["peak_rss_mib"] for r in runs]
+    figures = {
+        **{k: v for k, v in runs[0].items() if k not in ("training_wall_seconds", "peak_rss_mib", "loadavg")},
+        "training_wall_seconds": _spread(walls),
+        "peak_rss_mib": _spread(peaks),
+        "loadavg_per_run": [r["loadavg"] for r in runs],
+        "runs": runs,
+    }
+    print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=2))
+    wall, peak = figures["training_wall_seconds"]["median"], figures["peak_rss_mib"]["max"]
+    improvement = figures["boosted_vs_linear_mae_reduction"]
+    print(
+        f"training {wall:.1f} s median ({min(walls):.1f}-{max(walls):.1f}, n={len(walls)}), peak RSS "
+        f"{statistics.median(peaks):.0f} MiB median, {peak:.0f} max; {runs[0]['window_rows']:,} window rows; "
+        f"load average {loadavg()}"
+    )
+    targets = {
+        "training <= 60 s (median)": wall <= 60,
+        "peak RSS <= 4 GiB (max)": peak <= 4096,
+        "boosted MAE >= 30% below linear": improvement >= 0.30,
+    }
+    for name, ok in targets.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**figures, "targets": targets}, indent=2))
+    return 0 if all(targets.values()) else 1
 
 
 def _spread(values: list[float]) -> dict:

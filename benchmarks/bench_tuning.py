@@ -65,7 +65,7 @@ class LoadSampler:
         return f"load average (1 min) during the run: min {min(s):.2f}, mean {sum(s) / len(s):.2f}, max {max(s):.2f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3_300_000, help="yellow rows per generated month")
     parser.add_argument("--green-rows", type=int, default=0)
@@ -75,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, default=None, help="lake directory to keep (and reuse if present)"
     )
-    args = parser.parse_args(argv)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-tuning-"))
-    lake = build_lake(root, MONTHS, args.rows, args.green_rows, 0)
-    months = [f"{m:%Y-%m}" for m in MONTHS]
-    zones = load_zone_table()
-    config = TrainConfig()
-    print(f"window {months[:-1]}, validation {months[-1]} (data build above is not timed)", flush=True)
+    return parser.parse_args(argv)
 
+
+def _train_default_and_tuned(
+    args: argparse.Namespace, lake, months: list[str], zones, config: TrainConfig
+) -> dict:
+    """Train the window with the default parameters, then with the search, timing both (wall and CPU)."""
     with LoadSampler() as load:
         t, c = time.perf_counter(), cpu_seconds()
         default = train_window(lake, months[:-1], months[-1], zones, config)
@@ -99,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         t, c = time.perf_counter(), cpu_seconds()
         tuned = train_window(lake, months[:-1], months[-1], zones, config, tune=tune)
         tuned_wall, tuned_cpu = time.perf_counter() - t, cpu_seconds() - c
+    return {
+        "load": load,
+        "default": default,
+        "default_wall": default_wall,
+        "default_cpu": default_cpu,
+        "tuned": tuned,
+        "tuned_wall": tuned_wall,
+        "tuned_cpu": tuned_cpu,
+        "search_cpu": search_cpu,
+    }
+
+
+def _print_results(args: argparse.Namespace, timed: dict) -> None:
+    default, default_wall, default_cpu = timed["default"], timed["default_wall"], timed["default_cpu"]
+    tuned, tuned_wall, tuned_cpu = timed["tuned"], timed["tuned_wall"], timed["tuned_cpu"]
+    search_cpu, load = timed["search_cpu"], timed["load"]
     r = tuned.tuning
     search_wall = tuned.timings["tuning"]
     fit_wall = tuned.fit_seconds["boosted"]
@@ -131,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         f"params {r.params}"
     )
     print(load.describe())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-tuning-"))
+    lake = build_lake(root, MONTHS, args.rows, args.green_rows, 0)
+    months = [f"{m:%Y-%m}" for m in MONTHS]
+    zones = load_zone_table()
+    config = TrainConfig()
+    print(f"window {months[:-1]}, validation {months[-1]} (data build above is not timed)", flush=True)
+    _print_results(args, _train_default_and_tuned(args, lake, months, zones, config))
     return 0
 
 

@@ -123,60 +123,84 @@ def replay(
     champion: MonthModel | None = None
     steps: list[ReplayStep] = []
     for c in sorted((m for m in models if m.eligible), key=lambda m: (m.validation_month, int(m.version))):
-        h = champion
-        tag = f"v{c.version} ({c.validation_month})"
-        if h is None:
-            steps.append(ReplayStep(c.version, c.validation_month, FIRST, None, None, None, None,
-                                    f"{tag} is the first month's model: champion"))  # fmt: skip
-            champion = c
-            continue
-        htag = f"v{h.version} ({h.validation_month})"
-        if c.train_end < h.train_end:
-            steps.append(ReplayStep(
-                c.version, c.validation_month, OLDER_TRAINING, h.version, h.validation_month, None, None,
-                f"{tag} trained on data ending {c.train_end or 'nowhere'}, before champion {htag}'s "
-                f"({h.train_end}): registered, never promoted",
-            ))  # fmt: skip
-            continue
-        month = c.validation_month
-        c_mae = mae(c, month)
-        h_mae = mae(h, month) if c_mae is not None else None
-        if c_mae is None or h_mae is None:
-            steps.append(ReplayStep(
-                c.version, month, NO_DATA, h.version, h.validation_month, None, None,
-                f"{tag}: trip_features has no data for {month} to score it on; champion {htag} kept",
-            ))  # fmt: skip
-            continue
-        limit = h_mae * (1.0 + tolerance)
-        worse = slices.worse(c, h, month) if slices is not None and c_mae <= limit else []
-        verdict = c.tags.get(SHADOW_VERDICT_TAG)
-        if require_shadow and c_mae <= limit and not worse and verdict != "pass":
-            steps.append(ReplayStep(
-                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
-                f"{tag} MAE {c_mae:.4f} on {month} passes the offline gate against champion {htag}'s {h_mae:.4f}, "
-                f"but its shadow verdict is {verdict or 'not in yet'} (require_shadow): champion {htag} kept",
-            ))  # fmt: skip
-        elif worse:
-            shown = "; ".join(f"{w.slice} {w.challenger_mae:.4f} vs {w.champion_mae:.4f} ({w.trips} trips)"
-                              for w in worse[:5])  # fmt: skip
-            steps.append(ReplayStep(
-                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
-                f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of champion {htag}'s {h_mae:.4f}, "
-                f"but worse by more than {slices.tolerance:.2%} on {len(worse)} slice(s): {shown}; "
-                f"champion {htag} kept",
-                tuple(w.slice for w in worse),
-            ))  # fmt: skip
-        elif c_mae > limit:
-            steps.append(ReplayStep(
-                c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
-                f"{tag} MAE {c_mae:.4f} on {month} is worse than champion {htag}'s {h_mae:.4f} by more than "
-                f"{tolerance:.2%} (limit {limit:.4f}); champion {htag} kept",
-            ))  # fmt: skip
-        else:
-            steps.append(ReplayStep(
-                c.version, month, PROMOTED, h.version, h.validation_month, c_mae, h_mae,
-                f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of (or better than) champion "
-                f"{htag}'s {h_mae:.4f} (limit {limit:.4f}): the fresher model replaces it",
-            ))  # fmt: skip
+        step = _step(c, champion, mae, tolerance, slices, require_shadow)
+        steps.append(step)
+        if step.outcome in (FIRST, PROMOTED):
             champion = c
     return champion, steps
+
+
+def _step(
+    c: MonthModel,
+    h: MonthModel | None,
+    mae: Callable[[MonthModel, str], float | None],
+    tolerance: float,
+    slices: SliceRule | None,
+    require_shadow: bool,
+) -> ReplayStep:
+    """The replay's decision on challenger ``c`` against champion ``h`` (None: ``c`` is the first month's model)."""
+    tag = f"v{c.version} ({c.validation_month})"
+    if h is None:
+        return ReplayStep(c.version, c.validation_month, FIRST, None, None, None, None,
+                          f"{tag} is the first month's model: champion")  # fmt: skip
+    htag = f"v{h.version} ({h.validation_month})"
+    if c.train_end < h.train_end:
+        return ReplayStep(
+            c.version, c.validation_month, OLDER_TRAINING, h.version, h.validation_month, None, None,
+            f"{tag} trained on data ending {c.train_end or 'nowhere'}, before champion {htag}'s "
+            f"({h.train_end}): registered, never promoted",
+        )  # fmt: skip
+    month = c.validation_month
+    c_mae = mae(c, month)
+    h_mae = mae(h, month) if c_mae is not None else None
+    if c_mae is None or h_mae is None:
+        return ReplayStep(
+            c.version, month, NO_DATA, h.version, h.validation_month, None, None,
+            f"{tag}: trip_features has no data for {month} to score it on; champion {htag} kept",
+        )  # fmt: skip
+    return _scored_step(c, h, c_mae, h_mae, tolerance, slices, require_shadow)
+
+
+def _scored_step(
+    c: MonthModel,
+    h: MonthModel,
+    c_mae: float,
+    h_mae: float,
+    tolerance: float,
+    slices: SliceRule | None,
+    require_shadow: bool,
+) -> ReplayStep:
+    """The decision once both are scored on ``c``'s validation month: the overall MAE, slices, shadow verdict."""
+    tag = f"v{c.version} ({c.validation_month})"
+    htag = f"v{h.version} ({h.validation_month})"
+    month = c.validation_month
+    limit = h_mae * (1.0 + tolerance)
+    worse = slices.worse(c, h, month) if slices is not None and c_mae <= limit else []
+    verdict = c.tags.get(SHADOW_VERDICT_TAG)
+    if require_shadow and c_mae <= limit and not worse and verdict != "pass":
+        return ReplayStep(
+            c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+            f"{tag} MAE {c_mae:.4f} on {month} passes the offline gate against champion {htag}'s {h_mae:.4f}, "
+            f"but its shadow verdict is {verdict or 'not in yet'} (require_shadow): champion {htag} kept",
+        )  # fmt: skip
+    if worse:
+        shown = "; ".join(f"{w.slice} {w.challenger_mae:.4f} vs {w.champion_mae:.4f} ({w.trips} trips)"
+                          for w in worse[:5])  # fmt: skip
+        return ReplayStep(
+            c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+            f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of champion {htag}'s {h_mae:.4f}, "
+            f"but worse by more than {slices.tolerance:.2%} on {len(worse)} slice(s): {shown}; "
+            f"champion {htag} kept",
+            tuple(w.slice for w in worse),
+        )  # fmt: skip
+    if c_mae > limit:
+        return ReplayStep(
+            c.version, month, KEPT, h.version, h.validation_month, c_mae, h_mae,
+            f"{tag} MAE {c_mae:.4f} on {month} is worse than champion {htag}'s {h_mae:.4f} by more than "
+            f"{tolerance:.2%} (limit {limit:.4f}); champion {htag} kept",
+        )  # fmt: skip
+    return ReplayStep(
+        c.version, month, PROMOTED, h.version, h.validation_month, c_mae, h_mae,
+        f"{tag} MAE {c_mae:.4f} on {month} is within {tolerance:.2%} of (or better than) champion "
+        f"{htag}'s {h_mae:.4f} (limit {limit:.4f}): the fresher model replaces it",
+    )  # fmt: skip

@@ -53,17 +53,27 @@ class LoggedRun:
 
 def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run: TrackedRun) -> LoggedRun:
     """Tag the partition's MLflow run, log params, metrics and datasets, and one nested run per family."""
-    import mlflow
-    import numpy as np
-
-    from taxi_platform.model.tracking import dataset_from_arrow, resume
+    from taxi_platform.model.tracking import resume
     from taxi_platform.model.training_sample import partition_fingerprint
 
-    result, month, train_months = trained.result, inputs.month, inputs.train_months
+    month, train_months = inputs.month, inputs.train_months
     window_fp = partition_fingerprint(lake, train_months)
     validation_fp = partition_fingerprint(lake, [month])
     sha = git_sha()
     resume(run)
+    _set_run_tags(inputs, trained, sha, window_fp, validation_fp)
+    _log_params_and_metrics(inputs, trained)
+    _log_datasets(lake, inputs, trained, window_fp, validation_fp)
+    _log_family_runs(inputs, trained)
+    return LoggedRun(run=run, window_fingerprint=window_fp, validation_fingerprint=validation_fp, git_sha=sha)
+
+
+def _set_run_tags(
+    inputs: ModelRunInputs, trained: TrainedModel, sha: str, window_fp: str, validation_fp: str
+) -> None:
+    import mlflow
+
+    month, train_months = inputs.month, inputs.train_months
     mlflow.set_tags(
         {
             "mlflow.runName": f"fare_model {month} ({inputs.dagster_run_id[:8]})",
@@ -80,6 +90,14 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
             "best_family": trained.family,
         }
     )
+
+
+def _log_params_and_metrics(inputs: ModelRunInputs, trained: TrainedModel) -> None:
+    """The run's params, its metrics (every family's, the winner's, coverage, ranges) and the ranges' JSON."""
+    import mlflow
+    import numpy as np
+
+    result = trained.result
     _log_params(
         {
             **inputs.train_config.params(),
@@ -104,6 +122,15 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
         mlflow.log_dict(result.intervals.as_dict(), "fare_intervals.json")
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
 
+
+def _log_datasets(
+    lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, window_fp: str, validation_fp: str
+) -> None:
+    import mlflow
+
+    from taxi_platform.model.tracking import dataset_from_arrow
+
+    result, month, train_months = trained.result, inputs.month, inputs.train_months
     lake_table = lake.path(TABLE)
     datasets = {
         "training": (result.training, f"{TABLE}[{train_months[0]}..{train_months[-1]}] sample", window_fp),
@@ -115,6 +142,12 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
         )
         mlflow.log_input(dataset, context=context)
 
+
+def _log_family_runs(inputs: ModelRunInputs, trained: TrainedModel) -> None:
+    """One nested run per family: its tags, estimator and validation metrics."""
+    import mlflow
+
+    result, month = trained.result, inputs.month
     for family in inputs.train_config.families:
         with mlflow.start_run(run_name=f"{family} {month}", nested=True):
             mlflow.set_tags(
@@ -131,7 +164,6 @@ def log_training(lake: Lake, inputs: ModelRunInputs, trained: TrainedModel, run:
                     "fit_seconds": result.fit_seconds[family],
                 }
             )
-    return LoggedRun(run=run, window_fingerprint=window_fp, validation_fingerprint=validation_fp, git_sha=sha)
 
 
 def _log_params(params: Mapping[str, Any], batch: int = 100) -> None:

@@ -94,13 +94,7 @@ def _train(
     log: Callable[[str], None] | None,
     log_trial: Any = None,
 ) -> TrainedModel:
-    import numpy as np
-
-    from taxi_platform.fare_model.intervals import bands_from_matrix
-    from taxi_platform.fare_model.pyfunc import FareQuoteModel
-    from taxi_platform.model.evaluation import fare_grows_with_distance
     from taxi_platform.model.training import train_window
-    from taxi_platform.model.training_sample import quotes_frame
 
     result = train_window(
         lake,
@@ -111,8 +105,17 @@ def _train(
         log=log,
         tune=_tuner(inputs, log, log_trial),
     )
+    model = _served_model(result, zones, inputs)
+    checks, width = _validation_checks(result, model, zones)
+    return TrainedModel(result=result, model=model, checks=checks, interval_mean_width=width)
+
+
+def _served_model(result: TrainingResult, zones: ZoneTable, inputs: ModelRunInputs) -> FareQuoteModel:
+    """The best family wrapped as the served model, with the window's months, partition and contract."""
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
+
     best = result.best_family
-    model = FareQuoteModel(
+    return FareQuoteModel(
         result.models[best],
         result.pair_stats,
         zones,
@@ -126,6 +129,18 @@ def _train(
         intervals=result.intervals,
     )
 
+
+def _validation_checks(
+    result: TrainingResult, model: FareQuoteModel, zones: ZoneTable
+) -> tuple[list[CheckOutcome], float | None]:
+    """The checks on the validation month, and the mean fare-range width there (``None`` without ranges)."""
+    import numpy as np
+
+    from taxi_platform.fare_model.intervals import bands_from_matrix
+    from taxi_platform.model.evaluation import fare_grows_with_distance
+    from taxi_platform.model.training_sample import quotes_frame
+
+    best = result.best_family
     # checks on the validation month through the served code path (design matrix, raw predict, fare floor)
     quotes = quotes_frame(result.validation)
     X_val = model.design_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
@@ -159,7 +174,7 @@ def _train(
     if result.intervals is not None:
         low, high = result.intervals.ranges(served, bands_from_matrix(X_val))
         width = float(np.mean(high - low))
-    return TrainedModel(result=result, model=model, checks=checks, interval_mean_width=width)
+    return checks, width
 
 
 def _training_threads(lake: Lake, inputs: ModelRunInputs) -> int | None:

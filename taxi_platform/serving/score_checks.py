@@ -151,7 +151,22 @@ def check_chunk(
         ok &= good
     passengers, good = _as_int_array(col["passenger_count"], text_numbers)
     ok &= good & (passengers >= 0) & (passengers <= MAX_PASSENGERS)
-    service_col = col["service"]
+    service = _service_array(col["service"], n, ok, services)
+    parsed_columns = {"pickup_datetime": pickup, **zones, "passenger_count": passengers, "service": service}
+    rejected, fields, reasons = _recheck_rows(col, ok, parsed_columns, text_numbers, services)
+    valid = np.flatnonzero(ok)
+    columns = {
+        "pickup_datetime": pickup[valid],
+        "pickup_zone": zones["pickup_zone"][valid].astype(np.int32),
+        "dropoff_zone": zones["dropoff_zone"][valid].astype(np.int32),
+        "passenger_count": passengers[valid].astype(np.int8),
+        "service": service[valid],
+    }
+    return CheckedChunk(valid, columns, np.asarray(rejected, dtype=np.int64), fields, reasons)
+
+
+def _service_array(service_col: pa.Array, n: int, ok: np.ndarray, services: Sequence[str]) -> np.ndarray:
+    """The service names as fixed-width text; clears ``ok`` (in place) where the service is unknown or not allowed."""
     if pa.types.is_dictionary(service_col.type):
         service_col = service_col.cast(service_col.type.value_type)
     names = np.asarray(SERVICES)  # fixed-width text: no Python string per row
@@ -164,7 +179,21 @@ def check_chunk(
     else:
         ok[:] = False
         service = np.full(n, names[0])
+    return service
 
+
+def _recheck_rows(
+    col: Mapping[str, pa.Array],
+    ok: np.ndarray,
+    parsed_columns: Mapping[str, np.ndarray],
+    text_numbers: bool,
+    services: Sequence[str],
+) -> tuple[list[int], list[str], list[str]]:
+    """Run the service's own rules on every row the vector checks did not pass.
+
+    A row the rules accept is written into ``parsed_columns`` and set in ``ok`` (both in place); the others are
+    returned as (row indexes, fields, reasons).
+    """
     fields: list[str] = []
     reasons: list[str] = []
     rejected: list[int] = []
@@ -188,21 +217,13 @@ def check_chunk(
             reasons.append(_first_message(exc))
             rejected.append(i)
             continue
-        pickup[i] = np.datetime64(parsed.pickup_datetime, "us")
-        zones["pickup_zone"][i] = parsed.pickup_zone
-        zones["dropoff_zone"][i] = parsed.dropoff_zone
-        passengers[i] = parsed.passenger_count
-        service[i] = parsed.service
+        parsed_columns["pickup_datetime"][i] = np.datetime64(parsed.pickup_datetime, "us")
+        parsed_columns["pickup_zone"][i] = parsed.pickup_zone
+        parsed_columns["dropoff_zone"][i] = parsed.dropoff_zone
+        parsed_columns["passenger_count"][i] = parsed.passenger_count
+        parsed_columns["service"][i] = parsed.service
         ok[i] = True
-    valid = np.flatnonzero(ok)
-    columns = {
-        "pickup_datetime": pickup[valid],
-        "pickup_zone": zones["pickup_zone"][valid].astype(np.int32),
-        "dropoff_zone": zones["dropoff_zone"][valid].astype(np.int32),
-        "passenger_count": passengers[valid].astype(np.int8),
-        "service": service[valid],
-    }
-    return CheckedChunk(valid, columns, np.asarray(rejected, dtype=np.int64), fields, reasons)
+    return rejected, fields, reasons
 
 
 def _field_of(errors: Sequence[Mapping[str, Any]]) -> str:

@@ -202,13 +202,45 @@ def _value(v: str | int | float) -> str:
 def validate(lake: Lake, contract: Contract, paths: Sequence[str]) -> ContractReport:
     """Check the Parquet files (or globs) ``paths`` against ``contract`` in one DuckDB pass."""
     report = ContractReport(contract.tag, rows=0)
-    # gcsfs's glob drops the gs:// protocol: put it back, DuckDB needs it
-    remote = lake.is_remote
-    found = {f for p in paths for f in (lake.fs.glob(p) if "*" in p else [p])}
-    files = sorted(lake.fs.unstrip_protocol(f) if remote and "://" not in f else f for f in found)
+    files = _listed_files(lake, paths)
     if not files:
         report.violations["table: no Parquet files"] = 1
         return report
+    present = _check_schemas(lake, contract, files, report)
+    tests = _rule_tests(contract, present)
+    selects = ", ".join(["count(*)"] + [f"count(*) FILTER (WHERE {sql})" for sql in tests.values()])
+    listing = "[" + ", ".join(sql_literal(f) for f in files) + "]"
+    con = lake.connect()
+    try:
+        counts = con.execute(
+            f"SELECT {selects} FROM read_parquet({listing}, hive_partitioning = false, union_by_name = true)"
+        ).fetchone()
+    except (
+        Exception
+    ) as exc:  # a rule referencing a missing column, unreadable file: a violation, never a crash
+        report.violations[f"table: unreadable ({type(exc).__name__}: {str(exc)[:200]})"] = 1
+        return report
+    finally:
+        con.close()
+    report.rows = int(counts[0])
+    for name, n in zip(tests, counts[1:], strict=True):
+        if n:
+            report.violations[name] = int(n)
+    return report
+
+
+def _listed_files(lake: Lake, paths: Sequence[str]) -> list[str]:
+    """The files ``paths`` (files or globs) name, sorted, with the lake's protocol where it is remote."""
+    # gcsfs's glob drops the gs:// protocol: put it back, DuckDB needs it
+    remote = lake.is_remote
+    found = {f for p in paths for f in (lake.fs.glob(p) if "*" in p else [p])}
+    return sorted(lake.fs.unstrip_protocol(f) if remote and "://" not in f else f for f in found)
+
+
+def _check_schemas(
+    lake: Lake, contract: Contract, files: Sequence[str], report: ContractReport
+) -> dict[str, object]:
+    """Record missing and mistyped columns in ``report``; the columns present with their type in some file."""
     present: dict[str, object] = {}
     for f in files:
         schema = lake.parquet_schema(f)
@@ -219,6 +251,11 @@ def validate(lake: Lake, contract: Contract, paths: Sequence[str]) -> ContractRe
                 report.violations[f"{col.name}: type {schema.field(col.name).type}, expected {col.type}"] = 1
             else:
                 present[col.name] = True
+    return present
+
+
+def _rule_tests(contract: Contract, present: Mapping[str, object]) -> dict[str, str]:
+    """Violation name -> SQL condition true for a violating row, for the present columns' rules and the row rules."""
     tests: dict[str, str] = {}
     for col in contract.columns:
         if col.name not in present:
@@ -243,25 +280,7 @@ def validate(lake: Lake, contract: Contract, paths: Sequence[str]) -> ContractRe
             tests[f"{col.name}: finite"] = f"NOT isfinite({q})"
     for rule in contract.row_rules:
         tests[f"row: {rule.description}"] = f"NOT ({rule.sql})"
-    selects = ", ".join(["count(*)"] + [f"count(*) FILTER (WHERE {sql})" for sql in tests.values()])
-    listing = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-    con = lake.connect()
-    try:
-        counts = con.execute(
-            f"SELECT {selects} FROM read_parquet({listing}, hive_partitioning = false, union_by_name = true)"
-        ).fetchone()
-    except (
-        Exception
-    ) as exc:  # a rule referencing a missing column, unreadable file: a violation, never a crash
-        report.violations[f"table: unreadable ({type(exc).__name__}: {str(exc)[:200]})"] = 1
-        return report
-    finally:
-        con.close()
-    report.rows = int(counts[0])
-    for name, n in zip(tests, counts[1:], strict=True):
-        if n:
-            report.violations[name] = int(n)
-    return report
+    return tests
 
 
 def stamped_versions(lake: Lake, paths: Sequence[str]) -> dict[str, str | None]:

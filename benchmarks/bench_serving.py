@@ -48,6 +48,7 @@ from taxi_platform.serving import bento_store
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import serving_load  # noqa: E402
 from serving_load import LoadResult, make_quotes, run_load  # noqa: E402
 from serving_processes import loadavg, resolve_bento, stop, wait_ready  # noqa: E402
 
@@ -281,8 +282,7 @@ def _print_report(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    global WRK_THREADS
-    WRK_THREADS = args.wrk_threads
+    serving_load.WRK_THREADS = args.wrk_threads  # run_wrk reads it there
 
     settings = load_settings()
     tag = resolve_bento(settings.bento_home, settings.mlflow_tracking_uri, args.bento)

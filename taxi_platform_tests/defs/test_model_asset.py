@@ -26,6 +26,7 @@ from taxi_platform.devtools.sample_profile import SampleProfile
 from taxi_platform.model.gate_scoring import LakeEvaluation
 from taxi_platform.model.run_inputs import training_window
 from taxi_platform_tests.model.test_training import write_feature_months
+from taxi_platform_tests.support.mlflow_globals import mlflow_store
 from taxi_platform_tests.support.mlflow_server import mlflow_server  # noqa: F401 - fixture
 
 SMALL_CONFIG = {"sample_rows": 20_000, "validation_rows": 5_000, "min_pair_count": 3, "boosted_max_iter": 60}
@@ -232,8 +233,8 @@ def test_fare_model_with_the_local_sqlite_default(feature_lake, env):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.get_run(meta["mlflow_run_id"]).info.status == "FINISHED"
     assert aliases(client) == {"champion": "1", "challenger": "1"}
-    mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    with mlflow_store(uri):  # put back exactly: a pinned registry URI would follow later tests
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     quote = {"pickup_datetime": ["2024-03-05T08:15:00"], "pickup_zone": [161], "dropoff_zone": [236],
              "passenger_count": [1], "service": ["yellow"]}  # fmt: skip
     import pandas as pd

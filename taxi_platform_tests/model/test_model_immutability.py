@@ -130,7 +130,12 @@ def test_changed_installed_code_prices_the_version_as_validated(champion, valida
         }}))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": champion.tracking_uri}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no other test's store
+    env.update(
+        PYTHONPATH=str(tree),
+        MLFLOW_TRACKING_URI=champion.tracking_uri,
+        MLFLOW_REGISTRY_URI=champion.tracking_uri,
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]

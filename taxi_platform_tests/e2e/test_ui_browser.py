@@ -32,8 +32,8 @@ MONTHS = ["2024-01-01", "2024-02-01"]
 
 def materialize_months(home: Path, lake_root: Path, base_url: str) -> None:
     from taxi_platform.defs.ingest import assets as ingest
-    from taxi_platform.defs.transform import assets as transform
     from taxi_platform.defs.resources import LakeResource, TlcSourceResource
+    from taxi_platform.defs.transform import assets as transform
 
     resources = {
         "lake": LakeResource(root=str(lake_root)),

@@ -24,13 +24,18 @@ MIRROR_MONTHS = [
 ]
 MIRROR_ROWS = {"yellow": 4000, "green": 600}
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
+FAULTS_DIR = E2E_DIR / "faults"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under ``e2e/`` drive whole flows on real services: marked ``e2e`` (``pytest -m "not e2e"`` skips them)."""
+    """Tests under ``e2e/`` drive whole flows on real services: marked ``e2e`` (``pytest -m "not e2e"`` skips them);
+    the fault matrix under ``e2e/faults/`` is also marked ``faults`` (``pytest -m faults`` runs it alone)."""
     for item in items:
-        if Path(str(item.fspath)).resolve().is_relative_to(E2E_DIR):
+        path = Path(str(item.fspath)).resolve()
+        if path.is_relative_to(E2E_DIR):
             item.add_marker(pytest.mark.e2e)
+        if path.is_relative_to(FAULTS_DIR):
+            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,11 @@ id and its index in the request (lines with ``client_request_id``, written since
 older lines, whose request id may be a client's, only a record equal in every field (time to the
 millisecond, ids, quote, fare) is a duplicate. Unreadable lines that could hold the month are skipped and
 counted.
+
+Only whole lines are read: the service appends each line with its newline in one write, so a local file's final
+line without a newline is being written or was torn by a killed worker; it is skipped and counted as
+``torn_lines``, never parsed (a torn line closed later by a restarted writer's newline fails to parse and is
+counted as unreadable). The sink's objects are whole by construction and their last line may lack a newline.
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ def _month_quotes(line: str, month: str) -> list[tuple[tuple, tuple]]:
 def read_log(source: str, month: str) -> tuple[QuoteColumns, dict[str, int]]:
     """The quotes served for pickups in ``month`` (``YYYY-MM``) from the log under ``source``, and statistics:
     ``files`` (all log files there), ``files_read`` (those that can hold the month), ``lines`` (read),
-    ``lines_parsed`` (that could hold the month), ``unreadable_lines``, ``duplicate_quotes`` (module docstring).
+    ``lines_parsed`` (that could hold the month), ``unreadable_lines``, ``duplicate_quotes``, and ``torn_lines``
+    when there are any (module docstring).
     """
     month = month[:7]
     fs, root = _filesystem(source)
@@ -153,10 +159,14 @@ def read_log(source: str, month: str) -> tuple[QuoteColumns, dict[str, int]]:
     seen: set[tuple] = set()
     needle = f'"{month}-'
     for path in chosen:
+        whole_lines_only = path.endswith(".jsonl")  # the service's own files (module docstring)
         try:
             with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     if not line.strip():
+                        continue
+                    if whole_lines_only and not line.endswith("\n"):
+                        stats["torn_lines"] = stats.get("torn_lines", 0) + 1
                         continue
                     stats["lines"] += 1
                     if needle not in line:

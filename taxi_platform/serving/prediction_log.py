@@ -35,6 +35,19 @@ stalled, a slow disk — new records are dropped and counted (``dropped``, the s
 ``taxi_fare_prediction_log_dropped_total``) with a WARNING at most every :data:`DROP_WARNING_INTERVAL` seconds,
 rather than slowing down or blocking requests or growing until the pod is OOM-killed.
 
+**Durability** (``write_through=True``, what the service uses for its day files): ``record`` formats the line and
+appends it to the day file with one ``write(2)`` on an ``O_APPEND`` descriptor before it returns, so before the
+request's response is sent. A line is durable against the death of the worker (SIGTERM, SIGKILL, an OOM kill)
+once ``record`` returned: nothing answered 200 is lost, and nothing is buffered in the process. It is not
+``fsync``-ed per line (a machine or kernel crash may lose what the page cache held; the file is ``fsync``-ed when
+it is rotated or closed). A kill in the middle of a ``write`` can leave the last line torn (no newline): readers
+skip a final line without its newline, and the next writer of that file (a restarted worker with the same pid, as
+in a container) first terminates the torn fragment with a newline, so it never glues onto a whole line. The
+crash test (``taxi_platform_tests/serving/test_prediction_log_crash.py``) kills a writer at every step of writing
+and rotating a day file. The ``stdout`` sink (and the file sink without ``write_through``) stays asynchronous:
+SIGTERM writes everything queued (``close`` from the service's shutdown hook); SIGKILL loses what was queued,
+at most ``flush_interval`` (0.2 s) of requests.
+
 ``TAXI_PREDICTION_LOG`` picks the sinks: ``file`` (default), ``stdout``, ``both`` or ``off`` (read with the service's other
 settings by :func:`taxi_platform.core.settings.load_service_settings`).
 """
@@ -43,7 +56,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import sys
 import threading
@@ -55,8 +67,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from taxi_platform.serving.prediction_day_file import FILE_PREFIX, DayFile, day_file_path
+
 ENV_SINKS = "TAXI_PREDICTION_LOG"  # the sinks: read by taxi_platform.core.settings.load_service_settings
-FILE_PREFIX = "predictions-"
 QUOTE_FIELDS = ("pickup_datetime", "pickup_zone", "dropoff_zone", "passenger_count", "service")
 MAX_LINE_BYTES = 200_000
 
@@ -111,6 +124,7 @@ class PredictionLog:
         max_pending: int = 10_000,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float = 0.2,
+        write_through: bool = False,
     ):
         self.directory = Path(directory) if directory is not None else None
         self.stdout = stdout
@@ -130,14 +144,23 @@ class PredictionLog:
         self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        # write_through: the file sink is appended to by record() itself (module docstring, Durability).
+        self._day_file = DayFile(self.directory) if write_through and self.directory is not None else None
+        self.write_failures = 0  # requests whose line could not be written (disk full, ...)
         if self.enabled:
             if self.directory is not None:
                 self.directory.mkdir(parents=True, exist_ok=True)
-            self._thread.start()
+            if self._queued_sinks:
+                self._thread.start()
 
     @property
     def enabled(self) -> bool:
         return self.directory is not None or self.stdout
+
+    @property
+    def _queued_sinks(self) -> bool:
+        """Whether any sink is written by the background thread (stdout, or files without write_through)."""
+        return self.stdout or (self.directory is not None and self._day_file is None)
 
     def record(
         self,
@@ -153,6 +176,10 @@ class PredictionLog:
         when too much is waiting). ``request_id`` is the server's; ``client_request_id`` the caller's own."""
         if not self.enabled or self._closed:
             return
+        if self._day_file is not None:
+            self._write_through(endpoint, request_id, model_version, quotes, fares, client_request_id, role)
+            if not self.stdout:
+                return
         size = RECORD_BYTES + QUOTE_BYTES * len(fares)
         if self._queue.qsize() >= self.max_pending or self.pending_bytes + size > self.max_pending_bytes:
             self.dropped += 1
@@ -172,6 +199,21 @@ class PredictionLog:
             (time.time(), endpoint, request_id, model_version, quotes, fares, client_request_id, role, size)
         )
 
+    def _write_through(self, *record: Any) -> None:
+        ts = time.time()
+        text = format_record(ts, *record[:5], client_request_id=record[5], role=record[6])
+        try:
+            self._day_file.append(_utc_day(ts), text.encode())
+        except OSError:  # keep serving even if the disk is full; say so in the server log
+            self.write_failures += 1
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= DROP_WARNING_INTERVAL:
+                self._warned_at = now
+                log.exception("prediction log: failed to write (%d request(s) so far)", self.write_failures)
+            return
+        self.written += 1
+
     @property
     def pending_bytes(self) -> int:
         """Estimated bytes of the records queued or being written."""
@@ -188,6 +230,8 @@ class PredictionLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._day_file is not None:
+            self._day_file.close()
         if self.dropped:
             log.warning("prediction log dropped %d request(s): the writer could not keep up", self.dropped)
 
@@ -224,18 +268,19 @@ class PredictionLog:
 
     def _write(self, items: list[tuple]) -> None:
         text = "".join(format_record(*item[:6], client_request_id=item[6], role=item[7]) for item in items)
-        if self.directory is not None:
-            handle = self._handle(datetime.fromtimestamp(items[-1][0], UTC).strftime("%Y-%m-%d"))
+        if self.directory is not None and self._day_file is None:
+            handle = self._handle(_utc_day(items[-1][0]))
             handle.write(text)
             handle.flush()
         if self.stdout:
             sys.stdout.write(text)
             sys.stdout.flush()
-        self.written += len(items)
+        if self._day_file is None:  # else counted as record() wrote the file
+            self.written += len(items)
 
     def _handle(self, day: str) -> IO[str]:
         assert self.directory is not None
-        path = self.directory / f"{FILE_PREFIX}{day}-{os.getpid()}.jsonl"
+        path = day_file_path(self.directory, day)
         # Reopen on a new day, or when the file was moved away (log rotation, clean-up) since the last write.
         if self._file is None or self._file_day != day or not path.exists():
             if self._file is not None:
@@ -244,6 +289,10 @@ class PredictionLog:
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across writes
             self._file_day = day
         return self._file
+
+
+def _utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
 def _columns(quotes: Mapping[str, np.ndarray] | Sequence[Any]) -> dict[str, list]:
@@ -331,5 +380,11 @@ def read_prediction_log(directory: str | Path) -> Iterator[dict[str, Any]]:
     for path in sorted(Path(directory).glob(f"{FILE_PREFIX}*.jsonl")):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
-                if line.strip():
-                    yield from explode(json.loads(line))
+                # A final line without its newline is being written, or was torn by a kill: not a record (yet).
+                if not line.strip() or not line.endswith("\n"):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a fragment torn by a kill, closed by the next writer's newline
+                    continue
+                yield from explode(record)

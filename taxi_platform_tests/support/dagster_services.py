@@ -551,6 +551,24 @@ class PostgresServer:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
 
+    def restart(self, down_seconds: float = 0.0, sig: signal.Signals = signal.SIGINT) -> tuple[float, float]:
+        """Stop the server (SIGINT: PostgreSQL's fast shutdown, every connection cut; SIGKILL: a crash), keep it down
+        ``down_seconds`` (counted from the stop), start it again on the same port and data; returns (stopped, ready)
+        as ``time.time()``."""
+        assert self.base is not None and self.proc is not None, "restart() needs a running server"
+        argv = self.proc.argv
+        stopped = time.time()
+        self.proc.stop(grace=10, sig=sig)
+        time.sleep(max(0.0, down_seconds - (time.time() - stopped)))
+        env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        self.proc = ManagedProcess(
+            "postgres", argv, env, self.base, self.log_dir / "postgres.log", **self._run_as()
+        )
+        wait_until(
+            self._ready, 60, "postgres to accept connections again", interval=0.3, status=self.proc.tail
+        )
+        return stopped, time.time()
+
 
 @contextlib.contextmanager
 def patched_environ(values: Mapping[str, str]) -> Iterator[None]:

@@ -21,7 +21,8 @@ The edge (:mod:`taxi_platform.serving.http_edge`): a path the service does not r
 metrics middleware (which would label a series with the raw path) and counted under one series; JSON nested too
 deep to parse is a 400; a connection must send its request head within 5 s of connecting (or of the head's first
 byte), its body within 20 s of the head, and may idle 5 s between requests, else it is closed; a client that
-disconnects mid-request is one INFO line.
+disconnects mid-request is one INFO line. Beyond :data:`MAX_IN_FLIGHT` API requests in progress, a worker answers
+503 with ``Retry-After: 1`` at once (``taxi_fare_overload_shed_total``), never BentoML's 429.
 
 Access (off by default, for local use): ``TAXI_API_KEYS_FILE`` names a file of ``name:sha256-hex`` lines (in
 the cloud a Secret Manager secret mounted as a file); then ``/predict`` and ``/predict_batch`` need
@@ -40,8 +41,9 @@ Built for speed on small machines:
 - concurrent single quotes that arrive in the same event-loop turn are priced together in one model call
   (:class:`~taxi_platform.serving.quote_batcher.QuoteBatcher`; an idle server adds no wait, a busy one amortises
   the per-call model overhead);
-- prediction logging is a queue put; a background thread writes the JSON lines
-  (:mod:`taxi_platform.serving.prediction_log`);
+- prediction logging appends the request's JSON line to this worker's day file (one ``write``) before the answer
+  is sent, so a killed worker loses no answered quote; the stdout sink is a queue put written by a background
+  thread (:mod:`taxi_platform.serving.prediction_log`, Durability);
 - OpenMP is limited to one thread per worker (scale with workers, not threads); access logs and trace spans
   of the prediction routes are off;
 - after loading, the worker's objects are frozen out of the garbage collector (``gc.freeze``): full
@@ -87,13 +89,18 @@ from taxi_platform.serving.quotes import (
     QuoteBatch,
     round_fares,
 )
-from taxi_platform.serving.request_guard import GuardMiddleware
+from taxi_platform.serving.request_guard import API_ROUTES, GuardMiddleware
 from taxi_platform.serving.request_ids import request_ids
 from taxi_platform.serving.shadow import ShadowPricer
 
 ARGS = bentoml.use_arguments()
 MODEL_STORE_VERSION = str(getattr(ARGS, "model_version", "") or "latest")
 SHADOW_STORE_VERSION = str(getattr(ARGS, "shadow_version", "") or "")  # the challenger priced in the shadow
+# API requests in progress per worker beyond which a new one is shed at once with 503 + Retry-After
+# (taxi_platform.serving.http_edge.LoadShedder): about 0.1-0.4 s of queue at a worker's 700-2,000 quotes/s.
+# BentoML's own traffic.max_concurrency is not set: it is per service, split between the workers, and answers
+# 429 "Too many requests" (the client's fault, no Retry-After) — with 512 and 2 workers, 429 past 256 a worker.
+MAX_IN_FLIGHT = 256
 LARGE_BATCH = 2_048  # batches at least this big are priced in a worker thread so the event loop stays free
 # The service's TAXI_* variables (API keys, rate limit, tracing, prediction-log sinks), read once as the worker
 # imports this module.
@@ -113,6 +120,10 @@ UNKNOWN_ROUTES = bentoml.metrics.Counter(
 SHADOW_DROPPED = bentoml.metrics.Counter(
     name="taxi_fare_shadow_dropped",
     documentation="Requests the shadow challenger did not price because it fell behind (never the served fares).",
+)
+OVERLOAD_SHED = bentoml.metrics.Counter(
+    name="taxi_fare_overload_shed",
+    documentation="API requests answered 503 because the worker already had its maximum in progress.",
 )
 PREDICTION_LOG_DROPPED = bentoml.metrics.Counter(
     name="taxi_fare_prediction_log_dropped",
@@ -139,7 +150,7 @@ def _model_version(model: bentoml.Model) -> str:
 @bentoml.service(
     name="taxi_fare_service",
     description="Prices NYC taxi trips before they start: the champion taxi_fare_model over HTTP.",
-    traffic={"timeout": 30, "max_concurrency": 512},
+    traffic={"timeout": 30},  # in-flight limit: MAX_IN_FLIGHT (a 503, not BentoML's 429)
     logging={"access": {"enabled": False}},
     # No trace spans for the prediction routes unless asked for (TAXI_TRACE_PREDICTIONS=1, with an exporter
     # configured): BentoML opens several OpenTelemetry spans per request, ~15 % of a quote's CPU time.
@@ -175,6 +186,7 @@ class FareService:
             if SETTINGS.log_to_file
             else None,
             stdout=SETTINGS.log_to_stdout,
+            write_through=True,  # a quote's line is in its day file before it is answered (SIGKILL loses none)
         )
         self._dropped_reported = self._shadow_dropped_reported = 0
         self.shadow = self._shadow() if SHADOW_STORE_VERSION and self.prediction_log.enabled else None
@@ -309,5 +321,5 @@ FareService.apis["predict_batch"].input_spec = _CheckedBatchInput
 FareService.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
 # Unknown paths are answered 404 outside BentoML's metrics middleware (one series, whatever the path), and
 # connections get head and body deadlines (taxi_platform.serving.http_edge).
-guard_routes(FareService, UNKNOWN_ROUTES.inc)
+guard_routes(FareService, UNKNOWN_ROUTES.inc, (frozenset(API_ROUTES), MAX_IN_FLIGHT, OVERLOAD_SHED.inc))
 install_connection_timeouts()

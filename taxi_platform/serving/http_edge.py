@@ -1,12 +1,17 @@
 """The fare service's HTTP edge: what an anonymous client can make the server do before any endpoint runs.
 
-Three guards, installed by ``bento/service.py``:
+Four guards, installed by ``bento/service.py``:
 
 - **Known routes only** (:class:`KnownRoutes`, :func:`guard_routes`): BentoML's metrics middleware, the
   outermost one, labels its request series with the raw URL path, unknown paths included, so every random path
   was a new Prometheus series (a new file region in the multiprocess directory, more bytes in every scrape).
   The wrapper sits outside all of BentoML's middleware and answers a path the app does not route with 404
   itself, so the series count is fixed by the routes, whatever clients send.
+- **Load shedding** (:class:`LoadShedder`): beyond ``max_in_flight`` API requests in progress in a worker,
+  a request is answered at once with **503** and ``Retry-After: 1`` and a JSON reason, before any body is parsed
+  or any model call, outside all of BentoML's middleware. BentoML's own ``traffic.max_concurrency`` (per
+  service, divided between the workers) answered **429 "Too many requests"** there, a status that blames the
+  client, without ``Retry-After``; the service no longer sets it. Health, readiness and metrics are never shed.
 - **Connection deadlines** (:func:`install_connection_timeouts`): uvicorn closes an idle kept-alive connection
   after ``timeout_keep_alive`` but has no deadline for a request head or body, so a client that connects and
   sends nothing, or trickles a byte a second, held a socket (and its memory) for ever. A connection must
@@ -82,6 +87,64 @@ class KnownRoutes:
         await self.app(scope, receive, send)
 
 
+OVERLOAD_RETRY_AFTER = (
+    1  # seconds: a shed request is worth retrying that soon (another worker, the queue drained)
+)
+
+
+class LoadShedder:
+    """ASGI wrapper: at most ``max_in_flight`` requests for ``paths`` in progress at once (per worker: per event
+    loop); beyond that a request gets 503 with ``Retry-After`` at once, its body unread. ``on_shed`` is called for
+    each (a counter). The connection is kept alive: under overload a reconnect costs more than the answer."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        paths: frozenset[str],
+        max_in_flight: int,
+        on_shed: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.paths = paths
+        self.max_in_flight = max_in_flight
+        self.on_shed = on_shed
+        self.in_flight = 0
+        body = json.dumps(
+            {
+                "error": f"overloaded: {max_in_flight} requests already in progress in this worker; retry shortly"
+            }
+        ).encode()
+        self._start = {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(OVERLOAD_RETRY_AFTER).encode()),
+            ],
+        }
+        self._body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            if self.on_shed is not None:
+                self.on_shed()
+            start = self._start
+            echo = [(name, value) for name, value in scope["headers"] if name == b"x-request-id"][:1]
+            if echo:  # the client's id, echoed as on every answered request
+                start = {**start, "headers": [*start["headers"], *echo]}
+            await send(start)
+            await send(self._body)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def routed_paths(app: Any) -> frozenset[str]:
     """Every path a Starlette app answers: its routes' paths and the files under its static mounts."""
     from starlette.routing import Mount, Route
@@ -104,10 +167,15 @@ def routed_paths(app: Any) -> frozenset[str]:
     return frozenset(paths)
 
 
-def guard_routes(service: Any, on_unknown: Callable[[], None] | None = None) -> None:
+def guard_routes(
+    service: Any,
+    on_unknown: Callable[[], None] | None = None,
+    shed: tuple[frozenset[str], int, Callable[[], None] | None] | None = None,
+) -> None:
     """Make a BentoML service's ``to_asgi`` (what ``bentoml serve`` hands uvicorn) return its app wrapped in
-    :class:`KnownRoutes` over the app's own routes. The service's class is swapped for a subclass: BentoML's
-    ``Service`` is a slotted attrs class, so the method cannot be set on the instance."""
+    :class:`KnownRoutes` over the app's own routes and, with ``shed`` (paths, max in flight, on_shed), in a
+    :class:`LoadShedder` inside that. The service's class is swapped for a subclass: BentoML's ``Service`` is a
+    slotted attrs class, so the method cannot be set on the instance."""
     base = type(service)
     if getattr(base, "_known_routes_guard", False):
         return
@@ -118,7 +186,9 @@ def guard_routes(service: Any, on_unknown: Callable[[], None] | None = None) -> 
 
         def to_asgi(self, is_main: bool = True) -> Any:
             app = base.to_asgi(self, is_main)
-            return KnownRoutes(app, routed_paths(app), on_unknown)
+            paths = routed_paths(app)
+            inner = app if shed is None else LoadShedder(app, shed[0], shed[1], shed[2])
+            return KnownRoutes(inner, paths, on_unknown)
 
     GuardedService.__name__ = GuardedService.__qualname__ = base.__name__
     service.__class__ = GuardedService

@@ -17,9 +17,11 @@ Use in a test module or ``conftest.py``::
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +65,68 @@ def _with_precondition(handler):
 objects.insert = _with_precondition(objects.insert)
 objects.delete = _with_precondition(objects.delete)
 
+# Faults on a share of object requests, read from a JSON plan file (argv[4]) the parent rewrites at will:
+# {"seed": 0, "error_share": 0.2, "timeout_share": 0.1, "delay_s": 8.0, "methods": ["GET", "POST", ...]}.
+# An error answers 503 without applying the request; a timeout holds the request delay_s (longer than the
+# client's timeout) and then applies it, as a server that was slow but not dead does. Counts go to argv[4].stats.
+import json, random, re
+import gcp_storage_emulator.server as emulator_server
+_faults = {"mtime": None, "plan": {}, "rng": random.Random(0), "counts": {}}
+_fault_lock = threading.Lock()
+_OBJECT_PATH = re.compile(r".*/b/[^/]+/o(/.*)?")
+def _fault_plan(path):
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return {}
+    if mtime != _faults["mtime"]:
+        with open(path) as handle:
+            plan = json.load(handle)
+        _faults.update(mtime=mtime, plan=plan, rng=random.Random(plan.get("seed", 0)),
+                       counts={"requests": 0, "errors": 0, "timeouts": 0})
+    return _faults["plan"]
+def _count(path, kind):
+    _faults["counts"][kind] = _faults["counts"].get(kind, 0) + 1
+    if kind != "requests":
+        _faults["counts"].setdefault("times", []).append(time.time())
+    with open(path + ".stats.tmp", "w") as handle:
+        json.dump(_faults["counts"], handle)
+    os.replace(path + ".stats.tmp", path + ".stats")
+def _with_faults(handle, path):
+    def wrapped(router, method):
+        method = router._request_handler.headers.get("x-http-method-override") or method
+        url_path = router._request_handler.path.split("?", 1)[0]
+        with _fault_lock:
+            plan = _fault_plan(path)
+            kind = None
+            if plan and _OBJECT_PATH.fullmatch(url_path) and method in plan.get("methods", [method]):
+                _count(path, "requests")
+                draw = _faults["rng"].random()
+                if draw < plan.get("error_share", 0):
+                    kind = "errors"
+                elif draw < plan.get("error_share", 0) + plan.get("timeout_share", 0):
+                    kind = "timeouts"
+                if kind:
+                    _count(path, kind)
+        if kind == "errors":
+            handler = router._request_handler
+            length = int(handler.headers.get("Content-Length") or 0)
+            if length:
+                handler.rfile.read(length)
+            body = json.dumps({"error": {"code": 503, "message": "injected: service unavailable"}}).encode()
+            handler.send_response(503, "Service Unavailable")
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            return None
+        if kind == "timeouts":
+            time.sleep(plan.get("delay_s", 5.0))
+        return handle(router, method)
+    return wrapped
+if len(sys.argv) > 4:
+    emulator_server.Router.handle = _with_faults(emulator_server.Router.handle, sys.argv[4])
+
 from gcp_storage_emulator.server import create_server
 host, port, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 server = create_server(host, port, in_memory=True)
@@ -82,6 +146,7 @@ class GCSEmulator:
         self.host = host
         self.port = 0
         self.log_path = log_path
+        self.faults_path = log_path.with_name(log_path.name + ".faults.json")
         self.process: subprocess.Popen | None = None
 
     @property
@@ -109,7 +174,15 @@ class GCSEmulator:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
             try:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-c", _CHILD_CODE, self.host, str(self.port), str(os.getpid())],
+                    [
+                        sys.executable,
+                        "-c",
+                        _CHILD_CODE,
+                        self.host,
+                        str(self.port),
+                        str(os.getpid()),
+                        str(self.faults_path),
+                    ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -146,6 +219,40 @@ class GCSEmulator:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.process = None
+
+    def set_faults(
+        self,
+        error_share: float = 0.0,
+        timeout_share: float = 0.0,
+        delay_s: float = 5.0,
+        methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE"),
+        seed: int = 0,
+    ) -> None:
+        """From now on, answer ``error_share`` of object requests with 503 (not applied) and hold
+        ``timeout_share`` of them ``delay_s`` before applying them; the draw is seeded, the counts restart."""
+        plan = {
+            "seed": seed,
+            "error_share": error_share,
+            "timeout_share": timeout_share,
+            "delay_s": delay_s,
+            "methods": list(methods),
+        }
+        self.faults_path.with_name(self.faults_path.name + ".stats").unlink(missing_ok=True)
+        staging = self.faults_path.with_suffix(".tmp")
+        staging.write_text(json.dumps(plan))
+        os.replace(staging, self.faults_path)
+        time.sleep(0.01)  # a distinct mtime for the next plan
+
+    def clear_faults(self) -> None:
+        self.faults_path.unlink(missing_ok=True)
+
+    def fault_counts(self) -> dict[str, int]:
+        """Object requests seen, errors / timeouts injected and when (``times``), since the last :meth:`set_faults`."""
+        stats = self.faults_path.with_name(self.faults_path.name + ".stats")
+        try:
+            return json.loads(stats.read_text())
+        except (OSError, ValueError):
+            return {"requests": 0, "errors": 0, "timeouts": 0}
 
     def create_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh random name by default) and return its name."""

@@ -102,7 +102,7 @@ class MlflowServer:
             )
             for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
                 env.pop(name, None)  # they would override the config file
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process in stop()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process in stop()
         self._log = log
         self.proc = subprocess.Popen(
             cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -143,6 +143,21 @@ class MlflowServer:
                     pass
                 self.proc.wait(timeout=10)
         self._log.close()
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL: requests in flight get no answer), as a crashed pod does."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self.stop()
+
+    def restart(self) -> MlflowServer:
+        """Start again on the same port, with the same store and artifacts, after :meth:`stop` or :meth:`kill`."""
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> MlflowServer:
         return self.start()

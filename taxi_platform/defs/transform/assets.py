@@ -20,6 +20,7 @@ from taxi_platform.defs.owners import TRANSFORM
 from taxi_platform.defs.partitions import monthly_partitions
 from taxi_platform.defs.resources import LakeResource, TlcSourceResource
 from taxi_platform.defs.transform import contracts as contracts
+from taxi_platform.defs.transform.disk_space import retry_when_disk_full
 from taxi_platform.fare_model.features import FEATURES_VERSION, ZoneTable
 from taxi_platform.ingest.tlc_schema import SchemaMismatchError
 from taxi_platform.ingest.zones import ZoneLookupError, parse_zone_records, zone_table
@@ -87,7 +88,8 @@ def load_zones(lake: Lake) -> ZoneTable:
 def cleaned_trips(context: dg.AssetExecutionContext, lake: LakeResource, tlc: TlcSourceResource):
     store = lake.lake()
     services = tlc.service_list()
-    return materialize_months(context, lambda key: _clean(context, store, services, key))
+    with retry_when_disk_full(context, None if store.is_remote else store.root):
+        yield from materialize_months(context, lambda key: _clean(context, store, services, key))
 
 
 def _clean(context: dg.AssetExecutionContext, store: Lake, services: list[str], key: str) -> MonthOutcome:
@@ -172,7 +174,8 @@ def _cleaned_checks(result: CleanResult) -> list[dg.AssetCheckResult]:
 def trip_features(context: dg.AssetExecutionContext, lake: LakeResource):
     store = lake.lake()
     zones = load_zones(store)
-    return materialize_months(context, lambda key: _features(context, store, zones, key))
+    with retry_when_disk_full(context, None if store.is_remote else store.root):
+        yield from materialize_months(context, lambda key: _features(context, store, zones, key))
 
 
 def _features(context: dg.AssetExecutionContext, store: Lake, zones: ZoneTable, key: str) -> MonthOutcome:

@@ -38,8 +38,13 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
     """Log the model in the run and register it as a new version, tagged with what the gate and serving read.
 
     Returns the version. A version whose checks failed says so in ``checks_failed``: the gate never promotes it.
+    The version is created with every tag in one registry write (``register_model(tags=...)``), so a process
+    killed at any point leaves no version, or one with all its tags: never one the gate would place or compare
+    by half its tags (e.g. ``validation_month`` without ``checks_failed``).
     """
-    from taxi_platform.model.model_package import log_fare_model
+    import mlflow
+
+    from taxi_platform.model.model_package import code_versions, log_fare_model
     from taxi_platform.model.training import TRAINING_VERSION
 
     config = inputs.train_config
@@ -58,16 +63,11 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
         else "",
         CONTRACT_TAG: contract_tag(),  # the trip_features contract it was trained on
         **(trained.result.tuning.tags() if trained.result.tuning is not None else {}),
+        **code_versions(TRAINING_VERSION),  # the code it was built with (also the model's MLmodel metadata)
     }
-    info = log_fare_model(trained.model, MODEL_NAME, TRAINING_VERSION, tags=tags)
-    version = str(info.registered_model_version)
-    client = registry_client(logged.run.tracking_uri)
-    tags.update(
-        info.metadata or {}
-    )  # the code it was built with: fare_model_code, features/training/state versions
-    for key, value in tags.items():  # the logged model's tags are not the registered version's
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    return version
+    info = log_fare_model(trained.model, None, TRAINING_VERSION, tags=tags)  # logged, not registered yet
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    return str(version.version)
 
 
 def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) -> GateDecision:

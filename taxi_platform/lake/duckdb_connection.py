@@ -6,10 +6,14 @@ from settings.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import shutil
 import uuid
 from pathlib import Path
+
+OWNERS_SUFFIX = ".owners"  # <temp_root>.owners/<pid>-<token>.lock: one per process, flock-held while it lives
 
 
 def _pid_alive(pid: int) -> bool:
@@ -25,30 +29,99 @@ def _pid_alive(pid: int) -> bool:
 
 
 _SWEPT: set[str] = set()  # spill roots this process has already cleaned
+_OWNERS: dict[tuple[str, int], tuple[str, int]] = {}  # (root, pid) -> (owner name, fd holding its lock)
+
+
+def _owners_dir(root: Path) -> Path:
+    return root.with_name(root.name + OWNERS_SUFFIX)
+
+
+def _owner(root: Path) -> str:
+    """This process's owner name under ``root`` (``<pid>-<6 hex>``), its lock file held for the process's life.
+
+    The lock file is created and locked under a temporary name, then renamed into place: a sweeper never sees
+    an owner's lock before it is held. A PID says nothing once the process is gone (PIDs are reused, and a
+    process in another PID namespace sharing the data dir has PIDs of its own); a held lock does.
+    """
+    key = (str(root), os.getpid())
+    if key not in _OWNERS:
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        owners = _owners_dir(root)
+        owners.mkdir(parents=True, exist_ok=True)
+        tmp = owners / f".{name}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, owners / f"{name}.lock")
+        _OWNERS[key] = (name, fd)
+        atexit.register(_release, owners / f"{name}.lock", os.getpid())
+    return _OWNERS[key][0]
+
+
+def _release(lock: Path, pid: int) -> None:
+    """At a normal exit, drop the owner lock (DuckDB removed the spill directories when they closed)."""
+    if pid == os.getpid():  # not in a forked child that inherited the hook
+        lock.unlink(missing_ok=True)
+
+
+def _dead_lock(lock: Path) -> int | None:
+    """A descriptor holding ``lock`` when its owner is gone (the caller removes it, then closes), else None."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep(root: Path) -> None:
+    """Remove what processes that no longer run left under ``root``: spill directories whose owner's lock is free
+    (then the lock), and directories without an owner lock (older releases) whose PID is not running."""
+    owners = _owners_dir(root)
+    locked = {p.name.removesuffix(".lock"): p for p in owners.glob("*.lock")} if owners.is_dir() else {}
+    entries = [e for e in root.iterdir() if e.is_dir() and e.name.split("-", 1)[0].isdigit()]
+    for name, lock in locked.items():
+        fd = _dead_lock(lock)
+        if fd is None:
+            continue
+        try:  # the spill directories first, the lock last: a sweep killed half-way is finished by the next
+            for entry in entries:
+                if entry.name.startswith(name):
+                    shutil.rmtree(entry, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    for tmp in owners.glob(".*.tmp") if owners.is_dir() else ():
+        fd = _dead_lock(tmp)  # a process killed while taking its lock
+        if fd is not None:
+            tmp.unlink(missing_ok=True)
+            os.close(fd)
+    for entry in entries:
+        pid = int(entry.name.split("-", 1)[0])
+        owned = entry.name[: entry.name.index("-") + 7] in locked
+        if not owned and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def spill_directory(temp_root: str, sweep: bool = True) -> str:
     """A fresh spill directory path for one DuckDB connection under ``temp_root`` (created lazily by DuckDB).
 
-    ``temp_root`` is created; with ``sweep``, subdirectories left behind by processes that no longer run are
-    removed."""
+    ``temp_root`` is created; its name is ``<owner>-<6 hex>``, the owner being this process's lock (see
+    :func:`_owner`). With ``sweep``, directories left behind by processes that no longer run are removed; a
+    live process's never are."""
     root = Path(temp_root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for entry in root.iterdir() if sweep else ():
-            pid_text = entry.name.split("-", 1)[0]
-            if (
-                entry.is_dir()
-                and pid_text.isdigit()
-                and int(pid_text) != os.getpid()
-                and not _pid_alive(int(pid_text))
-            ):
-                shutil.rmtree(entry, ignore_errors=True)
+        if sweep:
+            _sweep(root)
+        return str(root / f"{_owner(root)}{uuid.uuid4().hex[:6]}")
     except (
         OSError
     ):  # an unwritable data dir only matters once DuckDB spills, and then DuckDB names the directory
-        pass
-    return str(root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        return str(root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
 
 class DuckDBConnections:
@@ -64,8 +137,8 @@ class DuckDBConnections:
         50 % of memory) to disk. Its default spill directory is ``.tmp`` in the working directory, which the image's
         unprivileged user cannot create; every connection here spills into a directory of its own under ``temp_root``
         (default ``$TAXI_DATA_DIR/duckdb_tmp``), named ``<pid>-<random>``. DuckDB creates that directory only when it
-        spills and removes it when the connection closes; directories left by killed processes are removed by the
-        first connection a process opens under that root.
+        spills and removes it when the connection closes; directories left by killed processes (their owner lock in
+        ``duckdb_tmp.owners`` is free) are removed by the first connection a process opens under that root.
         """
         import duckdb
 

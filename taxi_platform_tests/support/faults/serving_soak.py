@@ -28,6 +28,7 @@ MAX_GROWTH_PCT = 5.0
 P99_RECOVERY_LIMIT_S = 10.0
 SOAK_CONNECTIONS = 64  # covers 80 % of capacity at the soak's latency with room
 WORKERS = 2
+MAX_OVERLOAD_CONNECTIONS = 4096
 
 
 def _growth(samples: list[tuple[float, float]], start: float, end: float) -> tuple[float, float, float]:
@@ -58,8 +59,9 @@ def _run_phases(server, bodies: list[str], workdir: Path, capacity: float, secs:
     marks = {"soak_start": time.monotonic() * 1e3}
     soak = run_phase(url, bodies, Phase("soak", 0.8 * capacity, SOAK_CONNECTIONS, soak_s), workdir)
     marks["overload_start"] = time.monotonic() * 1e3
-    # Connections beyond every worker's in-flight limit: 2x is offered whatever the latency, and 503s can happen.
-    conns = WORKERS * MAX_IN_FLIGHT + 128
+    # wrk's connections each wait for their answer, so they bound what is offered: beyond every worker's
+    # in-flight limit (503s can happen), and 2x capacity even at 1 s of latency (up to 4,096).
+    conns = min(MAX_OVERLOAD_CONNECTIONS, max(WORKERS * MAX_IN_FLIGHT + 128, int(2 * capacity)))
     over = run_phase(url, bodies, Phase("overload", 2 * capacity, conns, overload_s), workdir)
     marks["overload_end"] = over.ended_ms
     after_load = PacedWrk(

@@ -366,6 +366,72 @@ class DagsterServices:
                 parts.append(f"--- {proc.name} ({proc.log_path}) ---\n{proc.tail(lines)}")
         return "\n".join(parts)
 
+    # -- faults (the fault matrix, taxi_platform_tests/support/faults/dagster_faults.py) ---------------
+    def code_server_pids(self, of: str = "daemon") -> list[int]:
+        """The gRPC code servers (``dagster api grpc``) the daemon (or the webserver) spawned for workspace.yaml."""
+        proc = self.daemon if of == "daemon" else self.webserver
+        if proc is None:
+            return []
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    argv = child.cmdline()
+                    if "api" in argv and "grpc" in argv:
+                        found.append(child.pid)
+        return found
+
+    def kill_daemon(self) -> ManagedProcess:
+        """SIGKILL the daemon process alone (as the OOM killer would): what it spawned (code server, run workers)
+        is left running, as after a real kill. Returns the dead daemon's ManagedProcess: its process group holds
+        those orphans; ``.stop()`` it when done. Start a new daemon with ``start_daemon``."""
+        dead = self.daemon
+        if dead is None:
+            raise RuntimeError("no daemon to kill")
+        os.kill(dead.proc.pid, signal.SIGKILL)
+        dead.proc.wait(timeout=30)
+        self.daemon = None
+        return dead
+
+    def launch_backfill_by_assets(
+        self, partitions: Mapping[str, tuple[str, str] | None], title: str | None = None
+    ) -> str:
+        """A backfill of exactly these partitions: asset -> (first, last) partition key, None for an unpartitioned
+        asset. Unlike ``launch_partition_backfill`` (partition names for a selection), Dagster does not add the
+        downstream assets' partitions their partition mappings reach (e.g. a window mapping's later months)."""
+        data = self.graphql(
+            """mutation($params: LaunchBackfillParams!) {
+                 launchPartitionBackfill(backfillParams: $params) {
+                   __typename
+                   ... on LaunchBackfillSuccess { backfillId }
+                   ... on PythonError { message stack }
+                   ... on Error { message }
+                 } }""",
+            {
+                "params": {
+                    "partitionsByAssets": [
+                        {
+                            "assetKey": {"path": [asset]},
+                            "partitions": None
+                            if keys is None
+                            else {"range": {"start": keys[0], "end": keys[1]}},
+                        }
+                        for asset, keys in partitions.items()
+                    ],
+                    "title": title,
+                }
+            },
+        )
+        result = data["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise GraphQLError(f"launchPartitionBackfill: {result}")
+        return result["backfillId"]
+
+    def start_daemon(self, timeout: float = 180.0) -> None:
+        """Start a daemon on the same instance (after ``kill_daemon``) and wait until its daemons heartbeat."""
+        self._start_daemon()
+        self.wait_ready(timeout)
+
 
 # -- postgres ----------------------------------------------------------------------------------------
 def postgres_bindir() -> Path:

@@ -37,18 +37,30 @@ def make_quotes(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def lua_script(bodies: list[str], rate_per_connection: float | None = None) -> str:
+def lua_script(bodies: list[str], rate_per_thread: float | None = None) -> str:
     """wrk script: POST the bodies round-robin and print a JSON summary line at the end; with
-    ``rate_per_connection`` (requests/s), each connection waits between requests to keep that pace."""
+    ``rate_per_thread`` (requests/s), the connections of each wrk thread share one schedule of that many slots a
+    second: a request waits for the next free slot, or goes at once when late (slots more than 1 s behind are
+    dropped). wrk's ``delay()`` counted from each response used to pace ``1 / (latency + gap)`` per connection,
+    always short of the rate asked; this delivers it while the connections cover ``rate x latency``."""
     pace = ""
-    if rate_per_connection:  # wrk's delay() is whole milliseconds: carry the fraction over
+    if rate_per_thread:  # the clock: CLOCK_MONOTONIC through LuaJIT's FFI (wrk has no wall clock in ms)
         pace = f"""
-local gap, carry = {1000.0 / rate_per_connection!r}, 0
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct {{ long tv_sec; long tv_nsec; }} taxi_ts; int clock_gettime(int, taxi_ts *); ]]
+local ts = ffi.new("taxi_ts")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local gap, next_due = {1000.0 / rate_per_thread!r}, nil
 delay = function()
-  carry = carry + gap
-  local ms = math.floor(carry)
-  carry = carry - ms
-  return ms
+  local now = now_ms()
+  if next_due == nil or next_due < now - 1000 then next_due = now end
+  local slot = next_due
+  next_due = next_due + gap
+  if slot <= now then return 0 end
+  return math.floor(slot - now + 0.5)
 end
 """
     items = ",\n".join(f"[==[{b}]==]" for b in bodies)
@@ -90,10 +102,10 @@ WRK_THREADS = 2  # --wrk-threads: the load generator shares the 2 cores with the
 def run_wrk(
     url: str, bodies: list[str], connections: int, duration: float, workdir: Path, rate: float | None = None
 ) -> LoadResult:
-    """wrk as fast as it goes, or at about ``rate`` requests/s in all (paced connections; latency adds a little)."""
+    """wrk as fast as it goes, or at ``rate`` requests/s in all (paced threads, see :func:`lua_script`)."""
     script = workdir / f"load-{abs(hash((*bodies, rate))) % 10**8}.lua"
-    script.write_text(lua_script(bodies, rate / connections if rate else None))
     threads = max(1, min(WRK_THREADS, connections))
+    script.write_text(lua_script(bodies, rate / threads if rate else None))
     cmd = [
         "wrk",
         f"-t{threads}",

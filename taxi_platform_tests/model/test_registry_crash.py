@@ -126,6 +126,7 @@ def setup(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_any_registry_write_leaves_a_readable_registry_and_reruns_cleanly(setup, tmp_path):
     steps = setup["steps"]
     assert "SqlAlchemyStore.create_model_version" in steps and steps[-1].endswith("set_model_version_tag")

@@ -213,8 +213,9 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert len(acked) == 1000
     assert logged == acked[: len(logged)], "the log is not a prefix of what was answered"
     lost = len(acked) - len(logged)
+    print(f"asynchronous writer, SIGKILL after 1,000 answered requests at ~1/ms: {lost} lost (the newest)")
     # Lost: what was queued in the last flush interval (0.2 s at ~1 request/ms, the sleeps stretched by load).
-    assert 0 < lost <= 400, lost
+    assert 0 <= lost <= 400, lost  # 0 only if the writer flushed in the microseconds before the kill
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ MODEL_NAME = "taxi_fare_model"
 DEFAULT_DOWNLOAD_MAX_BYTES = 2 << 30
 # Time for one trip file, all attempts included: 2 GiB at ~2 MiB/s, far more than a healthy CDN needs.
 DEFAULT_DOWNLOAD_DEADLINE_SECONDS = 1800.0
+# TAXI_MLFLOW_WAIT_SECONDS: how long fare_model waits (by Dagster retries) for a tracking server that does not
+# answer when the step starts (taxi_platform/defs/model/registry_wait.py); 0: fail at once.
+DEFAULT_MLFLOW_WAIT_SECONDS = 120.0
+# TAXI_GCS_TIMEOUT_SECONDS: the lake's deadline for connecting to GCS and for each read of an answer; a request that
+# overruns it is retried by the GCS clients like a 503 (taxi_platform/lake/gcs.py).
+DEFAULT_GCS_TIMEOUT_SECONDS = 60.0
 # DuckDB's own default is 80 % of RAM; the training and drift steps also hold pandas frames next to it.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "50%"
 # Where `taxi-platform ui` serves the local lake's files, so report links in Dagster open in a browser.
@@ -245,6 +251,7 @@ class Settings:
     mlflow_tracking_uri: str
     download_max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
     download_deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS
+    mlflow_wait_seconds: float = DEFAULT_MLFLOW_WAIT_SECONDS
     duckdb_memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT
     reports_url: str = DEFAULT_REPORTS_URL
     automation: AutomationSettings = field(default_factory=AutomationSettings)
@@ -302,6 +309,29 @@ class Settings:
         return self.data_dir / "bentoml"
 
 
+def _parse_wait(value: str, default: float, variable: str = "TAXI_MLFLOW_WAIT_SECONDS") -> float:
+    """A number of seconds, 0 or more; empty: ``default``."""
+    if not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise SettingsError(f"{variable}={value!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+def load_gcs_timeout(env: Mapping[str, str] | None = None) -> float:
+    """``TAXI_GCS_TIMEOUT_SECONDS`` (seconds, more than 0; default 60)."""
+    env = os.environ if env is None else env
+    variable = "TAXI_GCS_TIMEOUT_SECONDS"
+    seconds = _parse_wait(env.get(variable, ""), DEFAULT_GCS_TIMEOUT_SECONDS, variable)
+    if seconds <= 0:
+        raise SettingsError(f"{variable}={env.get(variable)!r}: expected a number of seconds more than 0")
+    return seconds
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read and validate settings from ``env`` (default: ``os.environ``)."""
     env = dict(os.environ if env is None else env)
@@ -326,6 +356,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "TAXI_DOWNLOAD_DEADLINE_SECONDS",
     )
     duckdb = load_duckdb_settings(env)
+    mlflow_wait = _parse_wait(env.get("TAXI_MLFLOW_WAIT_SECONDS", ""), DEFAULT_MLFLOW_WAIT_SECONDS)
     reports_url = _parse_base_url(env.get("TAXI_REPORTS_URL") or DEFAULT_REPORTS_URL, "TAXI_REPORTS_URL")
     return Settings(
         prediction_log_setting=parse_prediction_log_path(env.get("TAXI_PREDICTION_LOG_PATH", "")),
@@ -337,6 +368,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=mlflow_uri,
         download_max_bytes=max_bytes,
         download_deadline_seconds=deadline,
+        mlflow_wait_seconds=mlflow_wait,
         duckdb_memory_limit=duckdb.memory_limit,
         reports_url=reports_url,
         automation=load_automation_settings(env),

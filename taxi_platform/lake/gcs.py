@@ -22,6 +22,13 @@ the plain class is the right one for them on real GCS too and saves a control-pl
 Listings are not cached (``use_listings_cache=False``): several processes and pods write partitions
 to the same lake, and a cached directory listing would hide partitions written by others.
 
+Deadlines: ``TAXI_GCS_TIMEOUT_SECONDS`` (default 60) bounds connecting and each wait for an answer's bytes, in
+both clients. gcsfs gets it as an ``aiohttp.ClientTimeout`` of ``sock_connect``/``sock_read`` (no total): an
+overrun then raises aiohttp's ``ServerTimeoutError``, which gcsfs retries with backoff like a 503, where a plain
+number (a total deadline) raised ``asyncio.TimeoutError``, which gcsfs does not retry (one slow answer failed the
+step) -- and without any deadline a stalled read held the step for aiohttp's default five minutes. The storage
+client (``GCSPartitions``) passes the same number as each call's ``timeout``; its default retry covers a timeout.
+
 Heavy imports (gcsfs, google-cloud-storage) happen inside the functions.
 """
 
@@ -51,10 +58,11 @@ class GCSConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GCSSettings:
-    """Where GCS requests go and which project they bill."""
+    """Where GCS requests go, which project they bill, and how long one request may stall."""
 
     project: str | None
     emulator_endpoint: str | None  # ``http://host:port`` or None for the real service
+    timeout_seconds: float = 60.0  # TAXI_GCS_TIMEOUT_SECONDS
 
     @property
     def is_emulator(self) -> bool:
@@ -72,7 +80,13 @@ def gcs_settings(env: Mapping[str, str] | None = None) -> GCSSettings:
     project = next((env[name].strip() for name in PROJECT_ENVS if (env.get(name) or "").strip()), None)
     if project is None and endpoint is not None:
         project = EMULATOR_DEFAULT_PROJECT
-    return GCSSettings(project=project, emulator_endpoint=endpoint)
+    from taxi_platform.core.settings import SettingsError, load_gcs_timeout
+
+    try:
+        timeout = load_gcs_timeout(env)
+    except SettingsError as exc:
+        raise GCSConfigError(str(exc)) from exc
+    return GCSSettings(project=project, emulator_endpoint=endpoint, timeout_seconds=timeout)
 
 
 def split_gcs_url(url: str) -> tuple[str, str]:
@@ -98,9 +112,18 @@ def filesystem_for(root: str, env: Mapping[str, str] | None = None) -> fsspec.Ab
         return fsspec.filesystem("memory")
     split_gcs_url(root)  # validates the URL with a clear message
     settings = gcs_settings(env)
-    from gcsfs.core import GCSFileSystem
+    from gcsfs.core import (
+        GCSFileSystem,
+        aiohttp,  # gcsfs's own HTTP client (not a dependency of ours; pyproject lists gcsfs)
+    )
 
-    kwargs: dict = {"use_listings_cache": False}
+    kwargs: dict = {
+        "use_listings_cache": False,
+        # per connect and per read, not in total: an overrun is then an aiohttp ClientError that gcsfs retries
+        "requests_timeout": aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.timeout_seconds, sock_read=settings.timeout_seconds
+        ),
+    }
     if settings.project:
         kwargs["project"] = settings.project
     if settings.is_emulator:

@@ -73,13 +73,23 @@ class Lease:
 
 
 class _GCSStore:
-    """Objects of one bucket through google-cloud-storage, with generation preconditions."""
+    """Objects of one bucket through google-cloud-storage, with generation preconditions.
+
+    Every call carries the lake's deadline (``TAXI_GCS_TIMEOUT_SECONDS``); the client retries a call that overran
+    it, or got a 5xx, with backoff (conditional writes and deletes are retried because they carry a precondition).
+    A retried conditional write whose first attempt did land (the answer was lost, or came after the deadline) is
+    refused by its own precondition (412): :meth:`put` then reads the object, and when it holds exactly what this
+    write sent the write is done, not a conflict. Every object written with a precondition has unique content (a
+    lease names its owner, a pointer its version id, a part sits under its version id), so equal content is this
+    write's.
+    """
 
     def __init__(self, root: str):
-        from taxi_platform.lake.gcs import gcs_client_for, split_gcs_url
+        from taxi_platform.lake.gcs import gcs_client_for, gcs_settings, split_gcs_url
 
         self.bucket_name, _prefix = split_gcs_url(root)
         self.bucket = gcs_client_for(root).bucket(self.bucket_name)
+        self.timeout = gcs_settings().timeout_seconds
 
     def key(self, url: str) -> str:
         return url.split("://", 1)[1].split("/", 1)[1]
@@ -87,12 +97,12 @@ class _GCSStore:
     def get(self, url: str) -> tuple[bytes, int, float] | None:
         from google.api_core.exceptions import NotFound
 
-        blob = self.bucket.get_blob(self.key(url))
+        blob = self.bucket.get_blob(self.key(url), timeout=self.timeout)
         if blob is None:
             return None
         generation, updated = int(blob.generation), blob.updated.timestamp()
         try:
-            data = blob.download_as_bytes(if_generation_match=generation)
+            data = blob.download_as_bytes(if_generation_match=generation, timeout=self.timeout)
         except NotFound:
             return None
         except Exception as exc:
@@ -105,20 +115,50 @@ class _GCSStore:
         blob = self.bucket.blob(self.key(url))
         try:
             if path is not None:
-                blob.upload_from_filename(path, if_generation_match=if_generation_match)
+                blob.upload_from_filename(path, if_generation_match=if_generation_match, timeout=self.timeout)
             else:
-                blob.upload_from_string(data, if_generation_match=if_generation_match)
+                blob.upload_from_string(data, if_generation_match=if_generation_match, timeout=self.timeout)
         except Exception as exc:
             if _is_precondition(exc):
+                landed = self._landed(url, data, path)
+                if landed is not None:
+                    return landed
                 raise _Conflict(url) from exc
             raise
         return int(blob.generation)
+
+    def _landed(self, url: str, data: bytes | None, path: str | None) -> int | None:
+        """The generation of ``url`` when it holds exactly the bytes this write sent, else None."""
+        import base64
+
+        blob = self.bucket.get_blob(self.key(url), timeout=self.timeout)
+        if blob is None:
+            return None
+        generation = int(blob.generation)  # before a download, which may reset the blob's properties
+        try:
+            if path is not None:
+                with open(path, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "md5").digest()
+                if blob.md5_hash:
+                    same = base64.b64decode(blob.md5_hash) == digest
+                else:
+                    data = blob.download_as_bytes(if_generation_match=generation, timeout=self.timeout)
+                    same = hashlib.md5(data).digest() == digest
+            else:
+                same = blob.download_as_bytes(if_generation_match=generation, timeout=self.timeout) == data
+        except Exception as exc:
+            if _is_precondition(exc):
+                return None  # rewritten since: by another writer
+            raise
+        return generation if same else None
 
     def delete(self, url: str, if_generation_match: int | None = None) -> None:
         from google.api_core.exceptions import NotFound
 
         try:
-            self.bucket.blob(self.key(url)).delete(if_generation_match=if_generation_match)
+            self.bucket.blob(self.key(url)).delete(
+                if_generation_match=if_generation_match, timeout=self.timeout
+            )
         except NotFound:
             pass
         except Exception as exc:
@@ -127,7 +167,7 @@ class _GCSStore:
 
     def list(self, url_prefix: str) -> list[str]:
         scheme = url_prefix.split("://", 1)[0]
-        blobs = self.bucket.list_blobs(prefix=self.key(url_prefix))
+        blobs = self.bucket.list_blobs(prefix=self.key(url_prefix), timeout=self.timeout)
         return sorted(f"{scheme}://{self.bucket_name}/{b.name}" for b in blobs)
 
 

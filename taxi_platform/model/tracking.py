@@ -223,3 +223,25 @@ def mark_failed(run: TrackedRun, message: str) -> None:
     resume(run)
     mlflow.set_tag("failure", message[:5000])
     end_all_runs("FAILED")
+
+
+# -- waiting for a tracking server that does not answer when a step starts (defs/model/registry_wait.py) -----------
+SERVER_FIRST_WAIT_SECONDS = 5.0
+
+
+def server_wait_before_retry(retry: int) -> float:
+    """Seconds before retry ``retry + 1`` (0-based): 5, 10, 20, 40, ..."""
+    return SERVER_FIRST_WAIT_SECONDS * 2**retry
+
+
+def server_waited_before(retries: int) -> float:
+    """Seconds waited in all before attempt ``retries + 1``."""
+    return sum(server_wait_before_retry(n) for n in range(retries))
+
+
+def server_max_retries(budget_seconds: float) -> int:
+    """How many retries fit in ``budget_seconds`` of waiting (``TAXI_MLFLOW_WAIT_SECONDS``)."""
+    retries = 0
+    while server_waited_before(retries + 1) <= budget_seconds:
+        retries += 1
+    return retries

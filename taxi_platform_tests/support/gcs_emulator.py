@@ -66,7 +66,8 @@ objects.insert = _with_precondition(objects.insert)
 objects.delete = _with_precondition(objects.delete)
 
 # Faults on a share of object requests, read from a JSON plan file (argv[4]) the parent rewrites at will:
-# {"seed": 0, "error_share": 0.2, "timeout_share": 0.1, "delay_s": 8.0, "methods": ["GET", "POST", ...]}.
+# {"seed": 0, "error_share": 0.2, "timeout_share": 0.1, "delay_s": 8.0, "methods": ["GET", "POST", ...],
+#  "timeout_methods": ["POST"]} (timeouts only on those methods; default: all of "methods").
 # An error answers 503 without applying the request; a timeout holds the request delay_s (longer than the
 # client's timeout) and then applies it, as a server that was slow but not dead does. Counts go to argv[4].stats.
 import json, random, re
@@ -102,9 +103,10 @@ def _with_faults(handle, path):
             if plan and _OBJECT_PATH.fullmatch(url_path) and method in plan.get("methods", [method]):
                 _count(path, "requests")
                 draw = _faults["rng"].random()
+                timeouts = method in plan.get("timeout_methods", plan.get("methods", [method]))
                 if draw < plan.get("error_share", 0):
                     kind = "errors"
-                elif draw < plan.get("error_share", 0) + plan.get("timeout_share", 0):
+                elif timeouts and draw < plan.get("error_share", 0) + plan.get("timeout_share", 0):
                     kind = "timeouts"
                 if kind:
                     _count(path, kind)
@@ -227,9 +229,11 @@ class GCSEmulator:
         delay_s: float = 5.0,
         methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE"),
         seed: int = 0,
+        timeout_methods: tuple[str, ...] | None = None,
     ) -> None:
         """From now on, answer ``error_share`` of object requests with 503 (not applied) and hold
-        ``timeout_share`` of them ``delay_s`` before applying them; the draw is seeded, the counts restart."""
+        ``timeout_share`` of them (of ``timeout_methods`` only, when given) ``delay_s`` before applying them; the
+        draw is seeded, the counts restart."""
         plan = {
             "seed": seed,
             "error_share": error_share,
@@ -237,6 +241,8 @@ class GCSEmulator:
             "delay_s": delay_s,
             "methods": list(methods),
         }
+        if timeout_methods is not None:
+            plan["timeout_methods"] = list(timeout_methods)
         self.faults_path.with_name(self.faults_path.name + ".stats").unlink(missing_ok=True)
         staging = self.faults_path.with_suffix(".tmp")
         staging.write_text(json.dumps(plan))

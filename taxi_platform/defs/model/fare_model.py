@@ -21,6 +21,7 @@ import dagster as dg
 from taxi_platform.defs.automation import fare_model_condition
 from taxi_platform.defs.keys import FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.model.config import DEFAULT_WINDOW_MONTHS, FareModelConfig
+from taxi_platform.defs.model.registry_wait import await_tracking_server
 from taxi_platform.defs.month_ranges import (
     FARE_MODEL_MONTHS_PER_RUN,
     MonthOutcome,
@@ -91,6 +92,8 @@ def fare_model(
     context: dg.AssetExecutionContext, config: FareModelConfig, lake: LakeResource, mlflow: MlflowResource
 ):
     store = lake.lake()
+    # A tracking server that does not answer yet: wait for it by Dagster retries (nothing has been done yet).
+    await_tracking_server(context, mlflow.resolved_uri())
     # One month: dagster-mlflow's run for this Dagster run. Several (a ranged backfill run): one MLflow run each.
     ranged = not context.has_partition_key
     return materialize_months(

@@ -26,7 +26,7 @@ def _assert_recovered(result, evidence) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_gcs_503s_and_stalls_on_reads_and_writes(tmp_path):
+def test_gcs_503s_and_timeouts_on_reads_and_writes(tmp_path):
     evidence: dict = {}
     result = faults.gcs_flaky(tmp_path, evidence)
     _assert_recovered(result, evidence)
@@ -78,3 +78,59 @@ def test_mlflow_server_stopped_30s_during_fare_model_and_drift_report(tmp_path):
     assert report and report == want_report
     # survived by MLflow's own HTTP retries: no step attempt failed
     assert evidence["failures"] == []
+
+
+@pytest.mark.timeout(420)
+def test_postgres_restarted_mid_backfill(tmp_path):
+    evidence: dict = {}
+    result = faults.postgres_restart(tmp_path, evidence)
+    assert result.faults_injected == 1 and evidence["running"], result.explain()  # a run was in progress
+    assert result.survived, result.explain()
+    stopped, back = evidence["restarted"]
+    assert back - stopped >= faults.PG_DOWN_S
+    assert evidence["backfill"]["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), result.explain()
+    # every partition materialised in the instance (Postgres) and in the lake, equal to a fault-free run's
+    for asset, months in evidence["materialized"].items():
+        assert set(faults.PG_MONTHS) <= months, (asset, months)
+    assert evidence["zones"]
+    assert evidence["got"] == evidence["want"] and all(p is not None for p in evidence["want"].values())
+    # a run the restart broke was re-executed by the instance's run retries (run_retries in dagster-postgres.yaml)
+    # and that retry succeeded; nothing else failed
+    parents = {faults.tag(r, "dagster/parent_run_id") for r in evidence["runs"] if r["status"] == "SUCCESS"}
+    for run in evidence["runs"]:
+        assert run["status"] == "SUCCESS" or run["runId"] in parents, (run, evidence["runs"])
+    assert math.isfinite(result.recovery_seconds[0])
+
+
+@pytest.mark.timeout(180)
+def test_fare_model_gives_up_clearly_when_the_tracking_server_stays_down(tmp_path, monkeypatch):
+    """The outage outlasts the wait budget: fare_model retries (Dagster retries, 5 s then 10 s) and then fails
+    saying where, how long it waited and that nothing was registered."""
+    import dagster as dg
+
+    from taxi_platform.defs.model.fare_model import fare_model
+    from taxi_platform.defs.resources import LakeResource, MlflowResource
+    from taxi_platform_tests.support.mlflow_server import closed_port
+
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TAXI_MLFLOW_WAIT_SECONDS", "15")
+    url = f"http://127.0.0.1:{closed_port()}"
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [fare_model],
+        partition_key="2024-03-01",
+        resources={
+            "lake": LakeResource(root=str(tmp_path / "lake")),
+            "mlflow": MlflowResource(tracking_uri=url),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = faults.step_failures(instance)
+    retries = [f for f in failures if "RetryRequested" in f[2]]
+    assert len(retries) == 2, failures
+    assert retries[1][0] - retries[0][0] >= 5  # the first wait
+    final = failures[-1][2]
+    assert f"MLFLOW_TRACKING_URI={url} is unreachable" in final, final
+    assert "Gave up after 3 attempt(s) over 15 s" in final and "nothing was trained or registered" in final

@@ -47,9 +47,9 @@ def test_short_soak_and_overload_then_sigterm(tmp_path):
     print(json.dumps({k: v for k, v in report.items() if k != "after_overload_per_second"}, indent=1))
     assert result.survived, result.explain()
     assert report["bad_statuses"] == {}, report["phases"]
-    soak, over = report["phases"][1], report["phases"][2]
+    soak, over = (next(p for p in report["phases"] if p["phase"] == name) for name in ("soak", "overload"))
     assert soak["achieved_rate"] >= 0.9 * soak["asked_rate"], soak  # the load generator delivered the rate
-    assert over["achieved_rate"] >= 1.2 * report["capacity_rps"] * 0.8, over  # and overloaded the server
+    assert over["achieved_rate"] >= 1.5 * report["capacity_rps"], over  # and overloaded the server
     assert report["rss_mib"]["growth_pct"] <= 5.0, report["rss_mib"]
     assert report["p99_recovery_s"] is not None and report["p99_recovery_s"] <= 10, report
     assert report["sigterm_exit_code"] is not None, report

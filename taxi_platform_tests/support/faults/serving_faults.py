@@ -67,11 +67,13 @@ def worker_sigkill(workdir: Path, cache: Path | None = None, load_seconds: float
     workdir.mkdir(parents=True, exist_ok=True)
     bodies = quote_bodies()
     with live_server(workdir, cache or workdir.parent) as server:
-        capacity, warm = measure_capacity(server, bodies, workdir)
+        capacity, warm = measure_capacity(server, bodies, workdir)  # warm: its phases
         rate = 0.6 * capacity
         before = {w.pid for w in server.workers()}
         victim = server.workers()[0]
-        load = PacedWrk(f"{server.url}/predict", bodies, Phase("under-kill", rate, 64, load_seconds), workdir)
+        load = PacedWrk(
+            f"{server.url}/predict", bodies, Phase("under-kill", rate, 128, load_seconds), workdir
+        )
         time.sleep(load_seconds / 3)
         killed_at = time.monotonic() * 1e3
         probe = _NewWorkerProbe(server.url, _prefixes(load, killed_at))
@@ -81,9 +83,9 @@ def worker_sigkill(workdir: Path, cache: Path | None = None, load_seconds: float
         probe.join(120)
         after = {w.pid for w in server.workers()}
         status, headers, text = overload_answer(server)
-        sent, lost = lost_quotes(server, [warm, phase], extra_ids=probe.ids)
+        sent, lost = lost_quotes(server, [*warm, phase], extra_ids=probe.ids)
     recovery = (probe.new_at - killed_at) / 1e3 if probe.new_at else None
-    bad = bad_statuses([warm, phase])
+    bad = bad_statuses([*warm, phase])
     bad.update({k: v for k, v in probe.statuses.items() if k not in (200, 503)})
     restarted = bool(after - before) and recovery is not None
     clean_503 = status == 503 and "retry-after" in {k.lower() for k in headers} and "overloaded" in text

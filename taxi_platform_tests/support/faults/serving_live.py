@@ -27,7 +27,7 @@ from taxi_platform.serving.prediction_log import read_prediction_log
 from taxi_platform.serving.quotes import EXAMPLE_QUOTE
 from taxi_platform_tests.support.faults.paced_load import Phase, run_phase
 
-CAPACITY_SECONDS = 5
+CAPACITY_SECONDS = 4  # per connection count
 MAX_IN_FLIGHT = 256  # bento/service.py's per-worker limit of API requests in progress before a 503
 READY_TIMEOUT = 300  # seconds: two workers loading the model on a busy 2-core machine
 WORKER_MARK = "_bentoml_impl.worker"  # in a worker's command line (the arbiter's is `bentoml serve`)
@@ -169,10 +169,17 @@ def quote_bodies(n: int = 200, seed: int = 0) -> list[str]:
     return out
 
 
-def measure_capacity(server: LiveServer, bodies: list[str], workdir: Path, seconds: float = CAPACITY_SECONDS):
-    """Requests/s the server answers with 32 connections going as fast as they can (also the warm-up)."""
-    phase = run_phase(f"{server.url}/predict", bodies, Phase("capacity", None, 32, seconds), workdir)
-    return phase.achieved_rate, phase
+def measure_capacity(
+    server: LiveServer, bodies: list[str], workdir: Path, seconds: float = CAPACITY_SECONDS
+) -> tuple[float, list[Phase]]:
+    """The most requests/s the server answered with 32 and with 256 connections going as fast as they can
+    (the first is also the warm-up): single quotes arriving together are priced in one model call, so a server
+    answers more at high concurrency than at 32 connections (1.7x in one run)."""
+    phases = [
+        run_phase(f"{server.url}/predict", bodies, Phase(f"capacity-{n}", None, n, seconds), workdir)
+        for n in (32, 256)
+    ]
+    return max(p.achieved_rate for p in phases), phases
 
 
 def bad_statuses(phases: list[Phase]) -> dict[int, int]:

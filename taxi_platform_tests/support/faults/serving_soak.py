@@ -26,7 +26,7 @@ from taxi_platform_tests.support.faults.serving_live import (
 
 MAX_GROWTH_PCT = 5.0
 P99_RECOVERY_LIMIT_S = 10.0
-SOAK_CONNECTIONS = 64  # covers 80 % of capacity at the soak's latency with room
+SOAK_CONNECTIONS = 256  # covers 80 % of capacity (reached at high concurrency) at the soak's latency
 WORKERS = 2
 MAX_OVERLOAD_CONNECTIONS = 4096
 
@@ -95,7 +95,7 @@ def soak(
             server, bodies, workdir, capacity, (soak_s, overload_s, after_s)
         )
         samples = list(server.rss_samples)
-        phases = [warm, soak_phase, over, after]
+        phases = [*warm, soak_phase, over, after]
         sent, lost = lost_quotes(server, phases)
         server_tail = server.tail(2000)
     warmup_s = max(10.0, 0.2 * soak_s)
@@ -106,7 +106,7 @@ def soak(
     report = {
         "capacity_rps": round(capacity, 1),
         "phases": [p.summary() for p in phases],
-        "per_minute": _per_minute(phases[1:], samples, marks["soak_start"], minute),
+        "per_minute": _per_minute(phases[len(warm) :], samples, marks["soak_start"], minute),
         "rss_mib": {"after_warmup": round(base, 1), "end_of_soak": round(end, 1), "growth_pct": round(growth, 2),
                     "max": round(max((m for _, m in samples), default=float("nan")), 1)},
         "soak_p99_ms": round(soak_p99, 2), "p99_normal_limit_ms": round(limit, 2),

@@ -56,16 +56,21 @@ from taxi_platform.serving.bento_store import (
     DOCKERFILE,
     Champion,
     ServingBuildError,
+    bento_complete,
     bento_path,
     bento_version,
     bentoml_cli,
     bentoml_env,
     dir_size,
+    discard_incomplete,
+    ensure_latest,
     import_champion,
     model_path,
+    publish,
     read_yaml,
     require_uv,
     run_build_step,
+    staging_home,
 )
 from taxi_platform.serving.image_ref import ImageRefError, require_pinned_image
 
@@ -182,9 +187,11 @@ def _bentoml_build(
         "tag",
         str(context),
     ]
-    env = bentoml_env(bento_home)
-    require_uv(env)
-    run_build_step(cmd, env, context, timeout, f"bentoml build of {tag}")
+    with staging_home(bento_home, share_models=True) as stage:  # built aside, then published whole
+        env = bentoml_env(stage)
+        require_uv(env)
+        run_build_step(cmd, env, context, timeout, f"bentoml build of {tag}")
+        publish(bento_path(stage, tag), bento_path(bento_home, tag))
 
 
 def _check_built(path: Path, tag: str, champion: Champion, shadow: Champion | None) -> None:
@@ -229,11 +236,13 @@ def build_bento(
         path = bento_path(bento_home, tag)
         built = False
         if not (path / "bento.yaml").is_file():
+            discard_incomplete(path, bento_complete)
             _bentoml_build(
                 bento_home, config, context, Path(tmp) / "bentofile.yaml", tag, champion, shadow, timeout
             )
             built = True
     _check_built(path, tag, champion, shadow)
+    ensure_latest(path)
     return BentoBuild(
         tag=tag,
         path=path,

@@ -17,7 +17,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,9 @@ BENTO_NAME = "taxi_fare_service"
 SERVICE_NAME = "taxi_fare_service"  # the @bentoml.service name (BentoML config key)
 DOCKERFILE = Path("env") / "docker" / "Dockerfile"
 BENTO_REQUIREMENTS = Path("env") / "python" / "requirements.txt"
+STAGING = ".staging"  # <bento_home>/.staging/<pid>-<random>: BentoML homes that imports and builds write into
+# Older than any import or build timeout: such a staging home's writer was killed.
+STALE_STAGING_SECONDS = 6 * 3600
 
 
 class ServingBuildError(RuntimeError):
@@ -130,13 +136,98 @@ def require_uv(env: Mapping[str, str]) -> None:
     )
 
 
+def model_complete(path: Path) -> bool:
+    """A stored model BentoML can load and the build can verify: its ``model.yaml`` and its MLflow model."""
+    return (Path(path) / "model.yaml").is_file() and (Path(path) / "mlflow_model" / "MLmodel").is_file()
+
+
+@contextmanager
+def staging_home(bento_home: Path, share_models: bool = False) -> Iterator[Path]:
+    """A fresh BentoML home under ``<bento_home>/.staging`` for one import or build, removed afterwards.
+
+    BentoML writes a model or Bento straight into its store directory, file by file, so a process killed on the
+    way leaves a half item that the store, :func:`latest_bento` and the next import (which finds the tag taken)
+    take for a whole one. Written here and then :func:`publish`-ed with one rename, an item is in the store
+    whole or not at all. ``share_models``: the staging home's ``models`` is the real store's (a build reads
+    them). Staging homes older than :data:`STALE_STAGING_SECONDS` (their writer was killed) are removed.
+    """
+    root = Path(bento_home) / STAGING
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        try:
+            if time.time() - old.lstat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    home = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    home.mkdir()
+    if share_models:
+        models = Path(bento_home).resolve() / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        (home / "models").symlink_to(models, target_is_directory=True)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def publish(staged: Path, final: Path) -> bool:
+    """Move a complete staged item (``models/<name>/<version>`` or ``bentos/...``) into the store with one rename
+    and point the name's ``latest`` at it; False when another process published the same tag first."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _move(staged, final)
+    except OSError:
+        if final.exists():
+            return False  # a directory rename never replaces a non-empty one: theirs stays
+        raise
+    point_latest(final)
+    return True
+
+
+def _move(source: Path, dest: Path) -> None:
+    os.rename(source, dest)
+
+
+def ensure_latest(item: Path) -> None:
+    """Point ``latest`` at ``item`` when there is no ``latest`` (a run killed between publishing and pointing)."""
+    if not (item.parent / "latest").exists():
+        point_latest(item)
+
+
+def point_latest(item: Path) -> None:
+    """Write BentoML's ``<name>/latest`` (the version ``name:latest`` means) as ``item``'s version, atomically."""
+    tmp = item.parent / f".latest.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(item.name)
+    os.replace(tmp, item.parent / "latest")
+
+
+def bento_complete(path: Path) -> bool:
+    return (Path(path) / "bento.yaml").is_file()
+
+
+def discard_incomplete(path: Path, complete: Callable[[Path], bool] = model_complete) -> None:
+    """Remove a store item that an earlier release's import or build left half-written (killed mid-copy).
+
+    Since imports and builds publish whole items, one that is there but not ``complete`` has no writer."""
+    path = Path(path)  # <bento_home>/<models|bentos>/<name>/<version>
+    if path.exists() and not complete(path):
+        trash = path.parents[2] / STAGING / f"discarded-{path.name}-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, trash)  # out of the store's sight at once, then deleted
+        shutil.rmtree(trash, ignore_errors=True)
+
+
 def import_champion(
     bento_home: Path, champion: Champion, tracking_uri: str, timeout: float = 600, alias: str = CHAMPION
 ) -> bool:
     """Copy the champion (or the ``alias`` version) into the BentoML model store as :attr:`Champion.store_tag`;
-    False if already there."""
-    if (model_path(bento_home, champion.store_tag) / "model.yaml").is_file():
+    False if already there. The copy is staged and published whole (:func:`staging_home`, :func:`publish`)."""
+    final = model_path(bento_home, champion.store_tag)
+    if model_complete(final):
+        ensure_latest(final)
         return False
+    discard_incomplete(final)
     labels = {
         "registered_model": champion.name,
         "model_version": champion.version,
@@ -154,18 +245,14 @@ def import_champion(
         champion.pinned_uri,
         json.dumps(labels),
     ]
-    run_build_step(
-        cmd,
-        bentoml_env(bento_home, tracking_uri),
-        None,
-        timeout,
-        f"importing {champion.pinned_uri} into BentoML",
-    )
-    return True
+    with staging_home(bento_home) as stage:
+        env = bentoml_env(stage, tracking_uri)
+        run_build_step(cmd, env, None, timeout, f"importing {champion.pinned_uri} into BentoML")
+        return publish(model_path(stage, champion.store_tag), final)
 
 
 def _import_model_main(tag: str, uri: str, labels_json: str) -> int:
-    """Subprocess entry point: import ``uri`` as ``tag`` into the store named by ``BENTOML_HOME``."""
+    """Subprocess entry point: import ``uri`` as ``tag`` into the store named by ``BENTOML_HOME`` (a staging home)."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 

@@ -17,6 +17,7 @@ from taxi_platform_tests.support.faults import dependency_faults as faults
 
 
 def _assert_recovered(result, evidence) -> None:
+    print(result.explain())  # the figures, with -s (the benchmark prints the same)
     assert result.faults_injected > 0, result.explain()
     assert result.survived, result.explain()
     assert result.recovery_seconds and all(math.isfinite(r) for r in result.recovery_seconds), (
@@ -84,6 +85,7 @@ def test_mlflow_server_stopped_30s_during_fare_model_and_drift_report(tmp_path):
 def test_postgres_restarted_mid_backfill(tmp_path):
     evidence: dict = {}
     result = faults.postgres_restart(tmp_path, evidence)
+    print(result.explain())
     assert result.faults_injected == 1 and evidence["running"], result.explain()  # a run was in progress
     assert result.survived, result.explain()
     stopped, back = evidence["restarted"]

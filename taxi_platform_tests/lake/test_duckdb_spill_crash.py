@@ -124,6 +124,34 @@ def test_a_connection_killed_after_any_step_is_swept_by_the_next_process_and_a_l
     assert len(list(owners.glob("*.lock"))) == 1, "the dead process's owner lock was not removed"
 
 
+SWEEP = r"""
+import sys
+from taxi_platform.lake import duckdb_connection
+from taxi_platform.lake.lake import Lake
+from taxi_platform_tests.support.kill_at_step import arm
+
+arm([(duckdb_connection.shutil, "rmtree"), (duckdb_connection.Path, "unlink")])
+Lake(sys.argv[1]).connect().close()
+"""
+
+
+def test_a_sweep_killed_half_way_is_finished_by_the_next_one(live, tmp_path):
+    """The sweep's own steps: the dead owner's spill directory removed, then its lock. Killed after the first,
+    the next process removes the lock; the live process's directory survives both."""
+    data_dir, lake, proc = live
+    root, owners = data_dir / "duckdb_tmp", data_dir / "duckdb_tmp.owners"
+    run_child(SPILL, [str(lake)], 3, tmp_path / "steps.log", env=_env(data_dir))
+    assert len(_spill_dirs(root)) == 2 and len(list(owners.glob("*.lock"))) == 2
+    swept = run_child(SWEEP, [str(lake)], 1, tmp_path / "sweep.log", env=_env(data_dir))
+    assert swept.killed and swept.steps == ["shutil.rmtree"]
+    assert (
+        _spill_dirs(root) == {proc.spill.name} and len(list(owners.glob("*.lock"))) >= 2
+    )  # lock left behind
+    _sweep_in_a_new_process(data_dir, lake)
+    assert _spill_dirs(root) == {proc.spill.name} and len(list(owners.glob("*.lock"))) == 1
+    assert list(proc.spill.glob("*"))
+
+
 def test_a_dead_processs_directory_is_swept_when_its_pid_now_belongs_to_a_live_process(live, tmp_path):
     """PIDs are reused (a restarted container's process often gets its predecessor's): a dead owner's spill
     directory is recognised by its free lock, not by its PID, and swept even though that PID runs again."""

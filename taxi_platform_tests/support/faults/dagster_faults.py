@@ -4,30 +4,43 @@ Every scenario drives the real thing on loopback: ``dagster-daemon run`` and ``d
 ``workspace.yaml`` (each spawns its own gRPC code server; the daemon's launches the run workers), a TLC-format
 mirror, SQLite instance storage under a temporary ``DAGSTER_HOME``, a local MLflow store and lake in a
 temporary data dir. A partition backfill of 2024-01..2024-03 over the five monthly assets (raw_trips ->
-cleaned_trips -> trip_features -> fare_model -> drift_report: 15 partitions) is launched over GraphQL, as the UI
-does, and faults are injected while it runs. Nothing but the platform recovers: the code server reports a run
-whose worker process died as failed, ``run_retries`` (dagster.yaml) re-executes it from the failed step, the
-asset backfill daemon waits for the retry.
+cleaned_trips -> trip_features -> fare_model -> drift_report: 15 partitions) is launched over GraphQL and faults
+are injected while it runs, each as soon as the step it aims at has started (seen in the run's events; the run
+worker's pid is the one its "Started process for run" event names, checked to be a descendant of our daemon).
+Nothing but the platform recovers: the code server that launched a run reports it failed when its process died,
+``run_retries`` (dagster.yaml) re-executes it from the failed step, ``run_monitoring`` frees the pool slot the
+dead step held, the asset backfill daemon waits for the retry.
+
+The backfill names its partitions per asset (``partitionsByAssets``). Launched the other way the UI offers
+(partition names for an asset selection), Dagster widens it through fare_model's window mapping (trip_features M
+feeds fare_model M..M+3): it also targets fare_model and drift_report 2024-04..06, which fail without those
+months' trip_features, and the backfill ends COMPLETED_FAILED with or without faults.
 
 What a backfill of 2024-01..03 needs: ``fare_model`` month M trains on trip_features of the window months before
 M (3 by default) and validates on M, so 2024-01 needs an earlier month in the lake; ``drift_report`` M needs a
-champion. Before the services start, taxi_zones and 2023-12 (raw -> cleaned -> features) are materialised
+champion. While the services start, taxi_zones and 2023-12 (raw -> cleaned -> features) are materialised
 in-process into the flow's instance and lake (``TAXI_START_MONTH=2023-12``): the history an operator's lake has.
 
 "As a fault-free run leaves them" is checked against a reference: the same mirror materialised with
-``dg.materialize`` in a subprocess (an ephemeral instance, its own data dir), month by month, without faults.
-:func:`summarize` reduces a data dir to what must be equal:
+``dg.materialize`` in a subprocess (an ephemeral instance, its own data dir), month by month, without faults
+(run once per process, in the background of the first flow). :func:`summarize` reduces a data dir to what must
+be equal, :func:`compare` lists what is not:
 
 * the lake: raw files byte for byte (sha256), every cleaned_trips / trip_features partition's rows (count and a
-  digest of the sorted rows), every drift report's figures (report.json without paths, times and version
-  numbers);
+  digest of the sorted rows), every drift report's figures (report.json without paths, times and run ids);
 * the registry: every version of ``taxi_fare_model`` as (validation month, training months, validation MAE,
   family, failed checks, promoted, gate reason) -- as a multiset, so an extra version left by a killed run counts;
-* the champion: its validation and training months, training/validation row counts and every metric of its
-  MLflow run, and the fares (and ranges) it quotes for fixed probe quotes, compared exactly.
+* the champion: its validation and training months, its MLflow run's params (training, validation and window
+  row counts among them) and every metric but wall times, and the fares and ranges it quotes for fixed probe
+  quotes.
 
-Version numbers are not compared (they are allocation order; a fault-free backfill and the reference number them
-alike only by chance of run order), and neither are MLflow run ids or wall times.
+Strings and integers must be equal; floats within :data:`REL_TOL` relative (two processes sum in different
+orders: the linear family's metrics move ~1e-8, the champion's quotes not at all). Version numbers in the registry
+are not compared (allocation order), nor MLflow run ids or wall times.
+
+Recovery (``FaultResult.recovery_seconds``, one per fault): a run worker kill, until the killed step succeeded
+in a retry of that run; the code server kill, until the run in flight finished and the daemon launched a run
+again; the daemon kill, until a new daemon's loops all heartbeat.
 
 Run as a script (the reference and the history run in subprocesses, so MLflow's process-wide state and the
 definitions' settings come from their own environment)::
@@ -395,6 +408,14 @@ class Flow:
     faults: list[Fault] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    seen: dict[str, tuple[list[dict], str | None]] = field(default_factory=dict)  # run id -> events, cursor
+
+    def events(self, svc, run_id: str) -> list[dict]:
+        """Every event of the run so far, fetching only the new ones (a poll stays cheap, so it is frequent)."""
+        known, cursor = self.seen.get(run_id, ([], None))
+        new, cursor = run_events_after(svc, run_id, cursor)
+        self.seen[run_id] = (known + new, cursor)
+        return known + new
 
     def note(self, text: str) -> None:
         line = f"[{time.monotonic() - self.started:6.1f}s] {text}"
@@ -416,16 +437,21 @@ RUN_EVENTS = """query($id: ID!, $after: String) { logsForRun(runId: $id, afterCu
   ... on PythonError { message } ... on RunNotFoundError { message } } }"""
 
 
-def run_events(svc, run_id: str) -> list[dict]:
-    events, cursor = [], None
+def run_events(svc, run_id: str, after: str | None = None) -> list[dict]:
+    return run_events_after(svc, run_id, after)[0]
+
+
+def run_events_after(svc, run_id: str, after: str | None) -> tuple[list[dict], str | None]:
+    """The run's events after the cursor ``after`` (all with None) and the cursor to continue from."""
+    events, cursor = [], after
     while True:
         data = svc.graphql(RUN_EVENTS, {"id": run_id, "after": cursor})["logsForRun"]
         if data["__typename"] != "EventConnection":
-            return events
+            return events, cursor
         events.extend(data["events"])
-        cursor = data["cursor"]
+        cursor = data["cursor"] or cursor
         if not data["hasMore"]:
-            return events
+            return events, cursor
 
 
 def worker_pid(events: list[dict]) -> int | None:
@@ -505,7 +531,7 @@ def _inject(flow: Flow, svc, plan: list[Action], backfill_id: str, retired: list
         if run["status"] != "STARTED" or run["runId"] in killed:
             continue
         attempt = int(tags_of(run).get("dagster/retry_number", "0"))
-        events = run_events(svc, run["runId"])
+        events = flow.events(svc, run["runId"])
         for action in pending:
             if action.done or action.attempt != attempt or not step_started(events, action.step):
                 continue
@@ -603,19 +629,26 @@ def run_flow(workdir: Path, case: str, plan: list[Action], with_zones: bool = Fa
                 )
                 started = time.time()
 
+                checked = [0.0]
+
                 def finished() -> dict | None:
+                    # Poll the runs' new events every ~0.1 s (a download or transform step lasts ~1 s here),
+                    # the backfill's status every 2 s.
                     svc.check_alive()
                     try:
                         _inject(flow, svc, plan, backfill_id, retired)
                     except requests.HTTPError as exc:  # a query the webserver refuses: a bug here, not a wait
                         raise RuntimeError(f"fault injection: {exc}: {exc.response.text[:500]}") from exc
+                    if time.monotonic() - checked[0] < 2.0:
+                        return None
+                    checked[0] = time.monotonic()
                     backfill = svc.backfill(backfill_id)
                     return (
                         backfill if backfill["status"] not in ("REQUESTED", "CANCELING", "FAILING") else None
                     )
 
                 try:
-                    backfill = wait_until(finished, FLOW_TIMEOUT, f"backfill {backfill_id}", interval=0.5)
+                    backfill = wait_until(finished, FLOW_TIMEOUT, f"backfill {backfill_id}", interval=0.1)
                 except TimeoutError as exc:
                     return _result(flow, case, plan, None, [], {}, f"{exc}; {svc.backfill(backfill_id)}")
                 flow.note(f"backfill {backfill['status']} after {time.time() - started:.0f}s")

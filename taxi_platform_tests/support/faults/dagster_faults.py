@@ -197,6 +197,12 @@ def summarize_lake(lake_root: Path) -> dict[str, Any]:
         for table in ("cleaned_trips", "trip_features"):
             files = lake.partition_files(table, key) if lake.has_partition(table, key) else []
             out[f"{table}/{month}"] = _rows_digest(list(files)) if files else None
+    # hidden temporary files a killed writer left (not data: readers skip them); reported, not compared
+    out["_leftovers"] = sorted(
+        str(p.relative_to(lake_root))
+        for p in Path(lake_root).rglob(".*")
+        if p.is_file() and p.name.endswith(".tmp")
+    )
     for key in MONTHS:
         report = Path(lake_root) / "drift_report" / f"month={key[:7]}" / "report.json"
         out[f"drift_report/{key[:7]}"] = _stable(json.loads(report.read_text())) if report.exists() else None
@@ -296,6 +302,8 @@ def compare(flow: dict[str, Any], reference: dict[str, Any]) -> list[str]:
     """What differs between a flow's summary and the reference's: one line per difference (empty: the same)."""
     diffs: list[str] = []
     for key, want in reference["lake"].items():
+        if key == "_leftovers":
+            continue
         got = flow["lake"].get(key)
         if not same(got, want):
             diffs.append(f"lake {key}: {_short(got)} != reference {_short(want)}")
@@ -718,6 +726,11 @@ def _result(
             else "; lake, registry and champion as the fault-free reference"
         )
         + (f"; MLflow runs left RUNNING: {flow_summary['runs_left_running']}" if flow_summary else "")
+        + (
+            f"; temporary files killed writers left in the lake: {flow_summary['lake']['_leftovers']}"
+            if flow_summary
+            else ""
+        )
     )
     result = FaultResult(
         case=case,
@@ -763,9 +776,115 @@ def every_process_killed(workdir: Path) -> FaultResult:
     return run_flow(workdir, "every_process_sigkill", plan, with_zones=True)
 
 
+LAUNCH_RUN = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on Error { message } } }"""
+
+
+def retries_exhausted(workdir: Path) -> FaultResult:
+    """Where giving up is right: a run of raw_trips 2024-01 whose worker is SIGKILLed in the download step on
+    every attempt. ``run_retries.max_retries`` (2) re-executes it twice, then stops: the last run ends FAILURE,
+    tagged ``dagster/will_retry=false``, saying its process was killed by SIGKILL; nothing of the month is
+    materialised or left in the lake. ``faults_survived`` counts the kills a retry recovered from (2 of 3) and
+    the month is lost, as it must be: the result is not ``survived``, and ``detail`` carries the error."""
+    from taxi_platform.devtools.instance import ensure_dagster_home
+    from taxi_platform.devtools.mirror import MirrorServer
+    from taxi_platform.lake.lake import Lake
+    from taxi_platform_tests.support.dagster_services import DagsterServices, wait_until
+
+    flow, month = Flow(workdir), MONTHS[0]
+    write_mirror(workdir / "mirror")
+    with MirrorServer(workdir / "mirror") as mirror:
+        # A slow CDN: the download step lasts seconds, as a real month's does (the sample's takes ~50 ms, less
+        # than one poll), so each attempt can be killed inside it.
+        mirror.set_fault(f"/trip-data/yellow_tripdata_{month[:7]}.parquet", ("delay", 2.0))
+        home = ensure_dagster_home(flow.data_dir)
+        with DagsterServices(flow_env(flow.data_dir, mirror.url, home), workdir / "logs") as svc:
+            svc.wait_ready(timeout=240)
+            flow.note("webserver and daemon ready")
+            launched = svc.graphql(LAUNCH_RUN, {"p": {
+                "selector": {"repositoryLocationName": "taxi_platform", "repositoryName": "__repository__",
+                             "jobName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_trips"]}]},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": month}]},
+                "runConfigData": {}}})["launchRun"]  # fmt: skip
+            if launched["__typename"] != "LaunchRunSuccess":
+                raise RuntimeError(f"launchRun: {launched}")
+            root = launched["run"]["runId"]
+
+            def lineage() -> list[dict]:
+                return [
+                    r
+                    for r in svc.runs()
+                    if r["runId"] == root or tags_of(r).get("dagster/root_run_id") == root
+                ]
+
+            def given_up() -> dict | None:
+                svc.check_alive()
+                killed = {f.run_id for f in flow.faults}
+                for run in lineage():
+                    if run["status"] == "STARTED" and run["runId"] not in killed:
+                        events = flow.events(svc, run["runId"])
+                        if step_started(events, "raw_trips"):
+                            kill_worker(flow, svc, run, "raw_trips", events)
+                last = max(lineage(), key=lambda r: int(tags_of(r).get("dagster/retry_number", "0")))
+                if last["status"] == "SUCCESS":
+                    raise RuntimeError(
+                        f"run {last['runId']} finished before its download step could be killed"
+                    )
+                done = last["status"] == "FAILURE" and tags_of(last).get("dagster/will_retry") == "false"
+                return last if done else None
+
+            try:
+                last = wait_until(given_up, FLOW_TIMEOUT, f"the retries of run {root} to stop", interval=0.1)
+            except TimeoutError as exc:
+                return FaultResult("retries_exhausted", len(flow.faults), 0, 1, 1, detail=str(exc))
+            runs = lineage()
+            time.sleep(3)  # no further retry appears once will_retry=false is set
+            runs_after = lineage()
+            said = " ".join(
+                e["message"] for e in run_events(svc, last["runId"]) if "Run execution" in e["message"]
+            )
+            # a kill is recovered from when the next attempt's download step started again
+            by_retry = {int(tags_of(r).get("dagster/retry_number", "0")): r for r in runs}
+            attempt = {r["runId"]: n for n, r in by_retry.items()}
+            for fault in flow.faults:
+                following = by_retry.get(attempt.get(fault.run_id, -9) + 1)
+                starts = (
+                    [s["startTime"] for s in svc.run_steps(following["runId"]) if s["startTime"]]
+                    if following
+                    else []
+                )
+                if starts:
+                    fault.recovered_at = min(starts)
+                fault.note = " ".join(
+                    e["message"] for e in run_events(svc, fault.run_id) if "Run execution" in e["message"]
+                )
+    materialised = _instance_partitions(home)
+    lake = Lake(str(flow.data_dir / "lake"))
+    leftovers = sorted(p.name for p in (flow.data_dir / "lake").rglob("*") if p.is_file())
+    in_lake = any(lake.exists(lake.raw_trips_path(s, month)) for s in SERVICES)
+    recovered = [f for f in flow.faults if f.recovered_at is not None]
+    result = FaultResult(
+        case="retries_exhausted",
+        faults_injected=len(flow.faults),
+        faults_survived=len(recovered),
+        partitions_expected=1,
+        partitions_lost=1,
+        recovery_seconds=[f.recovery_seconds for f in recovered if f.recovery_seconds is not None],
+        detail=f"{len(runs)} runs, the last (retry {tags_of(last).get('dagster/retry_number')}) FAILURE with "
+        f"will_retry=false: {said[:300]}; raw_trips {month[:7]} in the lake: {in_lake}",
+    )
+    result.faults = flow.faults  # type: ignore[attr-defined]
+    result.runs, result.runs_after = runs, runs_after  # type: ignore[attr-defined]
+    result.last_run, result.error = last, said  # type: ignore[attr-defined]
+    result.in_lake, result.lake_files = in_lake, leftovers  # type: ignore[attr-defined]
+    result.materialised = materialised  # type: ignore[attr-defined]
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Path], FaultResult]] = {
     "fare_model_worker_sigkill": fare_model_worker_killed,
     "every_process_sigkill": every_process_killed,
+    "retries_exhausted": retries_exhausted,
 }
 
 

@@ -617,6 +617,10 @@ def run_flow(workdir: Path, case: str, plan: list[Action], with_zones: bool = Fa
     write_mirror(workdir / "mirror")
     retired: list = []
     with MirrorServer(workdir / "mirror") as mirror, reference(workdir, mirror.url) as reference_summary:
+        if any(
+            a.step == "raw_trips" for a in plan
+        ):  # a download step lasting seconds, as a real month's does
+            mirror.set_fault(f"/trip-data/yellow_tripdata_{MONTHS[0][:7]}.parquet", ("delay", 2.0))
         home = ensure_dagster_home(flow.data_dir)
         env = flow_env(flow.data_dir, mirror.url, home)
         log = workdir / "logs" / "history.log"

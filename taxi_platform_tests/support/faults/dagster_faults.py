@@ -840,7 +840,9 @@ def retries_exhausted(workdir: Path) -> FaultResult:
             try:
                 last = wait_until(given_up, FLOW_TIMEOUT, f"the retries of run {root} to stop", interval=0.1)
             except TimeoutError as exc:
-                return FaultResult("retries_exhausted", len(flow.faults), 0, 1, 1, detail=str(exc))
+                return FaultResult(
+                    "retries_exhausted", len(flow.faults), 0, 1, 1, detail=str(exc), gives_up=True
+                )
             runs = lineage()
             time.sleep(3)  # no further retry appears once will_retry=false is set
             runs_after = lineage()
@@ -869,6 +871,7 @@ def retries_exhausted(workdir: Path) -> FaultResult:
     recovered = [f for f in flow.faults if f.recovered_at is not None]
     result = FaultResult(
         case="retries_exhausted",
+        gives_up=True,
         faults_injected=len(flow.faults),
         faults_survived=len(recovered),
         partitions_expected=1,

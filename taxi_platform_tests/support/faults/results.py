@@ -28,6 +28,7 @@ class FaultResult:
     quotes_lost: int = 0  # ... and not found in the prediction log
     recovery_seconds: list[float] = field(default_factory=list)  # per fault: injection -> flow healthy again
     detail: str = ""  # how it went, in one or two sentences; the reason when something was not survived
+    gives_up: bool = False  # the case checks that the platform gives up clearly: its loss is what it proves
 
     @property
     def survived(self) -> bool:

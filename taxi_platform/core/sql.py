@@ -13,11 +13,15 @@ def sql_literal(value: str) -> str:
 def hashed_rows(month: str, files: str, columns: str, seed: int) -> str:
     """``SELECT columns, _h FROM`` one month's Parquet ``files`` (a path or glob), ``_h`` being each row's sampling hash.
 
-    ``_h`` hashes (month, the part's file name, row number in the file, seed): stable for the same partition files
+    ``_h`` hashes (month, the part's name, row number in the file, seed): stable for the same partition content
     and seed, independent of thread count and of where the lake lives. Samples keep the rows with the lowest ``_h``.
+    The part's name is taken before its first dot (``part-0`` of ``part-0.<version>.parquet``): part files carry
+    their partition version in the name, and hashing it made every rebuild of the same rows (a retry, a backfill
+    elsewhere) sample and order them differently, so models trained on identical data differed.
     """
     return (
-        f"SELECT {columns}, hash({sql_literal(month[:7])}, parse_filename(filename), file_row_number, {int(seed)}) "
+        f"SELECT {columns}, hash({sql_literal(month[:7])}, split_part(parse_filename(filename), '.', 1), "
+        f"file_row_number, {int(seed)}) "
         f"AS _h FROM read_parquet({sql_literal(files)}, file_row_number = true, filename = true, "
         "hive_partitioning = false)"
     )

@@ -270,6 +270,11 @@ class DagsterServices:
     def launch_partition_backfill(
         self, asset_keys: list[str], partitions: list[str], title: str | None = None
     ) -> str:
+        params = {"assetSelection": [{"path": [k]} for k in asset_keys], "partitionNames": partitions}
+        return self._launch_backfill({**params, "title": title})
+
+    def _launch_backfill(self, params: Mapping[str, Any]) -> str:
+        """``launchPartitionBackfill`` with these ``LaunchBackfillParams``; the new backfill's id."""
         data = self.graphql(
             """mutation($params: LaunchBackfillParams!) {
                  launchPartitionBackfill(backfillParams: $params) {
@@ -278,13 +283,7 @@ class DagsterServices:
                    ... on PythonError { message stack }
                    ... on Error { message }
                  } }""",
-            {
-                "params": {
-                    "assetSelection": [{"path": [k]} for k in asset_keys],
-                    "partitionNames": partitions,
-                    "title": title,
-                }
-            },
+            {"params": dict(params)},
         )
         result = data["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
@@ -399,33 +398,14 @@ class DagsterServices:
         """A backfill of exactly these partitions: asset -> (first, last) partition key, None for an unpartitioned
         asset. Unlike ``launch_partition_backfill`` (partition names for a selection), Dagster does not add the
         downstream assets' partitions their partition mappings reach (e.g. a window mapping's later months)."""
-        data = self.graphql(
-            """mutation($params: LaunchBackfillParams!) {
-                 launchPartitionBackfill(backfillParams: $params) {
-                   __typename
-                   ... on LaunchBackfillSuccess { backfillId }
-                   ... on PythonError { message stack }
-                   ... on Error { message }
-                 } }""",
+        by_assets = [
             {
-                "params": {
-                    "partitionsByAssets": [
-                        {
-                            "assetKey": {"path": [asset]},
-                            "partitions": None
-                            if keys is None
-                            else {"range": {"start": keys[0], "end": keys[1]}},
-                        }
-                        for asset, keys in partitions.items()
-                    ],
-                    "title": title,
-                }
-            },
-        )
-        result = data["launchPartitionBackfill"]
-        if result["__typename"] != "LaunchBackfillSuccess":
-            raise GraphQLError(f"launchPartitionBackfill: {result}")
-        return result["backfillId"]
+                "assetKey": {"path": [asset]},
+                "partitions": None if keys is None else {"range": {"start": keys[0], "end": keys[1]}},
+            }
+            for asset, keys in partitions.items()
+        ]
+        return self._launch_backfill({"partitionsByAssets": by_assets, "title": title})
 
     def start_daemon(self, timeout: float = 180.0) -> None:
         """Start a daemon on the same instance (after ``kill_daemon``) and wait until its daemons heartbeat."""

@@ -21,370 +21,38 @@ M (3 by default) and validates on M, so 2024-01 needs an earlier month in the la
 champion. While the services start, taxi_zones and 2023-12 (raw -> cleaned -> features) are materialised
 in-process into the flow's instance and lake (``TAXI_START_MONTH=2023-12``): the history an operator's lake has.
 
-"As a fault-free run leaves them" is checked against a reference: the same mirror materialised with
-``dg.materialize`` in a subprocess (an ephemeral instance, its own data dir), month by month, without faults
-(run once per process, in the background of the first flow). :func:`summarize` reduces a data dir to what must
-be equal, :func:`compare` lists what is not:
-
-* the lake: raw files byte for byte (sha256), every cleaned_trips / trip_features partition's rows (count and a
-  digest of the sorted rows), every drift report's figures (report.json without paths, times and run ids);
-* the registry: every version of ``taxi_fare_model`` as (validation month, training months, validation MAE,
-  family, failed checks, promoted, gate reason) -- as a multiset, so an extra version left by a killed run counts;
-* the champion: its validation and training months, its MLflow run's params (training, validation and window
-  row counts among them) and every metric but wall times, and the fares and ranges it quotes for fixed probe
-  quotes.
-
-Strings and integers must be equal; floats within :data:`REL_TOL` relative (two processes sum in different
-orders: the linear family's metrics move ~1e-8, the champion's quotes not at all). Version numbers in the registry
-are not compared (allocation order), nor MLflow run ids or wall times.
+"As a fault-free run leaves them" is checked against a reference (``flow_reference.py``: the same mirror
+materialised with ``dg.materialize``, fault-free), compared as ``flow_summary.py`` describes.
 
 Recovery (``FaultResult.recovery_seconds``, one per fault): a run worker kill, until the killed step succeeded
 in a retry of that run; the code server kill, until the run in flight finished and the daemon launched a run
 again; the daemon kill, until a new daemon's loops all heartbeat.
-
-Run as a script (the reference and the history run in subprocesses, so MLflow's process-wide state and the
-definitions' settings come from their own environment)::
-
-    python -m taxi_platform_tests.support.faults.dagster_faults materialize {history|reference} OUT_JSON
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+from taxi_platform_tests.support.faults.flow_reference import finish_subprocess, reference, start_materialize
+from taxi_platform_tests.support.faults.flow_setup import (
+    FLOW_TIMEOUT,
+    MONTHLY,
+    MONTHS,
+    SERVICES,
+    flow_env,
+    write_mirror,
+)
+from taxi_platform_tests.support.faults.flow_summary import compare, lake_partition, same, summarize
 from taxi_platform_tests.support.faults.results import FaultResult
 
-MONTHS = ["2024-01-01", "2024-02-01", "2024-03-01"]
-HISTORY = "2023-12-01"
-START_MONTH = "2023-12"
-MONTHLY = ["raw_trips", "cleaned_trips", "trip_features", "fare_model", "drift_report"]
-INGEST = ["raw_trips", "cleaned_trips", "trip_features"]
-SERVICES = ("yellow", "green")
-ROWS = {"yellow": 1500, "green": 200}
-SEED = 11
-PROBE_QUOTES = [
-    {"pickup_datetime": "2024-03-05T08:15:00", "pickup_zone": 132, "dropoff_zone": 230, "passenger_count": 1,
-     "service": "yellow"},
-    {"pickup_datetime": "2024-03-09T23:40:00", "pickup_zone": 161, "dropoff_zone": 79, "passenger_count": 2,
-     "service": "yellow"},
-    {"pickup_datetime": "2024-03-12T17:05:00", "pickup_zone": 74, "dropoff_zone": 75, "passenger_count": 1,
-     "service": "green"},
-    {"pickup_datetime": "2024-03-20T06:30:00", "pickup_zone": 138, "dropoff_zone": 236, "passenger_count": 3,
-     "service": "yellow"},
-]  # fmt: skip
-FLOW_TIMEOUT = 420.0  # a backfill on a loaded 2-core machine, retries included
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-# -- environment ------------------------------------------------------------------------------------------
-def flow_env(data_dir: Path, mirror_url: str, home: Path | None = None) -> dict[str, str]:
-    """The complete environment of the services (and their code servers and run workers) or a subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "TAXI_", "TLC_", "MLFLOW_"))}
-    env.update(
-        TAXI_DATA_DIR=str(data_dir),
-        TAXI_LAKE_ROOT=str(data_dir / "lake"),
-        MLFLOW_TRACKING_URI=f"sqlite:///{data_dir / 'mlflow.db'}",
-        TLC_BASE_URL=mirror_url,
-        TAXI_START_MONTH=START_MONTH,
-        TAXI_SERVICES=",".join(SERVICES),
-        # Nothing but the backfill may launch runs: sensors off by default, automation off.
-        TAXI_SENSOR_INTERVAL_SECONDS="3600",
-        TAXI_AUTOMATION_INTERVAL_SECONDS="3600",
-        TAXI_AUTOMATION_GROUPS="none",
-        PYTHONUNBUFFERED="1",
-    )
-    if home is not None:
-        env["DAGSTER_HOME"] = str(home)
-    return env
-
-
-def write_mirror(root: Path) -> None:
-    from taxi_platform.devtools.sample import write_sample_mirror
-
-    months = [date.fromisoformat(k) for k in (HISTORY, *MONTHS)]
-    write_sample_mirror(root, months, services=SERVICES, rows_per_month=ROWS, seed=SEED)
-
-
-# -- in-process materialisation (run as a subprocess: ``main``) ----------------------------------------------
-def _materialize_in_process(what: str) -> None:
-    """``history``: taxi_zones and 2023-12's ingest into $DAGSTER_HOME's instance. ``reference``: everything the
-    backfill makes, fault-free, month by month, in an ephemeral instance."""
-    import dagster as dg
-
-    from taxi_platform.definitions import build_definitions
-
-    defs = build_definitions()
-    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    resources = dict(defs.resources or {})
-    instance = dg.DagsterInstance.get() if what == "history" else dg.DagsterInstance.ephemeral()
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-    def run(selection: list[str], key: str | None) -> None:
-        result = dg.materialize(
-            assets, selection=selection, partition_key=key, instance=instance, resources=resources,
-            raise_on_error=False, run_config=quiet,
-        )  # fmt: skip
-        if not result.success:
-            failures = [e.event_specific_data.error.message for e in result.all_events if e.is_step_failure]
-            raise SystemExit(f"{what}: {selection} {key} failed: {failures}")
-
-    run(["taxi_zones"], None)
-    for key in [HISTORY] + (MONTHS if what == "reference" else []):
-        run(INGEST, key)
-    if what == "reference":
-        for asset in ("fare_model", "drift_report"):
-            for key in MONTHS:
-                run([asset], key)
-
-
-# -- what a data dir holds (the comparison) -------------------------------------------------------------
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _rows_digest(files: list[str]) -> dict[str, Any]:
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        (count, digest) = con.execute(
-            "SELECT count(*), md5(string_agg(r, '|' ORDER BY r)) "
-            "FROM (SELECT CAST(t AS VARCHAR) AS r FROM read_parquet(?, union_by_name=true) AS t)",
-            [files],
-        ).fetchone()
-    finally:
-        con.close()
-    return {"rows": int(count), "digest": digest}
-
-
-_REPORT_VOLATILE = {"html_path", "json_path", "generated_at", "created_at", "path", "uri", "run_id", "version",
-                    "champion_alias_version", "data_source", "wall_seconds", "timestamp"}  # fmt: skip
-
-
-def _stable(value: Any) -> Any:
-    """A report document without what differs between two data dirs or two runs (paths, times, ids, numbers of
-    versions)."""
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in sorted(value.items()) if k not in _REPORT_VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
-
-
-def summarize_lake(lake_root: Path) -> dict[str, Any]:
-    from taxi_platform.lake.lake import Lake
-
-    lake = Lake(str(lake_root))
-    out: dict[str, Any] = {}
-    for key in (HISTORY, *MONTHS):
-        month = key[:7]
-        for service in SERVICES:
-            path = lake.raw_trips_path(service, key)
-            out[f"raw_trips/{service}/{month}"] = _sha256(path) if lake.exists(path) else None
-        for table in ("cleaned_trips", "trip_features"):
-            files = lake.partition_files(table, key) if lake.has_partition(table, key) else []
-            out[f"{table}/{month}"] = _rows_digest(list(files)) if files else None
-    # hidden temporary files a killed writer left (not data: readers skip them); reported, not compared
-    out["_leftovers"] = sorted(
-        str(p.relative_to(lake_root))
-        for p in Path(lake_root).rglob(".*")
-        if p.is_file() and p.name.endswith(".tmp")
-    )
-    for key in MONTHS:
-        report = Path(lake_root) / "drift_report" / f"month={key[:7]}" / "report.json"
-        out[f"drift_report/{key[:7]}"] = _stable(json.loads(report.read_text())) if report.exists() else None
-    return out
-
-
-def summarize_registry(tracking_uri: str) -> dict[str, Any]:
-    """The registry's versions (a sorted multiset) and the champion, described without ids or version numbers."""
-    import mlflow
-    import pandas as pd
-
-    from taxi_platform.core.settings import MODEL_NAME
-    from taxi_platform.model.champion_lookup import current_champion
-    from taxi_platform.model.registry_records import list_versions, registry_client
-    from taxi_platform.model.version_tags import (
-        CHECKS_FAILED_TAG,
-        FAMILY_TAG,
-        GATE_REASON_TAG,
-        PROMOTED_TAG,
-        TRAIN_MONTHS_TAG,
-        VALIDATION_MAE_TAG,
-        VALIDATION_MONTH_TAG,
-    )
-    from taxi_platform_tests.support.mlflow_globals import mlflow_store
-
-    client = registry_client(tracking_uri)
-    numbers: dict[str, str] = {}
-
-    def describe(mv) -> dict[str, Any]:
-        tags = dict(mv.tags or {})
-        return {
-            "validation_month": tags.get(VALIDATION_MONTH_TAG),
-            "train_months": tags.get(TRAIN_MONTHS_TAG),
-            "validation_mae": tags.get(VALIDATION_MAE_TAG),
-            "family": tags.get(FAMILY_TAG),
-            "checks_failed": tags.get(CHECKS_FAILED_TAG),
-            "promoted": tags.get(PROMOTED_TAG),
-            # the gate's reason names version numbers: keep its words, not the numbers
-            "gate_reason": "".join(c for c in tags.get(GATE_REASON_TAG, "") if not c.isdigit()),
-        }
-
-    versions = []
-    for mv in list_versions(client, MODEL_NAME):
-        described = describe(mv)
-        numbers[str(mv.version)] = json.dumps(described, sort_keys=True)
-        versions.append(described)
-    versions.sort(key=lambda d: json.dumps(d, sort_keys=True))
-    champion_mv = current_champion(client, MODEL_NAME)
-    champion: dict[str, Any] | None = None
-    if champion_mv is not None:
-        run = client.get_run(champion_mv.run_id)
-        with mlflow_store(tracking_uri):
-            model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{champion_mv.version}")
-            quoted = model.predict(pd.DataFrame(PROBE_QUOTES))
-        cols = [c for c in ("fare_amount", "fare_low", "fare_high") if c in quoted.columns]
-        champion = {
-            **describe(champion_mv),
-            # every metric but wall times
-            "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if "seconds" not in k},
-            "params": dict(sorted(run.data.params.items())),
-            "quotes": [[float(row[c]) for c in cols] for _, row in quoted.iterrows()],
-        }
-    running = [r.info.run_id for r in client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "attributes.status = 'RUNNING'")]  # fmt: skip
-    return {
-        "versions": versions,
-        "champion": champion,
-        "champion_version": None if champion_mv is None else str(champion_mv.version),
-        "runs_left_running": len(running),
-    }
-
-
-def summarize(data_dir: Path) -> dict[str, Any]:
-    return {
-        "lake": summarize_lake(data_dir / "lake"),
-        **summarize_registry(f"sqlite:///{data_dir / 'mlflow.db'}"),
-    }
-
-
-REL_TOL = (
-    1e-6  # two processes: BLAS summation order moves the linear family's metrics ~1e-8 relative, never more
-)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal, floats within :data:`REL_TOL` (relative): same keys, same lengths, same strings, same ints."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
-    return type(a) is type(b) and a == b
-
-
-def compare(flow: dict[str, Any], reference: dict[str, Any]) -> list[str]:
-    """What differs between a flow's summary and the reference's: one line per difference (empty: the same)."""
-    diffs: list[str] = []
-    for key, want in reference["lake"].items():
-        if key == "_leftovers":
-            continue
-        got = flow["lake"].get(key)
-        if not same(got, want):
-            diffs.append(f"lake {key}: {_short(got)} != reference {_short(want)}")
-    if not same(flow["versions"], reference["versions"]):
-        diffs.append(
-            f"registry: {len(flow['versions'])} versions {_short(flow['versions'])} != reference "
-            f"{len(reference['versions'])} {_short(reference['versions'])}"
-        )
-    got, want = flow["champion"] or {}, reference["champion"] or {}
-    if not want:
-        diffs.append("the reference has no champion")
-    keys = sorted(k for k in {*got, *want} if not same(got.get(k), want.get(k)))
-    if keys:
-        diffs.append(f"champion differs in {keys}: {_short({k: got.get(k) for k in keys})} != "
-                     f"reference {_short({k: want.get(k) for k in keys})}")  # fmt: skip
-    return diffs
-
-
-def lake_partition(diff: str) -> tuple[str, str] | None:
-    """``lake raw_trips/yellow/2024-01: ...`` -> (raw_trips, 2024-01-01); None for registry/champion lines."""
-    if not diff.startswith("lake "):
-        return None
-    path = diff.split()[1].rstrip(":").split("/")
-    return path[0], f"{path[-1]}-01"
-
-
-def _short(value: Any, limit: int = 300) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-# -- the reference (fault-free), computed once per process ------------------------------------------------
-_REFERENCE: dict[str, dict[str, Any]] = {}
-
-
-def _python_module(what: str, out: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", __name__, "materialize", what, str(out)],
-            env=env, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _finish(proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        raise RuntimeError(f"{what} did not finish in {timeout:.0f}s; log {log}") from None
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{what} exited {proc.returncode}:\n{tail}")
-
-
-@contextlib.contextmanager
-def reference(workdir: Path, mirror_url: str) -> Iterator[Callable[[], dict[str, Any]]]:
-    """Start the fault-free reference in the background (unless this process has it); yield its getter."""
-    key = json.dumps([MONTHS, HISTORY, ROWS, SEED, SERVICES])
-    if key in _REFERENCE:
-        yield lambda: _REFERENCE[key]
-        return
-    out, log = workdir / "reference.json", workdir / "logs" / "reference.log"
-    proc = _python_module("reference", out, flow_env(workdir / "reference", mirror_url), log)
-    try:
-
-        def get() -> dict[str, Any]:
-            if key not in _REFERENCE:
-                _finish(proc, "the fault-free reference", log, FLOW_TIMEOUT)
-                _REFERENCE[key] = json.loads(out.read_text())
-            return _REFERENCE[key]
-
-        yield get
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+__all__ = ["MONTHLY", "MONTHS", "SCENARIOS", "same"]
 
 
 # -- a live flow ---------------------------------------------------------------------------------------------
@@ -627,8 +295,8 @@ def run_flow(workdir: Path, case: str, plan: list[Action], with_zones: bool = Fa
         svc = DagsterServices(env, workdir / "logs")
         try:
             with svc:  # the instance's tables exist once entered; the history is written while they start
-                history = _python_module("history", workdir / "history.json", env, log)
-                _finish(history, "the 2023-12 history", log, 300)
+                history = start_materialize("history", workdir / "history.json", env, log)
+                finish_subprocess(history, "the 2023-12 history", log, 300)
                 flow.note("history (taxi_zones, 2023-12) materialised")
                 svc.wait_ready(timeout=240)
                 flow.note("webserver and daemon ready")
@@ -893,19 +561,3 @@ SCENARIOS: dict[str, Callable[[Path], FaultResult]] = {
     "every_process_sigkill": every_process_killed,
     "retries_exhausted": retries_exhausted,
 }
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "materialize" and argv[1] in ("history", "reference"):
-        _materialize_in_process(argv[1])
-        if argv[1] == "reference":
-            Path(argv[2]).write_text(json.dumps(summarize(Path(os.environ["TAXI_DATA_DIR"]))))
-        else:
-            Path(argv[2]).write_text("{}")
-        return 0
-    print(__doc__.rsplit("::", 1)[-1], file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

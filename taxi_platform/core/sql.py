@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 
@@ -10,20 +12,22 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def hashed_rows(month: str, files: str, columns: str, seed: int) -> str:
+def hashed_rows(month: str, files: str, columns: str, seed: int, key_columns: Sequence[str]) -> str:
     """``SELECT columns, _h FROM`` one month's Parquet ``files`` (a path or glob), ``_h`` being each row's sampling hash.
 
-    ``_h`` hashes (month, the part's name, row number in the file, seed): stable for the same partition content
-    and seed, independent of thread count and of where the lake lives. Samples keep the rows with the lowest ``_h``.
-    The part's name is taken before its first dot (``part-0`` of ``part-0.<version>.parquet``): part files carry
-    their partition version in the name, and hashing it made every rebuild of the same rows (a retry, a backfill
-    elsewhere) sample and order them differently, so models trained on identical data differed.
+    ``_h`` hashes (month, the row's ``key_columns``, seed): a function of the row's content alone, so the same
+    partition content gives the same sample in the same order whatever the files' names, their number and the
+    order of rows in them (DuckDB writes rows in thread order: ``preserve_insertion_order`` is off), and wherever
+    the lake lives. Rows with equal keys are interchangeable when the key holds every column read. Samples keep
+    the rows with the lowest ``_h``. (Hashing the part file's name and row number instead made two builds of the
+    same rows sample and order them differently now and then, so models trained on identical data differed.)
     """
+    if not key_columns:
+        raise ValueError("hashed_rows needs at least one key column")
+    key = ", ".join(key_columns)
     return (
-        f"SELECT {columns}, hash({sql_literal(month[:7])}, split_part(parse_filename(filename), '.', 1), "
-        f"file_row_number, {int(seed)}) "
-        f"AS _h FROM read_parquet({sql_literal(files)}, file_row_number = true, filename = true, "
-        "hive_partitioning = false)"
+        f"SELECT {columns}, hash({sql_literal(month[:7])}, {key}, {int(seed)}) "
+        f"AS _h FROM read_parquet({sql_literal(files)}, hive_partitioning = false)"
     )
 
 

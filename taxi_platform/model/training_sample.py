@@ -76,7 +76,7 @@ def load_window(lake: Lake, months: Sequence[str], sample_rows: int, seed: int =
         files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
         total = int(con.execute(f"SELECT count(*) FROM read_parquet({files})").fetchall()[0][0])
         union = " UNION ALL ".join(
-            hashed_rows(m, p, select_cols, seed) for m, p in zip(months, paths, strict=True)
+            hashed_rows(m, p, select_cols, seed, SAMPLE_COLUMNS) for m, p in zip(months, paths, strict=True)
         )
         if total <= sample_rows:
             query = f"SELECT * EXCLUDE (_h) FROM ({union}) ORDER BY _h"

@@ -10,8 +10,10 @@
   row counts among them) and every metric but wall times, and the fares and ranges it quotes for fixed probe
   quotes.
 
-Strings and integers must be equal; floats within :data:`REL_TOL` relative (two processes sum in different
-orders: the linear family's metrics move ~1e-8, the champion's quotes not at all). Version numbers in the registry
+Strings and integers must be equal; floats within :data:`REL_TOL` relative, a margin for arithmetic that is
+not bit-reproducible across processes (the training sample's rows come in the same order wherever they were
+written: ``core.sql.hashed_rows`` hashes their content; when it hashed their place in the file, a rebuild that
+wrote them in another order moved the linear family's metrics by ~1e-8 and, once, past the margin). Version numbers in the registry
 are not compared (allocation order), nor MLflow run ids or wall times.
 """
 
@@ -158,9 +160,7 @@ def summarize(data_dir: Path) -> dict[str, Any]:
     }
 
 
-REL_TOL = (
-    1e-6  # two processes: BLAS summation order moves the linear family's metrics ~1e-8 relative, never more
-)
+REL_TOL = 1e-6  # a margin for floating-point arithmetic that two processes may not reproduce bit for bit
 
 
 def same(a: Any, b: Any) -> bool:

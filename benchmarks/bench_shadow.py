@@ -5,8 +5,9 @@ own minimum fare, so its prices differ) as ``challenger``, builds two Bentos (``
 shadow), serves both with ``bentoml serve`` (same workers, ``OMP_NUM_THREADS=1``, the prediction log on, as in
 production) and drives them with ``wrk``, alternating rounds so background load hits both alike: ``/predict``
 (16 connections) and ``/predict_batch`` (1,000 quotes, 8 connections) as fast as they go (saturated), then both at
-about ``--below`` (70 %) of the capacity the shadow-off server just showed (paced connections, the pace corrected
-once by a 3 s probe; what a service sized with headroom sees; the achieved share is reported). Every figure is the median of ``--rounds`` (5) with min-max; targets: at most 10 % less
+``--below`` (70 %) of the capacity the shadow-off server just showed (``serving_load``'s paced wrk, which delivers
+the rate asked while its connections, twice as many, cover rate x latency; what a service sized with headroom
+sees; the achieved share is reported). Every figure is the median of ``--rounds`` (5) with min-max; targets: at most 10 % less
 throughput and at most 1 ms more p99 with the shadow on. Each round with the shadow on also reports the requests
 its shadow dropped (``taxi_fare_shadow_dropped`` in ``/metrics``) and their share of the requests served; and the
 worker's CPU time per hand-over to the shadow process (a single quote, a 1,000-quote batch) is measured in-process.
@@ -143,7 +144,10 @@ def _round(
         for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
             before = _counters(urls[name])
             rate = rates[kind] if rates else None
-            res = load.run_wrk(f"{urls[name]}{path}", bodies[kind], conns, args.duration, work, rate=rate)
+            # paced: twice the connections, so that they cover rate x latency when latency grows (the pace
+            # is one schedule per wrk thread, not per connection: more connections do not add load)
+            res = load.run_wrk(f"{urls[name]}{path}", bodies[kind], conns * (2 if rates else 1), args.duration,
+                               work, rate=rate)  # fmt: skip
             after = _counters(urls[name])
             served = (after[path[1:]] - before[path[1:]]) / quotes  # requests, in flight at the end included
             row = out[name][kind] = {
@@ -204,19 +208,6 @@ def _build_bentos(home: Path, uri: str) -> dict:
     return builds
 
 
-def _paced_rates(urls: dict, bodies: dict, args: argparse.Namespace, work: Path, capacity: dict) -> dict:
-    rates = {k: args.below * v for k, v in capacity.items()}
-    for (
-        kind,
-        path,
-        conns,
-        _,
-    ) in KINDS:  # wrk waits after each response: latency slows the pace; correct once
-        probe = load.run_wrk(f"{urls['off']}{path}", bodies[kind], conns, 3, work, rate=rates[kind])
-        rates[kind] *= min(3.0, args.below * capacity[kind] / max(probe.rps, 1e-9))
-    return rates
-
-
 def _measure(procs: dict, urls: dict, bodies: dict, args: argparse.Namespace, work: Path) -> dict:
     """Warm up, then the saturated rounds, then the paced rounds (at ``--below`` of the shadow-off capacity)."""
     saturated: list[dict] = []
@@ -229,7 +220,7 @@ def _measure(procs: dict, urls: dict, bodies: dict, args: argparse.Namespace, wo
     for r in range(args.rounds):
         saturated.append(_round(urls, bodies, args, work, r, None))
     capacity = {k: statistics.median(x["off"][k]["rps"] for x in saturated) for k, *_ in KINDS}
-    rates = _paced_rates(urls, bodies, args, work, capacity)
+    rates = {k: args.below * v for k, v in capacity.items()}
     print(f"paced at {args.below:.0%} of the shadow-off capacity {capacity}: asking {rates} requests/s",
           flush=True)  # fmt: skip
     for r in range(args.rounds):

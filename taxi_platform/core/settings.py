@@ -34,7 +34,7 @@ MODEL_NAME = "taxi_fare_model"
 DEFAULT_DOWNLOAD_MAX_BYTES = 2 << 30
 # Time for one trip file, all attempts included: 2 GiB at ~2 MiB/s, far more than a healthy CDN needs.
 DEFAULT_DOWNLOAD_DEADLINE_SECONDS = 1800.0
-# TAXI_MLFLOW_WAIT_SECONDS: how long fare_model waits (by Dagster retries) for a tracking server that does not
+# TAXI_MLFLOW_WAIT_SECONDS: how long fare_model and drift_report wait (by Dagster retries) for a tracking server that does not
 # answer when the step starts (taxi_platform/defs/model/registry_wait.py); 0: fail at once.
 DEFAULT_MLFLOW_WAIT_SECONDS = 120.0
 # TAXI_GCS_TIMEOUT_SECONDS: the lake's deadline for connecting to GCS and for each read of an answer; a request that

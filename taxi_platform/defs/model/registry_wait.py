@@ -1,4 +1,5 @@
-"""fare_model waits for an unreachable MLflow tracking server at its start, by Dagster retries, then fails clearly.
+"""fare_model and drift_report wait for an unreachable MLflow tracking server at their start, by Dagster retries,
+then fail clearly.
 
 Once a step's MLflow run exists, MLflow's own HTTP retries carry every request over a short outage (by default 7
 retries, waits of 0, 4, 8, 16, 32, 64 and 120 s: about four minutes per request; ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
@@ -7,8 +8,8 @@ checks that the server answers (:func:`taxi_platform.model.gate.ensure_reachable
 wrong ``MLFLOW_TRACKING_URI`` fails before any training. A server that is down for a moment (restarted, rescheduled,
 upgraded) when a step starts used to fail the month at once. Here the step asks Dagster to run it again after 5,
 10, 20, 40 ... s while the total stays within ``TAXI_MLFLOW_WAIT_SECONDS`` (default 120), then fails with a
-:class:`dagster.Failure` saying so. Nothing has been trained, logged or registered at that point, so running the
-step again is safe.
+:class:`dagster.Failure` saying so. Nothing has been trained, logged, registered or reported at that point, so
+running the step again is safe.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ import dagster as dg
 from taxi_platform.core.settings import load_settings
 from taxi_platform.model.tracking import server_max_retries, server_wait_before_retry, server_waited_before
 
+NOTHING_TRAINED = "nothing was trained or registered and the champion is unchanged"
 
-def await_tracking_server(context: dg.AssetExecutionContext, tracking_uri: str) -> None:
+
+def await_tracking_server(
+    context: dg.AssetExecutionContext, tracking_uri: str, nothing_done: str = NOTHING_TRAINED
+) -> None:
     """Return when the tracking server at ``tracking_uri`` answers (local stores always do); else raise
-    :class:`dagster.RetryRequested` while the wait budget lasts, then a clear :class:`dagster.Failure`."""
+    :class:`dagster.RetryRequested` while the wait budget lasts, then a clear :class:`dagster.Failure` that says
+    ``nothing_done`` (what the step left as it was)."""
     from taxi_platform.model.gate import RegistryUnavailableError, ensure_reachable
 
     try:
@@ -34,8 +40,8 @@ def await_tracking_server(context: dg.AssetExecutionContext, tracking_uri: str) 
         if attempt >= retries:
             raise dg.Failure(
                 description=f"{exc} Gave up after {attempt + 1} attempt(s) over {server_waited_before(attempt):.0f} s "
-                f"(TAXI_MLFLOW_WAIT_SECONDS={budget:g}); nothing was trained or registered and the champion is "
-                "unchanged: materialise this partition again once the server answers.",
+                f"(TAXI_MLFLOW_WAIT_SECONDS={budget:g}); {nothing_done}: materialise this partition again once the "
+                "server answers.",
                 allow_retries=False,
             ) from exc
         wait = server_wait_before_retry(attempt)

@@ -27,6 +27,7 @@ from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.automation import drift_report_condition
 from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
+from taxi_platform.defs.model.registry_wait import await_tracking_server
 from taxi_platform.defs.month_ranges import (
     DRIFT_MONTHS_PER_RUN,
     MonthOutcome,
@@ -215,6 +216,8 @@ def drift_report(
 ):
     store = lake.lake()
     settings = config.drift_config()
+    # A tracking server that does not answer yet: wait for it by Dagster retries, as fare_model does.
+    await_tracking_server(context, mlflow.resolved_uri(), "no report was written")
     # One reporter per step: its Evidently worker starts importing now, while the parent reads MLflow and the
     # lake; in a ranged run it also keeps each champion's model and reference sample for the next months.
     with DriftReporter(store, mlflow.resolved_uri(), settings) as reporter:

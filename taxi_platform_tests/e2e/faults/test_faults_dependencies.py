@@ -105,12 +105,19 @@ def test_postgres_restarted_mid_backfill(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_fare_model_gives_up_clearly_when_the_tracking_server_stays_down(tmp_path, monkeypatch):
-    """The outage outlasts the wait budget: fare_model retries (Dagster retries, 5 s then 10 s) and then fails
-    saying where, how long it waited and that nothing was registered."""
+@pytest.mark.parametrize(
+    ("asset", "nothing_done"),
+    [("fare_model", "nothing was trained or registered"), ("drift_report", "no report was written")],
+)
+def test_a_step_gives_up_clearly_when_the_tracking_server_stays_down(
+    tmp_path, monkeypatch, asset, nothing_done
+):
+    """The outage outlasts the wait budget: fare_model (drift_report alike) retries (Dagster retries, 5 s then
+    10 s) and then fails saying where, how long it waited and that nothing was registered (or reported)."""
     import dagster as dg
 
     from taxi_platform.defs.model.fare_model import fare_model
+    from taxi_platform.defs.monitoring.drift_report import drift_report
     from taxi_platform.defs.resources import LakeResource, MlflowResource
     from taxi_platform_tests.support.mlflow_server import closed_port
 
@@ -119,7 +126,7 @@ def test_fare_model_gives_up_clearly_when_the_tracking_server_stays_down(tmp_pat
     url = f"http://127.0.0.1:{closed_port()}"
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [fare_model],
+        [{"fare_model": fare_model, "drift_report": drift_report}[asset]],
         partition_key="2024-03-01",
         resources={
             "lake": LakeResource(root=str(tmp_path / "lake")),
@@ -135,4 +142,4 @@ def test_fare_model_gives_up_clearly_when_the_tracking_server_stays_down(tmp_pat
     assert retries[1][0] - retries[0][0] >= 5  # the first wait
     final = failures[-1][2]
     assert f"MLFLOW_TRACKING_URI={url} is unreachable" in final, final
-    assert "Gave up after 3 attempt(s) over 15 s" in final and "nothing was trained or registered" in final
+    assert "Gave up after 3 attempt(s) over 15 s" in final and nothing_done in final

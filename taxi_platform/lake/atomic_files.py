@@ -7,13 +7,41 @@ files that belong together (a month's raw files, one per service) are published 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+# A writer's temporary file untouched this long belongs to a dead process (the longest write, a download, is cut
+# off by TAXI_DOWNLOAD_DEADLINE_SECONDS, 30 min by default): the next write of the same file removes it.
+STALE_TEMPORARY_SECONDS = 2 * 3600.0
+
+
+def sweep_stale_temporaries(dest: str, older_than: float = STALE_TEMPORARY_SECONDS) -> list[str]:
+    """Remove the hidden temporary files (``.<name>.*.tmp``) that killed writers of the local file ``dest`` left
+    beside it, if untouched for ``older_than`` seconds; returns their paths. Readers never see them (dot-files);
+    this only gives the space back. Backups (``.bak``) are kept: one left by a killed multi-file publish is the
+    previous version of a file."""
+    folder, name = Path(dest).parent, Path(dest).name
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    cutoff = time.time() - older_than
+    for entry in entries:
+        if not (entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp")):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
 
 
 class AtomicFiles:
@@ -26,11 +54,13 @@ class AtomicFiles:
 
         On any exception the temporary file is removed and ``dest`` is untouched. The temporary name is a
         dot-file ending in ``.tmp``, so globs such as ``month=*/*.parquet`` never read a half-written file,
-        even one left behind by a process that was killed.
+        even one left behind by a process that was killed; the next write of ``dest`` removes such leftovers
+        once they are stale (:func:`sweep_stale_temporaries`).
         """
         if not self.is_remote:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
             tmp_dir = str(Path(dest).parent)
+            sweep_stale_temporaries(dest)
         else:
             tmp_dir = None
         fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
@@ -74,6 +104,7 @@ class AtomicFiles:
             for dest in dests:
                 if not self.is_remote:
                     Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                    sweep_stale_temporaries(dest)
                 tmp_dir = None if self.is_remote else str(Path(dest).parent)
                 fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
                 os.close(fd)

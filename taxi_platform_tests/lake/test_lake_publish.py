@@ -7,6 +7,7 @@ filesystem call that moves a file into place; everything else is real.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,49 @@ def test_gcs_a_failed_upload_restores_every_object(gcs_lake_root, monkeypatch):
     month_dirs = {d.rsplit("/", 1)[0] for d in _dests(lake)}
     names = sorted(n for d in month_dirs for n in lake.listdir(d))
     assert names == sorted(d.rsplit("/", 1)[1] for d in _dests(lake))  # no backups left behind
+
+
+def _killed_writer(lake_root: Path, dest: str) -> str:
+    """A process SIGKILLed while writing ``dest`` through staged_file: returns the temporary file it left."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys; from pathlib import Path; from taxi_platform.lake.lake import Lake\n"
+        "with Lake(sys.argv[1]).staged_file(sys.argv[2]) as tmp:\n"
+        "    Path(tmp).write_bytes(b'half a file'); print(tmp, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(lake_root), dest], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = proc.stdout.strip()
+    assert Path(left).exists() and Path(left).name.startswith(".") and left.endswith(".tmp")
+    return left
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_once_stale(tmp_path):
+    from taxi_platform.lake.atomic_files import STALE_TEMPORARY_SECONDS
+
+    lake = Lake(str(tmp_path / "lake"))
+    dest, other = _dests(lake)
+    stale, fresh = _killed_writer(tmp_path / "lake", dest), _killed_writer(tmp_path / "lake", dest)
+    other_left = _killed_writer(tmp_path / "lake", other)
+    old = time.time() - STALE_TEMPORARY_SECONDS - 60
+    for path in (stale, other_left):
+        os.utime(path, (old, old))
+    backup = (
+        Path(dest).parent / f".{Path(dest).name}.0123abcd.bak"
+    )  # a killed multi-file publish's previous file
+    backup.write_bytes(b"previous version")
+    os.utime(backup, (old, old))
+
+    lake.write_bytes(dest, b"yellow v1")
+    assert Path(dest).read_bytes() == b"yellow v1"
+    assert not Path(stale).exists()  # stale: gone
+    assert Path(fresh).exists()  # may still be a live writer's: kept
+    assert Path(other_left).exists()  # another file's: swept by that file's next write
+    assert backup.exists()
+    _stage(lake, [b"yellow v2", b"green v2"])
+    assert not Path(other_left).exists() and Path(fresh).exists()

@@ -25,20 +25,21 @@ import time
 from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, BACKFILL_ID_TAG, WILL_RETRY_TAG
 
 WATCHDOG_NAME = "run_retry_watchdog"
 STRANDED_AFTER_SECONDS = 20.0
 LOOK_BACK_SECONDS = 24 * 3600.0
 INTERVAL_SECONDS = 15
 REANNOUNCED_TAG = "taxi/retry_reannounced"
-WILL_RETRY_TAG = "dagster/will_retry"
-AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
-BACKFILL_ID_TAG = "dagster/backfill"
-_TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
-def stranded_runs(instance: dg.DagsterInstance, now: float | None = None) -> list[dg.DagsterRun]:
-    """Failed runs tagged to be retried whose retry was never launched (see the module docstring)."""
+def stranded_runs(
+    instance: dg.DagsterInstance, now: float | None = None
+) -> list[tuple[dg.DagsterRun, float]]:
+    """Failed runs tagged to be retried whose retry was never launched (see the module docstring), each with the
+    seconds since it failed."""
     now = time.time() if now is None else now
     records = instance.get_run_records(
         filters=dg.RunsFilter(
@@ -59,9 +60,9 @@ def stranded_runs(instance: dg.DagsterInstance, now: float | None = None) -> lis
         backfill_id = run.tags.get(BACKFILL_ID_TAG)
         if backfill_id:
             backfill = instance.get_backfill(backfill_id)
-            if backfill is None or backfill.status.value in _TERMINAL_BACKFILL:
+            if backfill is None or backfill.status in BULK_ACTION_TERMINAL_STATUSES:
                 continue  # Dagster does not retry these on purpose
-        out.append(run)
+        out.append((run, now - ended))
     return out
 
 
@@ -95,14 +96,12 @@ def run_retry_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         return dg.SkipReason("run retries are off in this instance: nothing to watch")
     now = time.time()
     stranded = stranded_runs(instance, now)
-    for run in stranded:
-        record = instance.get_run_record_by_id(run.run_id)
-        waited = now - ((record.end_time if record else None) or now)
+    for run, waited in stranded:
         context.log.warning(f"run {run.run_id} ({run.job_name}) failed without its retry: reporting it again")
         reannounce(instance, run, waited)
     if not stranded:
         return dg.SkipReason("no failed run is waiting for a retry that was never launched")
     return dg.SkipReason(
         f"reported {len(stranded)} stranded failure(s) again for the retry daemon: "
-        + ", ".join(r.run_id for r in stranded)
+        + ", ".join(run.run_id for run, _ in stranded)
     )

@@ -54,7 +54,7 @@ def test_a_stranded_failure_is_reported_again_once_with_the_reason(instance, mon
     run = crashed_run(instance)
     assert stranded_runs(instance) == []  # just failed: the retry daemon has its seconds to act
     later = time.time() + run_retries.STRANDED_AFTER_SECONDS + 1
-    assert [r.run_id for r in stranded_runs(instance, now=later)] == [run.run_id]
+    assert [r.run_id for r, _ in stranded_runs(instance, now=later)] == [run.run_id]
 
     monkeypatch.setattr(run_retries, "STRANDED_AFTER_SECONDS", 0.0)
     result = run_retry_watchdog(dg.build_sensor_context(instance=instance))
@@ -87,7 +87,7 @@ def test_a_run_of_a_backfill_that_no_longer_exists_is_left_alone(instance):
     """Dagster does not retry runs of a deleted or finished backfill (on purpose): announcing them again would loop."""
     later = time.time() + run_retries.STRANDED_AFTER_SECONDS + 1
     orphan = crashed_run(instance, tags={BACKFILL_ID_TAG: "nosuchbackfill"})
-    assert orphan.run_id not in [r.run_id for r in stranded_runs(instance, now=later)]
+    assert orphan.run_id not in [r.run_id for r, _ in stranded_runs(instance, now=later)]
     assert stranded_runs(instance, now=later) == []
 
 

@@ -217,10 +217,11 @@ def drift_report(
     store = lake.lake()
     settings = config.drift_config()
     # A tracking server that does not answer yet: wait for it by Dagster retries, as fare_model does.
-    await_tracking_server(context, mlflow.resolved_uri(), "no report was written")
+    tracking_uri = mlflow.resolved_uri()
+    await_tracking_server(context, tracking_uri, "no report was written")
     # One reporter per step: its Evidently worker starts importing now, while the parent reads MLflow and the
     # lake; in a ranged run it also keeps each champion's model and reference sample for the next months.
-    with DriftReporter(store, mlflow.resolved_uri(), settings) as reporter:
+    with DriftReporter(store, tracking_uri, settings) as reporter:
         yield from materialize_months(
             context, lambda key: _report_month(context, settings, store, reporter, key)
         )

@@ -57,20 +57,25 @@ class AtomicFiles:
         even one left behind by a process that was killed; the next write of ``dest`` removes such leftovers
         once they are stale (:func:`sweep_stale_temporaries`).
         """
-        if not self.is_remote:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            tmp_dir = str(Path(dest).parent)
-            sweep_stale_temporaries(dest)
-        else:
-            tmp_dir = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
-        os.close(fd)
+        tmp = self._temporary_for(dest, suffix)
         try:
             yield tmp
             self.publish(tmp, dest)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def _temporary_for(self, dest: str, suffix: str) -> str:
+        """A new empty hidden temporary file to write ``dest`` into: beside it locally (after sweeping stale ones),
+        in the system's temporary directory for a remote lake."""
+        tmp_dir = None
+        if not self.is_remote:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temporaries(dest)
+            tmp_dir = str(Path(dest).parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
+        os.close(fd)
+        return tmp
 
     def publish(self, local_file: str, dest: str) -> None:
         """Move a finished local file to ``dest`` in one atomic step."""
@@ -102,13 +107,7 @@ class AtomicFiles:
         tmps: list[str] = []
         try:
             for dest in dests:
-                if not self.is_remote:
-                    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-                    sweep_stale_temporaries(dest)
-                tmp_dir = None if self.is_remote else str(Path(dest).parent)
-                fd, tmp = tempfile.mkstemp(prefix=f".{Path(dest).name}.", suffix=f"{suffix}.tmp", dir=tmp_dir)
-                os.close(fd)
-                tmps.append(tmp)
+                tmps.append(self._temporary_for(dest, suffix))
             yield list(tmps)
             self.publish_files(list(zip(tmps, dests, strict=True)))
         finally:

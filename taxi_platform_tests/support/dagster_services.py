@@ -322,6 +322,23 @@ class DagsterServices:
             raise GraphQLError(f"startSensor({name}): {result}")
         return result["sensorState"]["status"]
 
+    def stop_sensor(self, name: str) -> str:
+        """Stop a sensor (stopSensor takes the sensor's id, not its selector)."""
+        found = self.graphql(
+            "query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { __typename ... on Sensor { id } } }",
+            {"sel": self._sensor_selector(name)},
+        )["sensorOrError"]
+        if found["__typename"] != "Sensor":
+            raise GraphQLError(f"sensorOrError({name}): {found}")
+        result = self.graphql(
+            """mutation($id: String) { stopSensor(id: $id) { __typename
+                 ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }""",
+            {"id": found["id"]},
+        )["stopSensor"]
+        if result["__typename"] != "StopSensorMutationResult":
+            raise GraphQLError(f"stopSensor({name}): {result}")
+        return result["instigationState"]["status"]
+
     def sensor(self, name: str, ticks: int = 20) -> dict:
         data = self.graphql(
             """query($sel: SensorSelector!, $limit: Int) { sensorOrError(sensorSelector: $sel) {

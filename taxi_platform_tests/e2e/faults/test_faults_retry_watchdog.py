@@ -28,21 +28,6 @@ from taxi_platform_tests.support.faults.flow_setup import flow_env, write_mirror
 ZONES = "/misc/taxi_zone_lookup.csv"
 
 
-def stop_sensor(svc: DagsterServices, name: str) -> None:
-    sel = {"repositoryLocationName": "taxi_platform", "repositoryName": "__repository__", "sensorName": name}
-    found = svc.graphql(
-        "query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) { __typename ... on Sensor { id } } }",
-        {"sel": sel},
-    )["sensorOrError"]
-    assert found["__typename"] == "Sensor", found
-    data = svc.graphql(
-        """mutation($id: String) { stopSensor(id: $id) { __typename
-             ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }""",
-        {"id": found["id"]},
-    )["stopSensor"]
-    assert data.get("instigationState", {}).get("status") == "STOPPED", data
-
-
 def test_a_missed_run_retry_is_launched_by_the_watchdog_and_the_backfill_completes(tmp_path):
     write_mirror(tmp_path / "mirror")
     data_dir = tmp_path / "data"
@@ -54,7 +39,7 @@ def test_a_missed_run_retry_is_launched_by_the_watchdog_and_the_backfill_complet
         try:
             with svc:
                 svc.wait_ready(timeout=240)
-                stop_sensor(svc, WATCHDOG_NAME)
+                assert svc.stop_sensor(WATCHDOG_NAME) == "STOPPED"
                 backfill_id = svc.launch_backfill_by_assets({"taxi_zones": None}, title="missed retry")
 
                 def running() -> tuple[dict, int] | None:

@@ -1,26 +1,25 @@
 """What a synthetic trip costs: the TLC meter, rate codes, surcharges, tolls and tips.
 
-**Money.** The TLC meter: initial charge plus one unit per 1/5 mile while moving or per minute while slow
-(the rate card in force on the pickup date: $3.00 + $0.70 since 2022-12-19), JFK↔Manhattan flat fare
-(RatecodeID 2, $70), Newark (RatecodeID 3, surcharge, tolls), negotiated fares (RatecodeID 5), peak and
-overnight ``extra``, MTA tax, improvement surcharge, congestion surcharge for trips touching Manhattan
-below 96th St (yellow $2.50, green $2.75), airport fee for yellow JFK/LGA pickups, CBD congestion fee for
-trips touching Manhattan below 60th St from 2025-01-05, tolls on some bridge and tunnel trips, tips on
-card payments. ``total_amount`` is the sum of the charged parts.
+**Money.** Every amount and the date it took effect come from the dated rate card
+(:mod:`taxi_platform.fare_model.rate_card`, e.g. $3.00 + $0.70 a unit since 2022-12-19), looked up at each
+trip's pickup; this module says when each part is charged. The TLC meter: initial charge plus one unit per
+1/5 mile while moving or per minute while slow, JFK↔Manhattan flat fare (RatecodeID 2), Newark (RatecodeID 3,
+surcharge, tolls), negotiated fares (RatecodeID 5), peak and overnight ``extra``, MTA tax (not on drop-offs at
+Newark), improvement surcharge, congestion surcharge for trips touching Manhattan below 96th St, airport fee
+for JFK/LGA pickups (the card has it for yellow only), CBD congestion fee for trips touching Manhattan below
+60th St, tolls on some bridge and tunnel trips, tips on card payments. ``total_amount`` is the sum of the
+charged parts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from taxi_platform.devtools.sample_geography import EWR, JFK, LGA, ZoneGeography
 from taxi_platform.devtools.sample_random import pick
-
-_NEW_RATES_FROM = np.datetime64("2022-12-19T00:00:00", "us").astype(np.int64)
-_CONGESTION_FROM = np.datetime64("2019-02-02T00:00:00", "us").astype(np.int64)
-_AIRPORT_FEE_FROM = np.datetime64("2021-01-01T00:00:00", "us").astype(np.int64)
-_TOLL_RAISE_FROM = np.datetime64("2023-08-06T00:00:00", "us").astype(np.int64)
-_CBD_FROM = np.datetime64("2025-01-05T00:00:00", "us").astype(np.int64)
+from taxi_platform.fare_model.rate_card import amount_at
 
 MONEY_COLUMNS = ("fare", "extra", "mta_tax", "tip", "tolls", "improvement", "total", "congestion", "airport_fee",
                  "cbd_fee")  # fmt: skip
@@ -28,6 +27,12 @@ MONEY_COLUMNS = ("fare", "extra", "mta_tax", "tip", "tolls", "improvement", "tot
 
 def money(x: np.ndarray) -> np.ndarray:
     return np.round(x, 2)
+
+
+def _rates(yellow: bool, pickup_us: np.ndarray) -> Callable[[str], np.ndarray]:
+    """``rate(component)``: the packaged rate card's amount of ``component`` at each pickup (µs since epoch)."""
+    service = "yellow" if yellow else "green"
+    return lambda component: amount_at(component, service, pickup_us)
 
 
 def charges(
@@ -41,15 +46,17 @@ def charges(
     ``duration_s``, ``hour``, ``weekday``, ``payment`` and ``trip_type`` arrays; ``fare_k`` scales every rate."""
     pickup_us, pu, do = trips["pickup"], trips["pu"], trips["do"]
     n = len(pickup_us)
-    new_rates = pickup_us >= _NEW_RATES_FROM
-    fare = _meter(trips["distance"], trips["duration_s"], new_rates, fare_k)
+    rate = _rates(yellow, pickup_us)
+    initial = np.round(rate("initial_charge") * fare_k, 2)
+    unit = np.round(rate("per_unit") * fare_k, 2)
+    fare = _meter(trips["distance"], trips["duration_s"], initial, unit)
     ratecode, newark = _rate_codes(rng, geo, yellow, pu, do, trips["trip_type"])
-    fare = np.where(ratecode == 2, np.round(np.where(new_rates, 70.0, 52.0) * fare_k, 2), fare)
-    fare = np.where(ratecode == 3, fare + np.round(np.where(new_rates, 20.0, 17.5) * fare_k, 2), fare)
+    fare = np.where(ratecode == 2, np.round(rate("jfk_flat_fare") * fare_k, 2), fare)
+    fare = np.where(ratecode == 3, fare + np.round(rate("newark_surcharge") * fare_k, 2), fare)
     negotiated_fare = np.round(fare * rng.uniform(0.8, 1.3, n) / 5.0) * 5.0 + 5.0
     fare = money(np.where(ratecode == 5, negotiated_fare, fare))
-    cols = _surcharges(geo, yellow, pu, do, pickup_us, trips["hour"], trips["weekday"], ratecode, new_rates)
-    tolls = _tolls(rng, geo, pu, do, pickup_us, newark)
+    cols = _surcharges(geo, rate, pu, do, trips["hour"], trips["weekday"], ratecode)
+    tolls = _tolls(rng, geo, rate, pu, do, newark)
     before_tip = fare + cols["extra"] + cols["mta_tax"] + cols["improvement"] + cols["congestion"]
     before_tip = before_tip + cols["airport_fee"] + cols["cbd_fee"]
     tip = _tip(rng, trips["payment"], before_tip)
@@ -58,10 +65,8 @@ def charges(
             "tolls": money(tolls), "total": total}  # fmt: skip
 
 
-def _meter(distance: np.ndarray, duration_s: np.ndarray, new_rates: np.ndarray, fare_k: float) -> np.ndarray:
-    """The metered fare: initial charge plus one unit per 1/5 mile moving or per minute slow."""
-    initial = np.round(np.where(new_rates, 3.00, 2.50) * fare_k, 2)
-    unit = np.round(np.where(new_rates, 0.70, 0.50) * fare_k, 2)
+def _meter(distance: np.ndarray, duration_s: np.ndarray, initial: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """The metered fare: ``initial`` charge plus ``unit`` per 1/5 mile moving or per minute slow."""
     duration_min = duration_s / 60.0
     # Minutes the meter counts as slow (below 12 mph): the time beyond moving at ~22 mph between stops.
     slow_min = np.maximum(0.0, duration_min - distance / 22.0 * 60.0)
@@ -95,35 +100,26 @@ def _rate_codes(
 
 def _surcharges(
     geo: ZoneGeography,
-    yellow: bool,
+    rate: Callable[[str], np.ndarray],
     pu: np.ndarray,
     do: np.ndarray,
-    pickup_us: np.ndarray,
     hour: np.ndarray,
     weekday: np.ndarray,
     ratecode: np.ndarray,
-    new_rates: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """``extra``, MTA tax, improvement, congestion, airport and CBD fees, as in force on the pickup date."""
-    n = len(pu)
+    """``extra``, MTA tax, improvement, congestion, airport and CBD fees, as in force on the pickup date (a fee
+    is 0 before the card's first row for it)."""
     peak = (weekday < 5) & (hour >= 16) & (hour < 20)
     night = (hour >= 20) | (hour < 6)
-    extra = np.where(peak, np.where(new_rates, 2.50, 1.00), 0.0) + np.where(
-        night, np.where(new_rates, 1.0, 0.5), 0.0
-    )
-    extra = np.where(ratecode == 2, np.where(peak, np.where(new_rates, 5.0, 4.5), 0.0), extra)
+    extra = np.where(peak, rate("peak_extra"), 0.0) + np.where(night, rate("overnight_extra"), 0.0)
+    extra = np.where(ratecode == 2, np.where(peak, rate("jfk_peak_extra"), 0.0), extra)
     extra = np.where(ratecode == 5, 0.0, extra)
-    mta_tax = np.where(do == EWR, 0.0, 0.5)
-    improvement = np.where(new_rates, 1.0, 0.3)
+    mta_tax = np.where(do == EWR, 0.0, rate("mta_tax"))
+    improvement = rate("improvement_surcharge")
     touches_congestion = geo.congestion_zone[pu] | geo.congestion_zone[do]
-    congestion = np.where(touches_congestion & (pickup_us >= _CONGESTION_FROM), 2.5 if yellow else 2.75, 0.0)
-    if yellow:
-        airport_fee = np.where(
-            np.isin(pu, [JFK, LGA]) & (pickup_us >= _AIRPORT_FEE_FROM), np.where(new_rates, 1.75, 1.25), 0.0
-        )
-    else:
-        airport_fee = np.zeros(n)
-    cbd_fee = np.where((geo.cbd[pu] | geo.cbd[do]) & (pickup_us >= _CBD_FROM), 0.75, 0.0)
+    congestion = np.where(touches_congestion, rate("congestion_surcharge"), 0.0)
+    airport_fee = np.where(np.isin(pu, [JFK, LGA]), rate("airport_fee"), 0.0)
+    cbd_fee = np.where(geo.cbd[pu] | geo.cbd[do], rate("cbd_congestion_fee"), 0.0)
     return {
         "extra": extra,
         "mta_tax": mta_tax,
@@ -137,14 +133,14 @@ def _surcharges(
 def _tolls(
     rng: np.random.Generator,
     geo: ZoneGeography,
+    rate: Callable[[str], np.ndarray],
     pu: np.ndarray,
     do: np.ndarray,
-    pickup_us: np.ndarray,
     newark: np.ndarray,
 ) -> np.ndarray:
     """Tolls on some bridge and tunnel trips, likelier between some boroughs; most Newark trips pay one."""
     n = len(pu)
-    toll = np.where(pickup_us >= _TOLL_RAISE_FROM, 6.94, 6.55)
+    toll = rate("toll_standard")
     pu_boro = np.array(geo.borough, dtype=object)
     boro_code = {
         b: i for i, b in enumerate(("Manhattan", "Queens", "Brooklyn", "Bronx", "Staten Island", "EWR"))
@@ -163,7 +159,7 @@ def _tolls(
         toll_prob[(pair == a * 10 + b) | (pair == b * 10 + a)] = prob
     toll_prob[(pu == JFK) | (do == JFK)] = np.maximum(toll_prob[(pu == JFK) | (do == JFK)], 0.3)
     tolls = np.where(rng.random(n) < toll_prob, toll, 0.0)
-    return np.where(newark & (rng.random(n) < 0.9), 17.06, tolls)
+    return np.where(newark & (rng.random(n) < 0.9), rate("newark_toll"), tolls)
 
 
 def _tip(rng: np.random.Generator, payment: np.ndarray, before_tip: np.ndarray) -> np.ndarray:

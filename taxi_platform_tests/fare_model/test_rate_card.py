@@ -4,7 +4,10 @@ the synthetic generator charging what the card says."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import shutil
 import sys
+from dataclasses import astuple
 from datetime import date, datetime
 from pathlib import Path
 
@@ -58,6 +61,21 @@ def test_packaged_card_sits_next_to_the_module_and_loads():
     assert {r.component for r in card.rows} == set(COMPONENTS)  # every component has at least one row
     assert all(r.source.startswith("https://") and r.note for r in card.rows)
     assert load_rate_card(CARD_PATH) == card  # by path or by default: the same rows
+
+
+def test_a_copied_package_reads_its_own_card(tmp_path, monkeypatch):
+    """Each model version ships fare_model copied under a name of its own: the card travels with it."""
+    shutil.copytree(
+        CARD_PATH.parent, tmp_path / "copied_fare_model", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    spec = importlib.util.spec_from_file_location(
+        "copied_fare_model.rate_card", tmp_path / "copied_fare_model" / "rate_card.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    assert module.CARD_PATH == tmp_path / "copied_fare_model" / "rate_card.csv"
+    assert [astuple(r) for r in module.load_rate_card().rows] == [astuple(r) for r in load_rate_card().rows]
 
 
 def test_module_imports_only_stdlib_and_numpy():

@@ -596,6 +596,16 @@ class PostgresServer:
             raise RuntimeError(f"psql {sql!r} failed: {done.stderr.decode(errors='replace')}")
         return done.stdout.decode().strip()
 
+    def background_session(self, sql: str) -> subprocess.Popen:
+        """Run SQL in the Dagster database in a psql session left running (e.g. one that holds a lock while it
+        sleeps); the caller terminates it (a restart of the server ends it too)."""
+        assert self.base is not None
+        return subprocess.Popen(
+            [self._psql_bin(), "-h", str(self.base / "sock"), "-p", str(self.port),
+             "-U", "postgres", "-d", self.db_name, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "")},
+        )  # fmt: skip
+
     def dagster_env(self) -> dict[str, str]:
         """The variables deploy/dagster-postgres.yaml reads."""
         return {

@@ -25,6 +25,7 @@ PG_MONTHS = ("2024-01-01", "2024-02-01", "2024-03-01")
 PG_DOWN_S = 5.0
 BACKFILL_ASSETS = ["taxi_zones", "raw_trips", "cleaned_trips", "trip_features"]
 BACKFILL_WAIT_S = 300.0
+IN_FLIGHT_WAIT_S = 30.0
 
 
 def _daemon_env(workdir: Path, home: Path, mirror_url: str, pg_env: Mapping[str, str]) -> dict[str, str]:
@@ -97,11 +98,31 @@ def _backfill_with_restart(workdir: Path, mirror_url: str) -> dict:
             running = _wait(
                 lambda: [r for r in _safe_runs(svc) if r["status"] == "STARTED"], 180, interval=0.5
             )
-            stopped, back = pg.restart(down_seconds=PG_DOWN_S)
+            # Hold a lock on the event log until a run's event write waits on it, so a write is in flight when the
+            # server goes down (the case dagster_postgres' own retries do not cover: its connect retries do).
+            lock = pg.background_session(
+                "BEGIN; LOCK TABLE event_logs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);"
+            )
+            try:
+                in_flight = _wait(lambda: _waiting_event_writes(pg), IN_FLIGHT_WAIT_S, interval=0.2) or 0
+                stopped, back = pg.restart(down_seconds=PG_DOWN_S)
+            finally:
+                lock.kill()
+                lock.wait(10)
             backfill = _wait(lambda: _backfill_done(svc, backfill_id), BACKFILL_WAIT_S, interval=3.0)
             state = {"backfill": backfill, "runs": _safe_runs(svc), "logs": svc.tail_logs(15)}
         state.update(_instance_state(home, pg.dagster_env()))
-    return {**state, "running": running, "restarted": (stopped, back)}
+    return {**state, "running": running, "restarted": (stopped, back), "in_flight_writes": in_flight}
+
+
+def _waiting_event_writes(pg) -> int:
+    """Event-log inserts waiting on a lock (statements in flight)."""
+    return int(
+        pg.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE 'INSERT INTO event_logs%'"
+        )
+    )
 
 
 def _instance_state(home: Path, pg_env: Mapping[str, str]) -> dict:
@@ -145,7 +166,8 @@ def _postgres_result(state: dict) -> FaultResult:
         partitions_lost=len(set(lost) | set(missing)),
         recovery_seconds=recovery,
         detail=(
-            f"postgres down {back - stopped:.1f}s while {len(state['running'] or [])} run(s) were in progress; "
+            f"postgres down {back - stopped:.1f}s while {len(state['running'] or [])} run(s) were in progress and "
+            f"{state.get('in_flight_writes', 0)} event write(s) in flight; "
             f"backfill {status}; runs (status, is a retry): {runs}; not materialised: {missing or 'none'}; lake "
             f"partitions lost or different: {lost or 'none'}"
         ),

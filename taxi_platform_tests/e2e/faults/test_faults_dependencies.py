@@ -87,7 +87,9 @@ def test_postgres_restarted_mid_backfill(tmp_path):
     result = faults.postgres_restart(tmp_path, evidence)
     print(result.explain())
     assert result.faults_injected == 1 and evidence["running"], result.explain()  # a run was in progress
-    assert evidence["in_flight_writes"] >= 1, result.explain()  # ... and writing an event when the server went
+    assert evidence["in_flight_writes"] >= 1, (
+        result.explain()
+    )  # ... and writing an event when the server went
     assert result.survived, result.explain()
     stopped, back = evidence["restarted"]
     assert back - stopped >= faults.PG_DOWN_S

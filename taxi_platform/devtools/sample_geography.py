@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from taxi_platform.fare_model.quote_items import SurchargeZones
 from taxi_platform.ingest.zones import load_zone_records
 
 N_ZONES = 266  # index = LocationID, 0 unused
@@ -21,11 +22,9 @@ N_ZONES = 266  # index = LocationID, 0 unused
 JFK, LGA, EWR = 132, 138, 1
 UNKNOWN_ZONE, OUTSIDE_NYC_ZONE = 264, 265
 
-# Manhattan zones at or below 60th Street: the Central Business District of congestion pricing (2025-01-05).
-CBD_ZONES = frozenset(
-    {4, 12, 13, 45, 48, 50, 68, 79, 87, 88, 90, 100, 107, 113, 114, 125, 137, 144, 148, 158, 161, 162, 163,
-     164, 170, 186, 209, 211, 224, 229, 230, 231, 232, 233, 234, 246, 249, 261}
-)  # fmt: skip
+# Manhattan zones at or below 60th Street: the Central Business District of congestion pricing (2025-01-05), as
+# the fare model's surcharge zones list them (one home for the list the quotes and the generator use).
+CBD_ZONES = frozenset(int(z) for z in np.flatnonzero(SurchargeZones().cbd))
 # Busiest yellow pickup zones in the real data (Midtown, Upper East/West Side, Penn Station, ...).
 _HOT_YELLOW_ZONES = (161, 162, 163, 164, 230, 236, 237, 186, 142, 170, 48, 68, 79, 234, 107, 239, 238, 141,
                      140, 249, 113, 114, 90, 100, 246, 263, 229, 233, 43, 87)  # fmt: skip

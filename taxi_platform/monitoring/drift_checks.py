@@ -3,16 +3,18 @@
 :func:`drift_check` and :func:`mae_check` turn a :class:`~taxi_platform.monitoring.drift_summary.DriftSummary`
 into two asset-check outcomes; :func:`range_coverage` measures the champion's fare ranges on the month (the share of
 fares inside ``fare_low..fare_high`` and the mean width, overall and per band) and :func:`coverage_check` warns when
-the coverage is more than 5 points off the nominal one the ranges were calibrated for.
+the coverage is more than 5 points off the nominal one the ranges were calibrated for. :func:`total_scores` scores
+the quoted total before the tip (an itemising version's ``total_before_tip`` and its range) against what riders
+paid before the tip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from taxi_platform.monitoring.drift_samples import TARGET
+from taxi_platform.monitoring.drift_samples import ACTUAL_TOTAL, TARGET
 from taxi_platform.monitoring.drift_summary import DriftSummary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,6 +108,28 @@ def mae_check(summary: DriftSummary, validation_mae: float | None, max_degradati
     )
 
 
+def with_tariff_note(outcome: CheckOutcome, tariff: Mapping[str, Any] | None) -> CheckOutcome:
+    """``outcome`` (the ``mae_not_degraded`` check) with the tariff changes the champion cannot have learnt (inside the
+    month, or after its training window) named in its description and metadata when it failed: the failure then
+    reads as a fare rule change. Pass/fail and severity are unchanged; any other outcome is returned as is."""
+    from taxi_platform.monitoring.tariff_report import describe_change, rule_changes
+
+    changes = rule_changes(dict(tariff) if tariff is not None else None)
+    if outcome.name != MAE_CHECK or outcome.passed or not changes:
+        return outcome
+    named = "; ".join(describe_change(c) for c in changes)
+    note = (
+        f". The tariff changed ({named}) after the champion's training window: this is a fare rule change, "
+        "not drift (see the report's tariff section)"
+    )
+    dates = [c["effective_from"] for c in changes]
+    return replace(
+        outcome,
+        description=outcome.description + note,
+        metadata={**outcome.metadata, "tariff_changes": dates},
+    )
+
+
 def range_coverage(frame: pd.DataFrame) -> dict[str, Any] | None:
     """Coverage of the fare ranges on the rows with a known fare: overall and per band, with mean widths.
 
@@ -117,6 +141,41 @@ def range_coverage(frame: pd.DataFrame) -> dict[str, Any] | None:
     known = frame[frame[TARGET].notna()]
     bands = known["fare_band"].to_numpy() if "fare_band" in known.columns else None
     return coverage_summary(known[TARGET], known["fare_low"], known["fare_high"], bands)
+
+
+def total_scores(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """The quoted total before the tip against the trips' actual total before the tip (:data:`ACTUAL_TOTAL`).
+
+    ``None`` when the frame has no ``total_before_tip`` (the scored version does not itemise) or no actual totals.
+    Otherwise ``rows`` (rows with both), ``total_mae`` and ``total_bias`` (quoted minus actual, mean) in dollars, and
+    when the version returns ``total_low``/``total_high``: ``total_coverage`` (share of actual totals inside the
+    range) and ``total_mean_width``.
+    """
+    import numpy as np
+
+    if "total_before_tip" not in frame.columns or ACTUAL_TOTAL not in frame.columns:
+        return None
+    quoted = frame["total_before_tip"].to_numpy(dtype=np.float64, na_value=np.nan)
+    actual = frame[ACTUAL_TOTAL].to_numpy(dtype=np.float64, na_value=np.nan)
+    known = np.isfinite(quoted) & np.isfinite(actual)
+    if not known.any():
+        return None
+    error = quoted[known] - actual[known]
+    scores: dict[str, Any] = {
+        "rows": int(known.sum()),
+        "total_mae": float(np.abs(error).mean()),
+        "total_bias": float(error.mean()),
+    }
+    if "total_low" in frame.columns and "total_high" in frame.columns:
+        low = frame["total_low"].to_numpy(dtype=np.float64, na_value=np.nan)[known]
+        high = frame["total_high"].to_numpy(dtype=np.float64, na_value=np.nan)[known]
+        ranged = np.isfinite(low) & np.isfinite(high)
+        if ranged.any():
+            inside = (actual[known] >= low) & (actual[known] <= high)
+            scores["total_coverage"] = float(inside[ranged].mean())
+            scores["total_mean_width"] = float((high - low)[ranged].mean())
+            scores["total_ranged_rows"] = int(ranged.sum())
+    return scores
 
 
 def coverage_check(

@@ -22,12 +22,13 @@ from taxi_platform.monitoring.drift_checks import CheckOutcome
 from taxi_platform.monitoring.drift_evidently import DriftConfig
 from taxi_platform.monitoring.drift_summary import DriftSummary
 
-REPORT_VERSION = "1"  # bump when the report's figures or checks change (SCHEMA_VERSION: its JSON layout)
+REPORT_VERSION = "2"  # 2: the tariff section and the quoted total's scores; bump when the report's figures or checks change (SCHEMA_VERSION: its JSON layout)
 
 REPORT_TABLE = "drift_report"
 HTML_NAME = "report.html"
 JSON_NAME = "report.json"
-SCHEMA_VERSION = 1
+# 2: adds ``tariff`` and ``totals`` (with ``quality.total_mae``, ``ranges.total_coverage``)
+SCHEMA_VERSION = 2
 
 
 def report_paths(lake: Lake, partition_key: str) -> tuple[str, str]:
@@ -48,10 +49,29 @@ def report_document(
     data_source: str,
     html_path: str,
     ranges: Mapping[str, Any] | None = None,
+    tariff: Mapping[str, Any] | None = None,
+    totals: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The compact ``report.json`` document (``ranges``: the fare-range coverage section, if measured)."""
+    """The compact ``report.json`` document.
+
+    ``ranges``: the fare-range coverage section, if measured. ``tariff``: the rate card in force and its changes
+    around the month (:func:`taxi_platform.monitoring.tariff_report.tariff_section`). ``totals``: the quoted total
+    before the tip against the trips' (:func:`taxi_platform.monitoring.drift_checks.total_scores`), when the champion
+    itemises; its MAE and bias are also under ``quality`` (``total_mae``, ``total_bias``) and its range coverage
+    under ``ranges`` (``total_coverage``, ``total_mean_width``).
+    """
     from importlib.metadata import version
 
+    quality = dict(summary.quality) if summary.quality is not None else None
+    range_section = dict(ranges) if ranges is not None else None
+    if totals is not None:
+        quality = {**(quality or {}), "total_mae": totals["total_mae"], "total_bias": totals["total_bias"]}
+        if "total_coverage" in totals:
+            range_section = {
+                **(range_section or {}),
+                "total_coverage": totals["total_coverage"],
+                "total_mean_width": totals["total_mean_width"],
+            }
     return {
         "schema_version": SCHEMA_VERSION,
         "month": summary.month,
@@ -78,9 +98,11 @@ def report_document(
             "columns": {c: asdict(d) for c, d in summary.columns.items()},
             "all_null_columns": summary.all_null_columns,
         },
-        "quality": summary.quality,
+        "quality": quality,
         "reference_quality": summary.reference_quality,
-        "ranges": dict(ranges) if ranges is not None else None,
+        "ranges": range_section,
+        "totals": dict(totals) if totals is not None else None,
+        "tariff": dict(tariff) if tariff is not None else None,
         "checks": {
             c.name: {"passed": c.passed, "severity": c.severity, "description": c.description, **c.metadata}
             for c in checks

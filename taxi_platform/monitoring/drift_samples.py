@@ -58,6 +58,10 @@ _STRING_COLUMNS = ("service", "pickup_borough", "dropoff_borough")
 # What identifies a trip for sampling: the quote and what was observed (every other column derives from these).
 SAMPLE_KEY_COLUMNS = (*QUOTE_COLUMNS, "trip_distance", "trip_duration_min", TARGET)
 RANGE_COLUMNS = ("fare_low", "fare_high", "fare_band")  # what the pyfunc returns beside fare_amount
+# What an itemising version also returns: the quoted total before the tip and its range.
+TOTAL_COLUMNS = ("total_before_tip", "total_low", "total_high")
+ACTUAL_TOTAL = "actual_total_before_tip"  # total_amount - tip_amount of the trip, from cleaned_trips
+CLEANED_TABLE = "cleaned_trips"
 
 
 class DriftInputError(ValueError):
@@ -162,14 +166,15 @@ def with_predictions(
     column_types: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """``frame`` plus a ``prediction`` column from ``predict(quotes)`` (e.g. a loaded MLflow pyfunc), and the
-    fare range columns (``fare_low``, ``fare_high``, ``fare_band``) when the model returns them."""
+    fare range columns (``fare_low``, ``fare_high``, ``fare_band``) and the quoted total columns
+    (:data:`TOTAL_COLUMNS`) when the model returns them."""
     out = frame.copy()
     if len(out) == 0:
         out[PREDICTION] = np.zeros(0)
         return out
     pred = predict(quotes_from(out, column_types))
     if hasattr(pred, "columns"):  # a DataFrame: ``fare_amount`` first, then the range if the model has one
-        for column in RANGE_COLUMNS:
+        for column in (*RANGE_COLUMNS, *TOTAL_COLUMNS):
             if column in pred.columns:
                 out[column] = pred[column].to_numpy()
         pred = pred.iloc[:, 0]
@@ -177,4 +182,48 @@ def with_predictions(
     if len(values) != len(out):
         raise ValueError(f"the model returned {len(values)} predictions for {len(out)} quotes")
     out[PREDICTION] = values
+    return out
+
+
+def with_actual_totals(lake: Lake, months: Sequence[str], frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (a sample of ``trip_features`` rows of ``months``) plus :data:`ACTUAL_TOTAL`: what the trip's rider
+    paid before the tip (``total_amount - tip_amount``), read from the months' ``cleaned_trips``.
+
+    Rows are matched on :data:`SAMPLE_KEY_COLUMNS` (the quote and what was observed, the columns ``trip_features``
+    carries over from ``cleaned_trips`` unchanged); trips sharing a key are averaged, and a row without a match or
+    without a total is NaN. Raises :class:`DriftInputError` when a month has no ``cleaned_trips`` partition.
+    """
+    out = frame.copy()
+    if len(out) == 0:
+        out[ACTUAL_TOTAL] = np.zeros(0)
+        return out
+    absent = [m[:7] for m in months if not lake.has_partition(CLEANED_TABLE, m)]
+    if absent:
+        raise DriftInputError(
+            f"cleaned_trips has no partition for {absent}: the quoted totals cannot be scored without it"
+        )
+    files = "[" + ", ".join(sql_literal(lake.partition_glob(CLEANED_TABLE, m)) for m in months) + "]"
+    keys = SAMPLE_KEY_COLUMNS
+    cast = {c: "VARCHAR" for c in _STRING_COLUMNS}
+    cleaned = ", ".join(f"CAST({c} AS {cast[c]}) AS {c}" if c in cast else c for c in keys)
+    sample = ", ".join(f"CAST(s.{c} AS {cast[c]}) AS {c}" if c in cast else f"s.{c}" for c in keys)
+    on = " AND ".join(f"t.{c} = s.{c}" for c in keys)
+    con = lake.connect()
+    try:
+        keyed = out[list(keys)].reset_index(drop=True)
+        keyed["_row"] = np.arange(len(keyed))
+        con.register("sample_rows", keyed)
+        totals = con.sql(
+            f"""
+            WITH t AS (
+                SELECT {cleaned}, avg(total_amount - tip_amount) AS total
+                FROM read_parquet({files}, hive_partitioning = false) GROUP BY ALL
+            ),
+            s AS (SELECT _row, {sample} FROM sample_rows s)
+            SELECT s._row, t.total FROM s LEFT JOIN t ON {on} ORDER BY s._row
+            """
+        ).df()
+    finally:
+        con.close()
+    out[ACTUAL_TOTAL] = totals["total"].to_numpy(dtype=np.float64, na_value=np.nan)
     return out

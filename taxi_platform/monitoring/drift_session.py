@@ -31,9 +31,14 @@ from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.model.champion_lookup import ChampionInfo, load_champion
 from taxi_platform.model.registered_predictors import load_predictor
 from taxi_platform.model.thread_limits import openmp_threads, small_data_threads
-from taxi_platform.monitoring.drift_checks import range_coverage
+from taxi_platform.monitoring.drift_checks import range_coverage, total_scores
 from taxi_platform.monitoring.drift_evidently import DriftConfig, run_drift_report
-from taxi_platform.monitoring.drift_samples import month_row_count, sample_features, with_predictions
+from taxi_platform.monitoring.drift_samples import (
+    month_row_count,
+    sample_features,
+    with_actual_totals,
+    with_predictions,
+)
 from taxi_platform.monitoring.drift_summary import DriftSummary
 from taxi_platform.monitoring.drift_worker import EvidentlyWorker, fork_is_safe
 from taxi_platform.transform.contracts import require_model_contract, stamped_versions
@@ -53,6 +58,9 @@ class MonthReport:
     summary: DriftSummary
     snapshot: Any  # has save_html(path): hand it to write_report before reporting the next month
     coverage: dict[str, Any] | None  # range_coverage of the month's sample with predictions
+    # total_scores of the month's sample: the quoted total before the tip against the actual one (None when the
+    # champion does not itemise)
+    totals: dict[str, Any] | None = None
 
 
 class DriftReporter:
@@ -130,6 +138,9 @@ class DriftReporter:
             predict,
             types,
         )
+        totals = None
+        if "total_before_tip" in current.columns:  # an itemising version: score its total against the trips'
+            totals = total_scores(with_actual_totals(self.lake, [partition_key], current))
         arguments = {
             "current": current,
             "reference": reference,
@@ -151,6 +162,7 @@ class DriftReporter:
             summary=summary,
             snapshot=snapshot,
             coverage=range_coverage(current),
+            totals=totals,
         )
 
     def close(self) -> None:

@@ -12,7 +12,11 @@
 
 The log records the fare each quote got, not its range (the log format predates ranges); the range is a pure
 function of the quote and the model version that priced it, so :func:`add_ranges` re-prices the quotes with that
-version and records how many re-priced fares differ from the logged ones (they should not).
+version and records how many re-priced fares differ from the logged ones (they should not). A version that itemises
+its quotes also returns the total before the tip and its range (``total_before_tip``, ``total_low``,
+``total_high``); :func:`add_ranges` keeps them, and :func:`quote_accuracy` then scores the quoted totals against
+what the cell's riders paid before the tip (``total_amount - tip_amount`` of the month's ``cleaned_trips``), beside
+the fares (``totals``; ``None`` when no quote has a total).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import pyarrow as pa
 from taxi_platform.core.sql import sql_literal
 from taxi_platform.lake.lake import Lake
 
-SCORING_VERSION = "3"  # 3: shadow quotes scored beside the served ones; bump when served quotes are matched or scored differently
+# 3: shadow quotes scored beside the served ones; 4: quoted totals before the tip scored beside the fares; bump
+SCORING_VERSION = "4"  # bump when served quotes are matched or scored differently
 
 TABLE = "served_quotes"
 ACCURACY_TABLE = "served_quote_accuracy"
@@ -53,8 +58,13 @@ SCHEMA = pa.schema(
         ("fare_amount", pa.float64()),
         ("fare_low", pa.float64()),
         ("fare_high", pa.float64()),
+        # an itemising version's total before the tip and its range (re-priced like the range; null otherwise)
+        ("total_before_tip", pa.float64()),
+        ("total_low", pa.float64()),
+        ("total_high", pa.float64()),
     ]
 )
+TOTAL_COLUMNS = ("total_before_tip", "total_low", "total_high")
 
 
 # -- the month's quotes as columns ---------------------------------------------------------------------
@@ -123,6 +133,7 @@ class QuoteColumns:
             "pickup_hour": hours,
             "fare_low": [None] * len(self),
             "fare_high": [None] * len(self),
+            **{name: [None] * len(self) for name in TOTAL_COLUMNS},
         }
         return pa.table({name: pa.array(values[name], type=SCHEMA.field(name).type) for name in SCHEMA.names})
 
@@ -138,16 +149,19 @@ def served_quotes_table(rows: Iterable[Mapping[str, Any]], month: str) -> pa.Tab
 
 
 def add_ranges(table: pa.Table, price: Callable[[str, Any], Any | None]) -> tuple[pa.Table, dict[str, Any]]:
-    """Fill ``fare_low``/``fare_high`` by re-pricing each model version's quotes with ``price(version, quotes)``.
+    """Fill ``fare_low``/``fare_high`` by re-pricing each model version's quotes with ``price(version, quotes)``, and
+    the quoted total columns (:data:`TOTAL_COLUMNS`) for versions that itemise.
 
-    ``price`` returns the pyfunc's output frame (``fare_amount``, ``fare_low``, ``fare_high``) or ``None`` when the
-    version cannot be loaded. Returns the table and counts: quotes per version, quotes left without a range, and
+    ``price`` returns the pyfunc's output frame (``fare_amount``, ``fare_low``, ``fare_high``, and for an itemising
+    version ``total_before_tip``, ``total_low``, ``total_high``) or ``None`` when the version cannot be loaded.
+    Returns the table and counts: quotes per version, quotes left without a range, quotes with a total, and
     re-priced fares that differ from the logged ones by more than a cent.
     """
     frame = table.to_pandas()
     low = np.full(len(frame), np.nan)
     high = np.full(len(frame), np.nan)
-    stats: dict[str, Any] = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
+    totals = {name: np.full(len(frame), np.nan) for name in TOTAL_COLUMNS}
+    stats: dict[str, Any] = {"versions": {}, "without_range": 0, "with_total": 0, "repriced_mismatch": 0}
     for version, idx in frame.groupby("model_version").indices.items():
         stats["versions"][str(version)] = len(idx)
         quotes = frame.iloc[idx][
@@ -158,15 +172,19 @@ def add_ranges(table: pa.Table, price: Callable[[str, Any], Any | None]) -> tupl
             continue
         low[idx] = np.asarray(out["fare_low"], dtype=np.float64)
         high[idx] = np.asarray(out["fare_high"], dtype=np.float64)
+        for name in TOTAL_COLUMNS:
+            if name in out.columns:
+                totals[name][idx] = np.asarray(out[name], dtype=np.float64)
         logged = frame["fare_amount"].to_numpy()[idx]
         stats["repriced_mismatch"] += int((np.abs(np.asarray(out["fare_amount"]) - logged) > 0.011).sum())
     stats["without_range"] = int(np.isnan(low).sum())
-    table = table.set_column(
-        table.schema.get_field_index("fare_low"), "fare_low", pa.array(low, mask=np.isnan(low))
-    )
-    table = table.set_column(
-        table.schema.get_field_index("fare_high"), "fare_high", pa.array(high, mask=np.isnan(high))
-    )
+    stats["with_total"] = int((~np.isnan(totals["total_before_tip"])).sum())
+    for name, values in {"fare_low": low, "fare_high": high, **totals}.items():
+        column = pa.array(values, type=pa.float64(), mask=np.isnan(values))
+        if name in table.schema.names:
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        else:  # a table built before the total columns existed
+            table = table.append_column(pa.field(name, pa.float64()), column)
     return table, stats
 
 
@@ -179,13 +197,20 @@ def _num(value: Any, digits: int = 4) -> float | None:
 
 
 def quote_accuracy(
-    lake: Lake, quotes_glob: str, trips_glob: str, month: str, worst: int = WORST_CELLS
+    lake: Lake,
+    quotes_glob: str,
+    trips_glob: str,
+    month: str,
+    worst: int = WORST_CELLS,
+    cleaned_glob: str | None = None,
 ) -> dict[str, Any]:
     """Quotes served for pickups in ``month`` against the month's realised trips, cell by cell (module docstring).
 
     Every average is over quotes (a cell weighs as many times as it was quoted). ``share_inside_range`` is, per
     quote with a range, the share of its cell's realised fares inside ``fare_low..fare_high``, averaged over
-    those quotes.
+    those quotes. ``totals`` scores the quoted totals before the tip the same way against the cell's realised
+    ``total_amount - tip_amount`` in ``cleaned_glob`` (the month's ``cleaned_trips``; :func:`_total_accuracy`); it is
+    ``None`` when no served quote has a total.
     """
     cell = ", ".join(CELL)
     con = lake.connect()
@@ -200,6 +225,7 @@ def quote_accuracy(
         )
         cells_quoted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cell} FROM q)").fetchone()[0]
         shadow = _shadow_comparison(con)
+        totals = _total_accuracy(con, cleaned_glob)
     finally:
         con.close()
     return {
@@ -218,6 +244,7 @@ def quote_accuracy(
         "share_inside_range": _num(share),
         "worst_cells": worst_cells,
         "shadow": shadow,
+        "totals": totals,
     }
 
 
@@ -231,6 +258,8 @@ def _create_scoring_tables(con: Any, quotes_glob: str, trips_glob: str) -> None:
         for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_literal(quotes_glob)})").fetchall()
     }
     role = "role" if "role" in logged else "'served'"  # partitions written before shadow quotes
+    # partitions written before quoted totals: no total
+    total = {c: c if c in logged else f"CAST(NULL AS DOUBLE) AS {c}" for c in TOTAL_COLUMNS}
     con.execute(
         f"""
         CREATE TEMP TABLE trips AS
@@ -245,7 +274,8 @@ def _create_scoring_tables(con: Any, quotes_glob: str, trips_glob: str) -> None:
         SELECT row_number() OVER () AS qid, CAST(service AS VARCHAR) AS service,
                CAST(pickup_zone AS INTEGER) AS pickup_zone, CAST(dropoff_zone AS INTEGER) AS dropoff_zone,
                CAST(pickup_hour AS INTEGER) AS pickup_hour, fare_amount AS quoted, fare_low, fare_high,
-               model_version, {role} AS role, request_id, "index" AS idx
+               model_version, {role} AS role, request_id, "index" AS idx,
+               {total["total_before_tip"]}, {total["total_low"]}, {total["total_high"]}
         FROM read_parquet({sql_literal(quotes_glob)});
         CREATE TEMP TABLE q AS SELECT * FROM q_all WHERE role = 'served';
         CREATE TEMP TABLE inside AS
@@ -270,6 +300,58 @@ def _totals(con: Any) -> tuple:
         FROM scored
         """
     ).fetchone()
+
+
+def _total_accuracy(con: Any, cleaned_glob: str | None) -> dict[str, Any] | None:
+    """The served quotes' totals before the tip against their cell's realised totals (``total_amount - tip_amount``
+    of the trips in ``cleaned_glob``, the pickup hour from ``pickup_datetime``): quote-weighted MAE and bias vs the
+    cell mean and median, and the mean share of the cell's realised totals inside ``total_low..total_high``.
+
+    ``None`` when no served quote has a total (the versions that served the month do not itemise); without
+    ``cleaned_glob`` only the count of quotes with a total, and ``scored`` False."""
+    with_total = con.execute("SELECT count(total_before_tip) FROM q").fetchone()[0]
+    if not with_total:
+        return None
+    if cleaned_glob is None:
+        return {"quotes_with_total": int(with_total), "scored": False}
+    cell = ", ".join(CELL)
+    con.execute(
+        f"""
+        CREATE TEMP TABLE total_trips AS
+        SELECT CAST(service AS VARCHAR) AS service, CAST(pickup_zone AS INTEGER) AS pickup_zone,
+               CAST(dropoff_zone AS INTEGER) AS dropoff_zone, CAST(hour(pickup_datetime) AS INTEGER) AS pickup_hour,
+               CAST(total_amount - tip_amount AS DOUBLE) AS total
+        FROM read_parquet({sql_literal(cleaned_glob)}) WHERE total_amount IS NOT NULL AND tip_amount IS NOT NULL;
+        CREATE TEMP TABLE total_cells AS
+        SELECT {cell}, count(*) AS trips, avg(total) AS mean_total, median(total) AS median_total
+        FROM total_trips GROUP BY ALL;
+        CREATE TEMP TABLE total_inside AS
+        SELECT q.qid, avg(CASE WHEN t.total BETWEEN q.total_low AND q.total_high THEN 1.0 ELSE 0.0 END) AS share
+        FROM q JOIN total_trips t USING ({cell}) WHERE q.total_low IS NOT NULL AND q.total_high IS NOT NULL
+        GROUP BY q.qid;
+        """
+    )
+    row = con.execute(
+        f"""
+        SELECT count(c.trips), avg(abs(q.total_before_tip - c.mean_total)), avg(q.total_before_tip - c.mean_total),
+               avg(abs(q.total_before_tip - c.median_total)), avg(q.total_before_tip - c.median_total),
+               avg(i.share), count(i.share)
+        FROM q LEFT JOIN total_cells c USING ({cell}) LEFT JOIN total_inside i USING (qid)
+        WHERE q.total_before_tip IS NOT NULL
+        """
+    ).fetchone()
+    matched, mae_mean, bias_mean, mae_median, bias_median, share, ranged = row
+    return {
+        "quotes_with_total": int(with_total),
+        "scored": True,
+        "matched_quotes": int(matched),
+        "total_mae_vs_realised_mean": _num(mae_mean),
+        "total_bias_vs_realised_mean": _num(bias_mean),
+        "total_mae_vs_realised_median": _num(mae_median),
+        "total_bias_vs_realised_median": _num(bias_median),
+        "total_share_inside_range": _num(share),
+        "quotes_scored_for_total_range": int(ranged),
+    }
 
 
 def _worst_cells(con: Any, worst: int) -> list[dict[str, Any]]:
@@ -349,9 +431,18 @@ def accuracy_line(report: Mapping[str, Any]) -> str:
         )
     share = report.get("share_inside_range")
     range_text = f", {share:.0%} of realised fares inside the quoted ranges" if share is not None else ""
+    totals = report.get("totals") or {}
+    total_text = ""
+    if totals.get("total_mae_vs_realised_mean") is not None:
+        total_text = (
+            f"; totals before the tip: MAE ${totals['total_mae_vs_realised_mean']:.2f} vs the cell mean (bias "
+            f"{totals['total_bias_vs_realised_mean']:+.2f})"
+        )
+        if totals.get("total_share_inside_range") is not None:
+            total_text += f", {totals['total_share_inside_range']:.0%} inside the quoted total ranges"
     return (
         f"{report['matched_quotes']} of {report['quotes']} quotes served for {report['month']} matched realised "
         f"trips: MAE ${report['mae_vs_realised_mean']:.2f} vs the cell mean (bias "
         f"{report['bias_vs_realised_mean']:+.2f}), ${report['mae_vs_realised_median']:.2f} vs the median"
-        f"{range_text}; {report['unmatched_quotes']} without a realised cell"
+        f"{range_text}{total_text}; {report['unmatched_quotes']} without a realised cell"
     )

@@ -3,21 +3,29 @@ table rows.
 
 Reads every ``drift_report/month=YYYY-MM/report.json`` in the lake (the compact documents written by
 :mod:`taxi_platform.monitoring.drift_report_files`), so the history covers exactly the months that were reported,
-whichever champion scored them. matplotlib is imported inside :func:`plot_trend` with the non-interactive Agg backend.
+whichever champion scored them. Every change of the packaged rate card between the first and the last plotted month
+is drawn as a dated vertical marker on all three panels (:func:`tariff_markers`), so a fare change by rule shows as
+one. matplotlib is imported inside :func:`plot_trend` with the non-interactive Agg backend.
 """
 
 from __future__ import annotations
 
 import base64
+import calendar
 import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from taxi_platform.fare_model.rate_card import RateCard, tariff_changes
 from taxi_platform.lake.lake import Lake
 from taxi_platform.monitoring.drift_report_files import JSON_NAME, REPORT_TABLE
+from taxi_platform.monitoring.tariff_report import month_start, next_month_start
 
-TREND_VERSION = "1"  # bump when the trend's figures change
+TREND_VERSION = (
+    "2"  # 2: tariff change markers and the history's tariff column; bump when the trend's figures change
+)
 
 TREND_NAME = "trend.png"
 
@@ -38,6 +46,56 @@ class TrendPoint:
     nominal_coverage: float | None = None
     range_width: float | None = None  # mean width of the ranges ($)
     coverage_check_passed: bool | None = None
+
+
+@dataclass(frozen=True)
+class TariffMarker:
+    """A rate-card change drawn on the trend: ``x`` on the plot's month axis (month ``i`` is centred on ``i`` and
+    spans ``i - 0.5 .. i + 0.5``, so the day of the change places it inside its month), its ``label``
+    (``tariff YYYY-MM-DD``) and the ``components`` it changed."""
+
+    x: float
+    label: str
+    effective_from: str
+    components: tuple[str, ...]
+
+
+def tariff_markers(months: Sequence[str], card: RateCard | str | Path | None = None) -> list[TariffMarker]:
+    """The rate card's changes from the first day of the first of ``months`` (``YYYY-MM``, ascending, as plotted)
+    to the end of the last, placed on the plot's month axis. A change in a month that is not plotted (a gap in the
+    reported months) sits on the boundary before the next plotted month. ``card``: the packaged card by default."""
+    if not months:
+        return []
+    labels = [m[:7] for m in months]
+    markers = []
+    for change in tariff_changes(month_start(labels[0]), next_month_start(labels[-1]), card=card):
+        day = change.effective_from
+        label = day.isoformat()[:7]
+        if label in labels:
+            days = calendar.monthrange(day.year, day.month)[1]
+            x = labels.index(label) - 0.5 + (day.day - 1) / days
+        else:
+            x = next(i for i, m in enumerate(labels) if m > label) - 0.5
+        markers.append(TariffMarker(x, f"tariff {day.isoformat()}", day.isoformat(), change.components))
+    return markers
+
+
+def _draw_markers(axes: Sequence, markers: Sequence[TariffMarker]) -> None:
+    """A dashed vertical line per marker on every panel, labelled once (at the top of the first panel)."""
+    for marker in markers:
+        for ax in axes:
+            ax.axvline(marker.x, color="#8c564b", linestyle="-.", linewidth=1.2, alpha=0.8, zorder=1)
+        axes[0].annotate(
+            marker.label,
+            (marker.x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=7,
+            color="#8c564b",
+        )
 
 
 def _mark_failed(ax, points: list[tuple[int, float]], label: str) -> None:
@@ -104,10 +162,16 @@ def load_history(lake: Lake) -> tuple[list[TrendPoint], list[str]]:
     return points, problems
 
 
-def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: monthly monitoring") -> bytes:
+def plot_trend(
+    points: Sequence[TrendPoint],
+    title: str = "taxi_fare_model: monthly monitoring",
+    card: RateCard | str | Path | None = None,
+) -> bytes:
     """A PNG: MAE per month (failing months in red) against the champion's validation MAE and its allowed limit;
     beside it the share of fares inside their quoted range against the nominal coverage (±5 points shaded,
-    months off it in red); and the share of drifted columns per month against its threshold."""
+    months off it in red); and the share of drifted columns per month against its threshold. Each change of the
+    rate card (``card``, the packaged one by default) within the plotted months is a dated vertical line on all
+    three panels (:func:`tariff_markers`)."""
     if not points:
         raise ValueError("no drift reports to plot: materialise drift_report for at least one month")
     import matplotlib
@@ -124,6 +188,7 @@ def plot_trend(points: Sequence[TrendPoint], title: str = "taxi_fare_model: mont
         _plot_mae(ax_mae, x, points, title)
         _plot_coverage(ax_cov, x, points)
         _plot_drift(ax_drift, x, points, months)
+        _draw_markers((ax_mae, ax_cov, ax_drift), tariff_markers(months, card))
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
@@ -260,12 +325,23 @@ HISTORY_COLUMNS = {
     "coverage_check": "string",
     "drift_check": "string",
     "champion": "string",
+    "tariff": "string",
 }
 
 
-def history_rows(points: Sequence[TrendPoint]) -> list[dict[str, str | float | None]]:
+def month_tariff_note(month: str, card: RateCard | str | Path | None = None) -> str | None:
+    """The rate card's changes taking effect in ``month`` (``YYYY-MM``), e.g. ``2022-12-19: initial_charge, per_unit,
+    …``; ``None`` when the card held throughout."""
+    changes = tariff_changes(month_start(month), next_month_start(month), card=card)
+    return "; ".join(f"{c.effective_from.isoformat()}: {', '.join(c.components)}" for c in changes) or None
+
+
+def history_rows(
+    points: Sequence[TrendPoint], card: RateCard | str | Path | None = None
+) -> list[dict[str, str | float | None]]:
     """One row per month (keys :data:`HISTORY_COLUMNS`): MAE against the champion's validation MAE, range
-    coverage and width, drift share and columns, the three checks' results and the champion that was scored."""
+    coverage and width, drift share and columns, the three checks' results, the champion that was scored and the
+    rate-card changes taking effect in the month (``tariff``; ``card`` is the packaged one by default)."""
     rows: list[dict[str, str | float | None]] = []
     for p in points:
         change = (
@@ -285,6 +361,7 @@ def history_rows(points: Sequence[TrendPoint]) -> list[dict[str, str | float | N
                 "coverage_check": _mark(p.coverage_check_passed),
                 "drift_check": _mark(p.drift_check_passed),
                 "champion": f"v{p.champion_version}" if p.champion_version else None,
+                "tariff": month_tariff_note(p.month, card),
             }
         )
     return rows

@@ -138,7 +138,7 @@ def test_accuracy_matches_a_hand_computation(tmp_path):
     write_log(tmp_path / "log")
     columns, _ = read_log(str(tmp_path / "log"), "2024-03")
     table, stats = add_ranges(columns.table(), _price)
-    assert stats == {"versions": {"7": 5}, "without_range": 1, "repriced_mismatch": 0}
+    assert stats == {"versions": {"7": 5}, "without_range": 1, "with_total": 0, "repriced_mismatch": 0}
     pq.write_table(table, tmp_path / "quotes.parquet")
     write_trips(tmp_path / "trips.parquet")
     report = quote_accuracy(

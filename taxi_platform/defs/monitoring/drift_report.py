@@ -12,6 +12,12 @@ figures) to the lake and yields three checks:
 - ``fare_range_coverage`` (WARN) -- the share of the month's fares inside the champion's quoted range is within
   5 points of the nominal coverage it was calibrated for.
 
+The report and the metadata carry the tariff (rate card) in force on the month's first day and the changes inside the
+month or since the start of the champion's training window (:mod:`taxi_platform.monitoring.tariff_report`): a fare
+change by rule reads as one, and a failing ``mae_not_degraded`` after such a change names it. When the champion
+itemises its quotes, its ``total_before_tip`` is scored too against what riders paid before the tip
+(``total_amount - tip_amount`` of ``cleaned_trips``): ``total_mae`` and ``total_range_coverage``.
+
 No ``from __future__ import annotations``: Dagster inspects the ``context`` annotation at runtime. Evidently and
 MLflow are imported by the functions that use them, so loading the definitions stays fast.
 """
@@ -48,6 +54,7 @@ from taxi_platform.monitoring.drift_checks import (
     coverage_check,
     drift_check,
     mae_check,
+    with_tariff_note,
 )
 from taxi_platform.monitoring.drift_evidently import DriftConfig
 from taxi_platform.monitoring.drift_report_files import (
@@ -59,6 +66,7 @@ from taxi_platform.monitoring.drift_report_files import (
 from taxi_platform.monitoring.drift_samples import DriftInputError
 from taxi_platform.monitoring.drift_session import DriftReporter, MonthReport
 from taxi_platform.monitoring.drift_summary import DriftSummary
+from taxi_platform.monitoring.tariff_report import rule_changes, tariff_section
 from taxi_platform.transform.contracts import ContractMismatchError
 
 MAE_CHECK_KEY = dg.AssetCheckKey(DRIFT_REPORT, MAE_CHECK)
@@ -198,7 +206,7 @@ CHECK_SPECS = _check_specs()
 @dg.asset(
     key=DRIFT_REPORT,
     partitions_def=monthly_partitions,
-    deps=[TRIP_FEATURES, FARE_MODEL],
+    deps=[TRIP_FEATURES, FARE_MODEL],  # cleaned_trips is read too when the champion itemises (its totals)
     **MONITORING,
     code_version=REPORT_VERSION,
     kinds={"evidently", "mlflow", "html"},
@@ -251,9 +259,10 @@ def _report_month(
         raise dg.Failure(description=f"drift_report {month}: {exc}", allow_retries=False) from None
 
     summary, coverage, reference_months = result.summary, result.coverage, result.reference_months
+    tariff = tariff_section(month, list(champion.train_months))
     checks = [
         drift_check(summary, settings.drift_share_threshold),
-        mae_check(summary, champion.validation_mae, settings.max_mae_degradation),
+        with_tariff_note(mae_check(summary, champion.validation_mae, settings.max_mae_degradation), tariff),
         coverage_check(month, coverage, champion.interval_coverage),
     ]
     for outcome in checks:
@@ -272,15 +281,34 @@ def _report_month(
         data_source,
         html_path,
         ranges,
+        tariff,
+        result.totals,
     )
     html_path, json_path = write_report(store, key, result.snapshot, document)
     for outcome in checks:
         context.log.info(outcome.description)
+    if tariff["straddles"]:
+        context.log.info(tariff["sentence"])
     metadata = {
         **_report_metadata(result, champion, store, (html_path, json_path), data_source),
         **_quality_metadata(result, champion, checks),
+        **tariff_metadata(tariff),
     }
     return MonthOutcome(metadata=metadata, checks=[_check_result(c) for c in checks])
+
+
+def tariff_metadata(tariff: dict[str, Any]) -> dict[str, Any]:
+    """The tariff around the month: ``tariff`` (the report's sentence), ``tariff_changes`` (each change's date, where
+    it falls -- in the month, after or in the champion's training window -- and its components' old and new
+    amounts; empty when the card held), ``tariff_straddled`` and ``tariff_in_force`` (per service, at the month's
+    first day)."""
+    return {
+        "tariff": dg.MetadataValue.text(tariff["sentence"]),
+        "tariff_changes": dg.MetadataValue.json(tariff["changes"]),
+        "tariff_straddled": dg.MetadataValue.bool(tariff["straddles"]),
+        "tariff_rule_change": dg.MetadataValue.bool(bool(rule_changes(tariff))),
+        "tariff_in_force": dg.MetadataValue.json(tariff["in_force"]),
+    }
 
 
 def _champion(reporter: DriftReporter, key: str, month: str) -> ChampionInfo:
@@ -345,4 +373,12 @@ def _quality_metadata(
         metadata["validation_mae"] = dg.MetadataValue.float(round(champion.validation_mae, 4))
     if "mae_change_pct" in checks[1].metadata:
         metadata["mae_change_pct"] = dg.MetadataValue.float(checks[1].metadata["mae_change_pct"])
+    totals = result.totals
+    if totals is not None:  # an itemising champion: its total before the tip against the trips'
+        metadata["total_mae"] = dg.MetadataValue.float(round(totals["total_mae"], 4))
+        metadata["total_bias"] = dg.MetadataValue.float(round(totals["total_bias"], 4))
+        metadata["total_rows"] = dg.MetadataValue.int(totals["rows"])
+        if "total_coverage" in totals:
+            metadata["total_range_coverage"] = dg.MetadataValue.float(round(totals["total_coverage"], 4))
+            metadata["total_range_mean_width"] = dg.MetadataValue.float(round(totals["total_mean_width"], 4))
     return metadata

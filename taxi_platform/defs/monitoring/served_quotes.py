@@ -3,7 +3,9 @@
 ``served_quotes`` is the service's prediction log as a lake dataset partitioned by the quoted **pickup** month
 (``served_quotes/month=YYYY-MM/part-0.parquet``), each quote with the range the serving model version gave it;
 ``served_quote_accuracy`` compares those quotes with the month's realised trips in the same cell (service, pickup
-zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.monitoring.served_quotes`. Both follow ``trip_features`` once a
+zone, drop-off zone, pickup hour) -- :mod:`taxi_platform.monitoring.served_quotes`; when the versions that served
+the month itemise their quotes, their totals before the tip are scored too, against ``total_amount - tip_amount``
+of the month's ``cleaned_trips`` (``total_*`` metadata). Both follow ``trip_features`` once a
 champion exists: when month M's trips arrive, M's served quotes are scored.
 
 The log is read where ``TAXI_PREDICTION_LOG_PATH`` says (the predictions bucket on GKE; by default
@@ -152,7 +154,7 @@ def served_quotes(
         f"{table.num_rows:,} quotes for pickups in {month} in {stats['files_read']} of {stats['files']} log "
         f"file(s) under {source} (files dated from {earliest_log_day(month)} can hold them)"
     )
-    ranges: dict = {"versions": {}, "without_range": 0, "repriced_mismatch": 0}
+    ranges: dict = {"versions": {}, "without_range": 0, "with_total": 0, "repriced_mismatch": 0}
     if table.num_rows:
         table, ranges = add_ranges(table, version_pricer(mlflow.resolved_uri(), context.log.warning))
     dest = store.partition_path(TABLE, context.partition_key)
@@ -170,6 +172,7 @@ def served_quotes(
             "duplicate_quotes": dg.MetadataValue.int(stats["duplicate_quotes"]),
             "model_versions": dg.MetadataValue.json(ranges["versions"]),
             "quotes_without_range": dg.MetadataValue.int(ranges["without_range"]),
+            "quotes_with_total": dg.MetadataValue.int(ranges["with_total"]),
             "repriced_mismatch": dg.MetadataValue.int(ranges["repriced_mismatch"]),
             "path": dg.MetadataValue.path(dest),
         },
@@ -201,7 +204,8 @@ class ShadowVerdictConfig(dg.Config):
     automation_condition=drift_report_condition(),
     description="The month's served quotes against its realised trips in the same cell (service, pickup zone, "
     "drop-off zone, pickup hour): quote-weighted MAE and bias vs the cell's realised mean and median, share of "
-    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell. Shadow quotes (the "
+    "realised fares inside the quoted ranges, worst cells, quotes without a realised cell; for versions that itemise, "
+    "the same for the quoted total before the tip against total_amount - tip_amount. Shadow quotes (the "
     "challenger's prices of the same requests) are scored beside the champion's on the same cells; with enough of "
     "them the challenger's version gets the tag shadow_verdict (pass/fail), which fare_model's gate requires when "
     "`require_shadow` is on. served_quote_accuracy/month=YYYY-MM/report.json.",
@@ -218,8 +222,16 @@ def served_quote_accuracy(
                 description=f"No {what} partition for {month}: materialise {what} for this month first.",
                 allow_retries=False,
             )
+    # what riders paid before the tip is in cleaned_trips (read only when a served quote has a total)
+    cleaned = (
+        store.partition_glob("cleaned_trips", key) if store.has_partition("cleaned_trips", key) else None
+    )
     report = quote_accuracy(
-        store, store.partition_glob(TABLE, key), store.partition_glob("trip_features", key), month
+        store,
+        store.partition_glob(TABLE, key),
+        store.partition_glob("trip_features", key),
+        month,
+        cleaned_glob=cleaned,
     )
     line = accuracy_line(report)
     context.log.info(line)
@@ -245,6 +257,22 @@ def served_quote_accuracy(
     ):
         if report[name] is not None:
             metadata[name] = dg.MetadataValue.float(report[name])
+    totals = report.get("totals")
+    if totals:  # the serving versions itemise: their totals before the tip against what riders paid
+        metadata["quotes_with_total"] = dg.MetadataValue.int(totals["quotes_with_total"])
+        if not totals["scored"]:
+            context.log.warning(
+                f"{totals['quotes_with_total']} quote(s) of {month} have a total before the tip, but there is no "
+                "cleaned_trips partition to score them against"
+            )
+        for name in (
+            "total_mae_vs_realised_mean",
+            "total_bias_vs_realised_mean",
+            "total_mae_vs_realised_median",
+            "total_share_inside_range",
+        ):
+            if totals.get(name) is not None:
+                metadata[name] = dg.MetadataValue.float(totals[name])
     shadow = report.get("shadow")
     if shadow:
         metadata["shadow"] = dg.MetadataValue.json(shadow)

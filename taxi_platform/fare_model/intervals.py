@@ -9,6 +9,10 @@ trips uses the quantile of its distance band and airport flag over both services
 fare's spread), and if that group is small too, the quantile of all residuals. With exchangeable months each
 band with its own quantile covers at least the nominal share of its trips (and at most ``nominal + 2/n``).
 
+A tariff-aware model (target ``"tariff_units"``, :mod:`.tariff`) is calibrated on residuals in meter units and
+its ranges are applied in units, then turned into dollars at the tariff in force at each quote's pickup: a tariff
+change scales a range with its fare. ``FareIntervals.target`` says which scale the half-widths are in.
+
 numpy only (this module ships with the model as code): the band of a quote comes from the model's own design
 matrix (:data:`.matrix.COL`), so serving adds two lookups per quote.
 """
@@ -18,11 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .matrix import COL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tariff import FareScale
 
 DEFAULT_COVERAGE = 0.8
 DEFAULT_MIN_GROUP = 100
@@ -101,20 +108,40 @@ class FareIntervals:
     global_half_width: float
     min_group: int
     calibration_month: str = ""
-    floor: float = 0.0  # no range starts below this (the model's minimum fare)
+    floor: float = 0.0  # no dollar range starts below this (the dollar model's minimum fare)
     labels: tuple[str, ...] = field(default=BAND_LABELS)
+    target: str = "fare"  # the scale of the half-widths: "fare" (dollars) or "tariff_units" (meter units)
 
     def __post_init__(self) -> None:
         if len(self.half_width) != N_BANDS:
             raise ValueError(f"expected {N_BANDS} band half-widths, got {len(self.half_width)}")
 
-    def ranges(self, fares: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(fare_low, fare_high)`` for served fares and their bands; ``fare_low ≤ fare ≤ fare_high``."""
+    def half_widths(self, bands: np.ndarray) -> np.ndarray:
+        """The half-width of each band's range, in the scale of :attr:`target`."""
+        return self._half_array()[bands]
+
+    def ranges(
+        self, values: np.ndarray, bands: np.ndarray, scale: FareScale | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(fare_low, fare_high)`` in dollars with ``fare_low ≤ fare ≤ fare_high``.
+
+        Without ``scale``, ``values`` are served fares in dollars and no range starts below :attr:`floor`. With a
+        :class:`~.tariff.FareScale`, ``values`` are the model's floored values in its target's scale: the range
+        is ``value ± half-width`` there, turned into dollars by ``scale`` and kept above its floors.
+        """
         half = self._half_array()[bands]
-        low = fares - half
-        np.maximum(low, self.floor, out=low)
+        if scale is None:
+            low = values - half
+            np.maximum(low, self.floor, out=low)
+            np.minimum(low, values, out=low)
+            return low, values + half
+        fares = np.maximum(scale.dollars(values), scale.floor)
+        low = scale.dollars(values - half)
+        np.maximum(low, scale.floor, out=low)
         np.minimum(low, fares, out=low)
-        return low, fares + half
+        high = scale.dollars(values + half)
+        np.maximum(high, fares, out=high)
+        return low, high
 
     def _half_array(self) -> np.ndarray:
         cached = self.__dict__.get("_half")
@@ -134,6 +161,7 @@ class FareIntervals:
     def as_dict(self) -> dict[str, Any]:
         return {
             "coverage": self.coverage,
+            "target": self.target,
             "min_group": self.min_group,
             "calibration_month": self.calibration_month,
             "global_half_width": self.global_half_width,
@@ -153,8 +181,12 @@ def calibrate(
     min_group: int = DEFAULT_MIN_GROUP,
     calibration_month: str = "",
     floor: float = 0.0,
+    target: str = "fare",
 ) -> FareIntervals:
-    """Group-wise split-conformal half-widths from out-of-time residuals (see the module docstring)."""
+    """Group-wise split-conformal half-widths from out-of-time residuals (see the module docstring).
+
+    ``y_true`` and ``y_pred`` are in the scale of ``target``: dollars (``"fare"``) or meter units
+    (``"tariff_units"``); the half-widths are in that scale too."""
     if not 0 < coverage < 1:
         raise ValueError(f"coverage={coverage}: expected a share strictly between 0 and 1, e.g. 0.8")
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -190,6 +222,7 @@ def calibrate(
         min_group=int(min_group),
         calibration_month=calibration_month,
         floor=float(floor),
+        target=target,
     )
 
 

@@ -125,8 +125,11 @@ def _served_model(result: TrainingResult, zones: ZoneTable, inputs: ModelRunInpu
             "validation_month": inputs.month,
             "partition": inputs.partition,
             "contract": contract_tag(),
+            "target": result.target,
         },
         intervals=result.intervals,
+        target=result.target,
+        jfk_flat_units=result.jfk_flat_units,
     )
 
 
@@ -141,14 +144,18 @@ def _validation_checks(
     from taxi_platform.model.training_sample import quotes_frame
 
     best = result.best_family
-    # checks on the validation month through the served code path (design matrix, raw predict, fare floor)
+    # checks on the validation month through the served code path (design matrix, raw predict, dollars at the
+    # pickup's tariff, fare floor)
     quotes = quotes_frame(result.validation)
-    X_val = model.design_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
-    raw = model.raw_predict(X_val)
-    served = np.maximum(raw, model.min_fare)
+    X_val, pickup = model.quote_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
+    raw = model.model_values(X_val)
+    scale = model.fare_scale(X_val, pickup)
+    served = scale.fares(raw)
     non_finite = int((~np.isfinite(served)).sum())
-    below_floor = int((served < model.min_fare).sum())
-    negative_raw_share = float((raw < 0).mean())
+    below_floor = int((served < scale.floor).sum())
+    negative_raw_share = float(
+        (scale.dollars(raw) < 0).mean()
+    )  # raw predictions as dollars, before the floor
     distance = fare_grows_with_distance(model.predict_quotes, result.pair_stats, zones)
     best_mae, naive_mae = result.metrics[best]["mae"], result.metrics["naive"]["mae"]
     checks = [
@@ -172,7 +179,7 @@ def _validation_checks(
     ]
     width = None
     if result.intervals is not None:
-        low, high = result.intervals.ranges(served, bands_from_matrix(X_val))
+        low, high = result.intervals.ranges(scale.floored(raw), bands_from_matrix(X_val), scale)
         width = float(np.mean(high - low))
     return checks, width
 

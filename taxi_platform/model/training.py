@@ -10,6 +10,16 @@ Sampling the lake is :mod:`taxi_platform.model.training_sample`'s, scoring :mod:
   :class:`PairStats` into the numeric matrix both model families use.
 - :func:`train_window` fits the families, scores them and the naive per-pair median baseline on the
   validation month, and returns everything the asset logs.
+
+What the families learn is ``TrainConfig.target``: ``"tariff_units"`` (the default) turns each trip's fare into
+tariff-free meter units at the rate card in force at its pickup (:mod:`taxi_platform.fare_model.tariff`), so a
+tariff change moves quotes from its date without retraining; ``"fare"`` learns dollars as charged (the model before
+tariff awareness, kept for comparison). Either way the validation metrics are in dollars: predictions are turned
+into dollars at the validation trips' own pickups and floored at the fare floor (the initial charge in force for a
+tariff-aware model, ``MIN_FARE`` for a dollar model); the fare ranges are calibrated in the target's scale.
+A tariff-aware model prices JFK <-> Manhattan flat-fare pairs at the training window's median share of the flat fare
+(:func:`flat_fare_units`: 100 when every such trip paid the flat fare) rather than by the families' trees, which
+blend those few trips with their neighbours.
 """
 
 from __future__ import annotations
@@ -39,11 +49,12 @@ from taxi_platform.fare_model.matrix import (
     linear_codes,
 )
 from taxi_platform.fare_model.pair_stats import PairStats
+from taxi_platform.fare_model.tariff import JFK_FLAT, TARGETS, FareScale, pair_kinds
 from taxi_platform.model.evaluation import naive_predictions, regression_metrics
 from taxi_platform.model.pair_stats_sql import compute_pair_stats
 from taxi_platform.model.training_sample import TARGET, feature_paths, load_window, window_row_count
 
-TRAINING_VERSION = "1"  # bump when the model family, matrix or fitting changes
+TRAINING_VERSION = "2"  # bump when the model family, matrix or fitting changes (2: tariff-unit target)
 
 if TYPE_CHECKING:  # pragma: no cover
     from taxi_platform.lake.lake import Lake
@@ -76,8 +87,13 @@ class TrainConfig:
     # calibration trips a band needs for its own width (smaller bands use the global one).
     interval_coverage: float = DEFAULT_COVERAGE
     interval_min_group: int = DEFAULT_MIN_GROUP
+    # What the families learn: "tariff_units" (fares as meter units at the rate card in force at pickup, priced
+    # back at the quote's pickup) or "fare" (dollars as charged: quotes the old tariff after a change).
+    target: str = "tariff_units"
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}: expected one of {list(TARGETS)}")
         if not 0 < self.interval_coverage < 1:
             raise ValueError(
                 f"interval_coverage={self.interval_coverage}: expected a share in (0, 1), e.g. 0.8"
@@ -116,6 +132,8 @@ class TrainingResult:
         None  # the best family's fare ranges, calibrated on the validation month
     )
     tuning: Any = None  # the hyperparameter search's TuningResult (model/tuning.py), when one ran
+    target: str = "fare"  # what the models learned (TrainConfig.target): "fare" dollars or "tariff_units"
+    jfk_flat_units: float | None = None  # units every JFK <-> Manhattan quote gets (tariff-aware models)
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -203,14 +221,25 @@ def train_window(
 
     t = time.perf_counter()
     X_train = build_matrix(train, pair_stats)
-    y_train = as_numpy(train.column(TARGET)).astype(np.float64)
+    fares_train = as_numpy(train.column(TARGET)).astype(np.float64)
     X_val = build_matrix(val, pair_stats)
-    y_val = as_numpy(val.column(TARGET)).astype(np.float64)
+    fares_val = as_numpy(val.column(TARGET)).astype(np.float64)
+    train_kinds, val_kinds = sample_kinds(train), sample_kinds(val)
+    train_scale = sample_scale(train, train_kinds, config.target)
+    val_scale = sample_scale(val, val_kinds, config.target)
+    y_train, y_val = train_scale.values(fares_train), val_scale.values(fares_val)
+    flat_units = flat_fare_units(y_train, train_kinds, config) if config.target != "fare" else None
+    val_flat = val_kinds == JFK_FLAT
     timings["matrix"] = time.perf_counter() - t
 
-    fitted = _fit_families(X_train, y_train, X_val, y_val, config, log, tune, timings)
+    def served_values(raw: np.ndarray) -> np.ndarray:  # what the served model does before dollars
+        return raw if flat_units is None else np.where(val_flat, flat_units, raw)
+
+    fitted = _fit_families(
+        X_train, y_train, X_val, y_val, val_scale, fares_val, served_values, config, log, tune, timings
+    )
     config, tuning, models, predictions, metrics, fit_seconds = fitted
-    metrics["naive"] = regression_metrics(y_val, naive_predictions(val, pair_stats))
+    metrics["naive"] = regression_metrics(fares_val, naive_predictions(val, pair_stats))
     best = min(config.families, key=lambda f: metrics[f]["mae"])
     timings["fit"] = sum(fit_seconds.values())
     intervals = _calibrate_ranges(y_val, predictions[best], X_val, config, validation_month, log)
@@ -230,7 +259,35 @@ def train_window(
         timings=timings,
         intervals=intervals,
         tuning=tuning,
+        target=config.target,
+        jfk_flat_units=flat_units,
     )
+
+
+def sample_kinds(sample: pa.Table) -> np.ndarray:
+    """The pair kind (:data:`~taxi_platform.fare_model.tariff.KINDS` code) of each trip of a feature sample."""
+    return pair_kinds(
+        as_numpy(sample.column("pickup_zone")),
+        as_numpy(sample.column("dropoff_zone")),
+        as_numpy(sample.column("is_jfk_manhattan")),
+    )
+
+
+def flat_fare_units(y_train: np.ndarray, kinds: np.ndarray, config: TrainConfig) -> float | None:
+    """The median units (percent of the flat fare) of the training window's JFK <-> Manhattan trips, or ``None``
+    when the window has fewer than ``config.min_pair_count`` of them (the trees price them then)."""
+    flat = y_train[kinds == JFK_FLAT]
+    return float(np.median(flat)) if len(flat) >= config.min_pair_count else None
+
+
+def sample_scale(sample: pa.Table, kinds: np.ndarray, target: str) -> FareScale:
+    """How fares of ``sample``'s trips (of pair ``kinds``) map to ``target``'s values and back, with each trip's
+    fare floor: the trip's own pickup instant and service set the tariff."""
+    if target == "fare":
+        return FareScale.of(target, None, kinds, ())
+    pickup = as_numpy(sample.column("pickup_datetime")).astype("datetime64[us]")
+    service = as_numpy(sample.column("service").cast(pa.string()))
+    return FareScale.of(target, pickup, kinds, service)
 
 
 def _samples(
@@ -257,6 +314,9 @@ def _fit_families(
     y_train: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
+    val_scale: FareScale,
+    fares_val: np.ndarray,
+    served_values: Callable[[np.ndarray], np.ndarray],
     config: TrainConfig,
     log: Callable[[str], None],
     tune: Callable[..., tuple[TrainConfig, Any]] | None,
@@ -264,10 +324,13 @@ def _fit_families(
 ) -> tuple[
     TrainConfig, Any, dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, float]], dict[str, float]
 ]:
-    """Tune (when asked) and fit every configured family, scoring each on the validation month.
+    """Tune (when asked) and fit every configured family on the target's values, scoring each in dollars on the
+    validation month (``served_values`` does what the served model does to raw predictions, ``val_scale`` turns
+    them into served fares, ``fares_val`` are the charged fares).
 
-    Returns the config fitted with, the search's result, and per family the model, its validation predictions,
-    metrics and fit seconds; the search's seconds go into ``timings["tuning"]``."""
+    Returns the config fitted with, the search's result, and per family the model, its floored validation
+    predictions (target's scale), dollar metrics and fit seconds; the search's seconds go into
+    ``timings["tuning"]``."""
     from threadpoolctl import threadpool_limits
 
     threads = config.threads or (1 if len(y_train) < SMALL_FIT_ROWS else None)
@@ -286,10 +349,10 @@ def _fit_families(
         with threadpool_limits(limits=threads, user_api="openmp"):
             est = make_estimator(family, config).fit(X_train, y_train)
         fit_seconds[family] = time.perf_counter() - t
-        pred = np.maximum(est.predict(X_val), MIN_FARE)
+        raw = served_values(est.predict(X_val))
         models[family] = est
-        predictions[family] = pred
-        metrics[family] = regression_metrics(y_val, pred)
+        predictions[family] = val_scale.floored(raw)
+        metrics[family] = regression_metrics(fares_val, val_scale.fares(raw))
         log(f"{family}: fitted in {fit_seconds[family]:.1f}s, validation MAE {metrics[family]['mae']:.3f}")
     return config, tuning, models, predictions, metrics, fit_seconds
 
@@ -302,7 +365,7 @@ def _calibrate_ranges(
     validation_month: str,
     log: Callable[[str], None],
 ) -> FareIntervals:
-    """The best family's fare ranges, conformal-calibrated on the validation month."""
+    """The best family's fare ranges, conformal-calibrated on the validation month in the target's scale."""
     intervals = calibrate(
         y_val,
         predicted,
@@ -311,9 +374,11 @@ def _calibrate_ranges(
         min_group=config.interval_min_group,
         calibration_month=validation_month,
         floor=MIN_FARE,
+        target=config.target,
     )
+    unit = "$" if config.target == "fare" else "meter units "
     log(
-        f"fare ranges: {intervals.coverage:.0%} nominal, global half-width ${intervals.global_half_width:.2f} "
+        f"fare ranges: {intervals.coverage:.0%} nominal, global half-width {unit}{intervals.global_half_width:.2f} "
         f"calibrated on {len(y_val):,} {validation_month} trips"
     )
     return intervals

@@ -2,7 +2,8 @@
 
 The search runs inside :func:`~taxi_platform.model.training.train_window`, on the matrices it already built: each
 trial fits the boosted family with trial parameters on (a bounded prefix of) the training sample — a hashed,
-seeded sample, so a prefix is itself a random sample — and is scored by MAE **on the validation month only**: the
+seeded sample, so a prefix is itself a random sample — and is scored by MAE (in the scale of the model's target:
+dollars, or meter units for a tariff-aware model) **on the validation month only**: the
 months the gate scores a version on later are never read (they are not in the window, nor the validation month).
 The first trial is always the configured defaults, so the search reports its best against them on the same rows.
 It stops after ``trials`` trials or ``timeout_seconds``, whichever comes first; the winning parameters become the
@@ -125,13 +126,18 @@ def search(
     validation_month: str,
     log_trial: Callable[[TrialRecord], None] | None = None,
 ) -> TuningResult:
-    """Search the boosted family's parameters; score every trial on the validation month's ``X_val``/``y_val``."""
+    """Search the boosted family's parameters; score every trial on the validation month's ``X_val``/``y_val``.
+
+    ``y_train``/``y_val`` are in the scale of ``config.target``, and so is a trial's MAE: dollars for ``"fare"``
+    (predictions floored at ``MIN_FARE`` as served), meter units for ``"tariff_units"`` (the fitted scale; the
+    floor depends on each trip's tariff and hardly moves the ranking, so it is left out)."""
     import optuna
 
     from taxi_platform.fare_model.matrix import MIN_FARE
     from taxi_platform.model.training import make_estimator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    floor = MIN_FARE if getattr(config, "target", "fare") == "fare" else -np.inf
     n = min(len(y_train), tuning.rows)
     X_fit, y_fit = X_train[:n], y_train[:n]
     defaults = {name: getattr(config, name) for name in SEARCH_SPACE}
@@ -141,7 +147,7 @@ def search(
         params = _suggest(trial)
         started = time.perf_counter()
         est = make_estimator("boosted", dataclasses.replace(config, **params)).fit(X_fit, y_fit)
-        mae = float(np.mean(np.abs(np.maximum(est.predict(X_val), MIN_FARE) - y_val)))
+        mae = float(np.mean(np.abs(np.maximum(est.predict(X_val), floor) - y_val)))
         record = TrialRecord(trial.number, params, mae, time.perf_counter() - started)
         records.append(record)
         if log_trial is not None:

@@ -43,7 +43,12 @@ def stable(tmp_path_factory):
     )
     result = train_window(lake, MONTHS[:2], MONTHS[2], load_zone_table(), CONFIG)
     model = FareQuoteModel(
-        result.models["boosted"], result.pair_stats, load_zone_table(), "boosted", intervals=result.intervals
+        result.models["boosted"],
+        result.pair_stats,
+        load_zone_table(),
+        "boosted",
+        intervals=result.intervals,
+        jfk_flat_units=result.jfk_flat_units,
     )
     return lake, result, model
 
@@ -162,14 +167,22 @@ def test_pyfunc_returns_ranges_and_old_models_without_them_still_load(stable, tr
     quotes = quotes_frame(result.validation.slice(0, 200))
     with mlflow.start_run():
         new_uri = log_fare_model(model, "taxi_fare_model").model_uri
-        old = FareQuoteModel(result.models["boosted"], result.pair_stats, load_zone_table(), "boosted")
+        old = FareQuoteModel(
+            result.models["boosted"],
+            result.pair_stats,
+            load_zone_table(),
+            "boosted",
+            target=result.target,
+            jfk_flat_units=result.jfk_flat_units,
+        )
         old_uri = log_fare_model(old, None, name="old").model_uri
     out = mlflow.pyfunc.load_model(new_uri).predict(quotes)
     assert list(out.columns) == ["fare_amount", "fare_low", "fare_high", "fare_band"]
     assert (out["fare_low"] <= out["fare_amount"]).all() and (out["fare_amount"] <= out["fare_high"]).all()
     assert (out["fare_high"] > out["fare_low"]).all()
-    X = model.design_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
-    half = np.asarray(model.intervals.half_width)[bands_from_matrix(X)]
+    X, pickup = model.quote_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
+    # the half-widths are in the model's target scale (meter units): dollars at the tariff of each pickup
+    half = np.asarray(model.intervals.half_width)[bands_from_matrix(X)] * model.fare_scale(X, pickup).scale
     np.testing.assert_allclose(out["fare_high"] - out["fare_amount"], half)
     assert set(out["fare_band"]) <= set(BAND_LABELS)
     before = mlflow.pyfunc.load_model(old_uri).predict(quotes)

@@ -97,7 +97,7 @@ def test_version_records_the_code_it_was_built_with(champion):
     client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)
     tags = client.get_model_version("taxi_fare_model", champion.version).tags
     assert tags[CODE_TAG] == package_digest()
-    assert tags[FEATURES_TAG] == "1" and tags[TRAINING_TAG] == "1" and tags[STATE_TAG] == "2"
+    assert tags[FEATURES_TAG] == "1" and tags[TRAINING_TAG] == "2" and tags[STATE_TAG] == "3"
 
 
 def test_changed_installed_code_prices_the_version_as_validated(champion, validated, tmp_path):

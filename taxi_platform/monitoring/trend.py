@@ -46,6 +46,9 @@ class TrendPoint:
     nominal_coverage: float | None = None
     range_width: float | None = None  # mean width of the ranges ($)
     coverage_check_passed: bool | None = None
+    total_mae: float | None = (
+        None  # MAE of the quoted total before the tip (an itemising champion), else None
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def point_from_report(doc: dict) -> TrendPoint:
         nominal_coverage=ranges.get("nominal", coverage_check.get("nominal")),
         range_width=ranges.get("mean_width"),
         coverage_check_passed=coverage_check.get("passed") if coverage_check.get("evaluated", True) else None,
+        total_mae=quality.get("total_mae"),
     )
 
 
@@ -167,7 +171,8 @@ def plot_trend(
     title: str = "taxi_fare_model: monthly monitoring",
     card: RateCard | str | Path | None = None,
 ) -> bytes:
-    """A PNG: MAE per month (failing months in red) against the champion's validation MAE and its allowed limit;
+    """A PNG: MAE per month (failing months in red; the total before the tip's MAE beside it when the champion
+    itemised) against the champion's validation MAE and its allowed limit;
     beside it the share of fares inside their quoted range against the nominal coverage (±5 points shaded,
     months off it in red); and the share of drifted columns per month against its threshold. Each change of the
     rate card (``card``, the packaged one by default) within the plotted months is a dated vertical line on all
@@ -201,6 +206,17 @@ def _plot_mae(ax_mae, x: list[int], points: Sequence[TrendPoint], title: str) ->
     mae_x = [i for i, p in zip(x, points, strict=True) if p.mae is not None]
     mae_y = [p.mae for p in points if p.mae is not None]
     ax_mae.plot(mae_x, mae_y, color="#1f77b4", marker="o", label="MAE on the month")
+    totals = [(i, p.total_mae) for i, p in zip(x, points, strict=True) if p.total_mae is not None]
+    if totals:  # months scored by an itemising champion
+        ax_mae.plot(
+            [t[0] for t in totals],
+            [t[1] for t in totals],
+            color="#7f7f7f",
+            marker="s",
+            markersize=4,
+            linestyle="--",
+            label="MAE of the total before tip",
+        )
     bad = [
         (i, p.mae)
         for i, p in zip(x, points, strict=True)
@@ -317,6 +333,7 @@ HISTORY_COLUMNS = {
     "mae": "float",
     "validation_mae": "float",
     "mae_change_pct": "float",
+    "total_mae": "float",
     "range_coverage_pct": "float",
     "range_width": "float",
     "drift_share_pct": "float",
@@ -340,7 +357,8 @@ def history_rows(
     points: Sequence[TrendPoint], card: RateCard | str | Path | None = None
 ) -> list[dict[str, str | float | None]]:
     """One row per month (keys :data:`HISTORY_COLUMNS`): MAE against the champion's validation MAE, range
-    coverage and width, drift share and columns, the three checks' results, the champion that was scored and the
+    coverage and width, drift share and columns, the three checks' results, the champion that was scored, the MAE
+    of the quoted total before the tip (``total_mae``, when the champion itemised) and the
     rate-card changes taking effect in the month (``tariff``; ``card`` is the packaged one by default)."""
     rows: list[dict[str, str | float | None]] = []
     for p in points:
@@ -353,6 +371,7 @@ def history_rows(
                 "mae": _round(p.mae, 2),
                 "validation_mae": _round(p.validation_mae, 2),
                 "mae_change_pct": None if change is None else round(100 * change, 1),
+                "total_mae": _round(p.total_mae, 2),
                 "range_coverage_pct": None if p.coverage is None else round(100 * p.coverage, 1),
                 "range_width": _round(p.range_width, 2),
                 "drift_share_pct": round(100 * p.drift_share, 1),

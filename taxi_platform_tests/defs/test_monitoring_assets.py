@@ -212,6 +212,16 @@ def test_stable_month_report_is_published_with_passing_checks(platform):
     assert doc["champion"]["version"] == md["champion_version"]
     assert doc["current"]["month_rows"] == md["month_rows"]
     assert doc["checks"]["mae_not_degraded"]["passed"] is True
+    # the tariff: no change of the rate card in 2024-04 or since the training window began (2024-01)
+    assert doc["tariff"]["changes"] == [] and md["tariff_changes"] == []
+    assert md["tariff_straddled"] is False and md["tariff_rule_change"] is False
+    assert md["tariff"] == doc["tariff"]["sentence"] and "held throughout" in md["tariff"]
+    assert md["tariff_in_force"] == doc["tariff"]["in_force"]
+    assert doc["tariff"]["in_force"]["yellow"]["initial_charge"] == 3.00
+    if doc["totals"] is not None:  # a champion that itemises: its total before the tip is scored as well
+        assert doc["quality"]["total_mae"] == pytest.approx(md["total_mae"], abs=1e-4)
+    else:
+        assert "total_mae" not in md and "total_mae" not in doc["quality"]
 
 
 def test_fare_increase_month_fails_the_mae_check(platform):
@@ -232,6 +242,8 @@ def test_fare_increase_month_fails_the_mae_check(platform):
     doc = json.loads(Path(report_paths(platform["lake"], FARE_UP_KEY)[1]).read_text())
     assert doc["checks"]["mae_not_degraded"]["passed"] is False
     assert doc["quality"]["mae"] == pytest.approx(md["mae"], abs=1e-4)
+    # a synthetic fare increase, not a change of the rate card: the failure names no tariff change
+    assert "tariff" not in mae.description and md["tariff_rule_change"] is False
 
 
 def test_sensor_requests_no_retraining_while_the_check_passes(platform):

@@ -206,3 +206,20 @@ def test_plot_trend_still_renders_a_png_with_a_marker_and_history_names_the_chan
     ]
     with_card = history_rows([_point("2030-03", 2.0, True)], card=SMALL_CARD)
     assert with_card[0]["tariff"] == "2030-03-10: initial_charge, congestion_surcharge"
+
+
+def test_the_trend_reads_the_total_mae_of_itemising_months_and_plots_it():
+    from taxi_platform.monitoring.trend import point_from_report
+
+    doc = {
+        "month": "2025-01",
+        "drift": {"share": 0.1, "threshold": 0.5},
+        "quality": {"mae": 2.0, "total_mae": 2.456},
+    }
+    itemised = point_from_report(doc)
+    older = point_from_report({**doc, "month": "2024-12", "quality": {"mae": 1.9}})
+    assert itemised.total_mae == 2.456 and older.total_mae is None
+    rows = history_rows([older, itemised])
+    assert [r["total_mae"] for r in rows] == [None, 2.46]
+    assert rows[1]["tariff"] == "2025-01-05: cbd_congestion_fee"  # the CBD fee starts inside January 2025
+    assert plot_trend([older, itemised]).startswith(b"\x89PNG")

@@ -188,7 +188,8 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
                 asset=DRIFT_REPORT,
                 partitions_def=monthly_partitions,
                 description="The champion's MAE on the month is at most 25 % (configurable) above its validation "
-                "MAE. A failure on the newest month triggers fare_model retraining (retrain_on_mae_degradation).",
+                "MAE. A failure on the newest month triggers fare_model retraining (retrain_on_mae_degradation). "
+                "A failure after a rate-card change the champion did not train across names that change.",
             ),
             dg.AssetCheckSpec(
                 COVERAGE_CHECK,

@@ -15,7 +15,9 @@ import pyarrow as pa
 from .features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, MAX_ZONE_ID, SERVICES
 from .pair_stats import PairStats
 
-MIN_FARE = 3.00  # TLC initial charge since Dec 2022: no metered fare is lower
+# The dollar model's fare floor (and the fallback where a pickup date is not known): the TLC initial charge since
+# 2022-12-19. A tariff-aware model floors each quote at the initial charge in force at its pickup (.tariff).
+MIN_FARE = 3.00
 PAIR_COLUMNS = ("typical_distance", "typical_duration", "log_typical_distance")
 MATRIX_COLUMNS = (*FEATURE_COLUMNS, "pickup_zone", "dropoff_zone", *PAIR_COLUMNS)
 COL = {name: i for i, name in enumerate(MATRIX_COLUMNS)}

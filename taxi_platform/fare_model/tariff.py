@@ -169,7 +169,7 @@ class Tariff:
         if when.size == 1:  # one quote (the serving hot path): Python scalars beat a dozen numpy calls
             return self._lookup_one(int(when.reshape(-1)[0]), kind, service, when.shape)
         sp = np.searchsorted(self._bounds_array(), when, side="right") - 1  # flat (service, period) index
-        sp += service_codes(service) * len(self.starts)
+        sp += service_codes(service).astype(np.intp) * len(self.starts)
         spk = sp * len(KINDS)
         spk += np.asarray(kind)
         return self.offset.take(spk), self.scale.take(spk), self.initial.take(sp)
@@ -184,7 +184,7 @@ class Tariff:
     def initial_charge(self, pickup: ArrayLike, service: ArrayLike) -> np.ndarray:
         """The initial charge (float64 dollars) in force at each pickup."""
         sp = self._period(pickup)
-        sp += service_codes(service) * len(self.starts)
+        sp += service_codes(service).astype(np.intp) * len(self.starts)
         return self.initial.take(sp)
 
     def to_units(self, fare: ArrayLike, pickup: ArrayLike, kind: ArrayLike, service: ArrayLike) -> np.ndarray:

@@ -83,7 +83,10 @@ from taxi_platform.serving.quote_batches import check_batch, check_services, quo
 from taxi_platform.serving.quotes import (
     CURRENCY,
     EXAMPLE_QUOTE,
+    ITEM_NAMES,
+    BatchFareItems,
     BatchPrediction,
+    FareItems,
     FarePrediction,
     Quote,
     QuoteBatch,
@@ -178,6 +181,16 @@ class FareService:
         self.model = self.pyfunc.unwrap_python_model()
         # A model may record the services it was trained on; quotes for others are refused (400), not guessed.
         self.services = tuple(getattr(self.model, "info", {}).get("services") or SERVICES)
+        # A version that itemises its quotes (the rate card's charges and expected tolls) names its items; the
+        # answer lists them in ITEM_NAMES order. Versions before itemised quotes answer without items.
+        self.itemises = hasattr(self.model, "predict_itemised")
+        if self.itemises:
+            names = tuple(self.model.item_columns)
+            if sorted(names) != sorted(ITEM_NAMES):
+                raise RuntimeError(
+                    f"model {self.model_tag} itemises {list(names)}; this service answers {list(ITEM_NAMES)}"
+                )
+            self._item_order = [names.index(n) for n in ITEM_NAMES]
         self.batcher = QuoteBatcher(self._price)
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(8)  # 64 random bits per worker start: unique across pods
@@ -226,17 +239,22 @@ class FareService:
         return self._price_columns(quotes_to_columns(quotes))
 
     def _price_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """``(n, 3)``: fare, fare_low, fare_high per quote (NaN ranges for a model without calibrated ranges)."""
-        if hasattr(self.model, "predict_ranges"):
+        """``(n, 3)``: fare, fare_low, fare_high per quote (NaN ranges for a model without calibrated ranges); for
+        a model that itemises, ``(n, 3 + len(ITEM_NAMES))`` with the items (dollars, in cents) after them."""
+        items = None
+        if self.itemises:
+            fares, low, high, items = self.model.predict_itemised(columns)
+        elif hasattr(self.model, "predict_ranges"):
             fares, low, high, _ = self.model.predict_ranges(columns)
         else:  # a version logged before fare ranges ships its own, older model code
             fares, low, high = self.model.predict_quotes(columns), None, None
         if not np.isfinite(fares).all():
             raise bentoml.exceptions.InternalServerError("the model returned a non-finite fare")
         if low is None:
-            nan = np.full(len(fares), np.nan)
-            return np.stack([fares, nan, nan], axis=1)
-        return np.stack([fares, low, high], axis=1)
+            low = high = np.full(len(fares), np.nan)
+        if items is None:
+            return np.stack([fares, low, high], axis=1)
+        return np.column_stack([fares, low, high, items[:, self._item_order]])
 
     def _log(self, endpoint: str, ids: tuple[str, str | None], quotes: Any, fares: list[float]) -> None:
         if self.prediction_log.enabled:
@@ -254,19 +272,27 @@ class FareService:
     async def predict(self, quote: Quote, /, ctx: bentoml.Context) -> FarePrediction:
         """Price one quote. The body is the quote itself (flat JSON)."""
         check_services([quote], self.services)
-        fare, low, high = (await self.batcher.submit(quote)).tolist()
+        fare, low, high, *items = (await self.batcher.submit(quote)).tolist()
         fare = round(fare, 2)
         ids = request_ids(ctx, self._ids, self._id_prefix)
         QUOTES_PRICED.labels(endpoint="predict").inc()
         self._log("predict", ids, [quote], [fare])
         ranged = low == low  # NaN: the model has no calibrated range
-        return FarePrediction.model_construct(
+        low, high = (round(low, 2), round(high, 2)) if ranged else (None, None)
+        answer = FarePrediction.model_construct(
             fare_amount=fare,
-            fare_low=round(low, 2) if ranged else None,
-            fare_high=round(high, 2) if ranged else None,
+            fare_low=low,
+            fare_high=high,
             currency=CURRENCY,
             model_version=self.model_version,
         )
+        if items:  # the items are in cents already: the totals add up to the cent
+            extra = sum(items)
+            answer.items = FareItems.model_construct(**dict(zip(ITEM_NAMES, items, strict=True)))
+            answer.total_before_tip = round(fare + extra, 2)
+            if ranged:
+                answer.total_low, answer.total_high = round(low + extra, 2), round(high + extra, 2)
+        return answer
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:
@@ -278,7 +304,7 @@ class FareService:
         check_services(quotes, self.services, batch=True)
         columns = quotes_to_columns(quotes)
         if not quotes:
-            priced = np.zeros((0, 3))
+            priced = np.zeros((0, 3 + len(ITEM_NAMES) * self.itemises))
         elif len(quotes) >= LARGE_BATCH:
             priced = await asyncio.to_thread(self._price_columns, columns)
         else:
@@ -289,13 +315,24 @@ class FareService:
         QUOTES_PRICED.labels(endpoint="predict_batch").inc(len(quotes))
         if quotes:
             self._log("predict_batch", ids, columns, fares)
-        return BatchPrediction.model_construct(
+        answer = BatchPrediction.model_construct(
             predictions=fares,
             fare_low=round_fares(priced[:, 1]) if ranged else None,
             fare_high=round_fares(priced[:, 2]) if ranged else None,
             currency=CURRENCY,
             model_version=self.model_version,
         )
+        if self.itemises:
+            items = priced[:, 3:]
+            extra = items.sum(axis=1)
+            answer.items = BatchFareItems.model_construct(
+                **{name: items[:, i].tolist() for i, name in enumerate(ITEM_NAMES)}
+            )
+            answer.total_before_tip = round_fares(np.round(priced[:, 0], 2) + extra)
+            if ranged:
+                answer.total_low = round_fares(np.round(priced[:, 1], 2) + extra)
+                answer.total_high = round_fares(np.round(priced[:, 2], 2) + extra)
+        return answer
 
 
 class _CheckedBatchInput(FareService.apis["predict_batch"].input_spec):  # type: ignore[name-defined,misc]

@@ -12,7 +12,9 @@ The fitted state is the ``fare_state`` artifact, plain data (no class of this pa
 
 - ``mlflow.pyfunc.load_model(uri).predict(df)``: a DataFrame of quotes (``pickup_datetime`` as ISO string
   or datetime, ``pickup_zone``, ``dropoff_zone``, ``passenger_count``, ``service``) → DataFrame
-  ``fare_amount``, ``fare_low``, ``fare_high`` (the calibrated fare range, :mod:`.intervals`) and ``fare_band``.
+  ``fare_amount``, ``fare_low``, ``fare_high`` (the calibrated fare range, :mod:`.intervals`), ``fare_band``, the
+  items a rider pays before the tip besides the fare (:data:`.quote_items.ITEM_COLUMNS`: the rate card's charges at
+  the pickup and the expected tolls) and ``total_before_tip`` with its range ``total_low``..``total_high``.
 - ``loaded.unwrap_python_model().predict_quotes({...arrays...})`` → ``np.ndarray``: no pandas; small
   batches use a numpy compilation of the fitted trees (:mod:`.compiled`), large ones the estimator's own
   multi-threaded tree walk. Both give the same numbers. ``predict_ranges`` returns the fares and their ranges.
@@ -40,6 +42,7 @@ from .intervals import BAND_LABELS, FareIntervals, bands_from_matrix
 from .matrix import COL, MIN_FARE, build_matrix
 from .pair_stats import PairStats
 from .quote_arrays import normalise_quotes
+from .quote_items import ITEM_COLUMNS, packaged_items
 from .rate_card import RateCard
 from .tariff import (
     JFK_FLAT,
@@ -52,12 +55,13 @@ from .tariff import (
     kinds_from_matrix,
     load_tariff,
 )
+from .tolls import ExpectedTolls
 
 _JFK_COLUMN, _PICKUP_COLUMN, _DROPOFF_COLUMN, _SERVICE_COLUMN = (
     COL[c] for c in ("is_jfk_manhattan", "pickup_zone", "dropoff_zone", "service")
 )
 STATE_ARTIFACT = "fare_state"
-# 2: plain data; 3: + target and jfk_flat_units, min_fare may be None. load_context refuses other formats.
+# 2: plain data; 3: + target, jfk_flat_units and tolls, min_fare may be None. load_context refuses other formats.
 STATE_FORMAT = 3
 FAST_PATH_MAX_ROWS = 48  # compiled walk beats scikit-learn below ~64 rows (measured)
 
@@ -86,6 +90,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         versions: Mapping[str, str] | None = None,
         target: str | None = None,
         jfk_flat_units: float | None = None,
+        tolls: ExpectedTolls | None = None,
     ) -> None:
         self.estimator = estimator
         self.pair_stats = pair_stats
@@ -96,6 +101,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         self.min_fare = None if min_fare is None else float(min_fare)
         self.jfk_flat_units = None if jfk_flat_units is None else float(jfk_flat_units)
         self.intervals = intervals
+        self.tolls = tolls
         self.versions = dict(versions or {})
         self._compiled = compile_predictor(estimator)
         self._tariff: Tariff | None = None
@@ -124,6 +130,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
             "min_fare": self.min_fare,
             "jfk_flat_units": self.jfk_flat_units,
             "intervals": None if self.intervals is None else self.intervals.to_state(),
+            "tolls": None if self.tolls is None else self.tolls.to_state(),
         }
 
     def load_context(self, context) -> None:
@@ -147,6 +154,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
                 "min_fare": None if state["min_fare"] is None else float(state["min_fare"]),
                 "jfk_flat_units": state["jfk_flat_units"],
                 "intervals": None if intervals is None else FareIntervals.from_state(intervals),
+                "tolls": None if state.get("tolls") is None else ExpectedTolls.from_state(state["tolls"]),
                 "versions": dict(state["versions"]),
             }
         )
@@ -162,6 +170,7 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         self.__dict__.setdefault("versions", {})
         self.__dict__.setdefault("target", "fare")
         self.__dict__.setdefault("jfk_flat_units", None)
+        self.__dict__.setdefault("tolls", None)
         self._compiled = compile_predictor(self.estimator)
         self._tariff = None
 
@@ -253,7 +262,11 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """``(fare, fare_low, fare_high, band)`` for a dict of arrays; the last three are ``None`` when the model
         has no interval state (versions logged before fare ranges)."""
-        X, pickup = self.quote_matrix(quotes)
+        return self._ranges(*self.quote_matrix(quotes))
+
+    def _ranges(
+        self, X: np.ndarray, pickup: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         raw = self.model_values(X)
         if X.shape[0] == 1:
             return self._one_range(X, pickup, float(raw[0]))
@@ -281,26 +294,51 @@ class FareQuoteModel(mlflow.pyfunc.PythonModel):
         high = max(offset + scale * (value + half), fare)
         return np.array([fare]), np.array([low]), np.array([high]), bands
 
+    item_columns = ITEM_COLUMNS  # what :meth:`predict_itemised` returns beside the fare, in this order
+
+    def predict_itemised(
+        self, quotes: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """``(fare, fare_low, fare_high, items)``: :meth:`predict_ranges`' fares and ranges, and ``items``, the
+        ``(n, len(item_columns))`` charges a rider pays before the tip besides the fare (dollars, in cents): the
+        rate card's rules at each quote's pickup (:mod:`.quote_items`) and the pair's expected tolls at that date
+        (:mod:`.tolls`; 0 for a model without toll statistics). ``round(fare, 2)`` plus a row's items is the quote's
+        total before the tip, to the cent."""
+        fares, low, high, _, items = self._itemised(quotes)
+        return fares, low, high, items
+
+    def _itemised(self, quotes: Mapping[str, Any]) -> tuple[Any, ...]:
+        X, pickup = self.quote_matrix(quotes)
+        fares, low, high, bands = self._ranges(X, pickup)
+        pickup_us = pickup.astype("datetime64[us]").view(np.int64)
+        pu, do = X[:, _PICKUP_COLUMN].astype(np.int64), X[:, _DROPOFF_COLUMN].astype(np.int64)
+        tolls = None if self.tolls is None else self.tolls.dollars(pu, do, pickup_us)
+        return (
+            fares,
+            low,
+            high,
+            bands,
+            packaged_items().matrix(pickup_us, pu, do, X[:, _SERVICE_COLUMN], tolls),
+        )
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             scalar = all(np.ndim(v) == 0 for v in model_input.values())
             model_input = pd.DataFrame([model_input] if scalar else model_input)
         elif isinstance(model_input, list):
             model_input = pd.DataFrame(model_input)
-        fares, low, high, bands = self.predict_ranges(
-            {c: model_input[c] for c in QUOTE_COLUMNS if c in model_input}
-        )
-        if low is None:
-            return pd.DataFrame({"fare_amount": fares}, index=model_input.index)
-        return pd.DataFrame(
-            {
-                "fare_amount": fares,
-                "fare_low": low,
-                "fare_high": high,
-                "fare_band": np.asarray(BAND_LABELS, dtype=object)[bands],
-            },
-            index=model_input.index,
-        )
+        quotes = {c: model_input[c] for c in QUOTE_COLUMNS if c in model_input}
+        fares, low, high, bands, items = self._itemised(quotes)
+        out = {"fare_amount": fares}
+        if low is not None:
+            out.update(fare_low=low, fare_high=high, fare_band=np.asarray(BAND_LABELS, dtype=object)[bands])
+        out.update({name: items[:, i] for i, name in enumerate(ITEM_COLUMNS)})
+        extra = items.sum(axis=1)
+        out["total_before_tip"] = np.round(np.round(fares, 2) + extra, 2)
+        if low is not None:
+            out["total_low"] = np.round(np.round(low, 2) + extra, 2)
+            out["total_high"] = np.round(np.round(high, 2) + extra, 2)
+        return pd.DataFrame(out, index=model_input.index)
 
 
 def _resolve_target(
@@ -342,6 +380,10 @@ def model_signature():  # noqa: ANN201 - an mlflow ModelSignature (imported lazi
                 ColSpec("double", "fare_low", required=False),
                 ColSpec("double", "fare_high", required=False),
                 ColSpec("string", "fare_band", required=False),
+                *(ColSpec("double", name, required=False) for name in ITEM_COLUMNS),
+                ColSpec("double", "total_before_tip", required=False),
+                ColSpec("double", "total_low", required=False),
+                ColSpec("double", "total_high", required=False),
             ]
         ),
     )

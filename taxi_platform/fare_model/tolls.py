@@ -14,6 +14,7 @@ every model version.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,22 @@ N_ZONES = MAX_ZONE_ID + 1
 EWR = 1
 
 
+@functools.lru_cache(maxsize=8)
+def _toll_tables(card: RateCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per toll component: its effective instants (int64 µs) and amounts with a leading 0 (before the first)."""
+    tables = {}
+    for component in ("newark_toll", "toll_standard"):
+        dates, amounts = card.history(component, "yellow")
+        tables[component] = (dates.astype(np.int64), np.concatenate(([0.0], amounts)))
+    return tables
+
+
 def toll_unit_dollars(
     pickup_zone: Any, dropoff_zone: Any, pickup: Any, card: RateCard | None = None
 ) -> np.ndarray:
     """The toll one unit stands for at each pickup instant (``datetime64`` or int64 µs): ``newark_toll`` for a
     pair touching Newark, ``toll_standard`` otherwise (the service does not change tolls: yellow's rows)."""
-    card = card or load_rate_card()
+    tables = _toll_tables(card or load_rate_card())
     t = np.asarray(pickup)
     t = (
         t.astype(np.int64)
@@ -40,12 +51,11 @@ def toll_unit_dollars(
         else t.astype("datetime64[us]").astype(np.int64)
     )
     newark = (np.asarray(pickup_zone) == EWR) | (np.asarray(dropoff_zone) == EWR)
-    out = np.empty(t.shape, dtype=np.float64)
-    for component, rows in (("newark_toll", newark), ("toll_standard", ~newark)):
-        dates, amounts = card.history(component, "yellow")
-        out[rows] = np.concatenate(([0.0], amounts))[
-            np.searchsorted(dates.astype(np.int64), t[rows], "right")
-        ]
+    dates, amounts = tables["toll_standard"]
+    out = amounts[np.searchsorted(dates, t, "right")]
+    if newark.any():
+        dates, amounts = tables["newark_toll"]
+        out = np.where(newark, amounts[np.searchsorted(dates, t, "right")], out)
     return out
 
 

@@ -130,6 +130,7 @@ def _served_model(result: TrainingResult, zones: ZoneTable, inputs: ModelRunInpu
         intervals=result.intervals,
         target=result.target,
         jfk_flat_units=result.jfk_flat_units,
+        tolls=result.tolls,
     )
 
 

@@ -50,8 +50,10 @@ from taxi_platform.fare_model.matrix import (
 )
 from taxi_platform.fare_model.pair_stats import PairStats
 from taxi_platform.fare_model.tariff import JFK_FLAT, TARGETS, FareScale, pair_kinds
+from taxi_platform.fare_model.tolls import ExpectedTolls
 from taxi_platform.model.evaluation import naive_predictions, regression_metrics
 from taxi_platform.model.pair_stats_sql import compute_pair_stats
+from taxi_platform.model.toll_stats_sql import compute_expected_tolls
 from taxi_platform.model.training_sample import TARGET, feature_paths, load_window, window_row_count
 
 TRAINING_VERSION = "2"  # bump when the model family, matrix or fitting changes (2: tariff-unit target)
@@ -134,6 +136,7 @@ class TrainingResult:
     tuning: Any = None  # the hyperparameter search's TuningResult (model/tuning.py), when one ran
     target: str = "fare"  # what the models learned (TrainConfig.target): "fare" dollars or "tariff_units"
     jfk_flat_units: float | None = None  # units every JFK <-> Manhattan quote gets (tariff-aware models)
+    tolls: ExpectedTolls | None = None  # expected tolls per zone pair, from the window's cleaned trips
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -216,6 +219,10 @@ def train_window(
     timings["pair_stats"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    tolls = compute_expected_tolls(lake, train_months, zones, config.min_pair_count)
+    timings["tolls"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     train, val, window_rows = _samples(lake, train_months, validation_month, config, log)
     timings["load"] = time.perf_counter() - t
 
@@ -261,6 +268,7 @@ def train_window(
         tuning=tuning,
         target=config.target,
         jfk_flat_units=flat_units,
+        tolls=tolls,
     )
 
 

@@ -202,6 +202,57 @@ class QuoteBatch(BaseModel):
     )
 
 
+_ITEM_DESCRIPTIONS = {
+    "extra": "Weekday peak (16:00-20:00) and overnight (20:00-06:00) surcharges; on a JFK-Manhattan flat fare only "
+    "its peak surcharge.",
+    "mta_tax": "MTA tax (every trip except drop-offs at Newark).",
+    "improvement_surcharge": "Taxi improvement surcharge.",
+    "congestion_surcharge": "New York State congestion surcharge: trips starting or ending in Manhattan south of "
+    "96th Street.",
+    "airport_fee": "Airport fee: yellow-taxi pickups at JFK and LaGuardia.",
+    "cbd_congestion_fee": "MTA congestion relief zone fee: trips starting or ending in Manhattan at or below 60th "
+    "Street (from 2025-01-05).",
+    "tolls": "Expected bridge and tunnel tolls: the share of the zone pair's trips that paid one, times the toll "
+    "in force (the route decides; not a rate-card rule).",
+}
+ITEM_NAMES = tuple(_ITEM_DESCRIPTIONS)  # the items of a quote, in the order the model returns them
+
+
+class FareItems(BaseModel):
+    """What a rider pays before the tip besides the fare, item by item (dollars): each rule of the dated TLC rate
+    card in force at the pickup, and the expected tolls. fare_amount plus every item is total_before_tip."""
+
+    model_config = ConfigDict(title="FareItems")
+
+    extra: float = Field(description=_ITEM_DESCRIPTIONS["extra"])
+    mta_tax: float = Field(description=_ITEM_DESCRIPTIONS["mta_tax"])
+    improvement_surcharge: float = Field(description=_ITEM_DESCRIPTIONS["improvement_surcharge"])
+    congestion_surcharge: float = Field(description=_ITEM_DESCRIPTIONS["congestion_surcharge"])
+    airport_fee: float = Field(description=_ITEM_DESCRIPTIONS["airport_fee"])
+    cbd_congestion_fee: float = Field(description=_ITEM_DESCRIPTIONS["cbd_congestion_fee"])
+    tolls: float = Field(description=_ITEM_DESCRIPTIONS["tolls"])
+
+
+class BatchFareItems(BaseModel):
+    """Each item of :class:`FareItems` per quote, in the order of predictions."""
+
+    model_config = ConfigDict(title="BatchFareItems")
+
+    extra: list[float] = Field(description=_ITEM_DESCRIPTIONS["extra"])
+    mta_tax: list[float] = Field(description=_ITEM_DESCRIPTIONS["mta_tax"])
+    improvement_surcharge: list[float] = Field(description=_ITEM_DESCRIPTIONS["improvement_surcharge"])
+    congestion_surcharge: list[float] = Field(description=_ITEM_DESCRIPTIONS["congestion_surcharge"])
+    airport_fee: list[float] = Field(description=_ITEM_DESCRIPTIONS["airport_fee"])
+    cbd_congestion_fee: list[float] = Field(description=_ITEM_DESCRIPTIONS["cbd_congestion_fee"])
+    tolls: list[float] = Field(description=_ITEM_DESCRIPTIONS["tolls"])
+
+
+_TOTAL = (
+    "What the rider pays before the tip: fare_amount plus every item, to the cent. null when the served model "
+    "version does not itemise (versions trained before itemised quotes)."
+)
+
+
 class FarePrediction(BaseModel):
     """The model's fare for one quote."""
 
@@ -218,6 +269,18 @@ class FarePrediction(BaseModel):
     )
     fare_high: float | None = Field(
         default=None, description="High end of the quoted fare range (see fare_low); null without a range."
+    )
+    items: FareItems | None = Field(
+        default=None,
+        description="The charges besides the fare; null when the served version does not itemise.",
+    )
+    total_before_tip: float | None = Field(default=None, description=_TOTAL)
+    total_low: float | None = Field(
+        default=None, description="fare_low plus every item: the low end of the total's range (null without)."
+    )
+    total_high: float | None = Field(
+        default=None,
+        description="fare_high plus every item: the high end of the total's range (null without).",
     )
     currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
     model_version: str = Field(description="Registered version of taxi_fare_model that priced the quote.")
@@ -240,6 +303,16 @@ class BatchPrediction(BaseModel):
         default=None,
         description="High end of each quote's fare range, in the order of predictions; null without.",
     )
+    items: BatchFareItems | None = Field(
+        default=None,
+        description="Each quote's charges besides the fare, per item in the order of predictions; null when the "
+        "served version does not itemise.",
+    )
+    total_before_tip: list[float] | None = Field(
+        default=None, description=_TOTAL + " In the order of predictions."
+    )
+    total_low: list[float] | None = Field(default=None, description="fare_low plus every item, per quote.")
+    total_high: list[float] | None = Field(default=None, description="fare_high plus every item, per quote.")
     currency: Literal["USD"] = Field(default=CURRENCY, description="Always USD.")
     model_version: str = Field(description="Registered version of taxi_fare_model that priced the quotes.")
 

@@ -26,7 +26,7 @@ from taxi_platform.devtools.loopback import NotReady, free_port, wait_http_ok
 from taxi_platform.serving import bento_build, bento_store
 from taxi_platform.serving.prediction_log import read_prediction_log
 from taxi_platform.serving.quote_limits import MAX_BATCH_SIZE
-from taxi_platform.serving.quotes import EXAMPLE_QUOTE
+from taxi_platform.serving.quotes import EXAMPLE_QUOTE, ITEM_NAMES
 from taxi_platform_tests.support.sample_champion import (
     Champion,
     ensure_sample_champion,
@@ -165,8 +165,15 @@ def test_single_quotes_match_the_pyfunc_over_raw_http(served, expected):
         assert resp.status_code == 200, resp.text
         body = resp.json()
         low, high = body.pop("fare_low"), body.pop("fare_high")
+        items, total = body.pop("items"), body.pop("total_before_tip")
+        total_low, total_high = body.pop("total_low"), body.pop("total_high")
         assert body == {"fare_amount": fare, "currency": "USD", "model_version": served.champion.version}
         assert 3.0 <= low <= fare <= high and high > low  # the calibrated fare range
+        # itemised: the card's charges and the expected tolls add up to the total before the tip, to the cent
+        assert sorted(items) == sorted(ITEM_NAMES) and all(v >= 0 for v in items.values())
+        assert round(fare * 100) + sum(round(v * 100) for v in items.values()) == round(total * 100)
+        assert round(total_low - low, 2) == round(total - fare, 2) == round(total_high - high, 2)
+        assert items["improvement_surcharge"] == 1.0 and items["mta_tax"] in (0.0, 0.5)
         assert resp.headers["content-type"] == "application/json"
 
 
@@ -178,7 +185,11 @@ def test_sync_client_single_and_batch(served, expected):
         assert client.is_ready()
         single = client.predict(quotes[0])
         batch = client.predict_batch({"quotes": quotes})
-    ranges = {k: (single.pop(k), batch.pop(k)) for k in ("fare_low", "fare_high")}
+    keys = ("fare_low", "fare_high", "total_before_tip", "total_low", "total_high")
+    ranges = {k: (single.pop(k), batch.pop(k)) for k in keys}
+    items = (single.pop("items"), batch.pop("items"))
+    assert {k: v[0] for k, v in items[1].items()} == items[0]  # the client reads the itemised answers
+    assert ranges["total_before_tip"][0] == ranges["total_before_tip"][1][0]
     assert single == {"fare_amount": fares[0], "currency": "USD", "model_version": served.champion.version}
     assert batch == {"predictions": fares, "currency": "USD", "model_version": served.champion.version}
     assert (
@@ -199,6 +210,10 @@ def test_batch_equals_singles_in_order(served, expected):
     batch_body = post(served, "/predict_batch", {"quotes": quotes[:5]}).json()
     assert batch_body["fare_low"] == [b["fare_low"] for b in single_ranges]
     assert batch_body["fare_high"] == [b["fare_high"] for b in single_ranges]
+    for name in ITEM_NAMES:  # the batch's items, per item in quote order, are the singles' items
+        assert batch_body["items"][name] == [b["items"][name] for b in single_ranges], name
+    for key in ("total_before_tip", "total_low", "total_high"):
+        assert batch_body[key] == [b[key] for b in single_ranges], key
     big = post(served, "/predict_batch", {"quotes": quotes * 60}).json()["predictions"]  # 2400: threaded path
     assert big == fares * 60
     assert post(served, "/predict_batch", {"quotes": []}).json()["predictions"] == []
@@ -259,12 +274,21 @@ def test_openapi_documents_the_contract(served):
     batch = spec["paths"]["/predict_batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["quotes"]["maxItems"] == MAX_BATCH_SIZE
     out = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert set(out["properties"]) == {"fare_amount", "fare_low", "fare_high", "currency", "model_version"}
+    assert set(out["properties"]) == {
+        "fare_amount", "fare_low", "fare_high", "items", "total_before_tip", "total_low", "total_high",
+        "currency", "model_version",
+    }  # fmt: skip
     assert "calibrated range" in out["properties"]["fare_low"]["description"]
+    assert "before the tip" in out["properties"]["total_before_tip"]["description"]
+    items = spec["components"]["schemas"]["FareItems"]
+    assert set(items["properties"]) == set(ITEM_NAMES)
+    assert "60th Street" in items["properties"]["cbd_congestion_fee"]["description"]
     batch_out = spec["paths"]["/predict_batch"]["post"]["responses"]["200"]["content"]["application/json"][
         "schema"
     ]
-    assert {"predictions", "fare_low", "fare_high"} <= set(batch_out["properties"])
+    assert {"predictions", "fare_low", "fare_high", "items", "total_before_tip"} <= set(
+        batch_out["properties"]
+    )
 
 
 # --- bad input: 4xx with the reason, never 5xx -----------------------------------------------------------------

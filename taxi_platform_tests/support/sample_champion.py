@@ -106,6 +106,9 @@ def train_sample_champion(
         family,
         info={"data_source": "synthetic"},
         intervals=result.intervals,
+        target=result.target,
+        jfk_flat_units=result.jfk_flat_units,
+        tolls=result.tolls,
     )
 
     mlflow.set_tracking_uri(tracking_uri)

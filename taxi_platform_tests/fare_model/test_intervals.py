@@ -24,6 +24,7 @@ from taxi_platform.fare_model.intervals import (
     coverage_summary,
 )
 from taxi_platform.fare_model.pyfunc import FareQuoteModel
+from taxi_platform.fare_model.quote_items import ITEM_COLUMNS
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.model.model_package import log_fare_model
 from taxi_platform.model.training import TrainConfig, train_window
@@ -177,7 +178,16 @@ def test_pyfunc_returns_ranges_and_old_models_without_them_still_load(stable, tr
         )
         old_uri = log_fare_model(old, None, name="old").model_uri
     out = mlflow.pyfunc.load_model(new_uri).predict(quotes)
-    assert list(out.columns) == ["fare_amount", "fare_low", "fare_high", "fare_band"]
+    itemised = [*ITEM_COLUMNS, "total_before_tip"]
+    assert list(out.columns) == [
+        "fare_amount",
+        "fare_low",
+        "fare_high",
+        "fare_band",
+        *itemised,
+        "total_low",
+        "total_high",
+    ]
     assert (out["fare_low"] <= out["fare_amount"]).all() and (out["fare_amount"] <= out["fare_high"]).all()
     assert (out["fare_high"] > out["fare_low"]).all()
     X, pickup = model.quote_matrix({c: quotes[c].to_numpy() for c in quotes.columns})
@@ -186,5 +196,5 @@ def test_pyfunc_returns_ranges_and_old_models_without_them_still_load(stable, tr
     np.testing.assert_allclose(out["fare_high"] - out["fare_amount"], half)
     assert set(out["fare_band"]) <= set(BAND_LABELS)
     before = mlflow.pyfunc.load_model(old_uri).predict(quotes)
-    assert list(before.columns) == ["fare_amount"]
+    assert list(before.columns) == ["fare_amount", *itemised]  # no range: no fare or total range
     np.testing.assert_allclose(before["fare_amount"], out["fare_amount"])

@@ -351,6 +351,10 @@ def test_asset_config_defaults_are_the_training_defaults():
     assert train_config_from(custom.model_dump()) == TrainConfig(
         families=("linear",), threads=2, sample_rows=5_000
     )
+    assert TrainConfig().target == "tariff_units"  # the asset trains tariff-aware models unless told otherwise
+    assert train_config_from(FareModelConfig(target="fare").model_dump()).target == "fare"
+    with pytest.raises(ValueError, match="tariff_units"):
+        FareModelConfig(target="dollars")
 
 
 def test_asset_config_takes_every_shared_default_from_train_config(monkeypatch):
@@ -387,6 +391,8 @@ def test_asset_config_takes_every_shared_default_from_train_config(monkeypatch):
             if f.name == "families"
             else 7
             if f.name == "threads"
+            else "fare"
+            if f.name == "target"
             else f.default / 2
             if isinstance(f.default, float)
             else f.default + 3

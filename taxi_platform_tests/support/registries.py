@@ -37,6 +37,7 @@ def champion_model(champion: Any, min_fare: float | None = None) -> Any:
     from taxi_platform.fare_model.intervals import FareIntervals
     from taxi_platform.fare_model.pair_stats import PairStats
     from taxi_platform.fare_model.pyfunc import FareQuoteModel
+    from taxi_platform.fare_model.tolls import ExpectedTolls
     from taxi_platform.model.model_loading import load_version
 
     # No mlflow.set_*_uri: those pin process-wide state (and MLFLOW_* variables) that later tests would inherit.
@@ -46,9 +47,11 @@ def champion_model(champion: Any, min_fare: float | None = None) -> Any:
     inner = load_version(download_artifacts(artifact_uri=source, tracking_uri=champion.tracking_uri))
     inner = inner.unwrap_python_model()
     intervals = None if inner.intervals is None else FareIntervals.from_state(inner.intervals.to_state())
+    tolls = None if inner.tolls is None else ExpectedTolls.from_state(inner.tolls.to_state())
     return FareQuoteModel(inner.estimator, PairStats.from_state(inner.pair_stats.to_state()),
                           ZoneTable.from_state(inner.zones.to_state()), inner.family, inner.info,
-                          min_fare=inner.min_fare if min_fare is None else min_fare, intervals=intervals)  # fmt: skip
+                          min_fare=inner.min_fare if min_fare is None else min_fare, intervals=intervals,
+                          target=inner.target, jfk_flat_units=inner.jfk_flat_units, tolls=tolls)  # fmt: skip
 
 
 def register(root: Path, models: Sequence[tuple[Any, Sequence[str]]], name: str = MODEL_NAME) -> str:

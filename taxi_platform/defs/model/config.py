@@ -4,6 +4,8 @@ Fields that are also :class:`~taxi_platform.model.training.TrainConfig` fields t
 training defaults are written once, in the training code.
 """
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -62,6 +64,12 @@ class FareModelConfig(dg.Config):
     )
     families: list[str] = Field(
         default=list(TRAINING_DEFAULTS.families), description="Model families to fit."
+    )
+    target: Literal["tariff_units", "fare"] = Field(
+        default=TRAINING_DEFAULTS.target,
+        description="What the models learn: tariff_units (tariff-free meter units, priced at the rate card in force "
+        "at each quote's pickup, so a fare change on the card reaches quotes on its date) or fare (dollars as "
+        "charged: quotes follow a fare change only once the model has trained on months after it).",
     )
     min_pair_count: int = Field(
         default=TRAINING_DEFAULTS.min_pair_count,

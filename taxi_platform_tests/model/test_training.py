@@ -351,7 +351,9 @@ def test_asset_config_defaults_are_the_training_defaults():
     assert train_config_from(custom.model_dump()) == TrainConfig(
         families=("linear",), threads=2, sample_rows=5_000
     )
-    assert TrainConfig().target == "tariff_units"  # the asset trains tariff-aware models unless told otherwise
+    assert (
+        TrainConfig().target == "tariff_units"
+    )  # the asset trains tariff-aware models unless told otherwise
     assert train_config_from(FareModelConfig(target="fare").model_dump()).target == "fare"
     with pytest.raises(ValueError, match="tariff_units"):
         FareModelConfig(target="dollars")

@@ -557,7 +557,12 @@ def test_served_quotes_of_a_month_are_scored_against_its_realised_trips(platform
         lake.partition_glob("served_quotes", STABLE_KEY),
         lake.partition_glob("trip_features", STABLE_KEY),
         "2024-04",
+        cleaned_glob=lake.partition_glob("cleaned_trips", STABLE_KEY),
     )
+    # the champion itemises: its quoted totals before the tip are scored against what riders paid before the tip
+    totals = doc["totals"]
+    assert totals["scored"] is True and totals["quotes_with_total"] == len(quotes) - 1
+    assert 0 < totals["total_mae_vs_realised_mean"] < 15
     assert doc["worst_cells"][0]["mae"] >= doc["worst_cells"][-1]["mae"]
 
 

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.fare_model.pyfunc import FareQuoteModel
+from taxi_platform.fare_model.quote_items import ITEM_COLUMNS
 from taxi_platform.ingest.zones import load_zone_table
 from taxi_platform.model.champion_lookup import (
     CHAMPION,
@@ -114,7 +115,7 @@ def test_pyfunc_round_trip_through_champion_alias(trained, registry, lake):
     raw["passenger_count"] = raw["passenger_count"].astype("int64")
     expected = model.predict_quotes({c: quotes.head(300)[c].to_numpy() for c in quotes.columns})
     got = loaded.predict(raw)
-    assert list(got.columns) == ["fare_amount"] and len(got) == 300
+    assert list(got.columns) == ["fare_amount", *ITEM_COLUMNS, "total_before_tip"] and len(got) == 300
     np.testing.assert_allclose(got["fare_amount"].to_numpy(), expected, rtol=0, atol=1e-9)
     # the serving fast path on the unwrapped object, one quote, no pandas
     fast = loaded.unwrap_python_model()

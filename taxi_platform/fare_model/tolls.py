@@ -14,6 +14,7 @@ every model version.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ def _toll_tables(card: RateCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         dates, amounts = card.history(component, "yellow")
         tables[component] = (dates.astype(np.int64), np.concatenate(([0.0], amounts)))
     return tables
+
+
+@functools.lru_cache(maxsize=8)
+def _toll_lists(card: RateCard) -> dict[str, tuple[list[int], list[float]]]:
+    return {k: (d.tolist(), a.tolist()) for k, (d, a) in _toll_tables(card).items()}
 
 
 def toll_unit_dollars(
@@ -73,8 +79,16 @@ class ExpectedTolls:
         self, pickup_zone: Any, dropoff_zone: Any, pickup_us: Any, card: RateCard | None = None
     ) -> np.ndarray:
         """Expected tolls (dollars, rounded to the cent) of each quote at its pickup instant (int64 µs)."""
-        pu = np.clip(np.asarray(pickup_zone, dtype=np.int64), 0, MAX_ZONE_ID)
-        do = np.clip(np.asarray(dropoff_zone, dtype=np.int64), 0, MAX_ZONE_ID)
+        t = np.asarray(pickup_us)
+        if t.size == 1 and np.issubdtype(t.dtype, np.integer):  # one quote: Python scalars
+            a = min(max(int(np.asarray(pickup_zone).reshape(-1)[0]), 0), MAX_ZONE_ID)
+            b = min(max(int(np.asarray(dropoff_zone).reshape(-1)[0]), 0), MAX_ZONE_ID)
+            component = "newark_toll" if EWR in (a, b) else "toll_standard"
+            dates, amounts = _toll_lists(card or load_rate_card())[component]
+            unit = amounts[bisect.bisect_right(dates, int(t.reshape(-1)[0]))]
+            return np.round(np.array([float(self.units[a, b]) * unit]), 2)
+        pu = np.minimum(np.maximum(np.asarray(pickup_zone, dtype=np.int64), 0), MAX_ZONE_ID)
+        do = np.minimum(np.maximum(np.asarray(dropoff_zone, dtype=np.int64), 0), MAX_ZONE_ID)
         return np.round(self.units[pu, do] * toll_unit_dollars(pu, do, pickup_us, card), 2)
 
     def to_state(self) -> dict[str, Any]:

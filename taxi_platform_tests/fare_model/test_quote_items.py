@@ -144,3 +144,19 @@ def test_bad_zone_file_names_the_row(tmp_path):
     bad.write_text("location_id,manhattan,congestion_zone,cbd\n4,1,yes,1\n")
     with pytest.raises(ValueError, match="bad row 2"):
         SurchargeZones(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.integers(min_value=_us("2008-06-01"), max_value=_us("2027-01-01")),
+    pu=st.integers(min_value=1, max_value=265),
+    do=st.integers(min_value=1, max_value=265),
+    service=st.sampled_from([0, 1]),
+    tolls=st.floats(min_value=0.0, max_value=40.0, allow_nan=False),
+)
+def test_one_quote_is_itemised_as_it_is_in_a_batch(when, pu, do, service, tolls):
+    """The one-quote path (Python scalars) gives the batch path's items, bit for bit."""
+    items = packaged_items()
+    one = items.matrix([when], [pu], [do], [service], [tolls])
+    batch = items.matrix([when, _us("2024-01-01")], [pu, 161], [do, 230], [service, 0], [tolls, 0.0])
+    assert one.shape == (1, len(ITEM_COLUMNS)) and (one[0] == batch[0]).all()

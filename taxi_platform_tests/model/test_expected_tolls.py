@@ -74,3 +74,12 @@ def test_newark_pairs_use_the_newark_toll():
     card = load_rate_card()
     at = [_us("2024-01-01T10:00")] * 2
     assert toll_unit_dollars([1, 161], [161, 230], at, card).tolist() == [17.06, 6.94]
+
+
+def test_one_quote_is_priced_as_in_a_batch():
+    zones = load_zone_table()
+    tolls = resolve_tolls([(161, 1, 20, 18.0), (161, 132, 40, 12.0)], zones, min_count=10)
+    at = [_us("2023-08-05T23:59"), _us("2023-08-06T00:00"), _us("2024-02-01T08:00")]
+    for pu, do in ((161, 1), (161, 132), (7, 179)):
+        batch = tolls.dollars([pu] * 3, [do] * 3, at)
+        assert [tolls.dollars([pu], [do], [t])[0] for t in at] == batch.tolist()

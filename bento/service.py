@@ -2,11 +2,14 @@
 
 Endpoints:
 
-- ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "fare_low", "fare_high", "currency",
-  "model_version"}``; ``fare_low``..``fare_high`` is the model's calibrated fare range (null for a model version
-  without one).
+- ``POST /predict`` — one flat JSON quote → ``{"fare_amount", "fare_low", "fare_high", "items",
+  "total_before_tip", "total_low", "total_high", "currency", "model_version"}``; ``fare_low``..``fare_high`` is the
+  model's calibrated fare range (null for a model version without one); ``items`` what a rider pays before the tip
+  besides the fare (the rate card's charges at the pickup and the expected tolls), adding up with the fare to
+  ``total_before_tip`` to the cent (null for a version that does not itemise).
 - ``POST /predict_batch`` — ``{"quotes": [...]}`` (≤ 10,000) → ``{"predictions": [...], "fare_low": [...],
-  "fare_high": [...], "currency", "model_version"}``, fares in request order, priced in one vectorised call.
+  "fare_high": [...], "items": {item: [...]}, "total_before_tip": [...], "total_low", "total_high", "currency",
+  "model_version"}``, in request order, priced in one vectorised call.
 - ``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` (Prometheus), ``/docs.json`` (the OpenAPI spec) and ``/``
   (Swagger UI over that spec) — BentoML's own.
 
@@ -279,20 +282,26 @@ class FareService:
         self._log("predict", ids, [quote], [fare])
         ranged = low == low  # NaN: the model has no calibrated range
         low, high = (round(low, 2), round(high, 2)) if ranged else (None, None)
-        answer = FarePrediction.model_construct(
+        if not items:
+            return FarePrediction.model_construct(
+                fare_amount=fare,
+                fare_low=low,
+                fare_high=high,
+                currency=CURRENCY,
+                model_version=self.model_version,
+            )
+        extra = sum(items)  # the items are in cents already: the totals add up to the cent
+        return FarePrediction.model_construct(
             fare_amount=fare,
             fare_low=low,
             fare_high=high,
+            items=FareItems.model_construct(**dict(zip(ITEM_NAMES, items, strict=True))),
+            total_before_tip=round(fare + extra, 2),
+            total_low=round(low + extra, 2) if ranged else None,
+            total_high=round(high + extra, 2) if ranged else None,
             currency=CURRENCY,
             model_version=self.model_version,
         )
-        if items:  # the items are in cents already: the totals add up to the cent
-            extra = sum(items)
-            answer.items = FareItems.model_construct(**dict(zip(ITEM_NAMES, items, strict=True)))
-            answer.total_before_tip = round(fare + extra, 2)
-            if ranged:
-                answer.total_low, answer.total_high = round(low + extra, 2), round(high + extra, 2)
-        return answer
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, batch: QuoteBatch, /, ctx: bentoml.Context) -> BatchPrediction:

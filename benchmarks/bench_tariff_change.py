@@ -71,18 +71,8 @@ SCENARIOS = (
 
 
 def served_model(result: Any, zones: Any) -> FareQuoteModel:
-    """The best family as the platform serves it (``run_training._served_model`` without the run's info)."""
-    best = result.best_family
-    return FareQuoteModel(
-        result.models[best],
-        result.pair_stats,
-        zones,
-        best,
-        info={"data_source": "synthetic"},
-        intervals=result.intervals,
-        target=result.target,
-        jfk_flat_units=result.jfk_flat_units,
-    )
+    """The best family as the platform serves it (``TrainingResult.served_model``), labelled synthetic."""
+    return result.served_model(zones, info={"data_source": "synthetic"})
 
 
 def score_month(model: FareQuoteModel, lake: Lake, month: str, rows: int, seed: int) -> dict[str, float]:

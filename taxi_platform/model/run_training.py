@@ -112,26 +112,13 @@ def _train(
 
 def _served_model(result: TrainingResult, zones: ZoneTable, inputs: ModelRunInputs) -> FareQuoteModel:
     """The best family wrapped as the served model, with the window's months, partition and contract."""
-    from taxi_platform.fare_model.pyfunc import FareQuoteModel
-
-    best = result.best_family
-    return FareQuoteModel(
-        result.models[best],
-        result.pair_stats,
-        zones,
-        best,
-        info={
-            "train_months": list(inputs.train_months),
-            "validation_month": inputs.month,
-            "partition": inputs.partition,
-            "contract": contract_tag(),
-            "target": result.target,
-        },
-        intervals=result.intervals,
-        target=result.target,
-        jfk_flat_units=result.jfk_flat_units,
-        tolls=result.tolls,
-    )
+    info = {
+        "train_months": list(inputs.train_months),
+        "validation_month": inputs.month,
+        "partition": inputs.partition,
+        "contract": contract_tag(),
+    }
+    return result.served_model(zones, info)
 
 
 def _validation_checks(

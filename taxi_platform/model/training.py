@@ -25,7 +25,7 @@ blend those few trips with their neighbours.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,7 @@ from taxi_platform.model.training_sample import TARGET, feature_paths, load_wind
 TRAINING_VERSION = "2"  # bump when the model family, matrix or fitting changes (2: tariff-unit target)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.lake.lake import Lake
 
 FAMILIES = ("linear", "boosted")
@@ -141,6 +142,24 @@ class TrainingResult:
     @property
     def best_metrics(self) -> dict[str, float]:
         return self.metrics[self.best_family]
+
+    def served_model(self, zones: ZoneTable, info: Mapping[str, Any] | None = None) -> FareQuoteModel:
+        """The best family as the platform serves it: with the window's pair statistics, fare ranges, target,
+        JFK flat-fare units and expected tolls, and ``info`` (what the version records about its run)."""
+        from taxi_platform.fare_model.pyfunc import FareQuoteModel
+
+        best = self.best_family
+        return FareQuoteModel(
+            self.models[best],
+            self.pair_stats,
+            zones,
+            best,
+            info={**dict(info or {}), "target": self.target},
+            intervals=self.intervals,
+            target=self.target,
+            jfk_flat_units=self.jfk_flat_units,
+            tolls=self.tolls,
+        )
 
 
 # -- model families --------------------------------------------------------------------------------------

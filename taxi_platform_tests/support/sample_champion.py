@@ -83,7 +83,6 @@ def train_sample_champion(
     import mlflow
     from mlflow import MlflowClient
 
-    from taxi_platform.fare_model.pyfunc import FareQuoteModel
     from taxi_platform.ingest.zones import load_zone_table
     from taxi_platform.model.model_package import log_fare_model
     from taxi_platform.model.training import TrainConfig, train_window
@@ -99,17 +98,7 @@ def train_sample_champion(
         lake, [m.strftime("%Y-%m") for m in TRAIN_MONTHS], VALIDATION_MONTH.strftime("%Y-%m"), zones, config
     )
     family = result.best_family
-    model = FareQuoteModel(
-        result.models[family],
-        result.pair_stats,
-        zones,
-        family,
-        info={"data_source": "synthetic"},
-        intervals=result.intervals,
-        target=result.target,
-        jfk_flat_units=result.jfk_flat_units,
-        tolls=result.tolls,
-    )
+    model = result.served_model(zones, info={"data_source": "synthetic"})
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

@@ -44,6 +44,12 @@ def _toll_lists(card: RateCard) -> dict[str, tuple[list[int], list[float]]]:
     return {k: (d.tolist(), a.tolist()) for k, (d, a) in _toll_tables(card).items()}
 
 
+@functools.cache
+def _packaged_toll_lists() -> dict[str, tuple[list[int], list[float]]]:
+    """:func:`_toll_lists` of the packaged card, without hashing the card on every quote (~3.5 µs)."""
+    return _toll_lists(load_rate_card())
+
+
 def toll_unit_dollars(
     pickup_zone: Any, dropoff_zone: Any, pickup: Any, card: RateCard | None = None
 ) -> np.ndarray:
@@ -84,7 +90,7 @@ class ExpectedTolls:
             a = min(max(int(np.asarray(pickup_zone).reshape(-1)[0]), 0), MAX_ZONE_ID)
             b = min(max(int(np.asarray(dropoff_zone).reshape(-1)[0]), 0), MAX_ZONE_ID)
             component = "newark_toll" if EWR in (a, b) else "toll_standard"
-            dates, amounts = _toll_lists(card or load_rate_card())[component]
+            dates, amounts = (_packaged_toll_lists() if card is None else _toll_lists(card))[component]
             unit = amounts[bisect.bisect_right(dates, int(t.reshape(-1)[0]))]
             return np.round(np.array([float(self.units[a, b]) * unit]), 2)
         pu = np.minimum(np.maximum(np.asarray(pickup_zone, dtype=np.int64), 0), MAX_ZONE_ID)

@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "taxi_platform.commands.score",
         "price a Parquet or CSV file of quotes with a registered model version (batch scoring)",
     ),
+    "repackage": (
+        "taxi_platform.commands.repackage",
+        "bring a rate-card change to the champion without retraining (a new, gated version)",
+    ),
     "compare-services": (
         "taxi_platform.commands.compare_services",
         "canary check: compare a candidate fare service with the stable one on probe quotes",

@@ -136,35 +136,23 @@ def log_fare_model(
     version is tagged with :func:`code_versions` too.
 
     ``training_version`` defaults to the installed :data:`taxi_platform.model.training.TRAINING_VERSION`."""
-    import joblib
-
     if training_version is None:
         from taxi_platform.model.training import TRAINING_VERSION as training_version
     versions = code_versions(training_version)
     with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
         code, script = stage_model_code(Path(tmp))
-        state = Path(tmp) / f"{STATE_ARTIFACT}.joblib"
-        joblib.dump(model.fitted_state(versions), state, compress=3)
-        probes = Path(tmp) / f"{PROBE_ARTIFACT}.json"
-        probes.write_text(json.dumps(probe_record(model)))
-        # MLflow runs the script while logging (the input example): the shipped package must import from here.
-        sys.path.insert(0, str(code.parent))
-        try:
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=str(script),
-                artifacts={STATE_ARTIFACT: str(state), PROBE_ARTIFACT: str(probes)},
-                code_paths=[str(code)],
-                signature=_signature(),
-                input_example=input_example(),
-                pip_requirements=_pip_requirements(),
-                metadata=versions,
-                registered_model_name=registered_model_name,
-                await_registration_for=await_registration_for,
-                tags=dict(tags or {}),
+        with _importable(code):
+            info = _log_staged(
+                model,
+                Path(tmp),
+                code,
+                script,
+                versions,
+                name,
+                registered_model_name,
+                tags,
+                await_registration_for,
             )
-        finally:
-            sys.path.remove(str(code.parent))
     if registered_model_name and info.registered_model_version is not None:  # the version says it too
         client = mlflow.MlflowClient()
         for key, value in versions.items():
@@ -172,3 +160,78 @@ def log_fare_model(
                 registered_model_name, str(info.registered_model_version), key, value
             )
     return info
+
+
+def relog_fitted_state(
+    state_path: Path, training_version: str, tags: Mapping[str, str] | None = None, name: str = "model"
+):
+    """Log a version's ``fare_state`` again with the installed package, in the active MLflow run (not registered):
+    the same fitted estimator, pair statistics, ranges and tolls, priced by the installed package's code and rate
+    card (:mod:`taxi_platform.model.repackage` decides when that is safe). The model is rebuilt by the *shipped*
+    copy of the package, so its probe fares are what the logged version prices, whatever else is imported.
+
+    ``training_version`` is the source version's (the fitting is not redone). Returns ``ModelInfo``."""
+    import importlib
+    from types import SimpleNamespace
+
+    versions = code_versions(training_version)
+    with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
+        code, script = stage_model_code(Path(tmp))
+        with _importable(code):
+            shipped = importlib.import_module(f"{code.name}.pyfunc")
+            model = shipped.FareQuoteModel.from_code()
+            model.load_context(SimpleNamespace(artifacts={STATE_ARTIFACT: str(state_path)}))
+            return _log_staged(model, Path(tmp), code, script, versions, name, None, tags, 300)
+
+
+class _importable:
+    """The staged package importable under its shipped name for a while; afterwards its modules are forgotten, so a
+    later load of the version imports them from the logged model's files, not from this temporary copy."""
+
+    def __init__(self, code: Path) -> None:
+        self.code = code
+
+    def __enter__(self) -> None:
+        sys.path.insert(0, str(self.code.parent))
+
+    def __exit__(self, *exc: object) -> None:
+        sys.path.remove(str(self.code.parent))
+        name = self.code.name
+        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            module_file = getattr(sys.modules[module], "__file__", None) or ""
+            if module_file.startswith(str(self.code)):
+                del sys.modules[module]
+
+
+def _log_staged(
+    model: Any,
+    tmp: Path,
+    code: Path,
+    script: Path,
+    versions: Mapping[str, str],
+    name: str,
+    registered_model_name: str | None,
+    tags: Mapping[str, str] | None,
+    await_registration_for: int,
+):
+    """Write the state and probe artifacts of ``model`` beside the staged code and log the models-from-code pyfunc
+    (MLflow runs the script while logging, for the input example: the staged package must be importable)."""
+    import joblib
+
+    state = tmp / f"{STATE_ARTIFACT}.joblib"
+    joblib.dump(model.fitted_state(versions), state, compress=3)
+    probes = tmp / f"{PROBE_ARTIFACT}.json"
+    probes.write_text(json.dumps(probe_record(model)))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(script),
+        artifacts={STATE_ARTIFACT: str(state), PROBE_ARTIFACT: str(probes)},
+        code_paths=[str(code)],
+        signature=_signature(),
+        input_example=input_example(),
+        pip_requirements=_pip_requirements(),
+        metadata=dict(versions),
+        registered_model_name=registered_model_name,
+        await_registration_for=await_registration_for,
+        tags=dict(tags or {}),
+    )

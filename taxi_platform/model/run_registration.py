@@ -72,8 +72,6 @@ def register(inputs: ModelRunInputs, trained: TrainedModel, logged: LoggedRun) -
 
 def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) -> GateDecision:
     """Run the promotion gate for ``version`` and record its decision on the MLflow run and the version."""
-    import mlflow
-
     from taxi_platform.model.gate import gate_challenger
     from taxi_platform.model.gate_scoring import GateScorer, LakeEvaluation
 
@@ -94,6 +92,14 @@ def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) ->
         slice_min_support=inputs.slice_min_support,
         require_shadow=inputs.require_shadow,
     )
+    record_decision(client, MODEL_NAME, version, decision)
+    return decision
+
+
+def record_decision(client, model_name: str, version: str, decision: GateDecision) -> None:
+    """The gate's decision as tags and MAE metrics on the active MLflow run, and as tags on the version."""
+    import mlflow
+
     tags = {
         PROMOTED_TAG: str(decision.promoted).lower(),
         GATE_REASON_TAG: decision.reason[:MAX_TAG_VALUE],
@@ -104,5 +110,4 @@ def gate(lake: Lake, inputs: ModelRunInputs, logged: LoggedRun, version: str) ->
     maes = {"gate_challenger_mae": decision.challenger_mae, "gate_champion_mae": decision.champion_mae}
     mlflow.log_metrics({k: float(v) for k, v in maes.items() if v is not None})
     for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    return decision
+        client.set_model_version_tag(model_name, version, key, value)

@@ -31,6 +31,10 @@ FEATURES_TAG = "features_version"
 TRAINING_TAG = "training_version"
 STATE_TAG = "state_format"
 
+# A version re-logged from another's fitted state with a newer package (taxi-platform repackage).
+REPACKAGED_FROM_TAG = "repackaged_from"  # the source version
+RATE_CARD_CHANGES_TAG = "rate_card_changes"  # the rate-card rows it prices with that the source did not
+
 # The hyperparameter search's outcome (only on a version whose run searched: TuningResult.tags).
 TUNING_PARAMS_TAG = "tuning.params"
 TUNING_BEST_MAE_TAG = "tuning.best_mae"

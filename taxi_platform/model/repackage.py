@@ -21,6 +21,9 @@ any version) with that release's package and the same fitted state, and gates it
    (:mod:`taxi_platform.model.gate_rule`: the latest version of a month), and the gate's replay decides the
    champion, scoring it on the validation month's ``trip_features``, which must be in the lake (checked first: a
    version the gate cannot score would hand its month's place to nobody).
+4. **Re-runs end where one run ends** (:func:`plan_or_resume`): a repackage killed after its version was registered
+   left that version (all its tags are written at once); a re-run finds it and finishes its gate instead of
+   registering another.
 """
 
 from __future__ import annotations
@@ -242,6 +245,33 @@ def plan(client: Any, model_name: str, version: str, allow_code_change: bool = F
     )
 
 
+def plan_or_resume(
+    client: Any, model_name: str, version: str, allow_code_change: bool = False
+) -> tuple[RepackagePlan, str | None]:
+    """The plan for repackaging ``version``, and the version an interrupted repackage already registered for it
+    (``None``: there is none, log a new one).
+
+    A repackage killed after registering its version leaves one tagged ``repackaged_from`` with the installed
+    code: a re-run gates that version instead of registering another, so re-running ends where an uninterrupted
+    run ends. ``version`` may be that version itself (the gate had moved ``champion`` to it but not yet recorded all
+    its decision tags): then its source is planned again and its gate finished.
+    """
+    from taxi_platform.model.registry_records import list_versions
+    from taxi_platform.model.version_tags import GATE_DECISION_TAGS
+
+    installed = package_digest()
+    tags = dict(client.get_model_version(model_name, version).tags or {})
+    source = tags.get(REPACKAGED_FROM_TAG)
+    if source and tags.get(CODE_TAG) == installed and not all(k in tags for k in GATE_DECISION_TAGS):
+        return plan(client, model_name, source, allow_code_change), str(version)
+    the_plan = plan(client, model_name, version, allow_code_change)
+    for mv in sorted(list_versions(client, model_name), key=lambda v: int(v.version)):
+        found = dict(mv.tags or {})
+        if found.get(REPACKAGED_FROM_TAG) == the_plan.source_version and found.get(CODE_TAG) == installed:
+            return the_plan, str(mv.version)
+    return the_plan, None
+
+
 # -- the price guard -------------------------------------------------------------------------------------
 def probes_around(day: date, after: bool = False) -> pd.DataFrame:
     """The probe quotes moved by whole weeks (weekdays and times kept) to the two weeks just before ``day``, or
@@ -289,12 +319,14 @@ class RepackageResult:
     guard_max_abs_diff: float
     total_change_from_first_change: dict[str, float] = field(default_factory=dict)
     decision: GateDecision | None = None
+    resumed: bool = False  # an interrupted repackage's version, gated now (nothing new logged)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.decision
         return {
             "source_version": self.plan.source_version,
             "version": self.version,
+            "resumed": self.resumed,
             "run_id": self.run_id,
             "validation_month": self.plan.validation_month,
             "rate_card_changes": [c.describe() for c in self.plan.changes],
@@ -355,14 +387,14 @@ def repackage(
     from taxi_platform.model.thread_limits import small_data_threads
     from taxi_platform.model.training import TrainConfig
 
-    the_plan = plan(client, model_name, str(version), allow_code_change)
+    the_plan, resumed = plan_or_resume(client, model_name, str(version), allow_code_change)
     seed = TrainConfig().seed if seed is None else seed
     evaluation = LakeEvaluation(lake, rows=evaluation_rows, seed=seed)
     if evaluation.fingerprint(the_plan.validation_month) is None:
         raise RepackageError(
             f"trip_features has no data for {the_plan.validation_month} in the lake at {lake.root}: the gate could "
-            f"not score a repackaged v{version} there, and the new version would take its month's place unscored. "
-            "Point TAXI_LAKE_ROOT at the lake the model was trained from"
+            f"not score a repackaged v{the_plan.source_version} there, and the new version would take its month's "
+            "place unscored. Point TAXI_LAKE_ROOT at the lake the model was trained from"
         )
     source_tags = the_plan.source_tags
     tags = {k: source_tags[k] for k in KEPT_TAGS if k in source_tags}
@@ -370,12 +402,20 @@ def repackage(
     tags[REPACKAGED_FROM_TAG] = the_plan.source_version
     tags[RATE_CARD_CHANGES_TAG] = the_plan.changes_text()[:MAX_TAG_VALUE]
     training_version = source_tags.get(TRAINING_TAG) or _metadata(the_plan.source_dir).get(TRAINING_TAG, "")
-    state = _state_path(the_plan.source_dir)
-    with mlflow.start_run(run_name=f"repackage v{version}", tags=tags) as run:
+    if resumed is None:
+        started = mlflow.start_run(run_name=f"repackage v{the_plan.source_version}", tags=tags)
+    else:  # the interrupted run, when it is still there
+        run_id = client.get_model_version(model_name, resumed).run_id
+        started = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(tags=tags)
+    with started as run:
         try:
-            info = relog_fitted_state(state, training_version, tags=tags)
+            if resumed is None:
+                info = relog_fitted_state(_state_path(the_plan.source_dir), training_version, tags=tags)
+                new_uri = info.model_uri
+            else:
+                new_uri = f"models:/{model_name}/{resumed}"
             source_model = load_version(str(the_plan.source_dir))
-            new_model = load_version(info.model_uri)
+            new_model = load_version(new_uri)
             guard = pd.concat(
                 [
                     probes_around(date.fromisoformat(the_plan.validation_month + "-08") + timedelta(days=7)),
@@ -387,15 +427,21 @@ def repackage(
             mlflow.log_metrics({"guard_quotes": len(guard), "guard_max_abs_diff": worst})
             if not worst <= TOLERANCE:
                 raise RepackageError(
-                    f"the repackaged v{version} prices a quote before the first rate-card change "
-                    f"({the_plan.first_change}) differently: {where} (max |diff| {worst:.6g}); nothing was registered"
+                    f"the repackaged v{the_plan.source_version} prices a quote before the first rate-card change "
+                    f"({the_plan.first_change}) differently: {where} (max |diff| {worst:.6g})"
+                    + ("; nothing was registered" if resumed is None else "")
                 )
             moved = _total_change(source_model, new_model, the_plan.first_change)
             mlflow.log_dict(
                 {"changes": [c.describe() for c in the_plan.changes], "total_change": moved}, "repackage.json"
             )
-            registered = mlflow.register_model(info.model_uri, model_name, tags=_registry_tags(tags, info))
-            new_version = str(registered.version)
+            if resumed is None:
+                registered = mlflow.register_model(
+                    info.model_uri, model_name, tags=_registry_tags(tags, info)
+                )
+                new_version = str(registered.version)
+            else:
+                new_version = resumed
             uri = client.tracking_uri
             decision = gate_challenger(
                 client,
@@ -422,6 +468,7 @@ def repackage(
         guard_max_abs_diff=worst,
         total_change_from_first_change=moved,
         decision=decision,
+        resumed=resumed is not None,
     )
 
 

@@ -48,6 +48,7 @@ PROMOTED_TAG = "promoted"  # true | false
 GATE_REASON_TAG = "gate_reason"
 GATE_CHAMPION_VERSION_TAG = "gate_champion_version"
 GATE_TOLERANCE_TAG = "gate_tolerance"
+GATE_DECISION_TAGS = (PROMOTED_TAG, GATE_REASON_TAG, GATE_CHAMPION_VERSION_TAG, GATE_TOLERANCE_TAG)
 
 # The shadow's verdict (served_quote_accuracy); the gate reads it when require_shadow is on.
 SHADOW_VERDICT_TAG = "shadow_verdict"  # pass | fail: the challenger's shadow quotes against the champion's

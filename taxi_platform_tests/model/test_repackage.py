@@ -15,6 +15,7 @@ import subprocess
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,9 +70,12 @@ def champion(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gated_store(champion, tmp_path_factory) -> tuple[Path, Path]:
-    """A sqlite store with the sample champion's model registered as fare_model registers versions (validated on
-    2024-03, trained on 2024-01..02, checks passed) and gated into champion; returns (store dir, lake root)."""
-    root = tmp_path_factory.mktemp("repackage-store")
+    return make_gated_store(tmp_path_factory.mktemp("repackage-store"), champion)
+
+
+def make_gated_store(root: Path, champion: Any) -> tuple[Path, Path]:
+    """A sqlite store under ``root`` with the sample champion's model registered as fare_model registers versions
+    (validated on 2024-03, trained on 2024-01..02, checks passed) and gated into champion; (store dir, lake root)."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     lake_root = Path(champion.tracking_uri.removeprefix("sqlite:///")).parent / "lake"
     model = champion_model(champion)

@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
-def _use_registry(tracking_uri: str) -> None:
-    # mlflow.pyfunc.load_model resolves models:/ URIs through MLflow's global URIs, hence both setters.
+def use_registry(tracking_uri: str) -> None:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri``: ``mlflow.pyfunc.load_model``
+    resolves ``models:/`` URIs through them (and MLflow exports them to subprocesses as ``MLFLOW_*`` variables)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -34,7 +35,7 @@ def load_predictor(
     """
     from taxi_platform.model.model_loading import load_version
 
-    _use_registry(tracking_uri)
+    use_registry(tracking_uri)
     model = load_version(model_uri)
     schema = model.metadata.get_input_schema()
     types: dict[str, str] = {}
@@ -53,7 +54,7 @@ def version_pricer(
     """
     from taxi_platform.model.model_loading import load_version
 
-    _use_registry(tracking_uri)
+    use_registry(tracking_uri)
 
     def price(version: str, quotes: pd.DataFrame) -> pd.DataFrame | None:
         try:

@@ -51,11 +51,11 @@ def load_pricer(tracking_uri: str, version: str | None = None, model_name: str |
     from taxi_platform.core.settings import MODEL_NAME
     from taxi_platform.model.champion_lookup import champion_version
     from taxi_platform.model.model_loading import load_version
-    from taxi_platform.model.registered_predictors import _use_registry
+    from taxi_platform.model.registered_predictors import use_registry
 
     name = model_name or MODEL_NAME
     if version is None:
         version = champion_version(tracking_uri, name).version
-    _use_registry(tracking_uri)
+    use_registry(tracking_uri)
     model = load_version(f"models:/{name}/{version}")
     return Pricer(model.unwrap_python_model(), str(version))

@@ -31,7 +31,7 @@ from pydantic import Field
 from taxi_platform.core.months import month_label
 from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.automation import drift_report_condition
-from taxi_platform.defs.keys import DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
+from taxi_platform.defs.keys import CLEANED_TRIPS, DRIFT_REPORT, FARE_MODEL, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.model.registry_wait import await_tracking_server
 from taxi_platform.defs.month_ranges import (
@@ -207,7 +207,11 @@ CHECK_SPECS = _check_specs()
 @dg.asset(
     key=DRIFT_REPORT,
     partitions_def=monthly_partitions,
-    deps=[TRIP_FEATURES, FARE_MODEL],  # cleaned_trips is read too when the champion itemises (its totals)
+    deps=[
+        TRIP_FEATURES,
+        FARE_MODEL,
+        CLEANED_TRIPS,
+    ],  # cleaned_trips: the totals riders paid (itemised quotes)
     **MONITORING,
     code_version=REPORT_VERSION,
     kinds={"evidently", "mlflow", "html"},

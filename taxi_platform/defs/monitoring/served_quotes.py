@@ -25,7 +25,7 @@ from pydantic import Field
 from taxi_platform.core.months import month_label
 from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.automation import drift_report_condition
-from taxi_platform.defs.keys import SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
+from taxi_platform.defs.keys import CLEANED_TRIPS, SERVED_QUOTE_ACCURACY, SERVED_QUOTES, TRIP_FEATURES
 from taxi_platform.defs.metadata import records_table
 from taxi_platform.defs.owners import MONITORING
 from taxi_platform.defs.partitions import monthly_partitions
@@ -197,7 +197,7 @@ class ShadowVerdictConfig(dg.Config):
 @dg.asset(
     key=SERVED_QUOTE_ACCURACY,
     partitions_def=monthly_partitions,
-    deps=[SERVED_QUOTES, "trip_features"],
+    deps=[SERVED_QUOTES, TRIP_FEATURES, CLEANED_TRIPS],  # cleaned_trips: the totals riders paid
     **MONITORING,
     code_version=SCORING_VERSION,
     kinds={"duckdb", "json"},

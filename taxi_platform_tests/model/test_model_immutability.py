@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import requests
 
-import taxi_platform
 from taxi_platform.devtools.loopback import free_port
 from taxi_platform.model.model_loading import VersionMismatchError, load_version, verify_version
 from taxi_platform.model.model_package import package_digest
 from taxi_platform.model.version_tags import CODE_TAG, FEATURES_TAG, STATE_TAG, TRAINING_TAG
 from taxi_platform.serving import bento_build, bento_context, bento_store
 from taxi_platform_tests.serving.test_service import _stop, _wait_ready, start_server
+from taxi_platform_tests.support.package_release import release
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion, predict_in_subprocess
 
 pytestmark = pytest.mark.slow
@@ -72,11 +72,7 @@ def _quotes(n: int = 30, seed: int = 3) -> list[dict]:
 
 def changed_package(dest: Path) -> Path:
     """A copy of the installed ``taxi_platform`` with the release's feature change; returns its parent dir."""
-    src = Path(taxi_platform.__file__).parent
-    shutil.copytree(src, dest / "taxi_platform", ignore=shutil.ignore_patterns("__pycache__"))
-    features = dest / "taxi_platform" / "fare_model" / "features.py"
-    features.write_text(features.read_text() + CHANGE)
-    return dest
+    return release(dest, code_change=CHANGE)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-import taxi_platform
 from taxi_platform.core.settings import MODEL_NAME
 from taxi_platform.fare_model.rate_card import load_rate_card
 from taxi_platform.lake.lake import Lake
@@ -34,6 +33,7 @@ from taxi_platform.model.repackage import CardChange, card_changes, probes_aroun
 from taxi_platform.model.training import TRAINING_VERSION
 from taxi_platform.model.version_tags import CODE_TAG, RATE_CARD_CHANGES_TAG, REPACKAGED_FROM_TAG
 from taxi_platform_tests.support.mlflow_globals import mlflow_store
+from taxi_platform_tests.support.package_release import release
 from taxi_platform_tests.support.registries import champion_model
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
@@ -45,22 +45,6 @@ NEW_ROWS = (
     f"yellow,per_unit,0.80,2024-06-01,{SOURCE},test: a future yellow meter rate\n"
 )
 EVALUATION_ROWS = 5_000
-
-
-def release(dest: Path, card_rows: str = "", code_change: str = "") -> Path:
-    """A copy of the installed ``taxi_platform`` with ``card_rows`` appended to its rate card (and ``code_change``
-    appended to ``fare_model/features.py``); returns the directory to put on ``PYTHONPATH``."""
-    shutil.copytree(
-        Path(taxi_platform.__file__).parent,
-        dest / "taxi_platform",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    card = dest / "taxi_platform" / "fare_model" / "rate_card.csv"
-    card.write_text(card.read_text() + card_rows)
-    if code_change:
-        features = dest / "taxi_platform" / "fare_model" / "features.py"
-        features.write_text(features.read_text() + code_change)
-    return dest
 
 
 @pytest.fixture(scope="module")

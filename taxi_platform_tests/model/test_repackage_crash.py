@@ -20,11 +20,11 @@ from taxi_platform_tests.model.test_repackage import (
     NEW_ROWS,
     champion_of,
     make_gated_store,
-    release,
     run_repackage,
     versions,
 )
 from taxi_platform_tests.support.kill_at_step import run_child
+from taxi_platform_tests.support.package_release import release
 from taxi_platform_tests.support.sample_champion import ensure_sample_champion
 
 pytestmark = pytest.mark.slow

@@ -70,22 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, settings, uri: str, model_name: str) -> int:
-    import mlflow
-
     from taxi_platform.lake.lake import Lake
-    from taxi_platform.model.champion_lookup import current_champion
     from taxi_platform.model.registry_records import registry_client
-    from taxi_platform.model.repackage import RepackageError, describe, plan, repackage
-    from taxi_platform.model.tracking import ensure_local_experiment, is_local_store
+    from taxi_platform.model.repackage import describe, plan, run_repackage, version_or_champion
 
-    client = registry_client(uri)
-    version = args.version
-    if version is None:
-        champion = current_champion(client, model_name)
-        if champion is None:
-            raise RepackageError(f"{model_name} has no champion at {uri}: pass --version")
-        version = str(champion.version)
     if args.dry_run:
+        client = registry_client(uri)
+        version = version_or_champion(client, model_name, args.version)
         the_plan = plan(client, model_name, version, args.allow_code_change)
         print(
             json.dumps(
@@ -99,16 +90,12 @@ def _run(args: argparse.Namespace, settings, uri: str, model_name: str) -> int:
         )
         print(f"v{version} would be repackaged: {the_plan.changes_text()}", file=sys.stderr)
         return 0
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if is_local_store(uri):
-        ensure_local_experiment(uri, model_name, settings.data_dir / "mlartifacts")
-    mlflow.set_experiment(model_name)
-    result = repackage(
-        client,
-        model_name,
-        version,
+    result = run_repackage(
+        uri,
         Lake(settings.lake_root),
+        args.version,
+        experiment=model_name,
+        artifacts_dir=settings.data_dir / "mlartifacts",
         allow_code_change=args.allow_code_change,
         tolerance=args.tolerance,
         require_shadow=args.require_shadow,

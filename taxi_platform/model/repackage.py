@@ -370,6 +370,7 @@ def repackage(
     require_shadow: bool = False,
     evaluation_rows: int = 100_000,
     seed: int | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> RepackageResult:
     """Repackage ``version`` (see the module docstring) in the active MLflow experiment; returns what happened.
 
@@ -403,7 +404,9 @@ def repackage(
     tags[RATE_CARD_CHANGES_TAG] = the_plan.changes_text()[:MAX_TAG_VALUE]
     training_version = source_tags.get(TRAINING_TAG) or _metadata(the_plan.source_dir).get(TRAINING_TAG, "")
     if resumed is None:
-        started = mlflow.start_run(run_name=f"repackage v{the_plan.source_version}", tags=tags)
+        started = mlflow.start_run(
+            run_name=f"repackage v{the_plan.source_version}", tags={**tags, **dict(run_tags or {})}
+        )
     else:  # the interrupted run, when it is still there
         run_id = client.get_model_version(model_name, resumed).run_id
         started = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(tags=tags)
@@ -470,6 +473,61 @@ def repackage(
         decision=decision,
         resumed=resumed is not None,
     )
+
+
+def version_or_champion(client: Any, model_name: str, version: str | None) -> str:
+    """``version``, or the champion's version when it is ``None`` (:class:`RepackageError` without a champion)."""
+    from taxi_platform.model.champion_lookup import current_champion
+
+    if version is not None:
+        return str(version)
+    champion = current_champion(client, model_name)
+    if champion is None:
+        raise RepackageError(
+            f"{model_name} has no champion at {client.tracking_uri}: name the version to repackage"
+        )
+    return str(champion.version)
+
+
+def run_repackage(
+    tracking_uri: str,
+    lake: Lake,
+    version: str | None = None,
+    *,
+    experiment: str,
+    artifacts_dir: Path,
+    **options: Any,
+) -> RepackageResult:
+    """:func:`repackage` ``version`` (default: the champion) at ``tracking_uri``, logging in ``experiment`` (created
+    with its artifacts under ``artifacts_dir`` in a local store); MLflow's process-wide URIs and its ``MLFLOW_*``
+    variables are put back afterwards. ``options`` go to :func:`repackage`. What the command and the
+    ``repackage_champion`` job run."""
+    import os
+
+    import mlflow
+
+    from taxi_platform.core.settings import MODEL_NAME
+    from taxi_platform.model.gate import ensure_reachable
+    from taxi_platform.model.registry_records import registry_client
+    from taxi_platform.model.tracking import ensure_local_experiment
+
+    ensure_reachable(tracking_uri)
+    client = registry_client(tracking_uri)
+    version = version_or_champion(client, MODEL_NAME, version)
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        ensure_local_experiment(tracking_uri, experiment, artifacts_dir)
+        mlflow.set_experiment(experiment)
+        return repackage(client, MODEL_NAME, version, lake, **options)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            os.environ.pop(key)
+        os.environ.update(saved_env)
 
 
 def _registry_tags(tags: Mapping[str, str], info: Any) -> dict[str, str]:

@@ -227,3 +227,64 @@ def test_card_changes_lists_new_changed_and_removed_rows(tmp_path):
         CardChange("green", "airport_fee", date(2026, 1, 1), None, 2.0),
     ]
     assert card_changes(card, card) == []
+
+
+JOB = r"""
+import json, sys
+import dagster as dg
+from taxi_platform.definitions import build_definitions
+
+job = build_definitions().get_job_def("repackage_champion")
+result = job.execute_in_process(
+    instance=dg.DagsterInstance.ephemeral(),
+    run_config={"ops": {"repackage_version": {"config": {"evaluation_rows": int(sys.argv[1])}}}},
+    raise_on_error=False,
+)
+failures = [e.step_failure_data.user_failure_data.description for e in result.all_events
+            if e.is_step_failure and e.step_failure_data.user_failure_data is not None]
+print(json.dumps({
+    "success": result.success,
+    "failures": failures,
+    "materializations": [
+        {"key": m.asset_key.to_user_string(), "partition": m.partition,
+         "metadata": {k: v.value for k, v in m.metadata.items()}}
+        for m in result.asset_materializations_for_node("repackage_version")
+    ],
+}))
+"""
+
+
+def run_job(uri: str, lake_root: Path, tmp_path: Path, pythonpath: Path | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TAXI_", "DAGSTER_"))}
+    env.update(MLFLOW_TRACKING_URI=uri, TAXI_DATA_DIR=str(tmp_path / "data"), TAXI_LAKE_ROOT=str(lake_root))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    done = subprocess.run([sys.executable, "-c", JOB, str(EVALUATION_ROWS)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_repackage_champion_job_records_the_new_month_model_or_fails_with_the_reason(
+    gated_store, store, tmp_path
+):
+    _, lake_root = gated_store
+    refused = run_job(store, lake_root, tmp_path, None)
+    assert not refused["success"] and not refused["materializations"]
+    assert "v1 already prices with the installed rate card" in refused["failures"][0]
+    assert list(versions(store)) == ["1"]
+
+    done = run_job(store, lake_root, tmp_path, release(tmp_path / "release", NEW_ROWS))
+    assert done["success"], done["failures"]
+    (mat,) = done["materializations"]
+    assert mat["key"] == "fare_model" and mat["partition"] == "2024-03-01"
+    meta = mat["metadata"]
+    assert meta["model_version"] == "2" and meta["repackaged_from"] == "1" and meta["promoted"] is True
+    assert meta["champion_version"] == "2" and meta["guard_max_abs_diff"] == 0.0
+    assert meta["rate_card_changes"] == [
+        "* mta_tax from 2024-06-01: 0.75 (new row)",
+        "yellow per_unit from 2024-06-01: 0.80 (new row)",
+    ]
+    assert champion_of(store) == "2"
+    run = MlflowClient(tracking_uri=store).get_run(meta["mlflow_run_id"])
+    assert run.data.tags.get("dagster_run_id") and run.info.status == "FINISHED"

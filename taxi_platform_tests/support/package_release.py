@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import taxi_platform
+from taxi_platform.core.package_files import RUNTIME_DIR, RUNTIME_FILES, checkout_root
 
 
 def release(dest: Path, card_rows: str = "", code_change: str = "") -> Path:
@@ -17,6 +18,12 @@ def release(dest: Path, card_rows: str = "", code_change: str = "") -> Path:
         dest / "taxi_platform",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
+    root = checkout_root()
+    for name, source in RUNTIME_FILES.items():  # as a wheel carries them (the copy is no checkout)
+        packaged = dest / "taxi_platform" / RUNTIME_DIR / name
+        if root is not None and not packaged.exists():
+            packaged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / source, packaged)
     fare_model = dest / "taxi_platform" / "fare_model"
     for name, extra in (("rate_card.csv", card_rows), ("features.py", code_change)):
         if extra:

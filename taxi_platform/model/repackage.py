@@ -290,17 +290,21 @@ def _priced(model: Any, quotes: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_prices(source: Any, repackaged: Any, quotes: pd.DataFrame) -> tuple[float, str]:
-    """The largest absolute difference between two versions' pyfunc outputs on ``quotes`` (every numeric
-    column; a value missing on one side counts as infinite) and where it is."""
+    """The largest absolute difference between two versions' pyfunc outputs on ``quotes`` and where it is: every
+    numeric column (a value missing on one side counts as infinite); a text column that differs, or a column only
+    one side has, counts as infinite too."""
     a, b = _priced(source, quotes), _priced(repackaged, quotes)
+    if list(a.columns) != list(b.columns):
+        return float("inf"), f"the outputs' columns differ: {list(a.columns)} vs {list(b.columns)}"
     worst, where = 0.0, ""
     for column in a.columns:
-        if column not in b.columns or not pd.api.types.is_numeric_dtype(a[column]):
-            continue
-        x, y = a[column].to_numpy(dtype=np.float64), b[column].to_numpy(dtype=np.float64)
-        same_nan = np.isnan(x) & np.isnan(y)
-        diff = np.where(same_nan, 0.0, np.abs(x - y))
-        diff = np.where(np.isnan(diff), np.inf, diff)
+        if pd.api.types.is_numeric_dtype(a[column]) and pd.api.types.is_numeric_dtype(b[column]):
+            x, y = a[column].to_numpy(dtype=np.float64), b[column].to_numpy(dtype=np.float64)
+            diff = np.where(np.isnan(x) & np.isnan(y), 0.0, np.abs(x - y))
+            diff = np.where(np.isnan(diff), np.inf, diff)
+        else:
+            x, y = a[column].to_numpy(dtype=object), b[column].to_numpy(dtype=object)
+            diff = np.where(x == y, 0.0, np.inf)
         if len(diff) and diff.max() > worst:
             i = int(diff.argmax())
             worst = float(diff[i])

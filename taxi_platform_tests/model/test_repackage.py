@@ -29,7 +29,7 @@ from taxi_platform.model.gate import gate_challenger
 from taxi_platform.model.gate_scoring import LakeEvaluation
 from taxi_platform.model.model_loading import load_version
 from taxi_platform.model.model_package import code_versions, log_fare_model, package_digest
-from taxi_platform.model.repackage import CardChange, card_changes, probes_around
+from taxi_platform.model.repackage import CardChange, card_changes, compare_prices, probes_around
 from taxi_platform.model.training import TRAINING_VERSION
 from taxi_platform.model.version_tags import CODE_TAG, RATE_CARD_CHANGES_TAG, REPACKAGED_FROM_TAG
 from taxi_platform_tests.support.mlflow_globals import mlflow_store
@@ -288,3 +288,27 @@ def test_the_repackage_champion_job_records_the_new_month_model_or_fails_with_th
     assert champion_of(store) == "2"
     run = MlflowClient(tracking_uri=store).get_run(meta["mlflow_run_id"])
     assert run.data.tags.get("dagster_run_id") and run.info.status == "FINISHED"
+
+
+class _Priced:
+    """A stand-in pyfunc for the guard's comparison: ``predict`` returns a fixed frame."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def predict(self, quotes: pd.DataFrame) -> pd.DataFrame:
+        return self.frame
+
+
+def test_the_price_guard_names_the_worst_difference_and_counts_missing_values_and_columns():
+    quotes = probes_around(date(2024, 6, 1))[:3]
+    base = pd.DataFrame({"fare_amount": [10.0, 12.0, 14.0], "fare_band": ["a", "b", "c"],
+                         "fare_low": [8.0, np.nan, 11.0]})  # fmt: skip
+    assert compare_prices(_Priced(base), _Priced(base.copy()), quotes) == (0.0, "")
+    moved = base.assign(fare_amount=[10.0, 12.5, 14.0])
+    worst, where = compare_prices(_Priced(base), _Priced(moved), quotes)
+    assert worst == 0.5 and where.startswith("fare_amount of quote") and "12.0 vs 12.5" in where
+    assert compare_prices(_Priced(base), _Priced(base.assign(fare_low=[8.0, 9.0, 11.0])), quotes)[0] == np.inf
+    assert compare_prices(_Priced(base), _Priced(base.assign(fare_band=["a", "x", "c"])), quotes)[0] == np.inf
+    worst, where = compare_prices(_Priced(base), _Priced(base.drop(columns=["fare_low"])), quotes)
+    assert worst == np.inf and "columns differ" in where

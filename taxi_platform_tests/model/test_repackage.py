@@ -31,7 +31,12 @@ from taxi_platform.model.model_loading import load_version
 from taxi_platform.model.model_package import code_versions, log_fare_model, package_digest
 from taxi_platform.model.repackage import CardChange, card_changes, compare_prices, probes_around
 from taxi_platform.model.training import TRAINING_VERSION
-from taxi_platform.model.version_tags import CODE_TAG, RATE_CARD_CHANGES_TAG, REPACKAGED_FROM_TAG
+from taxi_platform.model.version_tags import (
+    CODE_TAG,
+    GATE_DECISION_TAGS,
+    RATE_CARD_CHANGES_TAG,
+    REPACKAGED_FROM_TAG,
+)
 from taxi_platform_tests.support.mlflow_globals import mlflow_store
 from taxi_platform_tests.support.package_release import release
 from taxi_platform_tests.support.registries import champion_model
@@ -156,6 +161,12 @@ def test_a_new_card_row_reaches_the_champion_from_its_date_as_a_gated_version(ga
     assert tags["2"]["validation_month"] == "2024-03" and tags["2"]["train_months"] == "2024-01,2024-02"
     assert tags["2"][CODE_TAG] != tags["1"][CODE_TAG] == package_digest()
     assert tags["2"]["promoted"] == "true"
+    # the source's registration tags (its gate ran without recording a decision here), plus the repackage's own
+    named = {
+        v: {k for k in t if not k.startswith(("mae.", "slices."))} - set(GATE_DECISION_TAGS)
+        for v, t in tags.items()
+    }
+    assert named["2"] == named["1"] | {REPACKAGED_FROM_TAG, RATE_CARD_CHANGES_TAG}
 
     # Quotes before 2024-06-01 are unchanged to the cent; from it, the new rows price every quote.
     before, after = probes_around(date(2024, 6, 1)), probes_around(date(2024, 6, 1), after=True)

@@ -78,16 +78,7 @@ def _run(args: argparse.Namespace, settings, uri: str, model_name: str) -> int:
         client = registry_client(uri)
         version = version_or_champion(client, model_name, args.version)
         the_plan = plan(client, model_name, version, args.allow_code_change)
-        print(
-            json.dumps(
-                {
-                    "source_version": the_plan.source_version,
-                    "validation_month": the_plan.validation_month,
-                    "rate_card_changes": [c.describe() for c in the_plan.changes],
-                    "code_files_changed": list(the_plan.code_files_changed),
-                }
-            )
-        )
+        print(json.dumps(the_plan.as_dict()))
         print(f"v{version} would be repackaged: {the_plan.changes_text()}", file=sys.stderr)
         return 0
     result = run_repackage(

@@ -76,6 +76,14 @@ def _flavor(path: Path) -> dict[str, Any]:
     return {**meta.get("flavors", {}).get("python_function", {}), "metadata": meta.get("metadata") or {}}
 
 
+def artifact_path(path: Path, name: str) -> Path:
+    """The file of the pyfunc artifact ``name`` in the local model directory ``path`` (``KeyError`` without it)."""
+    artifacts = _flavor(path).get("artifacts") or {}
+    if name not in artifacts:
+        raise KeyError(f"{path} has no {name!r} artifact")
+    return path / artifacts[name]["path"]
+
+
 def is_legacy(path: Path) -> bool:
     """True for a version whose shipped code is a copy of ``taxi_platform`` (logged before the package)."""
     code = _flavor(path).get("code")
@@ -157,9 +165,7 @@ def _load_legacy(path: Path) -> OwnCodeModel:
     if "model_code_path" in flavor:  # models-from-code: an empty model filled from its fare_state artifact
         module = importlib.import_module(f"{package}.lib.fare_pyfunc")
         model = module.FareQuoteModel.from_code()
-        artifacts = flavor.get("artifacts") or {}
-        state_path = path / artifacts["fare_state"]["path"]
-        state = _joblib_load(state_path, package)
+        state = _joblib_load(artifact_path(path, "fare_state"), package)
         if state.get("format") != 1:
             raise ValueError(f"legacy fare model state format {state.get('format')!r} is not 1")
         model.__setstate__({k: v for k, v in state.items() if k != "format"})

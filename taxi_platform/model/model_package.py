@@ -23,7 +23,9 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,8 @@ PROBE_ARTIFACT = "probe_fares"
 _PIP_PACKAGES = ("mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "cloudpickle", "joblib")
 
 
-def _package_files(root: Path = PACKAGE_DIR) -> list[Path]:
+def package_files(root: Path = PACKAGE_DIR) -> list[Path]:
+    """The files of the package under ``root`` (what a version ships and the digest covers), sorted."""
     return sorted(
         p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     )
@@ -53,7 +56,7 @@ def _package_files(root: Path = PACKAGE_DIR) -> list[Path]:
 def package_digest(root: Path = PACKAGE_DIR) -> str:
     """SHA-256 (16 hex digits) of every file of the package, by relative path and content."""
     h = hashlib.sha256()
-    for path in _package_files(root):
+    for path in package_files(root):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -139,20 +142,8 @@ def log_fare_model(
     if training_version is None:
         from taxi_platform.model.training import TRAINING_VERSION as training_version
     versions = code_versions(training_version)
-    with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
-        code, script = stage_model_code(Path(tmp))
-        with _importable(code):
-            info = _log_staged(
-                model,
-                Path(tmp),
-                code,
-                script,
-                versions,
-                name,
-                registered_model_name,
-                tags,
-                await_registration_for,
-            )
+    with _staged_package() as staged:
+        info = _log_staged(model, staged, versions, name, registered_model_name, tags, await_registration_for)
     if registered_model_name and info.registered_model_version is not None:  # the version says it too
         client = mlflow.MlflowClient()
         for key, value in versions.items():
@@ -175,58 +166,59 @@ def relog_fitted_state(
     from types import SimpleNamespace
 
     versions = code_versions(training_version)
+    with _staged_package() as staged:
+        shipped = importlib.import_module(f"{staged.code.name}.pyfunc")
+        model = shipped.FareQuoteModel.from_code()
+        model.load_context(SimpleNamespace(artifacts={STATE_ARTIFACT: str(state_path)}))
+        return _log_staged(model, staged, versions, name, None, tags, 300)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    root: Path  # the temporary directory: the package under code/, the script, the artifacts
+    code: Path
+    script: Path
+
+
+@contextmanager
+def _staged_package() -> Iterator[_Staged]:
+    """The package staged in a temporary directory (:func:`stage_model_code`) and importable under its shipped name
+    meanwhile (MLflow runs the script while logging, for the input example). Afterwards its modules are forgotten,
+    so a later load of the version imports them from the logged model's files, not from the deleted copy."""
     with tempfile.TemporaryDirectory(prefix="fare-model-code-") as tmp:
         code, script = stage_model_code(Path(tmp))
-        with _importable(code):
-            shipped = importlib.import_module(f"{code.name}.pyfunc")
-            model = shipped.FareQuoteModel.from_code()
-            model.load_context(SimpleNamespace(artifacts={STATE_ARTIFACT: str(state_path)}))
-            return _log_staged(model, Path(tmp), code, script, versions, name, None, tags, 300)
-
-
-class _importable:
-    """The staged package importable under its shipped name for a while; afterwards its modules are forgotten, so a
-    later load of the version imports them from the logged model's files, not from this temporary copy."""
-
-    def __init__(self, code: Path) -> None:
-        self.code = code
-
-    def __enter__(self) -> None:
-        sys.path.insert(0, str(self.code.parent))
-
-    def __exit__(self, *exc: object) -> None:
-        sys.path.remove(str(self.code.parent))
-        name = self.code.name
-        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-            module_file = getattr(sys.modules[module], "__file__", None) or ""
-            if module_file.startswith(str(self.code)):
-                del sys.modules[module]
+        sys.path.insert(0, str(code.parent))
+        try:
+            yield _Staged(Path(tmp), code, script)
+        finally:
+            sys.path.remove(str(code.parent))
+            for module in [m for m in sys.modules if m == code.name or m.startswith(code.name + ".")]:
+                if (getattr(sys.modules[module], "__file__", None) or "").startswith(str(code)):
+                    del sys.modules[module]
 
 
 def _log_staged(
     model: Any,
-    tmp: Path,
-    code: Path,
-    script: Path,
+    staged: _Staged,
     versions: Mapping[str, str],
     name: str,
     registered_model_name: str | None,
     tags: Mapping[str, str] | None,
     await_registration_for: int,
 ):
-    """Write the state and probe artifacts of ``model`` beside the staged code and log the models-from-code pyfunc
-    (MLflow runs the script while logging, for the input example: the staged package must be importable)."""
+    """Write the state and probe artifacts of ``model`` beside the staged code and log the models-from-code
+    pyfunc."""
     import joblib
 
-    state = tmp / f"{STATE_ARTIFACT}.joblib"
+    state = staged.root / f"{STATE_ARTIFACT}.joblib"
     joblib.dump(model.fitted_state(versions), state, compress=3)
-    probes = tmp / f"{PROBE_ARTIFACT}.json"
+    probes = staged.root / f"{PROBE_ARTIFACT}.json"
     probes.write_text(json.dumps(probe_record(model)))
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=str(script),
+        python_model=str(staged.script),
         artifacts={STATE_ARTIFACT: str(state), PROBE_ARTIFACT: str(probes)},
-        code_paths=[str(code)],
+        code_paths=[str(staged.code)],
         signature=_signature(),
         input_example=input_example(),
         pip_requirements=_pip_requirements(),

@@ -28,8 +28,6 @@ any version) with that release's package and the same fitted state, and gates it
 
 from __future__ import annotations
 
-import calendar
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -39,10 +37,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from taxi_platform.core.months import shift_month
 from taxi_platform.fare_model.features import FEATURES_VERSION
 from taxi_platform.fare_model.pyfunc import STATE_ARTIFACT, STATE_FORMAT
 from taxi_platform.fare_model.rate_card import RateCard, RateRow, load_rate_card
-from taxi_platform.model.model_package import PACKAGE_DIR, SHIPPED_PREFIX, package_digest, probe_quotes
+from taxi_platform.model.model_package import (
+    PACKAGE_DIR,
+    SHIPPED_PREFIX,
+    package_digest,
+    package_files,
+    probe_quotes,
+)
 from taxi_platform.model.version_tags import (
     CHECKS_FAILED_TAG,
     CODE_TAG,
@@ -126,12 +131,6 @@ def card_changes(before: RateCard, after: RateCard) -> list[CardChange]:
     return out
 
 
-def month_end(month: str) -> date:
-    """The last day of ``YYYY-MM``."""
-    year, mon = int(month[:4]), int(month[5:7])
-    return date(year, mon, calendar.monthrange(year, mon)[1])
-
-
 @dataclass(frozen=True)
 class RepackagePlan:
     """What a repackage of ``source_version`` would change (see :func:`plan`)."""
@@ -142,8 +141,14 @@ class RepackagePlan:
     validation_month: str
     changes: tuple[CardChange, ...]
     code_files_changed: tuple[str, ...]  # package files other than the card that differ (allowed on request)
-    source_code: str
+    source_built: Mapping[
+        str, str
+    ]  # what the source recorded of the code it was built with (its MLmodel metadata)
     installed_code: str
+
+    @property
+    def source_code(self) -> str:
+        return self.source_built.get(CODE_TAG, "")
 
     @property
     def first_change(self) -> date:
@@ -151,6 +156,16 @@ class RepackagePlan:
 
     def changes_text(self) -> str:
         return "; ".join(c.describe() for c in self.changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source_version": self.source_version,
+            "validation_month": self.validation_month,
+            "rate_card_changes": [c.describe() for c in self.changes],
+            "first_change": self.first_change.isoformat(),
+            "code": {"source": self.source_code, "installed": self.installed_code},
+            "code_files_changed": list(self.code_files_changed),
+        }
 
 
 def _shipped_package(path: Path) -> Path:
@@ -164,17 +179,13 @@ def _shipped_package(path: Path) -> Path:
     return found[0]
 
 
-def _package_files(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-    }
+def _file_contents(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in package_files(root)}
 
 
 def changed_code_files(shipped: Path, installed: Path = PACKAGE_DIR) -> list[str]:
     """Package files (other than the rate card) that differ between a shipped package and the installed one."""
-    a, b = _package_files(shipped), _package_files(installed)
+    a, b = _file_contents(shipped), _file_contents(installed)
     return sorted(name for name in set(a) | set(b) if name != CARD_FILE and a.get(name) != b.get(name))
 
 
@@ -218,7 +229,7 @@ def plan(client: Any, model_name: str, version: str, allow_code_change: bool = F
             + (f" (other files differ: {', '.join(code_files)})" if code_files else "")
             + ": nothing to repackage"
         )
-    last_day = month_end(month)
+    last_day = shift_month(month, 1) - timedelta(days=1)
     early = [c for c in changes if c.effective_from <= last_day]
     if early:
         raise RepackageError(
@@ -240,7 +251,7 @@ def plan(client: Any, model_name: str, version: str, allow_code_change: bool = F
         validation_month=month,
         changes=tuple(changes),
         code_files_changed=tuple(code_files),
-        source_code=built.get(CODE_TAG, ""),
+        source_built=built,
         installed_code=installed_code,
     )
 
@@ -328,15 +339,10 @@ class RepackageResult:
     def as_dict(self) -> dict[str, Any]:
         d = self.decision
         return {
-            "source_version": self.plan.source_version,
+            **self.plan.as_dict(),
             "version": self.version,
             "resumed": self.resumed,
             "run_id": self.run_id,
-            "validation_month": self.plan.validation_month,
-            "rate_card_changes": [c.describe() for c in self.plan.changes],
-            "first_change": self.plan.first_change.isoformat(),
-            "code": {"source": self.plan.source_code, "installed": self.plan.installed_code},
-            "code_files_changed": list(self.plan.code_files_changed),
             "guard_quotes": self.guard_quotes,
             "guard_max_abs_diff": self.guard_max_abs_diff,
             "total_change_from_first_change": self.total_change_from_first_change,
@@ -386,7 +392,7 @@ def repackage(
     from taxi_platform.model.gate_rule import DEFAULT_TOLERANCE
     from taxi_platform.model.gate_scoring import GateScorer, LakeEvaluation
     from taxi_platform.model.gate_slices import DEFAULT_MIN_SUPPORT, DEFAULT_SLICE_TOLERANCE
-    from taxi_platform.model.model_loading import load_version
+    from taxi_platform.model.model_loading import artifact_path, load_version
     from taxi_platform.model.model_package import relog_fitted_state
     from taxi_platform.model.run_registration import record_decision
     from taxi_platform.model.thread_limits import small_data_threads
@@ -406,7 +412,7 @@ def repackage(
     tags.update({k: v for k, v in source_tags.items() if k.startswith(KEPT_TAG_PREFIXES)})
     tags[REPACKAGED_FROM_TAG] = the_plan.source_version
     tags[RATE_CARD_CHANGES_TAG] = the_plan.changes_text()[:MAX_TAG_VALUE]
-    training_version = source_tags.get(TRAINING_TAG) or _metadata(the_plan.source_dir).get(TRAINING_TAG, "")
+    training_version = source_tags.get(TRAINING_TAG) or the_plan.source_built.get(TRAINING_TAG, "")
     if resumed is None:
         started = mlflow.start_run(
             run_name=f"repackage v{the_plan.source_version}", tags={**tags, **dict(run_tags or {})}
@@ -417,7 +423,9 @@ def repackage(
     with started as run:
         try:
             if resumed is None:
-                info = relog_fitted_state(_state_path(the_plan.source_dir), training_version, tags=tags)
+                info = relog_fitted_state(
+                    artifact_path(the_plan.source_dir, STATE_ARTIFACT), training_version, tags=tags
+                )
                 new_uri = info.model_uri
             else:
                 new_uri = f"models:/{model_name}/{resumed}"
@@ -425,7 +433,7 @@ def repackage(
             new_model = load_version(new_uri)
             guard = pd.concat(
                 [
-                    probes_around(date.fromisoformat(the_plan.validation_month + "-08") + timedelta(days=7)),
+                    probes_around(date.fromisoformat(f"{the_plan.validation_month}-15")),
                     probes_around(the_plan.first_change),
                 ],
                 ignore_index=True,
@@ -543,23 +551,6 @@ def _registry_tags(tags: Mapping[str, str], info: Any) -> dict[str, str]:
     }
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from taxi_platform.model.model_loading import built_with
-
-    return built_with(path)
-
-
-def _state_path(path: Path) -> Path:
-    import yaml
-
-    meta = yaml.safe_load((path / "MLmodel").read_text())
-    artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts") or {}
-    entry = artifacts.get(STATE_ARTIFACT)
-    if not entry:
-        raise RepackageError(f"{path} has no {STATE_ARTIFACT} artifact")
-    return path / entry["path"]
-
-
 def describe(result: RepackageResult) -> str:
     """A few lines for people: what changed, the guard, how quotes move, the gate's decision."""
     p, d = result.plan, result.decision
@@ -578,7 +569,3 @@ def describe(result: RepackageResult) -> str:
     if d is not None:
         lines.append(f"gate: {'promoted' if d.promoted else 'not promoted'}: {d.reason}")
     return "\n".join(lines)
-
-
-def result_json(result: RepackageResult) -> str:
-    return json.dumps(result.as_dict())

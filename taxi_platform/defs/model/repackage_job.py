@@ -14,6 +14,7 @@ gate's decision as metadata: the asset's history shows the change, and ``fare_se
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.core.months import partition_key
 from taxi_platform.core.settings import load_settings
 from taxi_platform.defs.keys import FARE_MODEL
 from taxi_platform.defs.resources import LakeResource, MlflowResource
@@ -62,7 +63,7 @@ def repackage_version(
     outcome = result.as_dict()
     yield dg.AssetMaterialization(
         asset_key=FARE_MODEL,
-        partition=f"{result.plan.validation_month}-01",
+        partition=partition_key(result.plan.validation_month),
         description=f"v{result.version}: v{result.plan.source_version} repackaged with the installed rate card",
         metadata={
             "model_version": dg.MetadataValue.text(result.version),
